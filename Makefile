@@ -1,0 +1,43 @@
+# Weft's entry points. `make demo` and `make test` work on a fresh Debian 12
+# machine as root: they install what is missing first (scripts/install-deps.sh).
+
+SHELL := /bin/bash
+# rustup's cargo if there is one, else Debian's (cargo-web, installed by deps).
+CARGO ?= $(shell command -v cargo 2>/dev/null || echo /usr/bin/cargo)
+RELEASE := target/release
+WEFTCTL := $(RELEASE)/weftctl
+export WEFT_BIN_DIR := $(CURDIR)/$(RELEASE)
+
+.PHONY: all deps ebpf build test demo demo-down bench clean
+
+all: build
+
+deps:
+	@bash scripts/install-deps.sh
+
+ebpf: deps
+	@bash scripts/build-ebpf.sh
+
+# weft-agent, weft-cni and weftctl in target/release/ (the eBPF object is embedded in weft-agent).
+build: ebpf
+	$(CARGO) build --release --workspace --bins
+
+# The whole suite: unit tests of the pure logic, then the root-only
+# integration tests (network namespaces, the real binaries, podman).
+test: build
+	$(CARGO) test --release --workspace --no-fail-fast -- --test-threads=2
+
+# The main job: a 3-node lab with 2 pods per node, and traffic between all pods.
+demo: build
+	@bash scripts/demo.sh
+
+demo-down:
+	$(WEFTCTL) lab down
+
+bench: build
+	@bash scripts/bench.sh
+
+clean:
+	-$(WEFTCTL) lab down 2>/dev/null
+	$(CARGO) clean
+	rm -rf ebpf/target

@@ -1,0 +1,240 @@
+//! Weft-owned routes: the desired set, the pure diff against the kernel, and
+//! the netlink shell that applies it.
+//!
+//! Weft marks every route it installs with its own route protocol number
+//! ([`RTPROT_WEFT`]), so a reconciler can list exactly what it owns, adopt it
+//! after a restart, and never touch routes that belong to anyone else.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use futures::TryStreamExt;
+use ipnetwork::Ipv4Network;
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+};
+use rtnetlink::RouteMessageBuilder;
+
+/// The route protocol number of routes Weft programs from its own state
+/// (local pods and statically routed pod CIDRs). 0x57 is 'W'; it is not one
+/// of the numbers in iproute2's rt_protos.
+pub const RTPROT_WEFT: u8 = 0x57;
+
+/// One IPv4 route in the main table, as Weft wants it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Route {
+    pub dst: Ipv4Network,
+    /// The next hop, or `None` for a route straight onto a link (a local pod).
+    pub gateway: Option<Ipv4Addr>,
+    /// The output interface's index.
+    pub oif: u32,
+}
+
+impl Route {
+    /// A route to a pod on this node: its /32 straight onto the host veth.
+    pub fn to_local_pod(ip: Ipv4Addr, host_ifindex: u32) -> Route {
+        Route { dst: Ipv4Network::from(ip), gateway: None, oif: host_ifindex }
+    }
+
+    /// A route to another node's pod CIDR via that node's underlay address.
+    pub fn to_pod_cidr(cidr: Ipv4Network, node_ip: Ipv4Addr, uplink_ifindex: u32) -> Route {
+        Route { dst: cidr, gateway: Some(node_ip), oif: uplink_ifindex }
+    }
+}
+
+/// What must change in the kernel to turn `actual` into `desired`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RoutePlan {
+    /// Routes to install or to replace in place (same destination, another next hop).
+    pub upsert: Vec<Route>,
+    /// Owned routes whose destination is no longer wanted.
+    pub remove: Vec<Route>,
+}
+
+impl RoutePlan {
+    pub fn is_empty(&self) -> bool {
+        self.upsert.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// Compares by destination: one owned route per destination. A destination
+/// whose next hop changed is replaced in place (no window without a route);
+/// extra owned routes to a wanted destination are removed.
+pub fn plan(desired: &[Route], actual: &[Route]) -> RoutePlan {
+    let want: BTreeMap<Ipv4Network, Route> = desired.iter().map(|r| (r.dst, *r)).collect();
+    let mut have: BTreeMap<Ipv4Network, Vec<Route>> = BTreeMap::new();
+    for r in actual {
+        have.entry(r.dst).or_default().push(*r);
+    }
+    let mut out = RoutePlan::default();
+    for (dst, route) in &want {
+        let existing = have.get(dst).map(Vec::as_slice).unwrap_or(&[]);
+        if !existing.contains(route) {
+            out.upsert.push(*route);
+        }
+        // Anything else at this destination is a leftover. A replace rewrites
+        // one entry in place, so removing the old one may find it gone already.
+        out.remove.extend(existing.iter().filter(|r| *r != route));
+    }
+    for (dst, routes) in &have {
+        if !want.contains_key(dst) {
+            out.remove.extend(routes.iter().copied());
+        }
+    }
+    out.remove.sort();
+    out.remove.dedup();
+    out
+}
+
+/// Errors of the route shell, in netlink's terms.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RouteError {
+    #[error("cannot open a netlink socket: {0}")]
+    Socket(#[source] std::io::Error),
+    #[error("cannot list routes: {0}")]
+    List(#[source] rtnetlink::Error),
+    #[error("cannot install route {route:?}: {source}")]
+    Install { route: Route, source: rtnetlink::Error },
+    #[error("cannot remove route {route:?}: {source}")]
+    Remove { route: Route, source: rtnetlink::Error },
+}
+
+/// The netlink shell over the main routing table of the calling task's
+/// network namespace (fixed when the table is opened).
+#[derive(Clone)]
+pub struct RouteTable {
+    handle: rtnetlink::Handle,
+}
+
+impl RouteTable {
+    /// Opens a netlink connection; must be called inside a tokio runtime.
+    pub fn open() -> Result<RouteTable, RouteError> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(RouteError::Socket)?;
+        tokio::spawn(conn);
+        Ok(RouteTable { handle })
+    }
+
+    /// Every IPv4 route in the main table with Weft's protocol number.
+    pub async fn owned(&self) -> Result<Vec<Route>, RouteError> {
+        let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut stream = self.handle.route().get(query).execute();
+        let mut routes = Vec::new();
+        while let Some(msg) = stream.try_next().await.map_err(RouteError::List)? {
+            if msg.header.table != RouteHeader::RT_TABLE_MAIN
+                || msg.header.protocol != RouteProtocol::Other(RTPROT_WEFT)
+            {
+                continue;
+            }
+            if let Some(route) = parse(&msg) {
+                routes.push(route);
+            }
+        }
+        routes.sort();
+        Ok(routes)
+    }
+
+    /// Applies a plan: installs and replaces first, then removes, so traffic
+    /// to a destination that stays never loses its route. Gives up at the
+    /// first error; the next reconcile pass retries from the kernel's state.
+    pub async fn apply(&self, plan: &RoutePlan) -> Result<(), RouteError> {
+        for route in &plan.upsert {
+            self.handle
+                .route()
+                .add(message(route))
+                .replace()
+                .execute()
+                .await
+                .map_err(|source| RouteError::Install { route: *route, source })?;
+        }
+        for route in &plan.remove {
+            match self.handle.route().del(message(route)).execute().await {
+                Ok(()) => {}
+                // Already gone (its interface vanished with a deleted veth).
+                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => {}
+                Err(source) => return Err(RouteError::Remove { route: *route, source }),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn message(route: &Route) -> RouteMessage {
+    let builder = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(route.dst.network(), route.dst.prefix())
+        .output_interface(route.oif)
+        .protocol(RouteProtocol::Other(RTPROT_WEFT));
+    match route.gateway {
+        Some(gw) => builder.gateway(gw).build(),
+        None => builder.scope(RouteScope::Link).build(),
+    }
+}
+
+fn parse(msg: &RouteMessage) -> Option<Route> {
+    let mut dst = Ipv4Addr::UNSPECIFIED;
+    let mut gateway = None;
+    let mut oif = None;
+    for attr in &msg.attributes {
+        match attr {
+            RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
+            RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(*a),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            _ => {}
+        }
+    }
+    let dst = Ipv4Network::new(dst, msg.header.destination_prefix_length).ok()?;
+    Some(Route { dst, gateway, oif: oif? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(ip: &str, ifindex: u32) -> Route {
+        Route::to_local_pod(ip.parse().unwrap(), ifindex)
+    }
+    fn cidr(c: &str, via: &str) -> Route {
+        Route::to_pod_cidr(c.parse().unwrap(), via.parse().unwrap(), 2)
+    }
+
+    #[test]
+    fn nothing_to_do_when_kernel_matches() {
+        let want = vec![pod("10.244.1.2", 7), cidr("10.244.2.0/24", "198.18.0.12")];
+        assert!(plan(&want, &want).is_empty());
+    }
+
+    #[test]
+    fn adds_missing_and_removes_stale() {
+        let want = vec![pod("10.244.1.2", 7), cidr("10.244.2.0/24", "198.18.0.12")];
+        let have = vec![pod("10.244.1.2", 7), pod("10.244.1.9", 8)];
+        let p = plan(&want, &have);
+        assert_eq!(p.upsert, vec![cidr("10.244.2.0/24", "198.18.0.12")]);
+        assert_eq!(p.remove, vec![pod("10.244.1.9", 8)]);
+    }
+
+    #[test]
+    fn changed_next_hop_is_replaced_in_place() {
+        let want = vec![cidr("10.244.2.0/24", "198.18.0.13")];
+        let have = vec![cidr("10.244.2.0/24", "198.18.0.12")];
+        let p = plan(&want, &have);
+        assert_eq!(p.upsert, want);
+        assert_eq!(p.remove, have);
+    }
+
+    #[test]
+    fn duplicate_owned_routes_to_one_destination_are_trimmed() {
+        let want = vec![pod("10.244.1.2", 7)];
+        let have = vec![pod("10.244.1.2", 7), pod("10.244.1.2", 9)];
+        let p = plan(&want, &have);
+        assert!(p.upsert.is_empty());
+        assert_eq!(p.remove, vec![pod("10.244.1.2", 9)]);
+    }
+
+    #[test]
+    fn empty_desired_state_removes_everything_owned() {
+        let have = vec![pod("10.244.1.2", 7), cidr("10.244.2.0/24", "198.18.0.12")];
+        let p = plan(&[], &have);
+        assert!(p.upsert.is_empty());
+        assert_eq!(p.remove.len(), 2);
+    }
+}
