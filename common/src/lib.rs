@@ -1,0 +1,18 @@
+//! weft-common: the packet path's single source of truth.
+//!
+//! Everything here is `no_std` and allocation-free so that the eBPF programs
+//! (`ebpf/`, built for `bpfel-unknown-none`) and userspace (the dataplane
+//! library and its userspace twin) compile the *same* decisions and map
+//! layouts. Nothing here does I/O: callers hand in a [`packet::PacketReader`]
+//! and the result of their map lookups, and get a [`verdict::Verdict`] back.
+//!
+//! - [`maps`]: `#[repr(C)]` map keys and values, map and program names.
+//! - [`verdict`]: what happens to a packet, and the counter it bumps.
+//! - [`packet`]: reading fixed-size fields out of a frame, wire constants.
+//! - [`guard`]: the anti-spoofing decision for packets leaving a pod.
+#![cfg_attr(not(test), no_std)]
+
+pub mod guard;
+pub mod maps;
+pub mod packet;
+pub mod verdict;
