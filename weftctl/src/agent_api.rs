@@ -1,0 +1,208 @@
+//! weftctl's side of the agent's local gRPC API: the calls operators make
+//! (status, endpoints, counters) and their table and JSON renderings.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use weft_proto::v1;
+
+use crate::lab::matrix::render_table;
+
+/// Runs one async call on a runtime of its own; weftctl is otherwise
+/// synchronous (the lab works with threads and child processes).
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime can be built")
+        .block_on(future)
+}
+
+async fn client(
+    socket: &Path,
+    timeout: Duration,
+) -> Result<weft_proto::AgentClient<tonic::transport::Channel>> {
+    weft_proto::connect(socket, timeout)
+        .await
+        .with_context(|| format!("connecting to the agent at {}", socket.display()))
+}
+
+fn rpc_error(call: &str, socket: &Path) -> impl FnOnce(tonic::Status) -> anyhow::Error {
+    let what = format!("{call} on the agent at {}", socket.display());
+    move |status| anyhow::anyhow!("{what} failed: {}: {}", status.code(), status.message())
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentStatus {
+    pub ready: bool,
+    pub node_name: String,
+    pub pod_cidr: String,
+    pub message: String,
+    pub endpoints: u32,
+}
+
+pub async fn status(socket: &Path, timeout: Duration) -> Result<AgentStatus> {
+    let reply = client(socket, timeout)
+        .await?
+        .status(v1::StatusRequest {})
+        .await
+        .map_err(rpc_error("Status", socket))?
+        .into_inner();
+    Ok(AgentStatus {
+        ready: reply.ready,
+        node_name: reply.node_name,
+        pod_cidr: reply.pod_cidr,
+        message: reply.message,
+        endpoints: reply.endpoints,
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Endpoint {
+    pub container_id: String,
+    pub ifname: String,
+    pub address: String,
+    pub host_ifname: String,
+    pub pod_name: String,
+    pub pod_namespace: String,
+    pub labels: BTreeMap<String, String>,
+    pub node: String,
+    pub netns: String,
+}
+
+pub async fn endpoints(socket: &Path, timeout: Duration) -> Result<Vec<Endpoint>> {
+    let reply = client(socket, timeout)
+        .await?
+        .list_endpoints(v1::ListEndpointsRequest {})
+        .await
+        .map_err(rpc_error("ListEndpoints", socket))?
+        .into_inner();
+    let mut endpoints: Vec<Endpoint> = reply
+        .endpoints
+        .into_iter()
+        .map(|e| {
+            let attachment = e.attachment.unwrap_or_default();
+            Endpoint {
+                container_id: attachment.container_id,
+                ifname: attachment.ifname,
+                address: e.address,
+                host_ifname: e.host_ifname,
+                pod_name: e.pod_name,
+                pod_namespace: e.pod_namespace,
+                labels: e.labels.into_iter().collect(),
+                node: e.node,
+                netns: e.netns,
+            }
+        })
+        .collect();
+    endpoints.sort_by(|a, b| (&a.pod_namespace, &a.pod_name).cmp(&(&b.pod_namespace, &b.pod_name)));
+    Ok(endpoints)
+}
+
+/// Counters by name, in name order.
+pub async fn counters(socket: &Path, timeout: Duration) -> Result<BTreeMap<String, u64>> {
+    let reply = client(socket, timeout)
+        .await?
+        .get_counters(v1::GetCountersRequest {})
+        .await
+        .map_err(rpc_error("GetCounters", socket))?
+        .into_inner();
+    Ok(reply
+        .counters
+        .into_iter()
+        .map(|c| (c.name, c.value))
+        .collect())
+}
+
+pub fn render_status(status: &AgentStatus) -> String {
+    let rows = vec![
+        vec!["node:".to_string(), status.node_name.clone()],
+        vec!["ready:".to_string(), status.ready.to_string()],
+        vec!["pod CIDR:".to_string(), status.pod_cidr.clone()],
+        vec!["endpoints:".to_string(), status.endpoints.to_string()],
+        vec!["message:".to_string(), status.message.clone()],
+    ];
+    render_table(&rows)
+}
+
+/// One row per endpoint; the container id is shortened to 12 characters
+/// as container tools print it.
+pub fn render_endpoints(endpoints: &[Endpoint]) -> String {
+    let mut rows = vec![
+        [
+            "NAMESPACE",
+            "POD",
+            "ADDRESS",
+            "HOST IFNAME",
+            "CONTAINER",
+            "NODE",
+            "LABELS",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for e in endpoints {
+        let labels: Vec<String> = e.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        rows.push(vec![
+            e.pod_namespace.clone(),
+            e.pod_name.clone(),
+            e.address.clone(),
+            e.host_ifname.clone(),
+            e.container_id.chars().take(12).collect(),
+            e.node.clone(),
+            if labels.is_empty() {
+                "-".into()
+            } else {
+                labels.join(",")
+            },
+        ]);
+    }
+    render_table(&rows)
+}
+
+pub fn render_counters(counters: &BTreeMap<String, u64>) -> String {
+    let mut rows = vec![vec!["COUNTER".to_string(), "VALUE".to_string()]];
+    rows.extend(
+        counters
+            .iter()
+            .map(|(name, value)| vec![name.clone(), value.to_string()]),
+    );
+    render_table(&rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_endpoints_and_counters() {
+        let endpoints = vec![Endpoint {
+            container_id: "0123456789abcdef".repeat(4),
+            ifname: "eth0".into(),
+            address: "10.244.1.5".into(),
+            host_ifname: "weft0123abcd".into(),
+            pod_name: "node1-a".into(),
+            pod_namespace: "default".into(),
+            labels: BTreeMap::from([("app".into(), "web".into())]),
+            node: "node1".into(),
+            netns: "/run/netns/weft-pod-node1-a".into(),
+        }];
+        assert_eq!(
+            render_endpoints(&endpoints),
+            "NAMESPACE  POD      ADDRESS     HOST IFNAME   CONTAINER     NODE   LABELS\n\
+             default    node1-a  10.244.1.5  weft0123abcd  0123456789ab  node1  app=web\n"
+        );
+        let counters = BTreeMap::from([
+            ("rx_packets".to_string(), 12u64),
+            ("drop_policy".to_string(), 0),
+        ]);
+        assert_eq!(
+            render_counters(&counters),
+            "COUNTER      VALUE\ndrop_policy  0\nrx_packets   12\n"
+        );
+    }
+}

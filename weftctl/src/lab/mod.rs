@@ -1,0 +1,776 @@
+//! `weftctl lab`: a whole cluster on one machine out of network namespaces.
+//! A fabric namespace holds the underlay bridge; every node is a namespace
+//! with its own weft-agent; pods are namespaces wired by the real weft-cni.
+//! Everything made is recorded in `<state>/lab.json` before it is made, so
+//! `lab down` removes exactly that, also after a crash.
+
+pub mod agent;
+pub mod cni;
+pub mod matrix;
+pub mod plan;
+pub mod probe;
+pub mod process;
+pub mod state;
+pub mod topology;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use matrix::{Matrix, render_table};
+use probe::{ProbeConfig, ProbeTarget};
+use state::{LabState, Pod};
+
+/// Parent of every lab's state directory by default.
+pub const STATE_ROOT: &str = "/run/weft-lab";
+/// Parent of every lab's bpffs pin directories (`<root>/<lab>/<node>`).
+pub const BPFFS_ROOT: &str = "/sys/fs/bpf/weft-lab";
+/// Files and directories a lab's state directory may hold; `lab down`
+/// removes the directory only if it holds nothing else.
+const STATE_ENTRIES: &[&str] = &["lab.json", "nodes", "datastore"];
+
+/// Which lab a command acts on.
+#[derive(Debug, Clone)]
+pub struct LabRef {
+    pub lab: String,
+    pub state_dir: PathBuf,
+}
+
+impl LabRef {
+    pub fn new(lab: &str, state_dir: Option<PathBuf>) -> Result<Self> {
+        plan::validate_lab_name(lab)?;
+        let state_dir = state_dir.unwrap_or_else(|| Path::new(STATE_ROOT).join(lab));
+        Ok(LabRef {
+            lab: lab.to_string(),
+            state_dir,
+        })
+    }
+
+    pub fn load(&self) -> Result<LabState> {
+        LabState::load_existing(&self.state_dir, &self.lab)
+    }
+}
+
+/// An exclusive lock on a lab, held by commands that change it (up, down,
+/// pod add/del, agent start/stop) so that concurrent weftctl runs do not
+/// lose each other's lab.json updates. It is a `.<state dir name>.lock`
+/// file next to the state directory (which `down` removes, so it cannot
+/// hold the lock); the file is left in place, as removing it would let two
+/// holders in. Released when dropped.
+pub struct LabLock {
+    _file: fs::File,
+}
+
+impl LabLock {
+    pub fn acquire(lab: &LabRef) -> Result<Self> {
+        let parent = lab.state_dir.parent().unwrap_or(Path::new("/"));
+        let name = lab
+            .state_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let path = parent.join(format!(".{name}.lock"));
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening the lab lock {}", path.display()))?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("locking {}", path.display()));
+        }
+        Ok(LabLock { _file: file })
+    }
+}
+
+/// The directory weftctl's own executable is in, where the other Weft
+/// binaries are looked for by default.
+pub fn default_bin_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding weftctl's own executable")?;
+    Ok(exe
+        .parent()
+        .context("weftctl's executable has no parent directory")?
+        .to_path_buf())
+}
+
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    pub nodes: u32,
+    pub pods_per_node: u32,
+    pub bin_dir: PathBuf,
+    pub ready_timeout: Duration,
+    /// Leave what was built in place when `up` fails, for a post-mortem.
+    pub keep_on_failure: bool,
+}
+
+/// Builds the lab from scratch (tearing down a previous one of that name).
+/// On failure everything is torn down again unless `keep_on_failure`.
+pub fn up(lab: &LabRef, options: &UpOptions) -> Result<LabState> {
+    plan::check_node_count(options.nodes, options.pods_per_node)?;
+    agent::agent_path(&options.bin_dir)?;
+    cni::plugin_path(&options.bin_dir)?;
+    down(lab).context("tearing down the previous lab")?;
+    let mut state = LabState::planned(
+        &lab.lab,
+        &lab.state_dir,
+        &options.bin_dir,
+        Path::new(BPFFS_ROOT),
+        options.nodes,
+    );
+    let built = state.save().and_then(|()| build(&mut state, options));
+    match built {
+        Ok(()) => Ok(state),
+        Err(e) if options.keep_on_failure => Err(e.context(format!(
+            "lab up failed; left in place (`weftctl lab down --lab {}` removes it)",
+            lab.lab
+        ))),
+        Err(e) => {
+            if let Err(cleanup) = down(lab) {
+                eprintln!("warning: cleaning up after the failed lab up: {cleanup:#}");
+            }
+            Err(e.context("lab up failed and was rolled back"))
+        }
+    }
+}
+
+fn build(state: &mut LabState, options: &UpOptions) -> Result<()> {
+    topology::create_fabric(&state.fabric.netns, &state.fabric.bridge)
+        .with_context(|| format!("creating the fabric namespace {}", state.fabric.netns))?;
+    for node in &state.nodes {
+        topology::create_netns(&node.netns)?;
+        topology::attach_node(
+            &state.fabric.netns,
+            &state.fabric.bridge,
+            &node.fabric_port,
+            &node.netns,
+            &node.uplink,
+            node.underlay_ip,
+            plan::UNDERLAY_PREFIX_LEN,
+        )
+        .with_context(|| format!("plugging {} into the fabric", node.name))?;
+        topology::set_net_sysctl(&node.netns, "net.ipv4.ip_forward", "1")?;
+    }
+    let mut children = Vec::new();
+    for i in 0..state.nodes.len() {
+        let child = agent::start(state, &state.nodes[i])?;
+        record_agent(state, i, Some(child.id()))?;
+        children.push(child);
+    }
+    let starting = state
+        .nodes
+        .iter()
+        .zip(children)
+        .map(|(node, child)| agent::Starting { node, child })
+        .collect();
+    agent::wait_ready(starting, options.ready_timeout)?;
+    let labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
+    for i in 0..state.nodes.len() {
+        let node = state.nodes[i].name.clone();
+        for j in 0..options.pods_per_node {
+            add_pod(state, &node, &plan::pod_name(&node, j), "default", &labels)?;
+        }
+    }
+    Ok(())
+}
+
+/// Records an agent's pid in lab.json and in `<node state>/agent.pid`; the
+/// latter lets `lab down` find the agent when lab.json is lost.
+fn record_agent(state: &mut LabState, node: usize, pid: Option<u32>) -> Result<()> {
+    state.nodes[node].agent_pid = pid;
+    let pid_file = state.nodes[node].state_dir.join("agent.pid");
+    match pid {
+        Some(pid) => fs::write(&pid_file, format!("{pid}\n"))
+            .with_context(|| format!("writing {}", pid_file.display()))?,
+        None => {
+            let _ = fs::remove_file(&pid_file);
+        }
+    }
+    state.save()
+}
+
+/// What `down` did, for its one-line summary.
+#[derive(Debug, Default)]
+pub struct DownReport {
+    pub agents_stopped: usize,
+    pub namespaces_deleted: usize,
+    pub fallback: bool,
+}
+
+/// Removes everything of the lab: agents (only the recorded pids, and only
+/// if they still are that lab's agents), namespaces, bpffs pins, state.
+/// Idempotent. Without a readable lab.json it falls back to the planned
+/// namespace names and the agent.pid files.
+pub fn down(lab: &LabRef) -> Result<DownReport> {
+    let mut report = DownReport::default();
+    let recorded = match LabState::load(&lab.state_dir) {
+        Ok(state) => state,
+        Err(e) => {
+            eprintln!("warning: {e:#}; falling back to the lab's namespace names");
+            None
+        }
+    };
+    let mut errors = Vec::new();
+
+    let mut agents: Vec<(u32, PathBuf)> = Vec::new();
+    if let Some(state) = &recorded {
+        agents.extend(
+            state
+                .nodes
+                .iter()
+                .filter_map(|n| n.agent_pid.map(|pid| (pid, n.socket.clone()))),
+        );
+    }
+    if let Ok(entries) = fs::read_dir(lab.state_dir.join("nodes")) {
+        for dir in entries.flatten().map(|e| e.path()) {
+            if let Some(pid) = fs::read_to_string(dir.join("agent.pid"))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+            {
+                agents.push((pid, dir.join("agent.sock")));
+            }
+        }
+    }
+    agents.sort();
+    agents.dedup();
+    for (pid, socket) in agents {
+        match process::stop_agent(pid, &socket, Duration::from_secs(2)) {
+            Ok(process::Ended::NotRunning) => {}
+            Ok(_) => report.agents_stopped += 1,
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+
+    let namespaces: Vec<String> = match &recorded {
+        Some(state) => state
+            .pods
+            .iter()
+            .map(|p| p.netns.clone())
+            .chain(state.nodes.iter().map(|n| n.netns.clone()))
+            .chain(std::iter::once(state.fabric.netns.clone()))
+            .collect(),
+        None => {
+            report.fallback = true;
+            let mut names: Vec<String> = topology::list_netns()?
+                .into_iter()
+                .filter(|n| plan::is_lab_netns(&lab.lab, n))
+                .collect();
+            // Pods first, the fabric last, as when recorded.
+            names.sort_by_key(|n| {
+                (
+                    !n.contains("-pod-"),
+                    n == &plan::fabric_netns(&lab.lab),
+                    n.clone(),
+                )
+            });
+            names
+        }
+    };
+    for netns in namespaces {
+        match topology::delete_netns(&netns) {
+            Ok(true) => report.namespaces_deleted += 1,
+            Ok(false) => {}
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+
+    let bpffs = Path::new(BPFFS_ROOT).join(&lab.lab);
+    if bpffs.exists() {
+        if let Err(e) = fs::remove_dir_all(&bpffs) {
+            errors.push(format!("removing {}: {e}", bpffs.display()));
+        }
+        let _ = fs::remove_dir(BPFFS_ROOT); // only succeeds when empty
+    }
+
+    if let Err(e) = remove_state_dir(&lab.state_dir) {
+        errors.push(format!("{e:#}"));
+    }
+    if !errors.is_empty() {
+        bail!(
+            "lab {} was not fully torn down:\n  {}",
+            lab.lab,
+            errors.join("\n  ")
+        );
+    }
+    Ok(report)
+}
+
+/// Removes the state directory, but only if it holds nothing a lab does
+/// not make: `--state-dir` is user input and must never cost them a file.
+fn remove_state_dir(dir: &Path) -> Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    for entry in entries {
+        let name = entry
+            .with_context(|| format!("reading {}", dir.display()))?
+            .file_name();
+        let name = name.to_string_lossy();
+        if !STATE_ENTRIES.contains(&name.as_ref()) && !name.starts_with(".lab.json.tmp.") {
+            bail!(
+                "not removing {}: it holds {name:?}, which no lab creates",
+                dir.display()
+            );
+        }
+    }
+    fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    Ok(())
+}
+
+/// Creates pod `name` on `node`: its namespace, then CNI ADD. If ADD fails
+/// the pod is undone (DEL, namespace deleted, record dropped), as a runtime
+/// does.
+pub fn add_pod(
+    state: &mut LabState,
+    node: &str,
+    name: &str,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<Pod> {
+    plan::validate_pod_name(name)?;
+    let node = state.node(node)?.clone();
+    if state.pod(name).is_ok() {
+        bail!("lab {} already has a pod {name:?}", state.lab);
+    }
+    let netns = plan::pod_netns(&state.lab, name);
+    if topology::netns_exists(&netns) {
+        bail!(
+            "network namespace {netns} already exists but lab.json has no pod {name:?}; delete it with `ip netns delete {netns}`"
+        );
+    }
+    let mut pod = Pod {
+        name: name.to_string(),
+        namespace: namespace.to_string(),
+        node: node.name.clone(),
+        netns,
+        container_id: cni::new_container_id()?,
+        ifname: plan::POD_IFNAME.to_string(),
+        labels: labels.clone(),
+        ip: None,
+        host_ifname: None,
+    };
+    state.pods.push(pod.clone());
+    state.save()?;
+    let bin_dir = state.bin_dir.clone();
+    let attached = topology::create_netns(&pod.netns)
+        .and_then(|()| cni::add(&invocation(&bin_dir, &node, &pod)));
+    let attached = match attached {
+        Ok(attached) => attached,
+        Err(e) => {
+            let _ = cni::del(&invocation(&bin_dir, &node, &pod));
+            let _ = topology::delete_netns(&pod.netns);
+            state.pods.retain(|p| p.name != pod.name);
+            state.save()?;
+            return Err(e.context(format!("adding pod {namespace}/{name} on {}", node.name)));
+        }
+    };
+    pod.ip = Some(attached.ip);
+    pod.host_ifname = Some(attached.host_ifname);
+    *state
+        .pods
+        .iter_mut()
+        .find(|p| p.name == pod.name)
+        .expect("recorded above") = pod.clone();
+    state.save()?;
+    Ok(pod)
+}
+
+fn invocation<'a>(bin_dir: &'a Path, node: &'a state::Node, pod: &'a Pod) -> cni::Invocation<'a> {
+    cni::Invocation {
+        bin_dir,
+        node_netns: &node.netns,
+        agent_socket: &node.socket,
+        container_id: &pod.container_id,
+        pod_netns: &pod.netns,
+        ifname: &pod.ifname,
+        pod_namespace: &pod.namespace,
+        pod_name: &pod.name,
+        labels: &pod.labels,
+    }
+}
+
+/// Deletes pod `name`: CNI DEL, then its namespace, then its record. The
+/// record stays until both succeed, so a failed `pod del` can be retried
+/// (and DEL runs again, which the plugin must accept).
+pub fn del_pod(state: &mut LabState, name: &str) -> Result<()> {
+    let pod = state.pod(name)?.clone();
+    let node = state.node(&pod.node)?.clone();
+    cni::del(&invocation(&state.bin_dir, &node, &pod))
+        .with_context(|| format!("deleting pod {}/{name} on {}", pod.namespace, node.name))?;
+    topology::delete_netns(&pod.netns)?;
+    state.pods.retain(|p| p.name != name);
+    state.save()
+}
+
+fn node_index(state: &LabState, node: &str) -> Result<usize> {
+    state.node(node)?;
+    Ok(state
+        .nodes
+        .iter()
+        .position(|n| n.name == node)
+        .expect("checked above"))
+}
+
+/// SIGKILLs the node's agent (to test that the dataplane survives it).
+/// Returns the pid it killed, None if none was running.
+pub fn stop_agent(state: &mut LabState, node: &str) -> Result<Option<u32>> {
+    let index = node_index(state, node)?;
+    let (pid, socket) = (
+        state.nodes[index].agent_pid,
+        state.nodes[index].socket.clone(),
+    );
+    let killed = match pid {
+        Some(pid) => match process::stop_agent(pid, &socket, Duration::ZERO)? {
+            process::Ended::NotRunning => None,
+            _ => Some(pid),
+        },
+        None => None,
+    };
+    record_agent(state, index, None)?;
+    Ok(killed)
+}
+
+/// Starts the node's agent with the arguments of `lab up` and waits until
+/// it is ready. Returns the pid and whether it was already running.
+pub fn start_agent(
+    state: &mut LabState,
+    node: &str,
+    ready_timeout: Duration,
+) -> Result<(u32, bool)> {
+    let index = node_index(state, node)?;
+    if let Some(pid) = state.nodes[index]
+        .agent_pid
+        .filter(|&pid| process::is_agent(pid, &state.nodes[index].socket))
+    {
+        return Ok((pid, true));
+    }
+    let child = agent::start(state, &state.nodes[index])?;
+    let pid = child.id();
+    record_agent(state, index, Some(pid))?;
+    agent::wait_ready(
+        vec![agent::Starting {
+            node: &state.nodes[index],
+            child,
+        }],
+        ready_timeout,
+    )?;
+    Ok((pid, false))
+}
+
+/// Probes every ordered pair of the lab's pods that have an address.
+pub fn check(state: &LabState, config: ProbeConfig) -> Result<Matrix> {
+    let targets: Vec<ProbeTarget> = state
+        .pods
+        .iter()
+        .filter_map(|p| {
+            p.ip.map(|ip| ProbeTarget {
+                name: p.name.clone(),
+                netns: topology::netns_path(&p.netns),
+                ip,
+            })
+        })
+        .collect();
+    for pod in state.pods.iter().filter(|p| p.ip.is_none()) {
+        eprintln!(
+            "warning: pod {} has no address (its ADD never completed); not probed",
+            pod.name
+        );
+    }
+    Ok(probe::probe_all(&targets, config))
+}
+
+/// Runs `command` inside the pod's namespace, replacing weftctl.
+pub fn exec(state: &LabState, pod: &str, command: &[String]) -> Result<std::convert::Infallible> {
+    use std::os::unix::process::CommandExt;
+    let pod = state.pod(pod)?;
+    let (program, args) = command.split_first().context("no command given after --")?;
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(args);
+    process::in_netns(&mut cmd, &pod.netns, false)?;
+    let err = cmd.exec();
+    Err(err).with_context(|| format!("running {program} in {}", pod.netns))
+}
+
+/// The JSON of `lab status --json`.
+#[derive(Debug, Serialize)]
+pub struct StatusView {
+    pub fabric: FabricView,
+    pub nodes: Vec<NodeView>,
+    pub pods: Vec<PodView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FabricView {
+    pub netns: String,
+    pub bridge: String,
+    pub cidr: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeView {
+    pub name: String,
+    pub netns: String,
+    pub underlay_ip: String,
+    pub pod_cidr: String,
+    pub agent_pid: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PodView {
+    pub name: String,
+    pub namespace: String,
+    pub node: String,
+    pub netns: String,
+    pub ip: Option<String>,
+    pub host_ifname: Option<String>,
+}
+
+impl From<&Pod> for PodView {
+    fn from(p: &Pod) -> Self {
+        PodView {
+            name: p.name.clone(),
+            namespace: p.namespace.clone(),
+            node: p.node.clone(),
+            netns: p.netns.clone(),
+            ip: p.ip.map(|ip| ip.to_string()),
+            host_ifname: p.host_ifname.clone(),
+        }
+    }
+}
+
+impl StatusView {
+    /// The lab as recorded, with each agent pid checked: a recorded agent
+    /// that died shows as null.
+    pub fn new(state: &LabState, alive: impl Fn(u32, &Path) -> bool) -> Self {
+        StatusView {
+            fabric: FabricView {
+                netns: state.fabric.netns.clone(),
+                bridge: state.fabric.bridge.clone(),
+                cidr: state.fabric.cidr.clone(),
+            },
+            nodes: state
+                .nodes
+                .iter()
+                .map(|n| NodeView {
+                    name: n.name.clone(),
+                    netns: n.netns.clone(),
+                    underlay_ip: n.underlay_ip.to_string(),
+                    pod_cidr: n.pod_cidr.clone(),
+                    agent_pid: n.agent_pid.filter(|&pid| alive(pid, &n.socket)),
+                })
+                .collect(),
+            pods: state.pods.iter().map(PodView::from).collect(),
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("status serializes")
+    }
+
+    /// The fabric line, a node table and a pod table; `-` for a missing
+    /// value (no agent running, no address yet).
+    pub fn render(&self) -> String {
+        let dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_string());
+        let mut out = format!(
+            "fabric {}  bridge {}  underlay {}\n\n",
+            self.fabric.netns, self.fabric.bridge, self.fabric.cidr
+        );
+        let mut nodes = vec![
+            ["NODE", "NETNS", "UNDERLAY IP", "POD CIDR", "AGENT PID"]
+                .map(String::from)
+                .to_vec(),
+        ];
+        nodes.extend(self.nodes.iter().map(|n| {
+            vec![
+                n.name.clone(),
+                n.netns.clone(),
+                n.underlay_ip.clone(),
+                n.pod_cidr.clone(),
+                dash(n.agent_pid.map(|p| p.to_string())),
+            ]
+        }));
+        out.push_str(&render_table(&nodes));
+        out.push('\n');
+        let mut pods = vec![
+            ["POD", "NAMESPACE", "NODE", "NETNS", "IP", "HOST IFNAME"]
+                .map(String::from)
+                .to_vec(),
+        ];
+        pods.extend(self.pods.iter().map(|p| {
+            vec![
+                p.name.clone(),
+                p.namespace.clone(),
+                p.node.clone(),
+                p.netns.clone(),
+                dash(p.ip.clone()),
+                dash(p.host_ifname.clone()),
+            ]
+        }));
+        out.push_str(&render_table(&pods));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn lab_state() -> LabState {
+        let mut state = LabState::planned(
+            "weft",
+            Path::new("/run/weft-lab/weft"),
+            Path::new("/bin"),
+            Path::new(BPFFS_ROOT),
+            2,
+        );
+        state.nodes[0].agent_pid = Some(100);
+        state.nodes[1].agent_pid = Some(200);
+        state.pods.push(Pod {
+            name: "node1-a".into(),
+            namespace: "default".into(),
+            node: "node1".into(),
+            netns: "weft-pod-node1-a".into(),
+            container_id: "0".repeat(64),
+            ifname: "eth0".into(),
+            labels: BTreeMap::new(),
+            ip: Some(Ipv4Addr::new(10, 244, 1, 2)),
+            host_ifname: Some("weftab12cd34".into()),
+        });
+        state
+    }
+
+    #[test]
+    fn status_json_has_exactly_the_documented_fields() {
+        let view = StatusView::new(&lab_state(), |pid, _| pid == 100);
+        let json: serde_json::Value = serde_json::from_str(&view.to_json()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "fabric": {"netns": "weft-fabric", "bridge": "br-underlay", "cidr": "198.18.0.0/24"},
+                "nodes": [
+                    {"name": "node1", "netns": "weft-node1", "underlay_ip": "198.18.0.11", "pod_cidr": "10.244.1.0/24", "agent_pid": 100},
+                    {"name": "node2", "netns": "weft-node2", "underlay_ip": "198.18.0.12", "pod_cidr": "10.244.2.0/24", "agent_pid": null}
+                ],
+                "pods": [
+                    {"name": "node1-a", "namespace": "default", "node": "node1", "netns": "weft-pod-node1-a", "ip": "10.244.1.2", "host_ifname": "weftab12cd34"}
+                ]
+            })
+        );
+    }
+
+    #[test]
+    fn status_table_lists_nodes_then_pods() {
+        let view = StatusView::new(&lab_state(), |pid, _| pid == 100);
+        assert_eq!(
+            view.render(),
+            "fabric weft-fabric  bridge br-underlay  underlay 198.18.0.0/24\n\
+             \n\
+             NODE   NETNS       UNDERLAY IP  POD CIDR       AGENT PID\n\
+             node1  weft-node1  198.18.0.11  10.244.1.0/24  100\n\
+             node2  weft-node2  198.18.0.12  10.244.2.0/24  -\n\
+             \n\
+             POD      NAMESPACE  NODE   NETNS             IP          HOST IFNAME\n\
+             node1-a  default    node1  weft-pod-node1-a  10.244.1.2  weftab12cd34\n"
+        );
+    }
+
+    #[test]
+    fn state_dir_is_removed_only_when_it_holds_lab_files() {
+        let dir = std::env::temp_dir().join(format!("weftctl-down-test-{}", std::process::id()));
+        fs::create_dir_all(dir.join("nodes/node1")).unwrap();
+        fs::write(dir.join("lab.json"), "{}").unwrap();
+        fs::write(dir.join("precious.txt"), "keep").unwrap();
+        assert!(
+            remove_state_dir(&dir)
+                .unwrap_err()
+                .to_string()
+                .contains("precious.txt")
+        );
+        assert!(dir.join("precious.txt").exists());
+        fs::remove_file(dir.join("precious.txt")).unwrap();
+        remove_state_dir(&dir).unwrap();
+        assert!(!dir.exists());
+        remove_state_dir(&dir).unwrap();
+    }
+
+    #[test]
+    fn lab_ref_defaults_state_dir() {
+        let lab = LabRef::new("e2e", None).unwrap();
+        assert_eq!(lab.state_dir, Path::new("/run/weft-lab/e2e"));
+        assert!(LabRef::new("../x", None).is_err());
+    }
+
+    /// The underlay part of `lab up` for real (needs root; skipped
+    /// otherwise): nodes reach each other over the fabric bridge, forward
+    /// packets, and `down` finds everything by name without a lab.json.
+    #[test]
+    fn underlay_connects_nodes_and_down_removes_it() {
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipping: needs root to create network namespaces");
+            return;
+        }
+        let lab = LabRef::new(&format!("wctl-t{}", std::process::id()), None).unwrap();
+        let lab = LabRef {
+            state_dir: std::env::temp_dir().join(&lab.lab),
+            ..lab
+        };
+        let state = LabState::planned(
+            &lab.lab,
+            &lab.state_dir,
+            Path::new("/nonexistent"),
+            Path::new(BPFFS_ROOT),
+            2,
+        );
+        let built = (|| -> Result<()> {
+            topology::create_fabric(&state.fabric.netns, &state.fabric.bridge)?;
+            for node in &state.nodes {
+                topology::create_netns(&node.netns)?;
+                topology::attach_node(
+                    &state.fabric.netns,
+                    &state.fabric.bridge,
+                    &node.fabric_port,
+                    &node.netns,
+                    &node.uplink,
+                    node.underlay_ip,
+                    plan::UNDERLAY_PREFIX_LEN,
+                )?;
+                topology::set_net_sysctl(&node.netns, "net.ipv4.ip_forward", "1")?;
+            }
+            Ok(())
+        })();
+        let checked = built.and_then(|()| {
+            assert_eq!(
+                topology::get_net_sysctl(&state.nodes[1].netns, "net.ipv4.ip_forward")?,
+                "1"
+            );
+            let node1 = topology::netns_path(&state.nodes[0].netns);
+            probe::icmp_echo(
+                &node1,
+                state.nodes[1].underlay_ip,
+                Duration::from_secs(1),
+                3,
+            )?;
+            Ok(())
+        });
+        let report = down(&lab).unwrap();
+        checked.unwrap();
+        assert!(report.fallback);
+        assert_eq!(report.namespaces_deleted, 3);
+        let left: Vec<String> = topology::list_netns()
+            .unwrap()
+            .into_iter()
+            .filter(|n| plan::is_lab_netns(&lab.lab, n))
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+}

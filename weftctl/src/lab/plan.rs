@@ -1,0 +1,199 @@
+//! The lab's address and name plan: pure functions from (lab, node index,
+//! pod index) to names and addresses, so every command derives the same
+//! objects and `lab down` can find them again without a record.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Result, bail};
+
+/// The underlay segment every node's `eth0` sits on (a slice of
+/// 198.18.0.0/15, the benchmarking range, so it never clashes with a real
+/// network).
+pub const UNDERLAY_CIDR: &str = "198.18.0.0/24";
+pub const UNDERLAY_PREFIX_LEN: u8 = 24;
+/// The bridge in the fabric namespace that plays the L2 underlay switch.
+pub const BRIDGE: &str = "br-underlay";
+/// The node's uplink inside its namespace, as on a real machine.
+pub const UPLINK: &str = "eth0";
+/// The interface the runtime asks the plugin to create inside a pod.
+pub const POD_IFNAME: &str = "eth0";
+/// Underlay host addresses start above this, leaving .1-.10 for routers
+/// a test may add to the fabric.
+const UNDERLAY_HOST_BASE: u8 = 10;
+/// Node indices are 1-based and bounded by the /24 pod CIDR plan
+/// (10.244.i.0/24) and the underlay host range (198.18.0.(10+i)).
+pub const MAX_NODES: u32 = 200;
+/// Bounded by what a node's /24 pod CIDR can hold.
+pub const MAX_PODS_PER_NODE: u32 = 250;
+
+/// Lab names become prefixes of namespace names and path components.
+pub fn validate_lab_name(lab: &str) -> Result<()> {
+    if lab.is_empty() || lab.len() > 32 {
+        bail!("lab name {lab:?} must be 1 to 32 characters");
+    }
+    if !lab
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        || lab.starts_with('-')
+    {
+        bail!("lab name {lab:?} may only hold a-z, 0-9 and '-', and must not start with '-'");
+    }
+    Ok(())
+}
+
+/// Pod names follow Kubernetes (a DNS-1123 label), since the agent records
+/// them as such.
+pub fn validate_pod_name(name: &str) -> Result<()> {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if name.is_empty()
+        || name.len() > 63
+        || !ok_chars
+        || name.starts_with('-')
+        || name.ends_with('-')
+    {
+        bail!(
+            "pod name {name:?} is not a DNS-1123 label (1-63 characters of a-z, 0-9, '-', \
+             starting and ending with an alphanumeric)"
+        );
+    }
+    Ok(())
+}
+
+pub fn fabric_netns(lab: &str) -> String {
+    format!("{lab}-fabric")
+}
+
+pub fn node_name(index: u32) -> String {
+    format!("node{index}")
+}
+
+pub fn node_netns(lab: &str, node: &str) -> String {
+    format!("{lab}-{node}")
+}
+
+/// The bridge port of node `index` in the fabric namespace; kept under the
+/// 15-byte interface name limit.
+pub fn fabric_port(index: u32) -> String {
+    format!("fab-node{index}")
+}
+
+pub fn underlay_ip(index: u32) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, UNDERLAY_HOST_BASE + index as u8)
+}
+
+pub fn pod_cidr(index: u32) -> String {
+    format!("10.244.{index}.0/24")
+}
+
+/// Pods made by `lab up` are `<node>-a`, `<node>-b`, … `<node>-z`,
+/// `<node>-aa`, … (spreadsheet columns), short and distinct from digits in
+/// the node name.
+pub fn pod_name(node: &str, index: u32) -> String {
+    format!("{node}-{}", letters(index))
+}
+
+fn letters(mut index: u32) -> String {
+    let mut out = Vec::new();
+    loop {
+        out.push(b'a' + (index % 26) as u8);
+        if index < 26 {
+            break;
+        }
+        index = index / 26 - 1;
+    }
+    out.reverse();
+    String::from_utf8(out).expect("ascii")
+}
+
+pub fn pod_netns(lab: &str, pod: &str) -> String {
+    format!("{lab}-pod-{pod}")
+}
+
+/// Whether `netns` is a name this lab's plan can produce; used by
+/// `lab down` when lab.json is gone, so it deletes nothing else.
+pub fn is_lab_netns(lab: &str, netns: &str) -> bool {
+    if netns == fabric_netns(lab) {
+        return true;
+    }
+    let Some(rest) = netns.strip_prefix(lab).and_then(|r| r.strip_prefix('-')) else {
+        return false;
+    };
+    if let Some(index) = rest.strip_prefix("node") {
+        return !index.is_empty() && index.chars().all(|c| c.is_ascii_digit());
+    }
+    rest.strip_prefix("pod-").is_some_and(|pod| !pod.is_empty())
+}
+
+pub fn check_node_count(nodes: u32, pods_per_node: u32) -> Result<()> {
+    if nodes == 0 || nodes > MAX_NODES {
+        bail!("--nodes must be between 1 and {MAX_NODES}, got {nodes}");
+    }
+    if pods_per_node > MAX_PODS_PER_NODE {
+        bail!("--pods-per-node must be at most {MAX_PODS_PER_NODE}, got {pods_per_node}");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_addresses_follow_the_index() {
+        assert_eq!(underlay_ip(1), Ipv4Addr::new(198, 18, 0, 11));
+        assert_eq!(underlay_ip(3), Ipv4Addr::new(198, 18, 0, 13));
+        assert_eq!(underlay_ip(MAX_NODES), Ipv4Addr::new(198, 18, 0, 210));
+        assert_eq!(pod_cidr(2), "10.244.2.0/24");
+        assert_eq!(node_name(2), "node2");
+        assert_eq!(node_netns("weft", "node2"), "weft-node2");
+        assert_eq!(fabric_netns("weft"), "weft-fabric");
+        assert!(fabric_port(MAX_NODES).len() <= 15);
+    }
+
+    #[test]
+    fn pod_names_are_letters() {
+        assert_eq!(pod_name("node1", 0), "node1-a");
+        assert_eq!(pod_name("node1", 1), "node1-b");
+        assert_eq!(pod_name("node1", 25), "node1-z");
+        assert_eq!(pod_name("node1", 26), "node1-aa");
+        assert_eq!(pod_name("node1", 27), "node1-ab");
+        assert_eq!(pod_name("node1", 26 + 26 * 26), "node1-aaa");
+        assert_eq!(pod_netns("weft", "node1-a"), "weft-pod-node1-a");
+        for j in 0..MAX_PODS_PER_NODE {
+            validate_pod_name(&pod_name("node200", j)).unwrap();
+        }
+    }
+
+    #[test]
+    fn only_planned_namespaces_belong_to_the_lab() {
+        assert!(is_lab_netns("weft", "weft-fabric"));
+        assert!(is_lab_netns("weft", "weft-node1"));
+        assert!(is_lab_netns("weft", "weft-node12"));
+        assert!(is_lab_netns("weft", "weft-pod-node1-a"));
+        assert!(!is_lab_netns("weft", "weft-node"));
+        assert!(!is_lab_netns("weft", "weft-nodex"));
+        assert!(!is_lab_netns("weft", "weft-pod-"));
+        assert!(!is_lab_netns("weft", "weft2-node1"));
+        assert!(!is_lab_netns("weft", "other-node1"));
+        assert!(!is_lab_netns("weft", "weftnode1"));
+    }
+
+    #[test]
+    fn names_are_validated() {
+        validate_lab_name("weft").unwrap();
+        validate_lab_name("e2e-3").unwrap();
+        assert!(validate_lab_name("").is_err());
+        assert!(validate_lab_name("Weft").is_err());
+        assert!(validate_lab_name("a/b").is_err());
+        assert!(validate_lab_name("-x").is_err());
+        validate_pod_name("web-1").unwrap();
+        assert!(validate_pod_name("web_1").is_err());
+        assert!(validate_pod_name("web-").is_err());
+        assert!(validate_pod_name(&"a".repeat(64)).is_err());
+        check_node_count(3, 2).unwrap();
+        assert!(check_node_count(0, 2).is_err());
+        assert!(check_node_count(MAX_NODES + 1, 2).is_err());
+    }
+}

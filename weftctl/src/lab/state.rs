@@ -1,0 +1,331 @@
+//! lab.json: the record of everything a lab created, so that every later
+//! command (and `lab down` after a crash) acts on exactly those objects.
+//! Objects are recorded before they are created, so a record may name a
+//! namespace that does not exist yet; deleting it is then a no-op.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::plan;
+
+pub const STATE_FILE: &str = "lab.json";
+/// Bumped when the layout of lab.json changes incompatibly.
+pub const STATE_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabState {
+    pub version: u32,
+    pub lab: String,
+    pub state_dir: PathBuf,
+    /// Where weft-agent and weft-cni were found at `lab up`; reused by later
+    /// commands so a node's agent restarts with the same binary.
+    pub bin_dir: PathBuf,
+    pub fabric: Fabric,
+    pub nodes: Vec<Node>,
+    pub pods: Vec<Pod>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fabric {
+    pub netns: String,
+    pub bridge: String,
+    pub cidr: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub name: String,
+    pub index: u32,
+    pub netns: String,
+    pub underlay_ip: Ipv4Addr,
+    pub pod_cidr: String,
+    pub uplink: String,
+    /// The node's bridge port in the fabric namespace.
+    pub fabric_port: String,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub bpffs_dir: PathBuf,
+    /// The pid of the agent this lab started; None when stopped.
+    pub agent_pid: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pod {
+    pub name: String,
+    pub namespace: String,
+    pub node: String,
+    pub netns: String,
+    pub container_id: String,
+    pub ifname: String,
+    pub labels: BTreeMap<String, String>,
+    /// Filled from the CNI result; None while ADD has not succeeded.
+    pub ip: Option<Ipv4Addr>,
+    pub host_ifname: Option<String>,
+}
+
+impl LabState {
+    /// The plan of a fresh lab: fabric and nodes, no pods, no agents.
+    pub fn planned(
+        lab: &str,
+        state_dir: &Path,
+        bin_dir: &Path,
+        bpffs_root: &Path,
+        nodes: u32,
+    ) -> Self {
+        let nodes = (1..=nodes)
+            .map(|index| {
+                let name = plan::node_name(index);
+                let node_dir = state_dir.join("nodes").join(&name);
+                Node {
+                    netns: plan::node_netns(lab, &name),
+                    underlay_ip: plan::underlay_ip(index),
+                    pod_cidr: plan::pod_cidr(index),
+                    uplink: plan::UPLINK.to_string(),
+                    fabric_port: plan::fabric_port(index),
+                    socket: node_dir.join("agent.sock"),
+                    state_dir: node_dir,
+                    bpffs_dir: bpffs_root.join(lab).join(&name),
+                    agent_pid: None,
+                    index,
+                    name,
+                }
+            })
+            .collect();
+        LabState {
+            version: STATE_VERSION,
+            lab: lab.to_string(),
+            state_dir: state_dir.to_path_buf(),
+            bin_dir: bin_dir.to_path_buf(),
+            fabric: Fabric {
+                netns: plan::fabric_netns(lab),
+                bridge: plan::BRIDGE.to_string(),
+                cidr: plan::UNDERLAY_CIDR.to_string(),
+            },
+            nodes,
+            pods: Vec::new(),
+        }
+    }
+
+    /// The directory all nodes' agents share as their datastore.
+    pub fn datastore_dir(&self) -> PathBuf {
+        self.state_dir.join("datastore")
+    }
+
+    pub fn node(&self, name: &str) -> Result<&Node> {
+        self.nodes.iter().find(|n| n.name == name).with_context(|| {
+            let known: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
+            format!(
+                "lab {} has no node {name:?} (nodes: {})",
+                self.lab,
+                known.join(", ")
+            )
+        })
+    }
+
+    pub fn node_mut(&mut self, name: &str) -> Result<&mut Node> {
+        self.node(name)?;
+        Ok(self
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .expect("checked above"))
+    }
+
+    pub fn pod(&self, name: &str) -> Result<&Pod> {
+        self.pods
+            .iter()
+            .find(|p| p.name == name)
+            .with_context(|| format!("lab {} has no pod {name:?}", self.lab))
+    }
+
+    /// The arguments the agent of `node` runs with; the same on every
+    /// start, so a restarted agent adopts what its predecessor programmed.
+    pub fn agent_args(&self, node: &Node) -> Vec<String> {
+        let path = |p: &Path| p.display().to_string();
+        vec![
+            "--node-name".into(),
+            node.name.clone(),
+            "--pod-cidr".into(),
+            node.pod_cidr.clone(),
+            "--uplink".into(),
+            node.uplink.clone(),
+            "--datastore-dir".into(),
+            path(&self.datastore_dir()),
+            "--state-dir".into(),
+            path(&node.state_dir),
+            "--socket".into(),
+            path(&node.socket),
+            "--bpffs-dir".into(),
+            path(&node.bpffs_dir),
+            "--encap".into(),
+            "none".into(),
+            "--routing".into(),
+            "static".into(),
+        ]
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("lab state serializes")
+    }
+
+    pub fn from_json(text: &str) -> Result<Self> {
+        let state: LabState =
+            serde_json::from_str(text).context("lab.json is not a valid lab record")?;
+        if state.version != STATE_VERSION {
+            anyhow::bail!(
+                "lab.json has version {}, this weftctl reads {STATE_VERSION}",
+                state.version
+            );
+        }
+        Ok(state)
+    }
+
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join(STATE_FILE)
+    }
+
+    /// Reads `<state_dir>/lab.json`; Ok(None) when there is none.
+    pub fn load(state_dir: &Path) -> Result<Option<Self>> {
+        let path = Self::path(state_dir);
+        match fs::read_to_string(&path) {
+            Ok(text) => Self::from_json(&text)
+                .with_context(|| format!("reading {}", path.display()))
+                .map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Reads lab.json and fails with a hint when the lab does not exist.
+    pub fn load_existing(state_dir: &Path, lab: &str) -> Result<Self> {
+        Self::load(state_dir)?.with_context(|| {
+            format!(
+                "no lab {lab:?}: {} does not exist (run `weftctl lab up` first, or pass --lab/--state-dir)",
+                Self::path(state_dir).display()
+            )
+        })
+    }
+
+    /// Writes lab.json atomically (temp file, fsync, rename), so a reader
+    /// or a crash never sees half a record.
+    pub fn save(&self) -> Result<()> {
+        fs::create_dir_all(&self.state_dir)
+            .with_context(|| format!("creating state directory {}", self.state_dir.display()))?;
+        let path = Self::path(&self.state_dir);
+        let tmp = self
+            .state_dir
+            .join(format!(".{STATE_FILE}.tmp.{}", std::process::id()));
+        let write = || -> std::io::Result<()> {
+            let mut file = fs::File::create(&tmp)?;
+            file.write_all(self.to_json().as_bytes())?;
+            file.write_all(b"\n")?;
+            file.sync_all()?;
+            fs::rename(&tmp, &path)
+        };
+        write().with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> LabState {
+        let mut state = LabState::planned(
+            "weft",
+            Path::new("/run/weft-lab/weft"),
+            Path::new("/opt/weft/bin"),
+            Path::new("/sys/fs/bpf/weft-lab"),
+            2,
+        );
+        state.nodes[0].agent_pid = Some(4242);
+        state.pods.push(Pod {
+            name: "node1-a".into(),
+            namespace: "default".into(),
+            node: "node1".into(),
+            netns: "weft-pod-node1-a".into(),
+            container_id: "ab".repeat(32),
+            ifname: "eth0".into(),
+            labels: BTreeMap::from([("app".into(), "web".into())]),
+            ip: Some(Ipv4Addr::new(10, 244, 1, 5)),
+            host_ifname: Some("weft1234abcd".into()),
+        });
+        state
+    }
+
+    #[test]
+    fn plan_fills_nodes() {
+        let state = sample();
+        assert_eq!(state.fabric.netns, "weft-fabric");
+        assert_eq!(state.fabric.bridge, "br-underlay");
+        assert_eq!(state.fabric.cidr, "198.18.0.0/24");
+        let node2 = state.node("node2").unwrap();
+        assert_eq!(node2.netns, "weft-node2");
+        assert_eq!(node2.underlay_ip.to_string(), "198.18.0.12");
+        assert_eq!(node2.pod_cidr, "10.244.2.0/24");
+        assert_eq!(
+            node2.socket,
+            Path::new("/run/weft-lab/weft/nodes/node2/agent.sock")
+        );
+        assert_eq!(
+            node2.bpffs_dir,
+            Path::new("/sys/fs/bpf/weft-lab/weft/node2")
+        );
+        assert!(
+            state
+                .node("node3")
+                .unwrap_err()
+                .to_string()
+                .contains("node1, node2")
+        );
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let state = sample();
+        let text = state.to_json();
+        assert_eq!(LabState::from_json(&text).unwrap(), state);
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["pods"][0]["ip"], "10.244.1.5");
+        assert_eq!(value["nodes"][1]["agent_pid"], serde_json::Value::Null);
+        assert!(LabState::from_json("{").is_err());
+        assert!(LabState::from_json(&text.replace("\"version\": 1", "\"version\": 9")).is_err());
+    }
+
+    #[test]
+    fn agent_args_match_the_contract() {
+        let state = sample();
+        let args = state.agent_args(state.node("node1").unwrap());
+        assert_eq!(
+            args.join(" "),
+            "--node-name node1 --pod-cidr 10.244.1.0/24 --uplink eth0 \
+             --datastore-dir /run/weft-lab/weft/datastore --state-dir /run/weft-lab/weft/nodes/node1 \
+             --socket /run/weft-lab/weft/nodes/node1/agent.sock \
+             --bpffs-dir /sys/fs/bpf/weft-lab/weft/node1 --encap none --routing static"
+        );
+    }
+
+    #[test]
+    fn save_is_atomic_and_loads_back() {
+        let dir = std::env::temp_dir().join(format!("weftctl-state-test-{}", std::process::id()));
+        let mut state = sample();
+        state.state_dir = dir.clone();
+        assert!(LabState::load(&dir).unwrap().is_none());
+        state.save().unwrap();
+        assert_eq!(LabState::load(&dir).unwrap().unwrap(), state);
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("lab.json")]);
+        fs::write(LabState::path(&dir), "garbage").unwrap();
+        assert!(LabState::load(&dir).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

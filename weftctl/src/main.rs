@@ -1,0 +1,392 @@
+//! weftctl: the operator's command line for Weft. Queries a node's agent
+//! over its unix socket, and builds and checks a lab cluster made of
+//! network namespaces on this machine.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use weftctl::agent_api::{self, block_on};
+use weftctl::lab::{self, LabRef, PodView, StatusView, cni, probe::ProbeConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "weftctl",
+    version,
+    about = "Operate Weft: query node agents, run a lab cluster in network namespaces"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show an agent's readiness (gRPC Status).
+    Status {
+        #[command(flatten)]
+        agent: AgentTarget,
+        /// Print JSON: {"ready","node_name","pod_cidr","message","endpoints"}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the endpoints (pod attachments) an agent holds.
+    Endpoints {
+        #[command(flatten)]
+        agent: AgentTarget,
+        /// Print a JSON array of endpoints.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an agent's datapath counters (gRPC GetCounters).
+    Counters {
+        #[command(flatten)]
+        agent: AgentTarget,
+        /// Print a JSON object of counter name to value.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build, inspect and check a cluster of network namespaces on this machine.
+    Lab(LabArgs),
+}
+
+/// Which agent to ask: its socket, or a node of a lab.
+#[derive(Args)]
+struct AgentTarget {
+    /// The agent's unix socket.
+    #[arg(long, required_unless_present = "node", conflicts_with = "node")]
+    socket: Option<PathBuf>,
+    /// A lab node whose agent to ask (socket taken from the lab's lab.json).
+    #[arg(long)]
+    node: Option<String>,
+    /// The lab the node belongs to.
+    #[arg(long, default_value = "weft", env = "WEFT_LAB")]
+    lab: String,
+    /// The lab's state directory [default: /run/weft-lab/<lab>].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// How long to wait for the agent, in seconds.
+    #[arg(long, default_value_t = 5)]
+    timeout: u64,
+}
+
+impl AgentTarget {
+    fn socket(&self) -> Result<PathBuf> {
+        if let Some(socket) = &self.socket {
+            return Ok(socket.clone());
+        }
+        let node = self
+            .node
+            .as_deref()
+            .expect("clap requires --socket or --node");
+        let state = LabRef::new(&self.lab, self.state_dir.clone())?.load()?;
+        Ok(state.node(node)?.socket.clone())
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout)
+    }
+}
+
+#[derive(Args)]
+struct LabArgs {
+    /// The lab's name; prefixes its namespaces (<lab>-fabric, <lab>-node<i>, <lab>-pod-<pod>).
+    #[arg(long, global = true, default_value = "weft", env = "WEFT_LAB")]
+    lab: String,
+    /// Where lab.json, agent logs, sockets and the shared datastore live [default: /run/weft-lab/<lab>].
+    #[arg(long, global = true)]
+    state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: LabCommand,
+}
+
+#[derive(Subcommand)]
+enum LabCommand {
+    /// Build a lab from scratch (a previous lab of that name is torn down first):
+    /// fabric, N nodes with their agents, M pods per node via weft-cni ADD.
+    Up {
+        /// Nodes node1..nodeN: netns <lab>-node<i>, eth0 198.18.0.(10+i)/24, pod CIDR 10.244.<i>.0/24.
+        #[arg(long)]
+        nodes: u32,
+        /// Pods per node, named <node>-a, <node>-b, ... (namespace "default", label app=web).
+        #[arg(long, default_value_t = 0)]
+        pods_per_node: u32,
+        /// Where weft-agent and weft-cni are [default: the directory of weftctl].
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// Seconds to wait for the agents (started together) to report ready.
+        #[arg(long, default_value_t = 60)]
+        ready_timeout: u64,
+        /// On failure, leave what was built for inspection instead of tearing it down.
+        #[arg(long)]
+        keep_on_failure: bool,
+    },
+    /// Tear the lab down: its agents, namespaces, bpffs pins and state directory. Idempotent.
+    Down,
+    /// Show the lab's fabric, nodes (with live agent pids) and pods.
+    Status {
+        /// Print JSON: {"fabric":{..},"nodes":[..],"pods":[..]}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add or delete a pod through weft-cni.
+    #[command(subcommand)]
+    Pod(PodCommand),
+    /// Stop or start a node's agent.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Probe ICMP and TCP between every ordered pair of pods; exit 1 unless all pass.
+    Check {
+        /// Print the matrix as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Per-try timeout of ICMP echo and TCP, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+    },
+    /// Run a command inside a pod's network namespace.
+    Exec {
+        /// The pod's name.
+        pod: String,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PodCommand {
+    /// Create a pod's namespace and run weft-cni ADD for it on NODE.
+    Add {
+        /// The node to run the pod on, e.g. node1.
+        #[arg(long)]
+        node: String,
+        /// The pod's name (a DNS-1123 label); its netns is <lab>-pod-<name>.
+        #[arg(long)]
+        name: String,
+        /// The pod's Kubernetes namespace.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// Pod labels, k=v,k2=v2 (passed in the CNI config's args.cni.labels).
+        #[arg(long, default_value = "")]
+        labels: String,
+        /// Print the pod as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run weft-cni DEL for a pod, then delete its namespace.
+    Del {
+        /// The pod's name.
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentCommand {
+    /// SIGKILL the node's agent, leaving its dataplane in place.
+    Stop {
+        /// The node's name, e.g. node2.
+        node: String,
+    },
+    /// Start the node's agent with the arguments of `lab up` and wait until it is ready.
+    Start {
+        /// The node's name, e.g. node2.
+        node: String,
+        /// Seconds to wait for the agent to report ready.
+        #[arg(long, default_value_t = 60)]
+        ready_timeout: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", weftctl::error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Status { agent, json } => {
+            let status = block_on(agent_api::status(&agent.socket()?, agent.timeout()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", agent_api::render_status(&status));
+            }
+        }
+        Command::Endpoints { agent, json } => {
+            let endpoints = block_on(agent_api::endpoints(&agent.socket()?, agent.timeout()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&endpoints)?);
+            } else {
+                print!("{}", agent_api::render_endpoints(&endpoints));
+            }
+        }
+        Command::Counters { agent, json } => {
+            let counters = block_on(agent_api::counters(&agent.socket()?, agent.timeout()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&counters)?);
+            } else {
+                print!("{}", agent_api::render_counters(&counters));
+            }
+        }
+        Command::Lab(args) => return run_lab(args),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_lab(args: LabArgs) -> Result<ExitCode> {
+    let lab = LabRef::new(&args.lab, args.state_dir)?;
+    let mutates = matches!(
+        args.command,
+        LabCommand::Up { .. } | LabCommand::Down | LabCommand::Pod(_) | LabCommand::Agent(_)
+    );
+    let _lock = if mutates {
+        Some(lab::LabLock::acquire(&lab)?)
+    } else {
+        None
+    };
+    match args.command {
+        LabCommand::Up {
+            nodes,
+            pods_per_node,
+            bin_dir,
+            ready_timeout,
+            keep_on_failure,
+        } => {
+            let started = Instant::now();
+            let bin_dir = match bin_dir {
+                Some(dir) => dir,
+                None => lab::default_bin_dir()?,
+            };
+            let options = lab::UpOptions {
+                nodes,
+                pods_per_node,
+                bin_dir,
+                ready_timeout: Duration::from_secs(ready_timeout),
+                keep_on_failure,
+            };
+            let state = lab::up(&lab, &options)?;
+            print!(
+                "{}",
+                StatusView::new(&state, lab::process::is_agent).render()
+            );
+            eprintln!(
+                "lab {} up: {nodes} nodes, {} pods in {:.1} s",
+                lab.lab,
+                state.pods.len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+        LabCommand::Down => {
+            let report = lab::down(&lab)?;
+            println!(
+                "lab {} down: {} agents stopped, {} namespaces deleted{}",
+                lab.lab,
+                report.agents_stopped,
+                report.namespaces_deleted,
+                if report.fallback {
+                    " (by name; no lab.json)"
+                } else {
+                    ""
+                }
+            );
+        }
+        LabCommand::Status { json } => {
+            let state = lab.load()?;
+            let view = StatusView::new(&state, lab::process::is_agent);
+            if json {
+                println!("{}", view.to_json());
+            } else {
+                print!("{}", view.render());
+            }
+        }
+        LabCommand::Pod(PodCommand::Add {
+            node,
+            name,
+            namespace,
+            labels,
+            json,
+        }) => {
+            let labels = cni::parse_labels(&labels)?;
+            let mut state = lab.load()?;
+            let pod = lab::add_pod(&mut state, &node, &name, &namespace, &labels)?;
+            let view = PodView::from(&pod);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                let dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+                println!(
+                    "pod {}/{} on {}: {} via {} (netns {})",
+                    view.namespace,
+                    view.name,
+                    view.node,
+                    dash(view.ip.clone()),
+                    dash(view.host_ifname.clone()),
+                    view.netns
+                );
+            }
+        }
+        LabCommand::Pod(PodCommand::Del { name }) => {
+            let mut state = lab.load()?;
+            lab::del_pod(&mut state, &name)?;
+            println!("pod {name} deleted");
+        }
+        LabCommand::Agent(AgentCommand::Stop { node }) => {
+            let mut state = lab.load()?;
+            match lab::stop_agent(&mut state, &node)? {
+                Some(pid) => println!("agent of {node} killed (pid {pid})"),
+                None => println!("agent of {node} was not running"),
+            }
+        }
+        LabCommand::Agent(AgentCommand::Start {
+            node,
+            ready_timeout,
+        }) => {
+            let mut state = lab.load()?;
+            let (pid, already) =
+                lab::start_agent(&mut state, &node, Duration::from_secs(ready_timeout))?;
+            if already {
+                println!("agent of {node} already running (pid {pid})");
+            } else {
+                println!("agent of {node} ready (pid {pid})");
+            }
+        }
+        LabCommand::Check { json, timeout_ms } => {
+            let state = lab.load()?;
+            let timeout = Duration::from_millis(timeout_ms);
+            let config = ProbeConfig {
+                icmp_timeout: timeout,
+                tcp_timeout: timeout.mul_f32(1.5),
+                ..ProbeConfig::default()
+            };
+            let started = Instant::now();
+            let matrix = lab::check(&state, config)?;
+            if json {
+                println!("{}", matrix.to_json());
+            } else {
+                print!("{}", matrix.render());
+            }
+            eprintln!(
+                "checked {} pairs in {:.1} s",
+                matrix.pairs.len(),
+                started.elapsed().as_secs_f64()
+            );
+            if !matrix.all_ok() {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        LabCommand::Exec { pod, command } => {
+            let state = lab.load()?;
+            lab::exec(&state, &pod, &command).context("lab exec")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
