@@ -1,0 +1,217 @@
+//! The calculation: from the cluster state the agent sees to the desired
+//! state of its node's dataplane. Pure: no I/O, no clock; the reconciler
+//! feeds it what it read and applies what it returns.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+use weft_dataplane::names::host_ifname;
+use weft_dataplane::route::Route;
+
+use crate::datastore::{EndpointRecord, NodeRecord};
+use crate::ipam::{Attachment, Claim};
+
+/// What the calculation reads.
+pub struct ClusterView<'a> {
+    /// This node's own record.
+    pub me: &'a NodeRecord,
+    /// The uplink's index and subnet (static routing needs next hops on it).
+    pub uplink_ifindex: u32,
+    pub uplink_subnet: Option<Ipv4Network>,
+    /// Every node record in the datastore, this node's included.
+    pub nodes: &'a [NodeRecord],
+    /// This node's endpoints (the agent's local records).
+    pub endpoints: &'a [EndpointRecord],
+    /// Weft's host-side interfaces present in the kernel, name → ifindex.
+    pub links: &'a BTreeMap<String, u32>,
+    /// The IPAM claims: attachments in flight or registered.
+    pub claims: &'a BTreeMap<Ipv4Addr, Claim>,
+}
+
+/// The node's desired dataplane.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct DesiredState {
+    pub routes: Vec<Route>,
+    /// Anti-spoofing entries: host veth ifindex → the pod's only source address.
+    pub guard: BTreeMap<u32, Ipv4Addr>,
+    /// Host veths that must carry the guard.
+    pub guarded_links: Vec<String>,
+    /// Weft interfaces that belong to no claimed attachment (leftovers of
+    /// a failed ADD or a lost DEL).
+    pub stale_links: Vec<String>,
+    /// Why some wanted state cannot be built, for the log and operators.
+    pub problems: Vec<String>,
+}
+
+pub fn desired_state(view: &ClusterView<'_>) -> DesiredState {
+    let mut out = DesiredState::default();
+
+    for ep in view.endpoints {
+        match view.links.get(&ep.host_ifname) {
+            Some(&ifindex) => {
+                out.guard.insert(ifindex, ep.address);
+                out.guarded_links.push(ep.host_ifname.clone());
+                out.routes.push(Route::to_local_pod(ep.address, ifindex));
+            }
+            None => out.problems.push(format!(
+                "endpoint {}/{} ({}): host interface {} is missing",
+                ep.pod_namespace, ep.pod_name, ep.address, ep.host_ifname
+            )),
+        }
+    }
+
+    let mut taken: Vec<Ipv4Network> = vec![view.me.pod_cidr];
+    let mut others: Vec<&NodeRecord> = view.nodes.iter().filter(|n| n.name != view.me.name).collect();
+    others.sort_by(|a, b| a.name.cmp(&b.name));
+    for node in others {
+        if let Some(clash) = taken.iter().find(|c| c.overlaps(node.pod_cidr)) {
+            out.problems.push(format!(
+                "node {}: pod CIDR {} overlaps {} already routed; not routed",
+                node.name, node.pod_cidr, clash
+            ));
+            continue;
+        }
+        if let Some(subnet) = view.uplink_subnet {
+            if !subnet.contains(node.underlay_ip) {
+                out.problems.push(format!(
+                    "node {}: underlay address {} is outside the uplink subnet {}; static routing needs one L2 segment",
+                    node.name, node.underlay_ip, subnet
+                ));
+                continue;
+            }
+        }
+        taken.push(node.pod_cidr);
+        out.routes.push(Route::to_pod_cidr(node.pod_cidr, node.underlay_ip, view.uplink_ifindex));
+    }
+
+    let claimed: BTreeSet<String> = view
+        .claims
+        .values()
+        .filter_map(|c| match c {
+            Claim::Owned(Attachment { container_id, ifname }) => Some(host_ifname(container_id, ifname)),
+            Claim::Orphaned => None,
+        })
+        .chain(view.endpoints.iter().map(|e| e.host_ifname.clone()))
+        .collect();
+    out.stale_links = view.links.keys().filter(|name| !claimed.contains(*name)).cloned().collect();
+
+    out.routes.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, ip: &str, cidr: &str) -> NodeRecord {
+        NodeRecord { name: name.into(), underlay_ip: ip.parse().unwrap(), pod_cidr: cidr.parse().unwrap() }
+    }
+
+    fn endpoint(cid: &str, ip: &str) -> EndpointRecord {
+        EndpointRecord {
+            container_id: cid.into(),
+            ifname: "eth0".into(),
+            node: "node1".into(),
+            pod_name: format!("pod-{cid}"),
+            pod_namespace: "default".into(),
+            labels: Default::default(),
+            address: ip.parse().unwrap(),
+            host_ifname: host_ifname(cid, "eth0"),
+            netns: String::new(),
+        }
+    }
+
+    fn claim(cid: &str) -> Claim {
+        Claim::Owned(Attachment { container_id: cid.into(), ifname: "eth0".into() })
+    }
+
+    struct Fixture {
+        me: NodeRecord,
+        nodes: Vec<NodeRecord>,
+        endpoints: Vec<EndpointRecord>,
+        links: BTreeMap<String, u32>,
+        claims: BTreeMap<Ipv4Addr, Claim>,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let me = node("node1", "198.18.0.11", "10.244.1.0/24");
+            Fixture {
+                nodes: vec![me.clone(), node("node2", "198.18.0.12", "10.244.2.0/24")],
+                me,
+                endpoints: vec![],
+                links: BTreeMap::new(),
+                claims: BTreeMap::new(),
+            }
+        }
+        fn calc(&self) -> DesiredState {
+            desired_state(&ClusterView {
+                me: &self.me,
+                uplink_ifindex: 2,
+                uplink_subnet: Some("198.18.0.0/24".parse().unwrap()),
+                nodes: &self.nodes,
+                endpoints: &self.endpoints,
+                links: &self.links,
+                claims: &self.claims,
+            })
+        }
+    }
+
+    #[test]
+    fn local_pods_get_host_routes_and_guard_entries() {
+        let mut f = Fixture::new();
+        f.endpoints.push(endpoint("a", "10.244.1.2"));
+        f.links.insert(host_ifname("a", "eth0"), 7);
+        f.claims.insert("10.244.1.2".parse().unwrap(), claim("a"));
+        let d = f.calc();
+        assert!(d.routes.contains(&Route::to_local_pod("10.244.1.2".parse().unwrap(), 7)));
+        assert_eq!(d.guard, [(7, "10.244.1.2".parse().unwrap())].into());
+        assert_eq!(d.guarded_links, vec![host_ifname("a", "eth0")]);
+        assert!(d.stale_links.is_empty());
+        assert!(d.problems.is_empty());
+    }
+
+    #[test]
+    fn other_nodes_pod_cidrs_route_via_their_underlay_address() {
+        let d = Fixture::new().calc();
+        assert_eq!(
+            d.routes,
+            vec![Route::to_pod_cidr("10.244.2.0/24".parse().unwrap(), "198.18.0.12".parse().unwrap(), 2)]
+        );
+    }
+
+    #[test]
+    fn overlapping_and_off_subnet_nodes_are_refused_with_a_reason() {
+        let mut f = Fixture::new();
+        f.nodes.push(node("node3", "198.18.0.13", "10.244.1.128/25"));
+        f.nodes.push(node("node4", "192.0.2.4", "10.244.4.0/24"));
+        let d = f.calc();
+        assert_eq!(d.routes.len(), 1);
+        assert_eq!(d.problems.len(), 2);
+        assert!(d.problems[0].contains("node3") && d.problems[0].contains("overlaps"));
+        assert!(d.problems[1].contains("node4") && d.problems[1].contains("outside"));
+    }
+
+    #[test]
+    fn endpoint_without_its_veth_is_a_problem_not_a_route() {
+        let mut f = Fixture::new();
+        f.endpoints.push(endpoint("a", "10.244.1.2"));
+        let d = f.calc();
+        assert!(d.guard.is_empty());
+        assert_eq!(d.routes.len(), 1);
+        assert!(d.problems[0].contains("missing"));
+    }
+
+    #[test]
+    fn links_of_unclaimed_attachments_are_stale_but_in_flight_adds_are_not() {
+        let mut f = Fixture::new();
+        // An ADD in flight: address claimed, veth made, not registered yet.
+        f.claims.insert("10.244.1.3".parse().unwrap(), claim("inflight"));
+        f.links.insert(host_ifname("inflight", "eth0"), 8);
+        // A leftover of a failed ADD whose address was released.
+        f.links.insert(host_ifname("gone", "eth0"), 9);
+        let d = f.calc();
+        assert_eq!(d.stale_links, vec![host_ifname("gone", "eth0")]);
+    }
+}

@@ -1,0 +1,109 @@
+//! The agent's configuration: flags, each also read from a `WEFT_*`
+//! environment variable (the DaemonSet's way). Every path is configurable so
+//! several agents can share one machine (the lab).
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use ipnetwork::Ipv4Network;
+
+/// How pod traffic crosses the underlay between nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Encap {
+    /// Native routing: pod addresses on the wire (nodes on one L2 segment).
+    None,
+}
+
+impl Encap {
+    /// Bytes the encapsulation adds to every packet; the pod MTU gives them up.
+    pub fn overhead(self) -> u32 {
+        match self {
+            Encap::None => 0,
+        }
+    }
+}
+
+/// How the agent learns the routes to other nodes' pod CIDRs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Routing {
+    /// From the node records in the datastore (Felix-style static routes).
+    Static,
+}
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "weft-agent",
+    version,
+    about = "Weft's per-node daemon: IPAM, routes and the eBPF pod guard, served to weft-cni over gRPC",
+    long_about = "Weft's per-node daemon. It hands out pod addresses from the node's pod CIDR, \
+programs a host route and the eBPF anti-spoofing guard for every local pod, routes other nodes' \
+pod CIDRs via their underlay addresses, and publishes its node and endpoints to the datastore. \
+State it finds in the kernel from a previous run (routes with Weft's protocol number, weft* \
+interfaces, pins under --bpffs-dir) is adopted, not flushed; only stale Weft-owned objects are removed."
+)]
+pub struct Config {
+    /// This node's name in the cluster.
+    #[arg(long, env = "WEFT_NODE_NAME")]
+    pub node_name: String,
+    /// The node's pod CIDR (Node.spec.podCIDR in Kubernetes).
+    #[arg(long, env = "WEFT_POD_CIDR")]
+    pub pod_cidr: Ipv4Network,
+    /// The interface towards the underlay.
+    #[arg(long, env = "WEFT_UPLINK", default_value = "eth0")]
+    pub uplink: String,
+    /// The node's underlay address [default: the uplink's first IPv4 address].
+    #[arg(long, env = "WEFT_UNDERLAY_IP")]
+    pub underlay_ip: Option<Ipv4Addr>,
+    /// The datastore directory shared by the cluster's agents (local embedded store).
+    #[arg(long, env = "WEFT_DATASTORE_DIR", default_value = "/var/lib/weft/datastore")]
+    pub datastore_dir: PathBuf,
+    /// Where the agent keeps its own state (IPAM claims, endpoint records).
+    #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
+    pub state_dir: PathBuf,
+    /// The gRPC unix socket weft-cni and weftctl connect to.
+    #[arg(long, env = "WEFT_SOCKET", default_value = "/run/weft/agent.sock")]
+    pub socket: PathBuf,
+    /// This node's directory for pinned eBPF programs and maps (on a bpffs).
+    #[arg(long, env = "WEFT_BPFFS_DIR", default_value = "/sys/fs/bpf/weft")]
+    pub bpffs_dir: PathBuf,
+    /// Pod MTU [default: the uplink's MTU minus the encapsulation overhead].
+    #[arg(long, env = "WEFT_MTU", value_parser = clap::value_parser!(u32).range(576..=65535))]
+    pub mtu: Option<u32>,
+    /// Encapsulation between nodes.
+    #[arg(long, env = "WEFT_ENCAP", value_enum, default_value = "none")]
+    pub encap: Encap,
+    /// Where routes to other nodes come from.
+    #[arg(long, env = "WEFT_ROUTING", value_enum, default_value = "static")]
+    pub routing: Routing,
+    /// Seconds between full resyncs (the safety net under the datastore watch).
+    #[arg(long, env = "WEFT_RESYNC_SECONDS", default_value = "10", value_parser = clap::value_parser!(u64).range(1..))]
+    pub resync_seconds: u64,
+}
+
+impl Config {
+    /// The pod MTU: the flag if given, else what the uplink leaves after encapsulation.
+    pub fn pod_mtu(&self, uplink_mtu: u32) -> u32 {
+        self.mtu.unwrap_or(uplink_mtu.saturating_sub(self.encap.overhead()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse_and_defaults_hold() {
+        let c = Config::try_parse_from(["weft-agent", "--node-name", "n1", "--pod-cidr", "10.244.1.0/24"]).unwrap();
+        assert_eq!(c.uplink, "eth0");
+        assert_eq!(c.pod_mtu(1500), 1500);
+        assert_eq!(c.socket, PathBuf::from("/run/weft/agent.sock"));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(Config::try_parse_from(["weft-agent", "--node-name", "n1", "--pod-cidr", "10.244.1.0/33"]).is_err());
+        assert!(Config::try_parse_from(["weft-agent", "--node-name", "n1", "--pod-cidr", "10.244.1.0/24", "--mtu", "100"]).is_err());
+        assert!(Config::try_parse_from(["weft-agent", "--node-name", "n1", "--pod-cidr", "10.244.1.0/24", "--encap", "gre"]).is_err());
+    }
+}

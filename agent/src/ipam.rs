@@ -1,0 +1,283 @@
+//! Address management for the node's pod CIDR.
+//!
+//! Every address in use is a claim file in the IPAM directory, named by the
+//! address and created with `O_EXCL`, written and fsynced (with its
+//! directory) before the address leaves the agent. A kill -9 at any moment
+//! therefore leaves at worst a claim that nobody was told about (it is found
+//! again by its owner's retry, or released by CNI GC), never an address handed
+//! out twice. The allocation order is a pure function ([`next_candidates`]).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil;
+
+/// Who holds an address: one CNI attachment.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Attachment {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// A claim file's content. A claim whose file is empty or unreadable (a crash
+/// between create and write) has no owner: it stays reserved until GC.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Claim {
+    Owned(Attachment),
+    Orphaned,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IpamError {
+    #[error("pod CIDR {0} has no free address")]
+    Exhausted(Ipv4Network),
+    #[error("IPAM directory {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// The file-backed allocator of one node.
+pub struct Ipam {
+    dir: PathBuf,
+    cidr: Ipv4Network,
+    state: Mutex<State>,
+}
+
+struct State {
+    claims: BTreeMap<Ipv4Addr, Claim>,
+    /// The address handed out last: allocation continues after it, so a
+    /// released address is not reused at once (a stale packet or a
+    /// half-deleted pod does not meet its successor).
+    last: Option<Ipv4Addr>,
+}
+
+const LAST_FILE: &str = "last-reserved";
+
+impl Ipam {
+    /// Opens (creating) the directory and reads every claim a previous run left.
+    pub fn open(dir: &Path, cidr: Ipv4Network) -> Result<Ipam, IpamError> {
+        let io = |source| IpamError::Io { path: dir.to_path_buf(), source };
+        fs::create_dir_all(dir).map_err(io)?;
+        let mut claims = BTreeMap::new();
+        for entry in fs::read_dir(dir).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let Some(ip) = entry.file_name().to_str().and_then(|n| n.parse::<Ipv4Addr>().ok()) else {
+                continue;
+            };
+            let claim = fs::read(entry.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Attachment>(&b).ok())
+                .map_or(Claim::Orphaned, Claim::Owned);
+            claims.insert(ip, claim);
+        }
+        let last = fs::read_to_string(dir.join(LAST_FILE)).ok().and_then(|s| s.trim().parse().ok());
+        Ok(Ipam { dir: dir.to_path_buf(), cidr, state: Mutex::new(State { claims, last }) })
+    }
+
+    /// The address held by `who`, reserving a new one if it holds none.
+    /// Idempotent: a retried ADD gets the address it already has.
+    pub fn allocate(&self, who: &Attachment) -> Result<Ipv4Addr, IpamError> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ip) = find(&state.claims, who) {
+            return Ok(ip);
+        }
+        for ip in next_candidates(self.cidr, state.last) {
+            if state.claims.contains_key(&ip) {
+                continue;
+            }
+            match self.write_claim(ip, who) {
+                Ok(()) => {}
+                // Claimed on disk but not in memory: someone else's; skip it.
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    state.claims.insert(ip, Claim::Orphaned);
+                    continue;
+                }
+                Err(source) => return Err(IpamError::Io { path: self.claim_path(ip), source }),
+            }
+            state.claims.insert(ip, Claim::Owned(who.clone()));
+            state.last = Some(ip);
+            // Only an allocation-order hint: losing it costs nothing.
+            let _ = fsutil::write_atomic(&self.dir.join(LAST_FILE), ip.to_string().as_bytes());
+            return Ok(ip);
+        }
+        Err(IpamError::Exhausted(self.cidr))
+    }
+
+    /// Releases what `who` holds; `None` if it held nothing (DEL is idempotent).
+    pub fn release(&self, who: &Attachment) -> Result<Option<Ipv4Addr>, IpamError> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(ip) = find(&state.claims, who) else { return Ok(None) };
+        self.remove_claim(ip)?;
+        state.claims.remove(&ip);
+        Ok(Some(ip))
+    }
+
+    /// Releases every claim whose owner is not in `valid` (orphaned ones
+    /// included) and returns what was released.
+    pub fn retain(
+        &self,
+        mut valid: impl FnMut(&Attachment) -> bool,
+    ) -> Result<Vec<(Ipv4Addr, Claim)>, IpamError> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let doomed: Vec<(Ipv4Addr, Claim)> = state
+            .claims
+            .iter()
+            .filter(|(_, c)| match c {
+                Claim::Owned(a) => !valid(a),
+                Claim::Orphaned => true,
+            })
+            .map(|(ip, c)| (*ip, c.clone()))
+            .collect();
+        for (ip, _) in &doomed {
+            self.remove_claim(*ip)?;
+            state.claims.remove(ip);
+        }
+        Ok(doomed)
+    }
+
+    /// Every claim, for the reconciler and operators.
+    pub fn claims(&self) -> BTreeMap<Ipv4Addr, Claim> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).claims.clone()
+    }
+
+    fn claim_path(&self, ip: Ipv4Addr) -> PathBuf {
+        self.dir.join(ip.to_string())
+    }
+
+    fn write_claim(&self, ip: Ipv4Addr, who: &Attachment) -> std::io::Result<()> {
+        let path = self.claim_path(ip);
+        let mut file = OpenOptions::new().write(true).create_new(true).open(&path)?;
+        let body = serde_json::to_vec(who).expect("attachment serializes");
+        file.write_all(&body)?;
+        file.sync_all()?;
+        File::open(&self.dir)?.sync_all()
+    }
+
+    fn remove_claim(&self, ip: Ipv4Addr) -> Result<(), IpamError> {
+        let path = self.claim_path(ip);
+        let io = |source| IpamError::Io { path: path.clone(), source };
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io)
+    }
+}
+
+fn find(claims: &BTreeMap<Ipv4Addr, Claim>, who: &Attachment) -> Option<Ipv4Addr> {
+    claims.iter().find(|(_, c)| matches!(c, Claim::Owned(a) if a == who)).map(|(ip, _)| *ip)
+}
+
+/// The order in which addresses of `cidr` are tried: starting after `last`
+/// and wrapping around, skipping the network and broadcast addresses (a pod
+/// with either would confuse hosts that treat them as special).
+pub fn next_candidates(cidr: Ipv4Network, last: Option<Ipv4Addr>) -> impl Iterator<Item = Ipv4Addr> {
+    let first = u32::from(cidr.network());
+    let size: u64 = 1u64 << (32 - cidr.prefix());
+    let usable = move |n: u64| !(size > 2 && (n == 0 || n == size - 1));
+    let start = last
+        .filter(|ip| cidr.contains(*ip))
+        .map(|ip| (u64::from(u32::from(ip) - first) + 1) % size)
+        .unwrap_or(0);
+    (0..size)
+        .map(move |i| (start + i) % size)
+        .filter(move |n| usable(*n))
+        .map(move |n| Ipv4Addr::from(first + n as u32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn att(id: &str) -> Attachment {
+        Attachment { container_id: id.into(), ifname: "eth0".into() }
+    }
+
+    #[test]
+    fn candidates_skip_network_and_broadcast_and_wrap_after_last() {
+        let cidr: Ipv4Network = "10.244.1.0/29".parse().unwrap();
+        let all: Vec<_> = next_candidates(cidr, None).map(|ip| ip.to_string()).collect();
+        assert_eq!(all, ["10.244.1.1", "10.244.1.2", "10.244.1.3", "10.244.1.4", "10.244.1.5", "10.244.1.6"]);
+        let after: Vec<_> =
+            next_candidates(cidr, Some("10.244.1.5".parse().unwrap())).map(|ip| ip.to_string()).collect();
+        assert_eq!(after, ["10.244.1.6", "10.244.1.1", "10.244.1.2", "10.244.1.3", "10.244.1.4", "10.244.1.5"]);
+    }
+
+    #[test]
+    fn last_outside_the_cidr_is_ignored() {
+        let cidr: Ipv4Network = "10.244.1.0/30".parse().unwrap();
+        let all: Vec<_> = next_candidates(cidr, Some("10.9.9.9".parse().unwrap())).collect();
+        assert_eq!(all, ["10.244.1.1".parse::<Ipv4Addr>().unwrap(), "10.244.1.2".parse().unwrap()]);
+    }
+
+    #[test]
+    fn allocation_is_idempotent_distinct_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let cidr = "10.244.1.0/24".parse().unwrap();
+        let ipam = Ipam::open(dir.path(), cidr).unwrap();
+        let a = ipam.allocate(&att("a")).unwrap();
+        let b = ipam.allocate(&att("b")).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(ipam.allocate(&att("a")).unwrap(), a);
+        drop(ipam);
+        let ipam = Ipam::open(dir.path(), cidr).unwrap();
+        assert_eq!(ipam.allocate(&att("a")).unwrap(), a);
+        let c = ipam.allocate(&att("c")).unwrap();
+        assert!(c != a && c != b);
+    }
+
+    #[test]
+    fn released_address_is_not_reused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let ipam = Ipam::open(dir.path(), "10.244.1.0/24".parse().unwrap()).unwrap();
+        let a = ipam.allocate(&att("a")).unwrap();
+        assert_eq!(ipam.release(&att("a")).unwrap(), Some(a));
+        assert_eq!(ipam.release(&att("a")).unwrap(), None);
+        assert_ne!(ipam.allocate(&att("b")).unwrap(), a);
+    }
+
+    #[test]
+    fn exhaustion_is_an_error_not_a_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ipam = Ipam::open(dir.path(), "10.244.1.0/30".parse().unwrap()).unwrap();
+        ipam.allocate(&att("a")).unwrap();
+        ipam.allocate(&att("b")).unwrap();
+        assert!(matches!(ipam.allocate(&att("c")), Err(IpamError::Exhausted(_))));
+    }
+
+    #[test]
+    fn orphaned_claim_from_a_crash_is_never_handed_out_and_gc_frees_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // A crash between create and write leaves an empty claim file.
+        File::create(dir.path().join("10.244.1.1")).unwrap();
+        let ipam = Ipam::open(dir.path(), "10.244.1.0/24".parse().unwrap()).unwrap();
+        assert_ne!(ipam.allocate(&att("a")).unwrap(), "10.244.1.1".parse::<Ipv4Addr>().unwrap());
+        let freed = ipam.retain(|a| a.container_id == "a").unwrap();
+        assert_eq!(freed, vec![("10.244.1.1".parse().unwrap(), Claim::Orphaned)]);
+        assert!(!dir.path().join("10.244.1.1").exists());
+    }
+
+    #[test]
+    fn concurrent_allocations_get_distinct_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let ipam = std::sync::Arc::new(Ipam::open(dir.path(), "10.244.1.0/24".parse().unwrap()).unwrap());
+        let handles: Vec<_> = (0..50)
+            .map(|i| {
+                let ipam = ipam.clone();
+                std::thread::spawn(move || ipam.allocate(&att(&format!("c{i}"))).unwrap())
+            })
+            .collect();
+        let mut ips: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        ips.sort();
+        ips.dedup();
+        assert_eq!(ips.len(), 50);
+    }
+}

@@ -1,0 +1,270 @@
+//! The agent's gRPC API (proto/weft.proto): the thin shell between weft-cni
+//! or weftctl and the node. Requests are validated here and answered with
+//! precise status codes; every change ends in a reconcile pass, so the
+//! reply says the kernel is in the state asked for.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use weft_dataplane::names::{POD_GATEWAY, host_ifname};
+use weft_proto::Agent;
+use weft_proto::v1::{self, *};
+
+use crate::datastore::{EndpointRecord, endpoint_key};
+use crate::ipam::{self, IpamError};
+use crate::node::{Node, ReconcileError};
+
+pub struct AgentService {
+    node: Arc<Node>,
+}
+
+impl AgentService {
+    pub fn new(node: Arc<Node>) -> AgentService {
+        AgentService { node }
+    }
+
+    fn ready(&self) -> Result<(), Status> {
+        if self.node.is_ready() {
+            Ok(())
+        } else {
+            Err(Status::unavailable("agent is starting: the first reconcile has not completed"))
+        }
+    }
+}
+
+/// Checks an attachment as CNI defines it: a container id of letters,
+/// digits, `_`, `.`, `-` (the spec's rule), and an interface name the kernel
+/// accepts.
+fn attachment(a: Option<&v1::Attachment>) -> Result<ipam::Attachment, Status> {
+    let a = a.ok_or_else(|| Status::invalid_argument("attachment is required"))?;
+    let id = &a.container_id;
+    if id.is_empty() || id.len() > 256 || !id.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
+        return Err(Status::invalid_argument(format!(
+            "container id {id:?} must be 1-256 characters of letters, digits, '_', '.', '-'"
+        )));
+    }
+    let ifname = &a.ifname;
+    if ifname.is_empty() || ifname.len() > 15 || ifname == "." || ifname == ".." || ifname.contains(['/', ':']) || ifname.chars().any(char::is_whitespace) {
+        return Err(Status::invalid_argument(format!("interface name {ifname:?} is not a valid Linux interface name")));
+    }
+    Ok(ipam::Attachment { container_id: id.clone(), ifname: ifname.clone() })
+}
+
+fn to_proto(ep: &EndpointRecord) -> v1::Endpoint {
+    v1::Endpoint {
+        attachment: Some(v1::Attachment { container_id: ep.container_id.clone(), ifname: ep.ifname.clone() }),
+        address: ep.address.to_string(),
+        host_ifname: ep.host_ifname.clone(),
+        pod_name: ep.pod_name.clone(),
+        pod_namespace: ep.pod_namespace.clone(),
+        labels: ep.labels.clone().into_iter().collect(),
+        node: ep.node.clone(),
+        netns: ep.netns.clone(),
+    }
+}
+
+fn internal(e: ReconcileError) -> Status {
+    tracing::error!(error = %e, "request failed");
+    Status::internal(e.to_string())
+}
+
+fn ipam_status(e: IpamError) -> Status {
+    match e {
+        IpamError::Exhausted(_) => Status::resource_exhausted(e.to_string()),
+        e => Status::internal(e.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    async fn allocate_address(
+        &self,
+        request: Request<AllocateAddressRequest>,
+    ) -> Result<Response<AllocateAddressReply>, Status> {
+        self.ready()?;
+        let req = request.into_inner();
+        let who = attachment(req.attachment.as_ref())?;
+        let ip = self.node.ipam.allocate(&who).map_err(ipam_status)?;
+        tracing::info!(container = %who.container_id, ifname = %who.ifname, %ip, "address allocated");
+        Ok(Response::new(AllocateAddressReply {
+            address: ip.to_string(),
+            prefix_len: 32,
+            gateway: POD_GATEWAY.to_string(),
+            mtu: self.node.mtu,
+            pod_cidr: self.node.me.pod_cidr.to_string(),
+        }))
+    }
+
+    async fn register_endpoint(
+        &self,
+        request: Request<RegisterEndpointRequest>,
+    ) -> Result<Response<RegisterEndpointReply>, Status> {
+        self.ready()?;
+        let req = request.into_inner();
+        let who = attachment(req.attachment.as_ref())?;
+        let address: Ipv4Addr = req
+            .address
+            .parse()
+            .map_err(|_| Status::invalid_argument(format!("address {:?} is not an IPv4 address", req.address)))?;
+        let held = self.node.ipam.claims().into_iter().find(|(_, c)| *c == ipam::Claim::Owned(who.clone()));
+        match held {
+            Some((ip, _)) if ip == address => {}
+            Some((ip, _)) => {
+                return Err(Status::failed_precondition(format!(
+                    "attachment holds {ip}, not {address}: allocate before registering"
+                )));
+            }
+            None => {
+                return Err(Status::failed_precondition(format!(
+                    "attachment {}/{} holds no address: allocate before registering",
+                    who.container_id, who.ifname
+                )));
+            }
+        }
+        let expected = host_ifname(&who.container_id, &who.ifname);
+        if req.host_ifname != expected {
+            return Err(Status::invalid_argument(format!(
+                "host interface must be {expected} for this attachment, not {:?}",
+                req.host_ifname
+            )));
+        }
+        let ep = EndpointRecord {
+            container_id: who.container_id.clone(),
+            ifname: who.ifname.clone(),
+            node: self.node.me.name.clone(),
+            pod_name: req.pod_name,
+            pod_namespace: req.pod_namespace,
+            labels: req.labels.into_iter().collect(),
+            address,
+            host_ifname: expected,
+            netns: req.netns,
+        };
+        self.node.save_endpoint(&ep).map_err(internal)?;
+        let report = self.node.reconcile(false).await.map_err(internal)?;
+        // The pass must have guarded and routed this pod; anything else is
+        // a failed ADD, which the plugin undoes.
+        if let Some(problem) = report.problems.iter().find(|p| p.contains(&ep.host_ifname)) {
+            let _ = self.node.forget_endpoint(&ep.key());
+            return Err(Status::failed_precondition(problem.clone()));
+        }
+        tracing::info!(pod = %format!("{}/{}", ep.pod_namespace, ep.pod_name), ip = %address, host = %ep.host_ifname, "endpoint registered");
+        Ok(Response::new(RegisterEndpointReply {}))
+    }
+
+    async fn release_endpoint(
+        &self,
+        request: Request<ReleaseEndpointRequest>,
+    ) -> Result<Response<ReleaseEndpointReply>, Status> {
+        self.ready()?;
+        let who = attachment(request.into_inner().attachment.as_ref())?;
+        let key = endpoint_key(&who.container_id, &who.ifname);
+        let had_endpoint = self.node.local_endpoint(&key).map_err(internal)?.is_some();
+        // Routes and guard entries go first (the pass), the address last, so
+        // the address is never reused while anything still leads to the old pod.
+        self.node.forget_endpoint(&key).map_err(internal)?;
+        self.node.reconcile(false).await.map_err(internal)?;
+        let released = self.node.ipam.release(&who).map_err(ipam_status)?;
+        if let Some(ip) = released {
+            tracing::info!(container = %who.container_id, ifname = %who.ifname, %ip, "endpoint released");
+        }
+        Ok(Response::new(ReleaseEndpointReply { released: had_endpoint || released.is_some() }))
+    }
+
+    async fn check_endpoint(
+        &self,
+        request: Request<CheckEndpointRequest>,
+    ) -> Result<Response<CheckEndpointReply>, Status> {
+        let who = attachment(request.into_inner().attachment.as_ref())?;
+        let key = endpoint_key(&who.container_id, &who.ifname);
+        match self.node.local_endpoint(&key).map_err(internal)? {
+            Some(ep) => Ok(Response::new(CheckEndpointReply { endpoint: Some(to_proto(&ep)) })),
+            None => Err(Status::not_found(format!(
+                "no endpoint for container {} interface {}",
+                who.container_id, who.ifname
+            ))),
+        }
+    }
+
+    async fn garbage_collect(
+        &self,
+        request: Request<GarbageCollectRequest>,
+    ) -> Result<Response<GarbageCollectReply>, Status> {
+        self.ready()?;
+        let valid: BTreeSet<ipam::Attachment> =
+            request.into_inner().valid.iter().map(|a| attachment(Some(a))).collect::<Result<_, _>>()?;
+        let valid_keys: BTreeSet<String> =
+            valid.iter().map(|a| endpoint_key(&a.container_id, &a.ifname)).collect();
+        for ep in self.node.local_endpoints().map_err(internal)? {
+            if !valid_keys.contains(&ep.key()) {
+                self.node.forget_endpoint(&ep.key()).map_err(internal)?;
+            }
+        }
+        // Release addresses first: the pass then sees their veths as
+        // unclaimed and removes them with their routes and guard entries.
+        let released = self.node.ipam.retain(|a| valid.contains(a)).map_err(ipam_status)?;
+        let report = self.node.reconcile(false).await.map_err(internal)?;
+        tracing::info!(released = released.len(), links = ?report.links_removed, "garbage collected");
+        Ok(Response::new(GarbageCollectReply {
+            released: released
+                .into_iter()
+                .filter_map(|(_, c)| match c {
+                    ipam::Claim::Owned(a) => Some(v1::Attachment { container_id: a.container_id, ifname: a.ifname }),
+                    ipam::Claim::Orphaned => None,
+                })
+                .collect(),
+            removed_links: report.links_removed,
+        }))
+    }
+
+    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+        let ready = self.node.is_ready();
+        let endpoints = self.node.local_endpoints().map(|e| e.len() as u32).unwrap_or(0);
+        Ok(Response::new(StatusReply {
+            ready,
+            node_name: self.node.me.name.clone(),
+            pod_cidr: self.node.me.pod_cidr.to_string(),
+            message: if ready { "ready".into() } else { "starting: first reconcile pending".into() },
+            endpoints,
+        }))
+    }
+
+    async fn list_endpoints(
+        &self,
+        _request: Request<ListEndpointsRequest>,
+    ) -> Result<Response<ListEndpointsReply>, Status> {
+        let endpoints = self.node.local_endpoints().map_err(internal)?;
+        Ok(Response::new(ListEndpointsReply { endpoints: endpoints.iter().map(to_proto).collect() }))
+    }
+
+    async fn get_counters(
+        &self,
+        _request: Request<GetCountersRequest>,
+    ) -> Result<Response<GetCountersReply>, Status> {
+        let dp = self.node.dataplane.lock().await;
+        let counters = dp.guard.counters().map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(GetCountersReply {
+            counters: counters.into_iter().map(|(name, value)| Counter { name: name.to_string(), value }).collect(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn att(id: &str, ifname: &str) -> Option<v1::Attachment> {
+        Some(v1::Attachment { container_id: id.into(), ifname: ifname.into() })
+    }
+
+    #[test]
+    fn attachments_are_validated_in_cni_terms() {
+        assert!(attachment(att("abc-123_x.y", "eth0").as_ref()).is_ok());
+        for (id, ifname) in [("", "eth0"), ("a/b", "eth0"), ("a b", "eth0"), ("ok", ""), ("ok", "a/b"), ("ok", "sixteen-chars-xx"), ("ok", "..")] {
+            let err = attachment(att(id, ifname).as_ref()).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{id:?} {ifname:?}");
+        }
+        assert_eq!(attachment(None).unwrap_err().code(), tonic::Code::InvalidArgument);
+    }
+}
