@@ -24,7 +24,13 @@ pub struct Agent {
 /// Maps an agent's status to the CNI error a runtime can act on:
 /// unavailability and timeouts are "try again later" (11), a full pod CIDR
 /// is Weft's code 100, anything else is an agent failure (103).
+///
+/// A connection that breaks mid-call (the agent died or restarted) comes
+/// back from tonic as `Unknown` with the local transport error as its
+/// source; a status the agent itself sent never has a source. The former is
+/// a reason to retry, like a refused connection.
 pub fn map_status(rpc: &'static str, socket: &str, status: &tonic::Status) -> CniError {
+    let broken_transport = status.code() == Code::Unknown && std::error::Error::source(status).is_some();
     match status.code() {
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => {
             CniError::AgentUnavailable {
@@ -32,6 +38,10 @@ pub fn map_status(rpc: &'static str, socket: &str, status: &tonic::Status) -> Cn
                 reason: format!("{rpc}: {}", status.message()),
             }
         }
+        Code::Unknown if broken_transport => CniError::AgentUnavailable {
+            socket: socket.to_string(),
+            reason: format!("{rpc}: connection to the agent broke: {}", status.message()),
+        },
         Code::ResourceExhausted => CniError::AddressesExhausted {
             message: status.message().to_string(),
         },
@@ -182,5 +192,11 @@ mod tests {
         assert_eq!(code(Code::ResourceExhausted), 100);
         assert_eq!(code(Code::InvalidArgument), 103);
         assert_eq!(code(Code::Internal), 103);
+        // The agent answered Unknown: its failure, not a reason to retry.
+        assert_eq!(code(Code::Unknown), 103);
+        // The connection broke mid-call: try again later.
+        let broken = tonic::Status::from_error(Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset)));
+        assert_eq!(broken.code(), Code::Unknown);
+        assert_eq!(map_status("Rpc", "/s", &broken).code(), 11);
     }
 }
