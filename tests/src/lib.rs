@@ -1,0 +1,274 @@
+//! Shared harness of Weft's integration tests: the real binaries, a real
+//! kernel in network namespaces, driven through `weftctl lab`.
+//!
+//! Every test that needs root calls [`require_root`] first, which fails the
+//! test loudly (never skips it) when it cannot run.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use serde::Deserialize;
+
+/// Fails the test with a clear message unless it runs as root.
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (network namespaces, veths, eBPF): run `make test` as root"
+    );
+}
+
+/// Where weft-agent, weft-cni and weftctl are: `WEFT_BIN_DIR` (set by the
+/// Makefile) or the workspace's target/release.
+pub fn bin_dir() -> PathBuf {
+    let dir = std::env::var_os("WEFT_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release"));
+    for bin in ["weft-agent", "weft-cni", "weftctl"] {
+        assert!(
+            dir.join(bin).exists(),
+            "{} is missing: run `make build` first (or set WEFT_BIN_DIR)",
+            dir.join(bin).display()
+        );
+    }
+    dir
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// Runs weftctl with `args` and returns its output whatever the exit code.
+pub fn weftctl(args: &[&str]) -> Output {
+    Command::new(bin("weftctl"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("weftctl runs")
+}
+
+/// Runs weftctl and fails the test, showing its output, unless it succeeds.
+pub fn weftctl_ok(args: &[&str]) -> String {
+    let out = weftctl(args);
+    assert!(
+        out.status.success(),
+        "weftctl {} failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command inside a network namespace (`ip netns exec`).
+pub fn netns_exec(netns: &str, cmd: &[&str]) -> Output {
+    Command::new("ip")
+        .args(["netns", "exec", netns])
+        .args(cmd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("ip netns exec runs")
+}
+
+/// `weftctl lab status --json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LabStatus {
+    pub fabric: Fabric,
+    pub nodes: Vec<LabNode>,
+    pub pods: Vec<LabPod>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Fabric {
+    pub netns: String,
+    pub bridge: String,
+    pub cidr: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LabNode {
+    pub name: String,
+    pub netns: String,
+    pub underlay_ip: String,
+    pub pod_cidr: String,
+    pub agent_pid: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LabPod {
+    pub name: String,
+    pub namespace: String,
+    pub node: String,
+    pub netns: String,
+    pub ip: String,
+    pub host_ifname: String,
+}
+
+/// A lab of its own for one test, torn down when dropped (also when the
+/// test fails), so tests never see each other's namespaces.
+pub struct Lab {
+    pub name: String,
+}
+
+impl Lab {
+    /// Brings up `nodes` nodes with `pods_per_node` pods each. `tag` makes
+    /// the lab's name unique per test (namespaces are `<lab>-...`).
+    pub fn up(tag: &str, nodes: u32, pods_per_node: u32) -> Lab {
+        require_root();
+        let lab = Lab { name: format!("weft-{tag}") };
+        weftctl_ok(&[
+            "lab",
+            "up",
+            "--lab",
+            &lab.name,
+            "--nodes",
+            &nodes.to_string(),
+            "--pods-per-node",
+            &pods_per_node.to_string(),
+        ]);
+        lab
+    }
+
+    /// weftctl with `--lab NAME` added after the given leading words.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        let mut full: Vec<&str> = args.to_vec();
+        full.extend(["--lab", &self.name]);
+        weftctl(&full)
+    }
+
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let mut full: Vec<&str> = args.to_vec();
+        full.extend(["--lab", &self.name]);
+        weftctl_ok(&full)
+    }
+
+    pub fn status(&self) -> LabStatus {
+        let json = self.ctl_ok(&["lab", "status", "--json"]);
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("lab status --json is not the documented shape: {e}\n{json}"))
+    }
+
+    pub fn pod(&self, name: &str) -> LabPod {
+        self.status()
+            .pods
+            .into_iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no pod {name} in lab {}", self.name))
+    }
+
+    pub fn node(&self, name: &str) -> LabNode {
+        self.status()
+            .nodes
+            .into_iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name} in lab {}", self.name))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let out = weftctl(&["lab", "down", "--lab", &self.name]);
+        if !out.status.success() {
+            eprintln!(
+                "lab down {} failed: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+impl Lab {
+    /// The agent's gRPC socket of a lab node (the lab's documented layout).
+    pub fn socket(&self, node: &str) -> PathBuf {
+        PathBuf::from(format!("/run/weft-lab/{}/nodes/{node}/agent.sock", self.name))
+    }
+
+    /// The CNI network config a runtime on `node` would pass to weft-cni.
+    pub fn cni_config(&self, node: &str, version: &str) -> String {
+        serde_json::json!({
+            "cniVersion": version,
+            "name": "weft",
+            "type": "weft-cni",
+            "agentSocket": self.socket(node),
+        })
+        .to_string()
+    }
+}
+
+/// One call of the CNI plugin, made as a container runtime makes it.
+pub struct CniCall<'a> {
+    pub command: &'a str,
+    pub container_id: &'a str,
+    pub netns: Option<&'a str>,
+    pub ifname: &'a str,
+    pub args: &'a str,
+    pub config: &'a str,
+}
+
+impl CniCall<'_> {
+    /// Runs `weft-cni` inside the node's network namespace with the CNI
+    /// environment and the config on stdin.
+    pub fn run_in(&self, node_netns: &str) -> Output {
+        self.run_with(node_netns, &bin("weft-cni"), &bin_dir())
+    }
+
+    /// The same call to another plugin (`binary`, with its `CNI_PATH`).
+    pub fn run_with(&self, node_netns: &str, binary: &std::path::Path, plugin_dir: &std::path::Path) -> Output {
+        use std::io::Write;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", node_netns])
+            .arg(binary)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CNI_COMMAND", self.command)
+            .env("CNI_CONTAINERID", self.container_id)
+            .env("CNI_IFNAME", self.ifname)
+            .env("CNI_PATH", plugin_dir)
+            .env("CNI_ARGS", self.args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(netns) = self.netns {
+            cmd.env("CNI_NETNS", netns);
+        }
+        let mut child = cmd.spawn().expect("weft-cni starts");
+        child.stdin.take().unwrap().write_all(self.config.as_bytes()).unwrap();
+        child.wait_with_output().expect("weft-cni runs")
+    }
+}
+
+/// Network namespaces a test made, deleted when dropped (also on failure).
+#[derive(Default)]
+pub struct Namespaces(pub Vec<String>);
+
+impl Namespaces {
+    pub fn add(&mut self, name: &str) -> String {
+        let _ = Command::new("ip").args(["netns", "del", name]).output();
+        let out = Command::new("ip").args(["netns", "add", name]).output().expect("ip runs");
+        assert!(out.status.success(), "ip netns add {name}: {}", String::from_utf8_lossy(&out.stderr));
+        self.0.push(name.to_string());
+        format!("/run/netns/{name}")
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
+        }
+    }
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Describes an output for an assertion message.
+pub fn show(out: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
