@@ -10,7 +10,7 @@ PACKAGES=(
   # lab and tests: namespaces, tc, captures, ping
   iproute2 iputils-ping tcpdump procps
   # a real libcni runtime for the conformance test
-  podman containernetworking-plugins runc
+  podman containernetworking-plugins runc busybox-static
 )
 
 missing=()
