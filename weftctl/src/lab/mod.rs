@@ -141,7 +141,9 @@ pub fn up(lab: &LabRef, options: &UpOptions) -> Result<LabState> {
     }
 }
 
-fn build(state: &mut LabState, options: &UpOptions) -> Result<()> {
+/// The fabric namespace with its bridge, and every node's namespace plugged
+/// into it with its underlay address and forwarding on.
+fn build_underlay(state: &LabState) -> Result<()> {
     topology::create_fabric(&state.fabric.netns, &state.fabric.bridge)
         .with_context(|| format!("creating the fabric namespace {}", state.fabric.netns))?;
     for node in &state.nodes {
@@ -158,6 +160,11 @@ fn build(state: &mut LabState, options: &UpOptions) -> Result<()> {
         .with_context(|| format!("plugging {} into the fabric", node.name))?;
         topology::set_net_sysctl(&node.netns, "net.ipv4.ip_forward", "1")?;
     }
+    Ok(())
+}
+
+fn build(state: &mut LabState, options: &UpOptions) -> Result<()> {
+    build_underlay(state)?;
     let mut children = Vec::new();
     for i in 0..state.nodes.len() {
         let child = agent::start(state, &state.nodes[i])?;
@@ -710,15 +717,15 @@ mod tests {
         assert!(LabRef::new("../x", None).is_err());
     }
 
-    /// The underlay part of `lab up` for real (needs root; skipped
-    /// otherwise): nodes reach each other over the fabric bridge, forward
+    /// The underlay part of `lab up` for real (needs root; fails without
+    /// it): nodes reach each other over the fabric bridge, forward
     /// packets, and `down` finds everything by name without a lab.json.
     #[test]
     fn underlay_connects_nodes_and_down_removes_it() {
-        if unsafe { libc::geteuid() } != 0 {
-            eprintln!("skipping: needs root to create network namespaces");
-            return;
-        }
+        assert!(
+            unsafe { libc::geteuid() } == 0,
+            "this test needs root (network namespaces): run it as root"
+        );
         let lab = LabRef::new(&format!("wctl-t{}", std::process::id()), None).unwrap();
         let lab = LabRef {
             state_dir: std::env::temp_dir().join(&lab.lab),
@@ -731,23 +738,7 @@ mod tests {
             Path::new(BPFFS_ROOT),
             2,
         );
-        let built = (|| -> Result<()> {
-            topology::create_fabric(&state.fabric.netns, &state.fabric.bridge)?;
-            for node in &state.nodes {
-                topology::create_netns(&node.netns)?;
-                topology::attach_node(
-                    &state.fabric.netns,
-                    &state.fabric.bridge,
-                    &node.fabric_port,
-                    &node.netns,
-                    &node.uplink,
-                    node.underlay_ip,
-                    plan::UNDERLAY_PREFIX_LEN,
-                )?;
-                topology::set_net_sysctl(&node.netns, "net.ipv4.ip_forward", "1")?;
-            }
-            Ok(())
-        })();
+        let built = build_underlay(&state);
         let checked = built.and_then(|()| {
             assert_eq!(
                 topology::get_net_sysctl(&state.nodes[1].netns, "net.ipv4.ip_forward")?,

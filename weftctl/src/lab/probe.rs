@@ -596,11 +596,11 @@ mod tests {
     }
 
     impl TwoNamespaces {
-        fn new(tag: &str) -> Option<Self> {
-            if unsafe { libc::geteuid() } != 0 {
-                eprintln!("skipping: needs root to create network namespaces");
-                return None;
-            }
+        fn new(tag: &str) -> Self {
+            assert!(
+                unsafe { libc::geteuid() } == 0,
+                "the probe tests need root (network namespaces): run them as root"
+            );
             use super::super::topology::{create_netns, ip};
             let pid = std::process::id();
             let pair = TwoNamespaces {
@@ -618,7 +618,7 @@ mod tests {
             ip(&["-n", &pair.b, "addr", "add", "10.244.250.2/24", "dev", "v1"]).unwrap();
             ip(&["-n", &pair.a, "link", "set", "v0", "up"]).unwrap();
             ip(&["-n", &pair.b, "link", "set", "v1", "up"]).unwrap();
-            Some(pair)
+            pair
         }
 
         fn target(&self, which: &str) -> ProbeTarget {
@@ -644,9 +644,7 @@ mod tests {
 
     #[test]
     fn probes_between_namespaces() {
-        let Some(pair) = TwoNamespaces::new("ok") else {
-            return;
-        };
+        let pair = TwoNamespaces::new("ok");
         let started = Instant::now();
         let matrix = probe_all(
             &[pair.target("a"), pair.target("b")],
@@ -663,9 +661,7 @@ mod tests {
 
     #[test]
     fn failures_are_reported() {
-        let Some(pair) = TwoNamespaces::new("fail") else {
-            return;
-        };
+        let pair = TwoNamespaces::new("fail");
         let a = pair.target("a");
         let nobody = Ipv4Addr::new(10, 244, 250, 3);
         let err = icmp_echo(&a.netns, nobody, Duration::from_millis(200), 1).unwrap_err();
