@@ -192,16 +192,19 @@ async fn undo_add(node: &Netlink, agent: &mut Agent, att: &AttachmentEnv, host_i
     }
 }
 
-/// DEL: remove the veth (both ends go with the host end) and release the
-/// address. Missing veth, netns or agent record are all success; an
-/// unreachable agent is code 11 before anything is touched, so the address
-/// is never lost silently.
+/// DEL: release the endpoint, then remove the veth (both ends go with the
+/// host end). The agent removes the route and the guard entry before it
+/// frees the address, so nothing leads to a veth that is going away; both
+/// steps are idempotent, so a runtime's retry after a partial DEL finishes
+/// it. Missing veth, netns or agent record are all success; an unreachable
+/// agent is code 11 before anything is touched, so the address is never
+/// lost silently.
 pub async fn del(att: &AttachmentEnv, conf: &NetConf) -> Result<(), CniError> {
     let mut agent = Agent::connect(&conf.agent_socket, conf.timeout).await?;
     let host_ifname = names::host_ifname(&att.container_id, &att.ifname);
     let node = Netlink::current()?;
-    let deleted = node.delete_link(&host_ifname).await?;
     let released = agent.release(&att.container_id, &att.ifname).await?;
+    let deleted = node.delete_link(&host_ifname).await?;
     tracing::info!(host_ifname, deleted, released, "DEL done");
     Ok(())
 }
