@@ -228,3 +228,35 @@ fn agent_killed_during_adds_never_hands_out_a_duplicate() {
     }
     assert_eq!(by_ip.len(), 30);
 }
+
+#[test]
+fn restart_removes_only_stale_weft_objects() {
+    let lab = Lab::up("stale", 2, 1);
+    let node1 = lab.node("node1");
+    let ns = node1.netns.as_str();
+    lab.ctl_ok(&["lab", "agent", "stop", "node1"]);
+
+    let run = |cmd: &[&str]| {
+        let out = netns_exec(ns, cmd);
+        assert!(out.status.success(), "{cmd:?}: {}", show(&out));
+    };
+    // Left by "a previous run": a Weft route to a CIDR no node has, and a pod
+    // veth no attachment claims. Beside them, a route and links that are not
+    // Weft's, which must survive.
+    run(&["ip", "route", "add", "10.244.99.0/24", "via", "198.18.0.99", "dev", "eth0", "proto", "0x57"]);
+    run(&["ip", "route", "add", "10.244.98.0/24", "via", "198.18.0.98", "dev", "eth0", "proto", "static"]);
+    // (veth pairs: this kernel has no dummy devices)
+    run(&["ip", "link", "add", "weft0123456789a", "type", "veth", "peer", "name", "stale-peer"]);
+    run(&["ip", "link", "add", "weft.tunnel", "type", "veth", "peer", "name", "other0"]);
+
+    lab.ctl_ok(&["lab", "agent", "start", "node1"]);
+    let all_routes = stdout(&netns_exec(ns, &["ip", "route"]));
+    assert!(!all_routes.contains("10.244.99.0/24"), "stale Weft route removed:\n{all_routes}");
+    assert!(all_routes.contains("10.244.98.0/24"), "foreign route kept:\n{all_routes}");
+    assert!(all_routes.contains("10.244.2.0/24 via 198.18.0.12"), "live route kept:\n{all_routes}");
+    let links = stdout(&netns_exec(ns, &["ip", "-o", "link"]));
+    assert!(!links.contains("weft0123456789a"), "unclaimed pod veth removed:\n{links}");
+    assert!(links.contains("weft.tunnel") && links.contains("other0"), "other links kept:\n{links}");
+    let out = lab.ctl(&["lab", "check"]);
+    assert!(out.status.success(), "{}", show(&out));
+}
