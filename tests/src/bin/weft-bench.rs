@@ -23,7 +23,8 @@ fn main() {
     let runs = std::env::var("WEFT_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(ROUNDS);
     let lab = Lab::up("bench", 1, 0);
     let node = lab.node("node1");
-    let state = format!("/run/weft-lab/{}", lab.name);
+    // host-local's leases live in the bench's own directory, not the lab's.
+    let leases = tempfile::Builder::new().prefix("weft-bench-host-local-").tempdir().expect("temp dir");
     let weft_bin = bin("weft-cni");
     let bin_dir = bin_dir();
     let reference_dir = Path::new(REFERENCE_PLUGINS);
@@ -43,7 +44,7 @@ fn main() {
                 "bridge": "benchbr0",
                 "isGateway": true,
                 "ipMasq": false,
-                "ipam": {"type": "host-local", "subnet": "10.244.200.0/24", "dataDir": format!("{state}/host-local")}
+                "ipam": {"type": "host-local", "subnet": "10.244.200.0/24", "dataDir": leases.path()}
             })
             .to_string(),
         },
