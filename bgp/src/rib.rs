@@ -1,0 +1,1 @@
+//! RIBs and best-path selection (written by the RIB owner).

@@ -1,0 +1,1 @@
+//! One peer session (written by the session owner).
