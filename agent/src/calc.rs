@@ -9,7 +9,7 @@ use ipnetwork::Ipv4Network;
 use weft_dataplane::names::host_ifname;
 use weft_dataplane::route::Route;
 
-use crate::datastore::{EndpointRecord, NodeRecord};
+use weft_datastore::{EndpointRecord, NodeRecord};
 use crate::ipam::{Attachment, Claim};
 
 /// What the calculation reads.

@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil;
+use weft_datastore::fsutil;
 
 /// Who holds an address: one CNI attachment.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -2,8 +2,6 @@
 
 mod calc;
 mod config;
-mod datastore;
-mod fsutil;
 mod ipam;
 mod node;
 mod service;
@@ -20,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use config::Config;
-use datastore::{Datastore, NodeRecord};
+use weft_datastore::{Datastore, NodeRecord};
 use ipam::Ipam;
 use node::{Dataplane, Node};
 

@@ -22,8 +22,8 @@ use weft_dataplane::route::{self, RouteTable};
 use weft_dataplane::uplink::Uplink;
 
 use crate::calc::{self, ClusterView};
-use crate::datastore::{self, Datastore, EndpointRecord, NodeRecord};
-use crate::fsutil;
+use weft_datastore::{self as datastore, Datastore, EndpointRecord, NodeRecord};
+use weft_datastore::fsutil;
 use crate::ipam::Ipam;
 
 /// The kernel-facing handles, used by one reconcile pass at a time.

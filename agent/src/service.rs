@@ -12,7 +12,7 @@ use weft_dataplane::names::{POD_GATEWAY, host_ifname};
 use weft_proto::Agent;
 use weft_proto::v1::{self, *};
 
-use crate::datastore::{EndpointRecord, endpoint_key};
+use weft_datastore::{EndpointRecord, endpoint_key};
 use crate::ipam::{self, IpamError};
 use crate::node::{Node, ReconcileError};
 

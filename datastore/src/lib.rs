@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
-use crate::fsutil;
+pub mod fsutil;
 
 /// A node as the other nodes see it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
