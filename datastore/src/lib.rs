@@ -4,6 +4,7 @@
 //! ```text
 //! <dir>/nodes/<node>.json                       NodeRecord
 //! <dir>/endpoints/<node>/<container>_<ifname>.json  EndpointRecord
+//! <dir>/bgppeers/<name>.json                     BgpPeer (weftctl lab apply)
 //! ```
 //! Each record is written whole (temp file and rename), so a reader never
 //! sees half a record; a record that does not parse is skipped and logged,
@@ -19,7 +20,10 @@ use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
+pub mod bgp_peer;
 pub mod fsutil;
+
+pub use bgp_peer::BgpPeer;
 
 /// A node as the other nodes see it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,7 +76,7 @@ pub struct Datastore {
 impl Datastore {
     /// Opens the datastore directory, creating its layout.
     pub fn open(dir: &Path) -> Result<Datastore, DatastoreError> {
-        for sub in ["nodes", "endpoints"] {
+        for sub in ["nodes", "endpoints", "bgppeers"] {
             let path = dir.join(sub);
             fs::create_dir_all(&path).map_err(|source| DatastoreError::Io { path, source })?;
         }
@@ -98,6 +102,24 @@ impl Datastore {
     pub fn delete_endpoint(&self, node: &str, key: &str) -> Result<(), DatastoreError> {
         let path = self.endpoints_dir(node).join(format!("{key}.json"));
         fsutil::remove_if_exists(&path).map_err(|source| DatastoreError::Io { path, source })
+    }
+
+    pub fn bgp_peers(&self) -> Result<Vec<BgpPeer>, DatastoreError> {
+        read_records(&self.dir.join("bgppeers"))
+    }
+
+    /// Stores a peer (create or replace). Callers validate first
+    /// ([`bgp_peer::parse_manifests`] does).
+    pub fn put_bgp_peer(&self, peer: &BgpPeer) -> Result<(), DatastoreError> {
+        self.put(&self.dir.join("bgppeers").join(format!("{}.json", peer.metadata.name)), peer)
+    }
+
+    /// Removes a peer; `false` if there was none of that name.
+    pub fn delete_bgp_peer(&self, name: &str) -> Result<bool, DatastoreError> {
+        let path = self.dir.join("bgppeers").join(format!("{name}.json"));
+        let existed = path.exists();
+        fsutil::remove_if_exists(&path).map_err(|source| DatastoreError::Io { path, source })?;
+        Ok(existed)
     }
 
     /// Wakes `tx` whenever anything under the datastore changes. Wake-ups
@@ -164,6 +186,24 @@ mod tests {
         ds.put_node(&node).unwrap();
         fs::write(dir.path().join("nodes/broken.json"), b"{not json").unwrap();
         assert_eq!(ds.nodes().unwrap(), vec![node]);
+    }
+
+    #[test]
+    fn bgp_peers_are_stored_replaced_and_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Datastore::open(dir.path()).unwrap();
+        let mut peer = bgp_peer::parse_manifests(
+            "apiVersion: weft.dev/v1alpha1\nkind: BGPPeer\nmetadata: {name: tor}\nspec: {peerIP: 198.18.0.200, asNumber: 64600}\n",
+        )
+        .unwrap()
+        .remove(0);
+        ds.put_bgp_peer(&peer).unwrap();
+        peer.spec.as_number = 64601;
+        ds.put_bgp_peer(&peer).unwrap();
+        assert_eq!(ds.bgp_peers().unwrap(), vec![peer]);
+        assert!(ds.delete_bgp_peer("tor").unwrap());
+        assert!(!ds.delete_bgp_peer("tor").unwrap());
+        assert!(ds.bgp_peers().unwrap().is_empty());
     }
 
     #[test]

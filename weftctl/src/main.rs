@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 use weftctl::agent_api::{self, block_on};
@@ -147,6 +147,21 @@ enum LabCommand {
         #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
     },
+    /// Write manifests (BGPPeer; YAML or JSON, several documents) into the
+    /// lab's datastore; the agents react without a restart.
+    Apply {
+        /// The manifest file, or - for standard input.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// Remove an object from the lab's datastore.
+    Delete {
+        /// The kind: bgppeer.
+        #[arg(value_parser = ["bgppeer"])]
+        kind: String,
+        /// The object's metadata.name.
+        name: String,
+    },
     /// Run a command inside a pod's network namespace.
     Exec {
         /// The pod's name.
@@ -246,7 +261,12 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
     let lab = LabRef::new(&args.lab, args.state_dir)?;
     let mutates = matches!(
         args.command,
-        LabCommand::Up { .. } | LabCommand::Down | LabCommand::Pod(_) | LabCommand::Agent(_)
+        LabCommand::Up { .. }
+            | LabCommand::Down
+            | LabCommand::Pod(_)
+            | LabCommand::Agent(_)
+            | LabCommand::Apply { .. }
+            | LabCommand::Delete { .. }
     );
     let _lock = if mutates {
         Some(lab::LabLock::acquire(&lab)?)
@@ -298,6 +318,25 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
                     ""
                 }
             );
+        }
+        LabCommand::Apply { file } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+            } else {
+                std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?
+            };
+            let state = lab.load()?;
+            for name in lab::apply(&state, &text)? {
+                println!("bgppeer/{name} applied");
+            }
+        }
+        LabCommand::Delete { kind: _, name } => {
+            let state = lab.load()?;
+            if lab::delete_bgp_peer(&state, &name)? {
+                println!("bgppeer/{name} deleted");
+            } else {
+                bail!("no bgppeer {name:?} in lab {}", lab.lab);
+            }
         }
         LabCommand::Status { json } => {
             let state = lab.load()?;

@@ -336,6 +336,23 @@ fn remove_state_dir(dir: &Path) -> Result<()> {
 /// Creates pod `name` on `node`: its namespace, then CNI ADD. If ADD fails
 /// the pod is undone (DEL, namespace deleted, record dropped), as a runtime
 /// does.
+/// Writes BGPPeer manifests into the lab's datastore, all or nothing (the
+/// whole file is checked first); returns the names written.
+pub fn apply(state: &LabState, text: &str) -> Result<Vec<String>> {
+    let peers = weft_datastore::bgp_peer::parse_manifests(text)?;
+    let store = weft_datastore::Datastore::open(&state.datastore_dir())?;
+    for peer in &peers {
+        store.put_bgp_peer(peer)?;
+    }
+    Ok(peers.into_iter().map(|p| p.metadata.name).collect())
+}
+
+/// Removes a BGPPeer from the lab's datastore; `false` if there was none.
+pub fn delete_bgp_peer(state: &LabState, name: &str) -> Result<bool> {
+    let store = weft_datastore::Datastore::open(&state.datastore_dir())?;
+    Ok(store.delete_bgp_peer(name)?)
+}
+
 pub fn add_pod(
     state: &mut LabState,
     node: &str,

@@ -1,1 +1,0 @@
-//! RIBs and best-path selection (written by the RIB owner).
