@@ -11,6 +11,8 @@ PACKAGES=(
   iproute2 iputils-ping tcpdump procps
   # a real libcni runtime for the conformance test
   podman containernetworking-plugins runc busybox-static
+  # real BGP peers for the route distributor's tests
+  bird2 gobgpd
 )
 
 missing=()

@@ -7,6 +7,8 @@
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
+pub mod peers;
+
 use serde::Deserialize;
 
 /// Fails the test with a clear message unless it runs as root.
