@@ -72,14 +72,14 @@ pub fn desired_state(view: &ClusterView<'_>) -> DesiredState {
             ));
             continue;
         }
-        if let Some(subnet) = view.uplink_subnet {
-            if !subnet.contains(node.underlay_ip) {
-                out.problems.push(format!(
-                    "node {}: underlay address {} is outside the uplink subnet {}; static routing needs one L2 segment",
-                    node.name, node.underlay_ip, subnet
-                ));
-                continue;
-            }
+        if let Some(subnet) = view.uplink_subnet
+            && !subnet.contains(node.underlay_ip)
+        {
+            out.problems.push(format!(
+                "node {}: underlay address {} is outside the uplink subnet {}; static routing needs one L2 segment",
+                node.name, node.underlay_ip, subnet
+            ));
+            continue;
         }
         taken.push(node.pod_cidr);
         out.routes.push(Route::to_pod_cidr(node.pod_cidr, node.underlay_ip, view.uplink_ifindex));

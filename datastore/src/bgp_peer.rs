@@ -112,15 +112,15 @@ impl BgpPeer {
         if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
             return Err(ManifestError::PeerIp { doc, name, ip });
         }
-        if let Some(p) = &self.spec.password {
-            if p.is_empty() || p.len() > MAX_PASSWORD_LEN {
-                return Err(ManifestError::Password { doc, name });
-            }
+        if let Some(p) = &self.spec.password
+            && (p.is_empty() || p.len() > MAX_PASSWORD_LEN)
+        {
+            return Err(ManifestError::Password { doc, name });
         }
-        if let Some(node) = &self.spec.node {
-            if !is_dns_subdomain(node) {
-                return Err(ManifestError::Node { doc, name, node: node.clone() });
-            }
+        if let Some(node) = &self.spec.node
+            && !is_dns_subdomain(node)
+        {
+            return Err(ManifestError::Node { doc, name, node: node.clone() });
         }
         Ok(())
     }
