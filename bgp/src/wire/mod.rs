@@ -19,7 +19,7 @@ mod encode;
 pub mod notification;
 
 pub use decode::{DecodeError, decode, decode_header, Header};
-pub use encode::encode;
+pub use encode::{encode, encoded_len};
 pub use notification::Notification;
 
 /// Every message starts with 16 bytes of ones.
@@ -40,6 +40,23 @@ pub mod message_type {
     pub const NOTIFICATION: u8 = 3;
     pub const KEEPALIVE: u8 = 4;
     pub const ROUTE_REFRESH: u8 = 5;
+}
+
+/// Optional parameter type of capabilities (RFC 5492); the only one there is.
+pub const PARAMETER_CAPABILITIES: u8 = 2;
+
+/// Capability codes (RFC 5492 and the capabilities' RFCs).
+pub mod capability_code {
+    pub const MULTIPROTOCOL: u8 = 1;
+    pub const ROUTE_REFRESH: u8 = 2;
+    pub const GRACEFUL_RESTART: u8 = 64;
+    pub const FOUR_OCTET_AS: u8 = 65;
+}
+
+/// AS_PATH segment types (RFC 4271 section 4.3).
+pub mod segment_type {
+    pub const AS_SET: u8 = 1;
+    pub const AS_SEQUENCE: u8 = 2;
 }
 
 /// What a session negotiated that changes how bytes are read and written.

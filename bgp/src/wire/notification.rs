@@ -41,6 +41,9 @@ pub mod header {
 
 /// OPEN Message Error subcodes.
 pub mod open {
+    /// RFC 4271 section 6.2: a recognized optional parameter (capabilities)
+    /// is malformed. (IANA lists 0 as reserved; RFC 4271 names it.)
+    pub const UNSPECIFIC: u8 = 0;
     pub const UNSUPPORTED_VERSION_NUMBER: u8 = 1;
     pub const BAD_PEER_AS: u8 = 2;
     pub const BAD_BGP_IDENTIFIER: u8 = 3;
