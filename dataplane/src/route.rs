@@ -20,6 +20,11 @@ use rtnetlink::RouteMessageBuilder;
 /// of the numbers in iproute2's rt_protos.
 pub const RTPROT_WEFT: u8 = 0x57;
 
+/// The route protocol number of routes Weft learned over BGP, so operators
+/// can tell them apart (`ip route show proto 0x58`) and a restarted agent
+/// knows which routes graceful restart kept.
+pub const RTPROT_WEFT_BGP: u8 = 0x58;
+
 /// One IPv4 route in the main table, as Weft wants it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Route {
@@ -28,17 +33,24 @@ pub struct Route {
     pub gateway: Option<Ipv4Addr>,
     /// The output interface's index.
     pub oif: u32,
+    /// [`RTPROT_WEFT`] or [`RTPROT_WEFT_BGP`].
+    pub protocol: u8,
 }
 
 impl Route {
     /// A route to a pod on this node: its /32 straight onto the host veth.
     pub fn to_local_pod(ip: Ipv4Addr, host_ifindex: u32) -> Route {
-        Route { dst: Ipv4Network::from(ip), gateway: None, oif: host_ifindex }
+        Route { dst: Ipv4Network::from(ip), gateway: None, oif: host_ifindex, protocol: RTPROT_WEFT }
     }
 
     /// A route to another node's pod CIDR via that node's underlay address.
     pub fn to_pod_cidr(cidr: Ipv4Network, node_ip: Ipv4Addr, uplink_ifindex: u32) -> Route {
-        Route { dst: cidr, gateway: Some(node_ip), oif: uplink_ifindex }
+        Route { dst: cidr, gateway: Some(node_ip), oif: uplink_ifindex, protocol: RTPROT_WEFT }
+    }
+
+    /// A route learned over BGP: its prefix via the advertised next hop.
+    pub fn learned(dst: Ipv4Network, next_hop: Ipv4Addr, uplink_ifindex: u32) -> Route {
+        Route { dst, gateway: Some(next_hop), oif: uplink_ifindex, protocol: RTPROT_WEFT_BGP }
     }
 }
 
@@ -115,14 +127,15 @@ impl RouteTable {
         Ok(RouteTable { handle })
     }
 
-    /// Every IPv4 route in the main table with Weft's protocol number.
+    /// Every IPv4 route in the main table with one of Weft's protocol numbers.
     pub async fn owned(&self) -> Result<Vec<Route>, RouteError> {
         let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
         let mut stream = self.handle.route().get(query).execute();
         let mut routes = Vec::new();
         while let Some(msg) = stream.try_next().await.map_err(RouteError::List)? {
+            let protocol = u8::from(msg.header.protocol);
             if msg.header.table != RouteHeader::RT_TABLE_MAIN
-                || msg.header.protocol != RouteProtocol::Other(RTPROT_WEFT)
+                || (protocol != RTPROT_WEFT && protocol != RTPROT_WEFT_BGP)
             {
                 continue;
             }
@@ -163,7 +176,7 @@ fn message(route: &Route) -> RouteMessage {
     let builder = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(route.dst.network(), route.dst.prefix())
         .output_interface(route.oif)
-        .protocol(RouteProtocol::Other(RTPROT_WEFT));
+        .protocol(RouteProtocol::from(route.protocol));
     match route.gateway {
         Some(gw) => builder.gateway(gw).build(),
         None => builder.scope(RouteScope::Link).build(),
@@ -183,7 +196,7 @@ fn parse(msg: &RouteMessage) -> Option<Route> {
         }
     }
     let dst = Ipv4Network::new(dst, msg.header.destination_prefix_length).ok()?;
-    Some(Route { dst, gateway, oif: oif? })
+    Some(Route { dst, gateway, oif: oif?, protocol: u8::from(msg.header.protocol) })
 }
 
 #[cfg(test)]
@@ -228,6 +241,15 @@ mod tests {
         let p = plan(&want, &have);
         assert!(p.upsert.is_empty());
         assert_eq!(p.remove, vec![pod("10.244.1.2", 9)]);
+    }
+
+    #[test]
+    fn a_static_route_that_becomes_learned_is_replaced() {
+        let have = vec![cidr("10.244.2.0/24", "198.18.0.12")];
+        let want = vec![Route::learned("10.244.2.0/24".parse().unwrap(), "198.18.0.12".parse().unwrap(), 2)];
+        let p = plan(&want, &have);
+        assert_eq!(p.upsert, want);
+        assert_eq!(p.remove, have);
     }
 
     #[test]

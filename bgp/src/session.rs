@@ -1,1 +1,0 @@
-//! One peer session (written by the session owner).
