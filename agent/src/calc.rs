@@ -21,12 +21,23 @@ pub struct ClusterView<'a> {
     pub uplink_subnet: Option<Ipv4Network>,
     /// Every node record in the datastore, this node's included.
     pub nodes: &'a [NodeRecord],
+    /// Where routes to other nodes' pod CIDRs come from.
+    pub remote: Remote<'a>,
     /// This node's endpoints (the agent's local records).
     pub endpoints: &'a [EndpointRecord],
     /// Weft's host-side interfaces present in the kernel, name → ifindex.
     pub links: &'a BTreeMap<String, u32>,
     /// The IPAM claims: attachments in flight or registered.
     pub claims: &'a BTreeMap<Ipv4Addr, Claim>,
+}
+
+/// The source of the routes beyond this node.
+#[derive(Clone, Copy, Debug)]
+pub enum Remote<'a> {
+    /// Every other node's pod CIDR via its underlay address (static routing).
+    NodeRecords,
+    /// What BGP learned and [`crate::routing::installable`] let through.
+    Learned(&'a [(Ipv4Network, Ipv4Addr)]),
 }
 
 /// The node's desired dataplane.
@@ -61,6 +72,32 @@ pub fn desired_state(view: &ClusterView<'_>) -> DesiredState {
         }
     }
 
+    match view.remote {
+        Remote::NodeRecords => static_routes(view, &mut out),
+        Remote::Learned(learned) => out.routes.extend(
+            learned.iter().map(|(prefix, next_hop)| Route::learned(*prefix, *next_hop, view.uplink_ifindex)),
+        ),
+    }
+
+    let claimed: BTreeSet<String> = view
+        .claims
+        .values()
+        .filter_map(|c| match c {
+            Claim::Owned(Attachment { container_id, ifname }) => Some(host_ifname(container_id, ifname)),
+            Claim::Orphaned => None,
+        })
+        .chain(view.endpoints.iter().map(|e| e.host_ifname.clone()))
+        .collect();
+    out.stale_links = view.links.keys().filter(|name| !claimed.contains(*name)).cloned().collect();
+
+    out.routes.sort();
+    out
+}
+
+
+/// Static routing: every other node's pod CIDR via its underlay address,
+/// refusing overlaps and next hops off the uplink's segment.
+fn static_routes(view: &ClusterView<'_>, out: &mut DesiredState) {
     let mut taken: Vec<Ipv4Network> = vec![view.me.pod_cidr];
     let mut others: Vec<&NodeRecord> = view.nodes.iter().filter(|n| n.name != view.me.name).collect();
     others.sort_by(|a, b| a.name.cmp(&b.name));
@@ -84,20 +121,6 @@ pub fn desired_state(view: &ClusterView<'_>) -> DesiredState {
         taken.push(node.pod_cidr);
         out.routes.push(Route::to_pod_cidr(node.pod_cidr, node.underlay_ip, view.uplink_ifindex));
     }
-
-    let claimed: BTreeSet<String> = view
-        .claims
-        .values()
-        .filter_map(|c| match c {
-            Claim::Owned(Attachment { container_id, ifname }) => Some(host_ifname(container_id, ifname)),
-            Claim::Orphaned => None,
-        })
-        .chain(view.endpoints.iter().map(|e| e.host_ifname.clone()))
-        .collect();
-    out.stale_links = view.links.keys().filter(|name| !claimed.contains(*name)).cloned().collect();
-
-    out.routes.sort();
-    out
 }
 
 #[cfg(test)]
@@ -132,6 +155,7 @@ mod tests {
         endpoints: Vec<EndpointRecord>,
         links: BTreeMap<String, u32>,
         claims: BTreeMap<Ipv4Addr, Claim>,
+        remote: Remote<'static>,
     }
 
     impl Fixture {
@@ -143,6 +167,7 @@ mod tests {
                 endpoints: vec![],
                 links: BTreeMap::new(),
                 claims: BTreeMap::new(),
+                remote: Remote::NodeRecords,
             }
         }
         fn calc(&self) -> DesiredState {
@@ -151,6 +176,7 @@ mod tests {
                 uplink_ifindex: 2,
                 uplink_subnet: Some("198.18.0.0/24".parse().unwrap()),
                 nodes: &self.nodes,
+                remote: self.remote,
                 endpoints: &self.endpoints,
                 links: &self.links,
                 claims: &self.claims,
@@ -191,6 +217,16 @@ mod tests {
         assert_eq!(d.problems.len(), 2);
         assert!(d.problems[0].contains("node3") && d.problems[0].contains("overlaps"));
         assert!(d.problems[1].contains("node4") && d.problems[1].contains("outside"));
+    }
+
+    #[test]
+    fn in_bgp_mode_remote_routes_are_the_learned_ones() {
+        static LEARNED: [(Ipv4Network, Ipv4Addr); 1] =
+            [(Ipv4Network::new_checked(Ipv4Addr::new(203, 0, 113, 0), 24).unwrap(), Ipv4Addr::new(198, 18, 0, 200))];
+        let mut f = Fixture::new();
+        f.remote = Remote::Learned(&LEARNED);
+        let d = f.calc();
+        assert_eq!(d.routes, vec![Route::learned(LEARNED[0].0, LEARNED[0].1, 2)]);
     }
 
     #[test]

@@ -27,6 +27,9 @@ impl Encap {
 /// How the agent learns the routes to other nodes' pod CIDRs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Routing {
+    /// Over BGP: every node announces its pod CIDR to the others (a full
+    /// iBGP mesh, or through route reflectors) and to external peers.
+    Bgp,
     /// From the node records in the datastore (Felix-style static routes).
     Static,
 }
@@ -74,11 +77,32 @@ pub struct Config {
     #[arg(long, env = "WEFT_ENCAP", value_enum, default_value = "none")]
     pub encap: Encap,
     /// Where routes to other nodes come from.
-    #[arg(long, env = "WEFT_ROUTING", value_enum, default_value = "static")]
+    #[arg(long, env = "WEFT_ROUTING", value_enum, default_value = "bgp")]
     pub routing: Routing,
+    /// The cluster's AS number (every node's; iBGP between nodes).
+    #[arg(long, env = "WEFT_AS_NUMBER", default_value = "64512", value_parser = parse_asn)]
+    pub as_number: u32,
+    /// Nodes that are route reflectors (comma-separated names). Empty: a full mesh.
+    #[arg(long, env = "WEFT_ROUTE_REFLECTORS", value_delimiter = ',')]
+    pub route_reflectors: Vec<String>,
+    /// The TCP port of BGP, listened on at the underlay address and dialled on peers.
+    #[arg(long, env = "WEFT_BGP_PORT", default_value = "179")]
+    pub bgp_port: u16,
+    /// Seconds peers keep this node's routes while its agent restarts (graceful restart).
+    #[arg(long, env = "WEFT_GRACEFUL_RESTART_SECONDS", default_value = "120", value_parser = clap::value_parser!(u16).range(1..=4095))]
+    pub graceful_restart_seconds: u16,
     /// Seconds between full resyncs (the safety net under the datastore watch).
     #[arg(long, env = "WEFT_RESYNC_SECONDS", default_value = "10", value_parser = clap::value_parser!(u64).range(1..))]
     pub resync_seconds: u64,
+}
+
+/// An AS number a cluster can use: not 0 and not AS_TRANS (23456).
+fn parse_asn(s: &str) -> Result<u32, String> {
+    let asn: u32 = s.parse().map_err(|e| format!("{s:?} is not an AS number: {e}"))?;
+    if asn == 0 || asn == 23456 {
+        return Err(format!("AS {asn} is reserved"));
+    }
+    Ok(asn)
 }
 
 impl Config {
@@ -98,6 +122,11 @@ mod tests {
         assert_eq!(c.uplink, "eth0");
         assert_eq!(c.pod_mtu(1500), 1500);
         assert_eq!(c.socket, PathBuf::from("/run/weft/agent.sock"));
+        assert_eq!(c.routing, Routing::Bgp);
+        assert_eq!(c.as_number, 64512);
+        assert!(c.route_reflectors.is_empty());
+        let c = Config::try_parse_from(["weft-agent", "--node-name", "n1", "--pod-cidr", "10.244.1.0/24", "--route-reflectors", "node1,node2"]).unwrap();
+        assert_eq!(c.route_reflectors, ["node1", "node2"]);
     }
 
     #[test]
@@ -105,5 +134,7 @@ mod tests {
         assert!(Config::try_parse_from(["weft-agent", "--node-name", "n1", "--pod-cidr", "10.244.1.0/33"]).is_err());
         assert!(Config::try_parse_from(["weft-agent", "--node-name", "n1", "--pod-cidr", "10.244.1.0/24", "--mtu", "100"]).is_err());
         assert!(Config::try_parse_from(["weft-agent", "--node-name", "n1", "--pod-cidr", "10.244.1.0/24", "--encap", "gre"]).is_err());
+        assert!(Config::try_parse_from(["weft-agent", "--node-name", "n1", "--pod-cidr", "10.244.1.0/24", "--as-number", "23456"]).is_err());
+        assert!(Config::try_parse_from(["weft-agent", "--node-name", "n1", "--pod-cidr", "10.244.1.0/24", "--as-number", "0"]).is_err());
     }
 }

@@ -4,6 +4,7 @@ mod calc;
 mod config;
 mod ipam;
 mod node;
+mod routing;
 mod service;
 
 use std::path::Path;
@@ -17,7 +18,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnixListenerStream;
 
-use config::Config;
+use config::{Config, Routing};
 use weft_datastore::{Datastore, NodeRecord};
 use ipam::Ipam;
 use node::{Dataplane, Node};
@@ -57,11 +58,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let datastore = Datastore::open(&config.datastore_dir)?;
     let guard = weft_dataplane::bpf::PodGuard::load(&config.bpffs_dir)
         .with_context(|| format!("eBPF pod guard (pins under {})", config.bpffs_dir.display()))?;
-    let dataplane = Dataplane::new(
-        weft_dataplane::route::RouteTable::open()?,
-        weft_dataplane::link::Netlink::current()?,
-        guard,
-    );
+    let routes = weft_dataplane::route::RouteTable::open()?;
+    let (bgp, mut bgp_events) = match config.routing {
+        Routing::Bgp => {
+            let (bgp, events) = start_bgp(&config, &me, &routes).await?;
+            (Some(bgp), Some(events))
+        }
+        Routing::Static => (None, None),
+    };
+    let dataplane = Dataplane::new(routes, weft_dataplane::link::Netlink::current()?, guard);
     let node = Arc::new(Node::new(
         me,
         uplink,
@@ -70,6 +75,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         datastore,
         config.state_dir.join("endpoints"),
         dataplane,
+        bgp,
     ));
 
     // Adopt what a previous run left before serving anyone.
@@ -98,6 +104,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
         let full = tokio::select! {
             _ = resync.tick() => true,
             Some(()) = wake_rx.recv() => false,
+            Some(event) = next_bgp_event(&mut bgp_events) => {
+                log_bgp_event(&event);
+                // Coalesce a burst (a peer's whole table) into one pass.
+                while let Some(Ok(event)) = bgp_events.as_mut().map(|rx| rx.try_recv()) {
+                    log_bgp_event(&event);
+                }
+                false
+            }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = stop_rx.changed() => break,
@@ -107,12 +121,88 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     // The dataplane stays as it is: pods keep their connectivity while no
-    // agent runs, and the next agent adopts it.
+    // agent runs, and the next agent adopts it. BGP peers are told with a
+    // Cease, so they drop this node's routes at once (a SIGKILL instead
+    // leaves them to graceful restart).
     tracing::info!("stopping; the dataplane is left in place");
+    if let Some(bgp) = &node.bgp
+        && let Err(e) = bgp.handle.shut_down().await
+    {
+        tracing::warn!(error = %e, "BGP shutdown");
+    }
     let _ = stop_tx.send(true);
     let _ = server.await;
     let _ = std::fs::remove_file(&config.socket);
     Ok(())
+}
+
+type BgpEvents = tokio::sync::mpsc::UnboundedReceiver<weft_bgp::shell::ShellEvent>;
+
+/// Starts the BGP speaker on the underlay address and announces the pod
+/// CIDR. BGP routes a previous run left in the kernel mean this is a
+/// restart with forwarding kept: the speaker says so (graceful restart's R
+/// and F bits) and the routes stay until the Loc-RIB is complete again.
+async fn start_bgp(
+    config: &Config,
+    me: &NodeRecord,
+    routes: &weft_dataplane::route::RouteTable,
+) -> anyhow::Result<(node::Bgp, BgpEvents)> {
+    use weft_bgp::session::GracefulRestartConfig;
+    let kept: Vec<_> = routes
+        .owned()
+        .await?
+        .into_iter()
+        .filter(|r| r.protocol == weft_dataplane::route::RTPROT_WEFT_BGP)
+        .collect();
+    let restarting = !kept.is_empty();
+    let mut speaker = weft_bgp::speaker::SpeakerConfig::new(config.as_number, routing::router_id(me));
+    if config.route_reflectors.contains(&me.name) {
+        speaker.cluster_id = Some(routing::router_id(me));
+    }
+    speaker.connect_retry = Duration::from_secs(3);
+    speaker.graceful_restart = Some(GracefulRestartConfig {
+        restart_time: config.graceful_restart_seconds,
+        restarting,
+        forwarding_preserved: restarting,
+        ..GracefulRestartConfig::default()
+    });
+    let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+    let listen = std::net::SocketAddr::new(me.underlay_ip.into(), config.bgp_port);
+    let handle = weft_bgp::shell::spawn(
+        weft_bgp::shell::ShellConfig { speaker, listen, peer_port: config.bgp_port },
+        events_tx,
+    )
+    .await
+    .with_context(|| format!("BGP speaker on {listen}"))?;
+    handle.originate(ipnetwork::IpNetwork::V4(me.pod_cidr)).await?;
+    tracing::info!(%listen, asn = config.as_number, restarting, kept = kept.len(), "BGP speaker started");
+    let deadline = std::time::Instant::now() + Duration::from_secs(config.graceful_restart_seconds.into());
+    let bgp = node::Bgp {
+        handle,
+        as_number: config.as_number,
+        route_reflectors: config.route_reflectors.clone(),
+        kept: std::sync::Mutex::new(restarting.then_some((kept, deadline))),
+        wanted: std::sync::Mutex::new(Vec::new()),
+    };
+    Ok((bgp, events_rx))
+}
+
+async fn next_bgp_event(events: &mut Option<BgpEvents>) -> Option<weft_bgp::shell::ShellEvent> {
+    match events {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn log_bgp_event(event: &weft_bgp::shell::ShellEvent) {
+    use weft_bgp::shell::ShellEvent;
+    match event {
+        ShellEvent::PeerUp { address } => tracing::info!(peer = %address, "BGP session established"),
+        ShellEvent::PeerDown { address, reason, graceful } => {
+            tracing::warn!(peer = %address, %reason, graceful, "BGP session down")
+        }
+        ShellEvent::Route(_) => {}
+    }
 }
 
 /// Binds the gRPC socket, replacing a stale one from a previous run but

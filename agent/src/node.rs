@@ -21,7 +21,8 @@ use weft_dataplane::names::{HOST_IFNAME_PREFIX, is_host_ifname};
 use weft_dataplane::route::{self, RouteTable};
 use weft_dataplane::uplink::Uplink;
 
-use crate::calc::{self, ClusterView};
+use crate::calc::{self, ClusterView, Remote};
+use crate::routing::{self, Learned, Topology, WantedPeer};
 use weft_datastore::{self as datastore, Datastore, EndpointRecord, NodeRecord};
 use weft_datastore::fsutil;
 use crate::ipam::Ipam;
@@ -53,6 +54,19 @@ pub struct PassReport {
     pub problems: Vec<String>,
 }
 
+/// The route distributor, in routing mode `bgp`.
+pub struct Bgp {
+    pub handle: weft_bgp::shell::BgpHandle,
+    pub as_number: u32,
+    pub route_reflectors: Vec<String>,
+    /// BGP routes a previous run left in the kernel: kept until the
+    /// speaker has every peer's End-of-RIB or the restart time is over
+    /// (RFC 4724 section 4.1, the restarting speaker's side).
+    pub kept: std::sync::Mutex<Option<(Vec<route::Route>, std::time::Instant)>>,
+    /// The peers wanted by the last pass, for operators (where each came from).
+    pub wanted: std::sync::Mutex<Vec<WantedPeer>>,
+}
+
 pub struct Node {
     pub me: NodeRecord,
     pub uplink: Uplink,
@@ -63,6 +77,8 @@ pub struct Node {
     /// published to the datastore by each pass.
     pub endpoints_dir: PathBuf,
     pub dataplane: tokio::sync::Mutex<Dataplane>,
+    /// `None` in routing mode `static`.
+    pub bgp: Option<Bgp>,
     ready: AtomicBool,
 }
 
@@ -79,6 +95,8 @@ pub enum ReconcileError {
     Bpf(#[from] weft_dataplane::bpf::BpfError),
     #[error("endpoint record {path}: {source}")]
     Record { path: PathBuf, source: std::io::Error },
+    #[error("BGP speaker: {0}")]
+    Bgp(#[from] weft_bgp::shell::ShellError),
 }
 
 impl Node {
@@ -90,6 +108,7 @@ impl Node {
         datastore: Datastore,
         endpoints_dir: PathBuf,
         dataplane: Dataplane,
+        bgp: Option<Bgp>,
     ) -> Node {
         Node {
             me,
@@ -99,6 +118,7 @@ impl Node {
             datastore,
             endpoints_dir,
             dataplane: tokio::sync::Mutex::new(dataplane),
+            bgp,
             ready: AtomicBool::new(false),
         }
     }
@@ -147,16 +167,23 @@ impl Node {
             .filter(|(name, _)| is_host_ifname(name))
             .collect();
         let claims = self.ipam.claims();
+        let (learned, mut bgp_problems) = match &self.bgp {
+            Some(bgp) => self.bgp_routes(bgp, &nodes).await?,
+            None => (Vec::new(), Vec::new()),
+        };
+        let remote = if self.bgp.is_some() { Remote::Learned(&learned) } else { Remote::NodeRecords };
         let desired = calc::desired_state(&ClusterView {
             me: &self.me,
             uplink_ifindex: self.uplink.ifindex,
             uplink_subnet: self.uplink.address,
             nodes: &nodes,
+            remote,
             endpoints: &endpoints,
             links: &links,
             claims: &claims,
         });
         report.problems = desired.problems.clone();
+        report.problems.append(&mut bgp_problems);
 
         // 1. Guard entries, then the guard on each pod's veth.
         for (ifindex, ip) in &desired.guard {
@@ -204,6 +231,60 @@ impl Node {
         }
         self.ready.store(true, Ordering::Release);
         Ok(report)
+    }
+
+    /// Tells the speaker which peers this node wants (level-triggered: the
+    /// whole set each pass) and returns the learned routes to install.
+    async fn bgp_routes(
+        &self,
+        bgp: &Bgp,
+        nodes: &[NodeRecord],
+    ) -> Result<(Vec<(ipnetwork::Ipv4Network, Ipv4Addr)>, Vec<String>), ReconcileError> {
+        let topology = Topology { as_number: bgp.as_number, route_reflectors: &bgp.route_reflectors };
+        let wanted = routing::wanted_peers(&self.me, &topology, nodes, &self.datastore.bgp_peers()?);
+        let specs = wanted
+            .iter()
+            .map(|w| weft_bgp::shell::PeerSpec {
+                config: weft_bgp::speaker::PeerConfig {
+                    address: w.address,
+                    asn: w.asn,
+                    local_address: self.me.underlay_ip,
+                    rr_client: w.rr_client,
+                    passive: false,
+                },
+                password: w.password.clone(),
+            })
+            .collect();
+        bgp.handle.set_peers(specs).await?;
+        *bgp.wanted.lock().unwrap_or_else(|p| p.into_inner()) = wanted;
+
+        let learned: Vec<Learned> = bgp
+            .handle
+            .learned_routes()
+            .await?
+            .into_iter()
+            .map(|b| Learned { prefix: b.prefix, next_hop: b.next_hop })
+            .collect();
+        let (mut routes, problems) = routing::installable(&learned, self.me.pod_cidr, self.uplink.address);
+
+        // After a restart, routes the previous run installed stay until the
+        // Loc-RIB is complete again, so forwarding never has a gap.
+        let kept = bgp.kept.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some((old, deadline)) = kept {
+            if bgp.handle.synchronized().await? || std::time::Instant::now() >= deadline {
+                tracing::info!("BGP synchronized after restart; kept routes not relearned may now go");
+                *bgp.kept.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            } else {
+                for r in old {
+                    if !routes.iter().any(|(p, _)| *p == r.dst)
+                        && let Some(gw) = r.gateway
+                    {
+                        routes.push((r.dst, gw));
+                    }
+                }
+            }
+        }
+        Ok((routes, problems))
     }
 
     fn publish(&self, nodes: &[NodeRecord], endpoints: &[EndpointRecord]) -> Result<(), ReconcileError> {

@@ -238,6 +238,10 @@ impl Agent for AgentService {
         Ok(Response::new(ListEndpointsReply { endpoints: endpoints.iter().map(to_proto).collect() }))
     }
 
+    async fn bgp_peers(&self, _request: Request<BgpPeersRequest>) -> Result<Response<BgpPeersReply>, Status> {
+        self.bgp_peers_reply().await.map(Response::new)
+    }
+
     async fn get_counters(
         &self,
         _request: Request<GetCountersRequest>,
@@ -247,6 +251,38 @@ impl Agent for AgentService {
         Ok(Response::new(GetCountersReply {
             counters: counters.into_iter().map(|(name, value)| Counter { name: name.to_string(), value }).collect(),
         }))
+    }
+}
+
+impl AgentService {
+    async fn bgp_peers_reply(&self) -> Result<BgpPeersReply, Status> {
+        let Some(bgp) = &self.node.bgp else {
+            return Ok(BgpPeersReply { enabled: false, ..Default::default() });
+        };
+        let statuses = bgp.handle.peers().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let wanted = bgp.wanted.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let now = std::time::Instant::now();
+        let peers = statuses
+            .into_iter()
+            .map(|p| BgpPeer {
+                address: p.config.address.to_string(),
+                asn: p.config.asn,
+                state: format!("{:?}", p.state),
+                uptime_seconds: p.established_since.map_or(0, |t| now.duration_since(t).as_secs()),
+                prefixes_received: p.received as u32,
+                prefixes_advertised: p.advertised as u32,
+                last_error: p.last_error.unwrap_or_default(),
+                source: wanted.iter().find(|w| w.address == p.config.address).map(|w| w.source.clone()).unwrap_or_default(),
+                route_reflector_client: p.config.rr_client,
+                end_of_rib_received: p.end_of_rib_received,
+            })
+            .collect();
+        Ok(BgpPeersReply {
+            enabled: true,
+            local_as: bgp.as_number,
+            router_id: self.node.me.underlay_ip.to_string(),
+            peers,
+        })
     }
 }
 
