@@ -103,6 +103,81 @@ pub async fn endpoints(socket: &Path, timeout: Duration) -> Result<Vec<Endpoint>
     Ok(endpoints)
 }
 
+/// One BGP session of an agent, as `weftctl bgp peers --json` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BgpPeer {
+    pub address: String,
+    pub asn: u32,
+    pub state: String,
+    pub uptime_seconds: u64,
+    pub prefixes_received: u32,
+    pub prefixes_advertised: u32,
+    pub last_error: String,
+    pub source: String,
+    pub route_reflector_client: bool,
+    pub end_of_rib_received: bool,
+}
+
+/// An agent's BGP speaker and its sessions.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BgpPeers {
+    pub enabled: bool,
+    pub local_as: u32,
+    pub router_id: String,
+    pub peers: Vec<BgpPeer>,
+}
+
+pub async fn bgp_peers(socket: &Path, timeout: Duration) -> Result<BgpPeers> {
+    let reply = client(socket, timeout)
+        .await?
+        .bgp_peers(v1::BgpPeersRequest {})
+        .await
+        .map_err(rpc_error("BgpPeers", socket))?
+        .into_inner();
+    Ok(BgpPeers {
+        enabled: reply.enabled,
+        local_as: reply.local_as,
+        router_id: reply.router_id,
+        peers: reply
+            .peers
+            .into_iter()
+            .map(|p| BgpPeer {
+                address: p.address,
+                asn: p.asn,
+                state: p.state,
+                uptime_seconds: p.uptime_seconds,
+                prefixes_received: p.prefixes_received,
+                prefixes_advertised: p.prefixes_advertised,
+                last_error: p.last_error,
+                source: p.source,
+                route_reflector_client: p.route_reflector_client,
+                end_of_rib_received: p.end_of_rib_received,
+            })
+            .collect(),
+    })
+}
+
+pub fn render_bgp_peers(bgp: &BgpPeers) -> String {
+    if !bgp.enabled {
+        return "BGP is off on this node (routing mode static)\n".to_string();
+    }
+    let header = ["PEER", "AS", "STATE", "UPTIME", "RECEIVED", "ADVERTISED", "SOURCE", "LAST ERROR"];
+    let mut rows = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
+    rows.extend(bgp.peers.iter().map(|p| {
+            vec![
+                p.address.clone(),
+                p.asn.to_string(),
+                p.state.clone(),
+                if p.state == "Established" { format!("{}s", p.uptime_seconds) } else { "-".into() },
+                p.prefixes_received.to_string(),
+                p.prefixes_advertised.to_string(),
+                format!("{}{}", p.source, if p.route_reflector_client { " (rr client)" } else { "" }),
+                if p.last_error.is_empty() { "-".into() } else { p.last_error.clone() },
+            ]
+        }));
+    format!("local AS {}, router id {}\n{}", bgp.local_as, bgp.router_id, render_table(&rows))
+}
+
 /// Counters by name, in name order.
 pub async fn counters(socket: &Path, timeout: Duration) -> Result<BTreeMap<String, u64>> {
     let reply = client(socket, timeout)

@@ -49,8 +49,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The agent's BGP speaker (routing mode bgp).
+    #[command(subcommand)]
+    Bgp(BgpCommand),
     /// Build, inspect and check a cluster of network namespaces on this machine.
     Lab(LabArgs),
+}
+
+#[derive(Subcommand)]
+enum BgpCommand {
+    /// List the BGP sessions: peer, AS, state, uptime, prefixes received and advertised, last error.
+    Peers {
+        #[command(flatten)]
+        agent: AgentTarget,
+        /// Print JSON: {"enabled","local_as","router_id","peers":[..]}.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Which agent to ask: its socket, or a node of a lab.
@@ -123,6 +138,9 @@ enum LabCommand {
         /// On failure, leave what was built for inspection instead of tearing it down.
         #[arg(long)]
         keep_on_failure: bool,
+        /// How the agents route between nodes: a BGP mesh, or static routes from the datastore.
+        #[arg(long, value_enum, default_value = "bgp")]
+        routing: lab::state::Routing,
     },
     /// Tear the lab down: its agents, namespaces, bpffs pins and state directory. Idempotent.
     Down,
@@ -252,6 +270,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 print!("{}", agent_api::render_counters(&counters));
             }
         }
+        Command::Bgp(BgpCommand::Peers { agent, json }) => {
+            let peers = block_on(agent_api::bgp_peers(&agent.socket()?, agent.timeout()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&peers)?);
+            } else {
+                print!("{}", agent_api::render_bgp_peers(&peers));
+            }
+        }
         Command::Lab(args) => return run_lab(args),
     }
     Ok(ExitCode::SUCCESS)
@@ -280,6 +306,7 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
             bin_dir,
             ready_timeout,
             keep_on_failure,
+            routing,
         } => {
             let started = Instant::now();
             let bin_dir = match bin_dir {
@@ -292,6 +319,7 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
                 bin_dir,
                 ready_timeout: Duration::from_secs(ready_timeout),
                 keep_on_failure,
+                routing,
             };
             let state = lab::up(&lab, &options)?;
             print!(

@@ -109,6 +109,7 @@ pub struct UpOptions {
     pub ready_timeout: Duration,
     /// Leave what was built in place when `up` fails, for a post-mortem.
     pub keep_on_failure: bool,
+    pub routing: state::Routing,
 }
 
 /// Builds the lab from scratch (tearing down a previous one of that name).
@@ -125,6 +126,7 @@ pub fn up(lab: &LabRef, options: &UpOptions) -> Result<LabState> {
         Path::new(BPFFS_ROOT),
         options.nodes,
     );
+    state.routing = options.routing;
     let built = state.save().and_then(|()| build(&mut state, options));
     match built {
         Ok(()) => Ok(state),
@@ -163,6 +165,37 @@ fn build_underlay(state: &LabState) -> Result<()> {
     Ok(())
 }
 
+/// Waits until every node routes every other node's pod CIDR (learned over
+/// BGP, or from the node records), so the lab is usable when `up` returns.
+fn wait_converged(state: &LabState, timeout: Duration) -> Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    for node in &state.nodes {
+        loop {
+            let routes = topology::routes(&node.netns)?;
+            let missing: Vec<&str> = state
+                .nodes
+                .iter()
+                .filter(|o| o.name != node.name && !routes.lines().any(|l| l.starts_with(&format!("{} ", o.pod_cidr))))
+                .map(|o| o.pod_cidr.as_str())
+                .collect();
+            if missing.is_empty() {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!(
+                    "{} has no route to {} after {:?} (routing {}); its routes:\n{routes}",
+                    node.name,
+                    missing.join(", "),
+                    timeout,
+                    state.routing.as_arg()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}
+
 fn build(state: &mut LabState, options: &UpOptions) -> Result<()> {
     build_underlay(state)?;
     let mut children = Vec::new();
@@ -178,6 +211,7 @@ fn build(state: &mut LabState, options: &UpOptions) -> Result<()> {
         .map(|(node, child)| agent::Starting { node, child })
         .collect();
     agent::wait_ready(starting, options.ready_timeout)?;
+    wait_converged(state, options.ready_timeout)?;
     let labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
     for i in 0..state.nodes.len() {
         let node = state.nodes[i].name.clone();

@@ -26,9 +26,32 @@ pub struct LabState {
     /// Where weft-agent and weft-cni were found at `lab up`; reused by later
     /// commands so a node's agent restarts with the same binary.
     pub bin_dir: PathBuf,
+    /// How the agents route between nodes; every agent of the lab the same.
+    #[serde(default)]
+    pub routing: Routing,
     pub fabric: Fabric,
     pub nodes: Vec<Node>,
     pub pods: Vec<Pod>,
+}
+
+/// The agents' `--routing`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Routing {
+    /// A BGP full mesh between the nodes (the agent's default).
+    #[default]
+    Bgp,
+    /// Static routes from the node records in the datastore.
+    Static,
+}
+
+impl Routing {
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            Routing::Bgp => "bgp",
+            Routing::Static => "static",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,6 +125,7 @@ impl LabState {
             lab: lab.to_string(),
             state_dir: state_dir.to_path_buf(),
             bin_dir: bin_dir.to_path_buf(),
+            routing: Routing::default(),
             fabric: Fabric {
                 netns: plan::fabric_netns(lab),
                 bridge: plan::BRIDGE.to_string(),
@@ -166,7 +190,7 @@ impl LabState {
             "--encap".into(),
             "none".into(),
             "--routing".into(),
-            "static".into(),
+            self.routing.as_arg().into(),
         ]
     }
 
@@ -307,7 +331,7 @@ mod tests {
             "--node-name node1 --pod-cidr 10.244.1.0/24 --uplink eth0 \
              --datastore-dir /run/weft-lab/weft/datastore --state-dir /run/weft-lab/weft/nodes/node1 \
              --socket /run/weft-lab/weft/nodes/node1/agent.sock \
-             --bpffs-dir /sys/fs/bpf/weft-lab/weft/node1 --encap none --routing static"
+             --bpffs-dir /sys/fs/bpf/weft-lab/weft/node1 --encap none --routing bgp"
         );
     }
 

@@ -22,6 +22,18 @@ pub fn netns_exists(name: &str) -> bool {
 }
 
 /// Runs `ip ARGS`, failing with the command line and ip's own message.
+/// The IPv4 routes of a namespace, as `ip route` prints them.
+pub fn routes(netns: &str) -> Result<String> {
+    let output = Command::new("ip")
+        .args(["-n", netns, "-4", "route", "show"])
+        .output()
+        .context("running `ip` (is iproute2 installed?)")?;
+    if !output.status.success() {
+        bail!("`ip -n {netns} route` failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 pub fn ip(args: &[&str]) -> Result<()> {
     let output = Command::new("ip")
         .args(args)
