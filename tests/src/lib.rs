@@ -116,18 +116,17 @@ impl Lab {
     /// Brings up `nodes` nodes with `pods_per_node` pods each. `tag` makes
     /// the lab's name unique per test (namespaces are `<lab>-...`).
     pub fn up(tag: &str, nodes: u32, pods_per_node: u32) -> Lab {
+        Lab::up_with(tag, nodes, pods_per_node, &[])
+    }
+
+    /// [`Lab::up`] with more `lab up` flags (e.g. `--routing static`).
+    pub fn up_with(tag: &str, nodes: u32, pods_per_node: u32, flags: &[&str]) -> Lab {
         require_root();
         let lab = Lab { name: format!("weft-{tag}") };
-        weftctl_ok(&[
-            "lab",
-            "up",
-            "--lab",
-            &lab.name,
-            "--nodes",
-            &nodes.to_string(),
-            "--pods-per-node",
-            &pods_per_node.to_string(),
-        ]);
+        let (nodes, pods) = (nodes.to_string(), pods_per_node.to_string());
+        let mut args = vec!["lab", "up", "--lab", &lab.name, "--nodes", &nodes, "--pods-per-node", &pods];
+        args.extend_from_slice(flags);
+        weftctl_ok(&args);
         lab
     }
 
@@ -273,4 +272,19 @@ pub fn show(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, failing the test
+/// with `what` and the last observation after `timeout`.
+pub fn eventually<T>(what: &str, timeout: std::time::Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match check() {
+            Ok(v) => return v,
+            Err(last) if std::time::Instant::now() >= deadline => {
+                panic!("{what}: not within {timeout:?}; last seen:\n{last}")
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
 }

@@ -6,8 +6,12 @@ use std::net::Ipv4Addr;
 
 use weft_tests::*;
 
+/// Every route Weft owns on a node: its own (0x57) and learned over BGP (0x58).
 fn routes(node_netns: &str) -> String {
-    stdout(&netns_exec(node_netns, &["ip", "route", "show", "proto", "0x57"]))
+    ["0x57", "0x58"]
+        .iter()
+        .map(|proto| stdout(&netns_exec(node_netns, &["ip", "route", "show", "proto", proto])))
+        .collect()
 }
 
 fn guard_filters(node_netns: &str, host_ifname: &str) -> String {

@@ -1,0 +1,185 @@
+//! The route distributor in the lab: Weft's BGP speakers between the nodes
+//! and with real routers (BIRD 2, GoBGP) on the underlay. Needs root,
+//! bird2 and gobgpd. Prefixes the routers announce come from 203.0.113.0/24
+//! (documentation space) and never carry traffic.
+
+use std::time::Duration;
+
+use weft_tests::peers::{Bird, GoBgp};
+use weft_tests::*;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn kernel_routes(netns: &str) -> String {
+    stdout(&netns_exec(netns, &["ip", "route", "show", "proto", "0x58"]))
+}
+
+/// Waits until every node's kernel has (or has not) `route`.
+fn on_every_node(lab: &Lab, route: &str, present: bool) {
+    for node in lab.status().nodes {
+        eventually(&format!("{} {} `{route}`", node.name, if present { "has" } else { "lost" }), WAIT, || {
+            let routes = kernel_routes(&node.netns);
+            if routes.contains(route) == present { Ok(()) } else { Err(routes) }
+        });
+    }
+}
+
+fn peer_state(lab: &Lab, node: &str, address: &str) -> String {
+    let json = lab.ctl_ok(&["bgp", "peers", "--node", node, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    v["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["address"] == address)
+        .map(|p| p["state"].as_str().unwrap().to_string())
+        .unwrap_or_else(|| format!("no peer {address} in {json}"))
+}
+
+fn apply(lab: &Lab, yaml: &str) {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), yaml).unwrap();
+    lab.ctl_ok(&["lab", "apply", "-f", file.path().to_str().unwrap()]);
+}
+
+fn bgp_peer(name: &str, ip: &str, asn: u32, password: Option<&str>) -> String {
+    format!(
+        "apiVersion: weft.dev/v1alpha1\nkind: BGPPeer\nmetadata:\n  name: {name}\nspec:\n  peerIP: {ip}\n  asNumber: {asn}\n{}",
+        password.map(|p| format!("  password: {p}\n")).unwrap_or_default()
+    )
+}
+
+/// BIRD in AS 64600 peering with every node, announcing 203.0.113.0/24.
+fn bird_config(lab: &Lab, password: Option<&str>) -> String {
+    let mut conf = String::from(
+        "router id 198.18.0.200;\nprotocol device {}\n\
+         protocol static announce { ipv4; route 203.0.113.0/24 blackhole; }\n\
+         template bgp weft {\n  local 198.18.0.200 as 64600;\n",
+    );
+    if let Some(p) = password {
+        conf.push_str(&format!("  password \"{p}\";\n"));
+    }
+    conf.push_str("  ipv4 { import all; export where proto = \"announce\"; };\n}\n");
+    for node in lab.status().nodes {
+        conf.push_str(&format!("protocol bgp {} from weft {{ neighbor {} as 64512; }}\n", node.name, node.underlay_ip));
+    }
+    conf
+}
+
+#[test]
+fn nodes_mesh_and_exchange_pod_cidrs_with_bird_over_ebgp() {
+    let lab = Lab::up("bird", 3, 1);
+    let status = lab.status();
+    // The mesh: every node routes every other node's pod CIDR over BGP.
+    for node in &status.nodes {
+        for other in status.nodes.iter().filter(|o| o.name != node.name) {
+            let want = format!("{} via {}", other.pod_cidr, other.underlay_ip);
+            eventually(&format!("{} learns {}", node.name, other.pod_cidr), WAIT, || {
+                let routes = kernel_routes(&node.netns);
+                if routes.contains(&want) { Ok(()) } else { Err(routes) }
+            });
+        }
+    }
+
+    let mut bird = Bird::start(&lab, "bird", "198.18.0.200".parse().unwrap(), &bird_config(&lab, None));
+    apply(&lab, &bgp_peer("bird", "198.18.0.200", 64600, None));
+    // BIRD receives every node's pod CIDR.
+    for node in &status.nodes {
+        eventually(&format!("BIRD learns {}", node.pod_cidr), WAIT, || {
+            let routes = bird.birdc("show route");
+            if routes.contains(&node.pod_cidr) { Ok(()) } else { Err(routes) }
+        });
+    }
+    // Its announcement reaches every node's kernel, and goes with its withdrawal.
+    on_every_node(&lab, "203.0.113.0/24 via 198.18.0.200", true);
+    bird.birdc("disable announce");
+    on_every_node(&lab, "203.0.113.0/24", false);
+    bird.birdc("enable announce");
+    on_every_node(&lab, "203.0.113.0/24 via 198.18.0.200", true);
+
+    // Removing the BGPPeer ends the sessions and the routes learned over them.
+    lab.ctl_ok(&["lab", "delete", "bgppeer", "bird"]);
+    on_every_node(&lab, "203.0.113.0/24", false);
+    let out = lab.ctl(&["lab", "check"]);
+    assert!(out.status.success(), "{}", show(&out));
+}
+
+#[test]
+fn md5_password_must_match_for_the_session_to_come_up() {
+    let lab = Lab::up("md5", 1, 0);
+    let _bird = Bird::start(&lab, "bird", "198.18.0.200".parse().unwrap(), &bird_config(&lab, Some("s3cret")));
+    apply(&lab, &bgp_peer("bird", "198.18.0.200", 64600, Some("wrong")));
+    std::thread::sleep(Duration::from_secs(5));
+    assert_ne!(peer_state(&lab, "node1", "198.18.0.200"), "Established", "a wrong password must keep the session down");
+    assert!(!kernel_routes(&lab.node("node1").netns).contains("203.0.113.0/24"));
+
+    apply(&lab, &bgp_peer("bird", "198.18.0.200", 64600, Some("s3cret")));
+    eventually("the session with the right password", WAIT, || {
+        let state = peer_state(&lab, "node1", "198.18.0.200");
+        if state == "Established" { Ok(()) } else { Err(state) }
+    });
+    on_every_node(&lab, "203.0.113.0/24 via 198.18.0.200", true);
+}
+
+#[test]
+fn gobgp_receives_pod_cidrs_and_its_announcements_reach_the_nodes() {
+    let lab = Lab::up("gobgp", 2, 0);
+    let mut config = String::from("[global.config]\n  as = 64601\n  router-id = \"198.18.0.201\"\n");
+    for node in lab.status().nodes {
+        config.push_str(&format!(
+            "\n[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{}\"\n    peer-as = 64512\n",
+            node.underlay_ip
+        ));
+    }
+    let mut gobgp = GoBgp::start(&lab, "gobgp", "198.18.0.201".parse().unwrap(), &config);
+    apply(&lab, &bgp_peer("gobgp", "198.18.0.201", 64601, None));
+    for node in lab.status().nodes {
+        eventually(&format!("GoBGP learns {}", node.pod_cidr), WAIT, || {
+            let rib = gobgp.gobgp(&["global", "rib"]);
+            if rib.contains(&node.pod_cidr) { Ok(()) } else { Err(rib) }
+        });
+    }
+    gobgp.gobgp(&["global", "rib", "add", "203.0.113.64/26"]);
+    on_every_node(&lab, "203.0.113.64/26 via 198.18.0.201", true);
+    gobgp.gobgp(&["global", "rib", "del", "203.0.113.64/26"]);
+    on_every_node(&lab, "203.0.113.64/26", false);
+}
+
+#[test]
+fn five_nodes_in_bgp_mode_reach_each_other_as_in_static_mode() {
+    for routing in ["bgp", "static"] {
+        let lab = Lab::up_with(&format!("five{routing}"), 5, 1, &["--routing", routing]);
+        let status = lab.status();
+        // Wait until each node has a route to every other pod CIDR.
+        for node in &status.nodes {
+            let routes_of = || stdout(&netns_exec(&node.netns, &["ip", "route"]));
+            eventually(&format!("{routing}: {} routes every pod CIDR", node.name), WAIT, || {
+                let routes = routes_of();
+                let all = status.nodes.iter().filter(|o| o.name != node.name).all(|o| routes.contains(&o.pod_cidr));
+                if all { Ok(()) } else { Err(routes) }
+            });
+        }
+        let out = lab.ctl(&["lab", "check"]);
+        assert!(out.status.success(), "{routing}: {}", show(&out));
+    }
+}
+
+#[test]
+fn sigterm_sends_a_cease_and_peers_drop_the_routes_at_once() {
+    let lab = Lab::up("cease", 2, 0);
+    let node2 = lab.node("node2");
+    let node1_netns = lab.node("node1").netns;
+    eventually("node1 learns node2's pod CIDR", WAIT, || {
+        let routes = kernel_routes(&node1_netns);
+        if routes.contains("10.244.2.0/24 via 198.18.0.12") { Ok(()) } else { Err(routes) }
+    });
+    // A graceful stop (SIGTERM): node1 drops node2's routes at once, no
+    // graceful restart after a Cease.
+    let pid = nix::unistd::Pid::from_raw(node2.agent_pid.expect("agent runs") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    eventually("node1 drops node2's pod CIDR", Duration::from_secs(5), || {
+        let routes = kernel_routes(&node1_netns);
+        if routes.contains("10.244.2.0/24") { Err(routes) } else { Ok(()) }
+    });
+    assert!(peer_state(&lab, "node1", &node2.underlay_ip) != "Established");
+}
