@@ -18,6 +18,9 @@ use weft_bgp::session::{GracefulRestartConfig, State};
 use weft_bgp::shell::{BgpHandle, PeerSpec, ShellConfig, ShellError, ShellEvent, spawn};
 use weft_bgp::speaker::{PeerConfig, SpeakerConfig};
 
+mod support;
+use support::Pair;
+
 const AS: u32 = 64512;
 const PORT: u16 = 1179;
 const A: Ipv4Addr = Ipv4Addr::new(198, 18, 9, 1);
@@ -27,6 +30,12 @@ fn pod_cidr() -> IpNetwork {
     "10.244.1.0/24".parse().unwrap()
 }
 
+/// Pair::new plus RUST_LOG output for the test.
+fn pair(tag: &str) -> Pair {
+    init_tracing();
+    Pair::new(tag)
+}
+
 fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -34,51 +43,11 @@ fn init_tracing() {
         .try_init();
 }
 
-/// Two network namespaces joined by a veth pair: A is 198.18.9.1, B .2.
-/// Deleted on drop.
-struct Pair {
-    a: String,
-    b: String,
-}
-
-impl Pair {
-    fn new(tag: &str) -> Pair {
-        assert!(nix::unistd::geteuid().is_root(), "this test needs root (network namespaces): run it as root");
-        init_tracing();
-        let pid = std::process::id();
-        let pair = Pair { a: format!("weft-t-sh-{pid}-{tag}-a"), b: format!("weft-t-sh-{pid}-{tag}-b") };
-        for ns in [&pair.a, &pair.b] {
-            ip(&["netns", "add", ns]);
-        }
-        ip(&["-n", &pair.a, "link", "add", "v0", "type", "veth", "peer", "name", "v1", "netns", &pair.b]);
-        ip(&["-n", &pair.a, "addr", "add", "198.18.9.1/24", "dev", "v0"]);
-        ip(&["-n", &pair.b, "addr", "add", "198.18.9.2/24", "dev", "v1"]);
-        for (ns, dev) in [(&pair.a, "v0"), (&pair.b, "v1")] {
-            ip(&["-n", ns, "link", "set", dev, "up"]);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-        }
-        pair
-    }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        for ns in [&self.a, &self.b] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-    }
-}
-
 /// Established TCP connections in namespace `ns`.
 fn tcp_connections(ns: &str) -> usize {
     let out = Command::new("ip").args(["netns", "exec", ns, "ss", "-Htn", "state", "established"]).output().unwrap();
     assert!(out.status.success(), "ss: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).lines().count()
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("ip runs");
-    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// One speaker: a shell on its own runtime, on a thread inside a network
@@ -204,7 +173,7 @@ fn is_down(event: &ShellEvent) -> bool {
 #[tokio::test]
 async fn routes_flow_and_shut_down_sends_a_cease() {
     let start = Instant::now();
-    let pair = Pair::new("flow");
+    let pair = pair("flow");
     let a = Node::start(&pair.a, config(A, None));
     let mut b = Node::start(&pair.b, config(B, None));
     a.handle.set_peers(vec![peer(A, B, None)]).await.unwrap();
@@ -259,7 +228,7 @@ async fn graceful_restart_keeps_routes_until_the_peer_is_back_or_its_restart_tim
         forwarding_preserved: false,
         stale_routes_time: Duration::from_secs(5),
     };
-    let pair = Pair::new("gr");
+    let pair = pair("gr");
     let mut a = Node::start(&pair.a, config(A, Some(gr.clone())));
     let mut b = Node::start(&pair.b, config(B, Some(gr.clone())));
     a.handle.set_peers(vec![peer(A, B, None)]).await.unwrap();
@@ -320,7 +289,7 @@ async fn graceful_restart_keeps_routes_until_the_peer_is_back_or_its_restart_tim
 #[tokio::test]
 async fn md5_with_the_same_password_comes_up_and_a_removed_peer_gets_a_cease() {
     let start = Instant::now();
-    let pair = Pair::new("md5ok");
+    let pair = pair("md5ok");
     let mut a = Node::start(&pair.a, config(A, None));
     let b = Node::start(&pair.b, config(B, None));
     // Both at once: the two speakers usually connect to each other and the
@@ -357,7 +326,7 @@ async fn md5_with_the_same_password_comes_up_and_a_removed_peer_gets_a_cease() {
 
 #[tokio::test]
 async fn a_large_table_goes_across_and_the_session_stays_up_on_keepalives() {
-    let pair = Pair::new("keep");
+    let pair = pair("keep");
     let mut short = config(A, None);
     short.speaker.hold_time = 3;
     let mut a = Node::start(&pair.a, short);
@@ -394,7 +363,7 @@ async fn a_large_table_goes_across_and_the_session_stays_up_on_keepalives() {
 
 #[tokio::test]
 async fn md5_with_different_passwords_never_comes_up() {
-    let pair = Pair::new("md5bad");
+    let pair = pair("md5bad");
     let mut a = Node::start(&pair.a, config(A, None));
     let b = Node::start(&pair.b, config(B, None));
     a.handle.set_peers(vec![peer(A, B, Some("one password"))]).await.unwrap();
@@ -415,7 +384,7 @@ async fn md5_with_different_passwords_never_comes_up() {
 
 #[tokio::test]
 async fn spawn_fails_when_the_address_is_taken_and_bad_keys_are_reported() {
-    let pair = Pair::new("taken");
+    let pair = pair("taken");
     let a = Node::start(&pair.a, config(A, None));
     let Err(e) = Node::try_start(&pair.a, config(A, None)) else { panic!("a second shell bound the same address") };
     assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);

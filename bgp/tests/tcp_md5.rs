@@ -2,59 +2,14 @@
 //! veth pair; a connection comes up only when both ends hold the same key.
 //! Needs root.
 
-use std::fs::File;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::os::fd::AsFd;
-use std::process::Command;
 use std::time::Duration;
 
 use weft_bgp::tcp_md5::set_key;
 
-struct Pair {
-    a: String,
-    b: String,
-}
-
-impl Pair {
-    fn new(tag: &str) -> Pair {
-        assert!(nix::unistd::geteuid().is_root(), "this test needs root (network namespaces): run it as root");
-        let pid = std::process::id();
-        let pair = Pair { a: format!("weft-t-md5-{pid}-{tag}-a"), b: format!("weft-t-md5-{pid}-{tag}-b") };
-        for ns in [&pair.a, &pair.b] {
-            ip(&["netns", "add", ns]);
-        }
-        ip(&["-n", &pair.a, "link", "add", "v0", "type", "veth", "peer", "name", "v1", "netns", &pair.b]);
-        ip(&["-n", &pair.a, "addr", "add", "198.18.9.1/24", "dev", "v0"]);
-        ip(&["-n", &pair.b, "addr", "add", "198.18.9.2/24", "dev", "v1"]);
-        ip(&["-n", &pair.a, "link", "set", "v0", "up"]);
-        ip(&["-n", &pair.b, "link", "set", "v1", "up"]);
-        pair
-    }
-}
-
-impl Drop for Pair {
-    fn drop(&mut self) {
-        for ns in [&self.a, &self.b] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-    }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("ip runs");
-    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// Runs `f` on a thread inside network namespace `ns`.
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let file = File::open(format!("/run/netns/{ns}")).unwrap();
-    std::thread::spawn(move || {
-        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        f()
-    })
-    .join()
-    .unwrap()
-}
+mod support;
+use support::{Pair, in_netns};
 
 /// Listens in `a` with `server_key` for 198.18.9.2, connects from `b` with
 /// `client_key` (if any); true if the connection came up.

@@ -696,13 +696,14 @@ fn decode_attribute(
                 attrs.cluster_list.push(cluster);
             }
         }
-        MP_REACH_NLRI => {
+        MP_REACH_NLRI | MP_UNREACH_NLRI => {
             let afi = r.u16().ok_or_else(optional_error)?;
             let safi = r.u8().ok_or_else(optional_error)?;
             let family = AfiSafi { afi, safi };
             let v6 = match family {
                 AfiSafi::IPV4_UNICAST => false,
                 AfiSafi::IPV6_UNICAST => true,
+                // A family Weft does not speak: kept as received.
                 _ => {
                     attrs.unknown.push(RawAttribute {
                         flags: flags & KEPT_FLAGS,
@@ -712,6 +713,11 @@ fn decode_attribute(
                     return Ok(());
                 }
             };
+            if type_code == MP_UNREACH_NLRI {
+                let withdrawn = decode_prefixes(r.rest(), v6).ok_or_else(optional_error)?;
+                attrs.mp_unreach = Some(MpUnreach { family, withdrawn });
+                return Ok(());
+            }
             let next_hop_len = r.u8().ok_or_else(optional_error)?;
             let next_hop = r
                 .take(usize::from(next_hop_len))
@@ -734,25 +740,6 @@ fn decode_attribute(
                 next_hops,
                 nlri,
             });
-        }
-        MP_UNREACH_NLRI => {
-            let afi = r.u16().ok_or_else(optional_error)?;
-            let safi = r.u8().ok_or_else(optional_error)?;
-            let family = AfiSafi { afi, safi };
-            let v6 = match family {
-                AfiSafi::IPV4_UNICAST => false,
-                AfiSafi::IPV6_UNICAST => true,
-                _ => {
-                    attrs.unknown.push(RawAttribute {
-                        flags: flags & KEPT_FLAGS,
-                        type_code,
-                        value: value.to_vec(),
-                    });
-                    return Ok(());
-                }
-            };
-            let withdrawn = decode_prefixes(r.rest(), v6).ok_or_else(optional_error)?;
-            attrs.mp_unreach = Some(MpUnreach { family, withdrawn });
         }
         // expected_flags knows no other type.
         _ => attrs.unknown.push(RawAttribute {
