@@ -256,3 +256,36 @@ fn graceful_restart_keeps_forwarding_and_routes_across_an_agent_sigkill() {
         assert_eq!(&weft_routes(&node.netns), before, "{}: routes changed across the restart", node.name);
     }
 }
+
+#[test]
+fn routes_learned_over_ebgp_are_passed_on_to_the_mesh() {
+    let lab = Lab::up("relay", 2, 0);
+    let node1 = lab.node("node1");
+    // BIRD peers with node1 only.
+    let conf = format!(
+        "router id 198.18.0.200;\nprotocol device {{}}\n\
+         protocol static announce {{ ipv4; route 203.0.113.0/24 blackhole; }}\n\
+         protocol bgp node1 {{\n  local 198.18.0.200 as 64600;\n  neighbor {} as 64512;\n  ipv4 {{ import all; export where proto = \"announce\"; }};\n}}\n",
+        node1.underlay_ip
+    );
+    let mut bird = Bird::start(&lab, "bird", "198.18.0.200".parse().unwrap(), &conf);
+    apply(&lab, &format!("{}  node: node1\n", bgp_peer("bird", "198.18.0.200", 64600, None)));
+    // node1 learns it from BIRD; node2 from node1, with node1 as the next
+    // hop (BIRD's address is not something node2 need know).
+    eventually("node1 learns BIRD's prefix", WAIT, || {
+        let routes = kernel_routes(&node1.netns);
+        if routes.contains("203.0.113.0/24 via 198.18.0.200") { Ok(()) } else { Err(routes) }
+    });
+    let node2 = lab.node("node2");
+    eventually("node2 learns it through node1", WAIT, || {
+        let routes = kernel_routes(&node2.netns);
+        if routes.contains("203.0.113.0/24 via 198.18.0.11") { Ok(()) } else { Err(routes) }
+    });
+    // And BIRD hears node2's pod CIDR through node1.
+    eventually("BIRD learns node2's pod CIDR", WAIT, || {
+        let routes = bird.birdc("show route");
+        if routes.contains("10.244.2.0/24") { Ok(()) } else { Err(routes) }
+    });
+    bird.birdc("disable announce");
+    on_every_node(&lab, "203.0.113.0/24", false);
+}
