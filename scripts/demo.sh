@@ -19,7 +19,8 @@ cat <<HINT
 The lab is still up. To explore:
   $weftctl lab status --json                     # the cluster as JSON
   ip netns list                                              # the fabric, node and pod namespaces
-  ip netns exec weft-node1 ip route                          # a node's routes (proto 0x57 = Weft's)
+  ip netns exec weft-node1 ip route                          # a node's routes (proto 87: Weft's own, 88: learned over BGP)
+  $weftctl bgp peers --node node1                       # node1's BGP sessions with the other nodes
   ip netns exec weft-pod-node1-a ip addr                     # inside a pod
   ip netns exec weft-pod-node1-a ping -c1 10.244.2.1         # pod to pod, across nodes
   $weftctl lab exec node1-a -- ip route                 # the same, through weftctl
