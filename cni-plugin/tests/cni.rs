@@ -293,6 +293,10 @@ impl weft_proto::Agent for TestAgent {
     ) -> Result<Response<GetCountersReply>, Status> {
         Ok(Response::new(GetCountersReply::default()))
     }
+
+    async fn bgp_peers(&self, _: Request<BgpPeersRequest>) -> Result<Response<BgpPeersReply>, Status> {
+        Err(Status::unimplemented("the plugin never asks for BGP peers"))
+    }
 }
 
 // ------------------------------------------------------------------- lab
