@@ -141,12 +141,18 @@ enum LabCommand {
         /// How the agents route between nodes: a BGP mesh, or static routes from the datastore.
         #[arg(long, value_enum, default_value = "bgp")]
         routing: lab::state::Routing,
+        /// Nodes that are BGP route reflectors, comma-separated (e.g. node1,node2): they peer
+        /// with every other node (the non-reflectors as their route-reflector clients), and
+        /// the other nodes peer only with them.
+        /// Every name must be a node of the lab. Default: a full iBGP mesh.
+        #[arg(long, value_delimiter = ',', value_name = "NODES")]
+        route_reflectors: Vec<String>,
     },
     /// Tear the lab down: its agents, namespaces, bpffs pins and state directory. Idempotent.
     Down,
-    /// Show the lab's fabric, nodes (with live agent pids) and pods.
+    /// Show the lab's fabric (and route reflectors, if any), nodes (with live agent pids) and pods.
     Status {
-        /// Print JSON: {"fabric":{..},"nodes":[..],"pods":[..]}.
+        /// Print JSON: {"fabric":{..},"route_reflectors":[..],"nodes":[..],"pods":[..]}.
         #[arg(long)]
         json: bool,
     },
@@ -156,6 +162,9 @@ enum LabCommand {
     /// Stop or start a node's agent.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Add a node to the running lab, or remove one.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Probe ICMP and TCP between every ordered pair of pods; exit 1 unless all pass.
     Check {
         /// Print the matrix as JSON.
@@ -214,6 +223,33 @@ enum PodCommand {
     Del {
         /// The pod's name.
         name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Add node<N+1> (N the highest node index in use): netns <lab>-node<i> on the fabric,
+    /// eth0 198.18.0.(10+i)/24, pod CIDR 10.244.<i>.0/24, its agent started with the lab's
+    /// routing and route reflectors. Waits until the agent is ready and, unless --no-wait,
+    /// until every node with a running agent routes the pod CIDR of every other such node (if the
+    /// routes do not come, the node is left in place and the command fails).
+    Add {
+        /// Seconds to wait for the agent to report ready (and again for the routes).
+        #[arg(long, default_value_t = 60)]
+        ready_timeout: u64,
+        /// Return as soon as the new agent is ready, without waiting for the routes.
+        #[arg(long)]
+        no_wait: bool,
+        /// Print the node as JSON (the shape of a node in `lab status --json`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a node: CNI DEL of its pods, its agent (SIGTERM), its datastore records
+    /// (so the other nodes drop it and its routes), namespace, pins and state.
+    /// A route reflector cannot be removed.
+    Del {
+        /// The node's name, e.g. node4.
+        node: String,
     },
 }
 
@@ -291,6 +327,7 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
             | LabCommand::Down
             | LabCommand::Pod(_)
             | LabCommand::Agent(_)
+            | LabCommand::Node(_)
             | LabCommand::Apply { .. }
             | LabCommand::Delete { .. }
     );
@@ -307,6 +344,7 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
             ready_timeout,
             keep_on_failure,
             routing,
+            route_reflectors,
         } => {
             let started = Instant::now();
             let bin_dir = match bin_dir {
@@ -320,6 +358,7 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
                 ready_timeout: Duration::from_secs(ready_timeout),
                 keep_on_failure,
                 routing,
+                route_reflectors,
             };
             let state = lab::up(&lab, &options)?;
             print!(
@@ -351,7 +390,8 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
             let text = if file.as_os_str() == "-" {
                 std::io::read_to_string(std::io::stdin()).context("reading standard input")?
             } else {
-                std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?
             };
             let state = lab.load()?;
             for name in lab::apply(&state, &text)? {
@@ -425,6 +465,50 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
             } else {
                 println!("agent of {node} ready (pid {pid})");
             }
+        }
+        LabCommand::Node(NodeCommand::Add {
+            ready_timeout,
+            no_wait,
+            json,
+        }) => {
+            let started = Instant::now();
+            let mut state = lab.load()?;
+            let options = lab::NodeAddOptions {
+                ready_timeout: Duration::from_secs(ready_timeout),
+                wait_converged: !no_wait,
+            };
+            let node = lab::add_node(&mut state, options)?;
+            let view = StatusView::new(&state, lab::process::is_agent);
+            let view = view
+                .nodes
+                .iter()
+                .find(|n| n.name == node.name)
+                .expect("the added node is in the lab");
+            if json {
+                println!("{}", serde_json::to_string_pretty(view)?);
+            } else {
+                println!(
+                    "{} added: netns {}, underlay {}, pod CIDR {}, agent pid {}",
+                    view.name,
+                    view.netns,
+                    view.underlay_ip,
+                    view.pod_cidr,
+                    view.agent_pid
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| "-".into())
+                );
+            }
+            eprintln!(
+                "{} {} in {:.2} s",
+                node.name,
+                if no_wait { "ready" } else { "ready and routed" },
+                started.elapsed().as_secs_f64()
+            );
+        }
+        LabCommand::Node(NodeCommand::Del { node }) => {
+            let mut state = lab.load()?;
+            lab::del_node(&mut state, &node)?;
+            println!("{node} deleted");
         }
         LabCommand::Check { json, timeout_ms } => {
             let state = lab.load()?;

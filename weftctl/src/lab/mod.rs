@@ -110,12 +110,17 @@ pub struct UpOptions {
     /// Leave what was built in place when `up` fails, for a post-mortem.
     pub keep_on_failure: bool,
     pub routing: state::Routing,
+    /// Nodes that are BGP route reflectors; empty for a full mesh.
+    pub route_reflectors: Vec<String>,
 }
 
 /// Builds the lab from scratch (tearing down a previous one of that name).
 /// On failure everything is torn down again unless `keep_on_failure`.
 pub fn up(lab: &LabRef, options: &UpOptions) -> Result<LabState> {
     plan::check_node_count(options.nodes, options.pods_per_node)?;
+    let names: Vec<String> = (1..=options.nodes).map(plan::node_name).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let route_reflectors = plan::validate_route_reflectors(&options.route_reflectors, &names)?;
     agent::agent_path(&options.bin_dir)?;
     cni::plugin_path(&options.bin_dir)?;
     down(lab).context("tearing down the previous lab")?;
@@ -127,6 +132,7 @@ pub fn up(lab: &LabRef, options: &UpOptions) -> Result<LabState> {
         options.nodes,
     );
     state.routing = options.routing;
+    state.route_reflectors = route_reflectors;
     let built = state.save().and_then(|()| build(&mut state, options));
     match built {
         Ok(()) => Ok(state),
@@ -149,33 +155,69 @@ fn build_underlay(state: &LabState) -> Result<()> {
     topology::create_fabric(&state.fabric.netns, &state.fabric.bridge)
         .with_context(|| format!("creating the fabric namespace {}", state.fabric.netns))?;
     for node in &state.nodes {
-        topology::create_netns(&node.netns)?;
-        topology::attach_node(
-            &state.fabric.netns,
-            &state.fabric.bridge,
-            &node.fabric_port,
-            &node.netns,
-            &node.uplink,
-            node.underlay_ip,
-            plan::UNDERLAY_PREFIX_LEN,
-        )
-        .with_context(|| format!("plugging {} into the fabric", node.name))?;
-        topology::set_net_sysctl(&node.netns, "net.ipv4.ip_forward", "1")?;
+        build_node(state, node)?;
     }
     Ok(())
+}
+
+/// One node's namespace, plugged into the fabric with its underlay address
+/// and forwarding on; the one home of this for `lab up` and `lab node add`.
+fn build_node(state: &LabState, node: &state::Node) -> Result<()> {
+    topology::create_netns(&node.netns)?;
+    topology::attach_node(
+        &state.fabric.netns,
+        &state.fabric.bridge,
+        &node.fabric_port,
+        &node.netns,
+        &node.uplink,
+        node.underlay_ip,
+        plan::UNDERLAY_PREFIX_LEN,
+    )
+    .with_context(|| format!("plugging {} into the fabric", node.name))?;
+    topology::set_net_sysctl(&node.netns, "net.ipv4.ip_forward", "1")
+}
+
+/// Starts the agents of the nodes at `indices` together, recording each
+/// pid as it starts, and waits until all are ready.
+fn start_agents(state: &mut LabState, indices: &[usize], timeout: Duration) -> Result<()> {
+    let mut children = Vec::new();
+    for &i in indices {
+        let child = agent::start(state, &state.nodes[i])?;
+        record_agent(state, i, Some(child.id()))?;
+        children.push(child);
+    }
+    let starting = indices
+        .iter()
+        .zip(children)
+        .map(|(&i, child)| agent::Starting {
+            node: &state.nodes[i],
+            child,
+        })
+        .collect();
+    agent::wait_ready(starting, timeout)
 }
 
 /// Waits until every node routes every other node's pod CIDR (learned over
 /// BGP, or from the node records), so the lab is usable when `up` returns.
 fn wait_converged(state: &LabState, timeout: Duration) -> Result<()> {
+    wait_routed(state, &state.nodes, timeout)
+}
+
+/// Waits until each of `nodes` routes the pod CIDR of every other one of
+/// `nodes`.
+fn wait_routed(state: &LabState, nodes: &[state::Node], timeout: Duration) -> Result<()> {
     let deadline = std::time::Instant::now() + timeout;
-    for node in &state.nodes {
+    for node in nodes {
         loop {
             let routes = topology::routes(&node.netns)?;
-            let missing: Vec<&str> = state
-                .nodes
+            let missing: Vec<&str> = nodes
                 .iter()
-                .filter(|o| o.name != node.name && !routes.lines().any(|l| l.starts_with(&format!("{} ", o.pod_cidr))))
+                .filter(|o| {
+                    o.name != node.name
+                        && !routes
+                            .lines()
+                            .any(|l| l.starts_with(&format!("{} ", o.pod_cidr)))
+                })
                 .map(|o| o.pod_cidr.as_str())
                 .collect();
             if missing.is_empty() {
@@ -198,19 +240,8 @@ fn wait_converged(state: &LabState, timeout: Duration) -> Result<()> {
 
 fn build(state: &mut LabState, options: &UpOptions) -> Result<()> {
     build_underlay(state)?;
-    let mut children = Vec::new();
-    for i in 0..state.nodes.len() {
-        let child = agent::start(state, &state.nodes[i])?;
-        record_agent(state, i, Some(child.id()))?;
-        children.push(child);
-    }
-    let starting = state
-        .nodes
-        .iter()
-        .zip(children)
-        .map(|(node, child)| agent::Starting { node, child })
-        .collect();
-    agent::wait_ready(starting, options.ready_timeout)?;
+    let all: Vec<usize> = (0..state.nodes.len()).collect();
+    start_agents(state, &all, options.ready_timeout)?;
     wait_converged(state, options.ready_timeout)?;
     let labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
     for i in 0..state.nodes.len() {
@@ -511,17 +542,144 @@ pub fn start_agent(
     {
         return Ok((pid, true));
     }
-    let child = agent::start(state, &state.nodes[index])?;
-    let pid = child.id();
-    record_agent(state, index, Some(pid))?;
-    agent::wait_ready(
-        vec![agent::Starting {
-            node: &state.nodes[index],
-            child,
-        }],
-        ready_timeout,
-    )?;
+    start_agents(state, &[index], ready_timeout)?;
+    let pid = state.nodes[index].agent_pid.expect("recorded at start");
     Ok((pid, false))
+}
+
+/// How `lab node add` waits.
+#[derive(Debug, Clone, Copy)]
+pub struct NodeAddOptions {
+    pub ready_timeout: Duration,
+    /// Also wait until every node routes every other node's pod CIDR (the
+    /// new one included), as `lab up` does.
+    pub wait_converged: bool,
+}
+
+/// Adds node N+1 (N the highest index in use) to a running lab, built as
+/// `lab up` builds a node: namespace on the fabric, underlay address
+/// 198.18.0.(10+i), pod CIDR 10.244.i.0/24, its agent started and ready.
+/// Recorded in lab.json before it is made; on failure it is removed again.
+pub fn add_node(state: &mut LabState, options: NodeAddOptions) -> Result<state::Node> {
+    let index = state.next_node_index();
+    if index > plan::MAX_NODES {
+        bail!(
+            "lab {} cannot have a node{index}: node indices go up to {}",
+            state.lab,
+            plan::MAX_NODES
+        );
+    }
+    if !topology::netns_exists(&state.fabric.netns) {
+        bail!(
+            "lab {}'s fabric namespace {} does not exist; is the lab up?",
+            state.lab,
+            state.fabric.netns
+        );
+    }
+    let node = state::Node::planned(&state.lab, &state.state_dir, Path::new(BPFFS_ROOT), index);
+    if topology::netns_exists(&node.netns) {
+        bail!(
+            "network namespace {} already exists but lab.json has no {}; delete it with `ip netns delete {}`",
+            node.netns,
+            node.name,
+            node.netns
+        );
+    }
+    let name = node.name.clone();
+    state.nodes.push(node);
+    state.save()?;
+    let at = state.nodes.len() - 1;
+    let added = build_node(state, &state.nodes[at])
+        .and_then(|()| start_agents(state, &[at], options.ready_timeout));
+    if let Err(e) = added {
+        if let Err(cleanup) = remove_node(state, &name) {
+            eprintln!("warning: removing the half-added {name}: {cleanup:#}");
+        }
+        return Err(e.context(format!("adding {name} to lab {} (rolled back)", state.lab)));
+    }
+    if options.wait_converged {
+        // Nodes whose agent was stopped (`lab agent stop`) neither learn
+        // nor announce anything: they are left out both ways.
+        let running: Vec<state::Node> = state
+            .nodes
+            .iter()
+            .filter(|n| n.agent_pid.is_some())
+            .cloned()
+            .collect();
+        wait_routed(state, &running, options.ready_timeout).with_context(|| {
+            format!(
+                "{name} was added and its agent is ready, but the routes between the nodes with running agents did not converge; \
+                 it is left in place for inspection (`weftctl lab node del {name}` removes it)"
+            )
+        })?;
+    }
+    Ok(state.nodes[at].clone())
+}
+
+/// Removes a node from a running lab: its pods (CNI DEL), its agent, its
+/// records in the datastore (so the other nodes drop their sessions with
+/// it and its routes), its namespace (and with it the fabric port), pins
+/// and state. A route reflector cannot be removed: the other nodes' agents
+/// were started with it as theirs.
+pub fn del_node(state: &mut LabState, name: &str) -> Result<()> {
+    state.node(name)?;
+    if state.route_reflectors.iter().any(|r| r == name) {
+        bail!(
+            "{name} is a route reflector of lab {} (--route-reflectors {}); it cannot be removed",
+            state.lab,
+            state.route_reflectors.join(",")
+        );
+    }
+    let pods: Vec<String> = state
+        .pods
+        .iter()
+        .filter(|p| p.node == name)
+        .map(|p| p.name.clone())
+        .collect();
+    for pod in pods {
+        if let Err(e) = del_pod(state, &pod) {
+            eprintln!("warning: {e:#}; deleting pod {pod}'s namespace without DEL");
+            let netns = state.pod(&pod)?.netns.clone();
+            topology::delete_netns(&netns)?;
+            state.pods.retain(|p| p.name != pod);
+            state.save()?;
+        }
+    }
+    remove_node(state, name)
+}
+
+/// Undoes what `add_node` made for `name`, whatever of it exists, and
+/// drops its record. The agent goes first: it republishes its node record.
+fn remove_node(state: &mut LabState, name: &str) -> Result<()> {
+    let index = node_index(state, name)?;
+    let node = state.nodes[index].clone();
+    if let Some(pid) = node.agent_pid {
+        process::stop_agent(pid, &node.socket, Duration::from_secs(2))?;
+    }
+    record_agent(state, index, None)?;
+    let datastore = state.datastore_dir();
+    remove_path(&datastore.join("nodes").join(format!("{name}.json")))?;
+    remove_path(&datastore.join("endpoints").join(name))?;
+    topology::delete_netns(&node.netns)?;
+    remove_path(&node.bpffs_dir)?;
+    remove_path(&node.state_dir)?;
+    state.nodes.retain(|n| n.name != name);
+    state.save()
+}
+
+/// Removes a file or a directory tree; nothing there is fine.
+fn remove_path(path: &Path) -> Result<()> {
+    let removed = if path.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    };
+    match removed {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Probes every ordered pair of the lab's pods that have an address.
@@ -562,6 +720,8 @@ pub fn exec(state: &LabState, pod: &str, command: &[String]) -> Result<std::conv
 #[derive(Debug, Serialize)]
 pub struct StatusView {
     pub fabric: FabricView,
+    /// `--route-reflectors` of `lab up`; empty for a full mesh.
+    pub route_reflectors: Vec<String>,
     pub nodes: Vec<NodeView>,
     pub pods: Vec<PodView>,
 }
@@ -615,6 +775,7 @@ impl StatusView {
                 bridge: state.fabric.bridge.clone(),
                 cidr: state.fabric.cidr.clone(),
             },
+            route_reflectors: state.route_reflectors.clone(),
             nodes: state
                 .nodes
                 .iter()
@@ -639,9 +800,16 @@ impl StatusView {
     pub fn render(&self) -> String {
         let dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_string());
         let mut out = format!(
-            "fabric {}  bridge {}  underlay {}\n\n",
+            "fabric {}  bridge {}  underlay {}",
             self.fabric.netns, self.fabric.bridge, self.fabric.cidr
         );
+        if !self.route_reflectors.is_empty() {
+            out.push_str(&format!(
+                "  route reflectors {}",
+                self.route_reflectors.join(",")
+            ));
+        }
+        out.push_str("\n\n");
         let mut nodes = vec![
             ["NODE", "NETNS", "UNDERLAY IP", "POD CIDR", "AGENT PID"]
                 .map(String::from)
@@ -715,6 +883,7 @@ mod tests {
             json,
             serde_json::json!({
                 "fabric": {"netns": "weft-fabric", "bridge": "br-underlay", "cidr": "198.18.0.0/24"},
+                "route_reflectors": [],
                 "nodes": [
                     {"name": "node1", "netns": "weft-node1", "underlay_ip": "198.18.0.11", "pod_cidr": "10.244.1.0/24", "agent_pid": 100},
                     {"name": "node2", "netns": "weft-node2", "underlay_ip": "198.18.0.12", "pod_cidr": "10.244.2.0/24", "agent_pid": null}
@@ -739,6 +908,17 @@ mod tests {
              \n\
              POD      NAMESPACE  NODE   NETNS             IP          HOST IFNAME\n\
              node1-a  default    node1  weft-pod-node1-a  10.244.1.2  weftab12cd34\n"
+        );
+        let mut state = lab_state();
+        state.route_reflectors = vec!["node1".into(), "node2".into()];
+        let view = StatusView::new(&state, |_, _| false);
+        assert!(view.render().starts_with(
+            "fabric weft-fabric  bridge br-underlay  underlay 198.18.0.0/24  route reflectors node1,node2\n\n"
+        ));
+        let json: serde_json::Value = serde_json::from_str(&view.to_json()).unwrap();
+        assert_eq!(
+            json["route_reflectors"],
+            serde_json::json!(["node1", "node2"])
         );
     }
 

@@ -136,6 +136,29 @@ pub fn check_node_count(nodes: u32, pods_per_node: u32) -> Result<()> {
     Ok(())
 }
 
+/// `--route-reflectors`: every name a node of the lab (`nodes` are its
+/// node names), none twice. Returns them in the given order.
+pub fn validate_route_reflectors(reflectors: &[String], nodes: &[&str]) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for name in reflectors {
+        let name = name.trim();
+        if name.is_empty() {
+            bail!("--route-reflectors has an empty name");
+        }
+        if !nodes.contains(&name) {
+            bail!(
+                "--route-reflectors names {name:?}, which is not a node of this lab (nodes: {})",
+                nodes.join(", ")
+            );
+        }
+        if out.iter().any(|r| r == name) {
+            bail!("--route-reflectors names {name:?} twice");
+        }
+        out.push(name.to_string());
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +201,31 @@ mod tests {
         assert!(!is_lab_netns("weft", "weft2-node1"));
         assert!(!is_lab_netns("weft", "other-node1"));
         assert!(!is_lab_netns("weft", "weftnode1"));
+    }
+
+    #[test]
+    fn route_reflectors_must_be_nodes_of_the_lab() {
+        let nodes = ["node1", "node2", "node3"];
+        let names = |s: &[&str]| s.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            validate_route_reflectors(&names(&["node1"]), &nodes).unwrap(),
+            ["node1"]
+        );
+        assert_eq!(
+            validate_route_reflectors(&names(&["node3", "node1"]), &nodes).unwrap(),
+            ["node3", "node1"]
+        );
+        assert!(validate_route_reflectors(&[], &nodes).unwrap().is_empty());
+        let err = validate_route_reflectors(&names(&["node4"]), &nodes)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("node4") && err.contains("node1, node2, node3"),
+            "{err}"
+        );
+        assert!(validate_route_reflectors(&names(&["node1", "node1"]), &nodes).is_err());
+        assert!(validate_route_reflectors(&names(&[""]), &nodes).is_err());
+        assert!(validate_route_reflectors(&names(&["Node1"]), &nodes).is_err());
     }
 
     #[test]

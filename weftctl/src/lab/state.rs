@@ -29,6 +29,10 @@ pub struct LabState {
     /// How the agents route between nodes; every agent of the lab the same.
     #[serde(default)]
     pub routing: Routing,
+    /// Nodes that are BGP route reflectors (`--route-reflectors`); empty:
+    /// a full iBGP mesh. Every agent of the lab gets the same list.
+    #[serde(default)]
+    pub route_reflectors: Vec<String>,
     pub fabric: Fabric,
     pub nodes: Vec<Node>,
     pub pods: Vec<Pod>,
@@ -92,6 +96,29 @@ pub struct Pod {
     pub host_ifname: Option<String>,
 }
 
+impl Node {
+    /// Node `index` of lab `lab` as the plan names and addresses it, with
+    /// no agent; the one place a node's record is made (`lab up` and
+    /// `lab node add`).
+    pub fn planned(lab: &str, state_dir: &Path, bpffs_root: &Path, index: u32) -> Self {
+        let name = plan::node_name(index);
+        let node_dir = state_dir.join("nodes").join(&name);
+        Node {
+            netns: plan::node_netns(lab, &name),
+            underlay_ip: plan::underlay_ip(index),
+            pod_cidr: plan::pod_cidr(index),
+            uplink: plan::UPLINK.to_string(),
+            fabric_port: plan::fabric_port(index),
+            socket: node_dir.join("agent.sock"),
+            state_dir: node_dir,
+            bpffs_dir: bpffs_root.join(lab).join(&name),
+            agent_pid: None,
+            index,
+            name,
+        }
+    }
+}
+
 impl LabState {
     /// The plan of a fresh lab: fabric and nodes, no pods, no agents.
     pub fn planned(
@@ -102,23 +129,7 @@ impl LabState {
         nodes: u32,
     ) -> Self {
         let nodes = (1..=nodes)
-            .map(|index| {
-                let name = plan::node_name(index);
-                let node_dir = state_dir.join("nodes").join(&name);
-                Node {
-                    netns: plan::node_netns(lab, &name),
-                    underlay_ip: plan::underlay_ip(index),
-                    pod_cidr: plan::pod_cidr(index),
-                    uplink: plan::UPLINK.to_string(),
-                    fabric_port: plan::fabric_port(index),
-                    socket: node_dir.join("agent.sock"),
-                    state_dir: node_dir,
-                    bpffs_dir: bpffs_root.join(lab).join(&name),
-                    agent_pid: None,
-                    index,
-                    name,
-                }
-            })
+            .map(|index| Node::planned(lab, state_dir, bpffs_root, index))
             .collect();
         LabState {
             version: STATE_VERSION,
@@ -126,6 +137,7 @@ impl LabState {
             state_dir: state_dir.to_path_buf(),
             bin_dir: bin_dir.to_path_buf(),
             routing: Routing::default(),
+            route_reflectors: Vec::new(),
             fabric: Fabric {
                 netns: plan::fabric_netns(lab),
                 bridge: plan::BRIDGE.to_string(),
@@ -192,6 +204,20 @@ impl LabState {
             "--routing".into(),
             self.routing.as_arg().into(),
         ]
+        .into_iter()
+        .chain(
+            (!self.route_reflectors.is_empty())
+                .then(|| ["--route-reflectors".into(), self.route_reflectors.join(",")])
+                .into_iter()
+                .flatten(),
+        )
+        .collect()
+    }
+
+    /// The index the next `lab node add` gets: one above the highest in
+    /// use (indices of deleted nodes above it are reused, lower gaps not).
+    pub fn next_node_index(&self) -> u32 {
+        self.nodes.iter().map(|n| n.index).max().unwrap_or(0) + 1
     }
 
     pub fn to_json(&self) -> String {
@@ -333,6 +359,28 @@ mod tests {
              --socket /run/weft-lab/weft/nodes/node1/agent.sock \
              --bpffs-dir /sys/fs/bpf/weft-lab/weft/node1 --encap none --routing bgp"
         );
+        let mut state = state;
+        state.route_reflectors = vec!["node1".into(), "node2".into()];
+        let args = state.agent_args(state.node("node2").unwrap());
+        assert_eq!(
+            args[args.len() - 2..],
+            ["--route-reflectors", "node1,node2"]
+        );
+    }
+
+    #[test]
+    fn old_lab_json_without_reflectors_loads_and_indices_continue() {
+        let state = sample();
+        let mut value: serde_json::Value = serde_json::from_str(&state.to_json()).unwrap();
+        value.as_object_mut().unwrap().remove("route_reflectors");
+        let loaded = LabState::from_json(&value.to_string()).unwrap();
+        assert!(loaded.route_reflectors.is_empty());
+        assert_eq!(loaded.next_node_index(), 3);
+        let mut state = sample();
+        state.nodes.remove(0);
+        assert_eq!(state.next_node_index(), 3);
+        state.nodes.clear();
+        assert_eq!(state.next_node_index(), 1);
     }
 
     #[test]

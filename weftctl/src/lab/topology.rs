@@ -29,7 +29,10 @@ pub fn routes(netns: &str) -> Result<String> {
         .output()
         .context("running `ip` (is iproute2 installed?)")?;
     if !output.status.success() {
-        bail!("`ip -n {netns} route` failed: {}", String::from_utf8_lossy(&output.stderr).trim());
+        bail!(
+            "`ip -n {netns} route` failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
