@@ -117,6 +117,11 @@ impl Bird {
         let dir = tempfile::Builder::new().prefix("weft-bird-").tempdir().unwrap();
         let conf = dir.path().join("bird.conf");
         std::fs::write(&conf, config).unwrap();
+        // BIRD opens its control socket before it reads the config and
+        // exits on a bad one: check the config first, so a mistake fails
+        // here and not later as a session stuck in Active.
+        let parsed = Command::new("bird").arg("-p").arg("-c").arg(&conf).output().expect("bird runs (make deps)");
+        assert!(parsed.status.success(), "BIRD rejects its config:\n{config}\n{}", show(&parsed));
         let socket = dir.path().join("bird.ctl");
         let log = dir.path().join("bird.log");
         let daemon = Daemon::spawn(
