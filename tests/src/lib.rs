@@ -288,3 +288,30 @@ pub fn eventually<T>(what: &str, timeout: std::time::Duration, mut check: impl F
         }
     }
 }
+
+/// How long the BGP lab tests wait for routes to come or go.
+pub const BGP_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The routes a node learned over BGP (Weft's protocol 0x58).
+pub fn bgp_routes(netns: &str) -> String {
+    stdout(&netns_exec(netns, &["ip", "route", "show", "proto", "0x58"]))
+}
+
+impl Lab {
+    /// Waits until every node's BGP routes have (or no longer have) `route`.
+    pub fn wait_bgp_route_everywhere(&self, route: &str, present: bool) {
+        for node in self.status().nodes {
+            eventually(&format!("{} {} `{route}`", node.name, if present { "has" } else { "lost" }), BGP_WAIT, || {
+                let routes = bgp_routes(&node.netns);
+                if routes.contains(route) == present { Ok(()) } else { Err(routes) }
+            });
+        }
+    }
+
+    /// Writes manifests into the lab's datastore (`weftctl lab apply -f`).
+    pub fn apply(&self, yaml: &str) {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), yaml).unwrap();
+        self.ctl_ok(&["lab", "apply", "-f", file.path().to_str().unwrap()]);
+    }
+}

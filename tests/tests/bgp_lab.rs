@@ -8,21 +8,7 @@ use std::time::Duration;
 use weft_tests::peers::{Bird, GoBgp};
 use weft_tests::*;
 
-const WAIT: Duration = Duration::from_secs(20);
-
-fn kernel_routes(netns: &str) -> String {
-    stdout(&netns_exec(netns, &["ip", "route", "show", "proto", "0x58"]))
-}
-
-/// Waits until every node's kernel has (or has not) `route`.
-fn on_every_node(lab: &Lab, route: &str, present: bool) {
-    for node in lab.status().nodes {
-        eventually(&format!("{} {} `{route}`", node.name, if present { "has" } else { "lost" }), WAIT, || {
-            let routes = kernel_routes(&node.netns);
-            if routes.contains(route) == present { Ok(()) } else { Err(routes) }
-        });
-    }
-}
+const WAIT: Duration = BGP_WAIT;
 
 fn peer_state(lab: &Lab, node: &str, address: &str) -> String {
     let json = lab.ctl_ok(&["bgp", "peers", "--node", node, "--json"]);
@@ -34,12 +20,6 @@ fn peer_state(lab: &Lab, node: &str, address: &str) -> String {
         .find(|p| p["address"] == address)
         .map(|p| p["state"].as_str().unwrap().to_string())
         .unwrap_or_else(|| format!("no peer {address} in {json}"))
-}
-
-fn apply(lab: &Lab, yaml: &str) {
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), yaml).unwrap();
-    lab.ctl_ok(&["lab", "apply", "-f", file.path().to_str().unwrap()]);
 }
 
 fn bgp_peer(name: &str, ip: &str, asn: u32, password: Option<&str>) -> String {
@@ -75,14 +55,14 @@ fn nodes_mesh_and_exchange_pod_cidrs_with_bird_over_ebgp() {
         for other in status.nodes.iter().filter(|o| o.name != node.name) {
             let want = format!("{} via {}", other.pod_cidr, other.underlay_ip);
             eventually(&format!("{} learns {}", node.name, other.pod_cidr), WAIT, || {
-                let routes = kernel_routes(&node.netns);
+                let routes = bgp_routes(&node.netns);
                 if routes.contains(&want) { Ok(()) } else { Err(routes) }
             });
         }
     }
 
     let mut bird = Bird::start(&lab, "bird", "198.18.0.200".parse().unwrap(), &bird_config(&lab, None));
-    apply(&lab, &bgp_peer("bird", "198.18.0.200", 64600, None));
+    lab.apply(&bgp_peer("bird", "198.18.0.200", 64600, None));
     // BIRD receives every node's pod CIDR.
     for node in &status.nodes {
         eventually(&format!("BIRD learns {}", node.pod_cidr), WAIT, || {
@@ -91,15 +71,15 @@ fn nodes_mesh_and_exchange_pod_cidrs_with_bird_over_ebgp() {
         });
     }
     // Its announcement reaches every node's kernel, and goes with its withdrawal.
-    on_every_node(&lab, "203.0.113.0/24 via 198.18.0.200", true);
+    lab.wait_bgp_route_everywhere("203.0.113.0/24 via 198.18.0.200", true);
     bird.birdc("disable announce");
-    on_every_node(&lab, "203.0.113.0/24", false);
+    lab.wait_bgp_route_everywhere("203.0.113.0/24", false);
     bird.birdc("enable announce");
-    on_every_node(&lab, "203.0.113.0/24 via 198.18.0.200", true);
+    lab.wait_bgp_route_everywhere("203.0.113.0/24 via 198.18.0.200", true);
 
     // Removing the BGPPeer ends the sessions and the routes learned over them.
     lab.ctl_ok(&["lab", "delete", "bgppeer", "bird"]);
-    on_every_node(&lab, "203.0.113.0/24", false);
+    lab.wait_bgp_route_everywhere("203.0.113.0/24", false);
     let out = lab.ctl(&["lab", "check"]);
     assert!(out.status.success(), "{}", show(&out));
 }
@@ -108,17 +88,17 @@ fn nodes_mesh_and_exchange_pod_cidrs_with_bird_over_ebgp() {
 fn md5_password_must_match_for_the_session_to_come_up() {
     let lab = Lab::up("md5", 1, 0);
     let _bird = Bird::start(&lab, "bird", "198.18.0.200".parse().unwrap(), &bird_config(&lab, Some("s3cret")));
-    apply(&lab, &bgp_peer("bird", "198.18.0.200", 64600, Some("wrong")));
+    lab.apply(&bgp_peer("bird", "198.18.0.200", 64600, Some("wrong")));
     std::thread::sleep(Duration::from_secs(5));
     assert_ne!(peer_state(&lab, "node1", "198.18.0.200"), "Established", "a wrong password must keep the session down");
-    assert!(!kernel_routes(&lab.node("node1").netns).contains("203.0.113.0/24"));
+    assert!(!bgp_routes(&lab.node("node1").netns).contains("203.0.113.0/24"));
 
-    apply(&lab, &bgp_peer("bird", "198.18.0.200", 64600, Some("s3cret")));
+    lab.apply(&bgp_peer("bird", "198.18.0.200", 64600, Some("s3cret")));
     eventually("the session with the right password", WAIT, || {
         let state = peer_state(&lab, "node1", "198.18.0.200");
         if state == "Established" { Ok(()) } else { Err(state) }
     });
-    on_every_node(&lab, "203.0.113.0/24 via 198.18.0.200", true);
+    lab.wait_bgp_route_everywhere("203.0.113.0/24 via 198.18.0.200", true);
 }
 
 #[test]
@@ -132,7 +112,7 @@ fn gobgp_receives_pod_cidrs_and_its_announcements_reach_the_nodes() {
         ));
     }
     let mut gobgp = GoBgp::start(&lab, "gobgp", "198.18.0.201".parse().unwrap(), &config);
-    apply(&lab, &bgp_peer("gobgp", "198.18.0.201", 64601, None));
+    lab.apply(&bgp_peer("gobgp", "198.18.0.201", 64601, None));
     for node in lab.status().nodes {
         eventually(&format!("GoBGP learns {}", node.pod_cidr), WAIT, || {
             let rib = gobgp.gobgp(&["global", "rib"]);
@@ -140,9 +120,9 @@ fn gobgp_receives_pod_cidrs_and_its_announcements_reach_the_nodes() {
         });
     }
     gobgp.gobgp(&["global", "rib", "add", "203.0.113.64/26"]);
-    on_every_node(&lab, "203.0.113.64/26 via 198.18.0.201", true);
+    lab.wait_bgp_route_everywhere("203.0.113.64/26 via 198.18.0.201", true);
     gobgp.gobgp(&["global", "rib", "del", "203.0.113.64/26"]);
-    on_every_node(&lab, "203.0.113.64/26", false);
+    lab.wait_bgp_route_everywhere("203.0.113.64/26", false);
 }
 
 #[test]
@@ -170,7 +150,7 @@ fn sigterm_sends_a_cease_and_peers_drop_the_routes_at_once() {
     let node2 = lab.node("node2");
     let node1_netns = lab.node("node1").netns;
     eventually("node1 learns node2's pod CIDR", WAIT, || {
-        let routes = kernel_routes(&node1_netns);
+        let routes = bgp_routes(&node1_netns);
         if routes.contains("10.244.2.0/24 via 198.18.0.12") { Ok(()) } else { Err(routes) }
     });
     // A graceful stop (SIGTERM): node1 drops node2's routes at once, no
@@ -178,7 +158,7 @@ fn sigterm_sends_a_cease_and_peers_drop_the_routes_at_once() {
     let pid = nix::unistd::Pid::from_raw(node2.agent_pid.expect("agent runs") as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     eventually("node1 drops node2's pod CIDR", Duration::from_secs(5), || {
-        let routes = kernel_routes(&node1_netns);
+        let routes = bgp_routes(&node1_netns);
         if routes.contains("10.244.2.0/24") { Err(routes) } else { Ok(()) }
     });
     assert!(peer_state(&lab, "node1", &node2.underlay_ip) != "Established");
@@ -201,8 +181,8 @@ fn graceful_restart_keeps_forwarding_and_routes_across_an_agent_sigkill() {
     let mut conf = bird_config(&lab, None).replace("  local 198.18.0.200 as 64600;\n", "  local 198.18.0.200 as 64600;\n  graceful restart on;\n");
     conf.push('\n');
     let mut bird = Bird::start(&lab, "bird", "198.18.0.200".parse().unwrap(), &conf);
-    apply(&lab, &bgp_peer("bird", "198.18.0.200", 64600, None));
-    on_every_node(&lab, "203.0.113.0/24 via 198.18.0.200", true);
+    lab.apply(&bgp_peer("bird", "198.18.0.200", 64600, None));
+    lab.wait_bgp_route_everywhere("203.0.113.0/24 via 198.18.0.200", true);
     let count = |bird: &mut Bird| {
         let out = bird.birdc("show route count");
         out.lines().find(|l| l.contains("routes for")).unwrap_or_default().to_string()
@@ -269,16 +249,16 @@ fn routes_learned_over_ebgp_are_passed_on_to_the_mesh() {
         node1.underlay_ip
     );
     let mut bird = Bird::start(&lab, "bird", "198.18.0.200".parse().unwrap(), &conf);
-    apply(&lab, &format!("{}  node: node1\n", bgp_peer("bird", "198.18.0.200", 64600, None)));
+    lab.apply(&format!("{}  node: node1\n", bgp_peer("bird", "198.18.0.200", 64600, None)));
     // node1 learns it from BIRD; node2 from node1, with node1 as the next
     // hop (BIRD's address is not something node2 need know).
     eventually("node1 learns BIRD's prefix", WAIT, || {
-        let routes = kernel_routes(&node1.netns);
+        let routes = bgp_routes(&node1.netns);
         if routes.contains("203.0.113.0/24 via 198.18.0.200") { Ok(()) } else { Err(routes) }
     });
     let node2 = lab.node("node2");
     eventually("node2 learns it through node1", WAIT, || {
-        let routes = kernel_routes(&node2.netns);
+        let routes = bgp_routes(&node2.netns);
         if routes.contains("203.0.113.0/24 via 198.18.0.11") { Ok(()) } else { Err(routes) }
     });
     // And BIRD hears node2's pod CIDR through node1.
@@ -287,5 +267,5 @@ fn routes_learned_over_ebgp_are_passed_on_to_the_mesh() {
         if routes.contains("10.244.2.0/24") { Ok(()) } else { Err(routes) }
     });
     bird.birdc("disable announce");
-    on_every_node(&lab, "203.0.113.0/24", false);
+    lab.wait_bgp_route_everywhere("203.0.113.0/24", false);
 }

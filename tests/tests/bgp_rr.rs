@@ -7,21 +7,7 @@ use std::time::Duration;
 use weft_tests::peers::Bird;
 use weft_tests::*;
 
-const WAIT: Duration = Duration::from_secs(20);
-
-fn kernel_routes(netns: &str) -> String {
-    stdout(&netns_exec(netns, &["ip", "route", "show", "proto", "0x58"]))
-}
-
-/// Waits until every node's kernel has (or has not) `route` among its BGP routes.
-fn on_every_node(lab: &Lab, route: &str, present: bool) {
-    for node in lab.status().nodes {
-        eventually(&format!("{} {} `{route}`", node.name, if present { "has" } else { "lost" }), WAIT, || {
-            let routes = kernel_routes(&node.netns);
-            if routes.contains(route) == present { Ok(()) } else { Err(routes) }
-        });
-    }
-}
+const WAIT: Duration = BGP_WAIT;
 
 /// Waits until every node routes every other node's pod CIDR via its underlay address.
 fn converged(lab: &Lab) {
@@ -30,7 +16,7 @@ fn converged(lab: &Lab) {
         for other in status.nodes.iter().filter(|o| o.name != node.name) {
             let want = format!("{} via {}", other.pod_cidr, other.underlay_ip);
             eventually(&format!("{} learns {}", node.name, other.pod_cidr), WAIT, || {
-                let routes = kernel_routes(&node.netns);
+                let routes = bgp_routes(&node.netns);
                 if routes.contains(&want) { Ok(()) } else { Err(routes) }
             });
         }
@@ -136,11 +122,11 @@ fn bird_as_an_ibgp_client_of_the_reflector_sees_and_reaches_every_node() {
         });
     }
     // BIRD's route is reflected to every client; the next hop is BIRD itself.
-    on_every_node(&lab, "203.0.113.0/24 via 198.18.0.200", true);
+    lab.wait_bgp_route_everywhere("203.0.113.0/24 via 198.18.0.200", true);
     bird.birdc("disable announce");
-    on_every_node(&lab, "203.0.113.0/24", false);
+    lab.wait_bgp_route_everywhere("203.0.113.0/24", false);
     bird.birdc("enable announce");
-    on_every_node(&lab, "203.0.113.0/24 via 198.18.0.200", true);
+    lab.wait_bgp_route_everywhere("203.0.113.0/24 via 198.18.0.200", true);
 }
 
 #[test]
@@ -154,7 +140,7 @@ fn a_node_added_to_a_running_lab_joins_the_mesh_and_leaves_it() {
     assert!(added["agent_pid"].is_u64(), "{out}");
     // `node add` waited for the routes: no polling needed.
     for node in lab.status().nodes {
-        let routes = kernel_routes(&node.netns);
+        let routes = bgp_routes(&node.netns);
         let others = lab.status().nodes.into_iter().filter(|o| o.name != node.name);
         for other in others {
             assert!(routes.contains(&format!("{} via {}", other.pod_cidr, other.underlay_ip)), "{}: {routes}", node.name);
@@ -170,7 +156,7 @@ fn a_node_added_to_a_running_lab_joins_the_mesh_and_leaves_it() {
     assert!(status.pods.iter().all(|p| p.node != "node3"), "node3's pod went with it");
     assert!(!std::path::Path::new(&format!("/run/netns/{}-node3", lab.name)).exists());
     assert!(!std::path::Path::new(&format!("/run/netns/{}-pod-node3-a", lab.name)).exists());
-    on_every_node(&lab, "10.244.3.0/24", false);
+    lab.wait_bgp_route_everywhere("10.244.3.0/24", false);
     let out = lab.ctl(&["lab", "check"]);
     assert!(out.status.success(), "lab check after the delete: {}", show(&out));
     // The index is free again: the next add is node3 once more.
