@@ -100,6 +100,9 @@ pub enum ReconcileError {
 }
 
 impl Node {
+    /// The node from its parts, each opened by main (which reports which
+    /// one failed to start).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         me: NodeRecord,
         uplink: Uplink,

@@ -260,9 +260,7 @@ impl Speaker {
     fn pump(&mut self, now: Instant, id: PeerId) {
         let mut work = vec![id];
         while let Some(id) = work.pop() {
-            loop {
-                let Some(entry) = self.peers.get_mut(&id) else { break };
-                let Some((direction, output)) = entry.peer.poll_output() else { break };
+            while let Some((direction, output)) = self.peers.get_mut(&id).and_then(|e| e.peer.poll_output()) {
                 let touched = self.on_output(now, id, direction, output);
                 work.extend(touched);
             }

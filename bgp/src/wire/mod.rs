@@ -68,6 +68,9 @@ pub struct CodecContext {
     pub four_octet_as: bool,
 }
 
+/// Messages live briefly (decoded, handled, dropped), so an UPDATE's size
+/// in the enum costs nothing worth an allocation per message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
     Open(Open),
