@@ -9,8 +9,8 @@ use ipnetwork::Ipv4Network;
 use weft_dataplane::names::host_ifname;
 use weft_dataplane::route::Route;
 
-use weft_datastore::{EndpointRecord, NodeRecord};
 use crate::ipam::{Attachment, Claim};
+use weft_datastore::{EndpointRecord, NodeRecord};
 
 /// What the calculation reads.
 pub struct ClusterView<'a> {
@@ -75,7 +75,9 @@ pub fn desired_state(view: &ClusterView<'_>) -> DesiredState {
     match view.remote {
         Remote::NodeRecords => static_routes(view, &mut out),
         Remote::Learned(learned) => out.routes.extend(
-            learned.iter().map(|(prefix, next_hop)| Route::learned(*prefix, *next_hop, view.uplink_ifindex)),
+            learned
+                .iter()
+                .map(|(prefix, next_hop)| Route::learned(*prefix, *next_hop, view.uplink_ifindex)),
         ),
     }
 
@@ -83,23 +85,34 @@ pub fn desired_state(view: &ClusterView<'_>) -> DesiredState {
         .claims
         .values()
         .filter_map(|c| match c {
-            Claim::Owned(Attachment { container_id, ifname }) => Some(host_ifname(container_id, ifname)),
+            Claim::Owned(Attachment {
+                container_id,
+                ifname,
+            }) => Some(host_ifname(container_id, ifname)),
             Claim::Orphaned => None,
         })
         .chain(view.endpoints.iter().map(|e| e.host_ifname.clone()))
         .collect();
-    out.stale_links = view.links.keys().filter(|name| !claimed.contains(*name)).cloned().collect();
+    out.stale_links = view
+        .links
+        .keys()
+        .filter(|name| !claimed.contains(*name))
+        .cloned()
+        .collect();
 
     out.routes.sort();
     out
 }
 
-
 /// Static routing: every other node's pod CIDR via its underlay address,
 /// refusing overlaps and next hops off the uplink's segment.
 fn static_routes(view: &ClusterView<'_>, out: &mut DesiredState) {
     let mut taken: Vec<Ipv4Network> = vec![view.me.pod_cidr];
-    let mut others: Vec<&NodeRecord> = view.nodes.iter().filter(|n| n.name != view.me.name).collect();
+    let mut others: Vec<&NodeRecord> = view
+        .nodes
+        .iter()
+        .filter(|n| n.name != view.me.name)
+        .collect();
     others.sort_by(|a, b| a.name.cmp(&b.name));
     for node in others {
         if let Some(clash) = taken.iter().find(|c| c.overlaps(node.pod_cidr)) {
@@ -119,7 +132,11 @@ fn static_routes(view: &ClusterView<'_>, out: &mut DesiredState) {
             continue;
         }
         taken.push(node.pod_cidr);
-        out.routes.push(Route::to_pod_cidr(node.pod_cidr, node.underlay_ip, view.uplink_ifindex));
+        out.routes.push(Route::to_pod_cidr(
+            node.pod_cidr,
+            node.underlay_ip,
+            view.uplink_ifindex,
+        ));
     }
 }
 
@@ -128,7 +145,11 @@ mod tests {
     use super::*;
 
     fn node(name: &str, ip: &str, cidr: &str) -> NodeRecord {
-        NodeRecord { name: name.into(), underlay_ip: ip.parse().unwrap(), pod_cidr: cidr.parse().unwrap() }
+        NodeRecord {
+            name: name.into(),
+            underlay_ip: ip.parse().unwrap(),
+            pod_cidr: cidr.parse().unwrap(),
+        }
     }
 
     fn endpoint(cid: &str, ip: &str) -> EndpointRecord {
@@ -146,7 +167,10 @@ mod tests {
     }
 
     fn claim(cid: &str) -> Claim {
-        Claim::Owned(Attachment { container_id: cid.into(), ifname: "eth0".into() })
+        Claim::Owned(Attachment {
+            container_id: cid.into(),
+            ifname: "eth0".into(),
+        })
     }
 
     struct Fixture {
@@ -191,7 +215,10 @@ mod tests {
         f.links.insert(host_ifname("a", "eth0"), 7);
         f.claims.insert("10.244.1.2".parse().unwrap(), claim("a"));
         let d = f.calc();
-        assert!(d.routes.contains(&Route::to_local_pod("10.244.1.2".parse().unwrap(), 7)));
+        assert!(
+            d.routes
+                .contains(&Route::to_local_pod("10.244.1.2".parse().unwrap(), 7))
+        );
         assert_eq!(d.guard, [(7, "10.244.1.2".parse().unwrap())].into());
         assert_eq!(d.guarded_links, vec![host_ifname("a", "eth0")]);
         assert!(d.stale_links.is_empty());
@@ -203,14 +230,19 @@ mod tests {
         let d = Fixture::new().calc();
         assert_eq!(
             d.routes,
-            vec![Route::to_pod_cidr("10.244.2.0/24".parse().unwrap(), "198.18.0.12".parse().unwrap(), 2)]
+            vec![Route::to_pod_cidr(
+                "10.244.2.0/24".parse().unwrap(),
+                "198.18.0.12".parse().unwrap(),
+                2
+            )]
         );
     }
 
     #[test]
     fn overlapping_and_off_subnet_nodes_are_refused_with_a_reason() {
         let mut f = Fixture::new();
-        f.nodes.push(node("node3", "198.18.0.13", "10.244.1.128/25"));
+        f.nodes
+            .push(node("node3", "198.18.0.13", "10.244.1.128/25"));
         f.nodes.push(node("node4", "192.0.2.4", "10.244.4.0/24"));
         let d = f.calc();
         assert_eq!(d.routes.len(), 1);
@@ -221,12 +253,17 @@ mod tests {
 
     #[test]
     fn in_bgp_mode_remote_routes_are_the_learned_ones() {
-        static LEARNED: [(Ipv4Network, Ipv4Addr); 1] =
-            [(Ipv4Network::new_checked(Ipv4Addr::new(203, 0, 113, 0), 24).unwrap(), Ipv4Addr::new(198, 18, 0, 200))];
+        static LEARNED: [(Ipv4Network, Ipv4Addr); 1] = [(
+            Ipv4Network::new_checked(Ipv4Addr::new(203, 0, 113, 0), 24).unwrap(),
+            Ipv4Addr::new(198, 18, 0, 200),
+        )];
         let mut f = Fixture::new();
         f.remote = Remote::Learned(&LEARNED);
         let d = f.calc();
-        assert_eq!(d.routes, vec![Route::learned(LEARNED[0].0, LEARNED[0].1, 2)]);
+        assert_eq!(
+            d.routes,
+            vec![Route::learned(LEARNED[0].0, LEARNED[0].1, 2)]
+        );
     }
 
     #[test]
@@ -243,7 +280,8 @@ mod tests {
     fn links_of_unclaimed_attachments_are_stale_but_in_flight_adds_are_not() {
         let mut f = Fixture::new();
         // An ADD in flight: address claimed, veth made, not registered yet.
-        f.claims.insert("10.244.1.3".parse().unwrap(), claim("inflight"));
+        f.claims
+            .insert("10.244.1.3".parse().unwrap(), claim("inflight"));
         f.links.insert(host_ifname("inflight", "eth0"), 8);
         // A leftover of a failed ADD whose address was released.
         f.links.insert(host_ifname("gone", "eth0"), 9);

@@ -59,7 +59,11 @@ pub struct Config {
     #[arg(long, env = "WEFT_UNDERLAY_IP")]
     pub underlay_ip: Option<Ipv4Addr>,
     /// The datastore directory shared by the cluster's agents (local embedded store).
-    #[arg(long, env = "WEFT_DATASTORE_DIR", default_value = "/var/lib/weft/datastore")]
+    #[arg(
+        long,
+        env = "WEFT_DATASTORE_DIR",
+        default_value = "/var/lib/weft/datastore"
+    )]
     pub datastore_dir: PathBuf,
     /// Where the agent keeps its own state (IPAM claims, endpoint records).
     #[arg(long, env = "WEFT_STATE_DIR", default_value = "/var/lib/weft")]
@@ -98,7 +102,9 @@ pub struct Config {
 
 /// An AS number a cluster can use: not 0 and not AS_TRANS (23456).
 fn parse_asn(s: &str) -> Result<u32, String> {
-    let asn: u32 = s.parse().map_err(|e| format!("{s:?} is not an AS number: {e}"))?;
+    let asn: u32 = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not an AS number: {e}"))?;
     if asn == 0 || asn == 23456 {
         return Err(format!("AS {asn} is reserved"));
     }
@@ -108,7 +114,8 @@ fn parse_asn(s: &str) -> Result<u32, String> {
 impl Config {
     /// The pod MTU: the flag if given, else what the uplink leaves after encapsulation.
     pub fn pod_mtu(&self, uplink_mtu: u32) -> u32 {
-        self.mtu.unwrap_or(uplink_mtu.saturating_sub(self.encap.overhead()))
+        self.mtu
+            .unwrap_or(uplink_mtu.saturating_sub(self.encap.overhead()))
     }
 }
 
@@ -118,23 +125,92 @@ mod tests {
 
     #[test]
     fn flags_parse_and_defaults_hold() {
-        let c = Config::try_parse_from(["weft-agent", "--node-name", "n1", "--pod-cidr", "10.244.1.0/24"]).unwrap();
+        let c = Config::try_parse_from([
+            "weft-agent",
+            "--node-name",
+            "n1",
+            "--pod-cidr",
+            "10.244.1.0/24",
+        ])
+        .unwrap();
         assert_eq!(c.uplink, "eth0");
         assert_eq!(c.pod_mtu(1500), 1500);
         assert_eq!(c.socket, PathBuf::from("/run/weft/agent.sock"));
         assert_eq!(c.routing, Routing::Bgp);
         assert_eq!(c.as_number, 64512);
         assert!(c.route_reflectors.is_empty());
-        let c = Config::try_parse_from(["weft-agent", "--node-name", "n1", "--pod-cidr", "10.244.1.0/24", "--route-reflectors", "node1,node2"]).unwrap();
+        let c = Config::try_parse_from([
+            "weft-agent",
+            "--node-name",
+            "n1",
+            "--pod-cidr",
+            "10.244.1.0/24",
+            "--route-reflectors",
+            "node1,node2",
+        ])
+        .unwrap();
         assert_eq!(c.route_reflectors, ["node1", "node2"]);
     }
 
     #[test]
     fn bad_values_are_refused() {
-        assert!(Config::try_parse_from(["weft-agent", "--node-name", "n1", "--pod-cidr", "10.244.1.0/33"]).is_err());
-        assert!(Config::try_parse_from(["weft-agent", "--node-name", "n1", "--pod-cidr", "10.244.1.0/24", "--mtu", "100"]).is_err());
-        assert!(Config::try_parse_from(["weft-agent", "--node-name", "n1", "--pod-cidr", "10.244.1.0/24", "--encap", "gre"]).is_err());
-        assert!(Config::try_parse_from(["weft-agent", "--node-name", "n1", "--pod-cidr", "10.244.1.0/24", "--as-number", "23456"]).is_err());
-        assert!(Config::try_parse_from(["weft-agent", "--node-name", "n1", "--pod-cidr", "10.244.1.0/24", "--as-number", "0"]).is_err());
+        assert!(
+            Config::try_parse_from([
+                "weft-agent",
+                "--node-name",
+                "n1",
+                "--pod-cidr",
+                "10.244.1.0/33"
+            ])
+            .is_err()
+        );
+        assert!(
+            Config::try_parse_from([
+                "weft-agent",
+                "--node-name",
+                "n1",
+                "--pod-cidr",
+                "10.244.1.0/24",
+                "--mtu",
+                "100"
+            ])
+            .is_err()
+        );
+        assert!(
+            Config::try_parse_from([
+                "weft-agent",
+                "--node-name",
+                "n1",
+                "--pod-cidr",
+                "10.244.1.0/24",
+                "--encap",
+                "gre"
+            ])
+            .is_err()
+        );
+        assert!(
+            Config::try_parse_from([
+                "weft-agent",
+                "--node-name",
+                "n1",
+                "--pod-cidr",
+                "10.244.1.0/24",
+                "--as-number",
+                "23456"
+            ])
+            .is_err()
+        );
+        assert!(
+            Config::try_parse_from([
+                "weft-agent",
+                "--node-name",
+                "n1",
+                "--pod-cidr",
+                "10.244.1.0/24",
+                "--as-number",
+                "0"
+            ])
+            .is_err()
+        );
     }
 }

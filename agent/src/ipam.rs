@@ -40,7 +40,10 @@ pub enum IpamError {
     #[error("pod CIDR {0} has no free address")]
     Exhausted(Ipv4Network),
     #[error("IPAM directory {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The file-backed allocator of one node.
@@ -63,12 +66,19 @@ const LAST_FILE: &str = "last-reserved";
 impl Ipam {
     /// Opens (creating) the directory and reads every claim a previous run left.
     pub fn open(dir: &Path, cidr: Ipv4Network) -> Result<Ipam, IpamError> {
-        let io = |source| IpamError::Io { path: dir.to_path_buf(), source };
+        let io = |source| IpamError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
         fs::create_dir_all(dir).map_err(io)?;
         let mut claims = BTreeMap::new();
         for entry in fs::read_dir(dir).map_err(io)? {
             let entry = entry.map_err(io)?;
-            let Some(ip) = entry.file_name().to_str().and_then(|n| n.parse::<Ipv4Addr>().ok()) else {
+            let Some(ip) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<Ipv4Addr>().ok())
+            else {
                 continue;
             };
             let claim = fs::read(entry.path())
@@ -77,8 +87,14 @@ impl Ipam {
                 .map_or(Claim::Orphaned, Claim::Owned);
             claims.insert(ip, claim);
         }
-        let last = fs::read_to_string(dir.join(LAST_FILE)).ok().and_then(|s| s.trim().parse().ok());
-        Ok(Ipam { dir: dir.to_path_buf(), cidr, state: Mutex::new(State { claims, last }) })
+        let last = fs::read_to_string(dir.join(LAST_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        Ok(Ipam {
+            dir: dir.to_path_buf(),
+            cidr,
+            state: Mutex::new(State { claims, last }),
+        })
     }
 
     /// The address held by `who`, reserving a new one if it holds none.
@@ -99,7 +115,12 @@ impl Ipam {
                     state.claims.insert(ip, Claim::Orphaned);
                     continue;
                 }
-                Err(source) => return Err(IpamError::Io { path: self.claim_path(ip), source }),
+                Err(source) => {
+                    return Err(IpamError::Io {
+                        path: self.claim_path(ip),
+                        source,
+                    });
+                }
             }
             state.claims.insert(ip, Claim::Owned(who.clone()));
             state.last = Some(ip);
@@ -113,7 +134,9 @@ impl Ipam {
     /// Releases what `who` holds; `None` if it held nothing (DEL is idempotent).
     pub fn release(&self, who: &Attachment) -> Result<Option<Ipv4Addr>, IpamError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(ip) = find(&state.claims, who) else { return Ok(None) };
+        let Some(ip) = find(&state.claims, who) else {
+            return Ok(None);
+        };
         self.remove_claim(ip)?;
         state.claims.remove(&ip);
         Ok(Some(ip))
@@ -144,7 +167,11 @@ impl Ipam {
 
     /// Every claim, for the reconciler and operators.
     pub fn claims(&self) -> BTreeMap<Ipv4Addr, Claim> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).claims.clone()
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .claims
+            .clone()
     }
 
     fn claim_path(&self, ip: Ipv4Addr) -> PathBuf {
@@ -153,7 +180,10 @@ impl Ipam {
 
     fn write_claim(&self, ip: Ipv4Addr, who: &Attachment) -> std::io::Result<()> {
         let path = self.claim_path(ip);
-        let mut file = OpenOptions::new().write(true).create_new(true).open(&path)?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
         let body = serde_json::to_vec(who).expect("attachment serializes");
         file.write_all(&body)?;
         file.sync_all()?;
@@ -162,7 +192,10 @@ impl Ipam {
 
     fn remove_claim(&self, ip: Ipv4Addr) -> Result<(), IpamError> {
         let path = self.claim_path(ip);
-        let io = |source| IpamError::Io { path: path.clone(), source };
+        let io = |source| IpamError::Io {
+            path: path.clone(),
+            source,
+        };
         match fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => {}
@@ -173,13 +206,19 @@ impl Ipam {
 }
 
 fn find(claims: &BTreeMap<Ipv4Addr, Claim>, who: &Attachment) -> Option<Ipv4Addr> {
-    claims.iter().find(|(_, c)| matches!(c, Claim::Owned(a) if a == who)).map(|(ip, _)| *ip)
+    claims
+        .iter()
+        .find(|(_, c)| matches!(c, Claim::Owned(a) if a == who))
+        .map(|(ip, _)| *ip)
 }
 
 /// The order in which addresses of `cidr` are tried: starting after `last`
 /// and wrapping around, skipping the network and broadcast addresses (a pod
 /// with either would confuse hosts that treat them as special).
-pub fn next_candidates(cidr: Ipv4Network, last: Option<Ipv4Addr>) -> impl Iterator<Item = Ipv4Addr> {
+pub fn next_candidates(
+    cidr: Ipv4Network,
+    last: Option<Ipv4Addr>,
+) -> impl Iterator<Item = Ipv4Addr> {
     let first = u32::from(cidr.network());
     let size: u64 = 1u64 << (32 - cidr.prefix());
     let usable = move |n: u64| !(size > 2 && (n == 0 || n == size - 1));
@@ -198,24 +237,56 @@ mod tests {
     use super::*;
 
     fn att(id: &str) -> Attachment {
-        Attachment { container_id: id.into(), ifname: "eth0".into() }
+        Attachment {
+            container_id: id.into(),
+            ifname: "eth0".into(),
+        }
     }
 
     #[test]
     fn candidates_skip_network_and_broadcast_and_wrap_after_last() {
         let cidr: Ipv4Network = "10.244.1.0/29".parse().unwrap();
-        let all: Vec<_> = next_candidates(cidr, None).map(|ip| ip.to_string()).collect();
-        assert_eq!(all, ["10.244.1.1", "10.244.1.2", "10.244.1.3", "10.244.1.4", "10.244.1.5", "10.244.1.6"]);
-        let after: Vec<_> =
-            next_candidates(cidr, Some("10.244.1.5".parse().unwrap())).map(|ip| ip.to_string()).collect();
-        assert_eq!(after, ["10.244.1.6", "10.244.1.1", "10.244.1.2", "10.244.1.3", "10.244.1.4", "10.244.1.5"]);
+        let all: Vec<_> = next_candidates(cidr, None)
+            .map(|ip| ip.to_string())
+            .collect();
+        assert_eq!(
+            all,
+            [
+                "10.244.1.1",
+                "10.244.1.2",
+                "10.244.1.3",
+                "10.244.1.4",
+                "10.244.1.5",
+                "10.244.1.6"
+            ]
+        );
+        let after: Vec<_> = next_candidates(cidr, Some("10.244.1.5".parse().unwrap()))
+            .map(|ip| ip.to_string())
+            .collect();
+        assert_eq!(
+            after,
+            [
+                "10.244.1.6",
+                "10.244.1.1",
+                "10.244.1.2",
+                "10.244.1.3",
+                "10.244.1.4",
+                "10.244.1.5"
+            ]
+        );
     }
 
     #[test]
     fn last_outside_the_cidr_is_ignored() {
         let cidr: Ipv4Network = "10.244.1.0/30".parse().unwrap();
         let all: Vec<_> = next_candidates(cidr, Some("10.9.9.9".parse().unwrap())).collect();
-        assert_eq!(all, ["10.244.1.1".parse::<Ipv4Addr>().unwrap(), "10.244.1.2".parse().unwrap()]);
+        assert_eq!(
+            all,
+            [
+                "10.244.1.1".parse::<Ipv4Addr>().unwrap(),
+                "10.244.1.2".parse().unwrap()
+            ]
+        );
     }
 
     #[test]
@@ -250,7 +321,10 @@ mod tests {
         let ipam = Ipam::open(dir.path(), "10.244.1.0/30".parse().unwrap()).unwrap();
         ipam.allocate(&att("a")).unwrap();
         ipam.allocate(&att("b")).unwrap();
-        assert!(matches!(ipam.allocate(&att("c")), Err(IpamError::Exhausted(_))));
+        assert!(matches!(
+            ipam.allocate(&att("c")),
+            Err(IpamError::Exhausted(_))
+        ));
     }
 
     #[test]
@@ -259,16 +333,23 @@ mod tests {
         // A crash between create and write leaves an empty claim file.
         File::create(dir.path().join("10.244.1.1")).unwrap();
         let ipam = Ipam::open(dir.path(), "10.244.1.0/24".parse().unwrap()).unwrap();
-        assert_ne!(ipam.allocate(&att("a")).unwrap(), "10.244.1.1".parse::<Ipv4Addr>().unwrap());
+        assert_ne!(
+            ipam.allocate(&att("a")).unwrap(),
+            "10.244.1.1".parse::<Ipv4Addr>().unwrap()
+        );
         let freed = ipam.retain(|a| a.container_id == "a").unwrap();
-        assert_eq!(freed, vec![("10.244.1.1".parse().unwrap(), Claim::Orphaned)]);
+        assert_eq!(
+            freed,
+            vec![("10.244.1.1".parse().unwrap(), Claim::Orphaned)]
+        );
         assert!(!dir.path().join("10.244.1.1").exists());
     }
 
     #[test]
     fn concurrent_allocations_get_distinct_addresses() {
         let dir = tempfile::tempdir().unwrap();
-        let ipam = std::sync::Arc::new(Ipam::open(dir.path(), "10.244.1.0/24".parse().unwrap()).unwrap());
+        let ipam =
+            std::sync::Arc::new(Ipam::open(dir.path(), "10.244.1.0/24".parse().unwrap()).unwrap());
         let handles: Vec<_> = (0..50)
             .map(|i| {
                 let ipam = ipam.clone();

@@ -19,9 +19,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use config::{Config, Routing};
-use weft_datastore::{Datastore, NodeRecord};
 use ipam::Ipam;
 use node::{Dataplane, Node};
+use weft_datastore::{Datastore, NodeRecord};
 
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();
@@ -47,10 +47,17 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("uplink {}", config.uplink))?;
     let underlay_ip = match (config.underlay_ip, uplink.ip()) {
         (Some(ip), _) | (None, Some(ip)) => ip,
-        (None, None) => bail!("uplink {} has no IPv4 address; give --underlay-ip", uplink.name),
+        (None, None) => bail!(
+            "uplink {} has no IPv4 address; give --underlay-ip",
+            uplink.name
+        ),
     };
     let mtu = config.pod_mtu(uplink.mtu);
-    let me = NodeRecord { name: config.node_name.clone(), underlay_ip, pod_cidr: config.pod_cidr };
+    let me = NodeRecord {
+        name: config.node_name.clone(),
+        underlay_ip,
+        pod_cidr: config.pod_cidr,
+    };
     tracing::info!(node = %me.name, %underlay_ip, pod_cidr = %me.pod_cidr, uplink = %uplink.name, mtu, "starting");
 
     enable_forwarding().context("cannot enable IPv4 forwarding in this network namespace")?;
@@ -155,7 +162,8 @@ async fn start_bgp(
         .filter(|r| r.protocol == weft_dataplane::route::RTPROT_WEFT_BGP)
         .collect();
     let restarting = !kept.is_empty();
-    let mut speaker = weft_bgp::speaker::SpeakerConfig::new(config.as_number, routing::router_id(me));
+    let mut speaker =
+        weft_bgp::speaker::SpeakerConfig::new(config.as_number, routing::router_id(me));
     if config.route_reflectors.contains(&me.name) {
         speaker.cluster_id = Some(routing::router_id(me));
     }
@@ -169,14 +177,21 @@ async fn start_bgp(
     let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
     let listen = std::net::SocketAddr::new(me.underlay_ip.into(), config.bgp_port);
     let handle = weft_bgp::shell::spawn(
-        weft_bgp::shell::ShellConfig { speaker, listen, peer_port: config.bgp_port },
+        weft_bgp::shell::ShellConfig {
+            speaker,
+            listen,
+            peer_port: config.bgp_port,
+        },
         events_tx,
     )
     .await
     .with_context(|| format!("BGP speaker on {listen}"))?;
-    handle.originate(ipnetwork::IpNetwork::V4(me.pod_cidr)).await?;
+    handle
+        .originate(ipnetwork::IpNetwork::V4(me.pod_cidr))
+        .await?;
     tracing::info!(%listen, asn = config.as_number, restarting, kept = kept.len(), "BGP speaker started");
-    let deadline = std::time::Instant::now() + Duration::from_secs(config.graceful_restart_seconds.into());
+    let deadline =
+        std::time::Instant::now() + Duration::from_secs(config.graceful_restart_seconds.into());
     let bgp = node::Bgp {
         handle,
         as_number: config.as_number,
@@ -197,8 +212,14 @@ async fn next_bgp_event(events: &mut Option<BgpEvents>) -> Option<weft_bgp::shel
 fn log_bgp_event(event: &weft_bgp::shell::ShellEvent) {
     use weft_bgp::shell::ShellEvent;
     match event {
-        ShellEvent::PeerUp { address } => tracing::info!(peer = %address, "BGP session established"),
-        ShellEvent::PeerDown { address, reason, graceful } => {
+        ShellEvent::PeerUp { address } => {
+            tracing::info!(peer = %address, "BGP session established")
+        }
+        ShellEvent::PeerDown {
+            address,
+            reason,
+            graceful,
+        } => {
             tracing::warn!(peer = %address, %reason, graceful, "BGP session down")
         }
         ShellEvent::Route(_) => {}
@@ -209,13 +230,15 @@ fn log_bgp_event(event: &weft_bgp::shell::ShellEvent) {
 /// refusing to steal one a live agent still answers on.
 fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("socket directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("socket directory {}", dir.display()))?;
     }
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
         bail!("another agent is serving on {}", path.display());
     }
     let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))?;
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)

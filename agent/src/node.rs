@@ -22,10 +22,10 @@ use weft_dataplane::route::{self, RouteTable};
 use weft_dataplane::uplink::Uplink;
 
 use crate::calc::{self, ClusterView, Remote};
-use crate::routing::{self, Learned, Topology, WantedPeer};
-use weft_datastore::{self as datastore, Datastore, EndpointRecord, NodeRecord};
-use weft_datastore::fsutil;
 use crate::ipam::Ipam;
+use crate::routing::{self, Learned, Topology, WantedPeer};
+use weft_datastore::fsutil;
+use weft_datastore::{self as datastore, Datastore, EndpointRecord, NodeRecord};
 
 /// The kernel-facing handles, used by one reconcile pass at a time.
 pub struct Dataplane {
@@ -40,7 +40,12 @@ pub struct Dataplane {
 
 impl Dataplane {
     pub fn new(routes: RouteTable, netlink: Netlink, guard: PodGuard) -> Dataplane {
-        Dataplane { routes, netlink, guard, attached: BTreeSet::new() }
+        Dataplane {
+            routes,
+            netlink,
+            guard,
+            attached: BTreeSet::new(),
+        }
     }
 }
 
@@ -94,7 +99,10 @@ pub enum ReconcileError {
     #[error(transparent)]
     Bpf(#[from] weft_dataplane::bpf::BpfError),
     #[error("endpoint record {path}: {source}")]
-    Record { path: PathBuf, source: std::io::Error },
+    Record {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("BGP speaker: {0}")]
     Bgp(#[from] weft_bgp::shell::ShellError),
 }
@@ -174,7 +182,11 @@ impl Node {
             Some(bgp) => self.bgp_routes(bgp, &nodes).await?,
             None => (Vec::new(), Vec::new()),
         };
-        let remote = if self.bgp.is_some() { Remote::Learned(&learned) } else { Remote::NodeRecords };
+        let remote = if self.bgp.is_some() {
+            Remote::Learned(&learned)
+        } else {
+            Remote::NodeRecords
+        };
         let desired = calc::desired_state(&ClusterView {
             me: &self.me,
             uplink_ifindex: self.uplink.ifindex,
@@ -212,8 +224,12 @@ impl Node {
         report.routes_removed = plan.remove.len();
 
         // 3. Removals in reverse: guard entries of gone pods, then leftover veths.
-        let stale_entries: Vec<(u32, Ipv4Addr)> =
-            dp.guard.endpoints()?.into_iter().filter(|(i, _)| !desired.guard.contains_key(i)).collect();
+        let stale_entries: Vec<(u32, Ipv4Addr)> = dp
+            .guard
+            .endpoints()?
+            .into_iter()
+            .filter(|(i, _)| !desired.guard.contains_key(i))
+            .collect();
         for (ifindex, ip) in &stale_entries {
             tracing::info!(ifindex, %ip, "removing guard entry of a gone endpoint");
             dp.guard.remove_endpoint(*ifindex)?;
@@ -243,8 +259,12 @@ impl Node {
         bgp: &Bgp,
         nodes: &[NodeRecord],
     ) -> Result<(Vec<(ipnetwork::Ipv4Network, Ipv4Addr)>, Vec<String>), ReconcileError> {
-        let topology = Topology { as_number: bgp.as_number, route_reflectors: &bgp.route_reflectors };
-        let wanted = routing::wanted_peers(&self.me, &topology, nodes, &self.datastore.bgp_peers()?);
+        let topology = Topology {
+            as_number: bgp.as_number,
+            route_reflectors: &bgp.route_reflectors,
+        };
+        let wanted =
+            routing::wanted_peers(&self.me, &topology, nodes, &self.datastore.bgp_peers()?);
         let specs = wanted
             .iter()
             .map(|w| weft_bgp::shell::PeerSpec {
@@ -266,16 +286,22 @@ impl Node {
             .learned_routes()
             .await?
             .into_iter()
-            .map(|b| Learned { prefix: b.prefix, next_hop: b.next_hop })
+            .map(|b| Learned {
+                prefix: b.prefix,
+                next_hop: b.next_hop,
+            })
             .collect();
-        let (mut routes, problems) = routing::installable(&learned, self.me.pod_cidr, self.uplink.address);
+        let (mut routes, problems) =
+            routing::installable(&learned, self.me.pod_cidr, self.uplink.address);
 
         // After a restart, routes the previous run installed stay until the
         // Loc-RIB is complete again, so forwarding never has a gap.
         let kept = bgp.kept.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some((old, deadline)) = kept {
             if bgp.handle.synchronized().await? || std::time::Instant::now() >= deadline {
-                tracing::info!("BGP synchronized after restart; kept routes not relearned may now go");
+                tracing::info!(
+                    "BGP synchronized after restart; kept routes not relearned may now go"
+                );
                 *bgp.kept.lock().unwrap_or_else(|p| p.into_inner()) = None;
             } else {
                 for r in old {
@@ -290,7 +316,11 @@ impl Node {
         Ok((routes, problems))
     }
 
-    fn publish(&self, nodes: &[NodeRecord], endpoints: &[EndpointRecord]) -> Result<(), ReconcileError> {
+    fn publish(
+        &self,
+        nodes: &[NodeRecord],
+        endpoints: &[EndpointRecord],
+    ) -> Result<(), ReconcileError> {
         if !nodes.contains(&self.me) {
             self.datastore.put_node(&self.me)?;
         }

@@ -39,7 +39,12 @@ impl Topology<'_> {
 
 /// The peers of node `me`, one per address (a node wins over a BGPPeer
 /// with the same address; of two BGPPeers, the first by name).
-pub fn wanted_peers(me: &NodeRecord, topology: &Topology<'_>, nodes: &[NodeRecord], peers: &[BgpPeer]) -> Vec<WantedPeer> {
+pub fn wanted_peers(
+    me: &NodeRecord,
+    topology: &Topology<'_>,
+    nodes: &[NodeRecord],
+    peers: &[BgpPeer],
+) -> Vec<WantedPeer> {
     let mut out: BTreeMap<IpAddr, WantedPeer> = BTreeMap::new();
     let i_reflect = topology.is_reflector(&me.name);
     let mesh = topology.route_reflectors.is_empty();
@@ -104,7 +109,9 @@ pub fn installable(
             continue;
         };
         if prefix.overlaps(own_pod_cidr) {
-            problems.push(format!("learned {prefix} overlaps this node's pod CIDR {own_pod_cidr}; not installed"));
+            problems.push(format!(
+                "learned {prefix} overlaps this node's pod CIDR {own_pod_cidr}; not installed"
+            ));
             continue;
         }
         if uplink_subnet.is_some_and(|s| !s.contains(next_hop)) {
@@ -138,38 +145,59 @@ mod tests {
             "apiVersion: weft.dev/v1alpha1\nkind: BGPPeer\nmetadata: {{name: {name}}}\nspec: {{peerIP: {ip}, asNumber: {asn}{}}}\n",
             node.map(|n| format!(", node: {n}")).unwrap_or_default()
         );
-        weft_datastore::bgp_peer::parse_manifests(&yaml).unwrap().remove(0)
+        weft_datastore::bgp_peer::parse_manifests(&yaml)
+            .unwrap()
+            .remove(0)
     }
 
     fn addresses(peers: &[WantedPeer]) -> Vec<String> {
-        peers.iter().map(|p| format!("{}{}", p.address, if p.rr_client { "(client)" } else { "" })).collect()
+        peers
+            .iter()
+            .map(|p| format!("{}{}", p.address, if p.rr_client { "(client)" } else { "" }))
+            .collect()
     }
 
     #[test]
     fn full_mesh_peers_with_every_other_node() {
         let nodes: Vec<_> = (1..=3).map(node).collect();
-        let t = Topology { as_number: 64512, route_reflectors: &[] };
+        let t = Topology {
+            as_number: 64512,
+            route_reflectors: &[],
+        };
         let peers = wanted_peers(&nodes[0], &t, &nodes, &[]);
         assert_eq!(addresses(&peers), ["198.18.0.12", "198.18.0.13"]);
-        assert!(peers.iter().all(|p| p.asn == 64512 && p.source.starts_with("node/")));
+        assert!(
+            peers
+                .iter()
+                .all(|p| p.asn == 64512 && p.source.starts_with("node/"))
+        );
     }
 
     #[test]
     fn reflectors_peer_with_all_clients_with_reflectors_only() {
         let nodes: Vec<_> = (1..=4).map(node).collect();
         let rrs = ["node1".to_string(), "node2".to_string()];
-        let t = Topology { as_number: 64512, route_reflectors: &rrs };
+        let t = Topology {
+            as_number: 64512,
+            route_reflectors: &rrs,
+        };
         assert_eq!(
             addresses(&wanted_peers(&nodes[0], &t, &nodes, &[])),
             ["198.18.0.12", "198.18.0.13(client)", "198.18.0.14(client)"]
         );
-        assert_eq!(addresses(&wanted_peers(&nodes[2], &t, &nodes, &[])), ["198.18.0.11", "198.18.0.12"]);
+        assert_eq!(
+            addresses(&wanted_peers(&nodes[2], &t, &nodes, &[])),
+            ["198.18.0.11", "198.18.0.12"]
+        );
     }
 
     #[test]
     fn bgp_peers_apply_per_node_and_never_shadow_a_node() {
         let nodes: Vec<_> = (1..=2).map(node).collect();
-        let t = Topology { as_number: 64512, route_reflectors: &[] };
+        let t = Topology {
+            as_number: 64512,
+            route_reflectors: &[],
+        };
         let external = [
             peer("tor", "198.18.0.200", 64600, None),
             peer("only2", "198.18.0.201", 64601, Some("node2")),
@@ -177,39 +205,85 @@ mod tests {
         ];
         let peers = wanted_peers(&nodes[0], &t, &nodes, &external);
         assert_eq!(addresses(&peers), ["198.18.0.12", "198.18.0.200"]);
-        assert_eq!(peers[0].asn, 64512, "the node wins over a BGPPeer with its address");
+        assert_eq!(
+            peers[0].asn, 64512,
+            "the node wins over a BGPPeer with its address"
+        );
         assert_eq!(peers[1].asn, 64600);
-        assert_eq!(addresses(&wanted_peers(&nodes[1], &t, &nodes, &external)), ["198.18.0.11", "198.18.0.200", "198.18.0.201"]);
+        assert_eq!(
+            addresses(&wanted_peers(&nodes[1], &t, &nodes, &external)),
+            ["198.18.0.11", "198.18.0.200", "198.18.0.201"]
+        );
     }
 
     #[test]
     fn an_ibgp_bgp_peer_of_a_reflector_is_its_client() {
         let nodes: Vec<_> = (1..=2).map(node).collect();
         let rrs = ["node1".to_string()];
-        let t = Topology { as_number: 64512, route_reflectors: &rrs };
-        let external = [peer("bird", "198.18.0.200", 64512, None), peer("tor", "198.18.0.201", 64600, None)];
+        let t = Topology {
+            as_number: 64512,
+            route_reflectors: &rrs,
+        };
+        let external = [
+            peer("bird", "198.18.0.200", 64512, None),
+            peer("tor", "198.18.0.201", 64600, None),
+        ];
         let peers = wanted_peers(&nodes[0], &t, &nodes, &external);
-        assert_eq!(addresses(&peers), ["198.18.0.12(client)", "198.18.0.200(client)", "198.18.0.201"]);
+        assert_eq!(
+            addresses(&peers),
+            [
+                "198.18.0.12(client)",
+                "198.18.0.200(client)",
+                "198.18.0.201"
+            ]
+        );
         let peers = wanted_peers(&nodes[1], &t, &nodes, &external);
-        assert_eq!(addresses(&peers), ["198.18.0.11", "198.18.0.200", "198.18.0.201"]);
+        assert_eq!(
+            addresses(&peers),
+            ["198.18.0.11", "198.18.0.200", "198.18.0.201"]
+        );
     }
 
     #[test]
     fn only_installable_learned_routes_reach_the_kernel() {
         let learned = [
-            Learned { prefix: "10.244.2.0/24".parse().unwrap(), next_hop: "198.18.0.12".parse().unwrap() },
-            Learned { prefix: "203.0.113.0/24".parse().unwrap(), next_hop: "198.18.0.200".parse().unwrap() },
-            Learned { prefix: "10.244.1.0/25".parse().unwrap(), next_hop: "198.18.0.13".parse().unwrap() },
-            Learned { prefix: "10.244.9.0/24".parse().unwrap(), next_hop: "192.0.2.1".parse().unwrap() },
-            Learned { prefix: "2001:db8::/64".parse().unwrap(), next_hop: "2001:db8::1".parse().unwrap() },
+            Learned {
+                prefix: "10.244.2.0/24".parse().unwrap(),
+                next_hop: "198.18.0.12".parse().unwrap(),
+            },
+            Learned {
+                prefix: "203.0.113.0/24".parse().unwrap(),
+                next_hop: "198.18.0.200".parse().unwrap(),
+            },
+            Learned {
+                prefix: "10.244.1.0/25".parse().unwrap(),
+                next_hop: "198.18.0.13".parse().unwrap(),
+            },
+            Learned {
+                prefix: "10.244.9.0/24".parse().unwrap(),
+                next_hop: "192.0.2.1".parse().unwrap(),
+            },
+            Learned {
+                prefix: "2001:db8::/64".parse().unwrap(),
+                next_hop: "2001:db8::1".parse().unwrap(),
+            },
         ];
-        let (routes, problems) =
-            installable(&learned, "10.244.1.0/24".parse().unwrap(), Some("198.18.0.0/24".parse().unwrap()));
+        let (routes, problems) = installable(
+            &learned,
+            "10.244.1.0/24".parse().unwrap(),
+            Some("198.18.0.0/24".parse().unwrap()),
+        );
         assert_eq!(
             routes,
             vec![
-                ("10.244.2.0/24".parse().unwrap(), "198.18.0.12".parse().unwrap()),
-                ("203.0.113.0/24".parse().unwrap(), "198.18.0.200".parse().unwrap())
+                (
+                    "10.244.2.0/24".parse().unwrap(),
+                    "198.18.0.12".parse().unwrap()
+                ),
+                (
+                    "203.0.113.0/24".parse().unwrap(),
+                    "198.18.0.200".parse().unwrap()
+                )
             ]
         );
         assert_eq!(problems.len(), 2);

@@ -12,9 +12,9 @@ use weft_dataplane::names::{POD_GATEWAY, host_ifname};
 use weft_proto::Agent;
 use weft_proto::v1::{self, *};
 
-use weft_datastore::{EndpointRecord, endpoint_key};
 use crate::ipam::{self, IpamError};
 use crate::node::{Node, ReconcileError};
+use weft_datastore::{EndpointRecord, endpoint_key};
 
 pub struct AgentService {
     node: Arc<Node>,
@@ -29,7 +29,9 @@ impl AgentService {
         if self.node.is_ready() {
             Ok(())
         } else {
-            Err(Status::unavailable("agent is starting: the first reconcile has not completed"))
+            Err(Status::unavailable(
+                "agent is starting: the first reconcile has not completed",
+            ))
         }
     }
 }
@@ -40,21 +42,40 @@ impl AgentService {
 fn attachment(a: Option<&v1::Attachment>) -> Result<ipam::Attachment, Status> {
     let a = a.ok_or_else(|| Status::invalid_argument("attachment is required"))?;
     let id = &a.container_id;
-    if id.is_empty() || id.len() > 256 || !id.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
+    if id.is_empty()
+        || id.len() > 256
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+    {
         return Err(Status::invalid_argument(format!(
             "container id {id:?} must be 1-256 characters of letters, digits, '_', '.', '-'"
         )));
     }
     let ifname = &a.ifname;
-    if ifname.is_empty() || ifname.len() > 15 || ifname == "." || ifname == ".." || ifname.contains(['/', ':']) || ifname.chars().any(char::is_whitespace) {
-        return Err(Status::invalid_argument(format!("interface name {ifname:?} is not a valid Linux interface name")));
+    if ifname.is_empty()
+        || ifname.len() > 15
+        || ifname == "."
+        || ifname == ".."
+        || ifname.contains(['/', ':'])
+        || ifname.chars().any(char::is_whitespace)
+    {
+        return Err(Status::invalid_argument(format!(
+            "interface name {ifname:?} is not a valid Linux interface name"
+        )));
     }
-    Ok(ipam::Attachment { container_id: id.clone(), ifname: ifname.clone() })
+    Ok(ipam::Attachment {
+        container_id: id.clone(),
+        ifname: ifname.clone(),
+    })
 }
 
 fn to_proto(ep: &EndpointRecord) -> v1::Endpoint {
     v1::Endpoint {
-        attachment: Some(v1::Attachment { container_id: ep.container_id.clone(), ifname: ep.ifname.clone() }),
+        attachment: Some(v1::Attachment {
+            container_id: ep.container_id.clone(),
+            ifname: ep.ifname.clone(),
+        }),
         address: ep.address.to_string(),
         host_ifname: ep.host_ifname.clone(),
         pod_name: ep.pod_name.clone(),
@@ -104,11 +125,15 @@ impl Agent for AgentService {
         self.ready()?;
         let req = request.into_inner();
         let who = attachment(req.attachment.as_ref())?;
-        let address: Ipv4Addr = req
-            .address
-            .parse()
-            .map_err(|_| Status::invalid_argument(format!("address {:?} is not an IPv4 address", req.address)))?;
-        let held = self.node.ipam.claims().into_iter().find(|(_, c)| *c == ipam::Claim::Owned(who.clone()));
+        let address: Ipv4Addr = req.address.parse().map_err(|_| {
+            Status::invalid_argument(format!("address {:?} is not an IPv4 address", req.address))
+        })?;
+        let held = self
+            .node
+            .ipam
+            .claims()
+            .into_iter()
+            .find(|(_, c)| *c == ipam::Claim::Owned(who.clone()));
         match held {
             Some((ip, _)) if ip == address => {}
             Some((ip, _)) => {
@@ -169,7 +194,9 @@ impl Agent for AgentService {
         if let Some(ip) = released {
             tracing::info!(container = %who.container_id, ifname = %who.ifname, %ip, "endpoint released");
         }
-        Ok(Response::new(ReleaseEndpointReply { released: had_endpoint || released.is_some() }))
+        Ok(Response::new(ReleaseEndpointReply {
+            released: had_endpoint || released.is_some(),
+        }))
     }
 
     async fn check_endpoint(
@@ -179,7 +206,9 @@ impl Agent for AgentService {
         let who = attachment(request.into_inner().attachment.as_ref())?;
         let key = endpoint_key(&who.container_id, &who.ifname);
         match self.node.local_endpoint(&key).map_err(internal)? {
-            Some(ep) => Ok(Response::new(CheckEndpointReply { endpoint: Some(to_proto(&ep)) })),
+            Some(ep) => Ok(Response::new(CheckEndpointReply {
+                endpoint: Some(to_proto(&ep)),
+            })),
             None => Err(Status::not_found(format!(
                 "no endpoint for container {} interface {}",
                 who.container_id, who.ifname
@@ -192,10 +221,16 @@ impl Agent for AgentService {
         request: Request<GarbageCollectRequest>,
     ) -> Result<Response<GarbageCollectReply>, Status> {
         self.ready()?;
-        let valid: BTreeSet<ipam::Attachment> =
-            request.into_inner().valid.iter().map(|a| attachment(Some(a))).collect::<Result<_, _>>()?;
-        let valid_keys: BTreeSet<String> =
-            valid.iter().map(|a| endpoint_key(&a.container_id, &a.ifname)).collect();
+        let valid: BTreeSet<ipam::Attachment> = request
+            .into_inner()
+            .valid
+            .iter()
+            .map(|a| attachment(Some(a)))
+            .collect::<Result<_, _>>()?;
+        let valid_keys: BTreeSet<String> = valid
+            .iter()
+            .map(|a| endpoint_key(&a.container_id, &a.ifname))
+            .collect();
         for ep in self.node.local_endpoints().map_err(internal)? {
             if !valid_keys.contains(&ep.key()) {
                 self.node.forget_endpoint(&ep.key()).map_err(internal)?;
@@ -203,14 +238,21 @@ impl Agent for AgentService {
         }
         // Release addresses first: the pass then sees their veths as
         // unclaimed and removes them with their routes and guard entries.
-        let released = self.node.ipam.retain(|a| valid.contains(a)).map_err(ipam_status)?;
+        let released = self
+            .node
+            .ipam
+            .retain(|a| valid.contains(a))
+            .map_err(ipam_status)?;
         let report = self.node.reconcile(false).await.map_err(internal)?;
         tracing::info!(released = released.len(), links = ?report.links_removed, "garbage collected");
         Ok(Response::new(GarbageCollectReply {
             released: released
                 .into_iter()
                 .filter_map(|(_, c)| match c {
-                    ipam::Claim::Owned(a) => Some(v1::Attachment { container_id: a.container_id, ifname: a.ifname }),
+                    ipam::Claim::Owned(a) => Some(v1::Attachment {
+                        container_id: a.container_id,
+                        ifname: a.ifname,
+                    }),
                     ipam::Claim::Orphaned => None,
                 })
                 .collect(),
@@ -218,14 +260,25 @@ impl Agent for AgentService {
         }))
     }
 
-    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusReply>, Status> {
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusReply>, Status> {
         let ready = self.node.is_ready();
-        let endpoints = self.node.local_endpoints().map(|e| e.len() as u32).unwrap_or(0);
+        let endpoints = self
+            .node
+            .local_endpoints()
+            .map(|e| e.len() as u32)
+            .unwrap_or(0);
         Ok(Response::new(StatusReply {
             ready,
             node_name: self.node.me.name.clone(),
             pod_cidr: self.node.me.pod_cidr.to_string(),
-            message: if ready { "ready".into() } else { "starting: first reconcile pending".into() },
+            message: if ready {
+                "ready".into()
+            } else {
+                "starting: first reconcile pending".into()
+            },
             endpoints,
         }))
     }
@@ -235,10 +288,15 @@ impl Agent for AgentService {
         _request: Request<ListEndpointsRequest>,
     ) -> Result<Response<ListEndpointsReply>, Status> {
         let endpoints = self.node.local_endpoints().map_err(internal)?;
-        Ok(Response::new(ListEndpointsReply { endpoints: endpoints.iter().map(to_proto).collect() }))
+        Ok(Response::new(ListEndpointsReply {
+            endpoints: endpoints.iter().map(to_proto).collect(),
+        }))
     }
 
-    async fn bgp_peers(&self, _request: Request<BgpPeersRequest>) -> Result<Response<BgpPeersReply>, Status> {
+    async fn bgp_peers(
+        &self,
+        _request: Request<BgpPeersRequest>,
+    ) -> Result<Response<BgpPeersReply>, Status> {
         self.bgp_peers_reply().await.map(Response::new)
     }
 
@@ -247,9 +305,18 @@ impl Agent for AgentService {
         _request: Request<GetCountersRequest>,
     ) -> Result<Response<GetCountersReply>, Status> {
         let dp = self.node.dataplane.lock().await;
-        let counters = dp.guard.counters().map_err(|e| Status::internal(e.to_string()))?;
+        let counters = dp
+            .guard
+            .counters()
+            .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(GetCountersReply {
-            counters: counters.into_iter().map(|(name, value)| Counter { name: name.to_string(), value }).collect(),
+            counters: counters
+                .into_iter()
+                .map(|(name, value)| Counter {
+                    name: name.to_string(),
+                    value,
+                })
+                .collect(),
         }))
     }
 }
@@ -257,9 +324,16 @@ impl Agent for AgentService {
 impl AgentService {
     async fn bgp_peers_reply(&self) -> Result<BgpPeersReply, Status> {
         let Some(bgp) = &self.node.bgp else {
-            return Ok(BgpPeersReply { enabled: false, ..Default::default() });
+            return Ok(BgpPeersReply {
+                enabled: false,
+                ..Default::default()
+            });
         };
-        let statuses = bgp.handle.peers().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let statuses = bgp
+            .handle
+            .peers()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         let wanted = bgp.wanted.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let now = std::time::Instant::now();
         let peers = statuses
@@ -268,11 +342,17 @@ impl AgentService {
                 address: p.config.address.to_string(),
                 asn: p.config.asn,
                 state: format!("{:?}", p.state),
-                uptime_seconds: p.established_since.map_or(0, |t| now.duration_since(t).as_secs()),
+                uptime_seconds: p
+                    .established_since
+                    .map_or(0, |t| now.duration_since(t).as_secs()),
                 prefixes_received: p.received as u32,
                 prefixes_advertised: p.advertised as u32,
                 last_error: p.last_error.unwrap_or_default(),
-                source: wanted.iter().find(|w| w.address == p.config.address).map(|w| w.source.clone()).unwrap_or_default(),
+                source: wanted
+                    .iter()
+                    .find(|w| w.address == p.config.address)
+                    .map(|w| w.source.clone())
+                    .unwrap_or_default(),
                 route_reflector_client: p.config.rr_client,
                 end_of_rib_received: p.end_of_rib_received,
             })
@@ -291,16 +371,34 @@ mod tests {
     use super::*;
 
     fn att(id: &str, ifname: &str) -> Option<v1::Attachment> {
-        Some(v1::Attachment { container_id: id.into(), ifname: ifname.into() })
+        Some(v1::Attachment {
+            container_id: id.into(),
+            ifname: ifname.into(),
+        })
     }
 
     #[test]
     fn attachments_are_validated_in_cni_terms() {
         assert!(attachment(att("abc-123_x.y", "eth0").as_ref()).is_ok());
-        for (id, ifname) in [("", "eth0"), ("a/b", "eth0"), ("a b", "eth0"), ("ok", ""), ("ok", "a/b"), ("ok", "sixteen-chars-xx"), ("ok", "..")] {
+        for (id, ifname) in [
+            ("", "eth0"),
+            ("a/b", "eth0"),
+            ("a b", "eth0"),
+            ("ok", ""),
+            ("ok", "a/b"),
+            ("ok", "sixteen-chars-xx"),
+            ("ok", ".."),
+        ] {
             let err = attachment(att(id, ifname).as_ref()).unwrap_err();
-            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{id:?} {ifname:?}");
+            assert_eq!(
+                err.code(),
+                tonic::Code::InvalidArgument,
+                "{id:?} {ifname:?}"
+            );
         }
-        assert_eq!(attachment(None).unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            attachment(None).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
     }
 }

@@ -120,12 +120,14 @@ impl BgpHandle {
     /// for every peer with a password (and removed for gone peers) and on
     /// outgoing sockets before connect.
     pub async fn set_peers(&self, peers: Vec<PeerSpec>) -> Result<(), ShellError> {
-        self.request(|reply| Command::SetPeers(peers, reply)).await?
+        self.request(|reply| Command::SetPeers(peers, reply))
+            .await?
     }
 
     /// Announces a prefix of ours (the node's pod CIDR) to every peer.
     pub async fn originate(&self, prefix: IpNetwork) -> Result<(), ShellError> {
-        self.request(|reply| Command::Originate(prefix, reply)).await
+        self.request(|reply| Command::Originate(prefix, reply))
+            .await
     }
 
     pub async fn withdraw(&self, prefix: IpNetwork) -> Result<(), ShellError> {
@@ -154,16 +156,25 @@ impl BgpHandle {
         self.request(Command::ShutDown).await
     }
 
-    async fn request<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, ShellError> {
+    async fn request<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, ShellError> {
         let (reply, answer) = oneshot::channel();
-        self.commands.send(command(reply)).await.map_err(|_| ShellError::Stopped)?;
+        self.commands
+            .send(command(reply))
+            .await
+            .map_err(|_| ShellError::Stopped)?;
         answer.await.map_err(|_| ShellError::Stopped)
     }
 }
 
 /// Binds the listener (error if the address is taken) and spawns the
 /// speaker's task on the current tokio runtime.
-pub async fn spawn(config: ShellConfig, events: mpsc::UnboundedSender<ShellEvent>) -> io::Result<BgpHandle> {
+pub async fn spawn(
+    config: ShellConfig,
+    events: mpsc::UnboundedSender<ShellEvent>,
+) -> io::Result<BgpHandle> {
     let listener = TcpListener::bind(config.listen).await?;
     info!(listen = %config.listen, local_as = config.speaker.local_as, router_id = %config.speaker.router_id, "BGP speaker listening");
     let (commands, command_rx) = mpsc::channel(64);
@@ -241,7 +252,11 @@ struct Shell {
 }
 
 impl Shell {
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut conn_rx: mpsc::UnboundedReceiver<ConnEvent>) {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut conn_rx: mpsc::UnboundedReceiver<ConnEvent>,
+    ) {
         loop {
             let deadline = self.speaker.poll_timeout();
             tokio::select! {
@@ -301,7 +316,11 @@ impl Shell {
                 let _ = reply.send(self.speaker.peers());
             }
             Command::LearnedRoutes(reply) => {
-                let routes = self.speaker.rib().loc_rib().filter(|(_, best)| best.from.is_some());
+                let routes = self
+                    .speaker
+                    .rib()
+                    .loc_rib()
+                    .filter(|(_, best)| best.from.is_some());
                 let _ = reply.send(routes.map(|(_, best)| best.clone()).collect());
             }
             Command::Synchronized(reply) => {
@@ -312,12 +331,19 @@ impl Shell {
     }
 
     fn set_peers(&mut self, now: Instant, specs: Vec<PeerSpec>) -> Result<(), ShellError> {
-        let desired: BTreeMap<IpAddr, PeerSpec> = specs.into_iter().map(|s| (s.config.address, s)).collect();
+        let desired: BTreeMap<IpAddr, PeerSpec> =
+            specs.into_iter().map(|s| (s.config.address, s)).collect();
         // Gone and changed peers first: a changed peer is re-added fresh.
-        let outdated: Vec<IpAddr> =
-            self.peers.iter().filter(|(a, (_, spec))| desired.get(a) != Some(spec)).map(|(a, _)| *a).collect();
+        let outdated: Vec<IpAddr> = self
+            .peers
+            .iter()
+            .filter(|(a, (_, spec))| desired.get(a) != Some(spec))
+            .map(|(a, _)| *a)
+            .collect();
         for address in outdated {
-            let Some((id, spec)) = self.peers.remove(&address) else { continue };
+            let Some((id, spec)) = self.peers.remove(&address) else {
+                continue;
+            };
             info!(%address, "removing peer");
             self.speaker.remove_peer(now, id);
             self.drain();
@@ -376,7 +402,12 @@ impl Shell {
             debug!(%address, "connection from an unknown address: closed");
             return;
         };
-        if !self.speaker.connection_event(Instant::now(), peer, Direction::Incoming, Event::TcpConnectionConfirmed) {
+        if !self.speaker.connection_event(
+            Instant::now(),
+            peer,
+            Direction::Incoming,
+            Event::TcpConnectionConfirmed,
+        ) {
             debug!(%address, "incoming connection refused by the session: closed");
             return;
         }
@@ -402,23 +433,47 @@ impl Shell {
             ConnEvent::Connected(_, stream) => {
                 debug!(%address, "connected");
                 self.start_connection(id.peer, id.direction, stream);
-                self.speaker.connection_event(now, id.peer, id.direction, Event::TcpConnectionSucceeded);
+                self.speaker.connection_event(
+                    now,
+                    id.peer,
+                    id.direction,
+                    Event::TcpConnectionSucceeded,
+                );
             }
             ConnEvent::ConnectFailed(_, e) => {
                 debug!(%address, error = %e, "connecting failed");
                 self.conns.remove(&key);
-                self.speaker.connection_event(now, id.peer, id.direction, Event::TcpConnectionFails);
+                self.speaker.connection_event(
+                    now,
+                    id.peer,
+                    id.direction,
+                    Event::TcpConnectionFails,
+                );
             }
             ConnEvent::Bytes(_, bytes) => {
-                self.speaker.connection_event(now, id.peer, id.direction, Event::BytesReceived(&bytes));
+                self.speaker.connection_event(
+                    now,
+                    id.peer,
+                    id.direction,
+                    Event::BytesReceived(&bytes),
+                );
             }
             ConnEvent::Closed(_, error) => {
                 match error {
-                    Some(e) => debug!(%address, direction = ?id.direction, error = %e, "connection failed"),
-                    None => debug!(%address, direction = ?id.direction, "connection closed by the peer"),
+                    Some(e) => {
+                        debug!(%address, direction = ?id.direction, error = %e, "connection failed")
+                    }
+                    None => {
+                        debug!(%address, direction = ?id.direction, "connection closed by the peer")
+                    }
                 }
                 self.close(id.peer, id.direction);
-                self.speaker.connection_event(now, id.peer, id.direction, Event::TcpConnectionFails);
+                self.speaker.connection_event(
+                    now,
+                    id.peer,
+                    id.direction,
+                    Event::TcpConnectionFails,
+                );
             }
         }
     }
@@ -428,7 +483,11 @@ impl Shell {
         while let Some(output) = self.speaker.poll_output() {
             match output {
                 SpeakerOutput::Connect { peer, address } => self.connect(peer, address),
-                SpeakerOutput::Transmit { peer, direction, bytes } => match self.conns.get(&(peer, direction)) {
+                SpeakerOutput::Transmit {
+                    peer,
+                    direction,
+                    bytes,
+                } => match self.conns.get(&(peer, direction)) {
                     Some(Conn::Live { writer, .. }) => {
                         // A send error: the connection's task has ended and
                         // its Closed event is on the way.
@@ -443,10 +502,18 @@ impl Shell {
                     info!(%address, hold_time = negotiated.hold_time, "session established");
                     self.emit(ShellEvent::PeerUp { address });
                 }
-                SpeakerOutput::PeerDown { peer, reason, graceful } => {
+                SpeakerOutput::PeerDown {
+                    peer,
+                    reason,
+                    graceful,
+                } => {
                     let address = self.address(peer);
                     warn!(%address, %reason, graceful, "session down");
-                    self.emit(ShellEvent::PeerDown { address, reason: reason.to_string(), graceful });
+                    self.emit(ShellEvent::PeerDown {
+                        address,
+                        reason: reason.to_string(),
+                        graceful,
+                    });
                 }
             }
         }
@@ -458,7 +525,10 @@ impl Shell {
     }
 
     fn address(&self, peer: PeerId) -> IpAddr {
-        self.addresses.get(&peer).copied().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+        self.addresses
+            .get(&peer)
+            .copied()
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
     }
 
     fn generation(&mut self) -> u64 {
@@ -469,32 +539,59 @@ impl Shell {
     /// Opens a connection to the peer from its `local_address`, with its
     /// MD5 key, in a task of its own.
     fn connect(&mut self, peer: PeerId, address: IpAddr) {
-        let Some((_, spec)) = self.peers.get(&address) else { return };
+        let Some((_, spec)) = self.peers.get(&address) else {
+            return;
+        };
         let local = spec.config.local_address;
         let password = spec.password.clone();
         let remote = SocketAddr::new(address, self.peer_port);
-        let id = ConnId { peer, direction: Direction::Outgoing, generation: self.generation() };
+        let id = ConnId {
+            peer,
+            direction: Direction::Outgoing,
+            generation: self.generation(),
+        };
         let events = self.conn_tx.clone();
         debug!(%address, "connecting");
         let task = tokio::spawn(async move {
-            let event = match tokio::time::timeout(CONNECT_TIMEOUT, connect(remote, local, password)).await {
-                Ok(Ok(stream)) => ConnEvent::Connected(id, stream),
-                Ok(Err(e)) => ConnEvent::ConnectFailed(id, e),
-                Err(_) => ConnEvent::ConnectFailed(id, io::ErrorKind::TimedOut.into()),
-            };
+            let event =
+                match tokio::time::timeout(CONNECT_TIMEOUT, connect(remote, local, password)).await
+                {
+                    Ok(Ok(stream)) => ConnEvent::Connected(id, stream),
+                    Ok(Err(e)) => ConnEvent::ConnectFailed(id, e),
+                    Err(_) => ConnEvent::ConnectFailed(id, io::ErrorKind::TimedOut.into()),
+                };
             let _ = events.send(event);
         });
-        self.replace(peer, Direction::Outgoing, Conn::Connecting { generation: id.generation, task });
+        self.replace(
+            peer,
+            Direction::Outgoing,
+            Conn::Connecting {
+                generation: id.generation,
+                task,
+            },
+        );
     }
 
     fn start_connection(&mut self, peer: PeerId, direction: Direction, stream: TcpStream) {
         if let Err(e) = stream.set_nodelay(true) {
             debug!(error = %e, "TCP_NODELAY");
         }
-        let id = ConnId { peer, direction, generation: self.generation() };
+        let id = ConnId {
+            peer,
+            direction,
+            generation: self.generation(),
+        };
         let (writer, outgoing) = mpsc::unbounded_channel();
         let task = tokio::spawn(run_connection(id, stream, outgoing, self.conn_tx.clone()));
-        self.replace(peer, direction, Conn::Live { generation: id.generation, writer, task });
+        self.replace(
+            peer,
+            direction,
+            Conn::Live {
+                generation: id.generation,
+                writer,
+                task,
+            },
+        );
     }
 
     fn replace(&mut self, peer: PeerId, direction: Direction, conn: Conn) {
@@ -546,8 +643,16 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-async fn connect(remote: SocketAddr, local: Ipv4Addr, password: Option<String>) -> io::Result<TcpStream> {
-    let socket = if remote.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+async fn connect(
+    remote: SocketAddr,
+    local: Ipv4Addr,
+    password: Option<String>,
+) -> io::Result<TcpStream> {
+    let socket = if remote.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     // The source address is the next hop we advertise: it must be the one
     // the peer expects, not whatever the routing table picks.
     if remote.is_ipv4() && !local.is_unspecified() {
@@ -575,7 +680,10 @@ async fn run_connection(
             match reader.read(&mut buffer).await {
                 Ok(0) => return None,
                 Ok(n) => {
-                    if events.send(ConnEvent::Bytes(id, buffer[..n].to_vec())).is_err() {
+                    if events
+                        .send(ConnEvent::Bytes(id, buffer[..n].to_vec()))
+                        .is_err()
+                    {
                         return None;
                     }
                 }

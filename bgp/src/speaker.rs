@@ -73,15 +73,26 @@ pub enum SpeakerOutput {
     /// `TcpConnectionSucceeded` or `TcpConnectionFails` on `Outgoing`.
     Connect { peer: PeerId, address: IpAddr },
     /// Write bytes on that connection.
-    Transmit { peer: PeerId, direction: Direction, bytes: Vec<u8> },
+    Transmit {
+        peer: PeerId,
+        direction: Direction,
+        bytes: Vec<u8>,
+    },
     /// Close that connection (or abandon the attempt).
     Disconnect { peer: PeerId, direction: Direction },
     /// The Loc-RIB changed: program (or remove) the kernel route.
     Route(LocRibChange),
     /// A session came up.
-    PeerUp { peer: PeerId, negotiated: Negotiated },
+    PeerUp {
+        peer: PeerId,
+        negotiated: Negotiated,
+    },
     /// A session went down; `graceful` when its routes are kept as stale.
-    PeerDown { peer: PeerId, reason: Reason, graceful: bool },
+    PeerDown {
+        peer: PeerId,
+        reason: Reason,
+        graceful: bool,
+    },
 }
 
 /// A peer's state, for operators.
@@ -120,7 +131,13 @@ impl Speaker {
     pub fn new(config: SpeakerConfig) -> Speaker {
         let mut rib_config = RibConfig::new(config.local_as, config.router_id);
         rib_config.cluster_id = config.cluster_id;
-        Speaker { rib: Rib::new(rib_config), config, peers: BTreeMap::new(), next_id: 1, out: VecDeque::new() }
+        Speaker {
+            rib: Rib::new(rib_config),
+            config,
+            peers: BTreeMap::new(),
+            next_id: 1,
+            out: VecDeque::new(),
+        }
     }
 
     pub fn config(&self) -> &SpeakerConfig {
@@ -135,7 +152,12 @@ impl Speaker {
     pub fn add_peer(&mut self, now: Instant, config: PeerConfig) -> PeerId {
         let id = PeerId(self.next_id);
         self.next_id += 1;
-        let mut session = SessionConfig::new(self.config.local_as, self.config.router_id, config.asn, config.address);
+        let mut session = SessionConfig::new(
+            self.config.local_as,
+            self.config.router_id,
+            config.asn,
+            config.address,
+        );
         session.hold_time = self.config.hold_time;
         session.connect_retry = self.config.connect_retry;
         session.passive = config.passive;
@@ -160,8 +182,12 @@ impl Speaker {
     /// Removes a peer: its connections close with Cease/Peer De-configured
     /// and its routes are withdrawn at once.
     pub fn remove_peer(&mut self, now: Instant, id: PeerId) {
-        let Some(entry) = self.peers.get_mut(&id) else { return };
-        entry.peer.shut_down(now, Notification::cease(cease::PEER_DECONFIGURED));
+        let Some(entry) = self.peers.get_mut(&id) else {
+            return;
+        };
+        entry
+            .peer
+            .shut_down(now, Notification::cease(cease::PEER_DECONFIGURED));
         self.pump(now, id);
         self.peers.remove(&id);
         let changes = self.rib.peer_down(id);
@@ -174,7 +200,9 @@ impl Speaker {
         let ids: Vec<PeerId> = self.peers.keys().copied().collect();
         for id in ids {
             if let Some(entry) = self.peers.get_mut(&id) {
-                entry.peer.shut_down(now, Notification::cease(cease::ADMINISTRATIVE_SHUTDOWN));
+                entry
+                    .peer
+                    .shut_down(now, Notification::cease(cease::ADMINISTRATIVE_SHUTDOWN));
             }
             self.pump(now, id);
         }
@@ -182,7 +210,10 @@ impl Speaker {
 
     /// The configured peer with this address, e.g. for an incoming connection.
     pub fn peer_by_address(&self, address: IpAddr) -> Option<PeerId> {
-        self.peers.iter().find(|(_, e)| e.config.address == address).map(|(id, _)| *id)
+        self.peers
+            .iter()
+            .find(|(_, e)| e.config.address == address)
+            .map(|(id, _)| *id)
     }
 
     pub fn peer_config(&self, id: PeerId) -> Option<&PeerConfig> {
@@ -191,8 +222,16 @@ impl Speaker {
 
     /// Something happened on one of a peer's connections. Returns false
     /// when an incoming connection is refused: the owner closes it.
-    pub fn connection_event(&mut self, now: Instant, id: PeerId, direction: Direction, event: Event<'_>) -> bool {
-        let Some(entry) = self.peers.get_mut(&id) else { return false };
+    pub fn connection_event(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        direction: Direction,
+        event: Event<'_>,
+    ) -> bool {
+        let Some(entry) = self.peers.get_mut(&id) else {
+            return false;
+        };
         let accepted = entry.peer.handle_event(now, direction, event);
         self.pump(now, id);
         accepted
@@ -214,7 +253,10 @@ impl Speaker {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.peers.values().filter_map(|e| e.peer.poll_timeout()).min()
+        self.peers
+            .values()
+            .filter_map(|e| e.peer.poll_timeout())
+            .min()
     }
 
     pub fn poll_output(&mut self) -> Option<SpeakerOutput> {
@@ -260,7 +302,9 @@ impl Speaker {
     fn pump(&mut self, now: Instant, id: PeerId) {
         let mut work = vec![id];
         while let Some(id) = work.pop() {
-            while let Some((direction, output)) = self.peers.get_mut(&id).and_then(|e| e.peer.poll_output()) {
+            while let Some((direction, output)) =
+                self.peers.get_mut(&id).and_then(|e| e.peer.poll_output())
+            {
                 let touched = self.on_output(now, id, direction, output);
                 work.extend(touched);
             }
@@ -268,19 +312,37 @@ impl Speaker {
     }
 
     /// One session output; returns the peers that now have output of their own.
-    fn on_output(&mut self, now: Instant, id: PeerId, direction: Direction, output: Output) -> BTreeSet<PeerId> {
-        let Some(entry) = self.peers.get_mut(&id) else { return BTreeSet::new() };
+    fn on_output(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        direction: Direction,
+        output: Output,
+    ) -> BTreeSet<PeerId> {
+        let Some(entry) = self.peers.get_mut(&id) else {
+            return BTreeSet::new();
+        };
         match output {
             Output::Connect => {
-                self.out.push_back(SpeakerOutput::Connect { peer: id, address: entry.config.address });
+                self.out.push_back(SpeakerOutput::Connect {
+                    peer: id,
+                    address: entry.config.address,
+                });
                 BTreeSet::new()
             }
             Output::Transmit(bytes) => {
-                self.out.push_back(SpeakerOutput::Transmit { peer: id, direction, bytes });
+                self.out.push_back(SpeakerOutput::Transmit {
+                    peer: id,
+                    direction,
+                    bytes,
+                });
                 BTreeSet::new()
             }
             Output::Disconnect => {
-                self.out.push_back(SpeakerOutput::Disconnect { peer: id, direction });
+                self.out.push_back(SpeakerOutput::Disconnect {
+                    peer: id,
+                    direction,
+                });
                 BTreeSet::new()
             }
             Output::Established(negotiated) => {
@@ -296,7 +358,10 @@ impl Speaker {
                     rr_client: entry.config.rr_client,
                 };
                 let families = negotiated.families.clone();
-                self.out.push_back(SpeakerOutput::PeerUp { peer: id, negotiated });
+                self.out.push_back(SpeakerOutput::PeerUp {
+                    peer: id,
+                    negotiated,
+                });
                 let changes = self.rib.peer_up(info);
                 let mut touched = self.apply_changes(now, changes);
                 if let Some(entry) = self.peers.get_mut(&id) {
@@ -327,8 +392,16 @@ impl Speaker {
                 entry.end_of_rib_received = false;
                 entry.last_error = Some(reason.to_string());
                 let graceful = graceful.is_some();
-                self.out.push_back(SpeakerOutput::PeerDown { peer: id, reason, graceful });
-                let changes = if graceful { self.rib.peer_stale(id) } else { self.rib.peer_down(id) };
+                self.out.push_back(SpeakerOutput::PeerDown {
+                    peer: id,
+                    reason,
+                    graceful,
+                });
+                let changes = if graceful {
+                    self.rib.peer_stale(id)
+                } else {
+                    self.rib.peer_down(id)
+                };
                 self.apply_changes(now, changes)
             }
         }
@@ -344,7 +417,8 @@ impl Speaker {
     /// Hands Loc-RIB changes to the owner and queues the RIB's UPDATEs on
     /// their sessions; returns the peers that got something to send.
     fn apply_changes(&mut self, now: Instant, changes: RibChanges) -> BTreeSet<PeerId> {
-        self.out.extend(changes.loc_rib.into_iter().map(SpeakerOutput::Route));
+        self.out
+            .extend(changes.loc_rib.into_iter().map(SpeakerOutput::Route));
         let mut touched = BTreeSet::new();
         for (id, update) in changes.outgoing {
             if let Some(entry) = self.peers.get_mut(&id) {
@@ -390,9 +464,15 @@ fn halves(update: Update) -> [Update; 2] {
     if first.nlri.len() > 1 || first.withdrawn.len() > 1 {
         (first.nlri, second.nlri) = split(&first.nlri);
         (first.withdrawn, second.withdrawn) = split(&first.withdrawn);
-    } else if let (Some(a), Some(b)) = (first.attributes.mp_reach.as_mut(), second.attributes.mp_reach.as_mut()) {
+    } else if let (Some(a), Some(b)) = (
+        first.attributes.mp_reach.as_mut(),
+        second.attributes.mp_reach.as_mut(),
+    ) {
         (a.nlri, b.nlri) = split(&a.nlri);
-    } else if let (Some(a), Some(b)) = (first.attributes.mp_unreach.as_mut(), second.attributes.mp_unreach.as_mut()) {
+    } else if let (Some(a), Some(b)) = (
+        first.attributes.mp_unreach.as_mut(),
+        second.attributes.mp_unreach.as_mut(),
+    ) {
         (a.withdrawn, b.withdrawn) = split(&a.withdrawn);
     }
     [first, second]

@@ -31,7 +31,10 @@ pub fn set_key(socket: BorrowedFd<'_>, peer: IpAddr, key: &[u8]) -> io::Result<(
     if key.len() > MAX_KEY_LEN {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("a TCP MD5 key is at most {MAX_KEY_LEN} bytes, not {}", key.len()),
+            format!(
+                "a TCP MD5 key is at most {MAX_KEY_LEN} bytes, not {}",
+                key.len()
+            ),
         ));
     }
     // SAFETY: sockaddr_storage and the rest are plain data; all zeros is valid.
@@ -62,7 +65,11 @@ pub fn set_key(socket: BorrowedFd<'_>, peer: IpAddr, key: &[u8]) -> io::Result<(
             std::mem::size_of::<TcpMd5Sig>() as libc::socklen_t,
         )
     };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 #[cfg(test)]
@@ -77,7 +84,8 @@ mod tests {
     fn overlong_keys_are_refused_before_the_kernel_sees_them() {
         let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         use std::os::fd::AsFd;
-        let err = super::set_key(socket.as_fd(), "127.0.0.1".parse().unwrap(), &[0; 81]).unwrap_err();
+        let err =
+            super::set_key(socket.as_fd(), "127.0.0.1".parse().unwrap(), &[0; 81]).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
     }
 }

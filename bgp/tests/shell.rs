@@ -45,8 +45,15 @@ fn init_tracing() {
 
 /// Established TCP connections in namespace `ns`.
 fn tcp_connections(ns: &str) -> usize {
-    let out = Command::new("ip").args(["netns", "exec", ns, "ss", "-Htn", "state", "established"]).output().unwrap();
-    assert!(out.status.success(), "ss: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "ss", "-Htn", "state", "established"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ss: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).lines().count()
 }
 
@@ -67,7 +74,10 @@ impl Node {
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             nix::sched::setns(netns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             runtime.block_on(async move {
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
                 let spawned = spawn(config, tx).await.map(|handle| (handle, rx));
@@ -79,7 +89,12 @@ impl Node {
             });
         });
         match started.recv().unwrap() {
-            Ok((handle, events)) => Ok(Node { handle, events, stop: Some(stop), thread: Some(thread) }),
+            Ok((handle, events)) => Ok(Node {
+                handle,
+                events,
+                stop: Some(stop),
+                thread: Some(thread),
+            }),
             Err(e) => {
                 thread.join().unwrap();
                 Err(e)
@@ -105,11 +120,20 @@ impl Node {
     }
 
     async fn learned(&self, prefix: IpNetwork) -> Option<BestRoute> {
-        self.handle.learned_routes().await.unwrap().into_iter().find(|r| r.prefix == prefix)
+        self.handle
+            .learned_routes()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|r| r.prefix == prefix)
     }
 
     /// The next event that `wanted` matches, skipping others.
-    async fn next_event(&mut self, within: Duration, wanted: impl Fn(&ShellEvent) -> bool) -> ShellEvent {
+    async fn next_event(
+        &mut self,
+        within: Duration,
+        wanted: impl Fn(&ShellEvent) -> bool,
+    ) -> ShellEvent {
         let found = tokio::time::timeout(within, async {
             loop {
                 let event = self.events.recv().await.expect("the shell sends events");
@@ -118,7 +142,9 @@ impl Node {
                 }
             }
         });
-        found.await.unwrap_or_else(|_| panic!("no such event within {within:?}"))
+        found
+            .await
+            .unwrap_or_else(|_| panic!("no such event within {within:?}"))
     }
 }
 
@@ -133,18 +159,32 @@ fn config(me: Ipv4Addr, graceful_restart: Option<GracefulRestartConfig>) -> Shel
     speaker.hold_time = 9;
     speaker.connect_retry = Duration::from_secs(1);
     speaker.graceful_restart = graceful_restart;
-    ShellConfig { speaker, listen: SocketAddr::new(me.into(), PORT), peer_port: PORT }
+    ShellConfig {
+        speaker,
+        listen: SocketAddr::new(me.into(), PORT),
+        peer_port: PORT,
+    }
 }
 
 fn peer(me: Ipv4Addr, other: Ipv4Addr, password: Option<&str>) -> PeerSpec {
     PeerSpec {
-        config: PeerConfig { address: other.into(), asn: AS, local_address: me, rr_client: false, passive: false },
+        config: PeerConfig {
+            address: other.into(),
+            asn: AS,
+            local_address: me,
+            rr_client: false,
+            passive: false,
+        },
         password: password.map(String::from),
     }
 }
 
 /// Polls `probe` until it returns `Some`.
-async fn eventually<T>(what: &str, within: Duration, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+async fn eventually<T>(
+    what: &str,
+    within: Duration,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(found) = probe().await {
@@ -156,9 +196,11 @@ async fn eventually<T>(what: &str, within: Duration, mut probe: impl AsyncFnMut(
 }
 
 async fn peered(a: &Node, b: &Node) {
-    eventually("both sessions Established", Duration::from_secs(5), async || {
-        (a.established().await && b.established().await).then_some(())
-    })
+    eventually(
+        "both sessions Established",
+        Duration::from_secs(5),
+        async || (a.established().await && b.established().await).then_some(()),
+    )
     .await;
 }
 
@@ -179,11 +221,17 @@ async fn routes_flow_and_shut_down_sends_a_cease() {
     a.handle.set_peers(vec![peer(A, B, None)]).await.unwrap();
     b.handle.set_peers(vec![peer(B, A, None)]).await.unwrap();
     peered(&a, &b).await;
-    b.next_event(Duration::from_secs(1), |e| matches!(e, ShellEvent::PeerUp { address } if *address == IpAddr::V4(A)))
-        .await;
+    b.next_event(
+        Duration::from_secs(1),
+        |e| matches!(e, ShellEvent::PeerUp { address } if *address == IpAddr::V4(A)),
+    )
+    .await;
 
     a.handle.originate(pod_cidr()).await.unwrap();
-    let ShellEvent::Route(change) = b.next_event(Duration::from_secs(2), |e| is_route(e, true)).await else {
+    let ShellEvent::Route(change) = b
+        .next_event(Duration::from_secs(2), |e| is_route(e, true))
+        .await
+    else {
         unreachable!()
     };
     let best = change.best.unwrap();
@@ -191,29 +239,49 @@ async fn routes_flow_and_shut_down_sends_a_cease() {
     assert!(best.from.is_some() && !best.stale);
     let learned = b.handle.learned_routes().await.unwrap();
     assert_eq!(learned.len(), 1, "{learned:?}");
-    assert_eq!((learned[0].prefix, learned[0].next_hop), (pod_cidr(), IpAddr::V4(A)));
-    assert!(a.handle.learned_routes().await.unwrap().is_empty(), "A's own route is not a learned one");
+    assert_eq!(
+        (learned[0].prefix, learned[0].next_hop),
+        (pod_cidr(), IpAddr::V4(A))
+    );
+    assert!(
+        a.handle.learned_routes().await.unwrap().is_empty(),
+        "A's own route is not a learned one"
+    );
     assert!(a.handle.synchronized().await.unwrap() && b.handle.synchronized().await.unwrap());
 
     a.handle.withdraw(pod_cidr()).await.unwrap();
-    b.next_event(Duration::from_secs(2), |e| is_route(e, false)).await;
+    b.next_event(Duration::from_secs(2), |e| is_route(e, false))
+        .await;
     assert!(b.handle.learned_routes().await.unwrap().is_empty());
 
     a.handle.originate(pod_cidr()).await.unwrap();
-    b.next_event(Duration::from_secs(2), |e| is_route(e, true)).await;
+    b.next_event(Duration::from_secs(2), |e| is_route(e, true))
+        .await;
 
     let shutting = Instant::now();
     a.handle.shut_down().await.unwrap();
     let took = shutting.elapsed();
-    assert!(took < Duration::from_millis(2500), "shut_down took {took:?}");
+    assert!(
+        took < Duration::from_millis(2500),
+        "shut_down took {took:?}"
+    );
     assert!(matches!(a.handle.peers().await, Err(ShellError::Stopped)));
-    let ShellEvent::PeerDown { address, reason, graceful } = b.next_event(Duration::from_secs(2), is_down).await else {
+    let ShellEvent::PeerDown {
+        address,
+        reason,
+        graceful,
+    } = b.next_event(Duration::from_secs(2), is_down).await
+    else {
         unreachable!()
     };
     assert_eq!(address, IpAddr::V4(A));
     assert!(!graceful);
-    assert!(reason.contains("NOTIFICATION 6/2"), "Cease/Administrative Shutdown expected: {reason}");
-    b.next_event(Duration::from_secs(1), |e| is_route(e, false)).await;
+    assert!(
+        reason.contains("NOTIFICATION 6/2"),
+        "Cease/Administrative Shutdown expected: {reason}"
+    );
+    b.next_event(Duration::from_secs(1), |e| is_route(e, false))
+        .await;
     assert!(b.handle.learned_routes().await.unwrap().is_empty());
     println!("flow: shut_down took {took:?}, test {:?}", start.elapsed());
 }
@@ -235,55 +303,88 @@ async fn graceful_restart_keeps_routes_until_the_peer_is_back_or_its_restart_tim
     b.handle.set_peers(vec![peer(B, A, None)]).await.unwrap();
     peered(&a, &b).await;
     a.handle.originate(pod_cidr()).await.unwrap();
-    b.next_event(Duration::from_secs(2), |e| is_route(e, true)).await;
+    b.next_event(Duration::from_secs(2), |e| is_route(e, true))
+        .await;
 
     // A crashes: B keeps the route as stale.
     a.crash();
-    let ShellEvent::PeerDown { graceful, reason, .. } = b.next_event(Duration::from_secs(2), is_down).await else {
+    let ShellEvent::PeerDown {
+        graceful, reason, ..
+    } = b.next_event(Duration::from_secs(2), is_down).await
+    else {
         unreachable!()
     };
-    assert!(graceful, "a lost connection with graceful restart is graceful: {reason}");
-    let kept = b.learned(pod_cidr()).await.expect("the route is kept while A restarts");
+    assert!(
+        graceful,
+        "a lost connection with graceful restart is graceful: {reason}"
+    );
+    let kept = b
+        .learned(pod_cidr())
+        .await
+        .expect("the route is kept while A restarts");
     assert!(kept.stale && kept.next_hop == IpAddr::V4(A));
 
     // A comes back with its forwarding state, re-advertises and sends
     // End-of-RIB: the route is fresh again and was never removed.
-    let restarted = GracefulRestartConfig { restarting: true, forwarding_preserved: true, ..gr.clone() };
+    let restarted = GracefulRestartConfig {
+        restarting: true,
+        forwarding_preserved: true,
+        ..gr.clone()
+    };
     let mut a = Node::start(&pair.a, config(A, Some(restarted)));
     a.handle.originate(pod_cidr()).await.unwrap();
     a.handle.set_peers(vec![peer(A, B, None)]).await.unwrap();
-    let event =
-        b.next_event(Duration::from_secs(3), |e| matches!(e, ShellEvent::PeerUp { .. }) || is_route(e, false)).await;
-    assert!(matches!(event, ShellEvent::PeerUp { .. }), "the route was removed during A's restart: {event:?}");
-    let fresh = eventually("the route refreshed by A", Duration::from_secs(3), async || {
-        b.learned(pod_cidr()).await.filter(|r| !r.stale)
-    })
+    let event = b
+        .next_event(Duration::from_secs(3), |e| {
+            matches!(e, ShellEvent::PeerUp { .. }) || is_route(e, false)
+        })
+        .await;
+    assert!(
+        matches!(event, ShellEvent::PeerUp { .. }),
+        "the route was removed during A's restart: {event:?}"
+    );
+    let fresh = eventually(
+        "the route refreshed by A",
+        Duration::from_secs(3),
+        async || b.learned(pod_cidr()).await.filter(|r| !r.stale),
+    )
     .await;
     assert_eq!(fresh.next_hop, IpAddr::V4(A));
     eventually("End-of-RIB both ways", Duration::from_secs(2), async || {
-        (a.handle.synchronized().await.unwrap() && b.handle.synchronized().await.unwrap()).then_some(())
+        (a.handle.synchronized().await.unwrap() && b.handle.synchronized().await.unwrap())
+            .then_some(())
     })
     .await;
     while let Ok(event) = b.events.try_recv() {
-        assert!(!is_route(&event, false), "the route was removed during A's restart: {event:?}");
+        assert!(
+            !is_route(&event, false),
+            "the route was removed during A's restart: {event:?}"
+        );
     }
 
     // A crashes for good: the stale route goes when the restart time passes.
     a.crash();
-    let ShellEvent::PeerDown { graceful, .. } = b.next_event(Duration::from_secs(2), is_down).await else {
+    let ShellEvent::PeerDown { graceful, .. } = b.next_event(Duration::from_secs(2), is_down).await
+    else {
         unreachable!()
     };
     assert!(graceful);
     let down = Instant::now();
     assert!(b.learned(pod_cidr()).await.is_some_and(|r| r.stale));
-    b.next_event(Duration::from_secs(u64::from(restart_time) + 2), |e| is_route(e, false)).await;
+    b.next_event(Duration::from_secs(u64::from(restart_time) + 2), |e| {
+        is_route(e, false)
+    })
+    .await;
     let kept_for = down.elapsed();
     assert!(
         kept_for >= Duration::from_secs(u64::from(restart_time)) - Duration::from_millis(500),
         "the stale route went after {kept_for:?}, before the restart time"
     );
     assert!(b.learned(pod_cidr()).await.is_none());
-    println!("graceful restart: stale route kept {kept_for:?}, test {:?}", start.elapsed());
+    println!(
+        "graceful restart: stale route kept {kept_for:?}, test {:?}",
+        start.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -301,9 +402,11 @@ async fn md5_with_the_same_password_comes_up_and_a_removed_peer_gets_a_cease() {
     ra.unwrap();
     rb.unwrap();
     peered(&a, &b).await;
-    eventually("one TCP connection left", Duration::from_secs(3), async || {
-        (tcp_connections(&pair.a) == 1).then_some(())
-    })
+    eventually(
+        "one TCP connection left",
+        Duration::from_secs(3),
+        async || (tcp_connections(&pair.a) == 1).then_some(()),
+    )
     .await;
 
     b.handle.set_peers(vec![]).await.unwrap();
@@ -311,15 +414,19 @@ async fn md5_with_the_same_password_comes_up_and_a_removed_peer_gets_a_cease() {
     // Skips an earlier Cease/Connection Collision Resolution (6/7): when one
     // side is Established before the other resolves the collision, the
     // session flaps once.
-    let deconfigured =
-        |e: &ShellEvent| matches!(e, ShellEvent::PeerDown { reason, .. } if reason.contains("NOTIFICATION 6/3"));
-    let ShellEvent::PeerDown { graceful, .. } = a.next_event(Duration::from_secs(2), deconfigured).await else {
+    let deconfigured = |e: &ShellEvent| matches!(e, ShellEvent::PeerDown { reason, .. } if reason.contains("NOTIFICATION 6/3"));
+    let ShellEvent::PeerDown { graceful, .. } =
+        a.next_event(Duration::from_secs(2), deconfigured).await
+    else {
         unreachable!()
     };
     assert!(!graceful);
 
     // Wanted again: it comes back (the listener has its key again).
-    b.handle.set_peers(vec![peer(B, A, Some("weft-secret"))]).await.unwrap();
+    b.handle
+        .set_peers(vec![peer(B, A, Some("weft-secret"))])
+        .await
+        .unwrap();
     peered(&a, &b).await;
     println!("md5: test {:?}", start.elapsed());
 }
@@ -335,7 +442,9 @@ async fn a_large_table_goes_across_and_the_session_stays_up_on_keepalives() {
     // writes, messages split across reads.
     let table = 5000;
     for i in 0..table {
-        let prefix = IpNetwork::V4(ipnetwork::Ipv4Network::new(Ipv4Addr::from(0x0a80_0000 + (i << 8)), 24).unwrap());
+        let prefix = IpNetwork::V4(
+            ipnetwork::Ipv4Network::new(Ipv4Addr::from(0x0a80_0000 + (i << 8)), 24).unwrap(),
+        );
         a.handle.originate(prefix).await.unwrap();
     }
     // A waits for B: no collision that could flap the session at the start.
@@ -345,17 +454,33 @@ async fn a_large_table_goes_across_and_the_session_stays_up_on_keepalives() {
     a.handle.set_peers(vec![passive]).await.unwrap();
     b.handle.set_peers(vec![peer(B, A, None)]).await.unwrap();
     peered(&a, &b).await;
-    eventually("the whole table learned", Duration::from_secs(5), async || {
-        (b.handle.learned_routes().await.unwrap().len() == table as usize).then_some(())
-    })
+    eventually(
+        "the whole table learned",
+        Duration::from_secs(5),
+        async || (b.handle.learned_routes().await.unwrap().len() == table as usize).then_some(()),
+    )
     .await;
-    assert!(b.handle.learned_routes().await.unwrap().iter().all(|r| r.next_hop == IpAddr::V4(A)));
-    println!("{table} routes learned {:?} after configuring the peers", started.elapsed());
+    assert!(
+        b.handle
+            .learned_routes()
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.next_hop == IpAddr::V4(A))
+    );
+    println!(
+        "{table} routes learned {:?} after configuring the peers",
+        started.elapsed()
+    );
     let since = a.handle.peers().await.unwrap()[0].established_since;
     // Nothing but KEEPALIVEs for more than the hold time.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(a.established().await && b.established().await);
-    assert_eq!(a.handle.peers().await.unwrap()[0].established_since, since, "the session never flapped");
+    assert_eq!(
+        a.handle.peers().await.unwrap()[0].established_since,
+        since,
+        "the session never flapped"
+    );
     while let Ok(event) = a.events.try_recv() {
         assert!(!is_down(&event), "{event:?}");
     }
@@ -366,8 +491,14 @@ async fn md5_with_different_passwords_never_comes_up() {
     let pair = pair("md5bad");
     let mut a = Node::start(&pair.a, config(A, None));
     let b = Node::start(&pair.b, config(B, None));
-    a.handle.set_peers(vec![peer(A, B, Some("one password"))]).await.unwrap();
-    b.handle.set_peers(vec![peer(B, A, Some("another password"))]).await.unwrap();
+    a.handle
+        .set_peers(vec![peer(A, B, Some("one password"))])
+        .await
+        .unwrap();
+    b.handle
+        .set_peers(vec![peer(B, A, Some("another password"))])
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(4)).await;
     for node in [&a, &b] {
         for status in node.handle.peers().await.unwrap() {
@@ -386,11 +517,20 @@ async fn md5_with_different_passwords_never_comes_up() {
 async fn spawn_fails_when_the_address_is_taken_and_bad_keys_are_reported() {
     let pair = pair("taken");
     let a = Node::start(&pair.a, config(A, None));
-    let Err(e) = Node::try_start(&pair.a, config(A, None)) else { panic!("a second shell bound the same address") };
+    let Err(e) = Node::try_start(&pair.a, config(A, None)) else {
+        panic!("a second shell bound the same address")
+    };
     assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
 
     let long = "x".repeat(81);
     let result = a.handle.set_peers(vec![peer(A, B, Some(&long))]).await;
-    assert!(matches!(result, Err(ShellError::Md5Key { .. })), "{result:?}");
-    assert_eq!(a.handle.peers().await.unwrap().len(), 1, "the peer is configured anyway");
+    assert!(
+        matches!(result, Err(ShellError::Md5Key { .. })),
+        "{result:?}"
+    );
+    assert_eq!(
+        a.handle.peers().await.unwrap().len(),
+        1,
+        "the peer is configured anyway"
+    );
 }

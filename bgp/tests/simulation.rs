@@ -22,7 +22,9 @@ fn address(i: usize) -> Ipv4Addr {
 }
 
 fn pod_cidr(i: usize) -> IpNetwork {
-    format!("10.{}.{}.0/24", 100 + i / 256, i % 256).parse().unwrap()
+    format!("10.{}.{}.0/24", 100 + i / 256, i % 256)
+        .parse()
+        .unwrap()
 }
 
 fn flip(d: Direction) -> Direction {
@@ -36,7 +38,11 @@ fn flip(d: Direction) -> Direction {
 enum Delivery {
     /// Our connection attempt reached the other side (it accepts or refuses).
     Dial { from: usize },
-    Event { from: usize, direction: Direction, kind: Kind },
+    Event {
+        from: usize,
+        direction: Direction,
+        kind: Kind,
+    },
 }
 
 enum Kind {
@@ -85,7 +91,13 @@ impl Net {
             for (j, rr_client) in peers_of(i) {
                 let id = net.speakers[i].add_peer(
                     now,
-                    PeerConfig { address: IpAddr::V4(address(j)), asn: AS, local_address: address(i), rr_client, passive: false },
+                    PeerConfig {
+                        address: IpAddr::V4(address(j)),
+                        asn: AS,
+                        local_address: address(i),
+                        rr_client,
+                        passive: false,
+                    },
                 );
                 net.ids[i].insert(j, id);
             }
@@ -103,7 +115,9 @@ impl Net {
 
     fn index_of(&self, speaker: usize, peer: PeerId) -> usize {
         let address = self.speakers[speaker].peer_config(peer).unwrap().address;
-        let IpAddr::V4(a) = address else { unreachable!() };
+        let IpAddr::V4(a) = address else {
+            unreachable!()
+        };
         self.by_address[&a]
     }
 
@@ -115,16 +129,36 @@ impl Net {
                     let j = self.index_of(i, peer);
                     self.send(j, Delivery::Dial { from: i });
                 }
-                SpeakerOutput::Transmit { peer, direction, bytes } => {
+                SpeakerOutput::Transmit {
+                    peer,
+                    direction,
+                    bytes,
+                } => {
                     let j = self.index_of(i, peer);
                     self.messages += 1;
-                    self.send(j, Delivery::Event { from: i, direction: flip(direction), kind: Kind::Bytes(bytes) });
+                    self.send(
+                        j,
+                        Delivery::Event {
+                            from: i,
+                            direction: flip(direction),
+                            kind: Kind::Bytes(bytes),
+                        },
+                    );
                 }
                 SpeakerOutput::Disconnect { peer, direction } => {
                     let j = self.index_of(i, peer);
-                    self.send(j, Delivery::Event { from: i, direction: flip(direction), kind: Kind::Fails });
+                    self.send(
+                        j,
+                        Delivery::Event {
+                            from: i,
+                            direction: flip(direction),
+                            kind: Kind::Fails,
+                        },
+                    );
                 }
-                SpeakerOutput::Route(_) | SpeakerOutput::PeerUp { .. } | SpeakerOutput::PeerDown { .. } => {}
+                SpeakerOutput::Route(_)
+                | SpeakerOutput::PeerUp { .. }
+                | SpeakerOutput::PeerDown { .. } => {}
             }
         }
         if let Some(t) = self.speakers[i].poll_timeout() {
@@ -137,11 +171,31 @@ impl Net {
         match delivery {
             Delivery::Dial { from } => {
                 let id = self.ids[to][&from];
-                let accepted = self.speakers[to].connection_event(now, id, Direction::Incoming, Event::TcpConnectionConfirmed);
-                let kind = if accepted { Kind::Succeeded } else { Kind::Fails };
-                self.send(from, Delivery::Event { from: to, direction: Direction::Outgoing, kind });
+                let accepted = self.speakers[to].connection_event(
+                    now,
+                    id,
+                    Direction::Incoming,
+                    Event::TcpConnectionConfirmed,
+                );
+                let kind = if accepted {
+                    Kind::Succeeded
+                } else {
+                    Kind::Fails
+                };
+                self.send(
+                    from,
+                    Delivery::Event {
+                        from: to,
+                        direction: Direction::Outgoing,
+                        kind,
+                    },
+                );
             }
-            Delivery::Event { from, direction, kind } => {
+            Delivery::Event {
+                from,
+                direction,
+                kind,
+            } => {
                 let id = self.ids[to][&from];
                 let event = match &kind {
                     Kind::Succeeded => Event::TcpConnectionSucceeded,
@@ -162,7 +216,10 @@ impl Net {
             if self.queue.is_empty() && self.converged() {
                 return self.now - start;
             }
-            assert!(self.now - start < limit, "no convergence within {limit:?} of simulated time");
+            assert!(
+                self.now - start < limit,
+                "no convergence within {limit:?} of simulated time"
+            );
             let next_delivery = self.queue.peek().map(|Reverse((t, _, _))| *t);
             let next_timer = self.timers.peek().map(|Reverse((t, _))| *t);
             let delivery_first = match (next_delivery, next_timer) {
@@ -194,7 +251,8 @@ impl Net {
         (0..n).all(|i| {
             let rib = self.speakers[i].rib();
             (0..n).filter(|j| *j != i).all(|j| {
-                rib.best(pod_cidr(j)).is_some_and(|b| b.next_hop == IpAddr::V4(address(j)))
+                rib.best(pod_cidr(j))
+                    .is_some_and(|b| b.next_hop == IpAddr::V4(address(j)))
             })
         })
     }
@@ -214,7 +272,9 @@ fn report(name: &str, net: &Net, simulated: Duration, wall: Duration) {
 fn full_mesh_of_50_converges() {
     let n = 50;
     let wall = Instant::now();
-    let mut net = Net::new(n, &[], |i| (0..n).filter(|j| *j != i).map(|j| (j, false)).collect());
+    let mut net = Net::new(n, &[], |i| {
+        (0..n).filter(|j| *j != i).map(|j| (j, false)).collect()
+    });
     let simulated = net.run(Duration::from_secs(120));
     report("full mesh", &net, simulated, wall.elapsed());
 }
@@ -227,7 +287,10 @@ fn cluster_of_500_with_two_route_reflectors_converges() {
     let mut net = Net::new(n, &reflectors, |i| {
         if reflectors.contains(&i) {
             // A reflector peers with every client and with the other reflector.
-            (0..n).filter(|j| *j != i).map(|j| (j, !reflectors.contains(&j))).collect()
+            (0..n)
+                .filter(|j| *j != i)
+                .map(|j| (j, !reflectors.contains(&j)))
+                .collect()
         } else {
             reflectors.iter().map(|r| (*r, false)).collect()
         }

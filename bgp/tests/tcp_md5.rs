@@ -21,12 +21,15 @@ fn connects(tag: &str, server_key: &'static [u8], client_key: Option<&'static [u
         l
     });
     let connected = in_netns(&pair.b, move || {
-        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         if let Some(key) = client_key {
             set_key(socket.as_fd(), "198.18.9.1".parse::<IpAddr>().unwrap(), key).unwrap();
         }
         let to: SocketAddr = "198.18.9.1:1179".parse().unwrap();
-        socket.connect_timeout(&to.into(), Duration::from_secs(2)).is_ok()
+        socket
+            .connect_timeout(&to.into(), Duration::from_secs(2))
+            .is_ok()
     });
     drop(listener);
     connected

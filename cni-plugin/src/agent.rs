@@ -30,7 +30,8 @@ pub struct Agent {
 /// source; a status the agent itself sent never has a source. The former is
 /// a reason to retry, like a refused connection.
 pub fn map_status(rpc: &'static str, socket: &str, status: &tonic::Status) -> CniError {
-    let broken_transport = status.code() == Code::Unknown && std::error::Error::source(status).is_some();
+    let broken_transport =
+        status.code() == Code::Unknown && std::error::Error::source(status).is_some();
     match status.code() {
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => {
             CniError::AgentUnavailable {
@@ -195,7 +196,9 @@ mod tests {
         // The agent answered Unknown: its failure, not a reason to retry.
         assert_eq!(code(Code::Unknown), 103);
         // The connection broke mid-call: try again later.
-        let broken = tonic::Status::from_error(Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionReset)));
+        let broken = tonic::Status::from_error(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
         assert_eq!(broken.code(), Code::Unknown);
         assert_eq!(map_status("Rpc", "/s", &broken).code(), 11);
     }

@@ -120,31 +120,62 @@ mod tests {
     use super::*;
 
     fn run_with(env: &[(&str, &str)], stdin: &str) -> Outcome {
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        run(|name| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()), stdin.as_bytes())
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        run(
+            |name| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()),
+            stdin.as_bytes(),
+        )
     }
 
     #[test]
     fn version_needs_no_config() {
         let out = run_with(&[("CNI_COMMAND", "VERSION")], "");
-        assert_eq!(out, Outcome { stdout: Some(config::version_reply()), exit_code: 0 });
+        assert_eq!(
+            out,
+            Outcome {
+                stdout: Some(config::version_reply()),
+                exit_code: 0
+            }
+        );
     }
 
     #[test]
     fn env_errors_speak_the_config_version() {
-        let out = run_with(&[("CNI_COMMAND", "ADD")], r#"{"cniVersion":"0.4.0","name":"n","type":"weft-cni"}"#);
+        let out = run_with(
+            &[("CNI_COMMAND", "ADD")],
+            r#"{"cniVersion":"0.4.0","name":"n","type":"weft-cni"}"#,
+        );
         assert_eq!(out.exit_code, 1);
         let json = out.stdout.unwrap();
-        assert_eq!((json["code"].as_u64(), json["cniVersion"].as_str()), (Some(4), Some("0.4.0")));
+        assert_eq!(
+            (json["code"].as_u64(), json["cniVersion"].as_str()),
+            (Some(4), Some("0.4.0"))
+        );
     }
 
     #[test]
     fn config_errors_come_after_env_errors() {
-        let env = [("CNI_COMMAND", "DEL"), ("CNI_CONTAINERID", "c1"), ("CNI_IFNAME", "eth0")];
-        let code = |stdin: &str| run_with(&env, stdin).stdout.unwrap()["code"].as_u64().unwrap();
+        let env = [
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "c1"),
+            ("CNI_IFNAME", "eth0"),
+        ];
+        let code = |stdin: &str| {
+            run_with(&env, stdin).stdout.unwrap()["code"]
+                .as_u64()
+                .unwrap()
+        };
         assert_eq!(code("not json"), 6);
         assert_eq!(code(r#"{"cniVersion":"1.1.0"}"#), 7);
         assert_eq!(code(r#"{"cniVersion":"0.1.0","name":"n","type":"t"}"#), 1);
-        assert_eq!(run_with(&[("CNI_COMMAND", "ADD")], "not json").stdout.unwrap()["code"], 4);
+        assert_eq!(
+            run_with(&[("CNI_COMMAND", "ADD")], "not json")
+                .stdout
+                .unwrap()["code"],
+            4
+        );
     }
 }

@@ -294,7 +294,10 @@ impl weft_proto::Agent for TestAgent {
         Ok(Response::new(GetCountersReply::default()))
     }
 
-    async fn bgp_peers(&self, _: Request<BgpPeersRequest>) -> Result<Response<BgpPeersReply>, Status> {
+    async fn bgp_peers(
+        &self,
+        _: Request<BgpPeersRequest>,
+    ) -> Result<Response<BgpPeersReply>, Status> {
         Err(Status::unimplemented("the plugin never asks for BGP peers"))
     }
 }

@@ -16,7 +16,10 @@ use nix::sched::{CloneFlags, setns};
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
     #[error("network namespace {path} cannot be opened: {source}")]
-    Open { path: String, source: std::io::Error },
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot enter network namespace {path}: {source}")]
     Enter { path: String, source: nix::Error },
     #[error("thread running in network namespace {path} panicked")]
@@ -31,11 +34,16 @@ where
     F: FnOnce() -> T + Send + 'static,
 {
     let display = path.display().to_string();
-    let ns = File::open(path).map_err(|source| NetnsError::Open { path: display.clone(), source })?;
+    let ns = File::open(path).map_err(|source| NetnsError::Open {
+        path: display.clone(),
+        source,
+    })?;
     let thread_path = display.clone();
     std::thread::spawn(move || {
-        setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
-            .map_err(|source| NetnsError::Enter { path: thread_path, source })?;
+        setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter {
+            path: thread_path,
+            source,
+        })?;
         Ok(f())
     })
     .join()

@@ -40,17 +40,32 @@ pub struct Route {
 impl Route {
     /// A route to a pod on this node: its /32 straight onto the host veth.
     pub fn to_local_pod(ip: Ipv4Addr, host_ifindex: u32) -> Route {
-        Route { dst: Ipv4Network::from(ip), gateway: None, oif: host_ifindex, protocol: RTPROT_WEFT }
+        Route {
+            dst: Ipv4Network::from(ip),
+            gateway: None,
+            oif: host_ifindex,
+            protocol: RTPROT_WEFT,
+        }
     }
 
     /// A route to another node's pod CIDR via that node's underlay address.
     pub fn to_pod_cidr(cidr: Ipv4Network, node_ip: Ipv4Addr, uplink_ifindex: u32) -> Route {
-        Route { dst: cidr, gateway: Some(node_ip), oif: uplink_ifindex, protocol: RTPROT_WEFT }
+        Route {
+            dst: cidr,
+            gateway: Some(node_ip),
+            oif: uplink_ifindex,
+            protocol: RTPROT_WEFT,
+        }
     }
 
     /// A route learned over BGP: its prefix via the advertised next hop.
     pub fn learned(dst: Ipv4Network, next_hop: Ipv4Addr, uplink_ifindex: u32) -> Route {
-        Route { dst, gateway: Some(next_hop), oif: uplink_ifindex, protocol: RTPROT_WEFT_BGP }
+        Route {
+            dst,
+            gateway: Some(next_hop),
+            oif: uplink_ifindex,
+            protocol: RTPROT_WEFT_BGP,
+        }
     }
 }
 
@@ -107,9 +122,15 @@ pub enum RouteError {
     #[error("cannot list routes: {0}")]
     List(#[source] rtnetlink::Error),
     #[error("cannot install route {route:?}: {source}")]
-    Install { route: Route, source: rtnetlink::Error },
+    Install {
+        route: Route,
+        source: rtnetlink::Error,
+    },
     #[error("cannot remove route {route:?}: {source}")]
-    Remove { route: Route, source: rtnetlink::Error },
+    Remove {
+        route: Route,
+        source: rtnetlink::Error,
+    },
 }
 
 /// The netlink shell over the main routing table of the calling task's
@@ -158,14 +179,22 @@ impl RouteTable {
                 .replace()
                 .execute()
                 .await
-                .map_err(|source| RouteError::Install { route: *route, source })?;
+                .map_err(|source| RouteError::Install {
+                    route: *route,
+                    source,
+                })?;
         }
         for route in &plan.remove {
             match self.handle.route().del(message(route)).execute().await {
                 Ok(()) => {}
                 // Already gone (its interface vanished with a deleted veth).
                 Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ESRCH => {}
-                Err(source) => return Err(RouteError::Remove { route: *route, source }),
+                Err(source) => {
+                    return Err(RouteError::Remove {
+                        route: *route,
+                        source,
+                    });
+                }
             }
         }
         Ok(())
@@ -196,7 +225,12 @@ fn parse(msg: &RouteMessage) -> Option<Route> {
         }
     }
     let dst = Ipv4Network::new(dst, msg.header.destination_prefix_length).ok()?;
-    Some(Route { dst, gateway, oif: oif?, protocol: u8::from(msg.header.protocol) })
+    Some(Route {
+        dst,
+        gateway,
+        oif: oif?,
+        protocol: u8::from(msg.header.protocol),
+    })
 }
 
 #[cfg(test)]
@@ -246,7 +280,11 @@ mod tests {
     #[test]
     fn a_static_route_that_becomes_learned_is_replaced() {
         let have = vec![cidr("10.244.2.0/24", "198.18.0.12")];
-        let want = vec![Route::learned("10.244.2.0/24".parse().unwrap(), "198.18.0.12".parse().unwrap(), 2)];
+        let want = vec![Route::learned(
+            "10.244.2.0/24".parse().unwrap(),
+            "198.18.0.12".parse().unwrap(),
+            2,
+        )];
         let p = plan(&want, &have);
         assert_eq!(p.upsert, want);
         assert_eq!(p.remove, have);

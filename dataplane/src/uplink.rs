@@ -26,7 +26,10 @@ pub enum UplinkError {
     #[error("uplink interface {name:?} not found in this network namespace")]
     NotFound { name: String },
     #[error("cannot read uplink {name:?}: {source}")]
-    Netlink { name: String, source: rtnetlink::Error },
+    Netlink {
+        name: String,
+        source: rtnetlink::Error,
+    },
 }
 
 /// Looks up the interface `name` in the calling task's network namespace.
@@ -40,12 +43,28 @@ pub async fn lookup(name: &str) -> Result<Uplink, UplinkError> {
 }
 
 async fn lookup_with(handle: &rtnetlink::Handle, name: &str) -> Result<Uplink, UplinkError> {
-    let netlink = |source| UplinkError::Netlink { name: name.to_string(), source };
-    let link = match handle.link().get().match_name(name.to_string()).execute().try_next().await {
+    let netlink = |source| UplinkError::Netlink {
+        name: name.to_string(),
+        source,
+    };
+    let link = match handle
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute()
+        .try_next()
+        .await
+    {
         Ok(Some(link)) => link,
-        Ok(None) => return Err(UplinkError::NotFound { name: name.to_string() }),
+        Ok(None) => {
+            return Err(UplinkError::NotFound {
+                name: name.to_string(),
+            });
+        }
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {
-            return Err(UplinkError::NotFound { name: name.to_string() });
+            return Err(UplinkError::NotFound {
+                name: name.to_string(),
+            });
         }
         Err(e) => return Err(netlink(e)),
     };
@@ -53,9 +72,19 @@ async fn lookup_with(handle: &rtnetlink::Handle, name: &str) -> Result<Uplink, U
     let mtu = link
         .attributes
         .iter()
-        .find_map(|a| if let LinkAttribute::Mtu(m) = a { Some(*m) } else { None })
+        .find_map(|a| {
+            if let LinkAttribute::Mtu(m) = a {
+                Some(*m)
+            } else {
+                None
+            }
+        })
         .unwrap_or(1500);
-    let mut addresses = handle.address().get().set_link_index_filter(ifindex).execute();
+    let mut addresses = handle
+        .address()
+        .get()
+        .set_link_index_filter(ifindex)
+        .execute();
     let mut address = None;
     while let Some(msg) = addresses.try_next().await.map_err(netlink)? {
         let ip = msg.attributes.iter().find_map(|a| match a {
@@ -69,7 +98,12 @@ async fn lookup_with(handle: &rtnetlink::Handle, name: &str) -> Result<Uplink, U
             break;
         }
     }
-    Ok(Uplink { name: name.to_string(), ifindex, mtu, address })
+    Ok(Uplink {
+        name: name.to_string(),
+        ifindex,
+        mtu,
+        address,
+    })
 }
 
 /// The uplink's IPv4 address, if it has one.

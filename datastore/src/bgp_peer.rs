@@ -65,23 +65,44 @@ pub struct BgpPeerSpec {
 #[non_exhaustive]
 pub enum ManifestError {
     #[error("document {doc}: {source}")]
-    Parse { doc: usize, source: serde_norway::Error },
+    Parse {
+        doc: usize,
+        source: serde_norway::Error,
+    },
     #[error("document {doc}: apiVersion must be {API_VERSION}, not {found:?}")]
     ApiVersion { doc: usize, found: String },
     #[error("document {doc}: kind must be {KIND}, not {found:?}")]
     Kind { doc: usize, found: String },
-    #[error("document {doc}: metadata.name {name:?} must be a DNS-1123 subdomain (lowercase letters, digits, '-', '.'; at most 253)")]
+    #[error(
+        "document {doc}: metadata.name {name:?} must be a DNS-1123 subdomain (lowercase letters, digits, '-', '.'; at most 253)"
+    )]
     Name { doc: usize, name: String },
-    #[error("document {doc} ({name}): spec.asNumber {asn} is not a peer's AS (0 and 23456 are reserved)")]
+    #[error(
+        "document {doc} ({name}): spec.asNumber {asn} is not a peer's AS (0 and 23456 are reserved)"
+    )]
     AsNumber { doc: usize, name: String, asn: u32 },
-    #[error("document {doc} ({name}): spec.peerIP {ip} cannot be a peer (unspecified, loopback or multicast)")]
-    PeerIp { doc: usize, name: String, ip: IpAddr },
+    #[error(
+        "document {doc} ({name}): spec.peerIP {ip} cannot be a peer (unspecified, loopback or multicast)"
+    )]
+    PeerIp {
+        doc: usize,
+        name: String,
+        ip: IpAddr,
+    },
     #[error("document {doc} ({name}): spec.password must be 1 to {MAX_PASSWORD_LEN} bytes")]
     Password { doc: usize, name: String },
     #[error("document {doc} ({name}): spec.node {node:?} is not a valid node name")]
-    Node { doc: usize, name: String, node: String },
+    Node {
+        doc: usize,
+        name: String,
+        node: String,
+    },
     #[error("BGPPeer {name:?} is defined twice (documents {first} and {second})")]
-    Duplicate { name: String, first: usize, second: usize },
+    Duplicate {
+        name: String,
+        first: usize,
+        second: usize,
+    },
     #[error("no BGPPeer in the input")]
     Empty,
 }
@@ -96,10 +117,16 @@ impl BgpPeer {
     pub fn validate(&self, doc: usize) -> Result<(), ManifestError> {
         let name = self.metadata.name.clone();
         if self.api_version != API_VERSION {
-            return Err(ManifestError::ApiVersion { doc, found: self.api_version.clone() });
+            return Err(ManifestError::ApiVersion {
+                doc,
+                found: self.api_version.clone(),
+            });
         }
         if self.kind != KIND {
-            return Err(ManifestError::Kind { doc, found: self.kind.clone() });
+            return Err(ManifestError::Kind {
+                doc,
+                found: self.kind.clone(),
+            });
         }
         if !is_dns_subdomain(&name) {
             return Err(ManifestError::Name { doc, name });
@@ -120,7 +147,11 @@ impl BgpPeer {
         if let Some(node) = &self.spec.node
             && !is_dns_subdomain(node)
         {
-            return Err(ManifestError::Node { doc, name, node: node.clone() });
+            return Err(ManifestError::Node {
+                doc,
+                name,
+                node: node.clone(),
+            });
         }
         Ok(())
     }
@@ -134,14 +165,20 @@ pub fn parse_manifests(text: &str) -> Result<Vec<BgpPeer>, ManifestError> {
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for (i, document) in serde_norway::Deserializer::from_str(text).enumerate() {
         let doc = i + 1;
-        let value = serde_norway::Value::deserialize(document).map_err(|source| ManifestError::Parse { doc, source })?;
+        let value = serde_norway::Value::deserialize(document)
+            .map_err(|source| ManifestError::Parse { doc, source })?;
         if value.is_null() {
             continue;
         }
-        let peer: BgpPeer = serde_norway::from_value(value).map_err(|source| ManifestError::Parse { doc, source })?;
+        let peer: BgpPeer = serde_norway::from_value(value)
+            .map_err(|source| ManifestError::Parse { doc, source })?;
         peer.validate(doc)?;
         if let Some(first) = seen.insert(peer.metadata.name.clone(), doc) {
-            return Err(ManifestError::Duplicate { name: peer.metadata.name, first, second: doc });
+            return Err(ManifestError::Duplicate {
+                name: peer.metadata.name,
+                first,
+                second: doc,
+            });
         }
         peers.push(peer);
     }
@@ -157,7 +194,9 @@ pub fn is_dns_subdomain(name: &str) -> bool {
         && name.len() <= 253
         && name.split('.').all(|label| {
             !label.is_empty()
-                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -191,7 +230,10 @@ spec:
     fn multi_document_yaml_parses() {
         let peers = parse_manifests(TWO).unwrap();
         assert_eq!(peers.len(), 2);
-        assert_eq!(peers[0].spec.peer_ip, "198.18.0.200".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            peers[0].spec.peer_ip,
+            "198.18.0.200".parse::<IpAddr>().unwrap()
+        );
         assert!(peers[0].applies_to("node7"));
         assert!(peers[1].applies_to("node1") && !peers[1].applies_to("node2"));
         assert_eq!(peers[1].spec.password.as_deref(), Some("s3cret"));
@@ -205,7 +247,11 @@ spec:
 
     #[test]
     fn bad_manifests_name_the_document_and_field() {
-        let bad = |from: &str, to: &str| parse_manifests(&TWO.replacen(from, to, 1)).unwrap_err().to_string();
+        let bad = |from: &str, to: &str| {
+            parse_manifests(&TWO.replacen(from, to, 1))
+                .unwrap_err()
+                .to_string()
+        };
         assert!(bad("weft.dev/v1alpha1", "v1").contains("document 1: apiVersion"));
         assert!(bad("kind: BGPPeer", "kind: Peer").contains("kind must be BGPPeer"));
         assert!(bad("name: tor-a", "name: Tor_A").contains("DNS-1123"));
@@ -214,10 +260,17 @@ spec:
         assert!(bad("asNumber: 64600", "asNumber: 4294967296").contains("document 1"));
         assert!(bad("peerIP: 198.18.0.200", "peerIP: 127.0.0.1").contains("peerIP"));
         assert!(bad("peerIP: 198.18.0.200", "peerIP: not-an-ip").contains("document 1"));
-        assert!(bad("password: s3cret", &format!("password: {}", "x".repeat(81))).contains("password"));
+        assert!(
+            bad("password: s3cret", &format!("password: {}", "x".repeat(81))).contains("password")
+        );
         assert!(bad("node: node1", "node: Node_1").contains("spec.node"));
-        assert!(bad("  asNumber: 64600", "  asNumber: 64600\n  colour: blue").contains("unknown field"));
+        assert!(
+            bad("  asNumber: 64600", "  asNumber: 64600\n  colour: blue").contains("unknown field")
+        );
         assert!(bad("name: bird-node1", "name: tor-a").contains("defined twice"));
-        assert!(matches!(parse_manifests("---\n"), Err(ManifestError::Empty)));
+        assert!(matches!(
+            parse_manifests("---\n"),
+            Err(ManifestError::Empty)
+        ));
     }
 }

@@ -16,8 +16,8 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use ipnetwork::Ipv4Network;
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 pub mod bgp_peer;
@@ -64,9 +64,15 @@ pub fn endpoint_key(container_id: &str, ifname: &str) -> String {
 #[non_exhaustive]
 pub enum DatastoreError {
     #[error("datastore {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot watch datastore {path}: {source}")]
-    Watch { path: PathBuf, source: notify::Error },
+    Watch {
+        path: PathBuf,
+        source: notify::Error,
+    },
 }
 
 pub struct Datastore {
@@ -80,7 +86,9 @@ impl Datastore {
             let path = dir.join(sub);
             fs::create_dir_all(&path).map_err(|source| DatastoreError::Io { path, source })?;
         }
-        Ok(Datastore { dir: dir.to_path_buf() })
+        Ok(Datastore {
+            dir: dir.to_path_buf(),
+        })
     }
 
     pub fn nodes(&self) -> Result<Vec<NodeRecord>, DatastoreError> {
@@ -88,7 +96,10 @@ impl Datastore {
     }
 
     pub fn put_node(&self, node: &NodeRecord) -> Result<(), DatastoreError> {
-        self.put(&self.dir.join("nodes").join(format!("{}.json", node.name)), node)
+        self.put(
+            &self.dir.join("nodes").join(format!("{}.json", node.name)),
+            node,
+        )
     }
 
     pub fn endpoints(&self, node: &str) -> Result<Vec<EndpointRecord>, DatastoreError> {
@@ -96,7 +107,12 @@ impl Datastore {
     }
 
     pub fn put_endpoint(&self, ep: &EndpointRecord) -> Result<(), DatastoreError> {
-        self.put(&self.endpoints_dir(&ep.node).join(format!("{}.json", ep.key())), ep)
+        self.put(
+            &self
+                .endpoints_dir(&ep.node)
+                .join(format!("{}.json", ep.key())),
+            ep,
+        )
     }
 
     pub fn delete_endpoint(&self, node: &str, key: &str) -> Result<(), DatastoreError> {
@@ -111,7 +127,13 @@ impl Datastore {
     /// Stores a peer (create or replace). Callers validate first
     /// ([`bgp_peer::parse_manifests`] does).
     pub fn put_bgp_peer(&self, peer: &BgpPeer) -> Result<(), DatastoreError> {
-        self.put(&self.dir.join("bgppeers").join(format!("{}.json", peer.metadata.name)), peer)
+        self.put(
+            &self
+                .dir
+                .join("bgppeers")
+                .join(format!("{}.json", peer.metadata.name)),
+            peer,
+        )
     }
 
     /// Removes a peer; `false` if there was none of that name.
@@ -125,14 +147,23 @@ impl Datastore {
     /// Wakes `tx` whenever anything under the datastore changes. Wake-ups
     /// are coalesced (a full channel means one is pending already): the
     /// receiver re-reads the whole state, so no event carries meaning.
-    pub fn watch(&self, tx: mpsc::Sender<()>) -> Result<notify::RecommendedWatcher, DatastoreError> {
+    pub fn watch(
+        &self,
+        tx: mpsc::Sender<()>,
+    ) -> Result<notify::RecommendedWatcher, DatastoreError> {
         use notify::Watcher;
-        let watch_err = |source| DatastoreError::Watch { path: self.dir.clone(), source };
-        let mut watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
-            let _ = tx.try_send(());
-        })
-        .map_err(watch_err)?;
-        watcher.watch(&self.dir, notify::RecursiveMode::Recursive).map_err(watch_err)?;
+        let watch_err = |source| DatastoreError::Watch {
+            path: self.dir.clone(),
+            source,
+        };
+        let mut watcher =
+            notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
+                let _ = tx.try_send(());
+            })
+            .map_err(watch_err)?;
+        watcher
+            .watch(&self.dir, notify::RecursiveMode::Recursive)
+            .map_err(watch_err)?;
         Ok(watcher)
     }
 
@@ -142,7 +173,10 @@ impl Datastore {
 
     fn put<T: Serialize>(&self, path: &Path, record: &T) -> Result<(), DatastoreError> {
         let body = serde_json::to_vec_pretty(record).expect("records serialize");
-        fsutil::write_atomic(path, &body).map_err(|source| DatastoreError::Io { path: path.to_path_buf(), source })
+        fsutil::write_atomic(path, &body).map_err(|source| DatastoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 }
 
@@ -151,7 +185,12 @@ pub fn read_records<T: DeserializeOwned>(dir: &Path) -> Result<Vec<T>, Datastore
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(DatastoreError::Io { path: dir.to_path_buf(), source }),
+        Err(source) => {
+            return Err(DatastoreError::Io {
+                path: dir.to_path_buf(),
+                source,
+            });
+        }
     };
     let mut out = Vec::new();
     for entry in entries.flatten() {
@@ -161,7 +200,9 @@ pub fn read_records<T: DeserializeOwned>(dir: &Path) -> Result<Vec<T>, Datastore
         }
         match fs::read(&path).map(|b| serde_json::from_slice::<T>(&b)) {
             Ok(Ok(record)) => out.push(record),
-            Ok(Err(e)) => tracing::warn!(path = %path.display(), error = %e, "skipping malformed record"),
+            Ok(Err(e)) => {
+                tracing::warn!(path = %path.display(), error = %e, "skipping malformed record")
+            }
             // Removed between listing and reading: not a record any more.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot read record"),

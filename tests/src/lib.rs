@@ -122,9 +122,20 @@ impl Lab {
     /// [`Lab::up`] with more `lab up` flags (e.g. `--routing static`).
     pub fn up_with(tag: &str, nodes: u32, pods_per_node: u32, flags: &[&str]) -> Lab {
         require_root();
-        let lab = Lab { name: format!("weft-{tag}") };
+        let lab = Lab {
+            name: format!("weft-{tag}"),
+        };
         let (nodes, pods) = (nodes.to_string(), pods_per_node.to_string());
-        let mut args = vec!["lab", "up", "--lab", &lab.name, "--nodes", &nodes, "--pods-per-node", &pods];
+        let mut args = vec![
+            "lab",
+            "up",
+            "--lab",
+            &lab.name,
+            "--nodes",
+            &nodes,
+            "--pods-per-node",
+            &pods,
+        ];
         args.extend_from_slice(flags);
         weftctl_ok(&args);
         lab
@@ -145,7 +156,9 @@ impl Lab {
 
     pub fn status(&self) -> LabStatus {
         let json = self.ctl_ok(&["lab", "status", "--json"]);
-        serde_json::from_str(&json).unwrap_or_else(|e| panic!("lab status --json is not the documented shape: {e}\n{json}"))
+        serde_json::from_str(&json).unwrap_or_else(|e| {
+            panic!("lab status --json is not the documented shape: {e}\n{json}")
+        })
     }
 
     pub fn pod(&self, name: &str) -> LabPod {
@@ -181,7 +194,10 @@ impl Drop for Lab {
 impl Lab {
     /// The agent's gRPC socket of a lab node (the lab's documented layout).
     pub fn socket(&self, node: &str) -> PathBuf {
-        PathBuf::from(format!("/run/weft-lab/{}/nodes/{node}/agent.sock", self.name))
+        PathBuf::from(format!(
+            "/run/weft-lab/{}/nodes/{node}/agent.sock",
+            self.name
+        ))
     }
 
     /// The CNI network config a runtime on `node` would pass to weft-cni.
@@ -214,7 +230,12 @@ impl CniCall<'_> {
     }
 
     /// The same call to another plugin (`binary`, with its `CNI_PATH`).
-    pub fn run_with(&self, node_netns: &str, binary: &std::path::Path, plugin_dir: &std::path::Path) -> Output {
+    pub fn run_with(
+        &self,
+        node_netns: &str,
+        binary: &std::path::Path,
+        plugin_dir: &std::path::Path,
+    ) -> Output {
         use std::io::Write;
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", node_netns])
@@ -233,7 +254,12 @@ impl CniCall<'_> {
             cmd.env("CNI_NETNS", netns);
         }
         let mut child = cmd.spawn().expect("weft-cni starts");
-        child.stdin.take().unwrap().write_all(self.config.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(self.config.as_bytes())
+            .unwrap();
         child.wait_with_output().expect("weft-cni runs")
     }
 }
@@ -245,8 +271,15 @@ pub struct Namespaces(pub Vec<String>);
 impl Namespaces {
     pub fn add(&mut self, name: &str) -> String {
         let _ = Command::new("ip").args(["netns", "del", name]).output();
-        let out = Command::new("ip").args(["netns", "add", name]).output().expect("ip runs");
-        assert!(out.status.success(), "ip netns add {name}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("ip")
+            .args(["netns", "add", name])
+            .output()
+            .expect("ip runs");
+        assert!(
+            out.status.success(),
+            "ip netns add {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         self.0.push(name.to_string());
         format!("/run/netns/{name}")
     }
@@ -276,7 +309,11 @@ pub fn show(out: &Output) -> String {
 
 /// Polls `check` every 100 ms until it returns `Some`, failing the test
 /// with `what` and the last observation after `timeout`.
-pub fn eventually<T>(what: &str, timeout: std::time::Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+pub fn eventually<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> T {
     let deadline = std::time::Instant::now() + timeout;
     loop {
         match check() {
@@ -294,17 +331,32 @@ pub const BGP_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// The routes a node learned over BGP (Weft's protocol 0x58).
 pub fn bgp_routes(netns: &str) -> String {
-    stdout(&netns_exec(netns, &["ip", "route", "show", "proto", "0x58"]))
+    stdout(&netns_exec(
+        netns,
+        &["ip", "route", "show", "proto", "0x58"],
+    ))
 }
 
 impl Lab {
     /// Waits until every node's BGP routes have (or no longer have) `route`.
     pub fn wait_bgp_route_everywhere(&self, route: &str, present: bool) {
         for node in self.status().nodes {
-            eventually(&format!("{} {} `{route}`", node.name, if present { "has" } else { "lost" }), BGP_WAIT, || {
-                let routes = bgp_routes(&node.netns);
-                if routes.contains(route) == present { Ok(()) } else { Err(routes) }
-            });
+            eventually(
+                &format!(
+                    "{} {} `{route}`",
+                    node.name,
+                    if present { "has" } else { "lost" }
+                ),
+                BGP_WAIT,
+                || {
+                    let routes = bgp_routes(&node.netns);
+                    if routes.contains(route) == present {
+                        Ok(())
+                    } else {
+                        Err(routes)
+                    }
+                },
+            );
         }
     }
 

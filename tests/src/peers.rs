@@ -23,15 +23,54 @@ impl UnderlayHost {
     /// the fabric bridge. `name` is at most 10 characters (the fabric port
     /// is `x-<name>`, within the 15 of an interface name).
     pub fn attach(lab: &Lab, name: &str, ip: Ipv4Addr) -> UnderlayHost {
-        assert!(name.len() <= 10, "underlay host name {name:?} is longer than 10 characters");
+        assert!(
+            name.len() <= 10,
+            "underlay host name {name:?} is longer than 10 characters"
+        );
         let fabric = lab.status().fabric;
         let netns = format!("{}-ext-{name}", lab.name);
         let port = format!("x-{name}");
-        let host = UnderlayHost { netns: netns.clone(), ip };
+        let host = UnderlayHost {
+            netns: netns.clone(),
+            ip,
+        };
         run(&["ip", "netns", "add", &netns]);
-        run(&["ip", "-n", &fabric.netns, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &netns]);
-        run(&["ip", "-n", &fabric.netns, "link", "set", &port, "master", &fabric.bridge, "up"]);
-        run(&["ip", "-n", &netns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        run(&[
+            "ip",
+            "-n",
+            &fabric.netns,
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &netns,
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            &fabric.netns,
+            "link",
+            "set",
+            &port,
+            "master",
+            &fabric.bridge,
+            "up",
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            &netns,
+            "addr",
+            "add",
+            &format!("{ip}/24"),
+            "dev",
+            "eth0",
+        ]);
         run(&["ip", "-n", &netns, "link", "set", "eth0", "up"]);
         run(&["ip", "-n", &netns, "link", "set", "lo", "up"]);
         host
@@ -45,12 +84,17 @@ impl UnderlayHost {
 
 impl Drop for UnderlayHost {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.netns]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
     }
 }
 
 fn run(cmd: &[&str]) {
-    let out = Command::new(cmd[0]).args(&cmd[1..]).output().expect("command runs");
+    let out = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .expect("command runs");
     assert!(out.status.success(), "{cmd:?}: {}", show(&out));
 }
 
@@ -114,20 +158,41 @@ impl Bird {
     /// Starts BIRD with `config` (a whole bird.conf) on a new underlay host.
     pub fn start(lab: &Lab, name: &str, ip: Ipv4Addr, config: &str) -> Bird {
         let host = UnderlayHost::attach(lab, name, ip);
-        let dir = tempfile::Builder::new().prefix("weft-bird-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("weft-bird-")
+            .tempdir()
+            .unwrap();
         let conf = dir.path().join("bird.conf");
         std::fs::write(&conf, config).unwrap();
         // BIRD opens its control socket before it reads the config and
         // exits on a bad one: check the config first, so a mistake fails
         // here and not later as a session stuck in Active.
-        let parsed = Command::new("bird").arg("-p").arg("-c").arg(&conf).output().expect("bird runs (make deps)");
-        assert!(parsed.status.success(), "BIRD rejects its config:\n{config}\n{}", show(&parsed));
+        let parsed = Command::new("bird")
+            .arg("-p")
+            .arg("-c")
+            .arg(&conf)
+            .output()
+            .expect("bird runs (make deps)");
+        assert!(
+            parsed.status.success(),
+            "BIRD rejects its config:\n{config}\n{}",
+            show(&parsed)
+        );
         let socket = dir.path().join("bird.ctl");
         let log = dir.path().join("bird.log");
         let daemon = Daemon::spawn(
             "bird",
             &host.netns,
-            &["bird", "-f", "-c", conf.to_str().unwrap(), "-s", socket.to_str().unwrap(), "-P", dir.path().join("bird.pid").to_str().unwrap()],
+            &[
+                "bird",
+                "-f",
+                "-c",
+                conf.to_str().unwrap(),
+                "-s",
+                socket.to_str().unwrap(),
+                "-P",
+                dir.path().join("bird.pid").to_str().unwrap(),
+            ],
             &log,
         );
         let mut bird = Bird { daemon, host, dir };
@@ -139,7 +204,11 @@ impl Bird {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.socket().exists() {
             self.daemon.assert_running(&self.log());
-            assert!(Instant::now() < deadline, "BIRD did not open its control socket:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "BIRD did not open its control socket:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -182,25 +251,46 @@ impl GoBgp {
     /// Starts gobgpd with `config` (TOML) on a new underlay host.
     pub fn start(lab: &Lab, name: &str, ip: Ipv4Addr, config: &str) -> GoBgp {
         let host = UnderlayHost::attach(lab, name, ip);
-        let dir = tempfile::Builder::new().prefix("weft-gobgp-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("weft-gobgp-")
+            .tempdir()
+            .unwrap();
         let conf = dir.path().join("gobgpd.toml");
         std::fs::write(&conf, config).unwrap();
         let log = dir.path().join("gobgpd.log");
         let daemon = Daemon::spawn(
             "gobgpd",
             &host.netns,
-            &["gobgpd", "-f", conf.to_str().unwrap(), "-t", "toml", "--api-hosts", GOBGP_API, "--pprof-disable"],
+            &[
+                "gobgpd",
+                "-f",
+                conf.to_str().unwrap(),
+                "-t",
+                "toml",
+                "--api-hosts",
+                GOBGP_API,
+                "--pprof-disable",
+            ],
             &log,
         );
         let mut gobgp = GoBgp { daemon, host, dir };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            gobgp.daemon.assert_running(&gobgp.dir.path().join("gobgpd.log"));
-            let out = netns_exec(&gobgp.host.netns, &["gobgp", "-u", "127.0.0.1", "-p", "50051", "global"]);
+            gobgp
+                .daemon
+                .assert_running(&gobgp.dir.path().join("gobgpd.log"));
+            let out = netns_exec(
+                &gobgp.host.netns,
+                &["gobgp", "-u", "127.0.0.1", "-p", "50051", "global"],
+            );
             if out.status.success() {
                 break;
             }
-            assert!(Instant::now() < deadline, "gobgpd's API did not answer: {}", show(&out));
+            assert!(
+                Instant::now() < deadline,
+                "gobgpd's API did not answer: {}",
+                show(&out)
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         gobgp
@@ -212,7 +302,8 @@ impl GoBgp {
 
     /// Runs a gobgp CLI command (e.g. `neighbor`, `global rib`) and returns its output.
     pub fn gobgp(&mut self, args: &[&str]) -> String {
-        self.daemon.assert_running(&self.dir.path().join("gobgpd.log"));
+        self.daemon
+            .assert_running(&self.dir.path().join("gobgpd.log"));
         let mut cmd = vec!["gobgp", "-u", "127.0.0.1", "-p", "50051"];
         cmd.extend_from_slice(args);
         let out = netns_exec(&self.host.netns, &cmd);

@@ -25,7 +25,9 @@ fn peer_state(lab: &Lab, node: &str, address: &str) -> String {
 fn bgp_peer(name: &str, ip: &str, asn: u32, password: Option<&str>) -> String {
     format!(
         "apiVersion: weft.dev/v1alpha1\nkind: BGPPeer\nmetadata:\n  name: {name}\nspec:\n  peerIP: {ip}\n  asNumber: {asn}\n{}",
-        password.map(|p| format!("  password: {p}\n")).unwrap_or_default()
+        password
+            .map(|p| format!("  password: {p}\n"))
+            .unwrap_or_default()
     )
 }
 
@@ -41,7 +43,10 @@ fn bird_config(lab: &Lab, password: Option<&str>) -> String {
     }
     conf.push_str("  ipv4 { import all; export where proto = \"announce\"; };\n}\n");
     for node in lab.status().nodes {
-        conf.push_str(&format!("protocol bgp {} from weft {{ neighbor {} as 64512; }}\n", node.name, node.underlay_ip));
+        conf.push_str(&format!(
+            "protocol bgp {} from weft {{ neighbor {} as 64512; }}\n",
+            node.name, node.underlay_ip
+        ));
     }
     conf
 }
@@ -54,20 +59,37 @@ fn nodes_mesh_and_exchange_pod_cidrs_with_bird_over_ebgp() {
     for node in &status.nodes {
         for other in status.nodes.iter().filter(|o| o.name != node.name) {
             let want = format!("{} via {}", other.pod_cidr, other.underlay_ip);
-            eventually(&format!("{} learns {}", node.name, other.pod_cidr), WAIT, || {
-                let routes = bgp_routes(&node.netns);
-                if routes.contains(&want) { Ok(()) } else { Err(routes) }
-            });
+            eventually(
+                &format!("{} learns {}", node.name, other.pod_cidr),
+                WAIT,
+                || {
+                    let routes = bgp_routes(&node.netns);
+                    if routes.contains(&want) {
+                        Ok(())
+                    } else {
+                        Err(routes)
+                    }
+                },
+            );
         }
     }
 
-    let mut bird = Bird::start(&lab, "bird", "198.18.0.200".parse().unwrap(), &bird_config(&lab, None));
+    let mut bird = Bird::start(
+        &lab,
+        "bird",
+        "198.18.0.200".parse().unwrap(),
+        &bird_config(&lab, None),
+    );
     lab.apply(&bgp_peer("bird", "198.18.0.200", 64600, None));
     // BIRD receives every node's pod CIDR.
     for node in &status.nodes {
         eventually(&format!("BIRD learns {}", node.pod_cidr), WAIT, || {
             let routes = bird.birdc("show route");
-            if routes.contains(&node.pod_cidr) { Ok(()) } else { Err(routes) }
+            if routes.contains(&node.pod_cidr) {
+                Ok(())
+            } else {
+                Err(routes)
+            }
         });
     }
     // Its announcement reaches every node's kernel, and goes with its withdrawal.
@@ -87,16 +109,29 @@ fn nodes_mesh_and_exchange_pod_cidrs_with_bird_over_ebgp() {
 #[test]
 fn md5_password_must_match_for_the_session_to_come_up() {
     let lab = Lab::up("md5", 1, 0);
-    let _bird = Bird::start(&lab, "bird", "198.18.0.200".parse().unwrap(), &bird_config(&lab, Some("s3cret")));
+    let _bird = Bird::start(
+        &lab,
+        "bird",
+        "198.18.0.200".parse().unwrap(),
+        &bird_config(&lab, Some("s3cret")),
+    );
     lab.apply(&bgp_peer("bird", "198.18.0.200", 64600, Some("wrong")));
     std::thread::sleep(Duration::from_secs(5));
-    assert_ne!(peer_state(&lab, "node1", "198.18.0.200"), "Established", "a wrong password must keep the session down");
+    assert_ne!(
+        peer_state(&lab, "node1", "198.18.0.200"),
+        "Established",
+        "a wrong password must keep the session down"
+    );
     assert!(!bgp_routes(&lab.node("node1").netns).contains("203.0.113.0/24"));
 
     lab.apply(&bgp_peer("bird", "198.18.0.200", 64600, Some("s3cret")));
     eventually("the session with the right password", WAIT, || {
         let state = peer_state(&lab, "node1", "198.18.0.200");
-        if state == "Established" { Ok(()) } else { Err(state) }
+        if state == "Established" {
+            Ok(())
+        } else {
+            Err(state)
+        }
     });
     lab.wait_bgp_route_everywhere("203.0.113.0/24 via 198.18.0.200", true);
 }
@@ -104,7 +139,8 @@ fn md5_password_must_match_for_the_session_to_come_up() {
 #[test]
 fn gobgp_receives_pod_cidrs_and_its_announcements_reach_the_nodes() {
     let lab = Lab::up("gobgp", 2, 0);
-    let mut config = String::from("[global.config]\n  as = 64601\n  router-id = \"198.18.0.201\"\n");
+    let mut config =
+        String::from("[global.config]\n  as = 64601\n  router-id = \"198.18.0.201\"\n");
     for node in lab.status().nodes {
         config.push_str(&format!(
             "\n[[neighbors]]\n  [neighbors.config]\n    neighbor-address = \"{}\"\n    peer-as = 64512\n",
@@ -116,7 +152,11 @@ fn gobgp_receives_pod_cidrs_and_its_announcements_reach_the_nodes() {
     for node in lab.status().nodes {
         eventually(&format!("GoBGP learns {}", node.pod_cidr), WAIT, || {
             let rib = gobgp.gobgp(&["global", "rib"]);
-            if rib.contains(&node.pod_cidr) { Ok(()) } else { Err(rib) }
+            if rib.contains(&node.pod_cidr) {
+                Ok(())
+            } else {
+                Err(rib)
+            }
         });
     }
     gobgp.gobgp(&["global", "rib", "add", "203.0.113.64/26"]);
@@ -133,11 +173,19 @@ fn five_nodes_in_bgp_mode_reach_each_other_as_in_static_mode() {
         // Wait until each node has a route to every other pod CIDR.
         for node in &status.nodes {
             let routes_of = || stdout(&netns_exec(&node.netns, &["ip", "route"]));
-            eventually(&format!("{routing}: {} routes every pod CIDR", node.name), WAIT, || {
-                let routes = routes_of();
-                let all = status.nodes.iter().filter(|o| o.name != node.name).all(|o| routes.contains(&o.pod_cidr));
-                if all { Ok(()) } else { Err(routes) }
-            });
+            eventually(
+                &format!("{routing}: {} routes every pod CIDR", node.name),
+                WAIT,
+                || {
+                    let routes = routes_of();
+                    let all = status
+                        .nodes
+                        .iter()
+                        .filter(|o| o.name != node.name)
+                        .all(|o| routes.contains(&o.pod_cidr));
+                    if all { Ok(()) } else { Err(routes) }
+                },
+            );
         }
         let out = lab.ctl(&["lab", "check"]);
         assert!(out.status.success(), "{routing}: {}", show(&out));
@@ -151,16 +199,28 @@ fn sigterm_sends_a_cease_and_peers_drop_the_routes_at_once() {
     let node1_netns = lab.node("node1").netns;
     eventually("node1 learns node2's pod CIDR", WAIT, || {
         let routes = bgp_routes(&node1_netns);
-        if routes.contains("10.244.2.0/24 via 198.18.0.12") { Ok(()) } else { Err(routes) }
+        if routes.contains("10.244.2.0/24 via 198.18.0.12") {
+            Ok(())
+        } else {
+            Err(routes)
+        }
     });
     // A graceful stop (SIGTERM): node1 drops node2's routes at once, no
     // graceful restart after a Cease.
     let pid = nix::unistd::Pid::from_raw(node2.agent_pid.expect("agent runs") as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    eventually("node1 drops node2's pod CIDR", Duration::from_secs(5), || {
-        let routes = bgp_routes(&node1_netns);
-        if routes.contains("10.244.2.0/24") { Err(routes) } else { Ok(()) }
-    });
+    eventually(
+        "node1 drops node2's pod CIDR",
+        Duration::from_secs(5),
+        || {
+            let routes = bgp_routes(&node1_netns);
+            if routes.contains("10.244.2.0/24") {
+                Err(routes)
+            } else {
+                Ok(())
+            }
+        },
+    );
     assert!(peer_state(&lab, "node1", &node2.underlay_ip) != "Established");
 }
 
@@ -168,7 +228,12 @@ fn sigterm_sends_a_cease_and_peers_drop_the_routes_at_once() {
 fn weft_routes(netns: &str) -> Vec<String> {
     let mut lines: Vec<String> = ["0x57", "0x58"]
         .iter()
-        .flat_map(|proto| stdout(&netns_exec(netns, &["ip", "route", "show", "proto", proto])).lines().map(String::from).collect::<Vec<_>>())
+        .flat_map(|proto| {
+            stdout(&netns_exec(netns, &["ip", "route", "show", "proto", proto]))
+                .lines()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
         .collect();
     lines.sort();
     lines
@@ -178,31 +243,55 @@ fn weft_routes(netns: &str) -> Vec<String> {
 fn graceful_restart_keeps_forwarding_and_routes_across_an_agent_sigkill() {
     let lab = Lab::up("gr", 3, 1);
     let status = lab.status();
-    let mut conf = bird_config(&lab, None).replace("  local 198.18.0.200 as 64600;\n", "  local 198.18.0.200 as 64600;\n  graceful restart on;\n");
+    let mut conf = bird_config(&lab, None).replace(
+        "  local 198.18.0.200 as 64600;\n",
+        "  local 198.18.0.200 as 64600;\n  graceful restart on;\n",
+    );
     conf.push('\n');
     let mut bird = Bird::start(&lab, "bird", "198.18.0.200".parse().unwrap(), &conf);
     lab.apply(&bgp_peer("bird", "198.18.0.200", 64600, None));
     lab.wait_bgp_route_everywhere("203.0.113.0/24 via 198.18.0.200", true);
     let count = |bird: &mut Bird| {
         let out = bird.birdc("show route count");
-        out.lines().find(|l| l.contains("routes for")).unwrap_or_default().to_string()
+        out.lines()
+            .find(|l| l.contains("routes for"))
+            .unwrap_or_default()
+            .to_string()
     };
     // BIRD has every node's pod CIDR before anything happens.
     for node in &status.nodes {
         eventually(&format!("BIRD learns {}", node.pod_cidr), WAIT, || {
             let routes = bird.birdc("show route");
-            if routes.contains(&node.pod_cidr) { Ok(()) } else { Err(routes) }
+            if routes.contains(&node.pod_cidr) {
+                Ok(())
+            } else {
+                Err(routes)
+            }
         });
     }
     std::thread::sleep(Duration::from_secs(1));
     let bird_before = count(&mut bird);
-    let kernel_before: Vec<Vec<String>> = status.nodes.iter().map(|n| weft_routes(&n.netns)).collect();
+    let kernel_before: Vec<Vec<String>> =
+        status.nodes.iter().map(|n| weft_routes(&n.netns)).collect();
 
     // A pod on node1 pings the pod on node2 every 20 ms throughout.
-    let from = status.pods.iter().find(|p| p.node == "node1").unwrap().clone();
-    let to = status.pods.iter().find(|p| p.node == "node2").unwrap().clone();
+    let from = status
+        .pods
+        .iter()
+        .find(|p| p.node == "node1")
+        .unwrap()
+        .clone();
+    let to = status
+        .pods
+        .iter()
+        .find(|p| p.node == "node2")
+        .unwrap()
+        .clone();
     let pinger = std::thread::spawn(move || {
-        netns_exec(&from.netns, &["ping", "-q", "-i", "0.02", "-c", "300", "-W", "1", &to.ip])
+        netns_exec(
+            &from.netns,
+            &["ping", "-q", "-i", "0.02", "-c", "300", "-W", "1", &to.ip],
+        )
     });
     std::thread::sleep(Duration::from_millis(500));
     lab.ctl_ok(&["lab", "agent", "stop", "node2"]);
@@ -210,30 +299,57 @@ fn graceful_restart_keeps_forwarding_and_routes_across_an_agent_sigkill() {
     // While node2's agent is gone, BIRD and node1 keep its routes (stale).
     // (From the node2 session itself: node1 and node3 pass the prefix on too.)
     let routes = bird.birdc("show route protocol node2");
-    assert!(routes.contains("10.244.2.0/24"), "BIRD keeps node2's own route during the restart:\n{routes}");
-    assert!(weft_routes(&status.nodes[0].netns).iter().any(|r| r.starts_with("10.244.2.0/24 via 198.18.0.12")));
+    assert!(
+        routes.contains("10.244.2.0/24"),
+        "BIRD keeps node2's own route during the restart:\n{routes}"
+    );
+    assert!(
+        weft_routes(&status.nodes[0].netns)
+            .iter()
+            .any(|r| r.starts_with("10.244.2.0/24 via 198.18.0.12"))
+    );
     lab.ctl_ok(&["lab", "agent", "start", "node2"]);
 
     // node2's sessions come back and End-of-RIB arrives from each peer.
-    eventually("node2's sessions re-established with End-of-RIB", WAIT, || {
-        let json = lab.ctl_ok(&["bgp", "peers", "--node", "node2", "--json"]);
-        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
-        let peers = v["peers"].as_array().unwrap();
-        let done = peers.len() == 3 && peers.iter().all(|p| p["state"] == "Established" && p["end_of_rib_received"] == true);
-        if done { Ok(()) } else { Err(json) }
-    });
+    eventually(
+        "node2's sessions re-established with End-of-RIB",
+        WAIT,
+        || {
+            let json = lab.ctl_ok(&["bgp", "peers", "--node", "node2", "--json"]);
+            let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+            let peers = v["peers"].as_array().unwrap();
+            let done = peers.len() == 3
+                && peers
+                    .iter()
+                    .all(|p| p["state"] == "Established" && p["end_of_rib_received"] == true);
+            if done { Ok(()) } else { Err(json) }
+        },
+    );
     let ping = pinger.join().unwrap();
     let summary = stdout(&ping);
-    assert!(summary.contains(" 0% packet loss"), "pings keep flowing across the restart:\n{}", show(&ping));
+    assert!(
+        summary.contains(" 0% packet loss"),
+        "pings keep flowing across the restart:\n{}",
+        show(&ping)
+    );
 
     // Nothing lost or duplicated: BIRD's table and every node's kernel
     // routes are as before.
     eventually("BIRD's table as before", WAIT, || {
         let now = count(&mut bird);
-        if now == bird_before { Ok(()) } else { Err(format!("before: {bird_before}\nnow: {now}")) }
+        if now == bird_before {
+            Ok(())
+        } else {
+            Err(format!("before: {bird_before}\nnow: {now}"))
+        }
     });
     for (node, before) in status.nodes.iter().zip(&kernel_before) {
-        assert_eq!(&weft_routes(&node.netns), before, "{}: routes changed across the restart", node.name);
+        assert_eq!(
+            &weft_routes(&node.netns),
+            before,
+            "{}: routes changed across the restart",
+            node.name
+        );
     }
 }
 
@@ -249,22 +365,37 @@ fn routes_learned_over_ebgp_are_passed_on_to_the_mesh() {
         node1.underlay_ip
     );
     let mut bird = Bird::start(&lab, "bird", "198.18.0.200".parse().unwrap(), &conf);
-    lab.apply(&format!("{}  node: node1\n", bgp_peer("bird", "198.18.0.200", 64600, None)));
+    lab.apply(&format!(
+        "{}  node: node1\n",
+        bgp_peer("bird", "198.18.0.200", 64600, None)
+    ));
     // node1 learns it from BIRD; node2 from node1, with node1 as the next
     // hop (BIRD's address is not something node2 need know).
     eventually("node1 learns BIRD's prefix", WAIT, || {
         let routes = bgp_routes(&node1.netns);
-        if routes.contains("203.0.113.0/24 via 198.18.0.200") { Ok(()) } else { Err(routes) }
+        if routes.contains("203.0.113.0/24 via 198.18.0.200") {
+            Ok(())
+        } else {
+            Err(routes)
+        }
     });
     let node2 = lab.node("node2");
     eventually("node2 learns it through node1", WAIT, || {
         let routes = bgp_routes(&node2.netns);
-        if routes.contains("203.0.113.0/24 via 198.18.0.11") { Ok(()) } else { Err(routes) }
+        if routes.contains("203.0.113.0/24 via 198.18.0.11") {
+            Ok(())
+        } else {
+            Err(routes)
+        }
     });
     // And BIRD hears node2's pod CIDR through node1.
     eventually("BIRD learns node2's pod CIDR", WAIT, || {
         let routes = bird.birdc("show route");
-        if routes.contains("10.244.2.0/24") { Ok(()) } else { Err(routes) }
+        if routes.contains("10.244.2.0/24") {
+            Ok(())
+        } else {
+            Err(routes)
+        }
     });
     bird.birdc("disable announce");
     lab.wait_bgp_route_everywhere("203.0.113.0/24", false);

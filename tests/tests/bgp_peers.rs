@@ -37,7 +37,15 @@ fn bird_and_gobgp_run_on_the_underlay_and_reach_the_nodes() {
     assert!(neighbors.contains(&node.underlay_ip), "{neighbors}");
 
     for host in [&bird.host, &gobgp.host] {
-        let out = netns_exec(&host.netns, &["ping", "-c", "1", "-W", "2", &node.underlay_ip]);
-        assert!(out.status.success(), "{} reaches node1: {}", host.netns, show(&out));
+        let out = netns_exec(
+            &host.netns,
+            &["ping", "-c", "1", "-W", "2", &node.underlay_ip],
+        );
+        assert!(
+            out.status.success(),
+            "{} reaches node1: {}",
+            host.netns,
+            show(&out)
+        );
     }
 }

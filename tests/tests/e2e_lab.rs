@@ -10,17 +10,26 @@ use weft_tests::*;
 fn routes(node_netns: &str) -> String {
     ["0x57", "0x58"]
         .iter()
-        .map(|proto| stdout(&netns_exec(node_netns, &["ip", "route", "show", "proto", proto])))
+        .map(|proto| {
+            stdout(&netns_exec(
+                node_netns,
+                &["ip", "route", "show", "proto", proto],
+            ))
+        })
         .collect()
 }
 
 fn guard_filters(node_netns: &str, host_ifname: &str) -> String {
-    stdout(&netns_exec(node_netns, &["tc", "filter", "show", "dev", host_ifname, "ingress"]))
+    stdout(&netns_exec(
+        node_netns,
+        &["tc", "filter", "show", "dev", host_ifname, "ingress"],
+    ))
 }
 
 fn counter(lab: &Lab, node: &str, name: &str) -> u64 {
     let json = lab.ctl_ok(&["counters", "--node", node, "--json"]);
-    let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("counters --json: {e}\n{json}"));
+    let v: serde_json::Value =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("counters --json: {e}\n{json}"));
     // Either {"name": value, ...} or [{"name", "value"}]: accept both shapes.
     if let Some(n) = v.get(name).and_then(|x| x.as_u64()) {
         return n;
@@ -38,11 +47,21 @@ fn three_nodes_full_connectivity() {
     assert_eq!(status.nodes.len(), 3);
     assert_eq!(status.pods.len(), 6);
     let ips: BTreeSet<&str> = status.pods.iter().map(|p| p.ip.as_str()).collect();
-    assert_eq!(ips.len(), 6, "pod addresses must be distinct: {:?}", status.pods);
+    assert_eq!(
+        ips.len(),
+        6,
+        "pod addresses must be distinct: {:?}",
+        status.pods
+    );
     for pod in &status.pods {
         let node = status.nodes.iter().find(|n| n.name == pod.node).unwrap();
         let cidr: ipnetwork::Ipv4Network = node.pod_cidr.parse().unwrap();
-        assert!(cidr.contains(pod.ip.parse().unwrap()), "{} not in {}", pod.ip, cidr);
+        assert!(
+            cidr.contains(pod.ip.parse().unwrap()),
+            "{} not in {}",
+            pod.ip,
+            cidr
+        );
         assert!(pod.host_ifname.starts_with("weft"), "{}", pod.host_ifname);
     }
     // Every node routes the other nodes' pod CIDRs via their underlay addresses.
@@ -50,39 +69,88 @@ fn three_nodes_full_connectivity() {
         let table = routes(&node.netns);
         for other in status.nodes.iter().filter(|o| o.name != node.name) {
             let want = format!("{} via {}", other.pod_cidr, other.underlay_ip);
-            assert!(table.contains(&want), "{}: no `{want}` in\n{table}", node.name);
+            assert!(
+                table.contains(&want),
+                "{}: no `{want}` in\n{table}",
+                node.name
+            );
         }
     }
     let out = lab.ctl(&["lab", "check"]);
-    assert!(out.status.success(), "not every pod reaches every pod:\n{}", show(&out));
+    assert!(
+        out.status.success(),
+        "not every pod reaches every pod:\n{}",
+        show(&out)
+    );
 }
 
 #[test]
 fn spoofed_source_reaches_nobody_and_is_counted() {
     let lab = Lab::up("spoof", 2, 1);
     let status = lab.status();
-    let from = status.pods.iter().find(|p| p.node == "node1").unwrap().clone();
-    let to = status.pods.iter().find(|p| p.node == "node2").unwrap().clone();
+    let from = status
+        .pods
+        .iter()
+        .find(|p| p.node == "node1")
+        .unwrap()
+        .clone();
+    let to = status
+        .pods
+        .iter()
+        .find(|p| p.node == "node2")
+        .unwrap()
+        .clone();
 
     // The pod's own traffic flows.
     let own = netns_exec(&from.netns, &["ping", "-c", "2", "-W", "2", &to.ip]);
-    assert!(own.status.success(), "own traffic must pass: {}", show(&own));
+    assert!(
+        own.status.success(),
+        "own traffic must pass: {}",
+        show(&own)
+    );
 
     let before = counter(&lab, "node1", "drop_spoofed_source");
     // The pod takes a second address and sends from it.
     let fake = "10.244.1.250";
-    let add = netns_exec(&from.netns, &["ip", "addr", "add", &format!("{fake}/32"), "dev", "eth0"]);
+    let add = netns_exec(
+        &from.netns,
+        &["ip", "addr", "add", &format!("{fake}/32"), "dev", "eth0"],
+    );
     assert!(add.status.success(), "{}", show(&add));
-    let spoofed = netns_exec(&from.netns, &["ping", "-c", "3", "-W", "1", "-I", fake, &to.ip]);
-    assert!(!spoofed.status.success(), "a spoofed source must reach nobody: {}", show(&spoofed));
-    let spoofed_same_node = netns_exec(&from.netns, &["ping", "-c", "1", "-W", "1", "-I", fake, "198.18.0.11"]);
-    assert!(!spoofed_same_node.status.success(), "not even its own node: {}", show(&spoofed_same_node));
+    let spoofed = netns_exec(
+        &from.netns,
+        &["ping", "-c", "3", "-W", "1", "-I", fake, &to.ip],
+    );
+    assert!(
+        !spoofed.status.success(),
+        "a spoofed source must reach nobody: {}",
+        show(&spoofed)
+    );
+    let spoofed_same_node = netns_exec(
+        &from.netns,
+        &["ping", "-c", "1", "-W", "1", "-I", fake, "198.18.0.11"],
+    );
+    assert!(
+        !spoofed_same_node.status.success(),
+        "not even its own node: {}",
+        show(&spoofed_same_node)
+    );
     let after = counter(&lab, "node1", "drop_spoofed_source");
-    assert!(after >= before + 4, "spoofed packets must be counted: {before} -> {after}");
+    assert!(
+        after >= before + 4,
+        "spoofed packets must be counted: {before} -> {after}"
+    );
 
     // And the pod's own address still works after the attempt.
-    let own = netns_exec(&from.netns, &["ping", "-c", "1", "-W", "2", "-I", &from.ip, &to.ip]);
-    assert!(own.status.success(), "own traffic must still pass: {}", show(&own));
+    let own = netns_exec(
+        &from.netns,
+        &["ping", "-c", "1", "-W", "2", "-I", &from.ip, &to.ip],
+    );
+    assert!(
+        own.status.success(),
+        "own traffic must still pass: {}",
+        show(&own)
+    );
 }
 
 #[test]
@@ -93,15 +161,26 @@ fn agent_sigkill_keeps_traffic_and_restart_flushes_nothing() {
     let pod1 = pods.iter().find(|p| p.node == "node1").unwrap().clone();
     let routes_before = routes(&node1.netns);
     let filters_before = guard_filters(&node1.netns, &pod1.host_ifname);
-    assert!(filters_before.contains("bpf"), "guard attached: {filters_before}");
+    assert!(
+        filters_before.contains("bpf"),
+        "guard attached: {filters_before}"
+    );
 
     lab.ctl_ok(&["lab", "agent", "stop", "node1"]);
     assert_eq!(lab.node("node1").agent_pid, None);
     let out = lab.ctl(&["lab", "check"]);
-    assert!(out.status.success(), "traffic must survive the agent's death:\n{}", show(&out));
+    assert!(
+        out.status.success(),
+        "traffic must survive the agent's death:\n{}",
+        show(&out)
+    );
 
     lab.ctl_ok(&["lab", "agent", "start", "node1"]);
-    assert_eq!(routes(&node1.netns), routes_before, "a restarted agent must not flush or churn routes");
+    assert_eq!(
+        routes(&node1.netns),
+        routes_before,
+        "a restarted agent must not flush or churn routes"
+    );
     assert_eq!(
         guard_filters(&node1.netns, &pod1.host_ifname),
         filters_before,
@@ -111,13 +190,23 @@ fn agent_sigkill_keeps_traffic_and_restart_flushes_nothing() {
     lab.ctl_ok(&["lab", "pod", "add", "--node", "node1", "--name", "fresh"]);
     let status = lab.status();
     let ips: BTreeSet<&str> = status.pods.iter().map(|p| p.ip.as_str()).collect();
-    assert_eq!(ips.len(), status.pods.len(), "addresses must stay distinct: {:?}", status.pods);
+    assert_eq!(
+        ips.len(),
+        status.pods.len(),
+        "addresses must stay distinct: {:?}",
+        status.pods
+    );
     let out = lab.ctl(&["lab", "check"]);
     assert!(out.status.success(), "{}", show(&out));
 }
 
 /// Runs `n` ADDs at once against node1 and returns (container id, address) per success.
-fn concurrent_adds(lab: &Lab, ns: &mut Namespaces, tag: &str, n: usize) -> Vec<(String, Result<Ipv4Addr, String>)> {
+fn concurrent_adds(
+    lab: &Lab,
+    ns: &mut Namespaces,
+    tag: &str,
+    n: usize,
+) -> Vec<(String, Result<Ipv4Addr, String>)> {
     let node_netns = lab.node("node1").netns;
     let config = lab.cni_config("node1", "1.1.0");
     let pods: Vec<(String, String)> = (0..n)
@@ -147,7 +236,10 @@ fn concurrent_adds(lab: &Lab, ns: &mut Namespaces, tag: &str, n: usize) -> Vec<(
                     }
                     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
                     let addr = result["ips"][0]["address"].as_str().unwrap();
-                    (id.clone(), Ok(addr.trim_end_matches("/32").parse().unwrap()))
+                    (
+                        id.clone(),
+                        Ok(addr.trim_end_matches("/32").parse().unwrap()),
+                    )
                 })
             })
             .collect();
@@ -162,8 +254,15 @@ fn fifty_concurrent_adds_get_fifty_distinct_addresses() {
     let results = concurrent_adds(&lab, &mut ns, "b", 50);
     let mut ips = BTreeSet::new();
     for (id, r) in &results {
-        let ip = r.as_ref().unwrap_or_else(|e| panic!("ADD {id} failed: {e}"));
-        assert!("10.244.1.0/24".parse::<ipnetwork::Ipv4Network>().unwrap().contains(*ip));
+        let ip = r
+            .as_ref()
+            .unwrap_or_else(|e| panic!("ADD {id} failed: {e}"));
+        assert!(
+            "10.244.1.0/24"
+                .parse::<ipnetwork::Ipv4Network>()
+                .unwrap()
+                .contains(*ip)
+        );
         ips.insert(*ip);
     }
     assert_eq!(ips.len(), 50, "50 ADDs must get 50 distinct addresses");
@@ -183,8 +282,19 @@ fn agent_killed_during_adds_never_hands_out_a_duplicate() {
         let ipam = format!("/run/weft-lab/{name}/nodes/node1/ipam");
         std::thread::spawn(move || {
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-            while std::fs::read_dir(&ipam).map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("10.")).count()).unwrap_or(0) < 5 {
-                assert!(std::time::Instant::now() < deadline, "no claims appeared in {ipam}");
+            while std::fs::read_dir(&ipam)
+                .map(|d| {
+                    d.flatten()
+                        .filter(|e| e.file_name().to_string_lossy().starts_with("10."))
+                        .count()
+                })
+                .unwrap_or(0)
+                < 5
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no claims appeared in {ipam}"
+                );
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
             weftctl_ok(&["lab", "agent", "stop", "node1", "--lab", &name]);
@@ -193,11 +303,20 @@ fn agent_killed_during_adds_never_hands_out_a_duplicate() {
     let first = concurrent_adds(&lab, &mut ns, "k", 30);
     killer.join().unwrap();
     let failed = first.iter().filter(|(_, r)| r.is_err()).count();
-    assert!(failed > 0, "the agent died after the burst: the test proved nothing");
+    assert!(
+        failed > 0,
+        "the agent died after the burst: the test proved nothing"
+    );
     eprintln!("{failed} of 30 ADDs failed while the agent was killed; retrying them");
     for (id, r) in &first {
         if let Err(e) = r {
-            eprintln!("first ADD {id}: {}", e.lines().filter(|l| l.contains("code")).collect::<Vec<_>>().join(" "));
+            eprintln!(
+                "first ADD {id}: {}",
+                e.lines()
+                    .filter(|l| l.contains("code"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
         }
     }
     lab.ctl_ok(&["lab", "agent", "start", "node1"]);
@@ -208,22 +327,43 @@ fn agent_killed_during_adds_never_hands_out_a_duplicate() {
     let endpoints: serde_json::Value =
         serde_json::from_str(&lab.ctl_ok(&["endpoints", "--node", "node1", "--json"])).unwrap();
     let recorded = |id: &str| -> Option<Ipv4Addr> {
-        endpoints.as_array().unwrap().iter().find(|e| e["container_id"] == id).map(|e| e["address"].as_str().unwrap().parse().unwrap())
+        endpoints
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["container_id"] == id)
+            .map(|e| e["address"].as_str().unwrap().parse().unwrap())
     };
     let mut by_ip = std::collections::BTreeMap::new();
     for (i, (id, r)) in first.iter().enumerate() {
         let ip = match r {
             Ok(ip) => {
-                assert_eq!(recorded(id), Some(*ip), "{id} kept its address across the crash");
+                assert_eq!(
+                    recorded(id),
+                    Some(*ip),
+                    "{id} kept its address across the crash"
+                );
                 *ip
             }
             Err(_) => {
                 let netns = format!("/run/netns/{}-k{i}", lab.name);
-                let out = CniCall { command: "ADD", container_id: id, netns: Some(&netns), ifname: "eth0", args: "", config: &config }
-                    .run_in(&node_netns);
+                let out = CniCall {
+                    command: "ADD",
+                    container_id: id,
+                    netns: Some(&netns),
+                    ifname: "eth0",
+                    args: "",
+                    config: &config,
+                }
+                .run_in(&node_netns);
                 assert!(out.status.success(), "retried ADD {id}: {}", show(&out));
                 let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-                result["ips"][0]["address"].as_str().unwrap().trim_end_matches("/32").parse().unwrap()
+                result["ips"][0]["address"]
+                    .as_str()
+                    .unwrap()
+                    .trim_end_matches("/32")
+                    .parse()
+                    .unwrap()
             }
         };
         if let Some(other) = by_ip.insert(ip, id.clone()) {
@@ -247,20 +387,77 @@ fn restart_removes_only_stale_weft_objects() {
     // Left by "a previous run": a Weft route to a CIDR no node has, and a pod
     // veth no attachment claims. Beside them, a route and links that are not
     // Weft's, which must survive.
-    run(&["ip", "route", "add", "10.244.99.0/24", "via", "198.18.0.99", "dev", "eth0", "proto", "0x57"]);
-    run(&["ip", "route", "add", "10.244.98.0/24", "via", "198.18.0.98", "dev", "eth0", "proto", "static"]);
+    run(&[
+        "ip",
+        "route",
+        "add",
+        "10.244.99.0/24",
+        "via",
+        "198.18.0.99",
+        "dev",
+        "eth0",
+        "proto",
+        "0x57",
+    ]);
+    run(&[
+        "ip",
+        "route",
+        "add",
+        "10.244.98.0/24",
+        "via",
+        "198.18.0.98",
+        "dev",
+        "eth0",
+        "proto",
+        "static",
+    ]);
     // (veth pairs: this kernel has no dummy devices)
-    run(&["ip", "link", "add", "weft0123456789a", "type", "veth", "peer", "name", "stale-peer"]);
-    run(&["ip", "link", "add", "weft.tunnel", "type", "veth", "peer", "name", "other0"]);
+    run(&[
+        "ip",
+        "link",
+        "add",
+        "weft0123456789a",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "stale-peer",
+    ]);
+    run(&[
+        "ip",
+        "link",
+        "add",
+        "weft.tunnel",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "other0",
+    ]);
 
     lab.ctl_ok(&["lab", "agent", "start", "node1"]);
     let all_routes = stdout(&netns_exec(ns, &["ip", "route"]));
-    assert!(!all_routes.contains("10.244.99.0/24"), "stale Weft route removed:\n{all_routes}");
-    assert!(all_routes.contains("10.244.98.0/24"), "foreign route kept:\n{all_routes}");
-    assert!(all_routes.contains("10.244.2.0/24 via 198.18.0.12"), "live route kept:\n{all_routes}");
+    assert!(
+        !all_routes.contains("10.244.99.0/24"),
+        "stale Weft route removed:\n{all_routes}"
+    );
+    assert!(
+        all_routes.contains("10.244.98.0/24"),
+        "foreign route kept:\n{all_routes}"
+    );
+    assert!(
+        all_routes.contains("10.244.2.0/24 via 198.18.0.12"),
+        "live route kept:\n{all_routes}"
+    );
     let links = stdout(&netns_exec(ns, &["ip", "-o", "link"]));
-    assert!(!links.contains("weft0123456789a"), "unclaimed pod veth removed:\n{links}");
-    assert!(links.contains("weft.tunnel") && links.contains("other0"), "other links kept:\n{links}");
+    assert!(
+        !links.contains("weft0123456789a"),
+        "unclaimed pod veth removed:\n{links}"
+    );
+    assert!(
+        links.contains("weft.tunnel") && links.contains("other0"),
+        "other links kept:\n{links}"
+    );
     let out = lab.ctl(&["lab", "check"]);
     assert!(out.status.success(), "{}", show(&out));
 }

@@ -20,7 +20,10 @@ struct Podman {
 
 impl Podman {
     fn new(lab: &Lab, node: &str) -> Podman {
-        let dir = tempfile::Builder::new().prefix("weft-podman-").tempdir_in("/tmp").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("weft-podman-")
+            .tempdir_in("/tmp")
+            .unwrap();
         let root = dir.path();
         std::fs::create_dir_all(root.join("net.d")).unwrap();
         std::fs::write(
@@ -40,7 +43,10 @@ impl Podman {
             "plugins": [{"type": "weft-cni", "agentSocket": lab.socket(node)}]
         });
         std::fs::write(root.join("net.d/weft.conflist"), conflist.to_string()).unwrap();
-        Podman { node_netns: format!("/run/netns/{}", lab.node(node).netns), dir }
+        Podman {
+            node_netns: format!("/run/netns/{}", lab.node(node).netns),
+            dir,
+        }
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -67,11 +73,23 @@ impl Podman {
     fn import_busybox(&self) {
         let rootfs = self.dir.path().join("rootfs");
         std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("busybox-static is installed");
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
+            .expect("busybox-static is installed");
         let tar = self.dir.path().join("busybox.tar");
-        let out = Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg(".").output().unwrap();
+        let out = Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", show(&out));
-        let out = self.run(&["import", tar.to_str().unwrap(), "localhost/weft-busybox:test"]);
+        let out = self.run(&[
+            "import",
+            tar.to_str().unwrap(),
+            "localhost/weft-busybox:test",
+        ]);
         assert!(out.status.success(), "podman import: {}", show(&out));
     }
 }
@@ -80,14 +98,22 @@ impl Drop for Podman {
     fn drop(&mut self) {
         // Containers are --rm; this removes anything a failure left behind.
         let _ = self.run(&["rm", "--all", "--force"]);
-        let _ = Command::new("umount").arg("-R").arg(self.dir.path().join("storage")).output();
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg(self.dir.path().join("storage"))
+            .output();
     }
 }
 
 #[test]
 fn podman_container_gets_a_weft_address_and_reaches_another_node() {
     let lab = Lab::up("podman", 2, 1);
-    let target = lab.status().pods.into_iter().find(|p| p.node == "node2").unwrap();
+    let target = lab
+        .status()
+        .pods
+        .into_iter()
+        .find(|p| p.node == "node2")
+        .unwrap();
     let podman = Podman::new(&lab, "node1");
     podman.import_busybox();
     assert!(Path::new(&podman.node_netns).exists());
@@ -113,10 +139,17 @@ fn podman_container_gets_a_weft_address_and_reaches_another_node() {
     ]);
     let text = stdout(&out);
     assert!(out.status.success(), "podman run: {}", show(&out));
-    assert!(text.contains("inet 10.244.1."), "the container's address comes from node1's pod CIDR:\n{text}");
+    assert!(
+        text.contains("inet 10.244.1."),
+        "the container's address comes from node1's pod CIDR:\n{text}"
+    );
     assert!(text.contains("REACHED"), "{text}");
 
     // --rm made podman call DEL: the agent holds only the lab's own pod again.
     let endpoints = lab.ctl_ok(&["endpoints", "--node", "node1", "--json"]);
-    assert_eq!(endpoints.matches("10.244.1.").count(), 1, "after DEL only the lab pod remains: {endpoints}");
+    assert_eq!(
+        endpoints.matches("10.244.1.").count(),
+        1,
+        "after DEL only the lab pod remains: {endpoints}"
+    );
 }

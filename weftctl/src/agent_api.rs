@@ -161,21 +161,51 @@ pub fn render_bgp_peers(bgp: &BgpPeers) -> String {
     if !bgp.enabled {
         return "BGP is off on this node (routing mode static)\n".to_string();
     }
-    let header = ["PEER", "AS", "STATE", "UPTIME", "RECEIVED", "ADVERTISED", "SOURCE", "LAST ERROR"];
+    let header = [
+        "PEER",
+        "AS",
+        "STATE",
+        "UPTIME",
+        "RECEIVED",
+        "ADVERTISED",
+        "SOURCE",
+        "LAST ERROR",
+    ];
     let mut rows = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
     rows.extend(bgp.peers.iter().map(|p| {
-            vec![
-                p.address.clone(),
-                p.asn.to_string(),
-                p.state.clone(),
-                if p.state == "Established" { format!("{}s", p.uptime_seconds) } else { "-".into() },
-                p.prefixes_received.to_string(),
-                p.prefixes_advertised.to_string(),
-                format!("{}{}", p.source, if p.route_reflector_client { " (rr client)" } else { "" }),
-                if p.last_error.is_empty() { "-".into() } else { p.last_error.clone() },
-            ]
-        }));
-    format!("local AS {}, router id {}\n{}", bgp.local_as, bgp.router_id, render_table(&rows))
+        vec![
+            p.address.clone(),
+            p.asn.to_string(),
+            p.state.clone(),
+            if p.state == "Established" {
+                format!("{}s", p.uptime_seconds)
+            } else {
+                "-".into()
+            },
+            p.prefixes_received.to_string(),
+            p.prefixes_advertised.to_string(),
+            format!(
+                "{}{}",
+                p.source,
+                if p.route_reflector_client {
+                    " (rr client)"
+                } else {
+                    ""
+                }
+            ),
+            if p.last_error.is_empty() {
+                "-".into()
+            } else {
+                p.last_error.clone()
+            },
+        ]
+    }));
+    format!(
+        "local AS {}, router id {}\n{}",
+        bgp.local_as,
+        bgp.router_id,
+        render_table(&rows)
+    )
 }
 
 /// Counters by name, in name order.

@@ -146,7 +146,11 @@ impl Peer {
     }
 
     /// Sends End-of-RIB for `family` on the established session.
-    pub fn send_end_of_rib(&mut self, now: Instant, family: wire::AfiSafi) -> Result<(), SendError> {
+    pub fn send_end_of_rib(
+        &mut self,
+        now: Instant,
+        family: wire::AfiSafi,
+    ) -> Result<(), SendError> {
         let before = self.main.direction();
         let sent = self.main.send_end_of_rib(now, family);
         self.after(now, before);
@@ -308,7 +312,9 @@ impl Peer {
     /// peer's side of it Established for a moment, and the Cease would then
     /// take a session down that the other connection is about to bring up.
     fn unqueue_keepalives(&mut self, direction: Direction) {
-        self.pending.retain(|(d, p)| !(*d == direction && matches!(p, Pending::Send(wire::Message::Keepalive, _))));
+        self.pending.retain(|(d, p)| {
+            !(*d == direction && matches!(p, Pending::Send(wire::Message::Keepalive, _)))
+        });
     }
 
     fn drain(&mut self, second: bool, before: Option<Direction>) {

@@ -531,7 +531,8 @@ impl Session {
         // A KEEPALIVE not yet written would make this connection
         // Established on the peer's side just before the Cease takes it
         // down again: the peer would see its session flap.
-        self.pending.retain(|p| !matches!(p, Pending::Send(Message::Keepalive, _)));
+        self.pending
+            .retain(|p| !matches!(p, Pending::Send(Message::Keepalive, _)));
         let notification = Notification::cease(cease::CONNECTION_COLLISION_RESOLUTION);
         self.close(now, Reason::Collision, Some(notification));
     }

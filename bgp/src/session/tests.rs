@@ -1404,7 +1404,10 @@ fn collision_converges_on_one_connection_whatever_the_interleaving() {
         }
         let trace = only.is_some();
         let now = Instant::now();
-        let mut peers = [Peer::new(config(65001, A_ID, 65002, B_ID)), Peer::new(config(65002, B_ID, 65001, A_ID))];
+        let mut peers = [
+            Peer::new(config(65001, A_ID, 65002, B_ID)),
+            Peer::new(config(65002, B_ID, 65001, A_ID)),
+        ];
         for p in &mut peers {
             p.start(now);
             while p.poll_output().is_some() {}
@@ -1421,7 +1424,9 @@ fn collision_converges_on_one_connection_whatever_the_interleaving() {
             ((1, Direction::Outgoing), [Item::Up(true)].into()),
             ((0, Direction::Incoming), [Item::Up(false)].into()),
         ];
-        let mut rng = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut rng = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let mut downs = Vec::new();
         for _ in 0..10_000 {
             for from in 0..2 {
@@ -1429,7 +1434,11 @@ fn collision_converges_on_one_connection_whatever_the_interleaving() {
                 while let Some((d, o)) = peers[from].poll_output() {
                     if let Output::Transmit(bytes) = &o {
                         let kind = bytes.get(18).copied().unwrap_or(0);
-                        let previous = last_sent.iter().rev().find(|(pd, _)| *pd == d).map(|(_, k)| *k);
+                        let previous = last_sent
+                            .iter()
+                            .rev()
+                            .find(|(pd, _)| *pd == d)
+                            .map(|(_, k)| *k);
                         assert!(
                             !(kind == 3 && previous == Some(4)),
                             "seed {seed}: a KEEPALIVE went out right before a NOTIFICATION on one connection"
@@ -1438,7 +1447,9 @@ fn collision_converges_on_one_connection_whatever_the_interleaving() {
                     }
                     if trace {
                         let shown = match &o {
-                            Output::Transmit(b) => format!("Transmit(type {})", b.get(18).copied().unwrap_or(0)),
+                            Output::Transmit(b) => {
+                                format!("Transmit(type {})", b.get(18).copied().unwrap_or(0))
+                            }
                             o => format!("{o:?}").chars().take(60).collect(),
                         };
                         eprintln!("  {} {d:?} -> {shown}", ["A", "B"][from]);
@@ -1463,7 +1474,9 @@ fn collision_converges_on_one_connection_whatever_the_interleaving() {
             if wires.is_empty() {
                 break;
             }
-            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let pick = (rng >> 33) as usize % wires.len();
             let ((to, d), queue) = &mut wires[pick];
             let (to, d) = (*to, *d);
@@ -1474,7 +1487,12 @@ fn collision_converges_on_one_connection_whatever_the_interleaving() {
                     Item::Bytes(b) => format!("bytes(type {})", b.get(18).copied().unwrap_or(0)),
                     Item::Closed => "Closed".to_string(),
                 };
-                eprintln!("{} {d:?} <= {what}   [{:?} {:?}]", ["A", "B"][to], peers[to].session().state(), peers[to].second().map(|s| s.state()));
+                eprintln!(
+                    "{} {d:?} <= {what}   [{:?} {:?}]",
+                    ["A", "B"][to],
+                    peers[to].session().state(),
+                    peers[to].second().map(|s| s.state())
+                );
             }
             match queue.pop_front().unwrap() {
                 Item::Up(true) => {
@@ -1505,11 +1523,27 @@ fn collision_converges_on_one_connection_whatever_the_interleaving() {
             "seed {seed}: the two sides kept different connections"
         );
         for p in &peers {
-            assert_eq!(p.session().state(), State::Established, "seed {seed}: {:?} / {:?}", peers.iter().map(|p| (p.session().state(), p.session().direction(), p.second().map(|s| s.state()))).collect::<Vec<_>>(), p.session().last_reason());
+            assert_eq!(
+                p.session().state(),
+                State::Established,
+                "seed {seed}: {:?} / {:?}",
+                peers
+                    .iter()
+                    .map(|p| (
+                        p.session().state(),
+                        p.session().direction(),
+                        p.second().map(|s| s.state())
+                    ))
+                    .collect::<Vec<_>>(),
+                p.session().last_reason()
+            );
         }
     }
     if only.is_none() {
         eprintln!("{flaps} session flaps over 500 interleavings");
-        assert!(flaps <= 50, "{flaps} flaps over 500 interleavings: collisions flap too often");
+        assert!(
+            flaps <= 50,
+            "{flaps} flaps over 500 interleavings: collisions flap too often"
+        );
     }
 }

@@ -18,7 +18,7 @@ mod decode;
 mod encode;
 pub mod notification;
 
-pub use decode::{DecodeError, decode, decode_header, Header};
+pub use decode::{DecodeError, Header, decode, decode_header};
 pub use encode::{encode, encoded_len};
 pub use notification::Notification;
 
@@ -181,7 +181,10 @@ impl Update {
         } else {
             Update {
                 attributes: PathAttributes {
-                    mp_unreach: Some(MpUnreach { family, withdrawn: Vec::new() }),
+                    mp_unreach: Some(MpUnreach {
+                        family,
+                        withdrawn: Vec::new(),
+                    }),
                     ..PathAttributes::default()
                 },
                 ..Update::default()
@@ -199,10 +202,11 @@ impl Update {
             ..PathAttributes::default()
         };
         match &self.attributes.mp_unreach {
-            Some(u) if u.withdrawn.is_empty()
-                && self.withdrawn.is_empty()
-                && self.nlri.is_empty()
-                && self.attributes == only_mp_unreach =>
+            Some(u)
+                if u.withdrawn.is_empty()
+                    && self.withdrawn.is_empty()
+                    && self.nlri.is_empty()
+                    && self.attributes == only_mp_unreach =>
             {
                 Some(u.family)
             }

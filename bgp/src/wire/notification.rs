@@ -11,7 +11,11 @@ pub struct Notification {
 
 impl Notification {
     pub fn new(code: u8, subcode: u8, data: impl Into<Vec<u8>>) -> Notification {
-        Notification { code, subcode, data: data.into() }
+        Notification {
+            code,
+            subcode,
+            data: data.into(),
+        }
     }
 
     /// Cease (code 6) with a subcode of RFC 4486.

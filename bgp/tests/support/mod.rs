@@ -15,13 +15,22 @@ pub struct Pair {
 impl Pair {
     /// Fails the test unless it runs as root. `tag` keeps tests apart.
     pub fn new(tag: &str) -> Pair {
-        assert!(nix::unistd::geteuid().is_root(), "this test needs root (network namespaces): run it as root");
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test needs root (network namespaces): run it as root"
+        );
         let pid = std::process::id();
-        let pair = Pair { a: format!("weft-t-bgp-{pid}-{tag}-a"), b: format!("weft-t-bgp-{pid}-{tag}-b") };
+        let pair = Pair {
+            a: format!("weft-t-bgp-{pid}-{tag}-a"),
+            b: format!("weft-t-bgp-{pid}-{tag}-b"),
+        };
         for ns in [&pair.a, &pair.b] {
             ip(&["netns", "add", ns]);
         }
-        ip(&["-n", &pair.a, "link", "add", "v0", "type", "veth", "peer", "name", "v1", "netns", &pair.b]);
+        ip(&[
+            "-n", &pair.a, "link", "add", "v0", "type", "veth", "peer", "name", "v1", "netns",
+            &pair.b,
+        ]);
         ip(&["-n", &pair.a, "addr", "add", "198.18.9.1/24", "dev", "v0"]);
         ip(&["-n", &pair.b, "addr", "add", "198.18.9.2/24", "dev", "v1"]);
         for (ns, dev) in [(&pair.a, "v0"), (&pair.b, "v1")] {
@@ -42,7 +51,11 @@ impl Drop for Pair {
 
 pub fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("ip runs");
-    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Runs `f` on a thread inside network namespace `ns`.

@@ -28,16 +28,26 @@ struct Plugin<'a> {
 
 fn main() {
     require_root();
-    let runs = std::env::var("WEFT_BENCH_ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(ROUNDS);
+    let runs = std::env::var("WEFT_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(ROUNDS);
     let lab = Lab::up("bench", 1, 0);
     let node = lab.node("node1");
     // host-local's leases live in the bench's own directory, not the lab's.
-    let leases = tempfile::Builder::new().prefix("weft-bench-host-local-").tempdir().expect("temp dir");
+    let leases = tempfile::Builder::new()
+        .prefix("weft-bench-host-local-")
+        .tempdir()
+        .expect("temp dir");
     let weft_bin = bin("weft-cni");
     let bin_dir = bin_dir();
     let reference_dir = Path::new(REFERENCE_PLUGINS);
     let bridge_bin = reference_dir.join("bridge");
-    assert!(bridge_bin.exists(), "{} is missing: install containernetworking-plugins (make deps)", bridge_bin.display());
+    assert!(
+        bridge_bin.exists(),
+        "{} is missing: install containernetworking-plugins (make deps)",
+        bridge_bin.display()
+    );
 
     let plugins = [
         Plugin { label: "weft-cni", binary: &weft_bin, plugin_dir: &bin_dir, config: lab.cni_config("node1", "1.1.0") },
@@ -58,8 +68,13 @@ fn main() {
         },
     ];
 
-    println!("CNI latency, {runs} pods each, one lab node, one call at a time (ip netns exec included in both)");
-    println!("{:<32} {:>6} {:>10} {:>10} {:>10} {:>10}", "plugin", "verb", "median", "p90", "min", "max");
+    println!(
+        "CNI latency, {runs} pods each, one lab node, one call at a time (ip netns exec included in both)"
+    );
+    println!(
+        "{:<32} {:>6} {:>10} {:>10} {:>10} {:>10}",
+        "plugin", "verb", "median", "p90", "min", "max"
+    );
     let mut medians = Vec::new();
     for plugin in &plugins {
         let (add, del) = measure(plugin, &lab, &node.netns, runs);
@@ -67,7 +82,12 @@ fn main() {
             let s = Stats::of(samples);
             println!(
                 "{:<32} {:>6} {:>10} {:>10} {:>10} {:>10}",
-                plugin.label, verb, ms(s.median), ms(s.p90), ms(s.min), ms(s.max)
+                plugin.label,
+                verb,
+                ms(s.median),
+                ms(s.p90),
+                ms(s.min),
+                ms(s.max)
             );
         }
         medians.push((Stats::of(&add).median, Stats::of(&del).median));
@@ -119,7 +139,10 @@ fn bgp_convergence() {
     );
     println!(
         "{:<8} {:>14} {:>26} {:>26}",
-        "round", "agent ready", format!("all {nodes} have node{new_index}"), format!("node{new_index} has all {nodes}")
+        "round",
+        "agent ready",
+        format!("all {nodes} have node{new_index}"),
+        format!("node{new_index} has all {nodes}")
     );
     let mut joins = Vec::new();
     for round in 1..=rounds {
@@ -135,9 +158,13 @@ fn bgp_convergence() {
         if round < rounds {
             lab.ctl_ok(&["lab", "node", "del", &format!("node{new_index}")]);
             // The next round must start from nodes that forgot the old one.
-            let gone = old.iter().all(|n| wait_routes(&n.netns, &[new_cidr], false, GIVE_UP).is_some());
+            let gone = old
+                .iter()
+                .all(|n| wait_routes(&n.netns, &[new_cidr], false, GIVE_UP).is_some());
             if !gone {
-                println!("(node{new_index}'s pod CIDR outlived its deletion by {GIVE_UP:?}; stopping after {round} rounds)");
+                println!(
+                    "(node{new_index}'s pod CIDR outlived its deletion by {GIVE_UP:?}; stopping after {round} rounds)"
+                );
                 break;
             }
         }
@@ -164,12 +191,18 @@ fn bgp_convergence() {
 }
 
 fn env_or(name: &str, default: u32) -> u32 {
-    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }
 
 fn prefix(cidr: &str) -> (Ipv4Addr, u8) {
     let (ip, len) = cidr.split_once('/').expect("a CIDR");
-    (ip.parse().expect("an IPv4 address"), len.parse().expect("a prefix length"))
+    (
+        ip.parse().expect("an IPv4 address"),
+        len.parse().expect("a prefix length"),
+    )
 }
 
 /// Adds the node (`node add --no-wait`) while one thread per node watches
@@ -192,19 +225,34 @@ fn measure_join(
     std::thread::scope(|scope| {
         let watchers: Vec<_> = old
             .iter()
-            .map(|n| scope.spawn(move || wait_routes(&n.netns, &[new_cidr], true, GIVE_UP).map(|_| t0.elapsed())))
+            .map(|n| {
+                scope.spawn(move || {
+                    wait_routes(&n.netns, &[new_cidr], true, GIVE_UP).map(|_| t0.elapsed())
+                })
+            })
             .collect();
-        let newcomer = scope.spawn(move || wait_routes(new_netns, old_cidrs, true, GIVE_UP).map(|_| t0.elapsed()));
+        let newcomer = scope
+            .spawn(move || wait_routes(new_netns, old_cidrs, true, GIVE_UP).map(|_| t0.elapsed()));
         let out = add.wait_with_output().expect("weftctl runs");
         let ready = t0.elapsed();
         assert!(out.status.success(), "lab node add: {}", show(&out));
         let mut others_have_new = Duration::ZERO;
         for (n, w) in old.iter().zip(watchers) {
-            let at = w.join().expect("watcher").unwrap_or_else(|| panic!("{} never routed the new node", n.name));
+            let at = w
+                .join()
+                .expect("watcher")
+                .unwrap_or_else(|| panic!("{} never routed the new node", n.name));
             others_have_new = others_have_new.max(at);
         }
-        let new_has_others = newcomer.join().expect("watcher").expect("the new node never routed all others");
-        Join { ready, others_have_new, new_has_others }
+        let new_has_others = newcomer
+            .join()
+            .expect("watcher")
+            .expect("the new node never routed all others");
+        Join {
+            ready,
+            others_have_new,
+            new_has_others,
+        }
     })
 }
 
@@ -212,7 +260,12 @@ fn measure_join(
 /// (`present`) or none of them; polls every [`POLL`] from a thread inside
 /// the namespace (no process per look). The namespace may not exist yet.
 /// None after `within`.
-fn wait_routes(netns: &str, prefixes: &[(Ipv4Addr, u8)], present: bool, within: Duration) -> Option<()> {
+fn wait_routes(
+    netns: &str,
+    prefixes: &[(Ipv4Addr, u8)],
+    present: bool,
+    within: Duration,
+) -> Option<()> {
     let deadline = Instant::now() + within;
     let path = Path::new("/run/netns").join(netns);
     let prefixes = prefixes.to_vec();
@@ -224,7 +277,8 @@ fn wait_routes(netns: &str, prefixes: &[(Ipv4Addr, u8)], present: bool, within: 
                 use std::os::fd::AsFd;
                 nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
                 loop {
-                    let table = std::fs::read_to_string("/proc/thread-self/net/route").unwrap_or_default();
+                    let table =
+                        std::fs::read_to_string("/proc/thread-self/net/route").unwrap_or_default();
                     let have = main_table(&table);
                     if prefixes.iter().all(|p| have.contains(p) == present) {
                         return Some(Some(()));
@@ -264,22 +318,54 @@ fn main_table(text: &str) -> Vec<(Ipv4Addr, u8)> {
 }
 
 /// Times `runs` ADDs, then `runs` DELs, each pod in a fresh namespace.
-fn measure(plugin: &Plugin<'_>, lab: &Lab, node_netns: &str, runs: usize) -> (Vec<Duration>, Vec<Duration>) {
+fn measure(
+    plugin: &Plugin<'_>,
+    lab: &Lab,
+    node_netns: &str,
+    runs: usize,
+) -> (Vec<Duration>, Vec<Duration>) {
     let mut ns = Namespaces::default();
-    let tag = if plugin.label.starts_with("weft") { "w" } else { "r" };
+    let tag = if plugin.label.starts_with("weft") {
+        "w"
+    } else {
+        "r"
+    };
     let pods: Vec<(String, String)> = (0..runs)
-        .map(|i| (format!("bench{tag}{i:04}"), ns.add(&format!("{}-{tag}{i}", lab.name))))
+        .map(|i| {
+            (
+                format!("bench{tag}{i:04}"),
+                ns.add(&format!("{}-{tag}{i}", lab.name)),
+            )
+        })
         .collect();
     let call = |command: &str, id: &str, netns: &str| {
         let start = Instant::now();
-        let out = CniCall { command, container_id: id, netns: Some(netns), ifname: "eth0", args: "", config: &plugin.config }
-            .run_with(node_netns, plugin.binary, plugin.plugin_dir);
+        let out = CniCall {
+            command,
+            container_id: id,
+            netns: Some(netns),
+            ifname: "eth0",
+            args: "",
+            config: &plugin.config,
+        }
+        .run_with(node_netns, plugin.binary, plugin.plugin_dir);
         let took = start.elapsed();
-        assert!(out.status.success(), "{} {command} {id}: {}", plugin.label, show(&out));
+        assert!(
+            out.status.success(),
+            "{} {command} {id}: {}",
+            plugin.label,
+            show(&out)
+        );
         took
     };
-    let add = pods.iter().map(|(id, netns)| call("ADD", id, netns)).collect();
-    let del = pods.iter().map(|(id, netns)| call("DEL", id, netns)).collect();
+    let add = pods
+        .iter()
+        .map(|(id, netns)| call("ADD", id, netns))
+        .collect();
+    let del = pods
+        .iter()
+        .map(|(id, netns)| call("DEL", id, netns))
+        .collect();
     (add, del)
 }
 
@@ -295,7 +381,12 @@ impl Stats {
         let mut s = samples.to_vec();
         s.sort();
         let at = |q: f64| s[((s.len() - 1) as f64 * q).round() as usize];
-        Stats { median: at(0.5), p90: at(0.9), min: s[0], max: s[s.len() - 1] }
+        Stats {
+            median: at(0.5),
+            p90: at(0.9),
+            min: s[0],
+            max: s[s.len() - 1],
+        }
     }
 }
 
@@ -314,8 +405,14 @@ mod tests {
                      eth0\t000012C6\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
         assert_eq!(
             main_table(table),
-            [(Ipv4Addr::new(10, 244, 11, 0), 24), (Ipv4Addr::new(198, 18, 0, 0), 24)]
+            [
+                (Ipv4Addr::new(10, 244, 11, 0), 24),
+                (Ipv4Addr::new(198, 18, 0, 0), 24)
+            ]
         );
-        assert_eq!(prefix("10.244.11.0/24"), (Ipv4Addr::new(10, 244, 11, 0), 24));
+        assert_eq!(
+            prefix("10.244.11.0/24"),
+            (Ipv4Addr::new(10, 244, 11, 0), 24)
+        );
     }
 }
