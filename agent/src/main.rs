@@ -123,8 +123,20 @@ async fn run(config: Config) -> anyhow::Result<()> {
             _ = sigint.recv() => break,
             _ = stop_rx.changed() => break,
         };
-        if let Err(e) = node.reconcile(full).await {
-            tracing::error!(error = %e, "reconcile failed; retrying on the next event or resync");
+        match node.reconcile(full).await {
+            Ok(_) => {}
+            // Without its speaker the node would quietly stop exchanging
+            // routes: end, so the DaemonSet restarts the agent (peers keep
+            // the routes meanwhile, graceful restart).
+            Err(node::ReconcileError::Bgp(weft_bgp::shell::ShellError::Stopped)) => {
+                let _ = stop_tx.send(true);
+                let _ = server.await;
+                let _ = std::fs::remove_file(&config.socket);
+                bail!("the BGP speaker stopped; exiting so the agent is restarted");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reconcile failed; retrying on the next event or resync")
+            }
         }
     }
     // The dataplane stays as it is: pods keep their connectivity while no
