@@ -10,9 +10,19 @@
 //! - [`verdict`]: what happens to a packet, and the counter it bumps.
 //! - [`packet`]: reading fixed-size fields out of a frame, wire constants.
 //! - [`guard`]: the anti-spoofing decision for packets leaving a pod.
+//! - [`ipv4`]: a checked IPv4 header view, the Internet checksum, emitting
+//!   the outer header of IP-in-IP.
+//! - [`lookup`]: map access as traits (eBPF maps and in-memory tables).
+//! - [`uplink`]: IP-in-IP encapsulation and decapsulation decisions.
 #![cfg_attr(not(test), no_std)]
 
 pub mod guard;
+pub mod ipv4;
+pub mod lookup;
 pub mod maps;
 pub mod packet;
+pub mod uplink;
 pub mod verdict;
+
+#[cfg(test)]
+mod testgen;

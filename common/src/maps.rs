@@ -52,3 +52,266 @@ unsafe impl aya::Pod for EndpointInfo {}
 // The layout is an ABI: fail the build, not the map adoption, if it drifts.
 const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 8);
 const _: () = assert!(core::mem::size_of::<EndpointKey>() == 4);
+
+// ---------------------------------------------------------------------------
+// The uplink: routes to other nodes' pod CIDRs, the set of cluster nodes, and
+// this node's own configuration (issue #4).
+
+/// Name of the tc classifier on the uplink's egress (IP-in-IP encapsulation).
+pub const UPLINK_EGRESS_PROGRAM: &str = "weft_uplink_egress";
+/// Name of the tc classifier on the uplink's ingress (IP-in-IP decapsulation).
+pub const UPLINK_INGRESS_PROGRAM: &str = "weft_uplink_ingress";
+
+/// Name (and pin file name) of the LPM trie from a remote node's pod CIDR
+/// ([`PodCidrKey`]) to that node ([`RemoteNode`]). Map names stay within the
+/// kernel's 15 characters.
+pub const POD_ROUTES_MAP: &str = "WEFT_POD_ROUTES";
+/// Capacity of [`POD_ROUTES_MAP`]: pod CIDRs in the cluster (a node may have
+/// several).
+pub const POD_ROUTES_MAX_ENTRIES: u32 = 16384;
+
+/// Name (and pin file name) of the hash set of cluster nodes' underlay
+/// addresses ([`NodeKey`] → [`NodeEntry`]): the only sources IP-in-IP is
+/// accepted from.
+pub const NODES_MAP: &str = "WEFT_NODES";
+/// Capacity of [`NODES_MAP`].
+pub const NODES_MAX_ENTRIES: u32 = 16384;
+
+/// Name (and pin file name) of the one-entry array holding this node's
+/// [`NodeConfig`] (key `0u32`).
+pub const CONFIG_MAP: &str = "WEFT_CONFIG";
+
+/// Key of [`POD_ROUTES_MAP`], laid out as aya's `lpm_trie::Key<[u8; 4]>` and
+/// the kernel's `struct bpf_lpm_trie_key`: the prefix length in bits (host
+/// order, 0..=32), then the address in wire order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodCidrKey {
+    pub prefix_len: u32,
+    pub addr: [u8; 4],
+}
+
+impl PodCidrKey {
+    pub const fn new(addr: [u8; 4], prefix_len: u32) -> Self {
+        Self { prefix_len, addr }
+    }
+
+    /// The key to look a single address up with (a /32).
+    pub const fn host(addr: [u8; 4]) -> Self {
+        Self::new(addr, 32)
+    }
+
+    /// `addr` lies in this prefix. A prefix length above 32 matches nothing.
+    pub const fn contains(&self, addr: [u8; 4]) -> bool {
+        prefix_contains(self.addr, self.prefix_len, addr)
+    }
+}
+
+/// `addr` lies in `network/prefix_len`; a prefix length above 32 matches nothing.
+pub const fn prefix_contains(network: [u8; 4], prefix_len: u32, addr: [u8; 4]) -> bool {
+    if prefix_len > 32 {
+        return false;
+    }
+    if prefix_len == 0 {
+        return true;
+    }
+    let mask = u32::MAX << (32 - prefix_len);
+    (u32::from_be_bytes(network) ^ u32::from_be_bytes(addr)) & mask == 0
+}
+
+/// Value of [`POD_ROUTES_MAP`]: the node that owns a pod CIDR.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemoteNode {
+    /// The node's underlay address (wire-order octets): the outer destination.
+    pub underlay_ip: [u8; 4],
+    /// Reserved (per-node encapsulation overrides, say); writers set 0.
+    pub flags: u32,
+}
+
+impl RemoteNode {
+    pub const fn new(underlay_ip: [u8; 4]) -> Self {
+        Self {
+            underlay_ip,
+            flags: 0,
+        }
+    }
+}
+
+/// Key of [`NODES_MAP`]: a node's underlay address, wire-order octets.
+pub type NodeKey = [u8; 4];
+
+/// Value of [`NODES_MAP`]; presence is what counts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeEntry {
+    /// Reserved; writers set 0.
+    pub flags: u32,
+}
+
+/// How pod traffic crosses the underlay. Stored in [`NodeConfig::encap`] as
+/// its `u8` value: a map value must stay valid for any bytes, so the field
+/// is a plain byte and [`NodeConfig::encap`] decodes it.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encap {
+    /// Native routing: pod addresses on the underlay. Also what an all-zero
+    /// (never written) config means, so an unconfigured node behaves as the
+    /// kernel alone would.
+    None = 0,
+    /// IP-in-IP (protocol 4), done by the uplink programs.
+    Ipip = 1,
+    /// VXLAN, done by a kernel vxlan device; the uplink programs stay out of it.
+    Vxlan = 2,
+}
+
+impl Encap {
+    pub const fn from_u8(value: u8) -> Option<Encap> {
+        match value {
+            0 => Some(Encap::None),
+            1 => Some(Encap::Ipip),
+            2 => Some(Encap::Vxlan),
+            _ => None,
+        }
+    }
+}
+
+/// Bit of [`NodeConfig::flags`]: encapsulate only towards nodes outside
+/// this node's underlay subnet (`crossSubnet`).
+pub const NODE_CONFIG_CROSS_SUBNET: u8 = 1;
+
+/// Value of [`CONFIG_MAP`]: what the uplink programs need to know about
+/// their own node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// This node's underlay address: the outer source, and the only outer
+    /// destination decapsulated.
+    pub underlay_ip: [u8; 4],
+    /// The underlay subnet's network address, for `crossSubnet`.
+    pub underlay_subnet: [u8; 4],
+    /// The underlay subnet's prefix length (0..=32).
+    pub underlay_prefix_len: u8,
+    /// An [`Encap`] as `u8`; see [`NodeConfig::encap`].
+    pub encap: u8,
+    /// [`NODE_CONFIG_CROSS_SUBNET`]; other bits reserved (0).
+    pub flags: u8,
+    /// TTL of the outer header; 0 means [`NodeConfig::DEFAULT_OUTER_TTL`].
+    pub outer_ttl: u8,
+    /// Reserved; writers set 0.
+    pub reserved: u32,
+}
+
+impl NodeConfig {
+    /// Outer TTL when the config leaves it 0 (Linux's `ip_default_ttl`).
+    pub const DEFAULT_OUTER_TTL: u8 = 64;
+
+    pub const fn new(underlay_ip: [u8; 4], encap: Encap) -> Self {
+        Self {
+            underlay_ip,
+            underlay_subnet: [0; 4],
+            underlay_prefix_len: 0,
+            encap: encap as u8,
+            flags: 0,
+            outer_ttl: 0,
+            reserved: 0,
+        }
+    }
+
+    /// The same config with `crossSubnet` on, for the subnet `network/prefix_len`.
+    pub const fn with_cross_subnet(mut self, network: [u8; 4], prefix_len: u8) -> Self {
+        self.underlay_subnet = network;
+        self.underlay_prefix_len = prefix_len;
+        self.flags |= NODE_CONFIG_CROSS_SUBNET;
+        self
+    }
+
+    /// The encapsulation mode; `None` for a value this build does not know
+    /// (a config written by a newer agent).
+    pub const fn encap(&self) -> Option<Encap> {
+        Encap::from_u8(self.encap)
+    }
+
+    pub const fn cross_subnet(&self) -> bool {
+        self.flags & NODE_CONFIG_CROSS_SUBNET != 0
+    }
+
+    /// `addr` is on this node's underlay subnet (only meaningful with `crossSubnet`).
+    pub const fn same_subnet(&self, addr: [u8; 4]) -> bool {
+        prefix_contains(self.underlay_subnet, self.underlay_prefix_len as u32, addr)
+    }
+
+    pub const fn outer_ttl(&self) -> u8 {
+        if self.outer_ttl == 0 {
+            Self::DEFAULT_OUTER_TTL
+        } else {
+            self.outer_ttl
+        }
+    }
+}
+
+// SAFETY (all four): `#[repr(C)]`, only integer and byte-array fields, no
+// padding (sizes asserted below), so every bit pattern is valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PodCidrKey {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for RemoteNode {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for NodeEntry {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for NodeConfig {}
+
+const _: () = assert!(core::mem::size_of::<PodCidrKey>() == 8);
+const _: () = assert!(core::mem::size_of::<RemoteNode>() == 8);
+const _: () = assert!(core::mem::size_of::<NodeEntry>() == 4);
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 16);
+const _: () = assert!(core::mem::align_of::<NodeConfig>() == 4);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes() {
+        let cidr = PodCidrKey::new([10, 244, 2, 0], 24);
+        assert!(cidr.contains([10, 244, 2, 0]));
+        assert!(cidr.contains([10, 244, 2, 255]));
+        assert!(!cidr.contains([10, 244, 3, 0]));
+        assert!(!cidr.contains([10, 244, 1, 255]));
+        assert!(PodCidrKey::new([0; 4], 0).contains([255; 4]));
+        assert!(PodCidrKey::host([1, 2, 3, 4]).contains([1, 2, 3, 4]));
+        assert!(!PodCidrKey::host([1, 2, 3, 4]).contains([1, 2, 3, 5]));
+        assert!(!PodCidrKey::new([1, 2, 3, 4], 33).contains([1, 2, 3, 4]));
+        // Host bits in the key do not matter.
+        assert!(PodCidrKey::new([10, 244, 2, 77], 24).contains([10, 244, 2, 1]));
+        assert!(prefix_contains([198, 18, 0, 0], 15, [198, 19, 255, 1]));
+        assert!(!prefix_contains([198, 18, 0, 0], 15, [198, 20, 0, 1]));
+    }
+
+    #[test]
+    fn node_config_decodes_its_bytes() {
+        let zeroed = NodeConfig::default();
+        assert_eq!(zeroed.encap(), Some(Encap::None));
+        assert!(!zeroed.cross_subnet());
+        assert_eq!(zeroed.outer_ttl(), 64);
+        let config =
+            NodeConfig::new([198, 18, 0, 1], Encap::Ipip).with_cross_subnet([198, 18, 0, 0], 24);
+        assert_eq!(config.encap(), Some(Encap::Ipip));
+        assert!(config.cross_subnet());
+        assert!(config.same_subnet([198, 18, 0, 9]));
+        assert!(!config.same_subnet([198, 18, 1, 9]));
+        assert_eq!(NodeConfig { encap: 7, ..config }.encap(), None);
+        assert_eq!(
+            NodeConfig {
+                outer_ttl: 9,
+                ..config
+            }
+            .outer_ttl(),
+            9
+        );
+        for (value, encap) in [(0, Encap::None), (1, Encap::Ipip), (2, Encap::Vxlan)] {
+            assert_eq!(Encap::from_u8(value), Some(encap));
+            assert_eq!(encap as u8, value);
+        }
+    }
+}

@@ -22,6 +22,35 @@ pub enum DropReason {
     Malformed,
     /// IPv6 or another ethertype: pods here have IPv4 only.
     UnsupportedProtocol,
+    /// IP-in-IP from an address that is not a cluster node: nobody outside
+    /// the cluster may inject packets into the pod network.
+    NotFromNode,
+    /// A fragment of an IP-in-IP packet. Weft never fragments what it
+    /// encapsulates (too big is refused at the sender), tc runs before the
+    /// kernel reassembles, and a fragment cannot be decapsulated alone.
+    Fragment,
+    /// An IP-in-IP header whose checksum is wrong (tc runs before the
+    /// kernel's own check, and decapsulating would skip it).
+    BadChecksum,
+    /// The node config map holds an encapsulation mode this build does not
+    /// know: pod traffic is refused rather than leaked unencapsulated.
+    BadConfig,
+}
+
+impl DropReason {
+    /// The counter of this drop reason.
+    pub const fn counter(self) -> Counter {
+        match self {
+            DropReason::UnknownEndpoint => Counter::DropUnknownEndpoint,
+            DropReason::SpoofedSource => Counter::DropSpoofedSource,
+            DropReason::Malformed => Counter::DropMalformed,
+            DropReason::UnsupportedProtocol => Counter::DropUnsupportedProtocol,
+            DropReason::NotFromNode => Counter::DropNotFromNode,
+            DropReason::Fragment => Counter::DropFragment,
+            DropReason::BadChecksum => Counter::DropBadChecksum,
+            DropReason::BadConfig => Counter::DropBadConfig,
+        }
+    }
 }
 
 /// The decision for one packet.
@@ -37,15 +66,78 @@ impl Verdict {
         match self {
             Verdict::Pass(PassReason::OwnSource) => Counter::Pass,
             Verdict::Pass(PassReason::Arp) => Counter::ArpPass,
-            Verdict::Drop(DropReason::UnknownEndpoint) => Counter::DropUnknownEndpoint,
-            Verdict::Drop(DropReason::SpoofedSource) => Counter::DropSpoofedSource,
-            Verdict::Drop(DropReason::Malformed) => Counter::DropMalformed,
-            Verdict::Drop(DropReason::UnsupportedProtocol) => Counter::DropUnsupportedProtocol,
+            Verdict::Drop(reason) => reason.counter(),
         }
     }
 
     pub const fn is_pass(self) -> bool {
         matches!(self, Verdict::Pass(_))
+    }
+}
+
+/// Why the uplink programs leave a packet to the kernel untouched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UplinkPassReason {
+    /// Not IPv4 (ARP, IPv6, VLAN...): the node's own business.
+    NotIpv4,
+    /// Egress: the destination is in no remote node's pod CIDR (the node's
+    /// own traffic, the underlay, the outside world).
+    NotPodDestination,
+    /// Egress: the route points at this node itself (its own pod CIDR).
+    LocalNode,
+    /// Egress: the node encapsulates nothing here (`none`: native routing;
+    /// `vxlan`: the kernel vxlan device did it already).
+    NoEncapsulation,
+    /// Egress with `crossSubnet`: the remote node shares the underlay
+    /// subnet, so the packet is routed natively.
+    SameSubnet,
+    /// Ingress: not IP-in-IP.
+    NotIpip,
+    /// Ingress: IP-in-IP addressed to another host (seen in promiscuous
+    /// mode); the kernel drops it as not ours.
+    NotForThisNode,
+}
+
+/// The decision of an uplink program for one packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UplinkVerdict {
+    /// Leave the packet to the kernel as it is.
+    Pass(UplinkPassReason),
+    /// Insert `header` (IP-in-IP, from `outer_src` to `outer_dst`) between
+    /// the Ethernet header and the IPv4 packet.
+    Encapsulate {
+        outer_src: [u8; 4],
+        outer_dst: [u8; 4],
+        header: [u8; 20],
+    },
+    /// Remove the `outer_header_len` bytes of the outer IPv4 header after the
+    /// Ethernet header; the packet came from the node `from_node`.
+    Decapsulate {
+        outer_header_len: u8,
+        from_node: [u8; 4],
+    },
+    /// Egress: encapsulated, the packet would exceed the uplink MTU. Nothing
+    /// is sent; when `dont_fragment` is set the sender gets ICMP
+    /// "fragmentation needed" with next-hop MTU `mtu` (what fits inside the
+    /// tunnel), as the kernel's own tunnels do; without DF it is dropped
+    /// (tc cannot fragment, and Weft never sends fragments through a tunnel).
+    TooBig {
+        mtu: u16,
+        dont_fragment: bool,
+    },
+    Drop(DropReason),
+}
+
+impl UplinkVerdict {
+    /// The counter this verdict bumps.
+    pub const fn counter(self) -> Counter {
+        match self {
+            UplinkVerdict::Pass(_) => Counter::UplinkPass,
+            UplinkVerdict::Encapsulate { .. } => Counter::Encapsulate,
+            UplinkVerdict::Decapsulate { .. } => Counter::Decapsulate,
+            UplinkVerdict::TooBig { .. } => Counter::DropTooBig,
+            UplinkVerdict::Drop(reason) => reason.counter(),
+        }
     }
 }
 
@@ -60,10 +152,20 @@ pub enum Counter {
     DropSpoofedSource = 3,
     DropMalformed = 4,
     DropUnsupportedProtocol = 5,
+    // Issue #4, the uplink. Growing the list changes the pinned counter
+    // map's max_entries: a node upgrading must drop the old pin.
+    Encapsulate = 6,
+    Decapsulate = 7,
+    UplinkPass = 8,
+    DropTooBig = 9,
+    DropNotFromNode = 10,
+    DropFragment = 11,
+    DropBadChecksum = 12,
+    DropBadConfig = 13,
 }
 
 /// Number of counters, i.e. entries of the counter map.
-pub const COUNTER_COUNT: usize = 6;
+pub const COUNTER_COUNT: usize = 14;
 
 impl Counter {
     /// Every counter, in index order.
@@ -74,6 +176,14 @@ impl Counter {
         Counter::DropSpoofedSource,
         Counter::DropMalformed,
         Counter::DropUnsupportedProtocol,
+        Counter::Encapsulate,
+        Counter::Decapsulate,
+        Counter::UplinkPass,
+        Counter::DropTooBig,
+        Counter::DropNotFromNode,
+        Counter::DropFragment,
+        Counter::DropBadChecksum,
+        Counter::DropBadConfig,
     ];
 
     /// The counter's index in the counter map.
@@ -90,6 +200,14 @@ impl Counter {
             Counter::DropSpoofedSource => "drop_spoofed_source",
             Counter::DropMalformed => "drop_malformed",
             Counter::DropUnsupportedProtocol => "drop_unsupported_protocol",
+            Counter::Encapsulate => "encapsulate",
+            Counter::Decapsulate => "decapsulate",
+            Counter::UplinkPass => "pass_uplink",
+            Counter::DropTooBig => "drop_too_big",
+            Counter::DropNotFromNode => "drop_not_from_node",
+            Counter::DropFragment => "drop_fragment",
+            Counter::DropBadChecksum => "drop_bad_checksum",
+            Counter::DropBadConfig => "drop_bad_config",
         }
     }
 }
@@ -106,5 +224,50 @@ mod tests {
                 assert_ne!(c.name(), other.name());
             }
         }
+    }
+
+    #[test]
+    fn existing_counters_keep_their_indices_and_names() {
+        let abi = [
+            (Counter::Pass, 0, "pass"),
+            (Counter::ArpPass, 1, "pass_arp"),
+            (Counter::DropUnknownEndpoint, 2, "drop_unknown_endpoint"),
+            (Counter::DropSpoofedSource, 3, "drop_spoofed_source"),
+            (Counter::DropMalformed, 4, "drop_malformed"),
+            (
+                Counter::DropUnsupportedProtocol,
+                5,
+                "drop_unsupported_protocol",
+            ),
+        ];
+        for (counter, index, name) in abi {
+            assert_eq!((counter.index(), counter.name()), (index, name));
+        }
+    }
+
+    #[test]
+    fn every_drop_reason_has_its_own_counter() {
+        let reasons = [
+            DropReason::UnknownEndpoint,
+            DropReason::SpoofedSource,
+            DropReason::Malformed,
+            DropReason::UnsupportedProtocol,
+            DropReason::NotFromNode,
+            DropReason::Fragment,
+            DropReason::BadChecksum,
+            DropReason::BadConfig,
+        ];
+        for (i, r) in reasons.iter().enumerate() {
+            assert_eq!(Verdict::Drop(*r).counter(), r.counter());
+            assert_eq!(UplinkVerdict::Drop(*r).counter(), r.counter());
+            for other in &reasons[i + 1..] {
+                assert_ne!(r.counter(), other.counter());
+            }
+        }
+        let too_big = UplinkVerdict::TooBig {
+            mtu: 1480,
+            dont_fragment: true,
+        };
+        assert_eq!(too_big.counter().name(), "drop_too_big");
     }
 }

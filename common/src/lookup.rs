@@ -1,0 +1,105 @@
+//! Map access as traits, so the decisions are written once over any maps:
+//! the eBPF programs implement them with aya's `LpmTrie` and `HashMap`, the
+//! userspace twin with in-memory tables (the slice implementations here).
+
+use crate::maps::{PodCidrKey, RemoteNode};
+
+/// Routes to other nodes' pod CIDRs (the [`crate::maps::POD_ROUTES_MAP`] LPM trie).
+pub trait RouteLookup {
+    /// The node owning the longest pod CIDR that holds `dst`, if any.
+    fn remote_node_for(&self, dst: [u8; 4]) -> Option<RemoteNode>;
+}
+
+/// The cluster's nodes (the [`crate::maps::NODES_MAP`] set).
+pub trait NodeSet {
+    /// `addr` is the underlay address of a cluster node.
+    fn is_node(&self, addr: [u8; 4]) -> bool;
+}
+
+impl<T: RouteLookup + ?Sized> RouteLookup for &T {
+    fn remote_node_for(&self, dst: [u8; 4]) -> Option<RemoteNode> {
+        (**self).remote_node_for(dst)
+    }
+}
+
+impl<T: NodeSet + ?Sized> NodeSet for &T {
+    fn is_node(&self, addr: [u8; 4]) -> bool {
+        (**self).is_node(addr)
+    }
+}
+
+/// A route table as a list: longest prefix wins, as in the LPM trie; among
+/// equal prefixes (which a trie cannot hold) the first. Linear, so for
+/// userspace and tests, not for eBPF.
+impl RouteLookup for [(PodCidrKey, RemoteNode)] {
+    fn remote_node_for(&self, dst: [u8; 4]) -> Option<RemoteNode> {
+        let mut best: Option<&(PodCidrKey, RemoteNode)> = None;
+        for entry in self {
+            if !entry.0.contains(dst) {
+                continue;
+            }
+            match best {
+                Some(b) if b.0.prefix_len >= entry.0.prefix_len => {}
+                _ => best = Some(entry),
+            }
+        }
+        best.map(|(_, node)| *node)
+    }
+}
+
+impl<const N: usize> RouteLookup for [(PodCidrKey, RemoteNode); N] {
+    fn remote_node_for(&self, dst: [u8; 4]) -> Option<RemoteNode> {
+        self.as_slice().remote_node_for(dst)
+    }
+}
+
+/// A node set as a list of underlay addresses (userspace and tests).
+impl NodeSet for [[u8; 4]] {
+    fn is_node(&self, addr: [u8; 4]) -> bool {
+        self.contains(&addr)
+    }
+}
+
+impl<const N: usize> NodeSet for [[u8; 4]; N] {
+    fn is_node(&self, addr: [u8; 4]) -> bool {
+        self.as_slice().is_node(addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn longest_prefix_wins_whatever_the_order() {
+        let wide = (
+            PodCidrKey::new([10, 244, 0, 0], 16),
+            RemoteNode::new([198, 18, 0, 9]),
+        );
+        let narrow = (
+            PodCidrKey::new([10, 244, 2, 0], 24),
+            RemoteNode::new([198, 18, 0, 2]),
+        );
+        for table in [[wide, narrow], [narrow, wide]] {
+            assert_eq!(
+                table.remote_node_for([10, 244, 2, 7]),
+                Some(RemoteNode::new([198, 18, 0, 2]))
+            );
+            assert_eq!(
+                table.remote_node_for([10, 244, 3, 7]),
+                Some(RemoteNode::new([198, 18, 0, 9]))
+            );
+            assert_eq!(table.remote_node_for([10, 245, 0, 1]), None);
+        }
+        let empty: [(PodCidrKey, RemoteNode); 0] = [];
+        assert_eq!(empty.remote_node_for([10, 244, 2, 7]), None);
+    }
+
+    #[test]
+    fn node_set_is_membership() {
+        let nodes = [[198, 18, 0, 1], [198, 18, 0, 2]];
+        assert!(nodes.is_node([198, 18, 0, 2]));
+        assert!(!nodes.is_node([198, 18, 0, 3]));
+        assert!(nodes[..].is_node([198, 18, 0, 1]));
+    }
+}
