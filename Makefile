@@ -25,7 +25,7 @@ build: ebpf
 # The whole suite: unit tests of the pure logic, then the root-only
 # integration tests (network namespaces, the real binaries, podman).
 test: build
-	$(CARGO) test --release --workspace --no-fail-fast -- --test-threads=2
+	@CARGO=$(CARGO) bash scripts/test.sh
 
 # The main job: a 3-node lab with 2 pods per node, and traffic between all pods.
 demo: build

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# `make test`: the whole suite, then one summary line over every test binary
+# (cargo's own last line is that of whichever binary ran last, often an
+# empty doc-test run).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+CARGO=${CARGO:-cargo}
+mkdir -p target
+log=target/test-output.log
+"$CARGO" test --release --workspace --no-fail-fast -- --test-threads=2 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+awk '/^test result:/ { passed += $4; failed += $6; ignored += $8 }
+     END { printf "total: %d passed, %d failed, %d skipped\n", passed, failed, ignored }' "$log"
+exit "$status"
