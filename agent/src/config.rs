@@ -123,32 +123,28 @@ impl Config {
 mod tests {
     use super::*;
 
-    #[test]
-    fn flags_parse_and_defaults_hold() {
-        let c = Config::try_parse_from([
+    /// Parses the two required flags plus `extra`.
+    fn parse(extra: &[&str]) -> Result<Config, clap::Error> {
+        let base = [
             "weft-agent",
             "--node-name",
             "n1",
             "--pod-cidr",
             "10.244.1.0/24",
-        ])
-        .unwrap();
+        ];
+        Config::try_parse_from(base.iter().chain(extra))
+    }
+
+    #[test]
+    fn flags_parse_and_defaults_hold() {
+        let c = parse(&[]).unwrap();
         assert_eq!(c.uplink, "eth0");
         assert_eq!(c.pod_mtu(1500), 1500);
         assert_eq!(c.socket, PathBuf::from("/run/weft/agent.sock"));
         assert_eq!(c.routing, Routing::Bgp);
         assert_eq!(c.as_number, 64512);
         assert!(c.route_reflectors.is_empty());
-        let c = Config::try_parse_from([
-            "weft-agent",
-            "--node-name",
-            "n1",
-            "--pod-cidr",
-            "10.244.1.0/24",
-            "--route-reflectors",
-            "node1,node2",
-        ])
-        .unwrap();
+        let c = parse(&["--route-reflectors", "node1,node2"]).unwrap();
         assert_eq!(c.route_reflectors, ["node1", "node2"]);
     }
 
@@ -164,53 +160,9 @@ mod tests {
             ])
             .is_err()
         );
-        assert!(
-            Config::try_parse_from([
-                "weft-agent",
-                "--node-name",
-                "n1",
-                "--pod-cidr",
-                "10.244.1.0/24",
-                "--mtu",
-                "100"
-            ])
-            .is_err()
-        );
-        assert!(
-            Config::try_parse_from([
-                "weft-agent",
-                "--node-name",
-                "n1",
-                "--pod-cidr",
-                "10.244.1.0/24",
-                "--encap",
-                "gre"
-            ])
-            .is_err()
-        );
-        assert!(
-            Config::try_parse_from([
-                "weft-agent",
-                "--node-name",
-                "n1",
-                "--pod-cidr",
-                "10.244.1.0/24",
-                "--as-number",
-                "23456"
-            ])
-            .is_err()
-        );
-        assert!(
-            Config::try_parse_from([
-                "weft-agent",
-                "--node-name",
-                "n1",
-                "--pod-cidr",
-                "10.244.1.0/24",
-                "--as-number",
-                "0"
-            ])
-            .is_err()
-        );
+        assert!(parse(&["--mtu", "100"]).is_err());
+        assert!(parse(&["--encap", "gre"]).is_err());
+        assert!(parse(&["--as-number", "23456"]).is_err());
+        assert!(parse(&["--as-number", "0"]).is_err());
     }
 }

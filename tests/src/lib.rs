@@ -367,3 +367,39 @@ impl Lab {
         self.ctl_ok(&["lab", "apply", "-f", file.path().to_str().unwrap()]);
     }
 }
+
+impl Lab {
+    /// Waits until every node has a BGP route to every other node's pod
+    /// CIDR via that node's underlay address.
+    pub fn wait_bgp_mesh(&self) {
+        let status = self.status();
+        for node in &status.nodes {
+            for other in status.nodes.iter().filter(|o| o.name != node.name) {
+                let want = format!("{} via {}", other.pod_cidr, other.underlay_ip);
+                eventually(
+                    &format!("{} learns {}", node.name, other.pod_cidr),
+                    BGP_WAIT,
+                    || {
+                        let routes = bgp_routes(&node.netns);
+                        if routes.contains(&want) {
+                            Ok(())
+                        } else {
+                            Err(routes)
+                        }
+                    },
+                );
+            }
+        }
+    }
+}
+
+impl LabStatus {
+    /// The first pod on `node` (tests that need "a pod there").
+    pub fn pod_on(&self, node: &str) -> LabPod {
+        self.pods
+            .iter()
+            .find(|p| p.node == node)
+            .cloned()
+            .unwrap_or_else(|| panic!("no pod on {node}: {:?}", self.pods))
+    }
+}

@@ -56,23 +56,7 @@ fn nodes_mesh_and_exchange_pod_cidrs_with_bird_over_ebgp() {
     let lab = Lab::up("bird", 3, 1);
     let status = lab.status();
     // The mesh: every node routes every other node's pod CIDR over BGP.
-    for node in &status.nodes {
-        for other in status.nodes.iter().filter(|o| o.name != node.name) {
-            let want = format!("{} via {}", other.pod_cidr, other.underlay_ip);
-            eventually(
-                &format!("{} learns {}", node.name, other.pod_cidr),
-                WAIT,
-                || {
-                    let routes = bgp_routes(&node.netns);
-                    if routes.contains(&want) {
-                        Ok(())
-                    } else {
-                        Err(routes)
-                    }
-                },
-            );
-        }
-    }
+    lab.wait_bgp_mesh();
 
     let mut bird = Bird::start(
         &lab,
@@ -275,18 +259,8 @@ fn graceful_restart_keeps_forwarding_and_routes_across_an_agent_sigkill() {
         status.nodes.iter().map(|n| weft_routes(&n.netns)).collect();
 
     // A pod on node1 pings the pod on node2 every 20 ms throughout.
-    let from = status
-        .pods
-        .iter()
-        .find(|p| p.node == "node1")
-        .unwrap()
-        .clone();
-    let to = status
-        .pods
-        .iter()
-        .find(|p| p.node == "node2")
-        .unwrap()
-        .clone();
+    let from = status.pod_on("node1");
+    let to = status.pod_on("node2");
     let pinger = std::thread::spawn(move || {
         netns_exec(
             &from.netns,

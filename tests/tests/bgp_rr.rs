@@ -9,28 +9,6 @@ use weft_tests::*;
 
 const WAIT: Duration = BGP_WAIT;
 
-/// Waits until every node routes every other node's pod CIDR via its underlay address.
-fn converged(lab: &Lab) {
-    let status = lab.status();
-    for node in &status.nodes {
-        for other in status.nodes.iter().filter(|o| o.name != node.name) {
-            let want = format!("{} via {}", other.pod_cidr, other.underlay_ip);
-            eventually(
-                &format!("{} learns {}", node.name, other.pod_cidr),
-                WAIT,
-                || {
-                    let routes = bgp_routes(&node.netns);
-                    if routes.contains(&want) {
-                        Ok(())
-                    } else {
-                        Err(routes)
-                    }
-                },
-            );
-        }
-    }
-}
-
 /// `bgp peers --json` of a node: (address, state, route_reflector_client).
 fn peers(lab: &Lab, node: &str) -> Vec<(String, String, bool)> {
     let json = lab.ctl_ok(&["bgp", "peers", "--node", node, "--json"]);
@@ -71,7 +49,7 @@ fn four_nodes_converge_through_one_reflector() {
             .unwrap()
             .ends_with("route reflectors node1")
     );
-    converged(&lab);
+    lab.wait_bgp_mesh();
     let out = lab.ctl(&["lab", "check"]);
     assert!(out.status.success(), "lab check: {}", show(&out));
 
@@ -127,7 +105,7 @@ fn reflector_names_must_be_nodes_of_the_lab() {
 #[test]
 fn bird_as_an_ibgp_client_of_the_reflector_sees_and_reaches_every_node() {
     let lab = Lab::up_with("rrbird", 4, 0, &["--route-reflectors", "node1"]);
-    converged(&lab);
+    lab.wait_bgp_mesh();
     // `rr` is a keyword of BIRD's config language: the protocol is weft_rr.
     let config = "router id 198.18.0.200;\nprotocol device {}\n\
                   protocol static announce { ipv4; route 203.0.113.0/24 blackhole; }\n\

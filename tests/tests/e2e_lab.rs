@@ -88,18 +88,8 @@ fn three_nodes_full_connectivity() {
 fn spoofed_source_reaches_nobody_and_is_counted() {
     let lab = Lab::up("spoof", 2, 1);
     let status = lab.status();
-    let from = status
-        .pods
-        .iter()
-        .find(|p| p.node == "node1")
-        .unwrap()
-        .clone();
-    let to = status
-        .pods
-        .iter()
-        .find(|p| p.node == "node2")
-        .unwrap()
-        .clone();
+    let from = status.pod_on("node1");
+    let to = status.pod_on("node2");
 
     // The pod's own traffic flows.
     let own = netns_exec(&from.netns, &["ping", "-c", "2", "-W", "2", &to.ip]);
@@ -157,8 +147,7 @@ fn spoofed_source_reaches_nobody_and_is_counted() {
 fn agent_sigkill_keeps_traffic_and_restart_flushes_nothing() {
     let lab = Lab::up("kill", 2, 2);
     let node1 = lab.node("node1");
-    let pods = lab.status().pods;
-    let pod1 = pods.iter().find(|p| p.node == "node1").unwrap().clone();
+    let pod1 = lab.status().pod_on("node1");
     let routes_before = routes(&node1.netns);
     let filters_before = guard_filters(&node1.netns, &pod1.host_ifname);
     assert!(

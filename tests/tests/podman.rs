@@ -108,12 +108,7 @@ impl Drop for Podman {
 #[test]
 fn podman_container_gets_a_weft_address_and_reaches_another_node() {
     let lab = Lab::up("podman", 2, 1);
-    let target = lab
-        .status()
-        .pods
-        .into_iter()
-        .find(|p| p.node == "node2")
-        .unwrap();
+    let target = lab.status().pod_on("node2");
     let podman = Podman::new(&lab, "node1");
     podman.import_busybox();
     assert!(Path::new(&podman.node_netns).exists());
