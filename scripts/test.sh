@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 CARGO=${CARGO:-cargo}
 mkdir -p target
 log=target/test-output.log
-"$CARGO" test --release --workspace --no-fail-fast -- --test-threads=2 2>&1 | tee "$log"
+# --show-output: the figures tests print (simulation message counts, timings)
+# stay in the log even when they pass.
+"$CARGO" test --release --workspace --no-fail-fast -- --test-threads=2 --show-output 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 awk '/^test result:/ { passed += $4; failed += $6; ignored += $8 }
      END { printf "total: %d passed, %d failed, %d skipped\n", passed, failed, ignored }' "$log"

@@ -296,18 +296,29 @@ fn agent_killed_during_adds_never_hands_out_a_duplicate() {
         failed > 0,
         "the agent died after the burst: the test proved nothing"
     );
-    eprintln!("{failed} of 30 ADDs failed while the agent was killed; retrying them");
-    for (id, r) in &first {
-        if let Err(e) = r {
-            eprintln!(
-                "first ADD {id}: {}",
-                e.lines()
-                    .filter(|l| l.contains("code"))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            );
-        }
-    }
+    // An agent that dies under a runtime is a reason to retry, never a
+    // verdict on the pod: every failure must be CNI code 11.
+    let codes: std::collections::BTreeSet<u64> = first
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().err())
+        .map(|e| {
+            let json = e
+                .lines()
+                .find(|l| l.starts_with('{'))
+                .unwrap_or_else(|| panic!("no CNI error JSON in {e}"));
+            serde_json::from_str::<serde_json::Value>(json).unwrap()["code"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    eprintln!(
+        "{failed} of 30 ADDs failed while the agent was killed (CNI codes {codes:?}); retrying them"
+    );
+    assert_eq!(
+        codes,
+        [11].into(),
+        "an agent killed mid-ADD must read as 'try again later'"
+    );
     lab.ctl_ok(&["lab", "agent", "start", "node1"]);
 
     // Retry what failed, as a runtime would; what succeeded must still be
