@@ -225,6 +225,18 @@ impl Bird {
         std::fs::read_to_string(self.log()).unwrap_or_default()
     }
 
+    /// Waits until BIRD's table has a route to `prefix`.
+    pub fn wait_for_route(&mut self, prefix: &str) {
+        crate::eventually(&format!("BIRD learns {prefix}"), crate::BGP_WAIT, || {
+            let routes = self.birdc("show route");
+            if routes.contains(prefix) {
+                Ok(())
+            } else {
+                Err(routes)
+            }
+        });
+    }
+
     /// Runs a birdc command and returns its output.
     pub fn birdc(&mut self, command: &str) -> String {
         self.daemon.assert_running(&self.log());

@@ -67,14 +67,7 @@ fn nodes_mesh_and_exchange_pod_cidrs_with_bird_over_ebgp() {
     lab.apply(&bgp_peer("bird", "198.18.0.200", 64600, None));
     // BIRD receives every node's pod CIDR.
     for node in &status.nodes {
-        eventually(&format!("BIRD learns {}", node.pod_cidr), WAIT, || {
-            let routes = bird.birdc("show route");
-            if routes.contains(&node.pod_cidr) {
-                Ok(())
-            } else {
-                Err(routes)
-            }
-        });
+        bird.wait_for_route(&node.pod_cidr);
     }
     // Its announcement reaches every node's kernel, and goes with its withdrawal.
     lab.wait_bgp_route_everywhere("203.0.113.0/24 via 198.18.0.200", true);
@@ -244,14 +237,7 @@ fn graceful_restart_keeps_forwarding_and_routes_across_an_agent_sigkill() {
     };
     // BIRD has every node's pod CIDR before anything happens.
     for node in &status.nodes {
-        eventually(&format!("BIRD learns {}", node.pod_cidr), WAIT, || {
-            let routes = bird.birdc("show route");
-            if routes.contains(&node.pod_cidr) {
-                Ok(())
-            } else {
-                Err(routes)
-            }
-        });
+        bird.wait_for_route(&node.pod_cidr);
     }
     std::thread::sleep(Duration::from_secs(1));
     let bird_before = count(&mut bird);
@@ -363,14 +349,7 @@ fn routes_learned_over_ebgp_are_passed_on_to_the_mesh() {
         }
     });
     // And BIRD hears node2's pod CIDR through node1.
-    eventually("BIRD learns node2's pod CIDR", WAIT, || {
-        let routes = bird.birdc("show route");
-        if routes.contains("10.244.2.0/24") {
-            Ok(())
-        } else {
-            Err(routes)
-        }
-    });
+    bird.wait_for_route("10.244.2.0/24");
     bird.birdc("disable announce");
     lab.wait_bgp_route_everywhere("203.0.113.0/24", false);
 }
