@@ -1104,49 +1104,48 @@ fn collide(a_id: Ipv4Addr, b_id: Ipv4Addr) -> Collided {
     assert!(b.handle_event(now, Direction::Outgoing, Event::TcpConnectionSucceeded));
     assert!(a.handle_event(now, Direction::Incoming, Event::TcpConnectionConfirmed));
     assert!(a.second().is_some() && b.second().is_some());
-    let flip = |d| match d {
-        Direction::Outgoing => Direction::Incoming,
-        Direction::Incoming => Direction::Outgoing,
-    };
     let (mut oa, mut ob) = (Vec::new(), Vec::new());
     let mut closed_a = Vec::new();
     let mut closed_b = Vec::new();
+    /// Carries one side's outputs to the other: bytes on connections it has
+    /// not closed, a Disconnect as a closed connection at both ends; the
+    /// rest is recorded for the test.
+    fn deliver(
+        now: Instant,
+        outputs: Vec<(Direction, Output)>,
+        to: &mut Peer,
+        closed_here: &mut Vec<Direction>,
+        closed_there: &mut Vec<Direction>,
+        record: &mut Vec<(Direction, Output)>,
+    ) {
+        let flip = |d| match d {
+            Direction::Outgoing => Direction::Incoming,
+            Direction::Incoming => Direction::Outgoing,
+        };
+        for (d, o) in outputs {
+            match o {
+                Output::Transmit(bytes) if !closed_here.contains(&d) => {
+                    to.handle_event(now, flip(d), Event::BytesReceived(&bytes));
+                }
+                Output::Transmit(_) => {}
+                Output::Disconnect => {
+                    closed_here.push(d);
+                    closed_there.push(flip(d));
+                    to.handle_event(now, flip(d), Event::TcpConnectionFails);
+                    record.push((d, Output::Disconnect));
+                }
+                o => record.push((d, o)),
+            }
+        }
+    }
     loop {
         let pa: Vec<_> = std::iter::from_fn(|| a.poll_output()).collect();
         let pb: Vec<_> = std::iter::from_fn(|| b.poll_output()).collect();
         if pa.is_empty() && pb.is_empty() {
             break;
         }
-        for (d, o) in pa {
-            match o {
-                Output::Transmit(bytes) if !closed_a.contains(&d) => {
-                    b.handle_event(now, flip(d), Event::BytesReceived(&bytes));
-                }
-                Output::Transmit(_) => {}
-                Output::Disconnect => {
-                    closed_a.push(d);
-                    closed_b.push(flip(d));
-                    b.handle_event(now, flip(d), Event::TcpConnectionFails);
-                    oa.push((d, Output::Disconnect));
-                }
-                o => oa.push((d, o)),
-            }
-        }
-        for (d, o) in pb {
-            match o {
-                Output::Transmit(bytes) if !closed_b.contains(&d) => {
-                    a.handle_event(now, flip(d), Event::BytesReceived(&bytes));
-                }
-                Output::Transmit(_) => {}
-                Output::Disconnect => {
-                    closed_b.push(d);
-                    closed_a.push(flip(d));
-                    a.handle_event(now, flip(d), Event::TcpConnectionFails);
-                    ob.push((d, Output::Disconnect));
-                }
-                o => ob.push((d, o)),
-            }
-        }
+        deliver(now, pa, &mut b, &mut closed_a, &mut closed_b, &mut oa);
+        deliver(now, pb, &mut a, &mut closed_b, &mut closed_a, &mut ob);
     }
     (a, b, oa, ob)
 }
