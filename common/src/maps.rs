@@ -198,8 +198,11 @@ pub struct NodeConfig {
     pub flags: u8,
     /// TTL of the outer header; 0 means [`NodeConfig::DEFAULT_OUTER_TTL`].
     pub outer_ttl: u8,
+    /// The uplink's MTU, the largest packet it sends once encapsulated; 0
+    /// means unknown (no check: the kernel's own MTU check still applies).
+    pub uplink_mtu: u16,
     /// Reserved; writers set 0.
-    pub reserved: u32,
+    pub reserved: u16,
 }
 
 impl NodeConfig {
@@ -214,7 +217,24 @@ impl NodeConfig {
             encap: encap as u8,
             flags: 0,
             outer_ttl: 0,
+            uplink_mtu: 0,
             reserved: 0,
+        }
+    }
+
+    /// The same config with the uplink's MTU.
+    pub const fn with_uplink_mtu(mut self, mtu: u16) -> Self {
+        self.uplink_mtu = mtu;
+        self
+    }
+
+    /// The MTU the egress decision checks a non-GSO packet against:
+    /// `u16::MAX` (no check) when unknown.
+    pub const fn egress_mtu(&self) -> u16 {
+        if self.uplink_mtu == 0 {
+            u16::MAX
+        } else {
+            self.uplink_mtu
         }
     }
 
@@ -265,7 +285,7 @@ const _: () = assert!(core::mem::size_of::<PodCidrKey>() == 8);
 const _: () = assert!(core::mem::size_of::<RemoteNode>() == 8);
 const _: () = assert!(core::mem::size_of::<NodeEntry>() == 4);
 const _: () = assert!(core::mem::size_of::<NodeConfig>() == 16);
-const _: () = assert!(core::mem::align_of::<NodeConfig>() == 4);
+const _: () = assert!(core::mem::align_of::<NodeConfig>() == 2);
 
 #[cfg(test)]
 mod tests {

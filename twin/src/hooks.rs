@@ -1,0 +1,122 @@
+//! The tc programs as functions: what each eBPF shell does with a frame,
+//! done in userspace with the same decision from `weft-common`.
+//!
+//! A hook returns what `BPF_PROG_TEST_RUN` reports for the loaded program:
+//! the tc action code, and the frame as the program left it (encapsulated,
+//! decapsulated, or unchanged), plus the counter the program bumped. The
+//! differential tests hold the two to be identical.
+
+use weft_common::guard::pod_egress_verdict;
+use weft_common::lookup::{NodeSet, RouteLookup};
+use weft_common::maps::{EndpointInfo, NodeConfig};
+use weft_common::uplink::{self, write_decapsulated, write_encapsulated};
+use weft_common::verdict::{Counter, UplinkVerdict, Verdict};
+
+/// `TC_ACT_OK`: the kernel carries on with the (possibly rewritten) packet.
+pub const TC_ACT_OK: i32 = 0;
+/// `TC_ACT_SHOT`: the packet is dropped.
+pub const TC_ACT_SHOT: i32 = 2;
+
+/// What one tc program did with one frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookOutcome {
+    /// The tc action code the program returned.
+    pub action: i32,
+    /// The counter the program bumped.
+    pub counter: Counter,
+    /// The frame after the program: rewritten when it encapsulated or
+    /// decapsulated, else the input unchanged (also when dropped, as
+    /// `BPF_PROG_TEST_RUN` reports it).
+    pub frame: Vec<u8>,
+}
+
+impl HookOutcome {
+    fn unchanged(action: i32, counter: Counter, frame: &[u8]) -> HookOutcome {
+        HookOutcome {
+            action,
+            counter,
+            frame: frame.to_vec(),
+        }
+    }
+
+    /// The packet goes on (to the stack, or out of the interface).
+    pub fn passes(&self) -> bool {
+        self.action == TC_ACT_OK
+    }
+}
+
+/// `weft_pod_ingress`: tc ingress of a pod's host veth, whose endpoint
+/// entry is `endpoint` (`None`: the veth has none).
+pub fn pod_ingress(frame: &[u8], endpoint: Option<&EndpointInfo>) -> HookOutcome {
+    let verdict = pod_egress_verdict(frame, endpoint);
+    let action = match verdict {
+        Verdict::Pass(_) => TC_ACT_OK,
+        Verdict::Drop(_) => TC_ACT_SHOT,
+    };
+    HookOutcome::unchanged(action, verdict.counter(), frame)
+}
+
+/// `weft_uplink_egress`: tc egress of the uplink, for a frame that is not
+/// GSO (the eBPF shell checks a GSO packet's segments against no MTU of its
+/// own, the kernel does): the MTU is the config's.
+pub fn uplink_egress<T: RouteLookup + ?Sized>(
+    frame: &[u8],
+    routes: &T,
+    config: &NodeConfig,
+) -> HookOutcome {
+    let verdict = uplink::uplink_egress(frame, routes, config, config.egress_mtu());
+    uplink_outcome(frame, verdict)
+}
+
+/// `weft_uplink_ingress`: tc ingress of the uplink.
+pub fn uplink_ingress<N: NodeSet + ?Sized>(
+    frame: &[u8],
+    nodes: &N,
+    config: &NodeConfig,
+) -> HookOutcome {
+    let verdict = uplink::uplink_ingress(frame, nodes, config);
+    uplink_outcome(frame, verdict)
+}
+
+/// Carries out an uplink verdict the way the eBPF shells do.
+fn uplink_outcome(frame: &[u8], verdict: UplinkVerdict) -> HookOutcome {
+    let counter = verdict.counter();
+    match verdict {
+        UplinkVerdict::Pass(_) => HookOutcome::unchanged(TC_ACT_OK, counter, frame),
+        UplinkVerdict::Drop(_) | UplinkVerdict::TooBig { .. } => {
+            HookOutcome::unchanged(TC_ACT_SHOT, counter, frame)
+        }
+        UplinkVerdict::Encapsulate { header, .. } => {
+            let mut out = vec![0; frame.len() + header.len()];
+            match write_encapsulated(frame, &header, &mut out) {
+                Some(len) => {
+                    out.truncate(len);
+                    HookOutcome {
+                        action: TC_ACT_OK,
+                        counter,
+                        frame: out,
+                    }
+                }
+                // The decision only encapsulates a frame with an IPv4
+                // header, so this is unreachable; fail closed regardless.
+                None => HookOutcome::unchanged(TC_ACT_SHOT, Counter::DropMalformed, frame),
+            }
+        }
+        UplinkVerdict::Decapsulate {
+            outer_header_len, ..
+        } => {
+            let mut out = vec![0; frame.len()];
+            match write_decapsulated(frame, outer_header_len, &mut out) {
+                Some(len) => {
+                    out.truncate(len);
+                    HookOutcome {
+                        action: TC_ACT_OK,
+                        counter,
+                        frame: out,
+                    }
+                }
+                None => HookOutcome::unchanged(TC_ACT_SHOT, Counter::DropMalformed, frame),
+            }
+        }
+    }
+}
