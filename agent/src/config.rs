@@ -11,15 +11,31 @@ use ipnetwork::Ipv4Network;
 /// How pod traffic crosses the underlay between nodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Encap {
+    /// IP-in-IP (protocol 4), done by Weft's eBPF programs on the uplink.
+    Ipip,
+    /// VXLAN (UDP 4789), done by a kernel vxlan device the agent programs.
+    Vxlan,
     /// Native routing: pod addresses on the wire (nodes on one L2 segment).
     None,
 }
 
 impl Encap {
-    /// Bytes the encapsulation adds to every packet; the pod MTU gives them up.
+    /// Bytes the encapsulation adds to every packet; the pod MTU gives them
+    /// up: an outer IPv4 header, or that plus UDP, VXLAN and inner Ethernet.
     pub fn overhead(self) -> u32 {
         match self {
+            Encap::Ipip => 20,
+            Encap::Vxlan => 50,
             Encap::None => 0,
+        }
+    }
+
+    /// The mode as the datapath's config map stores it.
+    pub fn datapath(self) -> weft_common::maps::Encap {
+        match self {
+            Encap::Ipip => weft_common::maps::Encap::Ipip,
+            Encap::Vxlan => weft_common::maps::Encap::Vxlan,
+            Encap::None => weft_common::maps::Encap::None,
         }
     }
 }
@@ -78,8 +94,12 @@ pub struct Config {
     #[arg(long, env = "WEFT_MTU", value_parser = clap::value_parser!(u32).range(576..=65535))]
     pub mtu: Option<u32>,
     /// Encapsulation between nodes.
-    #[arg(long, env = "WEFT_ENCAP", value_enum, default_value = "none")]
+    #[arg(long, env = "WEFT_ENCAP", value_enum, default_value = "ipip")]
     pub encap: Encap,
+    /// Encapsulate only towards nodes outside this node's underlay subnet
+    /// (Calico's crossSubnet); nodes on the same subnet are routed natively.
+    #[arg(long, env = "WEFT_CROSS_SUBNET")]
+    pub cross_subnet: bool,
     /// Where routes to other nodes come from.
     #[arg(long, env = "WEFT_ROUTING", value_enum, default_value = "bgp")]
     pub routing: Routing,
@@ -139,7 +159,13 @@ mod tests {
     fn flags_parse_and_defaults_hold() {
         let c = parse(&[]).unwrap();
         assert_eq!(c.uplink, "eth0");
-        assert_eq!(c.pod_mtu(1500), 1500);
+        assert_eq!(c.encap, Encap::Ipip);
+        assert!(!c.cross_subnet);
+        assert_eq!(c.pod_mtu(1500), 1480);
+        assert_eq!(parse(&["--encap", "vxlan"]).unwrap().pod_mtu(1500), 1450);
+        assert_eq!(parse(&["--encap", "none"]).unwrap().pod_mtu(9000), 9000);
+        assert_eq!(parse(&["--mtu", "1400"]).unwrap().pod_mtu(1500), 1400);
+        assert!(parse(&["--cross-subnet"]).unwrap().cross_subnet);
         assert_eq!(c.socket, PathBuf::from("/run/weft/agent.sock"));
         assert_eq!(c.routing, Routing::Bgp);
         assert_eq!(c.as_number, 64512);

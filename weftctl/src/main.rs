@@ -147,6 +147,14 @@ enum LabCommand {
         /// Every name must be a node of the lab. Default: a full iBGP mesh.
         #[arg(long, value_delimiter = ',', value_name = "NODES")]
         route_reflectors: Vec<String>,
+        /// How pod traffic crosses the underlay between nodes: IP-in-IP by Weft's eBPF
+        /// programs, a kernel vxlan device, or native routing.
+        #[arg(long, value_enum, default_value = "ipip")]
+        encap: lab::state::Encap,
+        /// Encapsulate only towards nodes outside a node's underlay subnet (the lab's
+        /// nodes share one subnet, so this routes every pod packet natively).
+        #[arg(long)]
+        cross_subnet: bool,
     },
     /// Tear the lab down: its agents, namespaces, bpffs pins and state directory. Idempotent.
     Down,
@@ -345,6 +353,8 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
             keep_on_failure,
             routing,
             route_reflectors,
+            encap,
+            cross_subnet,
         } => {
             let started = Instant::now();
             let bin_dir = match bin_dir {
@@ -359,6 +369,8 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
                 keep_on_failure,
                 routing,
                 route_reflectors,
+                encap,
+                cross_subnet,
             };
             let state = lab::up(&lab, &options)?;
             print!(

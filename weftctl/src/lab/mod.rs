@@ -112,6 +112,8 @@ pub struct UpOptions {
     pub routing: state::Routing,
     /// Nodes that are BGP route reflectors; empty for a full mesh.
     pub route_reflectors: Vec<String>,
+    pub encap: state::Encap,
+    pub cross_subnet: bool,
 }
 
 /// Builds the lab from scratch (tearing down a previous one of that name).
@@ -133,6 +135,8 @@ pub fn up(lab: &LabRef, options: &UpOptions) -> Result<LabState> {
     );
     state.routing = options.routing;
     state.route_reflectors = route_reflectors;
+    state.encap = options.encap;
+    state.cross_subnet = options.cross_subnet;
     let built = state.save().and_then(|()| build(&mut state, options));
     match built {
         Ok(()) => Ok(state),

@@ -33,6 +33,12 @@ pub struct LabState {
     /// a full iBGP mesh. Every agent of the lab gets the same list.
     #[serde(default)]
     pub route_reflectors: Vec<String>,
+    /// How pod traffic crosses the underlay; every agent of the lab the same.
+    #[serde(default)]
+    pub encap: Encap,
+    /// Encapsulate only towards nodes outside a node's underlay subnet.
+    #[serde(default)]
+    pub cross_subnet: bool,
     pub fabric: Fabric,
     pub nodes: Vec<Node>,
     pub pods: Vec<Pod>,
@@ -54,6 +60,29 @@ impl Routing {
         match self {
             Routing::Bgp => "bgp",
             Routing::Static => "static",
+        }
+    }
+}
+
+/// The agents' `--encap`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Encap {
+    /// IP-in-IP done by Weft's eBPF programs on the uplink (the agent's default).
+    #[default]
+    Ipip,
+    /// A kernel vxlan device programmed by the agent.
+    Vxlan,
+    /// Native routing: pod addresses on the underlay.
+    None,
+}
+
+impl Encap {
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            Encap::Ipip => "ipip",
+            Encap::Vxlan => "vxlan",
+            Encap::None => "none",
         }
     }
 }
@@ -138,6 +167,8 @@ impl LabState {
             bin_dir: bin_dir.to_path_buf(),
             routing: Routing::default(),
             route_reflectors: Vec::new(),
+            encap: Encap::default(),
+            cross_subnet: false,
             fabric: Fabric {
                 netns: plan::fabric_netns(lab),
                 bridge: plan::BRIDGE.to_string(),
@@ -200,11 +231,12 @@ impl LabState {
             "--bpffs-dir".into(),
             path(&node.bpffs_dir),
             "--encap".into(),
-            "none".into(),
+            self.encap.as_arg().into(),
             "--routing".into(),
             self.routing.as_arg().into(),
         ]
         .into_iter()
+        .chain(self.cross_subnet.then(|| "--cross-subnet".to_string()))
         .chain(
             (!self.route_reflectors.is_empty())
                 .then(|| ["--route-reflectors".into(), self.route_reflectors.join(",")])
@@ -357,7 +389,15 @@ mod tests {
             "--node-name node1 --pod-cidr 10.244.1.0/24 --uplink eth0 \
              --datastore-dir /run/weft-lab/weft/datastore --state-dir /run/weft-lab/weft/nodes/node1 \
              --socket /run/weft-lab/weft/nodes/node1/agent.sock \
-             --bpffs-dir /sys/fs/bpf/weft-lab/weft/node1 --encap none --routing bgp"
+             --bpffs-dir /sys/fs/bpf/weft-lab/weft/node1 --encap ipip --routing bgp"
+        );
+        let mut vxlan = state.clone();
+        vxlan.encap = Encap::Vxlan;
+        vxlan.cross_subnet = true;
+        let args = vxlan.agent_args(vxlan.node("node1").unwrap()).join(" ");
+        assert!(
+            args.contains("--encap vxlan --routing bgp --cross-subnet"),
+            "{args}"
         );
         let mut state = state;
         state.route_reflectors = vec!["node1".into(), "node2".into()];
