@@ -275,6 +275,11 @@ enum AgentCommand {
         /// Seconds to wait for the agent to report ready.
         #[arg(long, default_value_t = 60)]
         ready_timeout: u64,
+        /// Switch the lab to this encapsulation mode first. It is recorded for the whole
+        /// lab: each other node's agent takes it when it is next started (a rolling change
+        /// of the cluster's configuration).
+        #[arg(long, value_enum)]
+        encap: Option<lab::state::Encap>,
     },
 }
 
@@ -468,8 +473,20 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
         LabCommand::Agent(AgentCommand::Start {
             node,
             ready_timeout,
+            encap,
         }) => {
             let mut state = lab.load()?;
+            if let Some(encap) = encap
+                && encap != state.encap
+            {
+                state.encap = encap;
+                state.save()?;
+                println!(
+                    "lab {} switched to encapsulation {}",
+                    state.lab,
+                    encap.as_arg()
+                );
+            }
             let (pid, already) =
                 lab::start_agent(&mut state, &node, Duration::from_secs(ready_timeout))?;
             if already {
