@@ -6,5 +6,28 @@
 //!
 //! - [`hooks`]: one function per tc program: a frame in, the program's tc
 //!   action, counter and output bytes out.
+//! - [`node`]: a node's tables as plain data ([`NodeTables`]: the eBPF maps
+//!   and the kernel routes) and the engine that plays the node's kernel
+//!   around the hooks: routing, MTU and ICMP, fragmentation, ARP, vxlan.
+//! - [`cluster`]: nodes joined by a simulated underlay, pods that are
+//!   smoltcp interfaces holding real TCP and UDP conversations, on a
+//!   virtual clock ([`Cluster`]).
+//! - [`trace()`]: one synthetic packet walked through nodes' tables,
+//!   returning every decision on its way ([`Step`]).
+//! - [`wire`]: the packets around the decisions (ARP, ICMP, UDP, VXLAN)
+//!   and [`wire::Probe`], a synthetic packet.
 
+pub mod cluster;
 pub mod hooks;
+pub mod node;
+pub mod step;
+mod trace;
+pub mod wire;
+
+pub use cluster::{Captured, Cluster, ClusterConfig, Pod, PodId};
+pub use node::{Counters, KernelRoute, KernelStats, NodeTables, Via, VxlanDevice, VxlanPeer};
+/// The smoltcp the pods are built with, for their sockets.
+pub use smoltcp;
+pub use step::{RouteDecision, Step, VxlanDecision};
+pub use trace::{TraceError, trace};
+pub use weft_common::maps::Encap;

@@ -1,0 +1,221 @@
+//! `trace`: one synthetic packet walked through nodes' tables built from
+//! plain data, hop by hop, every decision named.
+
+use std::net::Ipv4Addr;
+
+use weft_common::maps::{NodeConfig, PodCidrKey, RemoteNode};
+use weft_common::verdict::Counter;
+use weft_twin::hooks::{TC_ACT_OK, TC_ACT_SHOT};
+use weft_twin::wire::Probe;
+use weft_twin::{
+    Cluster, ClusterConfig, Encap, KernelRoute, NodeTables, RouteDecision, Step, TraceError, Via,
+    VxlanDecision, trace,
+};
+
+const NODE1: [u8; 4] = [198, 18, 0, 1];
+const NODE2: [u8; 4] = [198, 18, 0, 2];
+const POD1: [u8; 4] = [10, 244, 1, 5];
+const POD2: [u8; 4] = [10, 244, 2, 7];
+
+/// Two ipip nodes as an operator would read them off live nodes: the
+/// pinned maps and `ip route`.
+fn ipip_tables(route_mtu: Option<u16>) -> Vec<NodeTables> {
+    let node = |name: &str, me: [u8; 4], other: [u8; 4], pod: [u8; 4], remote_cidr: [u8; 4]| {
+        let config = NodeConfig::new(me, Encap::Ipip).with_uplink_mtu(1500);
+        let mut t = NodeTables::new(name, config, 24);
+        t.pod_mtu = 1480;
+        t.add_pod(7, pod);
+        t.pod_routes
+            .push((PodCidrKey::new(remote_cidr, 24), RemoteNode::new(other)));
+        t.nodes.push(other);
+        t.routes.push(
+            KernelRoute::new(
+                remote_cidr,
+                24,
+                Via::Uplink {
+                    gateway: Some(other),
+                },
+            )
+            .with_mtu(route_mtu),
+        );
+        t
+    };
+    vec![
+        node("node1", NODE1, NODE2, POD1, [10, 244, 2, 0]),
+        node("node2", NODE2, NODE1, POD2, [10, 244, 1, 0]),
+    ]
+}
+
+fn show(steps: &[Step]) -> String {
+    steps.iter().map(|s| format!("{s}\n")).collect()
+}
+
+#[test]
+fn a_udp_probe_crosses_two_ipip_nodes_hop_by_hop() {
+    let tables = ipip_tables(Some(1480));
+    let probe = Probe::udp(POD1, POD2, 53);
+    let steps = trace(&tables, Ipv4Addr::from(POD1), &probe.packet()).unwrap();
+    let text = show(&steps);
+    println!("{text}");
+    let kinds: Vec<&str> = steps
+        .iter()
+        .map(|s| match s {
+            Step::PodVeth { .. } => "pod veth",
+            Step::Routing { .. } => "routing",
+            Step::UplinkEgress { .. } => "uplink egress",
+            Step::Underlay { .. } => "underlay",
+            Step::UplinkIngress { .. } => "uplink ingress",
+            Step::Delivered { .. } => "delivered",
+            other => panic!("unexpected step {other}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "pod veth",
+            "routing",
+            "uplink egress",
+            "underlay",
+            "uplink ingress",
+            "routing",
+            "delivered"
+        ],
+        "{text}"
+    );
+    let counters: Vec<Counter> = steps.iter().filter_map(Step::counter).collect();
+    assert_eq!(
+        counters,
+        [Counter::Pass, Counter::Encapsulate, Counter::Decapsulate]
+    );
+    assert_eq!(
+        steps[1].route(),
+        Some(RouteDecision::ViaUplink {
+            next_hop: NODE2,
+            mtu: 1480
+        })
+    );
+    assert_eq!(steps[5].route(), Some(RouteDecision::ToPod { ifindex: 7 }));
+    assert_eq!(steps[6].node(), Some("node2"));
+    assert!(text.contains("TC_ACT_OK (encapsulate)"), "{text}");
+    assert!(
+        text.contains(
+            "198.18.0.1 > 198.18.0.2 ipip len 48 DF [10.244.1.5:40000 > 10.244.2.7:53 udp]"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_spoofed_probe_stops_at_the_pod_veth() {
+    let tables = ipip_tables(Some(1480));
+    let probe = Probe::udp([10, 244, 1, 99], POD2, 53);
+    let steps = trace(&tables, Ipv4Addr::from(POD1), &probe.packet()).unwrap();
+    assert_eq!(steps.len(), 1, "{}", show(&steps));
+    assert!(matches!(
+        steps[0],
+        Step::PodVeth {
+            action: TC_ACT_SHOT,
+            counter: Counter::DropSpoofedSource,
+            ..
+        }
+    ));
+    assert!(
+        steps[0]
+            .to_string()
+            .contains("TC_ACT_SHOT (drop_spoofed_source)")
+    );
+}
+
+#[test]
+fn an_oversized_df_probe_gets_icmp_back_to_the_sender() {
+    let tables = ipip_tables(Some(1480));
+    let probe = Probe::tcp(POD1, POD2, 80).with_len(1481);
+    let steps = trace(&tables, Ipv4Addr::from(POD1), &probe.packet()).unwrap();
+    let text = show(&steps);
+    let routes: Vec<RouteDecision> = steps.iter().filter_map(Step::route).collect();
+    assert_eq!(
+        routes,
+        [
+            RouteDecision::FragmentationNeeded { mtu: 1480 },
+            RouteDecision::ToPod { ifindex: 7 }
+        ],
+        "{text}"
+    );
+    let Some(Step::Delivered { node, packet, .. }) = steps.last() else {
+        panic!("{text}");
+    };
+    assert_eq!(node, "node1");
+    assert_eq!((packet.src, packet.dst, packet.protocol), (NODE1, POD1, 1));
+    assert_eq!(packet.ports, Some((3, 4)), "type 3 code 4");
+}
+
+#[test]
+fn without_the_route_mtu_the_probe_dies_in_the_uplink_program() {
+    let tables = ipip_tables(None);
+    let probe = Probe::udp(POD1, POD2, 53).with_len(1481);
+    let steps = trace(&tables, Ipv4Addr::from(POD1), &probe.packet()).unwrap();
+    let last = steps.last().unwrap();
+    assert!(
+        matches!(
+            last,
+            Step::UplinkEgress {
+                action: TC_ACT_SHOT,
+                counter: Counter::DropTooBig,
+                ..
+            }
+        ),
+        "{}",
+        show(&steps)
+    );
+    // At 1480 the same path encapsulates.
+    let probe = Probe::udp(POD1, POD2, 53).with_len(1480);
+    let steps = trace(&tables, Ipv4Addr::from(POD1), &probe.packet()).unwrap();
+    assert!(steps.iter().any(|s| matches!(
+        s,
+        Step::UplinkEgress {
+            action: TC_ACT_OK,
+            counter: Counter::Encapsulate,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn vxlan_tables_taken_from_a_simulated_cluster_trace_through_the_device() {
+    let mut c = Cluster::new(ClusterConfig {
+        encap: Encap::Vxlan,
+        ..ClusterConfig::default()
+    });
+    let a = c.add_pod(0);
+    let b = c.add_pod(2);
+    let tables: Vec<NodeTables> = (0..3).map(|n| c.tables(n).clone()).collect();
+    let probe = Probe::ping(c.pod_ip(a).octets(), c.pod_ip(b).octets());
+    let steps = trace(&tables, c.pod_ip(a), &probe.packet()).unwrap();
+    let text = show(&steps);
+    println!("{text}");
+    let encap = steps
+        .iter()
+        .find_map(|s| match s {
+            Step::VxlanEncap { remote, vni, .. } => Some((*remote, *vni)),
+            _ => None,
+        })
+        .expect(&text);
+    assert_eq!(encap, (c.node_ip(2).octets(), 4096));
+    assert!(steps.iter().any(|s| matches!(
+        s,
+        Step::VxlanDecap {
+            decision: VxlanDecision::Decapsulated { vni: 4096 },
+            ..
+        }
+    )));
+    assert!(matches!(steps.last(), Some(Step::Delivered { node, .. }) if node == "node3"));
+    // The trace touched nothing of the cluster it was read from.
+    assert_eq!(c.counters(0).get(Counter::Pass), 0);
+}
+
+#[test]
+fn a_probe_from_an_unknown_pod_is_refused() {
+    let err = trace(&ipip_tables(Some(1480)), Ipv4Addr::new(10, 244, 9, 9), &[]).unwrap_err();
+    assert_eq!(err, TraceError::UnknownPod(Ipv4Addr::new(10, 244, 9, 9)));
+    assert_eq!(err.to_string(), "no node has a local pod 10.244.9.9");
+}
