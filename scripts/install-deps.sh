@@ -9,6 +9,8 @@ PACKAGES=(
   rustc-web cargo-web rust-web-src llvm-22-dev libpolly-22-dev zlib1g-dev libzstd-dev
   # lab and tests: namespaces, tc, captures, ping
   iproute2 iputils-ping tcpdump procps
+  # `make bench`: single-stream TCP throughput between pods and between nodes
+  iperf3
   # a real libcni runtime for the conformance test
   podman containernetworking-plugins runc busybox-static
   # real BGP peers for the route distributor's tests

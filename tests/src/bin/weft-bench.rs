@@ -8,10 +8,23 @@
 //!    `weftctl lab node add`; how long until every other node's kernel
 //!    routes the new node's pod CIDR, and until the new node routes all the
 //!    others'. Three rounds (the node is deleted and added again), median.
+//! 3. Throughput: single-stream TCP (iperf3) in a 2-node lab per
+//!    encapsulation mode (ipip, vxlan: the kernel's own vxlan device, the
+//!    reference; none), pod to pod across nodes and on the same node, each
+//!    as a ratio to the bare underlay (node1 to node2 on their eth0
+//!    addresses) measured in the same lab, in the same rounds (median of
+//!    three 5 s streams per path by default). A mode whose lab or
+//!    measurement fails prints the error in its rows; the others go on.
+//!
+//! `weft-bench [cni|bgp|throughput|all]... [--seconds N] [--rounds N]
+//! [--modes ipip,vxlan,none]` (no section: all; `--help` for the
+//! environment twins and the other knobs). Every lab it makes is
+//! named `wbench-*` and torn down afterwards, also when a section fails.
 
+use std::io::Read;
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use weft_tests::*;
@@ -26,13 +39,191 @@ struct Plugin<'a> {
     config: String,
 }
 
+const SECTIONS: [&str; 3] = ["cni", "bgp", "throughput"];
+const MODES: [&str; 3] = ["ipip", "vxlan", "none"];
+/// Seconds per iperf3 stream.
+const SECONDS: u32 = 5;
+
+/// Rounds of the three streams per mode; each row is their median.
+const THROUGHPUT_ROUNDS: u32 = 3;
+
+const USAGE: &str = "usage: weft-bench [cni|bgp|throughput|all]... [--seconds N] [--rounds N] [--modes ipip,vxlan,none]
+  sections (default all): cni = CNI ADD/DEL latency, bgp = BGP convergence,
+                          throughput = iperf3 in a lab per encapsulation mode
+  --seconds N   seconds per iperf3 stream (WEFT_BENCH_SECONDS, default 5)
+  --rounds N    rounds of the throughput streams, median reported (WEFT_BENCH_THROUGHPUT_ROUNDS, default 3)
+  --modes LIST  encapsulation modes to measure (WEFT_BENCH_MODES, default ipip,vxlan,none)
+  environment: WEFT_BENCH_SECTIONS (comma-separated sections), WEFT_BENCH_ROUNDS (CNI pods, 100),
+               WEFT_BENCH_BGP_NODES (10), WEFT_BENCH_BGP_ROUNDS (3),
+               WEFT_BENCH_LAB_FLAGS (more `lab up` flags for the cni and bgp labs, e.g. \"--encap none\")";
+
+#[derive(Debug, PartialEq)]
+struct Options {
+    sections: Vec<String>,
+    seconds: u32,
+    rounds: u32,
+    modes: Vec<String>,
+}
+
+/// Command line first, then the environment, then the defaults.
+fn parse_args(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<Options, String> {
+    let list = |s: &str| -> Vec<String> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|w| !w.is_empty())
+            .map(String::from)
+            .collect()
+    };
+    let mut sections: Vec<String> = Vec::new();
+    let mut seconds = env("WEFT_BENCH_SECONDS");
+    let mut rounds = env("WEFT_BENCH_THROUGHPUT_ROUNDS");
+    let mut modes = env("WEFT_BENCH_MODES");
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+            _ => (arg.as_str(), None),
+        };
+        let slot = match flag {
+            "-h" | "--help" => return Err(String::new()),
+            "--seconds" => &mut seconds,
+            "--rounds" => &mut rounds,
+            "--modes" => &mut modes,
+            f if f.starts_with('-') => return Err(format!("unknown flag {f}")),
+            section => {
+                sections.extend(list(section));
+                continue;
+            }
+        };
+        *slot = Some(match inline {
+            Some(v) => v,
+            None => it.next().cloned().ok_or(format!("{flag} needs a value"))?,
+        });
+    }
+    if sections.is_empty() {
+        sections = env("WEFT_BENCH_SECTIONS")
+            .map(|s| list(&s))
+            .unwrap_or_default();
+    }
+    if sections.is_empty() || sections.iter().any(|s| s == "all") {
+        sections = SECTIONS.iter().map(|s| s.to_string()).collect();
+    }
+    if let Some(bad) = sections.iter().find(|s| !SECTIONS.contains(&s.as_str())) {
+        return Err(format!(
+            "unknown section {bad:?} (sections: {}, all)",
+            SECTIONS.join(", ")
+        ));
+    }
+    let positive = |what: &str, value: Option<String>, default: u32| match value {
+        None => Ok(default),
+        Some(s) => match s.parse() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("{what} {s:?} is not a positive whole number")),
+        },
+    };
+    let seconds = positive("--seconds", seconds, SECONDS)?;
+    let rounds = positive("--rounds", rounds, THROUGHPUT_ROUNDS)?;
+    let modes = modes
+        .map(|m| list(&m))
+        .unwrap_or_else(|| MODES.iter().map(|m| m.to_string()).collect());
+    if let Some(bad) = modes.iter().find(|m| !MODES.contains(&m.as_str())) {
+        return Err(format!(
+            "unknown mode {bad:?} (modes: {})",
+            MODES.join(", ")
+        ));
+    }
+    if modes.is_empty() {
+        return Err("--modes names no mode".into());
+    }
+    Ok(Options {
+        sections,
+        seconds,
+        rounds,
+        modes,
+    })
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let options = match parse_args(&args, |k| std::env::var(k).ok()) {
+        Ok(o) => o,
+        Err(e) if e.is_empty() => {
+            println!("{USAGE}");
+            return;
+        }
+        Err(e) => {
+            eprintln!("weft-bench: {e}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
     require_root();
+    // A section that breaks (its panic message is on stderr, its labs torn
+    // down as the panic unwinds) does not stop the others.
+    let mut failed = Vec::new();
+    for (i, section) in options.sections.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        let run = std::panic::AssertUnwindSafe(|| match section.as_str() {
+            "cni" => cni_latency(),
+            "bgp" => bgp_convergence(),
+            _ => throughput(options.seconds, options.rounds, &options.modes),
+        });
+        if std::panic::catch_unwind(run).is_err() {
+            println!("({section} section failed: see the error above)");
+            failed.push(section.as_str());
+        }
+    }
+    if !failed.is_empty() {
+        eprintln!("weft-bench: sections that failed: {}", failed.join(", "));
+        std::process::exit(1);
+    }
+}
+
+/// Brings up a lab named exactly `name` (the bench's labs are `wbench-*`);
+/// the returned [`Lab`] tears it down when dropped. On failure the lab is
+/// torn down too and the error is weftctl's message.
+fn bench_lab<S: AsRef<str>>(
+    name: &str,
+    nodes: u32,
+    pods_per_node: u32,
+    flags: &[S],
+) -> Result<Lab, String> {
+    require_root();
+    // Made first, so that whatever happens below, dropping it runs `lab down`.
+    let lab = Lab {
+        name: name.to_string(),
+    };
+    let (nodes, pods) = (nodes.to_string(), pods_per_node.to_string());
+    let mut args = vec![
+        "lab",
+        "up",
+        "--lab",
+        name,
+        "--nodes",
+        &nodes,
+        "--pods-per-node",
+        &pods,
+    ];
+    args.extend(flags.iter().map(AsRef::as_ref));
+    let out = weftctl(&args);
+    if out.status.success() {
+        Ok(lab)
+    } else {
+        Err(format!(
+            "weftctl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn cni_latency() {
     let runs = std::env::var("WEFT_BENCH_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(ROUNDS);
-    let lab = Lab::up("bench", 1, 0);
+    let lab = bench_lab("wbench-cni", 1, 0, &lab_flags()).unwrap_or_else(|e| panic!("{e}"));
     let node = lab.node("node1");
     // host-local's leases live in the bench's own directory, not the lab's.
     let leases = tempfile::Builder::new()
@@ -98,9 +289,6 @@ fn main() {
         ratio(medians[0].0, medians[1].0),
         ratio(medians[0].1, medians[1].1)
     );
-    drop(lab);
-    println!();
-    bgp_convergence();
 }
 
 const BGP_NODES: u32 = 10;
@@ -124,7 +312,7 @@ struct Join {
 fn bgp_convergence() {
     let nodes = env_or("WEFT_BENCH_BGP_NODES", BGP_NODES);
     let rounds = env_or("WEFT_BENCH_BGP_ROUNDS", BGP_ROUNDS as u32) as usize;
-    let lab = Lab::up("benchbgp", nodes, 0);
+    let lab = bench_lab("wbench-bgp", nodes, 0, &lab_flags()).unwrap_or_else(|e| panic!("{e}"));
     let old = lab.status().nodes;
     let new_index = nodes + 1;
     let new_netns = format!("{}-node{new_index}", lab.name);
@@ -188,6 +376,16 @@ fn bgp_convergence() {
         ms(after(|j| j.others_have_new)),
         ms(after(|j| j.new_has_others))
     );
+}
+
+/// `WEFT_BENCH_LAB_FLAGS`: more `lab up` flags for the cni and bgp labs
+/// (the throughput labs set their own `--encap`).
+fn lab_flags() -> Vec<String> {
+    std::env::var("WEFT_BENCH_LAB_FLAGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect()
 }
 
 fn env_or(name: &str, default: u32) -> u32 {
@@ -369,6 +567,412 @@ fn measure(
     (add, del)
 }
 
+/// The paths the throughput section measures in each lab, in this order;
+/// the first is the baseline of the lab's ratios.
+#[derive(Clone, Copy, PartialEq)]
+enum Route {
+    Bare,
+    AcrossNodes,
+    SameNode,
+}
+
+const ROUTES: [Route; 3] = [Route::Bare, Route::AcrossNodes, Route::SameNode];
+
+impl Route {
+    fn label(self) -> &'static str {
+        match self {
+            Route::Bare => "bare underlay (node1 -> node2)",
+            Route::AcrossNodes => "pod -> pod across nodes (node1-a -> node2-a)",
+            Route::SameNode => "pod -> pod same node (node1-a -> node1-b)",
+        }
+    }
+}
+
+/// One iperf3 stream's figures.
+#[derive(Debug, PartialEq)]
+struct Stream {
+    /// The receiver's rate (`end.sum_received.bits_per_second`).
+    bits_per_second: f64,
+    /// The sender's default MSS (`start.tcp_mss_default`): shows the path MTU.
+    mss: Option<u64>,
+}
+
+fn throughput(seconds: u32, rounds: u32, modes: &[String]) {
+    let load_before = load_average();
+    println!(
+        "Throughput: single-stream TCP (iperf3 -t {seconds}, the receiver's rate), {rounds} rounds, \
+         the paths taken in turn within each round; Gbit/s is the median over the rounds, min-max their range."
+    );
+    println!(
+        "One lab per mode (`weftctl lab up --nodes 2 --pods-per-node 2 --encap MODE`), up and down in turn. \
+         Each mode is compared with the bare underlay of its own lab (node1's eth0 to node2's eth0: \
+         the fabric bridge, no Weft in the path): `vs bare` is the median over the rounds of the path's rate \
+         over the bare rate of the same round."
+    );
+    println!(
+        "Modes: ipip = Weft's eBPF IP-in-IP, vxlan = the kernel's own vxlan device (the reference), \
+         none = native routing."
+    );
+    println!(
+        "{:<6} {:<46} {:>8} {:>8} {:>13} {:>6}",
+        "mode", "path", "Gbit/s", "vs bare", "min-max", "MSS"
+    );
+    let mut bares: Vec<(&str, f64)> = Vec::new();
+    for mode in modes {
+        let rows = match measure_mode(mode, seconds, rounds) {
+            Ok(rows) => rows,
+            Err(e) => {
+                for route in ROUTES {
+                    print_row(mode, route, &[], None);
+                }
+                print_error(&format!("the {mode} lab did not come up: {e}"));
+                continue;
+            }
+        };
+        if let Some(b) = median(rates(&rows[0])) {
+            bares.push((mode, b));
+        }
+        for (route, samples) in ROUTES.into_iter().zip(&rows) {
+            print_row(mode, route, samples, paired_ratio(samples, &rows[0]));
+            // Each distinct error once (a failing path usually fails alike every round).
+            let mut errors: Vec<&str> = Vec::new();
+            for e in samples.iter().filter_map(|s| s.as_ref().err()) {
+                if !errors.contains(&e.as_str()) {
+                    errors.push(e);
+                }
+            }
+            let failed = samples.iter().filter(|s| s.is_err()).count();
+            for e in errors {
+                if failed < samples.len() {
+                    print_error(&format!("{failed} of {} rounds failed: {e}", samples.len()));
+                } else {
+                    print_error(e);
+                }
+            }
+        }
+    }
+    if bares.len() > 1 {
+        let (lo, hi) = bares
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), &(_, b)| {
+                (lo.min(b), hi.max(b))
+            });
+        println!(
+            "bare underlay in each lab: {} Gbit/s (spread {:.0}% between the labs: how noisy these figures are)",
+            bares
+                .iter()
+                .map(|(m, b)| format!("{m} {b:.2}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            (hi - lo) / hi * 100.0
+        );
+    }
+    println!(
+        "load average (1 min) {} before, {} after, on {} CPUs: other work on the machine lowers and scatters the figures",
+        load_before,
+        load_average(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+}
+
+/// The first figure of /proc/loadavg.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(String::from))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// One table row: the median of the rounds that succeeded, the ratio to
+/// the bare underlay, their range and the MSS; "error" if no round did.
+fn print_row(mode: &str, route: Route, samples: &[Result<Stream, String>], ratio: Option<f64>) {
+    let row = |gbit: String, ratio: String, range: String, mss: String| {
+        println!(
+            "{:<6} {:<46} {:>8} {:>8} {:>13} {:>6}",
+            mode,
+            route.label(),
+            gbit,
+            ratio,
+            range,
+            mss
+        )
+    };
+    let gbit = rates(samples);
+    let Some(median) = median(gbit.clone()) else {
+        row("error".into(), "-".into(), "-".into(), "-".into());
+        return;
+    };
+    let lo = gbit.iter().copied().fold(f64::MAX, f64::min);
+    let hi = gbit.iter().copied().fold(f64::MIN, f64::max);
+    let mss = samples
+        .iter()
+        .find_map(|s| s.as_ref().ok().and_then(|s| s.mss))
+        .map_or("-".into(), |m| m.to_string());
+    row(
+        format!("{median:.2}"),
+        ratio.map_or("-".into(), |r| format!("{r:.2}")),
+        format!("{lo:.2}-{hi:.2}"),
+        mss,
+    );
+}
+
+/// The rates of the rounds that succeeded, in Gbit/s.
+fn rates(samples: &[Result<Stream, String>]) -> Vec<f64> {
+    samples
+        .iter()
+        .filter_map(|s| s.as_ref().ok().map(|s| s.bits_per_second / 1e9))
+        .collect()
+}
+
+/// The median over the rounds where both succeeded of `samples[r] / bare[r]`:
+/// pairing each stream with the bare stream of its own round cancels the
+/// machine's slower drifts.
+fn paired_ratio(
+    samples: &[Result<Stream, String>],
+    bare: &[Result<Stream, String>],
+) -> Option<f64> {
+    median(
+        samples
+            .iter()
+            .zip(bare)
+            .filter_map(|pair| match pair {
+                (Ok(s), Ok(b)) if b.bits_per_second > 0.0 => {
+                    Some(s.bits_per_second / b.bits_per_second)
+                }
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
+/// The median (the mean of the middle two for an even count); None if empty.
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// An error under its table row, indented, a few lines at most.
+fn print_error(e: &str) {
+    let lines: Vec<&str> = e.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    for line in lines.iter().take(6) {
+        println!("         {line}");
+    }
+    if lines.len() > 6 {
+        println!("         ({} more lines)", lines.len() - 6);
+    }
+}
+
+/// One mode's lab, up for `rounds` rounds of the streams of [`ROUTES`]
+/// and down again (also when something fails). Ok: each route's samples,
+/// in the order of [`ROUTES`]. Err: the lab did not come up.
+fn measure_mode(
+    mode: &str,
+    seconds: u32,
+    rounds: u32,
+) -> Result<Vec<Vec<Result<Stream, String>>>, String> {
+    let lab = bench_lab(&format!("wbench-tput-{mode}"), 2, 2, &["--encap", mode])?;
+    let out = lab.ctl(&["lab", "status", "--json"]);
+    if !out.status.success() {
+        return Err(format!("lab status: {}", show(&out)));
+    }
+    let status: LabStatus = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("lab status --json is not the documented shape: {e}"))?;
+    let node = |name: &str| {
+        status
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .map(|n| (n.netns.as_str(), n.underlay_ip.as_str()))
+            .ok_or_else(|| format!("no {name} in the lab"))
+    };
+    let pod = |name: &str| {
+        status
+            .pods
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| (p.netns.as_str(), p.ip.as_str()))
+            .ok_or_else(|| format!("no pod {name} in the lab"))
+    };
+    // (client netns, server netns, server address) of each route.
+    let ends = |route: Route| -> Result<(&str, &str, &str), String> {
+        let ((from, _), (to, to_ip)) = match route {
+            Route::Bare => (node("node1")?, node("node2")?),
+            Route::AcrossNodes => (pod("node1-a")?, pod("node2-a")?),
+            Route::SameNode => (pod("node1-a")?, pod("node1-b")?),
+        };
+        Ok((from, to, to_ip))
+    };
+    let mut samples: Vec<Vec<Result<Stream, String>>> = ROUTES.iter().map(|_| Vec::new()).collect();
+    for _ in 0..rounds {
+        for (i, route) in ROUTES.into_iter().enumerate() {
+            samples[i]
+                .push(ends(route).and_then(|(from, to, to_ip)| iperf3(to, to_ip, from, seconds)));
+        }
+    }
+    drop(lab);
+    Ok(samples)
+}
+
+/// A child process killed (SIGKILL to its own pid) and reaped when dropped.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// One stream: a one-off iperf3 server on `server_ip` in `server_netns`,
+/// the client in `client_netns`. `ip netns exec` execs iperf3, so the
+/// child's pid is iperf3's own.
+fn iperf3(
+    server_netns: &str,
+    server_ip: &str,
+    client_netns: &str,
+    seconds: u32,
+) -> Result<Stream, String> {
+    use std::io::BufRead;
+    let (reader, writer) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let writer2 = writer.try_clone().map_err(|e| format!("pipe: {e}"))?;
+    // The Command (holding the pipe's write ends) is dropped at the end of
+    // the statement, so the reader sees EOF once the server is gone.
+    let server = Reaped(
+        Command::new("ip")
+            .args(["netns", "exec", server_netns])
+            .args(["iperf3", "-s", "-1", "-B", server_ip, "--forceflush"])
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(writer2)
+            .spawn()
+            .map_err(|e| format!("iperf3 server: {e} (is iperf3 installed? make deps)"))?,
+    );
+    let (listening, is_listening) = std::sync::mpsc::channel();
+    let server_output = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in std::io::BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("Server listening") {
+                let _ = listening.send(());
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    if is_listening.recv_timeout(Duration::from_secs(10)).is_err() {
+        drop(server);
+        let text = server_output.join().unwrap_or_default();
+        return Err(format!(
+            "the iperf3 server in {server_netns} did not start listening on {server_ip}: {}",
+            text.trim()
+        ));
+    }
+    let secs = seconds.to_string();
+    let client = run_until(
+        Command::new("ip")
+            .args(["netns", "exec", client_netns])
+            .args([
+                "iperf3",
+                "-c",
+                server_ip,
+                "-t",
+                &secs,
+                "-J",
+                "--connect-timeout",
+                "3000",
+            ]),
+        Duration::from_secs(u64::from(seconds) + 30),
+    );
+    drop(server);
+    let server_text = server_output.join().unwrap_or_default();
+    let (status, out, err) = client.map_err(|e| format!("iperf3 client to {server_ip}: {e}"))?;
+    parse_iperf3(&out).map_err(|e| {
+        let mut msg = format!("iperf3 client in {client_netns} to {server_ip}: {e}");
+        if !status.success() {
+            msg.push_str(&format!(" ({status})"));
+        }
+        if !err.trim().is_empty() {
+            msg.push_str(&format!("\nclient stderr: {}", err.trim()));
+        }
+        // The server's own words, without its banner lines.
+        for line in server_text.lines().filter(|l| l.contains("error")) {
+            msg.push_str(&format!("\nserver: {}", line.trim()));
+        }
+        msg
+    })
+}
+
+/// Runs `cmd` with its output collected; kills it (by its pid) if it is
+/// still running after `limit`.
+fn run_until(cmd: &mut Command, limit: Duration) -> Result<(ExitStatus, String, String), String> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let collect = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let out = collect(Box::new(child.stdout.take().expect("piped")));
+    let err = collect(Box::new(child.stderr.take().expect("piped")));
+    let mut child = Reaped(child);
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.0.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => break None,
+        }
+    };
+    drop(child);
+    let (out, err) = (
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    );
+    match status {
+        Some(status) => Ok((status, out, err)),
+        None => Err(format!(
+            "killed after {limit:?} without finishing: {}",
+            err.trim()
+        )),
+    }
+}
+
+/// The receiver's rate from iperf3's `-J` report, or the error it reports.
+fn parse_iperf3(json: &str) -> Result<Stream, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("no JSON report from iperf3 ({e})"))?;
+    if let Some(error) = v.get("error").and_then(|e| e.as_str()) {
+        return Err(format!("iperf3: {error}"));
+    }
+    let bits_per_second = v
+        .pointer("/end/sum_received/bits_per_second")
+        .and_then(serde_json::Value::as_f64)
+        .ok_or("iperf3's report has no end.sum_received.bits_per_second")?;
+    Ok(Stream {
+        bits_per_second,
+        mss: v
+            .pointer("/start/tcp_mss_default")
+            .and_then(serde_json::Value::as_u64),
+    })
+}
+
 struct Stats {
     median: Duration,
     p90: Duration,
@@ -414,5 +1018,94 @@ mod tests {
             prefix("10.244.11.0/24"),
             (Ipv4Addr::new(10, 244, 11, 0), 24)
         );
+    }
+
+    fn args(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn arguments_then_environment_then_defaults() {
+        let none = |_: &str| None;
+        let all = parse_args(&[], none).unwrap();
+        assert_eq!(all.sections, ["cni", "bgp", "throughput"]);
+        assert_eq!((all.seconds, all.rounds), (SECONDS, THROUGHPUT_ROUNDS));
+        assert_eq!(all.modes, ["ipip", "vxlan", "none"]);
+
+        let env = |k: &str| match k {
+            "WEFT_BENCH_SECTIONS" => Some("bgp".to_string()),
+            "WEFT_BENCH_SECONDS" => Some("2".to_string()),
+            "WEFT_BENCH_MODES" => Some("vxlan".to_string()),
+            _ => None,
+        };
+        let o = parse_args(&[], env).unwrap();
+        assert_eq!(
+            (o.sections, o.seconds, o.modes),
+            (args(&["bgp"]), 2, args(&["vxlan"]))
+        );
+        let o = parse_args(
+            &args(&[
+                "throughput",
+                "--seconds",
+                "7",
+                "--modes=none,ipip",
+                "--rounds=1",
+            ]),
+            env,
+        )
+        .unwrap();
+        assert_eq!(o.sections, ["throughput"]);
+        assert_eq!((o.seconds, o.rounds), (7, 1));
+        assert_eq!(o.modes, ["none", "ipip"]);
+
+        assert!(parse_args(&args(&["tput"]), none).is_err());
+        assert!(parse_args(&args(&["--seconds", "0"]), none).is_err());
+        assert!(parse_args(&args(&["--seconds"]), none).is_err());
+        assert!(parse_args(&args(&["--modes", "gre"]), none).is_err());
+        assert!(parse_args(&args(&["--fast"]), none).is_err());
+        assert_eq!(parse_args(&args(&["--help"]), none), Err(String::new()));
+    }
+
+    #[test]
+    fn iperf3_reports_are_read() {
+        let ok = r#"{"start": {"tcp_mss_default": 1398},
+                     "end": {"sum_sent": {"bits_per_second": 2e9},
+                             "sum_received": {"bits_per_second": 1.5e9}}}"#;
+        assert_eq!(
+            parse_iperf3(ok),
+            Ok(Stream {
+                bits_per_second: 1.5e9,
+                mss: Some(1398)
+            })
+        );
+        let refused = r#"{"start": {}, "intervals": [], "end": {},
+                          "error": "unable to connect to server: Connection refused"}"#;
+        assert_eq!(
+            parse_iperf3(refused),
+            Err("iperf3: unable to connect to server: Connection refused".into())
+        );
+        assert!(parse_iperf3("").is_err());
+        assert!(parse_iperf3(r#"{"end": {}}"#).is_err());
+    }
+
+    #[test]
+    fn medians_and_ratios_of_the_rounds_that_succeeded() {
+        let s = |gbit: f64| {
+            Ok(Stream {
+                bits_per_second: gbit * 1e9,
+                mss: None,
+            })
+        };
+        let e = || Err("x".to_string());
+        assert_eq!(rates(&[s(3.0), e(), s(1.0)]), [3.0, 1.0]);
+        assert_eq!(median(rates(&[s(3.0), e(), s(1.0), s(2.0)])), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0]), Some(2.5));
+        assert_eq!(median(rates(&[e()])), None);
+        // Round by round: 4/8, 3/4 (round 2's bare failed: skipped), 2/2.
+        let bare = [s(8.0), e(), s(4.0), s(2.0)];
+        let pods = [s(4.0), s(9.0), s(3.0), s(2.0)];
+        assert_eq!(paired_ratio(&pods, &bare), Some(0.75));
+        assert_eq!(paired_ratio(&bare, &bare), Some(1.0));
+        assert_eq!(paired_ratio(&[e(), e()], &bare), None);
     }
 }
