@@ -5,6 +5,7 @@
 //! - [`link`]: veth pairs and pod-side interface configuration (used by weft-cni).
 //! - [`route`]: Weft-owned routes, the pure diff and its netlink shell.
 //! - [`uplink`]: the node's interface towards the underlay.
+//! - [`vxlan`]: encapsulation mode `vxlan`: the kernel VXLAN device, its FDB and neighbour entries.
 //! - [`bpf`]: loading, pinning and attaching the eBPF programs and their maps.
 
 pub mod bpf;
@@ -13,3 +14,4 @@ pub mod names;
 pub mod netns;
 pub mod route;
 pub mod uplink;
+pub mod vxlan;

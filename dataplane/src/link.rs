@@ -250,6 +250,12 @@ impl Netlink {
         })
     }
 
+    /// The rtnetlink handle, for the other shells of this crate that work
+    /// on the same namespace (the vxlan device, [`crate::vxlan`]).
+    pub(crate) fn handle(&self) -> &rtnetlink::Handle {
+        &self.handle
+    }
+
     fn not_found(&self, name: &str) -> LinkError {
         LinkError::NotFound {
             name: name.to_string(),

@@ -7,13 +7,17 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::path::Path;
 
 use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric,
+    RouteProtocol, RouteScope,
 };
 use rtnetlink::RouteMessageBuilder;
+
+use crate::netns::{self, NetnsError};
 
 /// The route protocol number of routes Weft programs from its own state
 /// (local pods and statically routed pod CIDRs). 0x57 is 'W'; it is not one
@@ -26,6 +30,11 @@ pub const RTPROT_WEFT: u8 = 0x57;
 pub const RTPROT_WEFT_BGP: u8 = 0x58;
 
 /// One IPv4 route in the main table, as Weft wants it.
+///
+/// Every field is part of the route's identity: [`plan`] replaces a route
+/// whose next hop, protocol, `onlink` flag or MTU differs, and
+/// [`RouteTable::owned`] reads all of them back, so a restarted agent adopts
+/// exactly what it installed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Route {
     pub dst: Ipv4Network,
@@ -35,6 +44,16 @@ pub struct Route {
     pub oif: u32,
     /// [`RTPROT_WEFT`] or [`RTPROT_WEFT_BGP`].
     pub protocol: u8,
+    /// The next hop is on the link even though it is on none of the link's
+    /// subnets (`RTNH_F_ONLINK` in the route header's flags, `ip route ...
+    /// onlink`): routes via a VXLAN VTEP address.
+    pub onlink: bool,
+    /// The route's MTU metric (`RTA_METRICS`/`RTAX_MTU`, `ip route ... mtu
+    /// N`), or `None` for the output device's MTU. Routes into an IP-in-IP
+    /// tunnel carry the pod MTU, so a forwarded DF packet too big for the
+    /// tunnel gets ICMP "fragmentation needed" and local sockets pick the
+    /// right MSS.
+    pub mtu: Option<u32>,
 }
 
 impl Route {
@@ -45,6 +64,8 @@ impl Route {
             gateway: None,
             oif: host_ifindex,
             protocol: RTPROT_WEFT,
+            onlink: false,
+            mtu: None,
         }
     }
 
@@ -55,6 +76,24 @@ impl Route {
             gateway: Some(node_ip),
             oif: uplink_ifindex,
             protocol: RTPROT_WEFT,
+            onlink: false,
+            mtu: None,
+        }
+    }
+
+    /// A route to another node's pod CIDR through the VXLAN device: via that
+    /// node's VTEP address (see [`crate::vxlan::vtep_ip`]), which is on no
+    /// subnet of the device, hence onlink. The permanent neighbour entry for
+    /// the VTEP address and the FDB entry for its MAC come from
+    /// [`crate::vxlan::Vxlan::sync_peers`].
+    pub fn via_vxlan(cidr: Ipv4Network, vtep_ip: Ipv4Addr, vxlan_ifindex: u32) -> Route {
+        Route {
+            dst: cidr,
+            gateway: Some(vtep_ip),
+            oif: vxlan_ifindex,
+            protocol: RTPROT_WEFT,
+            onlink: true,
+            mtu: None,
         }
     }
 
@@ -65,14 +104,38 @@ impl Route {
             gateway: Some(next_hop),
             oif: uplink_ifindex,
             protocol: RTPROT_WEFT_BGP,
+            onlink: false,
+            mtu: None,
         }
+    }
+
+    /// The same route with an MTU metric (`None`: the device's MTU).
+    pub fn with_mtu(self, mtu: Option<u32>) -> Route {
+        Route { mtu, ..self }
+    }
+
+    /// The same route with the next hop marked on-link, or not.
+    pub fn with_onlink(self, onlink: bool) -> Route {
+        Route { onlink, ..self }
+    }
+
+    /// Whether `self` and `other` may be one kernel route before and after an
+    /// in-place replace: the kernel matches a delete on destination, protocol
+    /// and next hop (and only on the metrics the request names), never on
+    /// the onlink flag, so deleting the old one could remove the new one.
+    fn same_next_hop(&self, other: &Route) -> bool {
+        self.dst == other.dst
+            && self.gateway == other.gateway
+            && self.oif == other.oif
+            && self.protocol == other.protocol
     }
 }
 
 /// What must change in the kernel to turn `actual` into `desired`.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RoutePlan {
-    /// Routes to install or to replace in place (same destination, another next hop).
+    /// Routes to install or to replace in place (same destination, another
+    /// next hop, protocol, onlink flag or MTU).
     pub upsert: Vec<Route>,
     /// Owned routes whose destination is no longer wanted.
     pub remove: Vec<Route>,
@@ -85,8 +148,13 @@ impl RoutePlan {
 }
 
 /// Compares by destination: one owned route per destination. A destination
-/// whose next hop changed is replaced in place (no window without a route);
-/// extra owned routes to a wanted destination are removed.
+/// whose route changed in any field is replaced in place (no window without
+/// a route); extra owned routes to a wanted destination are removed.
+///
+/// A route the upsert replaces in place is not listed for removal when it
+/// differs from the new one only in its onlink flag or MTU: the kernel
+/// cannot tell the two apart in a delete request, which would then remove
+/// the route just installed.
 pub fn plan(desired: &[Route], actual: &[Route]) -> RoutePlan {
     let want: BTreeMap<Ipv4Network, Route> = desired.iter().map(|r| (r.dst, *r)).collect();
     let mut have: BTreeMap<Ipv4Network, Vec<Route>> = BTreeMap::new();
@@ -101,7 +169,11 @@ pub fn plan(desired: &[Route], actual: &[Route]) -> RoutePlan {
         }
         // Anything else at this destination is a leftover. A replace rewrites
         // one entry in place, so removing the old one may find it gone already.
-        out.remove.extend(existing.iter().filter(|r| *r != route));
+        out.remove.extend(
+            existing
+                .iter()
+                .filter(|r| *r != route && !r.same_next_hop(route)),
+        );
     }
     for (dst, routes) in &have {
         if !want.contains_key(dst) {
@@ -119,6 +191,9 @@ pub fn plan(desired: &[Route], actual: &[Route]) -> RoutePlan {
 pub enum RouteError {
     #[error("cannot open a netlink socket: {0}")]
     Socket(#[source] std::io::Error),
+    /// The network namespace given to [`RouteTable::in_netns`] cannot be entered.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
     #[error("cannot list routes: {0}")]
     List(#[source] rtnetlink::Error),
     #[error("cannot install route {route:?}: {source}")]
@@ -144,6 +219,21 @@ impl RouteTable {
     /// Opens a netlink connection; must be called inside a tokio runtime.
     pub fn open() -> Result<RouteTable, RouteError> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(RouteError::Socket)?;
+        tokio::spawn(conn);
+        Ok(RouteTable { handle })
+    }
+
+    /// Opens a netlink connection whose socket lives in the network namespace
+    /// at `netns` (opened on a short-lived thread inside it, driven by the
+    /// caller's tokio runtime afterwards); must be called inside a tokio
+    /// runtime.
+    pub fn in_netns(netns: &Path) -> Result<RouteTable, RouteError> {
+        let runtime = tokio::runtime::Handle::current();
+        let (conn, handle, _) = netns::run_in(netns, move || {
+            let _entered = runtime.enter();
+            rtnetlink::new_connection()
+        })?
+        .map_err(RouteError::Socket)?;
         tokio::spawn(conn);
         Ok(RouteTable { handle })
     }
@@ -202,25 +292,40 @@ impl RouteTable {
 }
 
 fn message(route: &Route) -> RouteMessage {
-    let builder = RouteMessageBuilder::<Ipv4Addr>::new()
+    let mut builder = RouteMessageBuilder::<Ipv4Addr>::new()
         .destination_prefix(route.dst.network(), route.dst.prefix())
         .output_interface(route.oif)
         .protocol(RouteProtocol::from(route.protocol));
-    match route.gateway {
+    if route.onlink {
+        builder = builder.onlink();
+    }
+    let mut msg = match route.gateway {
         Some(gw) => builder.gateway(gw).build(),
         None => builder.scope(RouteScope::Link).build(),
+    };
+    if let Some(mtu) = route.mtu {
+        msg.attributes
+            .push(RouteAttribute::Metrics(vec![RouteMetric::Mtu(mtu)]));
     }
+    msg
 }
 
 fn parse(msg: &RouteMessage) -> Option<Route> {
     let mut dst = Ipv4Addr::UNSPECIFIED;
     let mut gateway = None;
     let mut oif = None;
+    let mut mtu = None;
     for attr in &msg.attributes {
         match attr {
             RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
             RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(*a),
             RouteAttribute::Oif(i) => oif = Some(*i),
+            RouteAttribute::Metrics(metrics) => {
+                mtu = metrics.iter().find_map(|m| match m {
+                    RouteMetric::Mtu(mtu) if *mtu != 0 => Some(*mtu),
+                    _ => None,
+                })
+            }
             _ => {}
         }
     }
@@ -230,6 +335,9 @@ fn parse(msg: &RouteMessage) -> Option<Route> {
         gateway,
         oif: oif?,
         protocol: u8::from(msg.header.protocol),
+        // Only the onlink bit: the kernel also reports state here (linkdown, dead).
+        onlink: msg.header.flags.contains(RouteFlags::Onlink),
+        mtu,
     })
 }
 
@@ -296,5 +404,72 @@ mod tests {
         let p = plan(&[], &have);
         assert!(p.upsert.is_empty());
         assert_eq!(p.remove.len(), 2);
+    }
+
+    fn vxlan(c: &str, vtep: &str) -> Route {
+        Route::via_vxlan(c.parse().unwrap(), vtep.parse().unwrap(), 9)
+    }
+
+    #[test]
+    fn via_vxlan_is_onlink_weft_route_without_mtu() {
+        let r = vxlan("10.244.2.0/24", "10.244.2.0");
+        assert!(r.onlink);
+        assert_eq!(r.mtu, None);
+        assert_eq!(r.protocol, RTPROT_WEFT);
+        assert_eq!(r.gateway, Some("10.244.2.0".parse().unwrap()));
+        assert_eq!(r.oif, 9);
+        let plain = cidr("10.244.2.0/24", "198.18.0.12");
+        assert!(!plain.onlink);
+        assert_eq!(plain.mtu, None);
+        assert_eq!(plain.with_mtu(Some(1480)).mtu, Some(1480));
+        assert!(plain.with_onlink(true).onlink);
+    }
+
+    #[test]
+    fn equal_mtu_and_onlink_need_nothing() {
+        let want = vec![
+            cidr("10.244.2.0/24", "198.18.0.12").with_mtu(Some(1480)),
+            vxlan("10.244.3.0/24", "10.244.3.0"),
+        ];
+        assert!(plan(&want, &want.clone()).is_empty());
+    }
+
+    #[test]
+    fn changed_mtu_is_replaced_in_place_without_a_removal() {
+        let have = vec![cidr("10.244.2.0/24", "198.18.0.12").with_mtu(Some(1480))];
+        for mtu in [Some(1450), None] {
+            let want = vec![cidr("10.244.2.0/24", "198.18.0.12").with_mtu(mtu)];
+            let p = plan(&want, &have);
+            assert_eq!(p.upsert, want);
+            // A delete of the old route could hit the new one: the replace
+            // already rewrote it.
+            assert!(p.remove.is_empty(), "{p:?}");
+        }
+        let have = vec![cidr("10.244.2.0/24", "198.18.0.12")];
+        let want = vec![cidr("10.244.2.0/24", "198.18.0.12").with_mtu(Some(1480))];
+        let p = plan(&want, &have);
+        assert_eq!(p.upsert, want);
+        assert!(p.remove.is_empty());
+    }
+
+    #[test]
+    fn changed_onlink_is_replaced_in_place_without_a_removal() {
+        let want = vec![vxlan("10.244.2.0/24", "10.244.2.0")];
+        let have = vec![vxlan("10.244.2.0/24", "10.244.2.0").with_onlink(false)];
+        let p = plan(&want, &have);
+        assert_eq!(p.upsert, want);
+        assert!(p.remove.is_empty());
+        let p = plan(&have, &want);
+        assert_eq!(p.upsert, have);
+        assert!(p.remove.is_empty());
+    }
+
+    #[test]
+    fn switching_from_uplink_to_vxlan_replaces_and_removes_the_old_next_hop() {
+        let have = vec![cidr("10.244.2.0/24", "198.18.0.12").with_mtu(Some(1480))];
+        let want = vec![vxlan("10.244.2.0/24", "10.244.2.0")];
+        let p = plan(&want, &have);
+        assert_eq!(p.upsert, want);
+        assert_eq!(p.remove, have);
     }
 }
