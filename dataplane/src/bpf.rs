@@ -2,23 +2,36 @@
 //!
 //! The decisions live in `weft-common` (compiled into the eBPF object that
 //! `build.rs` embeds); this module is the thin shell that puts them in the
-//! kernel and keeps them there across agent restarts:
+//! kernel and keeps them there across agent restarts. Two handles load the
+//! same object for one node and share its maps:
+//!
+//! - [`PodGuard`]: the anti-spoofing guard at tc ingress of every pod's
+//!   host veth (`weft_pod_ingress`, endpoint map).
+//! - [`UplinkPrograms`]: IP-in-IP at tc egress and ingress of the node's
+//!   uplink (`weft_uplink_egress`, `weft_uplink_ingress`; pod route, node and
+//!   config maps).
+//!
+//! How state survives:
 //!
 //! - **Maps** are pinned by name under a per-node pin directory
-//!   (`<pin_dir>/WEFT_ENDPOINTS`, `<pin_dir>/WEFT_COUNTERS`). [`PodGuard::load`]
-//!   reuses maps already pinned there, so the endpoints a previous agent
-//!   registered stay in force while the new one starts, and counters keep
-//!   counting. A pinned map whose layout differs from this build's is refused
-//!   ([`BpfError::IncompatiblePinnedMap`]) rather than misread.
-//! - **The program** is loaded anew by every agent and pinned at
-//!   `<pin_dir>/weft_pod_ingress`, replacing the previous agent's pin.
+//!   (`<pin_dir>/WEFT_ENDPOINTS`, `WEFT_COUNTERS`, `WEFT_POD_ROUTES`,
+//!   `WEFT_NODES`, `WEFT_CONFIG`). Loading reuses maps already pinned there,
+//!   so the entries a previous agent wrote stay in force while the new one
+//!   starts, and counters keep counting. A pinned map whose layout differs
+//!   from this build's is refused ([`BpfError::IncompatiblePinnedMap`])
+//!   rather than misread, with one exception: a counter map with fewer
+//!   entries than this build counts (a node upgraded from before the uplink
+//!   counters) is replaced, since counters are statistics.
+//! - **Programs** are loaded anew by every agent and pinned at
+//!   `<pin_dir>/<program name>`, replacing the previous agent's pins.
 //! - **Attachments** use netlink tc (`clsact` + `cls_bpf`, direct action),
 //!   not tcx/bpf_link: a netlink filter belongs to the interface, not to the
 //!   agent's file descriptors, so it survives the agent being killed.
-//!   [`PodGuard::attach`] leaves a filter that is already there in place: after
-//!   a restart the old filter keeps running the *previous* agent's program,
-//!   which uses the same pinned maps, so traffic never has a gap; the kernel
-//!   frees that program when the last filter using it goes away with its veth.
+//!   Attaching adopts a Weft filter that is already there (found by program
+//!   name): if it runs another program (the previous agent's), that program
+//!   is replaced in place, at the same priority and handle, which cls_bpf
+//!   does atomically, so traffic never has a gap and no second filter
+//!   appears; the old program is freed with its last reference.
 //!
 //! Everything here acts in the calling thread's network namespace (netlink
 //! sockets and ifindexes are per namespace); bpffs pins are machine-wide,
@@ -29,15 +42,23 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap as BpfHashMap, MapError, MapInfo, MapType, PerCpuArray};
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
+use aya::maps::{
+    Array as BpfArray, HashMap as BpfHashMap, Map, MapData, MapError, MapInfo, MapType, PerCpuArray,
+};
 use aya::programs::ProgramError;
+use aya::programs::links::Link as _;
 use aya::programs::tc::{
-    NlOptions, SchedClassifier, TcAttachOptions, TcAttachType, TcError, TcHandle,
+    NlOptions, SchedClassifier, SchedClassifierLink, TcAttachOptions, TcAttachType, TcError,
+    TcHandle,
 };
 use aya::{Ebpf, EbpfLoader};
+use ipnetwork::Ipv4Network;
 use weft_common::maps::{
-    COUNTERS_MAP, ENDPOINTS_MAP, ENDPOINTS_MAX_ENTRIES, EndpointInfo, EndpointKey,
-    POD_INGRESS_PROGRAM,
+    CONFIG_MAP, COUNTERS_MAP, ENDPOINTS_MAP, ENDPOINTS_MAX_ENTRIES, EndpointInfo, EndpointKey,
+    NODES_MAP, NODES_MAX_ENTRIES, NodeConfig, NodeEntry, NodeKey, POD_INGRESS_PROGRAM,
+    POD_ROUTES_MAP, POD_ROUTES_MAX_ENTRIES, PodCidrKey, RemoteNode, UPLINK_EGRESS_PROGRAM,
+    UPLINK_INGRESS_PROGRAM,
 };
 use weft_common::verdict::{COUNTER_COUNT, Counter};
 
@@ -55,6 +76,12 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// source is checked. Fixed so that operators (`tc filter show`) and a
 /// restarted agent find it in one known place.
 pub const GUARD_FILTER_PRIORITY: u16 = 1;
+
+/// Priority of Weft's IP-in-IP filters at tc egress and ingress of the
+/// uplink: first, so that on ingress every later filter (and the stack) sees
+/// the decapsulated packet, and on egress nothing runs after the outer
+/// header is in place but the kernel's own queueing.
+pub const UPLINK_FILTER_PRIORITY: u16 = 1;
 
 /// A precise reason why the eBPF dataplane could not be loaded or changed.
 #[derive(Debug, thiserror::Error)]
@@ -107,11 +134,18 @@ pub enum BpfError {
     NoSuchInterface { ifname: String, source: nix::Error },
     #[error("cannot add the clsact qdisc to {ifname}: {source}")]
     Clsact { ifname: String, source: TcError },
-    #[error("cannot attach {name} at tc ingress of {ifname}: {source}")]
+    #[error("cannot attach {name} to tc on {ifname}: {source}")]
     Attach {
         ifname: String,
         name: &'static str,
         source: ProgramError,
+    },
+    #[error("cannot remove the {name} filter from {ifname}: {source}")]
+    Detach {
+        ifname: String,
+        name: &'static str,
+        /// Boxed: this error type stays small enough to return by value.
+        source: Box<ProgramError>,
     },
     #[error("cannot list the tc filters of {ifname}: {source}")]
     ListFilters { ifname: String, source: io::Error },
@@ -136,28 +170,71 @@ impl std::fmt::Display for MapLayout {
     }
 }
 
-/// The layouts this build's programs expect, by map name.
-fn expected_layouts() -> [(&'static str, MapLayout); 2] {
-    [
-        (
-            ENDPOINTS_MAP,
-            MapLayout {
-                map_type: MapType::Hash,
-                key_size: size_of::<EndpointKey>() as u32,
-                value_size: size_of::<EndpointInfo>() as u32,
-                max_entries: ENDPOINTS_MAX_ENTRIES,
-            },
+/// The layout this build's programs expect of the map `name`.
+fn expected_layout(name: &str) -> Option<MapLayout> {
+    let layout = |map_type, key_size: usize, value_size: usize, max_entries| MapLayout {
+        map_type,
+        key_size: key_size as u32,
+        value_size: value_size as u32,
+        max_entries,
+    };
+    Some(match name {
+        ENDPOINTS_MAP => layout(
+            MapType::Hash,
+            size_of::<EndpointKey>(),
+            size_of::<EndpointInfo>(),
+            ENDPOINTS_MAX_ENTRIES,
         ),
-        (
-            COUNTERS_MAP,
-            MapLayout {
-                map_type: MapType::PerCpuArray,
-                key_size: size_of::<u32>() as u32,
-                value_size: size_of::<u64>() as u32,
-                max_entries: COUNTER_COUNT as u32,
-            },
+        COUNTERS_MAP => layout(
+            MapType::PerCpuArray,
+            size_of::<u32>(),
+            size_of::<u64>(),
+            COUNTER_COUNT as u32,
         ),
-    ]
+        POD_ROUTES_MAP => layout(
+            MapType::LpmTrie,
+            size_of::<PodCidrKey>(),
+            size_of::<RemoteNode>(),
+            POD_ROUTES_MAX_ENTRIES,
+        ),
+        NODES_MAP => layout(
+            MapType::Hash,
+            size_of::<NodeKey>(),
+            size_of::<NodeEntry>(),
+            NODES_MAX_ENTRIES,
+        ),
+        CONFIG_MAP => layout(MapType::Array, size_of::<u32>(), size_of::<NodeConfig>(), 1),
+        _ => return None,
+    })
+}
+
+/// Every map of the object, by pin name.
+const MAP_NAMES: [&str; 5] = [
+    ENDPOINTS_MAP,
+    COUNTERS_MAP,
+    POD_ROUTES_MAP,
+    NODES_MAP,
+    CONFIG_MAP,
+];
+
+// aya's LPM key and Weft's are the same bytes: the key written by
+// `set_pod_route` is read back as a `PodCidrKey` by `read_pinned_maps`.
+const _: () = assert!(size_of::<LpmKey<[u8; 4]>>() == size_of::<PodCidrKey>());
+
+/// The direction of a tc attachment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    fn attach_type(self) -> TcAttachType {
+        match self {
+            Direction::Ingress => TcAttachType::Ingress,
+            Direction::Egress => TcAttachType::Egress,
+        }
+    }
 }
 
 /// The pod anti-spoofing guard: its program and maps, loaded and pinned for
@@ -179,7 +256,8 @@ impl PodGuard {
     /// Loads the embedded programs, reusing maps already pinned under
     /// `pin_dir` (an agent restart adopts them: entries survive) and creating
     /// and pinning them otherwise; pins the program too (replacing a previous
-    /// agent's program pin, which filters already attached keep using).
+    /// agent's program pin; filters already attached keep running that
+    /// program until [`PodGuard::attach`] swaps it for this one).
     ///
     /// `pin_dir` is per node (several lab nodes share one /sys/fs/bpf), e.g.
     /// `/sys/fs/bpf/weft-lab/weft/node1`. It is created if missing. Under
@@ -187,38 +265,7 @@ impl PodGuard {
     /// ([`ensure_bpffs_mounted`]); anywhere else it must already be bpffs
     /// ([`BpfError::NotBpffs`]).
     pub fn load(pin_dir: &Path) -> Result<PodGuard, BpfError> {
-        let object = OBJECT.ok_or(BpfError::ObjectNotEmbedded)?;
-        prepare_pin_dir(pin_dir)?;
-        check_pinned_layouts(pin_dir)?;
-
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(pin_dir)
-            .load(object)
-            .map_err(BpfError::Object)?;
-
-        let program = classifier_mut(&mut ebpf)?;
-        program.load().map_err(|source| BpfError::Program {
-            name: POD_INGRESS_PROGRAM,
-            source,
-        })?;
-        let program_pin = pin_dir.join(POD_INGRESS_PROGRAM);
-        match fs::remove_file(&program_pin) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(BpfError::PinDir {
-                    path: program_pin,
-                    source,
-                });
-            }
-        }
-        program
-            .pin(&program_pin)
-            .map_err(|source| BpfError::PinProgram {
-                path: program_pin.clone(),
-                source,
-            })?;
-
+        let ebpf = load_object(pin_dir, &[POD_INGRESS_PROGRAM])?;
         Ok(PodGuard {
             ebpf,
             pin_dir: pin_dir.to_owned(),
@@ -245,31 +292,13 @@ impl PodGuard {
     /// Idempotent: removing an absent entry succeeds.
     pub fn remove_endpoint(&mut self, host_ifindex: u32) -> Result<(), BpfError> {
         let mut map = self.endpoints_map_mut()?;
-        match map.remove(&host_ifindex) {
-            Ok(()) => Ok(()),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
-                Ok(())
-            }
-            Err(source) => Err(BpfError::Map {
-                name: ENDPOINTS_MAP,
-                source,
-            }),
-        }
+        absent_is_ok(map.remove(&host_ifindex), ENDPOINTS_MAP)
     }
 
     /// Current map contents, sorted by ifindex (for the reconciler to remove
     /// stale entries).
     pub fn endpoints(&self) -> Result<Vec<(u32, Ipv4Addr)>, BpfError> {
-        let map = self.ebpf.map(ENDPOINTS_MAP).ok_or(BpfError::Missing {
-            kind: "map",
-            name: ENDPOINTS_MAP,
-        })?;
-        let map = BpfHashMap::<_, EndpointKey, EndpointInfo>::try_from(map).map_err(|source| {
-            BpfError::Map {
-                name: ENDPOINTS_MAP,
-                source,
-            }
-        })?;
+        let map = typed_map::<BpfHashMap<_, EndpointKey, EndpointInfo>>(&self.ebpf, ENDPOINTS_MAP)?;
         let mut endpoints = map
             .iter()
             .map(|entry| entry.map(|(ifindex, info)| (ifindex, Ipv4Addr::from(info.ipv4))))
@@ -284,99 +313,281 @@ impl PodGuard {
 
     /// Ensures `clsact` and the guard at tc ingress of `ifname` in the
     /// calling thread's network namespace. Idempotent: a guard filter already
-    /// there (e.g. from a previous agent run) is left in place, so traffic
-    /// has no gap; otherwise a netlink (cls_bpf) filter is added at
-    /// [`GUARD_FILTER_PRIORITY`], which outlives this process.
+    /// there (e.g. from a previous agent run) is adopted, its program
+    /// replaced in place by this guard's if it runs another, so traffic has
+    /// no gap and there is never a second filter; otherwise a netlink
+    /// (cls_bpf) filter is added at [`GUARD_FILTER_PRIORITY`], which
+    /// outlives this process.
     pub fn attach(&mut self, ifname: &str) -> Result<(), BpfError> {
-        ifindex(ifname)?;
-        match aya::programs::tc::qdisc_add_clsact(ifname) {
-            Ok(()) => {}
-            Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(source) => {
-                return Err(BpfError::Clsact {
-                    ifname: ifname.to_owned(),
-                    source,
-                });
-            }
-        }
-        if self.is_attached(ifname)? {
-            return Ok(());
-        }
-        let program = classifier_mut(&mut self.ebpf)?;
-        let attach_error = |source| BpfError::Attach {
-            ifname: ifname.to_owned(),
-            name: POD_INGRESS_PROGRAM,
-            source,
-        };
-        let options = NlOptions {
-            priority: GUARD_FILTER_PRIORITY,
-            handle: TcHandle::AUTO_ASSIGN,
-            classid: None,
-        };
-        let link_id = program
-            .attach_with_options(
-                ifname,
-                TcAttachType::Ingress,
-                TcAttachOptions::Netlink(options),
-            )
-            .map_err(attach_error)?;
-        // aya detaches the links a program owns when it is dropped; the
-        // filter must outlive the agent, so take the link out and forget it
-        // (a netlink link is plain data: nothing leaks).
-        let link = program.take_link(link_id).map_err(attach_error)?;
-        std::mem::forget(link);
-        Ok(())
+        ensure_filter(
+            &mut self.ebpf,
+            POD_INGRESS_PROGRAM,
+            ifname,
+            Direction::Ingress,
+            GUARD_FILTER_PRIORITY,
+        )
     }
 
     /// Whether a Weft guard filter is at tc ingress of `ifname` (in the
     /// calling thread's network namespace), whichever agent attached it.
     pub fn is_attached(&self, ifname: &str) -> Result<bool, BpfError> {
-        let ifindex = ifindex(ifname)?;
-        let filters =
-            tc_filter::ingress_bpf_filters(ifindex).map_err(|source| BpfError::ListFilters {
-                ifname: ifname.to_owned(),
-                source,
-            })?;
-        Ok(filters.iter().any(|f| f.name == POD_INGRESS_PROGRAM))
+        Ok(!weft_filters(ifname, Direction::Ingress, POD_INGRESS_PROGRAM)?.is_empty())
     }
 
     /// Packets per verdict, totalled over CPUs, by counter name, in counter
-    /// index order.
+    /// index order. The counter map is shared by every Weft program of the
+    /// node (guard and uplink).
     pub fn counters(&self) -> Result<Vec<(&'static str, u64)>, BpfError> {
-        let map = self.ebpf.map(COUNTERS_MAP).ok_or(BpfError::Missing {
-            kind: "map",
-            name: COUNTERS_MAP,
-        })?;
-        let map = PerCpuArray::<_, u64>::try_from(map).map_err(|source| BpfError::Map {
-            name: COUNTERS_MAP,
-            source,
-        })?;
-        Counter::ALL
-            .iter()
-            .map(|counter| {
-                let per_cpu = map
-                    .get(&counter.index(), 0)
-                    .map_err(|source| BpfError::Map {
-                        name: COUNTERS_MAP,
-                        source,
-                    })?;
-                Ok((counter.name(), per_cpu.iter().sum()))
-            })
-            .collect()
+        read_counters(&self.ebpf)
     }
 
     fn endpoints_map_mut(
         &mut self,
-    ) -> Result<BpfHashMap<&mut aya::maps::MapData, EndpointKey, EndpointInfo>, BpfError> {
-        let map = self.ebpf.map_mut(ENDPOINTS_MAP).ok_or(BpfError::Missing {
-            kind: "map",
-            name: ENDPOINTS_MAP,
-        })?;
-        BpfHashMap::try_from(map).map_err(|source| BpfError::Map {
-            name: ENDPOINTS_MAP,
+    ) -> Result<BpfHashMap<&mut MapData, EndpointKey, EndpointInfo>, BpfError> {
+        typed_map_mut(&mut self.ebpf, ENDPOINTS_MAP)
+    }
+}
+
+/// The node's IP-in-IP programs on its uplink, and the maps they decide
+/// with: remote pod CIDRs ([`POD_ROUTES_MAP`]), the cluster's nodes
+/// ([`NODES_MAP`]) and this node's [`NodeConfig`] ([`CONFIG_MAP`]).
+///
+/// Loaded from the same object and pin directory as [`PodGuard`], so both
+/// share the pinned maps (and the counters).
+pub struct UplinkPrograms {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+}
+
+impl std::fmt::Debug for UplinkPrograms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UplinkPrograms")
+            .field("pin_dir", &self.pin_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl UplinkPrograms {
+    /// Loads `weft_uplink_egress` and `weft_uplink_ingress`, adopting the
+    /// maps pinned under `pin_dir` (creating and pinning missing ones) and
+    /// pinning both programs there. `pin_dir` as for [`PodGuard::load`].
+    pub fn load(pin_dir: &Path) -> Result<UplinkPrograms, BpfError> {
+        let ebpf = load_object(pin_dir, &[UPLINK_EGRESS_PROGRAM, UPLINK_INGRESS_PROGRAM])?;
+        Ok(UplinkPrograms {
+            ebpf,
+            pin_dir: pin_dir.to_owned(),
+        })
+    }
+
+    /// The node's pin directory these programs were loaded from.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Writes this node's configuration; the programs use it from the next
+    /// packet on. Until it is first written the map reads as all zeroes:
+    /// mode `none`, everything passes.
+    pub fn set_config(&mut self, config: &NodeConfig) -> Result<(), BpfError> {
+        let mut map = typed_map_mut::<BpfArray<_, NodeConfig>>(&mut self.ebpf, CONFIG_MAP)?;
+        map.set(0, config, 0).map_err(|source| BpfError::Map {
+            name: CONFIG_MAP,
             source,
         })
     }
+
+    /// This node's configuration as the programs see it.
+    pub fn config(&self) -> Result<NodeConfig, BpfError> {
+        let map = typed_map::<BpfArray<_, NodeConfig>>(&self.ebpf, CONFIG_MAP)?;
+        map.get(&0, 0).map_err(|source| BpfError::Map {
+            name: CONFIG_MAP,
+            source,
+        })
+    }
+
+    /// Routes the pod CIDR `cidr` (host bits ignored) to the node whose
+    /// underlay address is `node`. Idempotent (upsert).
+    pub fn set_pod_route(&mut self, cidr: Ipv4Network, node: Ipv4Addr) -> Result<(), BpfError> {
+        let mut map = self.pod_routes_map_mut()?;
+        map.insert(&pod_cidr_key(cidr), RemoteNode::new(node.octets()), 0)
+            .map_err(|source| BpfError::Map {
+                name: POD_ROUTES_MAP,
+                source,
+            })
+    }
+
+    /// Forgets the route of `cidr` (host bits ignored). Idempotent.
+    pub fn remove_pod_route(&mut self, cidr: Ipv4Network) -> Result<(), BpfError> {
+        let mut map = self.pod_routes_map_mut()?;
+        absent_is_ok(map.remove(&pod_cidr_key(cidr)), POD_ROUTES_MAP)
+    }
+
+    /// Every pod route, sorted by CIDR.
+    pub fn pod_routes(&self) -> Result<Vec<(Ipv4Network, Ipv4Addr)>, BpfError> {
+        let map = typed_map::<LpmTrie<_, [u8; 4], RemoteNode>>(&self.ebpf, POD_ROUTES_MAP)?;
+        let mut routes = collect_pod_routes(&map)?
+            .into_iter()
+            .map(|(key, node)| {
+                let cidr = Ipv4Network::new(Ipv4Addr::from(key.addr), key.prefix_len as u8)
+                    .expect("the kernel keeps LPM prefixes of a 4-byte key within 32 bits");
+                (cidr, Ipv4Addr::from(node.underlay_ip))
+            })
+            .collect::<Vec<_>>();
+        routes.sort_unstable();
+        Ok(routes)
+    }
+
+    /// Accepts IP-in-IP from the node whose underlay address is `underlay`.
+    /// Idempotent.
+    pub fn set_node(&mut self, underlay: Ipv4Addr) -> Result<(), BpfError> {
+        let mut map =
+            typed_map_mut::<BpfHashMap<_, NodeKey, NodeEntry>>(&mut self.ebpf, NODES_MAP)?;
+        map.insert(underlay.octets(), NodeEntry::default(), 0)
+            .map_err(|source| BpfError::Map {
+                name: NODES_MAP,
+                source,
+            })
+    }
+
+    /// Stops accepting IP-in-IP from `underlay`. Idempotent.
+    pub fn remove_node(&mut self, underlay: Ipv4Addr) -> Result<(), BpfError> {
+        let mut map =
+            typed_map_mut::<BpfHashMap<_, NodeKey, NodeEntry>>(&mut self.ebpf, NODES_MAP)?;
+        absent_is_ok(map.remove(&underlay.octets()), NODES_MAP)
+    }
+
+    /// Every node's underlay address, sorted.
+    pub fn nodes(&self) -> Result<Vec<Ipv4Addr>, BpfError> {
+        let map = typed_map::<BpfHashMap<_, NodeKey, NodeEntry>>(&self.ebpf, NODES_MAP)?;
+        let mut nodes = collect_nodes(&map)?
+            .into_iter()
+            .map(Ipv4Addr::from)
+            .collect::<Vec<_>>();
+        nodes.sort_unstable();
+        Ok(nodes)
+    }
+
+    /// Ensures `clsact` and both IP-in-IP filters on `uplink` (in the calling
+    /// thread's network namespace): `weft_uplink_egress` at tc egress,
+    /// `weft_uplink_ingress` at tc ingress, each at
+    /// [`UPLINK_FILTER_PRIORITY`]. Idempotent, and adopting: filters a
+    /// previous agent attached stay where they are and get this load's
+    /// programs in place (atomically, no gap, no duplicate).
+    ///
+    /// Ingress is attached first: from the moment this node encapsulates, it
+    /// can decapsulate the answers.
+    pub fn attach(&mut self, uplink: &str) -> Result<(), BpfError> {
+        ensure_filter(
+            &mut self.ebpf,
+            UPLINK_INGRESS_PROGRAM,
+            uplink,
+            Direction::Ingress,
+            UPLINK_FILTER_PRIORITY,
+        )?;
+        ensure_filter(
+            &mut self.ebpf,
+            UPLINK_EGRESS_PROGRAM,
+            uplink,
+            Direction::Egress,
+            UPLINK_FILTER_PRIORITY,
+        )
+    }
+
+    /// Whether both Weft uplink filters are on `uplink` (whichever agent
+    /// attached them).
+    pub fn is_attached(&self, uplink: &str) -> Result<bool, BpfError> {
+        Ok(
+            !weft_filters(uplink, Direction::Egress, UPLINK_EGRESS_PROGRAM)?.is_empty()
+                && !weft_filters(uplink, Direction::Ingress, UPLINK_INGRESS_PROGRAM)?.is_empty(),
+        )
+    }
+
+    /// The node's counters, as [`PodGuard::counters`] (the same map).
+    pub fn counters(&self) -> Result<Vec<(&'static str, u64)>, BpfError> {
+        read_counters(&self.ebpf)
+    }
+
+    fn pod_routes_map_mut(
+        &mut self,
+    ) -> Result<LpmTrie<&mut MapData, [u8; 4], RemoteNode>, BpfError> {
+        typed_map_mut(&mut self.ebpf, POD_ROUTES_MAP)
+    }
+}
+
+/// Removes Weft's uplink filters from both directions of `uplink` (a switch
+/// away from `ipip`, or uninstall), in the calling thread's network
+/// namespace; `Ok(false)` if there were none. Other filters are left alone.
+/// Egress goes first, so the node stops encapsulating before it stops
+/// decapsulating.
+pub fn detach_uplink(uplink: &str) -> Result<bool, BpfError> {
+    let mut removed = false;
+    for (direction, name) in [
+        (Direction::Egress, UPLINK_EGRESS_PROGRAM),
+        (Direction::Ingress, UPLINK_INGRESS_PROGRAM),
+    ] {
+        for filter in weft_filters(uplink, direction, name)? {
+            detach_filter(uplink, direction, name, &filter)?;
+            removed = true;
+        }
+    }
+    Ok(removed)
+}
+
+/// A read-only view of a node's pinned maps, read without loading any
+/// program (for `weftctl trace`, which replays packets through the twin).
+/// A map that is not pinned reads as empty (or `None` for the config).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PinnedMaps {
+    /// Host veth ifindex → endpoint, sorted by ifindex.
+    pub endpoints: Vec<(u32, EndpointInfo)>,
+    /// Pod CIDR → owning node, sorted by address then prefix length.
+    pub pod_routes: Vec<(PodCidrKey, RemoteNode)>,
+    /// Cluster nodes' underlay addresses, sorted.
+    pub nodes: Vec<[u8; 4]>,
+    /// This node's config, `None` when the config map is not pinned.
+    pub config: Option<NodeConfig>,
+}
+
+/// Reads the maps pinned under `pin_dir` (see [`PinnedMaps`]). Fails if the
+/// directory is missing, or a pinned map has another layout than this
+/// build's (it would be misread).
+pub fn read_pinned_maps(pin_dir: &Path) -> Result<PinnedMaps, BpfError> {
+    if !pin_dir.is_dir() {
+        return Err(BpfError::PinDir {
+            path: pin_dir.to_owned(),
+            source: io::Error::new(io::ErrorKind::NotFound, "no such pin directory"),
+        });
+    }
+    let mut maps = PinnedMaps::default();
+    if let Some(map) = open_pinned(pin_dir, ENDPOINTS_MAP)? {
+        let map = typed_owned::<BpfHashMap<_, EndpointKey, EndpointInfo>>(map, ENDPOINTS_MAP)?;
+        maps.endpoints = map
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| BpfError::Map {
+                name: ENDPOINTS_MAP,
+                source,
+            })?;
+        maps.endpoints.sort_unstable_by_key(|(ifindex, _)| *ifindex);
+    }
+    if let Some(map) = open_pinned(pin_dir, POD_ROUTES_MAP)? {
+        let map = typed_owned::<LpmTrie<_, [u8; 4], RemoteNode>>(map, POD_ROUTES_MAP)?;
+        maps.pod_routes = collect_pod_routes(&map)?;
+        maps.pod_routes
+            .sort_unstable_by_key(|(key, _)| (key.addr, key.prefix_len));
+    }
+    if let Some(map) = open_pinned(pin_dir, NODES_MAP)? {
+        let map = typed_owned::<BpfHashMap<_, NodeKey, NodeEntry>>(map, NODES_MAP)?;
+        maps.nodes = collect_nodes(&map)?;
+        maps.nodes.sort_unstable();
+    }
+    if let Some(map) = open_pinned(pin_dir, CONFIG_MAP)? {
+        let map = typed_owned::<BpfArray<_, NodeConfig>>(map, CONFIG_MAP)?;
+        maps.config = Some(map.get(&0, 0).map_err(|source| BpfError::Map {
+            name: CONFIG_MAP,
+            source,
+        })?);
+    }
+    Ok(maps)
 }
 
 /// Removes a node's whole pin directory (lab teardown / uninstall). Maps and
@@ -389,17 +600,58 @@ pub fn remove_pins(pin_dir: &Path) -> io::Result<()> {
     }
 }
 
-fn classifier_mut(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier, BpfError> {
-    let program = ebpf
-        .program_mut(POD_INGRESS_PROGRAM)
-        .ok_or(BpfError::Missing {
-            kind: "program",
-            name: POD_INGRESS_PROGRAM,
-        })?;
-    program.try_into().map_err(|source| BpfError::Program {
-        name: POD_INGRESS_PROGRAM,
-        source,
-    })
+// ---------------------------------------------------------------------------
+// Loading.
+
+/// Prepares `pin_dir` and its pinned maps, loads the embedded object with
+/// its maps pinned there, and loads and pins `programs`.
+fn load_object(pin_dir: &Path, programs: &[&'static str]) -> Result<Ebpf, BpfError> {
+    let object = OBJECT.ok_or(BpfError::ObjectNotEmbedded)?;
+    prepare_pin_dir(pin_dir)?;
+    prepare_pinned_maps(pin_dir)?;
+
+    let mut ebpf = EbpfLoader::new()
+        .default_map_pin_directory(pin_dir)
+        .load(object)
+        .map_err(BpfError::Object)?;
+
+    for &name in programs {
+        let program = classifier_mut(&mut ebpf, name)?;
+        program
+            .load()
+            .map_err(|source| BpfError::Program { name, source })?;
+        let program_pin = pin_dir.join(name);
+        match fs::remove_file(&program_pin) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(BpfError::PinDir {
+                    path: program_pin,
+                    source,
+                });
+            }
+        }
+        program
+            .pin(&program_pin)
+            .map_err(|source| BpfError::PinProgram {
+                path: program_pin.clone(),
+                source,
+            })?;
+    }
+    Ok(ebpf)
+}
+
+fn classifier_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, BpfError> {
+    let program = ebpf.program_mut(name).ok_or(BpfError::Missing {
+        kind: "program",
+        name,
+    })?;
+    program
+        .try_into()
+        .map_err(|source| BpfError::Program { name, source })
 }
 
 fn ifindex(ifname: &str) -> Result<u32, BpfError> {
@@ -491,42 +743,302 @@ fn prepare_pin_dir(pin_dir: &Path) -> Result<(), BpfError> {
     })
 }
 
+/// The layout of the map pinned at `path`, `None` if nothing is pinned there.
+fn pinned_layout(path: &Path) -> Result<Option<MapLayout>, BpfError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let pinned_error = |source| BpfError::PinnedMap {
+        path: path.to_owned(),
+        source,
+    };
+    let info = MapInfo::from_pin(path).map_err(pinned_error)?;
+    let map_type = info.map_type().map_err(pinned_error)?;
+    Ok(Some(MapLayout {
+        map_type,
+        key_size: info.key_size(),
+        value_size: info.value_size(),
+        max_entries: info.max_entries(),
+    }))
+}
+
 /// Refuses pinned maps whose kernel layout differs from what this build's
-/// programs expect (aya would adopt them unchecked).
-fn check_pinned_layouts(pin_dir: &Path) -> Result<(), BpfError> {
-    for (name, expected) in expected_layouts() {
+/// programs expect (aya would adopt them unchecked), before changing
+/// anything; then replaces a counter map that only lacks the counters this
+/// build added (see [`counters_upgradable`]).
+fn prepare_pinned_maps(pin_dir: &Path) -> Result<(), BpfError> {
+    let mut replace = Vec::new();
+    for name in MAP_NAMES {
+        let expected = expected_layout(name).expect("every map has a layout");
         let path = pin_dir.join(name);
-        if !path.exists() {
+        let Some(found) = pinned_layout(&path)? else {
+            continue;
+        };
+        if found == expected {
             continue;
         }
-        let info = MapInfo::from_pin(&path).map_err(|source| BpfError::PinnedMap {
-            path: path.clone(),
-            source,
-        })?;
-        let map_type = info.map_type().map_err(|source| BpfError::PinnedMap {
-            path: path.clone(),
-            source,
-        })?;
-        let found = MapLayout {
-            map_type,
-            key_size: info.key_size(),
-            value_size: info.value_size(),
-            max_entries: info.max_entries(),
-        };
-        if found != expected {
-            return Err(BpfError::IncompatiblePinnedMap {
-                path,
-                found,
-                expected,
-            });
+        if name == COUNTERS_MAP && counters_upgradable(&found, &expected) {
+            replace.push((path, found));
+            continue;
         }
+        return Err(BpfError::IncompatiblePinnedMap {
+            path,
+            found,
+            expected,
+        });
+    }
+    for (path, found) in replace {
+        tracing::warn!(
+            path = %path.display(),
+            found = %found,
+            "replacing the pinned counter map of an older build: counts restart from zero"
+        );
+        fs::remove_file(&path).map_err(|source| BpfError::PinDir { path, source })?;
     }
     Ok(())
 }
 
+/// A counter map of an older build: the same kind of map with fewer
+/// counters (the list only grows). Counters are statistics, so it is
+/// replaced rather than refused; programs still attached to it are swapped
+/// for this build's on their next attach.
+fn counters_upgradable(found: &MapLayout, expected: &MapLayout) -> bool {
+    found.map_type == expected.map_type
+        && found.key_size == expected.key_size
+        && found.value_size == expected.value_size
+        && found.max_entries < expected.max_entries
+}
+
+// ---------------------------------------------------------------------------
+// Map access.
+
+fn missing_map(name: &'static str) -> BpfError {
+    BpfError::Missing { kind: "map", name }
+}
+
+/// The loaded map `name` as the typed view `M`.
+fn typed_map<'a, M>(ebpf: &'a Ebpf, name: &'static str) -> Result<M, BpfError>
+where
+    M: TryFrom<&'a Map, Error = MapError>,
+{
+    let map = ebpf.map(name).ok_or_else(|| missing_map(name))?;
+    M::try_from(map).map_err(|source| BpfError::Map { name, source })
+}
+
+/// The loaded map `name` as the typed, writable view `M`.
+fn typed_map_mut<'a, M>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<M, BpfError>
+where
+    M: TryFrom<&'a mut Map, Error = MapError>,
+{
+    let map = ebpf.map_mut(name).ok_or_else(|| missing_map(name))?;
+    M::try_from(map).map_err(|source| BpfError::Map { name, source })
+}
+
+/// The map pinned as `name` under `pin_dir`, checked against this build's
+/// layout; `None` if it is not pinned.
+fn open_pinned(pin_dir: &Path, name: &'static str) -> Result<Option<Map>, BpfError> {
+    let path = pin_dir.join(name);
+    let Some(found) = pinned_layout(&path)? else {
+        return Ok(None);
+    };
+    let expected = expected_layout(name).expect("every map has a layout");
+    if found != expected {
+        return Err(BpfError::IncompatiblePinnedMap {
+            path,
+            found,
+            expected,
+        });
+    }
+    let pinned_error = |source| BpfError::PinnedMap {
+        path: path.clone(),
+        source,
+    };
+    let data = MapData::from_pin(&path).map_err(pinned_error)?;
+    Map::from_map_data(data).map(Some).map_err(pinned_error)
+}
+
+fn typed_owned<M>(map: Map, name: &'static str) -> Result<M, BpfError>
+where
+    M: TryFrom<Map, Error = MapError>,
+{
+    M::try_from(map).map_err(|source| BpfError::Map { name, source })
+}
+
+fn collect_pod_routes<T: std::borrow::Borrow<MapData>>(
+    map: &LpmTrie<T, [u8; 4], RemoteNode>,
+) -> Result<Vec<(PodCidrKey, RemoteNode)>, BpfError> {
+    map.iter()
+        .map(|entry| entry.map(|(key, node)| (PodCidrKey::new(key.data(), key.prefix_len()), node)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| BpfError::Map {
+            name: POD_ROUTES_MAP,
+            source,
+        })
+}
+
+fn collect_nodes<T: std::borrow::Borrow<MapData>>(
+    map: &BpfHashMap<T, NodeKey, NodeEntry>,
+) -> Result<Vec<NodeKey>, BpfError> {
+    map.keys()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| BpfError::Map {
+            name: NODES_MAP,
+            source,
+        })
+}
+
+/// The LPM key of `cidr`: its network address (host bits cleared) and
+/// prefix length.
+fn pod_cidr_key(cidr: Ipv4Network) -> LpmKey<[u8; 4]> {
+    LpmKey::new(u32::from(cidr.prefix()), cidr.network().octets())
+}
+
+/// A removal that found nothing to remove succeeded.
+fn absent_is_ok(result: Result<(), MapError>, name: &'static str) -> Result<(), BpfError> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(source) => Err(BpfError::Map { name, source }),
+    }
+}
+
+fn read_counters(ebpf: &Ebpf) -> Result<Vec<(&'static str, u64)>, BpfError> {
+    let map = typed_map::<PerCpuArray<_, u64>>(ebpf, COUNTERS_MAP)?;
+    Counter::ALL
+        .iter()
+        .map(|counter| {
+            let per_cpu = map
+                .get(&counter.index(), 0)
+                .map_err(|source| BpfError::Map {
+                    name: COUNTERS_MAP,
+                    source,
+                })?;
+            Ok((counter.name(), per_cpu.iter().sum()))
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// tc attachments.
+
+/// The Weft filters named `name` in `direction` of `ifname`.
+fn weft_filters(
+    ifname: &str,
+    direction: Direction,
+    name: &str,
+) -> Result<Vec<tc_filter::BpfFilter>, BpfError> {
+    let ifindex = ifindex(ifname)?;
+    let filters =
+        tc_filter::bpf_filters(ifindex, direction).map_err(|source| BpfError::ListFilters {
+            ifname: ifname.to_owned(),
+            source,
+        })?;
+    Ok(filters.into_iter().filter(|f| f.name == name).collect())
+}
+
+/// Ensures exactly one filter named `name` in `direction` of `ifname`,
+/// running `ebpf`'s program of that name (see the module documentation).
+fn ensure_filter(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    ifname: &str,
+    direction: Direction,
+    priority: u16,
+) -> Result<(), BpfError> {
+    ifindex(ifname)?;
+    match aya::programs::tc::qdisc_add_clsact(ifname) {
+        Ok(()) => {}
+        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(source) => {
+            return Err(BpfError::Clsact {
+                ifname: ifname.to_owned(),
+                source,
+            });
+        }
+    }
+    let existing = weft_filters(ifname, direction, name)?;
+    let program = classifier_mut(ebpf, name)?;
+    let attach_error = |source| BpfError::Attach {
+        ifname: ifname.to_owned(),
+        name,
+        source,
+    };
+    let our_id = program.info().map_err(attach_error)?.id();
+    // The program must be loaded before a link is handed to it: a link
+    // dropped unused would detach the filter it describes.
+    program.fd().map_err(attach_error)?;
+
+    let link_id = match existing.split_first() {
+        None => {
+            let options = NlOptions {
+                priority,
+                handle: TcHandle::AUTO_ASSIGN,
+                classid: None,
+            };
+            program
+                .attach_with_options(
+                    ifname,
+                    direction.attach_type(),
+                    TcAttachOptions::Netlink(options),
+                )
+                .map_err(attach_error)?
+        }
+        Some((adopted, duplicates)) => {
+            for duplicate in duplicates {
+                detach_filter(ifname, direction, name, duplicate)?;
+            }
+            if adopted.program_id == Some(our_id) {
+                return Ok(());
+            }
+            // Without NLM_F_CREATE, cls_bpf changes the filter at this
+            // priority and handle in place: the packet path switches from
+            // the old program to this one between two packets.
+            let link = SchedClassifierLink::attached(
+                ifname,
+                direction.attach_type(),
+                adopted.priority,
+                TcHandle::from(adopted.handle),
+                None,
+            )
+            .map_err(|e| attach_error(ProgramError::from(TcError::IoError(e))))?;
+            program.attach_to_link(link).map_err(attach_error)?
+        }
+    };
+    // aya detaches the links a program owns when it is dropped; the filter
+    // must outlive the agent, so take the link out and forget it (a netlink
+    // link is plain data: nothing leaks).
+    let link = program.take_link(link_id).map_err(attach_error)?;
+    std::mem::forget(link);
+    Ok(())
+}
+
+/// Removes one filter (by priority and handle).
+fn detach_filter(
+    ifname: &str,
+    direction: Direction,
+    name: &'static str,
+    filter: &tc_filter::BpfFilter,
+) -> Result<(), BpfError> {
+    let detach_error = |source| BpfError::Detach {
+        ifname: ifname.to_owned(),
+        name,
+        source: Box::new(source),
+    };
+    let link = SchedClassifierLink::attached(
+        ifname,
+        direction.attach_type(),
+        filter.priority,
+        TcHandle::from(filter.handle),
+        None,
+    )
+    .map_err(|e| detach_error(ProgramError::from(TcError::IoError(e))))?;
+    link.detach().map_err(detach_error)
+}
+
 /// The one netlink query aya does not expose: listing the bpf filters at tc
-/// ingress of an interface (`tc filter show dev X ingress`), synchronously,
-/// in the calling thread's network namespace.
+/// ingress or egress of an interface (`tc filter show dev X ingress`), with
+/// the program each runs, synchronously, in the calling thread's network
+/// namespace.
 mod tc_filter {
     use std::io;
 
@@ -537,21 +1049,32 @@ mod tc_filter {
     use netlink_packet_route::tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcMessage, TcOption};
     use netlink_sys::{Socket, SocketAddr, constants::NETLINK_ROUTE};
 
+    use super::Direction;
+
     /// A `cls_bpf` filter as the kernel reports it.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct BpfFilter {
         /// The program name given at attach time (`TCA_BPF_NAME`).
         pub name: String,
+        /// The filter's priority (`tc filter ... pref`).
+        pub priority: u16,
+        /// The filter's handle, as `tcm_handle`.
+        pub handle: u32,
+        /// The id of the program it runs (`TCA_BPF_ID`).
+        pub program_id: Option<u32>,
     }
 
-    pub fn ingress_bpf_filters(ifindex: u32) -> io::Result<Vec<BpfFilter>> {
+    pub fn bpf_filters(ifindex: u32, direction: Direction) -> io::Result<Vec<BpfFilter>> {
         let socket = Socket::new(NETLINK_ROUTE)?;
         socket.connect(&SocketAddr::new(0, 0))?;
 
         let mut request = TcMessage::with_index(ifindex as i32);
         request.header.parent = TcHandle {
             major: 0xffff,
-            minor: TcHandle::MIN_INGRESS,
+            minor: match direction {
+                Direction::Ingress => TcHandle::MIN_INGRESS,
+                Direction::Egress => TcHandle::MIN_EGRESS,
+            },
         };
         let mut header = NetlinkHeader::default();
         header.flags = NLM_F_REQUEST | NLM_F_DUMP;
@@ -601,13 +1124,23 @@ mod tc_filter {
         if !is_bpf {
             return None;
         }
-        let name = message.attributes.iter().find_map(|a| match a {
-            TcAttribute::Options(options) => options.iter().find_map(|o| match o {
-                TcOption::Bpf(TcFilterBpfOption::ProgName(name)) => Some(name.clone()),
-                _ => None,
-            }),
+        let options = message.attributes.iter().find_map(|a| match a {
+            TcAttribute::Options(options) => Some(options),
             _ => None,
         })?;
-        Some(BpfFilter { name })
+        let name = options.iter().find_map(|o| match o {
+            TcOption::Bpf(TcFilterBpfOption::ProgName(name)) => Some(name.clone()),
+            _ => None,
+        })?;
+        let program_id = options.iter().find_map(|o| match o {
+            TcOption::Bpf(TcFilterBpfOption::ProgId(id)) => Some(*id),
+            _ => None,
+        });
+        Some(BpfFilter {
+            name,
+            priority: (message.header.info >> 16) as u16,
+            handle: u32::from(message.header.handle),
+            program_id,
+        })
     }
 }

@@ -1,18 +1,30 @@
 //! Weft's tc programs. Each is a thin shell: read the map entries the
-//! decision needs, call the decision in `weft-common`, count the verdict and
-//! turn it into a tc action. The decisions themselves are unit-tested in
-//! userspace over byte-array frames.
+//! decision needs, call the decision in `weft-common`, carry it out (the
+//! only packet rewrites are IP-in-IP's `bpf_skb_adjust_room` and one
+//! `bpf_skb_store_bytes`), count the outcome and turn it into a tc action.
+//! The decisions themselves are unit-tested in userspace over byte-array
+//! frames, and `weft-twin`'s hooks mirror these shells so that the
+//! differential tests can hold the two to identical actions and bytes.
 #![no_std]
 #![no_main]
 
-use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_SHOT};
+use aya_ebpf::bindings::{
+    BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_FIXED_GSO,
+    TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+};
 use aya_ebpf::macros::{classifier, map};
-use aya_ebpf::maps::{HashMap, PerCpuArray};
+use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::maps::{Array, HashMap, LpmTrie, PerCpuArray};
 use aya_ebpf::programs::TcContext;
 use weft_common::guard::pod_egress_verdict;
-use weft_common::maps::{ENDPOINTS_MAX_ENTRIES, EndpointInfo, EndpointKey};
-use weft_common::packet::PacketReader;
-use weft_common::verdict::{COUNTER_COUNT, Counter, Verdict};
+use weft_common::lookup::{NodeSet, RouteLookup};
+use weft_common::maps::{
+    ENDPOINTS_MAX_ENTRIES, EndpointInfo, EndpointKey, NODES_MAX_ENTRIES, NodeConfig, NodeEntry,
+    NodeKey, POD_ROUTES_MAX_ENTRIES, RemoteNode,
+};
+use weft_common::packet::{PacketReader, ethernet};
+use weft_common::uplink::{uplink_egress, uplink_ingress};
+use weft_common::verdict::{COUNTER_COUNT, Counter, UplinkVerdict, Verdict};
 
 /// Host veth ifindex → the pod endpoint behind it. Pinned by name under the
 /// node's pin directory so entries survive agent restarts.
@@ -23,6 +35,23 @@ static WEFT_ENDPOINTS: HashMap<EndpointKey, EndpointInfo> =
 /// Packets per verdict, per CPU (no atomics needed), indexed by [`Counter`].
 #[map(name = "WEFT_COUNTERS")]
 static WEFT_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT as u32, 0);
+
+/// Remote nodes' pod CIDRs → the node owning them (LPM trie; aya adds
+/// `BPF_F_NO_PREALLOC`, which the kernel requires for this map type). The
+/// key is aya's `lpm_trie::Key<[u8; 4]>`, laid out as
+/// `weft_common::maps::PodCidrKey`.
+#[map(name = "WEFT_POD_ROUTES")]
+static WEFT_POD_ROUTES: LpmTrie<[u8; 4], RemoteNode> = LpmTrie::pinned(POD_ROUTES_MAX_ENTRIES, 0);
+
+/// The cluster's nodes by underlay address: the only sources IP-in-IP is
+/// accepted from.
+#[map(name = "WEFT_NODES")]
+static WEFT_NODES: HashMap<NodeKey, NodeEntry> = HashMap::pinned(NODES_MAX_ENTRIES, 0);
+
+/// This node's configuration, one entry (index 0). Never written, it reads
+/// as all zeroes: mode `none`, so the uplink programs pass everything.
+#[map(name = "WEFT_CONFIG")]
+static WEFT_CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
 
 /// Reads the frame with `bpf_skb_load_bytes`: copies into the stack, works on
 /// non-linear skbs, and needs no packet-pointer bounds proofs.
@@ -40,6 +69,28 @@ impl PacketReader for SkbReader<'_> {
     }
 }
 
+/// [`RouteLookup`] over [`WEFT_POD_ROUTES`]: the kernel's trie does the
+/// longest-prefix match on a /32 key.
+struct PodRoutes;
+
+impl RouteLookup for PodRoutes {
+    #[inline(always)]
+    fn remote_node_for(&self, dst: [u8; 4]) -> Option<RemoteNode> {
+        WEFT_POD_ROUTES.get(Key::new(32, dst)).copied()
+    }
+}
+
+/// [`NodeSet`] over [`WEFT_NODES`]: presence is membership.
+struct Nodes;
+
+impl NodeSet for Nodes {
+    #[inline(always)]
+    fn is_node(&self, addr: [u8; 4]) -> bool {
+        // SAFETY: only the presence of the entry is used, never its value.
+        unsafe { WEFT_NODES.get(&addr) }.is_some()
+    }
+}
+
 /// Attached at tc ingress of a pod's host-side veth: sees what the pod sends.
 #[classifier]
 pub fn weft_pod_ingress(ctx: TcContext) -> i32 {
@@ -54,6 +105,103 @@ pub fn weft_pod_ingress(ctx: TcContext) -> i32 {
         Verdict::Pass(_) => TC_ACT_OK,
         Verdict::Drop(_) => TC_ACT_SHOT,
     }
+}
+
+/// Attached at tc egress of the node's uplink: encapsulates pod traffic
+/// bound for another node's pod CIDR in IP-in-IP.
+#[classifier]
+pub fn weft_uplink_egress(ctx: TcContext) -> i32 {
+    let config = node_config();
+    // A GSO packet is segmented after tc, and each segment gets the outer
+    // header (`SKB_GSO_IPXIP4`): its length here is that of all segments
+    // together, so only the kernel can check it (against `gso_size`). The
+    // pod MTU (uplink MTU - 20) is what keeps those segments within the
+    // uplink's MTU. A non-zero `gso_size` is the kernel's `skb_is_gso()`
+    // (`gso_segs` may still be 0 there, before the stack counts them).
+    // SAFETY: the kernel hands tc programs a valid __sk_buff.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    let mtu = if gso_size != 0 {
+        u16::MAX
+    } else {
+        config.egress_mtu()
+    };
+    let verdict = uplink_egress(&SkbReader(&ctx), &PodRoutes, &config, mtu);
+    carry_out(&ctx, verdict)
+}
+
+/// Attached at tc ingress of the node's uplink: decapsulates IP-in-IP from
+/// the cluster's nodes, drops IP-in-IP from anyone else.
+#[classifier]
+pub fn weft_uplink_ingress(ctx: TcContext) -> i32 {
+    let config = node_config();
+    let verdict = uplink_ingress(&SkbReader(&ctx), &Nodes, &config);
+    carry_out(&ctx, verdict)
+}
+
+/// This node's config; all zeroes (mode `none`) if the lookup fails, which
+/// it cannot for index 0 of a one-entry array.
+#[inline(always)]
+fn node_config() -> NodeConfig {
+    WEFT_CONFIG.get(0).copied().unwrap_or_default()
+}
+
+/// Bytes the outer header takes: the verdict's header is always 20 bytes.
+const OUTER_HEADER_LEN: i32 = 20;
+
+/// Does what an uplink verdict says, counts what was done, and returns the
+/// tc action. A helper that fails leaves a packet the shell cannot vouch
+/// for: it is dropped and counted as malformed, as `weft-twin` does when
+/// it cannot rewrite a frame.
+#[inline(always)]
+fn carry_out(ctx: &TcContext, verdict: UplinkVerdict) -> i32 {
+    let (action, counter) = match verdict {
+        UplinkVerdict::Pass(_) => (TC_ACT_OK, verdict.counter()),
+        UplinkVerdict::TooBig { .. } | UplinkVerdict::Drop(_) => (TC_ACT_SHOT, verdict.counter()),
+        UplinkVerdict::Encapsulate { header, .. } => match encapsulate(ctx, &header) {
+            Ok(()) => (TC_ACT_OK, verdict.counter()),
+            Err(_) => (TC_ACT_SHOT, Counter::DropMalformed),
+        },
+        UplinkVerdict::Decapsulate {
+            outer_header_len, ..
+        } => match decapsulate(ctx, outer_header_len) {
+            Ok(()) => (TC_ACT_OK, verdict.counter()),
+            Err(_) => (TC_ACT_SHOT, Counter::DropMalformed),
+        },
+    };
+    count(counter);
+    action
+}
+
+/// Inserts `header` between the Ethernet header and the IPv4 packet.
+///
+/// `BPF_ADJ_ROOM_MAC` opens the room right after the MAC header;
+/// `ENCAP_L3_IPV4` marks the skb as encapsulated (inner header offsets,
+/// `SKB_GSO_IPXIP4`), so a GSO packet is segmented with an outer header on
+/// every segment and checksum offload still finds the inner L4 header.
+/// `FIXED_GSO` keeps `gso_size`: without it the kernel would shrink the
+/// MSS by 20 to keep the segments' size, but the pod MTU (uplink MTU - 20)
+/// already leaves the room, so each segment plus its outer header fits the
+/// uplink as it is, and the kernel need not linearize frag_list skbs.
+#[inline(always)]
+fn encapsulate(ctx: &TcContext, header: &[u8; 20]) -> Result<(), i64> {
+    let flags = u64::from(BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_FIXED_GSO);
+    ctx.adjust_room(OUTER_HEADER_LEN, BPF_ADJ_ROOM_MAC, flags)?;
+    ctx.store(ethernet::HEADER_LEN, header, 0)
+}
+
+/// Removes the `outer_header_len` bytes of the outer IPv4 header after the
+/// Ethernet header.
+///
+/// `DECAP_L3_IPV4` says an IPv4 header follows (the kernel checks at least
+/// 20 bytes remain, and keeps `skb->protocol` IPv4); `FIXED_GSO` keeps the
+/// `gso_size` of a GRO-merged packet: its segments were cut to fit the
+/// pod MTU and must stay so (without it the kernel would grow the MSS by
+/// the 20 bytes removed, and the forwarding path towards the pod, whose MTU
+/// is 20 smaller, would refuse the packet).
+#[inline(always)]
+fn decapsulate(ctx: &TcContext, outer_header_len: u8) -> Result<(), i64> {
+    let flags = u64::from(BPF_F_ADJ_ROOM_DECAP_L3_IPV4 | BPF_F_ADJ_ROOM_FIXED_GSO);
+    ctx.adjust_room(-i32::from(outer_header_len), BPF_ADJ_ROOM_MAC, flags)
 }
 
 #[inline(always)]

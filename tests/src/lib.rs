@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
+pub mod framegen;
 pub mod peers;
 
 use serde::Deserialize;
@@ -139,6 +140,16 @@ impl Lab {
         args.extend_from_slice(flags);
         weftctl_ok(&args);
         lab
+    }
+
+    /// A datapath counter of `node` (`weftctl counters --json`).
+    pub fn counter(&self, node: &str, name: &str) -> u64 {
+        let json = self.ctl_ok(&["counters", "--node", node, "--json"]);
+        let v: serde_json::Value =
+            serde_json::from_str(&json).unwrap_or_else(|e| panic!("counters --json: {e}\n{json}"));
+        v.get(name)
+            .and_then(|x| x.as_u64())
+            .unwrap_or_else(|| panic!("no counter {name} in {json}"))
     }
 
     /// weftctl with `--lab NAME` added after the given leading words.

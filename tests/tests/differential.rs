@@ -1,0 +1,602 @@
+//! Differential tests of the packet path: every generated frame goes
+//! through the loaded eBPF program (`BPF_PROG_TEST_RUN`) and through its
+//! userspace twin (`weft_twin::hooks`), which must return the same tc
+//! action and leave the same bytes; the counters the kernel bumped over a
+//! batch must be the ones the twin names.
+//!
+//! The programs are loaded by the dataplane's own loader (`PodGuard`,
+//! `UplinkPrograms`) into a throwaway pin directory
+//! `/sys/fs/bpf/weft-test-<pid>/differential`, filled with a fixed cluster
+//! (four nodes on two underlay subnets, nested pod CIDRs, one endpoint),
+//! and the uplink programs are run under each node configuration (every
+//! encapsulation mode, `crossSubnet`, known and unknown uplink MTU, and
+//! configs the programs must refuse). The twin reads the same maps back
+//! from the pins (`read_pinned_maps`), so both sides decide over identical
+//! state. Frames come from `weft_tests::framegen` (seed: `WEFT_DIFF_SEED`,
+//! count: `WEFT_DIFF_FRAMES`).
+//!
+//! Needs root and the eBPF object; fails loudly without them.
+//! Run: `cargo test --release -p weft-tests --test differential -- --nocapture`
+//! to see the verdict distribution.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use ipnetwork::Ipv4Network;
+use nix::sched::{CloneFlags, setns};
+use weft_common::lookup::{NodeSet, RouteLookup};
+use weft_common::maps::{
+    Encap, EndpointInfo, NodeConfig, POD_INGRESS_PROGRAM, PodCidrKey, RemoteNode,
+    UPLINK_EGRESS_PROGRAM, UPLINK_INGRESS_PROGRAM,
+};
+use weft_common::uplink::{uplink_egress, uplink_ingress};
+use weft_common::verdict::{Counter, UplinkVerdict};
+use weft_dataplane::bpf::{PodGuard, UplinkPrograms, read_pinned_maps, remove_pins};
+use weft_tests::framegen::{Addresses, Frame, FrameGen, hex};
+use weft_tests::{Namespaces, require_root};
+use weft_twin::hooks::{self, HookOutcome};
+
+// The cluster. This node is N1.
+const N1: [u8; 4] = [198, 18, 0, 1];
+const N2: [u8; 4] = [198, 18, 0, 2];
+/// On another underlay subnet than N1 (for `crossSubnet`).
+const N3: [u8; 4] = [198, 18, 1, 3];
+const N4: [u8; 4] = [198, 18, 2, 4];
+
+/// (pod CIDR, owning node): N1's own, one per remote node, and nested
+/// prefixes where the longest must win.
+const POD_ROUTES: [([u8; 4], u8, [u8; 4]); 7] = [
+    ([10, 244, 1, 0], 24, N1),
+    ([10, 244, 2, 0], 24, N2),
+    ([10, 244, 3, 0], 24, N3),
+    ([10, 244, 4, 0], 24, N4),
+    ([10, 244, 4, 128], 25, N2),
+    ([10, 244, 128, 0], 17, N3),
+    ([10, 244, 200, 64], 26, N4),
+];
+
+/// The endpoint the pod program guards: on `lo` (ifindex 1) of the test's
+/// namespace, which `BPF_PROG_TEST_RUN` can name as the arrival interface.
+const ENDPOINT_IFINDEX: u32 = 1;
+const ENDPOINT_IP: [u8; 4] = [10, 244, 1, 5];
+
+fn addresses() -> Addresses {
+    Addresses {
+        nodes: vec![N1, N2, N3, N4],
+        strangers: vec![[198, 18, 0, 66], [203, 0, 113, 9], [10, 244, 2, 7]],
+        pods: vec![
+            ENDPOINT_IP,
+            [10, 244, 1, 6],
+            [10, 244, 2, 7],
+            [10, 244, 3, 9],
+            [10, 244, 4, 10],
+            [10, 244, 4, 200],
+            [10, 244, 200, 70],
+            [10, 244, 250, 1],
+            [10, 244, 99, 1], // in no route
+        ],
+        others: vec![
+            [8, 8, 8, 8],
+            [198, 18, 0, 9],
+            [192, 168, 1, 1],
+            [127, 0, 0, 1],
+        ],
+    }
+}
+
+/// The node configurations the uplink programs run under.
+fn configs() -> Vec<(&'static str, NodeConfig)> {
+    let ipip = NodeConfig::new(N1, Encap::Ipip).with_uplink_mtu(1500);
+    vec![
+        ("ipip, mtu 1500", ipip),
+        (
+            "ipip, crossSubnet 198.18.0.0/24",
+            ipip.with_cross_subnet([198, 18, 0, 0], 24),
+        ),
+        (
+            "ipip, mtu unknown, ttl 17",
+            NodeConfig {
+                outer_ttl: 17,
+                ..NodeConfig::new(N1, Encap::Ipip)
+            },
+        ),
+        ("ipip, mtu 9000", ipip.with_uplink_mtu(9000)),
+        (
+            "none",
+            NodeConfig::new(N1, Encap::None).with_uplink_mtu(1500),
+        ),
+        (
+            "vxlan",
+            NodeConfig::new(N1, Encap::Vxlan).with_uplink_mtu(1500),
+        ),
+        ("unknown mode 7", NodeConfig { encap: 7, ..ipip }),
+        (
+            "ipip, no underlay address",
+            NodeConfig::new([0; 4], Encap::Ipip).with_uplink_mtu(1500),
+        ),
+    ]
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v} is not a valid value")),
+        Err(_) => default,
+    }
+}
+
+/// Runs `f` on a scoped thread inside the network namespace at `path`.
+fn in_netns<T: Send>(path: &str, f: impl FnOnce() -> T + Send) -> T {
+    let file = File::open(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
+                .unwrap_or_else(|e| panic!("setns {path}: {e}"));
+            f()
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The pin directory, removed on drop (also when the test fails).
+struct Pins(PathBuf);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        if let Err(e) = remove_pins(&self.0) {
+            eprintln!("cannot remove {}: {e}", self.0.display());
+        }
+        if let Some(parent) = self.0.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+    }
+}
+
+/// What the kernel did with one frame.
+#[derive(Debug, PartialEq, Eq)]
+enum KernelRun {
+    Ran {
+        action: i32,
+        frame: Vec<u8>,
+    },
+    /// `BPF_PROG_TEST_RUN` refused the input (the program never ran).
+    Refused(String),
+}
+
+fn test_run(program: &SchedClassifier, frame: &[u8], ctx: Option<&[u8]>) -> KernelRun {
+    let mut out = vec![0u8; frame.len() + 128];
+    let result = program.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ctx_in: ctx,
+        ..TestRunOptions::new()
+    });
+    match result {
+        Ok(result) => {
+            out.truncate(result.data_size_out as usize);
+            KernelRun::Ran {
+                action: result.return_value as i32,
+                frame: out,
+            }
+        }
+        Err(e) => KernelRun::Refused(format!("{e:?}")),
+    }
+}
+
+/// The leading part of `struct __sk_buff` up to `ifindex` (offset 40): the
+/// frame then arrives on that interface of the caller's namespace.
+fn skb_ctx_on(ifindex: u32) -> [u8; 44] {
+    let mut ctx = [0u8; 44];
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx
+}
+
+/// Frames `BPF_PROG_TEST_RUN` refuses (`EINVAL`) on this kernel: shorter
+/// than an Ethernet header, or with the IPv4 (IPv6) ethertype but shorter
+/// than an IPv4 (IPv6) header after it. Only these may be refused; the
+/// twin's verdicts on them are covered by weft-common's unit tests.
+fn kernel_cannot_run(frame: &[u8]) -> bool {
+    match frame.get(12..14) {
+        None => true,
+        Some([0x08, 0x00]) => frame.len() < 14 + 20,
+        Some([0x86, 0xdd]) => frame.len() < 14 + 40,
+        Some(_) => false,
+    }
+}
+
+/// Tallies of one program over all its runs.
+#[derive(Default)]
+struct Tally {
+    runs: usize,
+    refused: usize,
+    counters: BTreeMap<&'static str, u64>,
+    verdicts: BTreeMap<String, u64>,
+    mismatches: Vec<String>,
+    mismatch_count: usize,
+}
+
+impl Tally {
+    fn print(&self, program: &str) {
+        println!(
+            "{program}: {} frames run through BPF_PROG_TEST_RUN and the twin, {} identical, \
+             {} differing ({} more that BPF_PROG_TEST_RUN refuses: shorter than their L2 + L3 header)",
+            self.runs,
+            self.runs - self.mismatch_count,
+            self.mismatch_count,
+            self.refused
+        );
+        let counters: Vec<String> = self
+            .counters
+            .iter()
+            .map(|(name, n)| format!("{name} {n}"))
+            .collect();
+        println!("  counters: {}", counters.join(", "));
+        if !self.verdicts.is_empty() {
+            let verdicts: Vec<String> = self
+                .verdicts
+                .iter()
+                .map(|(v, n)| format!("{v} {n}"))
+                .collect();
+            println!("  verdicts: {}", verdicts.join(", "));
+        }
+    }
+
+    fn counter(&self, name: &str) -> u64 {
+        self.counters.get(name).copied().unwrap_or(0)
+    }
+}
+
+/// A verdict without its data (`Encapsulate`, `Pass(NotIpv4)`, ...).
+fn verdict_name(verdict: &UplinkVerdict) -> String {
+    match verdict {
+        UplinkVerdict::Pass(reason) => format!("Pass({reason:?})"),
+        UplinkVerdict::Encapsulate { .. } => "Encapsulate".into(),
+        UplinkVerdict::Decapsulate { .. } => "Decapsulate".into(),
+        UplinkVerdict::TooBig { .. } => "TooBig".into(),
+        UplinkVerdict::Drop(reason) => format!("Drop({reason:?})"),
+    }
+}
+
+fn counters_now(guard: &PodGuard) -> BTreeMap<&'static str, u64> {
+    guard.counters().expect("counters").into_iter().collect()
+}
+
+/// Runs `frames` through `program` and through `twin`, recording the
+/// outcome of each in `tally`; checks the batch's counter deltas.
+#[allow(clippy::too_many_arguments)]
+fn run_batch(
+    guard: &PodGuard,
+    tally: &mut Tally,
+    program_name: &str,
+    context: &str,
+    program: &SchedClassifier,
+    ctx: Option<&[u8]>,
+    frames: &[Frame],
+    twin: impl Fn(&[u8]) -> HookOutcome,
+    verdict: impl Fn(&[u8]) -> Option<String>,
+) {
+    let before = counters_now(guard);
+    let mut twin_counts: BTreeMap<&'static str, u64> = BTreeMap::new();
+    for frame in frames {
+        let expected = twin(&frame.bytes);
+        let kernel = test_run(program, &frame.bytes, ctx);
+        match kernel {
+            KernelRun::Refused(error) => {
+                assert!(
+                    kernel_cannot_run(&frame.bytes),
+                    "{program_name} ({context}): BPF_PROG_TEST_RUN refused a frame it should \
+                     run ({}): {error}\n{}",
+                    frame.what,
+                    hex(&frame.bytes)
+                );
+                tally.refused += 1;
+                continue;
+            }
+            KernelRun::Ran { action, frame: out } => {
+                assert!(
+                    !kernel_cannot_run(&frame.bytes),
+                    "BPF_PROG_TEST_RUN ran a {}-byte frame",
+                    frame.bytes.len()
+                );
+                tally.runs += 1;
+                *twin_counts.entry(expected.counter.name()).or_default() += 1;
+                *tally.counters.entry(expected.counter.name()).or_default() += 1;
+                if let Some(v) = verdict(&frame.bytes) {
+                    *tally.verdicts.entry(v).or_default() += 1;
+                }
+                if action != expected.action || out != expected.frame {
+                    tally.mismatch_count += 1;
+                    if tally.mismatches.len() < 10 {
+                        tally.mismatches.push(format!(
+                            "{program_name} ({context}): {}\ninput ({} B):\n{}\n\
+                             eBPF: action {action}, output ({} B):\n{}\n\
+                             twin: action {}, counter {}, output ({} B):\n{}",
+                            frame.what,
+                            frame.bytes.len(),
+                            hex(&frame.bytes),
+                            out.len(),
+                            hex(&out),
+                            expected.action,
+                            expected.counter.name(),
+                            expected.frame.len(),
+                            hex(&expected.frame),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    // The kernel's counters moved by exactly what the twin says was counted.
+    let after = counters_now(guard);
+    let deltas: BTreeMap<&'static str, u64> = after
+        .iter()
+        .map(|(name, n)| (*name, n - before[name]))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert_eq!(
+        deltas, twin_counts,
+        "{program_name} ({context}): kernel counter deltas vs the twin's counters"
+    );
+}
+
+#[test]
+fn ebpf_programs_and_the_twin_agree_frame_for_frame() {
+    require_root();
+    let seed: u64 = env_or("WEFT_DIFF_SEED", 0x5eed_4e77);
+    let count: usize = env_or("WEFT_DIFF_FRAMES", 8000);
+    let pid = std::process::id();
+
+    let mut namespaces = Namespaces::default();
+    let netns = namespaces.add(&format!("wdf-{pid}-diff"));
+    let ns_name = format!("wdf-{pid}-diff");
+    ip(&["-n", &ns_name, "link", "set", "lo", "up"]);
+    // A second interface: the arrival interface with no endpoint entry.
+    ip(&[
+        "-n", &ns_name, "link", "add", "wd-a", "type", "veth", "peer", "name", "wd-b",
+    ]);
+    let pins = Pins(PathBuf::from(format!(
+        "/sys/fs/bpf/weft-test-{pid}/differential"
+    )));
+
+    let frames = FrameGen::new(seed, addresses()).frames(count);
+    println!("seed {seed:#x}, {count} generated frames per run");
+
+    in_netns(&netns, || run_all(&pins.0, &frames));
+    drop(namespaces);
+}
+
+fn run_all(pin_dir: &Path, frames: &[Frame]) {
+    let mut guard = PodGuard::load(pin_dir).expect("load the pod guard");
+    let mut uplink = UplinkPrograms::load(pin_dir).expect("load the uplink programs");
+    guard
+        .set_endpoint(ENDPOINT_IFINDEX, Ipv4Addr::from(ENDPOINT_IP))
+        .unwrap();
+    for (addr, prefix, node) in POD_ROUTES {
+        uplink
+            .set_pod_route(
+                Ipv4Network::new(Ipv4Addr::from(addr), prefix).unwrap(),
+                Ipv4Addr::from(node),
+            )
+            .unwrap();
+    }
+    for node in [N1, N2, N3, N4] {
+        uplink.set_node(Ipv4Addr::from(node)).unwrap();
+    }
+    let no_entry_ifindex = nix::net::if_::if_nametoindex("wd-a").expect("wd-a exists");
+
+    // The twin decides over what the kernel holds, read back from the pins.
+    let pinned = read_pinned_maps(pin_dir).expect("read the pinned maps");
+    let mut expected_routes: Vec<(PodCidrKey, RemoteNode)> = POD_ROUTES
+        .iter()
+        .map(|(a, p, n)| (PodCidrKey::new(*a, u32::from(*p)), RemoteNode::new(*n)))
+        .collect();
+    expected_routes.sort_unstable_by_key(|(k, _)| (k.addr, k.prefix_len));
+    assert_eq!(pinned.pod_routes, expected_routes);
+    assert_eq!(pinned.nodes, vec![N1, N2, N3, N4]);
+    assert_eq!(
+        pinned.endpoints,
+        vec![(ENDPOINT_IFINDEX, EndpointInfo::new(ENDPOINT_IP))]
+    );
+    let routes: &[(PodCidrKey, RemoteNode)] = &pinned.pod_routes;
+    let nodes: &[[u8; 4]] = &pinned.nodes;
+    let endpoint_of = |ifindex: u32| {
+        pinned
+            .endpoints
+            .iter()
+            .find(|(i, _)| *i == ifindex)
+            .map(|(_, e)| *e)
+    };
+
+    let program = |name: &str| {
+        SchedClassifier::from_pin(pin_dir.join(name))
+            .unwrap_or_else(|e| panic!("{name} is pinned: {e}"))
+    };
+    let pod_program = program(POD_INGRESS_PROGRAM);
+    let egress_program = program(UPLINK_EGRESS_PROGRAM);
+    let ingress_program = program(UPLINK_INGRESS_PROGRAM);
+
+    // --- weft_pod_ingress ------------------------------------------------------
+    let mut pod = Tally::default();
+    for (context, ifindex) in [
+        ("endpoint on lo", ENDPOINT_IFINDEX),
+        ("veth without endpoint", no_entry_ifindex),
+    ] {
+        let ctx = skb_ctx_on(ifindex);
+        let endpoint = endpoint_of(ifindex);
+        run_batch(
+            &guard,
+            &mut pod,
+            POD_INGRESS_PROGRAM,
+            context,
+            &pod_program,
+            Some(&ctx),
+            frames,
+            |f| hooks::pod_ingress(f, endpoint.as_ref()),
+            |_| None,
+        );
+    }
+
+    // --- weft_uplink_egress and weft_uplink_ingress, per node config ----------
+    let mut egress = Tally::default();
+    let mut ingress = Tally::default();
+    for (context, config) in configs() {
+        uplink.set_config(&config).unwrap();
+        assert_eq!(read_pinned_maps(pin_dir).unwrap().config, Some(config));
+        run_batch(
+            &guard,
+            &mut egress,
+            UPLINK_EGRESS_PROGRAM,
+            context,
+            &egress_program,
+            None,
+            frames,
+            |f| hooks::uplink_egress(f, routes, &config),
+            |f| {
+                Some(verdict_name(&uplink_egress(
+                    f,
+                    routes,
+                    &config,
+                    config.egress_mtu(),
+                )))
+            },
+        );
+        run_batch(
+            &guard,
+            &mut ingress,
+            UPLINK_INGRESS_PROGRAM,
+            context,
+            &ingress_program,
+            None,
+            frames,
+            |f| hooks::uplink_ingress(f, nodes, &config),
+            |f| Some(verdict_name(&uplink_ingress(f, nodes, &config))),
+        );
+    }
+
+    pod.print(POD_INGRESS_PROGRAM);
+    egress.print(UPLINK_EGRESS_PROGRAM);
+    ingress.print(UPLINK_INGRESS_PROGRAM);
+
+    let mismatches: Vec<&String> = [&pod, &egress, &ingress]
+        .iter()
+        .flat_map(|t| t.mismatches.iter())
+        .collect();
+    let total: usize = [&pod, &egress, &ingress]
+        .iter()
+        .map(|t| t.mismatch_count)
+        .sum();
+    assert!(
+        mismatches.is_empty(),
+        "{total} frames where the eBPF program and the twin differ; the first ones:\n\n{}",
+        mismatches
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    );
+
+    // The generator must keep reaching every verdict, or the comparison
+    // silently degrades (to all drops, say).
+    const AT_LEAST: u64 = 20;
+    for (tally, program, wanted) in [
+        (
+            &pod,
+            POD_INGRESS_PROGRAM,
+            &[
+                Counter::Pass,
+                Counter::ArpPass,
+                Counter::DropUnknownEndpoint,
+                Counter::DropSpoofedSource,
+                Counter::DropMalformed,
+                Counter::DropUnsupportedProtocol,
+            ][..],
+        ),
+        (
+            &egress,
+            UPLINK_EGRESS_PROGRAM,
+            &[
+                Counter::Encapsulate,
+                Counter::UplinkPass,
+                Counter::DropTooBig,
+                Counter::DropMalformed,
+                Counter::DropBadConfig,
+            ][..],
+        ),
+        (
+            &ingress,
+            UPLINK_INGRESS_PROGRAM,
+            &[
+                Counter::Decapsulate,
+                Counter::UplinkPass,
+                Counter::DropNotFromNode,
+                Counter::DropFragment,
+                Counter::DropBadChecksum,
+                Counter::DropMalformed,
+            ][..],
+        ),
+    ] {
+        assert!(
+            tally.runs >= 10_000,
+            "{program}: only {} frames compared",
+            tally.runs
+        );
+        for counter in wanted {
+            assert!(
+                tally.counter(counter.name()) >= AT_LEAST,
+                "{program}: {} reached only {} times",
+                counter.name(),
+                tally.counter(counter.name())
+            );
+        }
+    }
+    for (tally, program, wanted) in [
+        (
+            &egress,
+            UPLINK_EGRESS_PROGRAM,
+            &[
+                "Pass(NotIpv4)",
+                "Pass(NotPodDestination)",
+                "Pass(LocalNode)",
+                "Pass(NoEncapsulation)",
+                "Pass(SameSubnet)",
+            ][..],
+        ),
+        (
+            &ingress,
+            UPLINK_INGRESS_PROGRAM,
+            &["Pass(NotIpv4)", "Pass(NotIpip)", "Pass(NotForThisNode)"][..],
+        ),
+    ] {
+        for verdict in wanted {
+            let n = tally.verdicts.get(*verdict).copied().unwrap_or(0);
+            assert!(n >= AT_LEAST, "{program}: {verdict} reached only {n} times");
+        }
+    }
+
+    // Keep the twin's lookups honest too: the LPM trie and the slice agree
+    // on the nested prefixes (checked through the verdicts above), and the
+    // node set is what was written.
+    assert!(nodes.is_node(N3) && !nodes.is_node([198, 18, 0, 66]));
+    assert_eq!(
+        routes.remote_node_for([10, 244, 4, 200]),
+        Some(RemoteNode::new(N2))
+    );
+    drop(uplink);
+    drop(guard);
+}
