@@ -8,7 +8,9 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 use weft_dataplane::names::host_ifname;
 use weft_dataplane::route::Route;
+use weft_dataplane::vxlan;
 
+use crate::config::Encap;
 use crate::ipam::{Attachment, Claim};
 use weft_datastore::{EndpointRecord, NodeRecord};
 
@@ -29,6 +31,16 @@ pub struct ClusterView<'a> {
     pub links: &'a BTreeMap<String, u32>,
     /// The IPAM claims: attachments in flight or registered.
     pub claims: &'a BTreeMap<Ipv4Addr, Claim>,
+    /// How pod traffic crosses the underlay, and whether only across subnets.
+    pub encap: Encap,
+    pub cross_subnet: bool,
+    /// The pod MTU: the MTU of routes into an IP-in-IP tunnel.
+    pub pod_mtu: u32,
+    /// The vxlan device's index (mode `vxlan`, once the device exists).
+    pub vxlan_ifindex: Option<u32>,
+    /// BGP routes a previous run left, kept until BGP is synchronized
+    /// again: wanted as they are wherever nothing learned replaces them.
+    pub kept: &'a [Route],
 }
 
 /// The source of the routes beyond this node.
@@ -51,6 +63,15 @@ pub struct DesiredState {
     /// Weft interfaces that belong to no claimed attachment (leftovers of
     /// a failed ADD or a lost DEL).
     pub stale_links: Vec<String>,
+    /// IP-in-IP: other nodes' pod CIDRs → their underlay address (the
+    /// uplink programs' LPM map). Empty in the other modes.
+    pub pod_routes: BTreeMap<Ipv4Network, Ipv4Addr>,
+    /// IP-in-IP: the other nodes' underlay addresses, the only sources
+    /// decapsulated. Empty in the other modes.
+    pub tunnel_peers: BTreeSet<Ipv4Addr>,
+    /// VXLAN: each other node as (underlay address, VTEP address), for the
+    /// device's FDB and neighbour entries. Empty in the other modes.
+    pub vxlan_peers: Vec<(Ipv4Addr, Ipv4Addr)>,
     /// Why some wanted state cannot be built, for the log and operators.
     pub problems: Vec<String>,
 }
@@ -72,13 +93,32 @@ pub fn desired_state(view: &ClusterView<'_>) -> DesiredState {
         }
     }
 
-    match view.remote {
+    let remote: Vec<Route> = match view.remote {
         Remote::NodeRecords => static_routes(view, &mut out),
-        Remote::Learned(learned) => out.routes.extend(
-            learned
-                .iter()
-                .map(|(prefix, next_hop)| Route::learned(*prefix, *next_hop, view.uplink_ifindex)),
-        ),
+        Remote::Learned(learned) => learned
+            .iter()
+            .map(|(prefix, next_hop)| Route::learned(*prefix, *next_hop, view.uplink_ifindex))
+            .collect(),
+    };
+    for route in remote {
+        let route = encapsulated(view, route, &mut out);
+        out.routes.push(route);
+    }
+    for kept in view.kept {
+        if !out.routes.iter().any(|r| r.dst == kept.dst) {
+            out.routes.push(*kept);
+        }
+    }
+    let others = view.nodes.iter().filter(|n| n.name != view.me.name);
+    match view.encap {
+        Encap::Ipip => out.tunnel_peers = others.map(|n| n.underlay_ip).collect(),
+        Encap::Vxlan => {
+            out.vxlan_peers = others
+                .map(|n| (n.underlay_ip, vxlan::vtep_ip(n.pod_cidr)))
+                .collect();
+            out.vxlan_peers.sort();
+        }
+        Encap::None => {}
     }
 
     let claimed: BTreeSet<String> = view
@@ -104,9 +144,62 @@ pub fn desired_state(view: &ClusterView<'_>) -> DesiredState {
     out
 }
 
+/// The route to another node's pod CIDR as the encapsulation mode wants
+/// it, given the plain route via the node's underlay address (`route`):
+/// `ipip` keeps it (the uplink programs encapsulate what leaves through
+/// it), adds it to the programs' map and caps its MTU at the pod MTU, so
+/// the kernel answers an oversized DF packet with ICMP "fragmentation
+/// needed" rather than the tunnel dropping it; `vxlan` sends it into the
+/// vxlan device towards the node's VTEP. A next hop that is no cluster
+/// node (a router's route learned over BGP) stays native, as does, with
+/// `crossSubnet`, a node on this node's underlay subnet.
+fn encapsulated(view: &ClusterView<'_>, route: Route, out: &mut DesiredState) -> Route {
+    let Some(gateway) = route.gateway else {
+        return route;
+    };
+    let Some(node) = view
+        .nodes
+        .iter()
+        .find(|n| n.underlay_ip == gateway && n.name != view.me.name)
+    else {
+        return route;
+    };
+    let same_subnet = view
+        .uplink_subnet
+        .is_some_and(|subnet| subnet.contains(node.underlay_ip));
+    if view.encap == Encap::Ipip {
+        // The map holds every node's routes; the programs apply crossSubnet.
+        out.pod_routes.insert(route.dst, gateway);
+    }
+    if view.cross_subnet && same_subnet {
+        return route;
+    }
+    match view.encap {
+        Encap::None => route,
+        Encap::Ipip => route.with_mtu(Some(view.pod_mtu)),
+        Encap::Vxlan => match view.vxlan_ifindex {
+            Some(ifindex) => Route {
+                protocol: route.protocol,
+                ..Route::via_vxlan(route.dst, vxlan::vtep_ip(node.pod_cidr), ifindex)
+            },
+            None => {
+                out.problems.push(format!(
+                    "node {}: no vxlan device yet; {} routed natively",
+                    node.name, route.dst
+                ));
+                route
+            }
+        },
+    }
+}
+
 /// Static routing: every other node's pod CIDR via its underlay address,
-/// refusing overlaps and next hops off the uplink's segment.
-fn static_routes(view: &ClusterView<'_>, out: &mut DesiredState) {
+/// refusing overlaps and next hops off the uplink's segment (except in
+/// `vxlan` mode: the device reaches any underlay address the node can).
+/// IP-in-IP routes still need the node's segment: the route's gateway is
+/// the remote node itself.
+fn static_routes(view: &ClusterView<'_>, out: &mut DesiredState) -> Vec<Route> {
+    let mut routes = Vec::new();
     let mut taken: Vec<Ipv4Network> = vec![view.me.pod_cidr];
     let mut others: Vec<&NodeRecord> = view
         .nodes
@@ -124,6 +217,7 @@ fn static_routes(view: &ClusterView<'_>, out: &mut DesiredState) {
         }
         if let Some(subnet) = view.uplink_subnet
             && !subnet.contains(node.underlay_ip)
+            && view.encap != Encap::Vxlan
         {
             out.problems.push(format!(
                 "node {}: underlay address {} is outside the uplink subnet {}; static routing needs one L2 segment",
@@ -132,12 +226,13 @@ fn static_routes(view: &ClusterView<'_>, out: &mut DesiredState) {
             continue;
         }
         taken.push(node.pod_cidr);
-        out.routes.push(Route::to_pod_cidr(
+        routes.push(Route::to_pod_cidr(
             node.pod_cidr,
             node.underlay_ip,
             view.uplink_ifindex,
         ));
     }
+    routes
 }
 
 #[cfg(test)]
@@ -180,6 +275,9 @@ mod tests {
         links: BTreeMap<String, u32>,
         claims: BTreeMap<Ipv4Addr, Claim>,
         remote: Remote<'static>,
+        encap: Encap,
+        cross_subnet: bool,
+        kept: Vec<Route>,
     }
 
     impl Fixture {
@@ -192,6 +290,15 @@ mod tests {
                 links: BTreeMap::new(),
                 claims: BTreeMap::new(),
                 remote: Remote::NodeRecords,
+                encap: Encap::None,
+                cross_subnet: false,
+                kept: vec![],
+            }
+        }
+        fn with_encap(encap: Encap) -> Fixture {
+            Fixture {
+                encap,
+                ..Fixture::new()
             }
         }
         fn calc(&self) -> DesiredState {
@@ -204,8 +311,123 @@ mod tests {
                 endpoints: &self.endpoints,
                 links: &self.links,
                 claims: &self.claims,
+                encap: self.encap,
+                cross_subnet: self.cross_subnet,
+                pod_mtu: 1480,
+                vxlan_ifindex: Some(40),
+                kept: &self.kept,
             })
         }
+    }
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn net(s: &str) -> Ipv4Network {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn ipip_routes_via_the_node_with_the_pod_mtu_and_fills_the_maps() {
+        let mut f = Fixture::with_encap(Encap::Ipip);
+        f.nodes.push(node("node3", "198.18.0.13", "10.244.3.0/24"));
+        let d = f.calc();
+        assert_eq!(
+            d.routes,
+            vec![
+                Route::to_pod_cidr(net("10.244.2.0/24"), ip("198.18.0.12"), 2).with_mtu(Some(1480)),
+                Route::to_pod_cidr(net("10.244.3.0/24"), ip("198.18.0.13"), 2).with_mtu(Some(1480)),
+            ]
+        );
+        assert_eq!(
+            d.pod_routes,
+            [
+                (net("10.244.2.0/24"), ip("198.18.0.12")),
+                (net("10.244.3.0/24"), ip("198.18.0.13"))
+            ]
+            .into()
+        );
+        assert_eq!(d.tunnel_peers, [ip("198.18.0.12"), ip("198.18.0.13")].into());
+        assert!(d.vxlan_peers.is_empty());
+    }
+
+    #[test]
+    fn vxlan_routes_into_the_device_towards_each_nodes_vtep() {
+        let d = Fixture::with_encap(Encap::Vxlan).calc();
+        assert_eq!(
+            d.routes,
+            vec![Route::via_vxlan(net("10.244.2.0/24"), ip("10.244.2.0"), 40)]
+        );
+        assert_eq!(d.vxlan_peers, vec![(ip("198.18.0.12"), ip("10.244.2.0"))]);
+        assert!(d.pod_routes.is_empty() && d.tunnel_peers.is_empty());
+    }
+
+    #[test]
+    fn vxlan_reaches_nodes_off_the_uplink_subnet() {
+        let mut f = Fixture::with_encap(Encap::Vxlan);
+        f.nodes.push(node("node4", "192.0.2.4", "10.244.4.0/24"));
+        let d = f.calc();
+        assert!(d.problems.is_empty(), "{:?}", d.problems);
+        assert!(
+            d.routes
+                .contains(&Route::via_vxlan(net("10.244.4.0/24"), ip("10.244.4.0"), 40))
+        );
+    }
+
+    #[test]
+    fn cross_subnet_keeps_same_subnet_nodes_native() {
+        for encap in [Encap::Ipip, Encap::Vxlan] {
+            let mut f = Fixture::with_encap(encap);
+            f.cross_subnet = true;
+            let d = f.calc();
+            assert_eq!(
+                d.routes,
+                vec![Route::to_pod_cidr(net("10.244.2.0/24"), ip("198.18.0.12"), 2)],
+                "{encap:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn routes_learned_from_routers_stay_native_and_outside_the_maps() {
+        static LEARNED: [(Ipv4Network, Ipv4Addr); 2] = [
+            (
+                Ipv4Network::new_checked(Ipv4Addr::new(203, 0, 113, 0), 24).unwrap(),
+                Ipv4Addr::new(198, 18, 0, 200),
+            ),
+            (
+                Ipv4Network::new_checked(Ipv4Addr::new(10, 244, 2, 0), 24).unwrap(),
+                Ipv4Addr::new(198, 18, 0, 12),
+            ),
+        ];
+        let mut f = Fixture::with_encap(Encap::Ipip);
+        f.remote = Remote::Learned(&LEARNED);
+        let d = f.calc();
+        assert_eq!(
+            d.routes,
+            vec![
+                Route::learned(LEARNED[1].0, LEARNED[1].1, 2).with_mtu(Some(1480)),
+                Route::learned(LEARNED[0].0, LEARNED[0].1, 2),
+            ]
+        );
+        assert_eq!(d.pod_routes, [(LEARNED[1].0, LEARNED[1].1)].into());
+    }
+
+    #[test]
+    fn kept_routes_stay_until_something_learned_replaces_them() {
+        static LEARNED: [(Ipv4Network, Ipv4Addr); 1] = [(
+            Ipv4Network::new_checked(Ipv4Addr::new(10, 244, 2, 0), 24).unwrap(),
+            Ipv4Addr::new(198, 18, 0, 12),
+        )];
+        let mut f = Fixture::with_encap(Encap::Vxlan);
+        f.remote = Remote::Learned(&LEARNED);
+        let old = Route::via_vxlan(net("10.244.2.0/24"), ip("10.244.2.0"), 40);
+        let other = Route::via_vxlan(net("10.244.3.0/24"), ip("10.244.3.0"), 40);
+        f.kept = vec![old, other];
+        let d = f.calc();
+        assert!(d.routes.contains(&other));
+        assert_eq!(d.routes.iter().filter(|r| r.dst == old.dst).count(), 1);
     }
 
     #[test]

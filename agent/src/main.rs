@@ -58,7 +58,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         underlay_ip,
         pod_cidr: config.pod_cidr,
     };
-    tracing::info!(node = %me.name, %underlay_ip, pod_cidr = %me.pod_cidr, uplink = %uplink.name, mtu, "starting");
+    tracing::info!(node = %me.name, %underlay_ip, pod_cidr = %me.pod_cidr, uplink = %uplink.name, mtu, encap = ?config.encap, cross_subnet = config.cross_subnet, "starting");
 
     enable_forwarding().context("cannot enable IPv4 forwarding in this network namespace")?;
     let ipam = Ipam::open(&config.state_dir.join("ipam"), config.pod_cidr)?;
@@ -73,11 +73,23 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
         Routing::Static => (None, None),
     };
-    let dataplane = Dataplane::new(routes, weft_dataplane::link::Netlink::current()?, guard);
+    let tunnel = weft_dataplane::bpf::UplinkPrograms::load(&config.bpffs_dir).with_context(|| {
+        format!(
+            "eBPF uplink programs (pins under {})",
+            config.bpffs_dir.display()
+        )
+    })?;
+    let dataplane = Dataplane::new(
+        routes,
+        weft_dataplane::link::Netlink::current()?,
+        guard,
+        tunnel,
+    );
     let node = Arc::new(Node::new(
         me,
         uplink,
         mtu,
+        (config.encap, config.cross_subnet),
         ipam,
         datastore,
         config.state_dir.join("endpoints"),

@@ -15,13 +15,16 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use weft_dataplane::bpf::PodGuard;
+use weft_common::maps::NodeConfig;
+use weft_dataplane::bpf::{PodGuard, UplinkPrograms};
 use weft_dataplane::link::Netlink;
 use weft_dataplane::names::{HOST_IFNAME_PREFIX, is_host_ifname};
 use weft_dataplane::route::{self, RouteTable};
 use weft_dataplane::uplink::Uplink;
+use weft_dataplane::vxlan;
 
 use crate::calc::{self, ClusterView, Remote};
+use crate::config::Encap;
 use crate::ipam::Ipam;
 use crate::routing::{self, Learned, Topology, WantedPeer};
 use weft_datastore::fsutil;
@@ -32,19 +35,36 @@ pub struct Dataplane {
     pub routes: RouteTable,
     pub netlink: Netlink,
     pub guard: PodGuard,
+    /// The uplink's IP-in-IP programs and their maps; loaded in every mode
+    /// (the pins exist anyway), attached only in `ipip`.
+    pub tunnel: UplinkPrograms,
     /// Host veths (name, ifindex) known to carry the guard. Cleared on each
     /// timed resync, so an attachment removed behind the agent's back is
     /// found and restored.
     attached: BTreeSet<(String, u32)>,
+    /// The uplink programs are known to be attached (`ipip`); cleared with
+    /// `attached`.
+    tunnel_attached: bool,
+    /// What other encapsulation modes program (an earlier run's) is known
+    /// to be gone; cleared with `attached`.
+    other_modes_cleared: bool,
 }
 
 impl Dataplane {
-    pub fn new(routes: RouteTable, netlink: Netlink, guard: PodGuard) -> Dataplane {
+    pub fn new(
+        routes: RouteTable,
+        netlink: Netlink,
+        guard: PodGuard,
+        tunnel: UplinkPrograms,
+    ) -> Dataplane {
         Dataplane {
             routes,
             netlink,
             guard,
+            tunnel,
             attached: BTreeSet::new(),
+            tunnel_attached: false,
+            other_modes_cleared: false,
         }
     }
 }
@@ -58,6 +78,14 @@ pub struct PassReport {
     pub links_removed: Vec<String>,
     pub problems: Vec<String>,
 }
+
+/// What BGP gives a pass: learned routes (prefix, next hop), the routes a
+/// previous run left that are still kept, and problems to report.
+type BgpRoutes = (
+    Vec<(ipnetwork::Ipv4Network, Ipv4Addr)>,
+    Vec<route::Route>,
+    Vec<String>,
+);
 
 /// The route distributor, in routing mode `bgp`.
 pub struct Bgp {
@@ -76,6 +104,8 @@ pub struct Node {
     pub me: NodeRecord,
     pub uplink: Uplink,
     pub mtu: u32,
+    pub encap: Encap,
+    pub cross_subnet: bool,
     pub ipam: Ipam,
     pub datastore: Datastore,
     /// This node's endpoint records: the agent's own source of truth,
@@ -105,6 +135,8 @@ pub enum ReconcileError {
     },
     #[error("BGP speaker: {0}")]
     Bgp(#[from] weft_bgp::shell::ShellError),
+    #[error(transparent)]
+    Vxlan(#[from] vxlan::VxlanError),
 }
 
 impl Node {
@@ -115,6 +147,7 @@ impl Node {
         me: NodeRecord,
         uplink: Uplink,
         mtu: u32,
+        (encap, cross_subnet): (Encap, bool),
         ipam: Ipam,
         datastore: Datastore,
         endpoints_dir: PathBuf,
@@ -125,6 +158,8 @@ impl Node {
             me,
             uplink,
             mtu,
+            encap,
+            cross_subnet,
             ipam,
             datastore,
             endpoints_dir,
@@ -164,6 +199,8 @@ impl Node {
         let mut dp = self.dataplane.lock().await;
         if full {
             dp.attached.clear();
+            dp.tunnel_attached = false;
+            dp.other_modes_cleared = false;
         }
         let mut report = PassReport::default();
 
@@ -178,9 +215,14 @@ impl Node {
             .filter(|(name, _)| is_host_ifname(name))
             .collect();
         let claims = self.ipam.claims();
-        let (learned, mut bgp_problems) = match &self.bgp {
+        let (learned, kept, mut bgp_problems) = match &self.bgp {
             Some(bgp) => self.bgp_routes(bgp, &nodes).await?,
-            None => (Vec::new(), Vec::new()),
+            None => (Vec::new(), Vec::new(), Vec::new()),
+        };
+        // The vxlan device before the routes into it.
+        let vxlan_ifindex = match self.encap {
+            Encap::Vxlan => Some(dp.netlink.ensure_vxlan(&self.vxlan_spec()).await?),
+            Encap::Ipip | Encap::None => None,
         };
         let remote = if self.bgp.is_some() {
             Remote::Learned(&learned)
@@ -196,6 +238,11 @@ impl Node {
             endpoints: &endpoints,
             links: &links,
             claims: &claims,
+            encap: self.encap,
+            cross_subnet: self.cross_subnet,
+            pod_mtu: self.mtu,
+            vxlan_ifindex,
+            kept: &kept,
         });
         report.problems = desired.problems.clone();
         report.problems.append(&mut bgp_problems);
@@ -211,6 +258,31 @@ impl Node {
             }
             dp.guard.attach(name)?;
             dp.attached.insert((name.clone(), ifindex));
+        }
+
+        // 1b. The tunnel's state before the routes that lead into it.
+        match self.encap {
+            Encap::Ipip => {
+                dp.tunnel.set_config(&self.tunnel_config())?;
+                for node in &desired.tunnel_peers {
+                    dp.tunnel.set_node(*node)?;
+                }
+                for (cidr, node) in &desired.pod_routes {
+                    dp.tunnel.set_pod_route(*cidr, *node)?;
+                }
+                if !dp.tunnel_attached {
+                    dp.tunnel.attach(&self.uplink.name)?;
+                    dp.tunnel_attached = true;
+                }
+            }
+            Encap::Vxlan => {
+                if let Some(ifindex) = vxlan_ifindex {
+                    dp.netlink
+                        .sync_vxlan_peers(ifindex, &desired.vxlan_peers)
+                        .await?;
+                }
+            }
+            Encap::None => {}
         }
 
         // 2. Routes: install and replace, then remove.
@@ -235,6 +307,7 @@ impl Node {
             dp.guard.remove_endpoint(*ifindex)?;
         }
         report.guard_removed = stale_entries.len();
+        self.remove_stale_tunnel_state(&mut dp, &desired).await?;
         for name in &desired.stale_links {
             tracing::info!(link = %name, "removing a host veth no attachment claims");
             dp.netlink.delete_link(name).await?;
@@ -258,7 +331,7 @@ impl Node {
         &self,
         bgp: &Bgp,
         nodes: &[NodeRecord],
-    ) -> Result<(Vec<(ipnetwork::Ipv4Network, Ipv4Addr)>, Vec<String>), ReconcileError> {
+    ) -> Result<BgpRoutes, ReconcileError> {
         let topology = Topology {
             as_number: bgp.as_number,
             route_reflectors: &bgp.route_reflectors,
@@ -291,12 +364,13 @@ impl Node {
                 next_hop: b.next_hop,
             })
             .collect();
-        let (mut routes, problems) =
+        let (routes, problems) =
             routing::installable(&learned, self.me.pod_cidr, self.uplink.address);
 
         // After a restart, routes the previous run installed stay until the
         // Loc-RIB is complete again, so forwarding never has a gap.
         let kept = bgp.kept.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut keep = Vec::new();
         if let Some((old, deadline)) = kept {
             if bgp.handle.synchronized().await? || std::time::Instant::now() >= deadline {
                 tracing::info!(
@@ -304,16 +378,68 @@ impl Node {
                 );
                 *bgp.kept.lock().unwrap_or_else(|p| p.into_inner()) = None;
             } else {
-                for r in old {
-                    if !routes.iter().any(|(p, _)| *p == r.dst)
-                        && let Some(gw) = r.gateway
-                    {
-                        routes.push((r.dst, gw));
-                    }
-                }
+                keep = old;
             }
         }
-        Ok((routes, problems))
+        Ok((routes, keep, problems))
+    }
+
+    /// The uplink programs' view of this node.
+    fn tunnel_config(&self) -> NodeConfig {
+        let underlay = self.me.underlay_ip.octets();
+        let config = NodeConfig::new(underlay, self.encap.datapath())
+            .with_uplink_mtu(u16::try_from(self.uplink.mtu).unwrap_or(u16::MAX));
+        match self.uplink.address {
+            Some(subnet) if self.cross_subnet => {
+                config.with_cross_subnet(subnet.network().octets(), subnet.prefix())
+            }
+            _ => config,
+        }
+    }
+
+    /// The vxlan device of mode `vxlan`, on the uplink.
+    fn vxlan_spec(&self) -> vxlan::VxlanSpec {
+        vxlan::VxlanSpec::new(
+            self.me.underlay_ip,
+            self.uplink.ifindex,
+            self.uplink.mtu,
+            self.me.pod_cidr,
+        )
+    }
+
+    /// What other modes (an earlier run's) or gone nodes left: map entries
+    /// of the IP-in-IP programs, the programs themselves outside `ipip`,
+    /// the vxlan device outside `vxlan`.
+    async fn remove_stale_tunnel_state(
+        &self,
+        dp: &mut Dataplane,
+        desired: &calc::DesiredState,
+    ) -> Result<(), ReconcileError> {
+        for (cidr, _) in dp.tunnel.pod_routes()? {
+            if !desired.pod_routes.contains_key(&cidr) {
+                dp.tunnel.remove_pod_route(cidr)?;
+            }
+        }
+        for node in dp.tunnel.nodes()? {
+            if !desired.tunnel_peers.contains(&node) {
+                dp.tunnel.remove_node(node)?;
+            }
+        }
+        if dp.other_modes_cleared {
+            return Ok(());
+        }
+        if self.encap != Encap::Ipip {
+            // Encapsulate nothing even if a detach below fails.
+            dp.tunnel.set_config(&self.tunnel_config())?;
+            if weft_dataplane::bpf::detach_uplink(&self.uplink.name)? {
+                tracing::info!(uplink = %self.uplink.name, "removed the IP-in-IP programs of an earlier mode");
+            }
+        }
+        if self.encap != Encap::Vxlan && dp.netlink.delete_vxlan(vxlan::DEVICE_NAME).await? {
+            tracing::info!("removed the vxlan device of an earlier mode");
+        }
+        dp.other_modes_cleared = true;
+        Ok(())
     }
 
     fn publish(

@@ -98,14 +98,16 @@ fn run(cmd: &[&str]) {
     assert!(out.status.success(), "{cmd:?}: {}", show(&out));
 }
 
-/// A daemon this harness started; stopped (SIGTERM, then SIGKILL) on drop.
-struct Daemon {
+/// A daemon this harness started (a BGP speaker, a capture, a long ping);
+/// stopped (SIGTERM, then SIGKILL) on drop.
+pub struct Daemon {
     child: Child,
     name: &'static str,
 }
 
 impl Daemon {
-    fn spawn(name: &'static str, netns: &str, argv: &[&str], log: &Path) -> Daemon {
+    /// Runs `argv` in `netns`, its stdout and stderr into `log`.
+    pub fn spawn(name: &'static str, netns: &str, argv: &[&str], log: &Path) -> Daemon {
         let log_file = std::fs::File::create(log).expect("log file");
         let child = Command::new("ip")
             .args(["netns", "exec", netns])
@@ -118,8 +120,23 @@ impl Daemon {
         Daemon { child, name }
     }
 
+    /// Sends `signal` (SIGINT: ping prints its summary, tcpdump flushes)
+    /// and waits up to 5 s for the exit; fails the test if it does not end.
+    pub fn stop_with(mut self, signal: nix::sys::signal::Signal) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, signal);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{} did not end on {signal}", self.name);
+    }
+
     /// Fails the test if the daemon has exited.
-    fn assert_running(&mut self, log: &Path) {
+    pub fn assert_running(&mut self, log: &Path) {
         if let Ok(Some(status)) = self.child.try_wait() {
             panic!(
                 "{} exited ({status}):\n{}",
@@ -132,6 +149,10 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // Ended already (and reaped): its pid may belong to someone else now.
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         // `ip netns exec` execs the daemon: this pid is the daemon's own.
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);

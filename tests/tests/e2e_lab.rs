@@ -26,20 +26,6 @@ fn guard_filters(node_netns: &str, host_ifname: &str) -> String {
     ))
 }
 
-fn counter(lab: &Lab, node: &str, name: &str) -> u64 {
-    let json = lab.ctl_ok(&["counters", "--node", node, "--json"]);
-    let v: serde_json::Value =
-        serde_json::from_str(&json).unwrap_or_else(|e| panic!("counters --json: {e}\n{json}"));
-    // Either {"name": value, ...} or [{"name", "value"}]: accept both shapes.
-    if let Some(n) = v.get(name).and_then(|x| x.as_u64()) {
-        return n;
-    }
-    v.as_array()
-        .and_then(|a| a.iter().find(|c| c["name"] == name))
-        .and_then(|c| c["value"].as_u64())
-        .unwrap_or_else(|| panic!("no counter {name} in {json}"))
-}
-
 #[test]
 fn three_nodes_full_connectivity() {
     let lab = Lab::up("conn", 3, 2);
@@ -99,7 +85,7 @@ fn spoofed_source_reaches_nobody_and_is_counted() {
         show(&own)
     );
 
-    let before = counter(&lab, "node1", "drop_spoofed_source");
+    let before = lab.counter("node1", "drop_spoofed_source");
     // The pod takes a second address and sends from it.
     let fake = "10.244.1.250";
     let add = netns_exec(
@@ -125,7 +111,7 @@ fn spoofed_source_reaches_nobody_and_is_counted() {
         "not even its own node: {}",
         show(&spoofed_same_node)
     );
-    let after = counter(&lab, "node1", "drop_spoofed_source");
+    let after = lab.counter("node1", "drop_spoofed_source");
     assert!(
         after >= before + 4,
         "spoofed packets must be counted: {before} -> {after}"

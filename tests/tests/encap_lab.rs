@@ -1,0 +1,492 @@
+//! The packet path between nodes in each encapsulation mode, on labs of
+//! three nodes: the real agent, CNI and eBPF programs, a real kernel, and a
+//! capture on the lab's underlay bridge to see what actually crosses it.
+//! Needs root.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use weft_dataplane::netns::run_in;
+use weft_tests::peers::{Daemon, UnderlayHost};
+use weft_tests::*;
+
+/// The lab's uplinks are veths with the default MTU.
+const UPLINK_MTU: u32 = 1500;
+
+fn netns_path(netns: &str) -> PathBuf {
+    Path::new("/run/netns").join(netns)
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+/// A capture on the lab's underlay bridge, written to a pcap file and
+/// read back with tcpdump filters.
+struct Capture {
+    daemon: Daemon,
+    file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Capture {
+    fn start(lab: &Lab) -> Capture {
+        let fabric = lab.status().fabric;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("underlay.pcap");
+        let log = dir.path().join("tcpdump.log");
+        let daemon = Daemon::spawn(
+            "tcpdump",
+            &fabric.netns,
+            &[
+                "tcpdump",
+                "-i",
+                &fabric.bridge,
+                "-U",
+                // Hand each packet over at once: what is still in the
+                // kernel's buffer at SIGINT would be lost.
+                "--immediate-mode",
+                // Stay root: the pcap file lives in a root-only directory.
+                "-Z",
+                "root",
+                "-n",
+                "-s",
+                "128",
+                "-w",
+                file.to_str().unwrap(),
+            ],
+            &log,
+        );
+        eventually("tcpdump listens", Duration::from_secs(10), || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("listening on") {
+                Ok(())
+            } else {
+                Err(text)
+            }
+        });
+        Capture {
+            daemon,
+            file,
+            _dir: dir,
+        }
+    }
+
+    /// Stops the capture; the packets stay readable with [`Captured::count`].
+    fn stop(self) -> Captured {
+        std::thread::sleep(Duration::from_millis(300));
+        self.daemon.stop_with(Signal::SIGINT);
+        Captured {
+            file: self.file,
+            _dir: self._dir,
+        }
+    }
+}
+
+struct Captured {
+    file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Captured {
+    /// Packets matching a tcpdump `filter` (which sees the outer headers).
+    fn count(&self, filter: &str) -> usize {
+        // A packet's line starts with its timestamp; tcpdump prints what
+        // it decodes inside VXLAN on a line of its own.
+        self.lines(filter)
+            .iter()
+            .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+            .count()
+    }
+
+    fn lines(&self, filter: &str) -> Vec<String> {
+        let out = std::process::Command::new("tcpdump")
+            .args(["-r", self.file.to_str().unwrap(), "-n", filter])
+            .output()
+            .expect("tcpdump runs");
+        assert!(out.status.success(), "tcpdump -r: {}", show(&out));
+        stdout(&out).lines().map(str::to_string).collect()
+    }
+}
+
+/// `count` pings that must all be answered.
+fn ping(from: &LabPod, to: &str, extra: &[&str]) -> std::process::Output {
+    let mut argv = vec!["ping", "-c", "3", "-i", "0.2", "-W", "2"];
+    argv.extend_from_slice(extra);
+    argv.push(to);
+    netns_exec(&from.netns, &argv)
+}
+
+fn pod_mtu(pod: &LabPod) -> u32 {
+    let out = stdout(&netns_exec(&pod.netns, &["cat", "/sys/class/net/eth0/mtu"]));
+    out.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("pod MTU {out:?}: {e}"))
+}
+
+/// Pod traffic on the underlay is exactly what the mode promises, and
+/// nothing else: checked in both directions of a ping between two nodes.
+fn underlay_shows(lab: &Lab, encap: &str) {
+    let status = lab.status();
+    let (a, b) = (status.pod_on("node1"), status.pod_on("node2"));
+    let (n1, n2) = (lab.node("node1").underlay_ip, lab.node("node2").underlay_ip);
+    let capture = Capture::start(lab);
+    let out = ping(&a, &b.ip, &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    let captured = capture.stop();
+
+    let ipip = captured.count(&format!("ip proto 4 and src {n1} and dst {n2}"))
+        + captured.count(&format!("ip proto 4 and src {n2} and dst {n1}"));
+    let vxlan = captured.count(&format!("udp port 4789 and host {n1} and host {n2}"));
+    let plain = captured.count(&format!("host {} and host {}", a.ip, b.ip));
+    let all = captured.lines("");
+    let expected = match encap {
+        "ipip" => (6, 0, 0),
+        "vxlan" => (0, 6, 0),
+        "none" => (0, 0, 6),
+        _ => unreachable!(),
+    };
+    assert_eq!(
+        (ipip, vxlan, plain),
+        expected,
+        "{encap}: (IP-in-IP, VXLAN, plain) packets between the pods on the underlay; capture:\n{}",
+        all.join("\n")
+    );
+    if encap == "ipip" {
+        // The inner packet is the pods' own, as tcpdump decodes it.
+        let inner = format!("{} > {}: ICMP echo request", a.ip, b.ip);
+        assert!(
+            all.iter().any(|l| l.contains(&inner)),
+            "no {inner:?} inside the tunnel:\n{}",
+            all.join("\n")
+        );
+    }
+}
+
+/// A DF ping of exactly the pod MTU crosses nodes; one byte more is
+/// refused at the pod. In `ipip` the node's own route into the tunnel
+/// carries the pod MTU too, so the kernel refuses oversized DF packets
+/// there instead of the tunnel dropping them silently.
+fn pod_mtu_crosses(lab: &Lab, encap: &str, overhead: u32) {
+    let status = lab.status();
+    let (a, b) = (status.pod_on("node1"), status.pod_on("node3"));
+    let mtu = pod_mtu(&a);
+    assert_eq!(mtu, UPLINK_MTU - overhead, "{encap}: pod MTU");
+    let fits = (mtu - 28).to_string();
+    let out = ping(&a, &b.ip, &["-M", "do", "-s", &fits]);
+    assert!(
+        out.status.success(),
+        "{encap}: DF ping of {mtu} bytes: {}",
+        show(&out)
+    );
+    let too_big = (mtu - 27).to_string();
+    let out = ping(&a, &b.ip, &["-M", "do", "-s", &too_big, "-c", "1"]);
+    assert!(
+        !out.status.success(),
+        "{encap}: a DF packet above the pod MTU must not be sent: {}",
+        show(&out)
+    );
+    if encap == "ipip" {
+        let node = lab.node("node1");
+        let out = netns_exec(
+            &node.netns,
+            &[
+                "ping", "-c", "1", "-W", "2", "-M", "do", "-s", &too_big, &b.ip,
+            ],
+        );
+        let text = show(&out);
+        assert!(
+            !out.status.success() && text.contains(&format!("mtu={mtu}")),
+            "the route into the tunnel must carry MTU {mtu}: {text}"
+        );
+    }
+}
+
+/// Deterministic bytes for a transfer, and their FNV-1a hash.
+fn payload(len: usize) -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+/// 32 MiB of TCP from a pod to a pod on another node, byte for byte.
+fn tcp_bulk(lab: &Lab) {
+    const LEN: usize = 32 << 20;
+    let status = lab.status();
+    let (a, b) = (status.pod_on("node1"), status.pod_on("node2"));
+    let to = (ip(&b.ip), 5201);
+    let listener = run_in(&netns_path(&b.netns), move || TcpListener::bind(to))
+        .unwrap()
+        .expect("listen in the pod");
+    let reader = std::thread::spawn(move || -> std::io::Result<(usize, u64)> {
+        let (mut conn, _) = listener.accept()?;
+        conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+        let mut got = Vec::with_capacity(LEN);
+        conn.read_to_end(&mut got)?;
+        Ok((got.len(), fnv(&got)))
+    });
+    let data = payload(LEN);
+    let want = (data.len(), fnv(&data));
+    run_in(&netns_path(&a.netns), move || -> std::io::Result<()> {
+        let mut conn = TcpStream::connect_timeout(&to.into(), Duration::from_secs(5))?;
+        conn.set_write_timeout(Some(Duration::from_secs(30)))?;
+        conn.write_all(&data)?;
+        conn.shutdown(std::net::Shutdown::Write)
+    })
+    .unwrap()
+    .expect("send from the pod");
+    let got = reader.join().unwrap().expect("receive in the pod");
+    assert_eq!(got, want, "bytes and hash of the bulk transfer");
+}
+
+/// The 16-bit one's complement checksum of an IPv4 header.
+fn checksum(header: &[u8]) -> u16 {
+    let mut sum: u32 = header
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An IPv4/UDP packet `src → dst:port` carrying `body` (UDP checksum 0).
+fn udp_packet(src: Ipv4Addr, dst: Ipv4Addr, port: u16, body: &[u8]) -> Vec<u8> {
+    let total = (28 + body.len()) as u16;
+    let mut p = vec![0x45, 0, 0, 0, 0, 1, 0, 0, 64, 17, 0, 0];
+    p[2..4].copy_from_slice(&total.to_be_bytes());
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    let c = checksum(&p[..20]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    p.extend_from_slice(&40000u16.to_be_bytes());
+    p.extend_from_slice(&port.to_be_bytes());
+    p.extend_from_slice(&(8 + body.len() as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(body);
+    p
+}
+
+/// Sends `inner` as IP-in-IP (the kernel adds the outer header, protocol
+/// 4) from the namespace `netns` to `to`.
+fn send_ipip(netns: &str, to: Ipv4Addr, inner: Vec<u8>) {
+    run_in(&netns_path(netns), move || {
+        // SAFETY: plain socket calls on a descriptor this closure owns.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_IPIP);
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            let addr = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: 0,
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(to.octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            let sent = libc::sendto(
+                fd,
+                inner.as_ptr().cast(),
+                inner.len(),
+                0,
+                (&addr as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            );
+            let error = std::io::Error::last_os_error();
+            libc::close(fd);
+            assert_eq!(sent, inner.len() as isize, "sendto: {error}");
+        }
+    })
+    .unwrap();
+}
+
+/// Whether a UDP datagram reaches `pod` on `port` within a second after
+/// `send` runs.
+fn pod_receives(pod: &LabPod, port: u16, send: impl FnOnce()) -> bool {
+    let socket = run_in(&netns_path(&pod.netns), move || {
+        UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))
+    })
+    .unwrap()
+    .expect("bind in the pod");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    send();
+    let mut buf = [0u8; 64];
+    socket.recv_from(&mut buf).is_ok()
+}
+
+/// IP-in-IP from an underlay address that is no node never reaches a pod
+/// (in `ipip` the uplink program drops and counts it; in the other modes
+/// no decapsulator exists). In `ipip` the same packet from a node's
+/// address is delivered, so the check can tell the two apart.
+fn injection_is_refused(lab: &Lab, encap: &str) {
+    let status = lab.status();
+    let victim = status.pod_on("node2");
+    let node2 = lab.node("node2");
+    let intruder = UnderlayHost::attach(lab, "intruder", ip("198.18.0.200"));
+    let inner = udp_packet(ip("10.244.1.99"), ip(&victim.ip), 9999, b"injected");
+    let before = lab.counter("node2", "drop_not_from_node");
+    let reached = pod_receives(&victim, 9999, || {
+        send_ipip(&intruder.netns, ip(&node2.underlay_ip), inner.clone())
+    });
+    assert!(
+        !reached,
+        "{encap}: IP-in-IP from a non-node reached the pod"
+    );
+    if encap == "ipip" {
+        let after = lab.counter("node2", "drop_not_from_node");
+        assert!(
+            after > before,
+            "drop_not_from_node must count the injection ({before} → {after})"
+        );
+        let node1 = lab.node("node1");
+        let reached = pod_receives(&victim, 9998, || {
+            let inner = udp_packet(ip("10.244.1.99"), ip(&victim.ip), 9998, b"from a node");
+            send_ipip(&node1.netns, ip(&node2.underlay_ip), inner)
+        });
+        assert!(reached, "the same IP-in-IP from a node must be delivered");
+    }
+}
+
+/// A 10 ms ping between pods on two nodes loses nothing while both nodes'
+/// agents are SIGKILLed and restarted.
+fn no_loss_across_agent_restart(lab: &Lab) {
+    let status = lab.status();
+    let (a, b) = (status.pod_on("node1"), status.pod_on("node2"));
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("ping.log");
+    let pinger = Daemon::spawn(
+        "ping",
+        &a.netns,
+        &["ping", "-i", "0.01", "-W", "1", &b.ip],
+        &log,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    for node in ["node1", "node2"] {
+        lab.ctl_ok(&["lab", "agent", "stop", node]);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for node in ["node1", "node2"] {
+        lab.ctl_ok(&["lab", "agent", "start", node]);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    pinger.stop_with(Signal::SIGINT);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let summary = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary:\n{text}"));
+    let numbers: Vec<u64> = summary
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let (sent, received) = (numbers[0], numbers[1]);
+    assert!(sent >= 100, "too few pings to mean anything: {summary}");
+    assert_eq!(
+        sent, received,
+        "pings lost across the agents' restart: {summary}"
+    );
+    eprintln!("across the restart: {summary}");
+}
+
+fn check_mode(encap: &str, overhead: u32) {
+    let lab = Lab::up_with(&format!("enc-{encap}"), 3, 2, &["--encap", encap]);
+    let out = lab.ctl(&["lab", "check"]);
+    assert!(out.status.success(), "{encap}: {}", show(&out));
+    underlay_shows(&lab, encap);
+    pod_mtu_crosses(&lab, encap, overhead);
+    tcp_bulk(&lab);
+    injection_is_refused(&lab, encap);
+    no_loss_across_agent_restart(&lab);
+    let out = lab.ctl(&["lab", "check"]);
+    assert!(
+        out.status.success(),
+        "{encap} after restart: {}",
+        show(&out)
+    );
+}
+
+#[test]
+fn ipip_mode() {
+    check_mode("ipip", 20);
+}
+
+#[test]
+fn vxlan_mode() {
+    check_mode("vxlan", 50);
+}
+
+#[test]
+fn none_mode() {
+    check_mode("none", 0);
+}
+
+/// What is attached to the uplink, in both directions.
+fn uplink_filters(lab: &Lab, node: &str) -> String {
+    let netns = lab.node(node).netns;
+    ["ingress", "egress"]
+        .iter()
+        .map(|dir| {
+            stdout(&netns_exec(
+                &netns,
+                &["tc", "filter", "show", "dev", "eth0", dir],
+            ))
+        })
+        .collect()
+}
+
+fn has_vxlan_device(lab: &Lab, node: &str) -> bool {
+    let out = stdout(&netns_exec(
+        &lab.node(node).netns,
+        &["ip", "-o", "link", "show", "type", "vxlan"],
+    ));
+    !out.trim().is_empty()
+}
+
+/// Restarting every agent in another mode leaves nothing of the old one:
+/// no uplink programs outside `ipip`, no vxlan device outside `vxlan`, and
+/// full connectivity in the new mode.
+#[test]
+fn agents_switch_modes_on_restart_without_leftovers() {
+    let lab = Lab::up_with("enc-switch", 2, 1, &["--encap", "ipip"]);
+    for (encap, programs, device) in [
+        ("vxlan", false, true),
+        ("none", false, false),
+        ("ipip", true, false),
+    ] {
+        for node in ["node1", "node2"] {
+            lab.ctl_ok(&["lab", "agent", "stop", node]);
+        }
+        for node in ["node1", "node2"] {
+            lab.ctl_ok(&["lab", "agent", "start", node, "--encap", encap]);
+        }
+        for node in ["node1", "node2"] {
+            let filters = uplink_filters(&lab, node);
+            assert_eq!(
+                filters.contains("weft_uplink"),
+                programs,
+                "{encap} on {node}: uplink filters:\n{filters}"
+            );
+            assert_eq!(has_vxlan_device(&lab, node), device, "{encap} on {node}");
+        }
+        let out = lab.ctl(&["lab", "check"]);
+        assert!(out.status.success(), "{encap}: {}", show(&out));
+        underlay_shows(&lab, encap);
+    }
+}
