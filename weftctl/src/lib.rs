@@ -3,6 +3,7 @@
 
 pub mod agent_api;
 pub mod lab;
+pub mod trace;
 
 /// An error and its causes on one line, like `{:#}`, but without a cause
 /// that merely repeats the text before it (tonic and io errors often

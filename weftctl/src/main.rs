@@ -197,6 +197,31 @@ enum LabCommand {
         /// The object's metadata.name.
         name: String,
     },
+    /// Trace a packet from a pod hook by hook through the nodes' current tables, injecting nothing.
+    ///
+    /// Like Antrea's Traceflow, but no packet is sent: the nodes' pinned eBPF maps, routes,
+    /// links and vxlan FDB/neighbour entries are read, and the userspace twin (the same
+    /// decisions as the tc programs, around a model of the kernel) walks a synthetic packet
+    /// through them. Prints one line per step (node, hook, packet, decision, counter), then
+    /// a verdict: delivered to which pod, or dropped where and why, and any ICMP error sent
+    /// back. Exits 0 whenever the trace ran, whatever the verdict.
+    Trace {
+        /// The pod the packet leaves from (a lab pod's name, e.g. node1-a).
+        #[arg(long)]
+        from: String,
+        /// Where to: IP (ICMP echo), IP:PORT/tcp or IP:PORT/udp.
+        #[arg(long, value_name = "IP[:PORT/PROTO]")]
+        to: weftctl::trace::Target,
+        /// The packet's IPv4 total length in bytes [default: the smallest of its kind].
+        #[arg(long, value_name = "BYTES")]
+        size: Option<u16>,
+        /// Set the Don't Fragment bit.
+        #[arg(long)]
+        df: bool,
+        /// Print JSON: {"lab","encap","from","to","packet","notes","steps":[..],"verdict","summary"}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a command inside a pod's network namespace.
     Exec {
         /// The pod's name.
@@ -561,6 +586,22 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
             );
             if !matrix.all_ok() {
                 return Ok(ExitCode::FAILURE);
+            }
+        }
+        LabCommand::Trace {
+            from,
+            to,
+            size,
+            df,
+            json,
+        } => {
+            let state = lab.load()?;
+            let request = weftctl::trace::TraceRequest { from, to, size, df };
+            let report = block_on(weftctl::trace::run(&state, &request))?;
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.render());
             }
         }
         LabCommand::Exec { pod, command } => {
