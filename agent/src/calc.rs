@@ -66,8 +66,9 @@ pub struct DesiredState {
     /// IP-in-IP: other nodes' pod CIDRs → their underlay address (the
     /// uplink programs' LPM map). Empty in the other modes.
     pub pod_routes: BTreeMap<Ipv4Network, Ipv4Addr>,
-    /// IP-in-IP: the other nodes' underlay addresses, the only sources
-    /// decapsulated. Empty in the other modes.
+    /// The other nodes' underlay addresses: the only sources the uplink
+    /// program decapsulates IP-in-IP from (in every mode) and, in `vxlan`,
+    /// lets VXLAN in from.
     pub tunnel_peers: BTreeSet<Ipv4Addr>,
     /// VXLAN: each other node as (underlay address, VTEP address), for the
     /// device's FDB and neighbour entries. Empty in the other modes.
@@ -110,15 +111,14 @@ pub fn desired_state(view: &ClusterView<'_>) -> DesiredState {
         }
     }
     let others = view.nodes.iter().filter(|n| n.name != view.me.name);
-    match view.encap {
-        Encap::Ipip => out.tunnel_peers = others.map(|n| n.underlay_ip).collect(),
-        Encap::Vxlan => {
-            out.vxlan_peers = others
-                .map(|n| (n.underlay_ip, vxlan::vtep_ip(n.pod_cidr)))
-                .collect();
-            out.vxlan_peers.sort();
-        }
-        Encap::None => {}
+    // In every mode: IP-in-IP is decapsulated from nodes whatever this
+    // node's mode (a rolling mode switch), and in `vxlan` VXLAN too.
+    out.tunnel_peers = others.clone().map(|n| n.underlay_ip).collect();
+    if view.encap == Encap::Vxlan {
+        out.vxlan_peers = others
+            .map(|n| (n.underlay_ip, vxlan::vtep_ip(n.pod_cidr)))
+            .collect();
+        out.vxlan_peers.sort();
     }
 
     let claimed: BTreeSet<String> = view
@@ -348,7 +348,10 @@ mod tests {
             ]
             .into()
         );
-        assert_eq!(d.tunnel_peers, [ip("198.18.0.12"), ip("198.18.0.13")].into());
+        assert_eq!(
+            d.tunnel_peers,
+            [ip("198.18.0.12"), ip("198.18.0.13")].into()
+        );
         assert!(d.vxlan_peers.is_empty());
     }
 
@@ -360,7 +363,8 @@ mod tests {
             vec![Route::via_vxlan(net("10.244.2.0/24"), ip("10.244.2.0"), 40)]
         );
         assert_eq!(d.vxlan_peers, vec![(ip("198.18.0.12"), ip("10.244.2.0"))]);
-        assert!(d.pod_routes.is_empty() && d.tunnel_peers.is_empty());
+        assert!(d.pod_routes.is_empty());
+        assert_eq!(d.tunnel_peers, [ip("198.18.0.12")].into());
     }
 
     #[test]
@@ -369,10 +373,11 @@ mod tests {
         f.nodes.push(node("node4", "192.0.2.4", "10.244.4.0/24"));
         let d = f.calc();
         assert!(d.problems.is_empty(), "{:?}", d.problems);
-        assert!(
-            d.routes
-                .contains(&Route::via_vxlan(net("10.244.4.0/24"), ip("10.244.4.0"), 40))
-        );
+        assert!(d.routes.contains(&Route::via_vxlan(
+            net("10.244.4.0/24"),
+            ip("10.244.4.0"),
+            40
+        )));
     }
 
     #[test]
@@ -383,7 +388,11 @@ mod tests {
             let d = f.calc();
             assert_eq!(
                 d.routes,
-                vec![Route::to_pod_cidr(net("10.244.2.0/24"), ip("198.18.0.12"), 2)],
+                vec![Route::to_pod_cidr(
+                    net("10.244.2.0/24"),
+                    ip("198.18.0.12"),
+                    2
+                )],
                 "{encap:?}"
             );
         }

@@ -73,12 +73,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
         Routing::Static => (None, None),
     };
-    let tunnel = weft_dataplane::bpf::UplinkPrograms::load(&config.bpffs_dir).with_context(|| {
-        format!(
-            "eBPF uplink programs (pins under {})",
-            config.bpffs_dir.display()
-        )
-    })?;
+    let tunnel =
+        weft_dataplane::bpf::UplinkPrograms::load(&config.bpffs_dir).with_context(|| {
+            format!(
+                "eBPF uplink programs (pins under {})",
+                config.bpffs_dir.display()
+            )
+        })?;
     let dataplane = Dataplane::new(
         routes,
         weft_dataplane::link::Netlink::current()?,

@@ -35,18 +35,18 @@ pub struct Dataplane {
     pub routes: RouteTable,
     pub netlink: Netlink,
     pub guard: PodGuard,
-    /// The uplink's IP-in-IP programs and their maps; loaded in every mode
-    /// (the pins exist anyway), attached only in `ipip`.
+    /// The uplink's programs and their maps, attached in every mode: they
+    /// encapsulate in `ipip`, and in every mode let tunnels in only from
+    /// nodes.
     pub tunnel: UplinkPrograms,
     /// Host veths (name, ifindex) known to carry the guard. Cleared on each
     /// timed resync, so an attachment removed behind the agent's back is
     /// found and restored.
     attached: BTreeSet<(String, u32)>,
-    /// The uplink programs are known to be attached (`ipip`); cleared with
-    /// `attached`.
+    /// The uplink programs are known to be attached; cleared with `attached`.
     tunnel_attached: bool,
-    /// What other encapsulation modes program (an earlier run's) is known
-    /// to be gone; cleared with `attached`.
+    /// What other encapsulation modes program (an earlier run's vxlan
+    /// device) is known to be gone; cleared with `attached`.
     other_modes_cleared: bool,
 }
 
@@ -260,29 +260,23 @@ impl Node {
             dp.attached.insert((name.clone(), ifindex));
         }
 
-        // 1b. The tunnel's state before the routes that lead into it.
-        match self.encap {
-            Encap::Ipip => {
-                dp.tunnel.set_config(&self.tunnel_config())?;
-                for node in &desired.tunnel_peers {
-                    dp.tunnel.set_node(*node)?;
-                }
-                for (cidr, node) in &desired.pod_routes {
-                    dp.tunnel.set_pod_route(*cidr, *node)?;
-                }
-                if !dp.tunnel_attached {
-                    dp.tunnel.attach(&self.uplink.name)?;
-                    dp.tunnel_attached = true;
-                }
-            }
-            Encap::Vxlan => {
-                if let Some(ifindex) = vxlan_ifindex {
-                    dp.netlink
-                        .sync_vxlan_peers(ifindex, &desired.vxlan_peers)
-                        .await?;
-                }
-            }
-            Encap::None => {}
+        // 1b. The tunnel's state before the routes that lead into it. The
+        // uplink programs run in every mode: the config tells them which.
+        dp.tunnel.set_config(&self.tunnel_config())?;
+        for node in &desired.tunnel_peers {
+            dp.tunnel.set_node(*node)?;
+        }
+        for (cidr, node) in &desired.pod_routes {
+            dp.tunnel.set_pod_route(*cidr, *node)?;
+        }
+        if !dp.tunnel_attached {
+            dp.tunnel.attach(&self.uplink.name)?;
+            dp.tunnel_attached = true;
+        }
+        if let Some(ifindex) = vxlan_ifindex {
+            dp.netlink
+                .sync_vxlan_peers(ifindex, &desired.vxlan_peers)
+                .await?;
         }
 
         // 2. Routes: install and replace, then remove.
@@ -408,8 +402,7 @@ impl Node {
     }
 
     /// What other modes (an earlier run's) or gone nodes left: map entries
-    /// of the IP-in-IP programs, the programs themselves outside `ipip`,
-    /// the vxlan device outside `vxlan`.
+    /// of the uplink programs, the vxlan device outside `vxlan`.
     async fn remove_stale_tunnel_state(
         &self,
         dp: &mut Dataplane,
@@ -427,13 +420,6 @@ impl Node {
         }
         if dp.other_modes_cleared {
             return Ok(());
-        }
-        if self.encap != Encap::Ipip {
-            // Encapsulate nothing even if a detach below fails.
-            dp.tunnel.set_config(&self.tunnel_config())?;
-            if weft_dataplane::bpf::detach_uplink(&self.uplink.name)? {
-                tracing::info!(uplink = %self.uplink.name, "removed the IP-in-IP programs of an earlier mode");
-            }
         }
         if self.encap != Encap::Vxlan && dp.netlink.delete_vxlan(vxlan::DEVICE_NAME).await? {
             tracing::info!("removed the vxlan device of an earlier mode");

@@ -16,6 +16,9 @@ use crate::verdict::{DropReason, UplinkPassReason, UplinkVerdict};
 /// Bytes IP-in-IP adds to a packet: the outer header, without options.
 pub const IPIP_OVERHEAD: u16 = ipv4::MIN_HEADER_LEN as u16;
 
+/// The UDP port of VXLAN (IANA's 4789), where mode `vxlan`'s device listens.
+pub const VXLAN_PORT: u16 = 4789;
+
 /// Offset of the IPv4 header in a frame.
 const L3: usize = ethernet::HEADER_LEN;
 
@@ -91,12 +94,15 @@ where
 
 /// The decision for `frame` arriving on the uplink (tc ingress).
 ///
-/// IP-in-IP (protocol 4) is decapsulated only when it comes from a cluster
-/// node, is addressed to this node, is whole (not a fragment), has a correct
-/// outer checksum and holds one well-formed IPv4 packet. IP-in-IP from
-/// anyone else is dropped whatever its destination, so that no other
-/// decapsulator on the host (a `tunl0`, say) can be used to inject packets.
-/// Everything that is not IP-in-IP passes to the kernel.
+/// IP-in-IP (protocol 4) is decapsulated (in every mode, so a node part-way
+/// through a rolling mode switch still takes what the others send) when it
+/// comes from a cluster node, is addressed to this node, is whole (not a
+/// fragment), has a correct outer checksum and holds one well-formed IPv4
+/// packet. IP-in-IP from anyone else is dropped whatever its destination,
+/// so that no other decapsulator on the host (a `tunl0`, say) can be used
+/// to inject packets. In mode `vxlan` the same holds for VXLAN (UDP to
+/// [`VXLAN_PORT`]), which the kernel's device would take from anyone.
+/// Everything else passes to the kernel.
 #[inline(always)]
 pub fn uplink_ingress<R, N>(frame: &R, nodes: &N, config: &NodeConfig) -> UplinkVerdict
 where
@@ -112,8 +118,12 @@ where
     let Ok(outer) = Ipv4Header::new_checked(frame, L3) else {
         return UplinkVerdict::Drop(DropReason::Malformed);
     };
-    if outer.protocol() != ipv4::PROTOCOL_IPIP {
-        return UplinkVerdict::Pass(UplinkPassReason::NotIpip);
+    match outer.protocol() {
+        ipv4::PROTOCOL_IPIP => {}
+        ipv4::PROTOCOL_UDP if config.encap() == Some(Encap::Vxlan) => {
+            return vxlan_ingress(frame, &outer, nodes);
+        }
+        _ => return UplinkVerdict::Pass(UplinkPassReason::NotIpip),
     }
     if !outer.verify_checksum() {
         return UplinkVerdict::Drop(DropReason::BadChecksum);
@@ -122,6 +132,7 @@ where
     if !nodes.is_node(from) {
         return UplinkVerdict::Drop(DropReason::NotFromNode);
     }
+
     if outer.dst() != config.underlay_ip {
         return UplinkVerdict::Pass(UplinkPassReason::NotForThisNode);
     }
@@ -139,6 +150,33 @@ where
         }
         _ => UplinkVerdict::Drop(DropReason::Malformed),
     }
+}
+
+/// In mode `vxlan`: UDP to the VXLAN port is for the kernel's vxlan
+/// device, which takes any sender (Linux checks only the VNI), so only
+/// cluster nodes may reach it; a non-node's is dropped. A later fragment
+/// has no UDP header to read and passes: without its first fragment,
+/// which is checked, the datagram never reassembles.
+#[inline(always)]
+fn vxlan_ingress<R, N>(frame: &R, outer: &Ipv4Header<'_, R>, nodes: &N) -> UplinkVerdict
+where
+    R: PacketReader + ?Sized,
+    N: NodeSet + ?Sized,
+{
+    if outer.fragment_offset() != 0 {
+        return UplinkVerdict::Pass(UplinkPassReason::NotIpip);
+    }
+    // The UDP destination port, 2 bytes into the UDP header.
+    let Some(port) = frame.read::<2>(L3 + outer.header_len() + 2) else {
+        return UplinkVerdict::Pass(UplinkPassReason::NotIpip);
+    };
+    if u16::from_be_bytes(port) != VXLAN_PORT {
+        return UplinkVerdict::Pass(UplinkPassReason::NotIpip);
+    }
+    if !nodes.is_node(outer.src()) {
+        return UplinkVerdict::Drop(DropReason::NotFromNode);
+    }
+    UplinkVerdict::Pass(UplinkPassReason::VxlanFromNode)
 }
 
 /// The outer header for `inner`: protocol 4, `ttl`, and from the inner
@@ -613,6 +651,57 @@ mod tests {
                 UplinkVerdict::Decapsulate { .. }
             ));
         }
+    }
+
+    /// UDP `src → NODE2:port` carrying a VXLAN header, as Ethernet, with
+    /// the IPv4 fields given (flags/fragment offset word).
+    fn udp_to_node2(src: [u8; 4], port: u16, frag_word: u16) -> Vec<u8> {
+        let mut p = packet(src, NODE2, 8 + 8 + 14, false);
+        p[6..8].copy_from_slice(&frag_word.to_be_bytes());
+        p[9] = 17;
+        fix_checksum(&mut p);
+        p[20..22].copy_from_slice(&40000u16.to_be_bytes());
+        p[22..24].copy_from_slice(&port.to_be_bytes());
+        ipv4_frame(&p)
+    }
+
+    fn vxlan_node2(frame: &[u8]) -> UplinkVerdict {
+        uplink_ingress(frame, &NODES, &NodeConfig::new(NODE2, Encap::Vxlan))
+    }
+
+    #[test]
+    fn in_vxlan_mode_vxlan_only_from_nodes_reaches_the_device() {
+        let from_node = udp_to_node2(NODE1, VXLAN_PORT, 0);
+        assert_eq!(
+            vxlan_node2(&from_node),
+            pass(UplinkPassReason::VxlanFromNode)
+        );
+        let from_outsider = udp_to_node2(OUTSIDER, VXLAN_PORT, 0);
+        assert_eq!(vxlan_node2(&from_outsider), drop(DropReason::NotFromNode));
+        // A first fragment carries the port and is checked; later ones
+        // cannot reassemble without it.
+        let first = udp_to_node2(OUTSIDER, VXLAN_PORT, 0x2000);
+        assert_eq!(vxlan_node2(&first), drop(DropReason::NotFromNode));
+        let later = udp_to_node2(OUTSIDER, VXLAN_PORT, 0x2000 | 10);
+        assert_eq!(vxlan_node2(&later), pass(UplinkPassReason::NotIpip));
+        // Other UDP, and VXLAN in the other modes, is the kernel's business.
+        let dns = udp_to_node2(OUTSIDER, 53, 0);
+        assert_eq!(vxlan_node2(&dns), pass(UplinkPassReason::NotIpip));
+        for encap in [Encap::Ipip, Encap::None] {
+            let config = NodeConfig::new(NODE2, encap);
+            assert_eq!(
+                uplink_ingress(&from_outsider[..], &NODES, &config),
+                pass(UplinkPassReason::NotIpip)
+            );
+        }
+        // A UDP header cut short is left to the kernel to refuse.
+        let mut short = udp_to_node2(OUTSIDER, VXLAN_PORT, 0);
+        short.truncate(14 + 20 + 3);
+        short[16..18].copy_from_slice(&23u16.to_be_bytes());
+        let mut ip = short[14..].to_vec();
+        fix_checksum(&mut ip);
+        short[14..].copy_from_slice(&ip);
+        assert_eq!(vxlan_node2(&short), pass(UplinkPassReason::NotIpip));
     }
 
     #[test]

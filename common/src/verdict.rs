@@ -22,8 +22,9 @@ pub enum DropReason {
     Malformed,
     /// IPv6 or another ethertype: pods here have IPv4 only.
     UnsupportedProtocol,
-    /// IP-in-IP from an address that is not a cluster node: nobody outside
-    /// the cluster may inject packets into the pod network.
+    /// IP-in-IP (or, in mode `vxlan`, VXLAN) from an address that is not a
+    /// cluster node: nobody outside the cluster may inject packets into the
+    /// pod network.
     NotFromNode,
     /// A fragment of an IP-in-IP packet. Weft never fragments what it
     /// encapsulates (too big is refused at the sender), tc runs before the
@@ -91,8 +92,11 @@ pub enum UplinkPassReason {
     /// Egress with `crossSubnet`: the remote node shares the underlay
     /// subnet, so the packet is routed natively.
     SameSubnet,
-    /// Ingress: not IP-in-IP.
+    /// Ingress: not IP-in-IP (nor, in mode `vxlan`, UDP to the VXLAN port).
     NotIpip,
+    /// Ingress, mode `vxlan`: VXLAN from a cluster node, for the kernel's
+    /// vxlan device.
+    VxlanFromNode,
     /// Ingress: IP-in-IP addressed to another host (seen in promiscuous
     /// mode); the kernel drops it as not ours.
     NotForThisNode,

@@ -123,6 +123,7 @@ pub enum Kind {
     OtherEthertype,
     TruncatedEthernet,
     MalformedIpv4,
+    Vxlan,
     Mutated,
 }
 
@@ -281,6 +282,7 @@ impl FrameGen {
             59..=60 => self.other_ethertype(),
             61 => self.truncated_ethernet(),
             62..=76 => self.malformed_ipv4(),
+            77..=84 => self.vxlan(),
             _ => self.mutated(),
         };
         debug_assert!(frame.bytes.len() <= MAX_FRAME_LEN);
@@ -510,6 +512,61 @@ impl FrameGen {
         }
     }
 
+    /// UDP to a node, mostly to the VXLAN port: from nodes and strangers,
+    /// whole, first and later fragments, UDP headers cut short.
+    fn vxlan(&mut self) -> Frame {
+        let mut what = String::from("udp");
+        let src = if self.rng.percent(50) {
+            what += " from node";
+            let nodes = self.addrs.nodes.clone();
+            self.rng.pick(&nodes)
+        } else {
+            what += " from stranger";
+            let strangers = self.addrs.strangers.clone();
+            self.rng.pick(&strangers)
+        };
+        let dst = if self.rng.percent(80) {
+            self.addrs.nodes[0]
+        } else {
+            self.destination()
+        };
+        let port: u16 = if self.rng.percent(80) {
+            4789
+        } else {
+            self.rng.pick(&[53, 4790, 8472])
+        };
+        what += &format!(" to port {port}");
+        let len = self.rng.range(8, 200);
+        let mut payload = self.rng.bytes(len);
+        payload[0..2].copy_from_slice(&self.rng.u16().to_be_bytes());
+        payload[2..4].copy_from_slice(&port.to_be_bytes());
+        payload[4..6].copy_from_slice(&(len as u16).to_be_bytes());
+        let mut spec = Ipv4Spec::new(src, dst, PROTOCOL_UDP, payload);
+        match self.rng.below(8) {
+            0 => {
+                what += ", first fragment";
+                spec.dont_fragment = false;
+                spec.more_fragments = true;
+            }
+            1 => {
+                what += ", later fragment";
+                spec.dont_fragment = false;
+                spec.fragment_offset = self.rng.range(1, 100) as u16;
+            }
+            2 => {
+                what += ", UDP header cut short";
+                let keep = self.rng.below(8);
+                spec.payload.truncate(keep);
+            }
+            _ => {}
+        }
+        Frame {
+            kind: Kind::Vxlan,
+            what,
+            bytes: ethernet(ETHERTYPE_IPV4, &spec.build()),
+        }
+    }
+
     fn arp(&mut self) -> Frame {
         let op = self.rng.pick(&[1u8, 2]);
         let mut arp = vec![0x00, 0x01, 0x08, 0x00, 0x06, 0x04, 0x00, op];
@@ -724,6 +781,7 @@ mod tests {
             Kind::OtherEthertype,
             Kind::TruncatedEthernet,
             Kind::MalformedIpv4,
+            Kind::Vxlan,
             Kind::Mutated,
         ] {
             assert!(

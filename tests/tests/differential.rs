@@ -580,7 +580,12 @@ fn run_all(pin_dir: &Path, frames: &[Frame]) {
         (
             &ingress,
             UPLINK_INGRESS_PROGRAM,
-            &["Pass(NotIpv4)", "Pass(NotIpip)", "Pass(NotForThisNode)"][..],
+            &[
+                "Pass(NotIpv4)",
+                "Pass(NotIpip)",
+                "Pass(NotForThisNode)",
+                "Pass(VxlanFromNode)",
+            ][..],
         ),
     ] {
         for verdict in wanted {

@@ -740,9 +740,9 @@ fn node_tables(config: &ClusterConfig, i: usize) -> NodeTables {
             }
         };
         t.routes.extend(route);
-        if config.encap == Encap::Ipip {
-            t.nodes.push(ip);
-        }
+        // The only sources of IP-in-IP (and in vxlan of VXLAN) let in;
+        // the agent fills the set in every mode.
+        t.nodes.push(ip);
     }
     t
 }
