@@ -15,6 +15,20 @@ echo "== Connectivity: ICMP and TCP from every pod (rows) to every pod (columns)
 status=0
 $weftctl lab check || status=$?
 echo
+echo "== On the underlay: a ping from node1-a to node2-a, captured on the lab's bridge (IP-in-IP, by Weft's eBPF)"
+pod2_ip=$($weftctl lab status | awk '$1 == "node2-a" { print $5 }')
+ip netns exec weft-fabric timeout 5 tcpdump -i br-underlay -n -c 4 --immediate-mode 'ip proto 4' 2>/dev/null &
+capture=$!
+sleep 1
+ip netns exec weft-pod-node1-a ping -c 2 -i 0.2 "$pod2_ip" >/dev/null || status=$?
+wait $capture || true
+echo
+echo "== The same packet traced hook by hook over the nodes' current maps and routes (weftctl lab trace)"
+$weftctl lab trace --from node1-a --to "$pod2_ip" || status=$?
+echo
+echo "== node1's datapath counters"
+$weftctl counters --node node1 || status=$?
+echo
 cat <<HINT
 The lab is still up. To explore:
   $weftctl lab status --json                     # the cluster as JSON
@@ -26,7 +40,9 @@ The lab is still up. To explore:
   $weftctl lab exec node1-a -- ip route                 # the same, through weftctl
   $weftctl lab pod add --node node2 --name extra        # one more pod through the real CNI
   $weftctl endpoints --node node1                       # what an agent knows
-  $weftctl counters --node node1                        # the eBPF guard's verdict counters
+  $weftctl counters --node node1                        # the eBPF programs' verdict counters
+  $weftctl lab trace --from node1-a --to 10.244.3.1:80/tcp  # a packet's path, hook by hook
+  ip netns exec weft-node1 tc filter show dev eth0 egress    # the IP-in-IP program on the uplink
   $weftctl lab check                                    # the matrix again
 To tear it down:
   make demo-down     (or: $weftctl lab down)

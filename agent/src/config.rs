@@ -54,10 +54,12 @@ pub enum Routing {
 #[command(
     name = "weft-agent",
     version,
-    about = "Weft's per-node daemon: IPAM, routes and the eBPF pod guard, served to weft-cni over gRPC",
+    about = "Weft's per-node daemon: IPAM, routes, tunnels and eBPF programs, served to weft-cni over gRPC",
     long_about = "Weft's per-node daemon. It hands out pod addresses from the node's pod CIDR, \
 programs a host route and the eBPF anti-spoofing guard for every local pod, routes other nodes' \
-pod CIDRs via their underlay addresses, and publishes its node and endpoints to the datastore. \
+pod CIDRs via their underlay addresses (encapsulated in IP-in-IP by its eBPF uplink programs, \
+through a kernel VXLAN device, or natively: --encap), and publishes its node and endpoints to \
+the datastore. \
 State it finds in the kernel from a previous run (routes with Weft's protocol number, weft* \
 interfaces, pins under --bpffs-dir) is adopted, not flushed; only stale Weft-owned objects are removed."
 )]
