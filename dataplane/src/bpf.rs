@@ -963,7 +963,8 @@ fn ensure_filter(
         name,
         source,
     };
-    let our_id = program.info().map_err(attach_error)?.id();
+    let ours = program.info().map_err(attach_error)?;
+    let our_id = ours.id();
     // The program must be loaded before a link is handed to it: a link
     // dropped unused would detach the filter it describes.
     program.fd().map_err(attach_error)?;
@@ -987,7 +988,9 @@ fn ensure_filter(
             for duplicate in duplicates {
                 detach_filter(ifname, direction, name, duplicate)?;
             }
-            if adopted.program_id == Some(our_id) {
+            if adopted.program_id == Some(our_id)
+                || adopted.program_id.is_some_and(|id| same_program(id, &ours))
+            {
                 return Ok(());
             }
             // Without NLM_F_CREATE, cls_bpf changes the filter at this
@@ -1010,6 +1013,27 @@ fn ensure_filter(
     let link = program.take_link(link_id).map_err(attach_error)?;
     std::mem::forget(link);
     Ok(())
+}
+
+/// Whether the loaded program `id` is the same code over the same maps
+/// as `ours` (a restarted agent of the same build): then the filter is
+/// adopted as it is, with no swap and no churn of program ids. The tag
+/// (the kernel's hash of the instructions, map references blanked) says
+/// "same code"; the map ids say "same maps" (an upgrade may have replaced
+/// the counter map, and then the swap moves the filter onto the new one).
+fn same_program(id: u32, ours: &aya::programs::ProgramInfo) -> bool {
+    let Some(Ok(theirs)) =
+        aya::programs::loaded_programs().find(|p| p.as_ref().is_ok_and(|p| p.id() == id))
+    else {
+        return false;
+    };
+    let maps = |info: &aya::programs::ProgramInfo| {
+        info.map_ids().ok().flatten().map(|mut ids| {
+            ids.sort_unstable();
+            ids
+        })
+    };
+    theirs.tag() == ours.tag() && maps(&theirs).is_some() && maps(&theirs) == maps(ours)
 }
 
 /// Removes one filter (by priority and handle).

@@ -452,8 +452,9 @@ fn restart_adopts_pins_and_keeps_the_filter() {
         "attach is idempotent: still exactly one filter"
     );
 
-    // The filter now runs the second agent's program, swapped in place; it
-    // shares the pinned maps, so map changes and counters carry over.
+    // The filter still runs the first agent's program (the same code over
+    // the same pinned maps, so it is adopted as it is): the second agent's
+    // map changes and counters reach it.
     let receiver = in_netns(&lab.host_ns, || {
         UdpSocket::bind(SocketAddrV4::new(GATEWAY_IP, 5556))
     })
