@@ -1248,6 +1248,8 @@ mod tests {
         for j in (1..=of).filter(|&j| j != i) {
             let other = Ipv4Addr::new(198, 18, 0, 10 + j);
             let cidr = format!("10.244.{j}.0/24");
+            // The agent fills the node set in every mode.
+            maps.nodes.push(other.octets());
             match encap {
                 Encap::Ipip => {
                     routes.push(
@@ -1257,7 +1259,6 @@ mod tests {
                         PodCidrKey::new([10, 244, j, 0], 24),
                         RemoteNode::new(other.octets()),
                     ));
-                    maps.nodes.push(other.octets());
                 }
                 Encap::Vxlan => {
                     let vtep = Ipv4Addr::new(10, 244, j, 0);
