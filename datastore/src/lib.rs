@@ -147,6 +147,7 @@ impl Datastore {
     /// Wakes `tx` whenever anything under the datastore changes. Wake-ups
     /// are coalesced (a full channel means one is pending already): the
     /// receiver re-reads the whole state, so no event carries meaning.
+    /// Reads are not changes ([`is_change`]).
     pub fn watch(
         &self,
         tx: mpsc::Sender<()>,
@@ -157,7 +158,11 @@ impl Datastore {
             source,
         };
         let mut watcher =
-            notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                // An error may mean lost events: wake up and re-read.
+                if event.as_ref().is_ok_and(|e| !is_change(e)) {
+                    return;
+                }
                 let _ = tx.try_send(());
             })
             .map_err(watch_err)?;
@@ -177,6 +182,20 @@ impl Datastore {
             path: path.to_path_buf(),
             source,
         })
+    }
+}
+
+/// Whether a watch event is a change to the datastore. notify's inotify
+/// backend also reports opening and closing a file unwritten: a reader's
+/// own reads. A reconcile pass reads the whole store, so waking on those
+/// would have every agent sharing the store wake itself and the others
+/// for ever, each pass a few milliseconds of CPU, back to back.
+fn is_change(event: &notify::Event) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
     }
 }
 
@@ -245,6 +264,43 @@ mod tests {
         assert!(ds.delete_bgp_peer("tor").unwrap());
         assert!(!ds.delete_bgp_peer("tor").unwrap());
         assert!(ds.bgp_peers().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_watch_wakes_on_changes_not_on_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Datastore::open(dir.path()).unwrap();
+        let node = NodeRecord {
+            name: "node1".into(),
+            underlay_ip: "198.18.0.11".parse().unwrap(),
+            pod_cidr: "10.244.1.0/24".parse().unwrap(),
+        };
+        ds.put_node(&node).unwrap();
+        let (tx, mut rx) = mpsc::channel(1);
+        let _watcher = ds.watch(tx).unwrap();
+        let settle = || std::thread::sleep(std::time::Duration::from_millis(300));
+        settle();
+        while rx.try_recv().is_ok() {}
+        // A reader's passes (listing and reading every record) wake nobody.
+        for _ in 0..3 {
+            assert_eq!(ds.nodes().unwrap(), vec![node.clone()]);
+            assert!(ds.bgp_peers().unwrap().is_empty());
+        }
+        settle();
+        assert!(rx.try_recv().is_err(), "a read woke the watcher");
+        // A write does.
+        ds.put_node(&NodeRecord {
+            name: "node2".into(),
+            ..node.clone()
+        })
+        .unwrap();
+        settle();
+        assert!(rx.try_recv().is_ok(), "a write did not wake the watcher");
+        // And so does a removal.
+        while rx.try_recv().is_ok() {}
+        fs::remove_file(dir.path().join("nodes/node2.json")).unwrap();
+        settle();
+        assert!(rx.try_recv().is_ok(), "a removal did not wake the watcher");
     }
 
     #[test]
