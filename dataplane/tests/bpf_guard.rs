@@ -11,18 +11,22 @@
 //! pod namespace), and the pin directory `/sys/fs/bpf/weft-test-<pid>/<tag>`.
 //! Its `Drop` removes all of it, also when the test fails.
 
-use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
-use nix::sched::{CloneFlags, setns};
 use weft_common::guard::pod_egress_verdict;
 use weft_common::maps::EndpointInfo;
 use weft_dataplane::bpf::{BpfError, PodGuard, remove_pins};
+
+mod support;
+use support::{in_netns, ip};
+
+fn require_root() {
+    support::require_root("bpf_guard", "BPF syscall, bpffs, network namespaces, tc");
+}
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -32,44 +36,6 @@ const POD_VETH: &str = "wt-pod";
 const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
 const POD_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 2);
 const OTHER_POD_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 3);
-
-fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the bpf_guard tests need root (BPF syscall, bpffs, network namespaces, tc); \
-         run them as root: `sudo -E cargo test -p weft-dataplane --test bpf_guard`"
-    );
-}
-
-/// Runs `ip ARGS`, panicking with its stderr on failure.
-fn ip(args: &[&str]) {
-    let output = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("cannot run `ip` (install iproute2)");
-    assert!(
-        output.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// Runs `f` on a scoped thread inside the named network namespace, so the
-/// test thread itself never changes namespace.
-fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    let path = format!("/run/netns/{ns}");
-    let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
-                .unwrap_or_else(|e| panic!("setns {path}: {e}"));
-            f()
-        })
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
-}
 
 /// Two namespaces joined by a veth pair, and a pin directory; removed on drop.
 struct Lab {

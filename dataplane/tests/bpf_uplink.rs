@@ -26,18 +26,22 @@
 //! Its `Drop` deletes the four namespaces (and with them the veths and
 //! filters) and the pin directories, also when the test fails.
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ipnetwork::Ipv4Network;
-use nix::sched::{CloneFlags, setns};
 use weft_common::maps::{Encap, NodeConfig, PodCidrKey, RemoteNode};
 use weft_dataplane::bpf::{BpfError, UplinkPrograms, detach_uplink, read_pinned_maps, remove_pins};
+
+mod support;
+use support::{in_netns, ip};
+
+fn require_root() {
+    support::require_root("bpf_uplink", "BPF syscall, bpffs, network namespaces, tc");
+}
 
 const N1_UNDERLAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const N2_UNDERLAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -48,50 +52,11 @@ const N2_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 1);
 const UPLINK_MTU: u16 = 1500;
 const POD_MTU: u16 = UPLINK_MTU - 20;
 
-fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the bpf_uplink tests need root (BPF syscall, bpffs, network namespaces, tc); \
-         run them as root: `sudo -E cargo test -p weft-dataplane --test bpf_uplink`"
-    );
-}
-
-/// Runs `ip ARGS`, panicking with its stderr on failure; returns stdout.
-fn ip(args: &[&str]) -> String {
-    let output = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("cannot run `ip` (install iproute2)");
-    assert!(
-        output.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 /// Runs `ip -n NS WORDS...`, `words` split at whitespace.
 fn ip_in(ns: &str, words: &str) -> String {
     let mut args = vec!["-n", ns];
     args.extend(words.split_whitespace());
     ip(&args)
-}
-
-/// Runs `f` on a scoped thread inside the named network namespace, so the
-/// test thread itself never changes namespace.
-fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    let path = format!("/run/netns/{ns}");
-    let file = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
-                .unwrap_or_else(|e| panic!("setns {path}: {e}"));
-            f()
-        })
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
 }
 
 /// One node of the lab.
@@ -733,7 +698,10 @@ fn restart_adopts_maps_and_filters_without_duplicates() {
         assert_eq!(lab.n1.filter_counts(), (1, 1), "still one filter each way");
     }
     let ids_after = filter_program_ids(&lab.n1);
-    assert_eq!(ids_before, ids_after, "the same programs, adopted: no churn");
+    assert_eq!(
+        ids_before, ids_after,
+        "the same programs, adopted: no churn"
+    );
     assert!(ping(&lab.n1, &lab.n2, 2, 56), "traffic after the restart");
     assert!(
         counter(&p1, "encapsulate") >= encapsulated + 2,

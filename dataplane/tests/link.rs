@@ -15,28 +15,17 @@ use weft_dataplane::link::{self, LinkError, Netlink, PodNetwork, WiredPod};
 use weft_dataplane::names::{self, POD_GATEWAY};
 use weft_dataplane::netns;
 
+mod support;
+use support::ip;
+
+fn require_root() {
+    support::require_root("link", "network namespaces, veths");
+}
+
 const POD_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 244, 77, 5);
 /// Stands in for the node's own address in the ping test.
 const NODE_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 244, 77, 1);
 const MTU: u32 = 1450;
-
-fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "dataplane/tests/link.rs needs root (network namespaces, veths): run it as root"
-    );
-}
-
-/// Runs `ip ARGS`, panicking with its stderr on failure; returns stdout.
-fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// A node namespace and a pod namespace, deleted on drop.
 struct Namespaces {

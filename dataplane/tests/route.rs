@@ -14,22 +14,11 @@ use std::process::Command;
 use ipnetwork::Ipv4Network;
 use weft_dataplane::route::{self, RTPROT_WEFT, Route, RouteTable};
 
-fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "dataplane/tests/route.rs needs root (network namespaces, routes): run it as root"
-    );
-}
+mod support;
+use support::ip;
 
-/// Runs `ip ARGS`, panicking with its stderr on failure; returns stdout.
-fn ip(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+fn require_root() {
+    support::require_root("route", "network namespaces, routes");
 }
 
 /// One namespace with `ul0` (198.18.20.1/24, up) and its peer `ul1` (up), deleted on drop.

@@ -24,31 +24,20 @@ use weft_dataplane::vxlan::{
     self, DEVICE_NAME, FdbEntry, NeighbourEntry, Vxlan, VxlanPeer, VxlanSpec,
 };
 
-const POD_MTU: u32 = 1450;
+mod support;
+use support::ip;
 
 fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "dataplane/tests/vxlan.rs needs root (network namespaces, vxlan devices): run it as root"
-    );
+    support::require_root("vxlan", "network namespaces, vxlan devices");
 }
+
+const POD_MTU: u32 = 1450;
 
 fn run(program: &str, args: &[&str]) -> std::process::Output {
     Command::new(program)
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("run {program}: {e}"))
-}
-
-/// Runs `ip ARGS`, panicking with its stderr on failure; returns stdout.
-fn ip(args: &[&str]) -> String {
-    let out = run("ip", args);
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn net(s: &str) -> Ipv4Network {
