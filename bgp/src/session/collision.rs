@@ -43,6 +43,12 @@ pub struct Peer {
     /// only one that connects out).
     pub(super) second: Option<Session>,
     pending: VecDeque<(Direction, Pending)>,
+    /// What the second session would tell the owner (Established,
+    /// UPDATEs, Down, ...), held back until it wins the collision and
+    /// dropped if it loses. One read can carry the peer's OPEN, KEEPALIVE
+    /// and Cease on the losing connection: passed on, they would tell the
+    /// owner the peer went up and down while the main session lives on.
+    held: VecDeque<(Direction, Pending)>,
 }
 
 impl Peer {
@@ -51,6 +57,7 @@ impl Peer {
             main: Session::new(config),
             second: None,
             pending: VecDeque::new(),
+            held: VecDeque::new(),
         }
     }
 
@@ -76,7 +83,7 @@ impl Peer {
             second.handle_event(now, Event::ManualStop);
             self.drain(true, before);
         }
-        self.second = None;
+        self.drop_second();
         self.main.handle_event(now, Event::ManualStop);
         self.after(now, None);
     }
@@ -165,7 +172,7 @@ impl Peer {
             second.stop(now, notification.clone());
             self.drain(true, before);
         }
-        self.second = None;
+        self.drop_second();
         let before = self.main.direction();
         self.main.stop(now, notification);
         self.after(now, before);
@@ -214,7 +221,7 @@ impl Peer {
             .as_ref()
             .is_some_and(|s| !s.state().is_connected())
         {
-            self.second = None;
+            self.drop_second();
         }
     }
 
@@ -281,7 +288,7 @@ impl Peer {
             };
             second.close_collision(now);
             self.drain(true, before);
-            self.second = None;
+            self.drop_second();
             return;
         }
         let Some(mut winner) = self.second.take() else {
@@ -304,7 +311,15 @@ impl Peer {
         winner.failures = self.main.failures;
         winner.adopt_stale(now, &mut self.main);
         self.main = winner;
+        // The owner hears of the winner after the loser's Down.
+        self.pending.append(&mut self.held);
         self.drain(false, self.main.direction());
+    }
+
+    /// The second session is done: what it held back goes with it.
+    fn drop_second(&mut self) {
+        self.second = None;
+        self.held.clear();
     }
 
     /// Takes back the KEEPALIVEs not yet written on a connection that lost
@@ -332,7 +347,16 @@ impl Peer {
                 Pending::Out(Output::Connect) => Direction::Outgoing,
                 _ => direction.unwrap_or(Direction::Outgoing),
             };
-            self.pending.push_back((d, p));
+            let for_the_owner = !matches!(
+                p,
+                Pending::Send(..)
+                    | Pending::Out(Output::Connect | Output::Disconnect | Output::Transmit(_))
+            );
+            if second && for_the_owner {
+                self.held.push_back((d, p));
+            } else {
+                self.pending.push_back((d, p));
+            }
         }
     }
 }

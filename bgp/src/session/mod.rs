@@ -92,6 +92,10 @@ pub struct SessionConfig {
     pub connect_retry: Duration,
     /// Never open connections; only accept the peer's.
     pub passive: bool,
+    /// Shorten each connect-retry and restart wait by a pseudo-random 0 to
+    /// 25% (RFC 4271 section 10), so that two speakers that failed together
+    /// do not retry, and collide, together again and again.
+    pub jitter: bool,
     /// The families we offer (multiprotocol capabilities).
     pub families: Vec<AfiSafi>,
     /// Offer the route refresh capability.
@@ -112,6 +116,7 @@ impl SessionConfig {
             hold_time: 90,
             connect_retry: Duration::from_secs(30),
             passive: false,
+            jitter: true,
             families: vec![AfiSafi::IPV4_UNICAST],
             route_refresh: true,
             graceful_restart: None,
@@ -331,6 +336,9 @@ pub struct Session {
     last_reason: Option<Reason>,
     /// RFC 4724 helper: families whose routes the owner holds as stale.
     stale: Vec<AfiSafi>,
+    /// The jitter's generator; seeded from both ends' identities so that
+    /// the two sides of a session draw different waits.
+    jitter_state: u64,
 }
 
 impl Session {
@@ -340,6 +348,7 @@ impl Session {
         }
         // A zero retry time would spin; a second is plenty fast.
         config.connect_retry = config.connect_retry.max(Duration::from_secs(1));
+        let jitter_state = jitter_seed(&config);
         Session {
             config,
             state: State::Idle,
@@ -353,7 +362,25 @@ impl Session {
             established_at: None,
             last_reason: None,
             stale: Vec::new(),
+            jitter_state,
         }
+    }
+
+    /// `wait`, less 0 to 25% when jitter is on.
+    fn jittered(&mut self, wait: Duration) -> Duration {
+        if !self.config.jitter {
+            return wait;
+        }
+        // xorshift64*: plenty for spreading retries.
+        let mut x = self.jitter_state;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.jitter_state = x;
+        let r = x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32;
+        // r / 2^32 is in [0, 1): take off up to a quarter.
+        let cut = wait.as_nanos() * u128::from(r) / (4u128 << 32);
+        wait - Duration::from_nanos(u64::try_from(cut).unwrap_or(0))
     }
 
     pub fn config(&self) -> &SessionConfig {
@@ -588,7 +615,7 @@ impl Session {
 
     fn connect(&mut self, now: Instant) {
         self.push(Output::Connect);
-        self.timers.connect_retry = Some(now + self.config.connect_retry);
+        self.timers.connect_retry = Some(now + self.jittered(self.config.connect_retry));
     }
 
     fn connection_up(&mut self, now: Instant, direction: Direction) {
@@ -621,7 +648,7 @@ impl Session {
             State::Idle | State::Active => {}
             State::Connect => {
                 // RFC 4271: keep listening, retry when the timer fires.
-                self.timers.connect_retry = Some(now + self.config.connect_retry);
+                self.timers.connect_retry = Some(now + self.jittered(self.config.connect_retry));
                 self.state = State::Active;
             }
             State::OpenSent => {
@@ -630,7 +657,8 @@ impl Session {
                 self.last_reason = Some(Reason::ConnectionLost);
                 self.state = State::Active;
                 if !self.config.passive {
-                    self.timers.connect_retry = Some(now + self.config.connect_retry);
+                    self.timers.connect_retry =
+                        Some(now + self.jittered(self.config.connect_retry));
                 }
             }
             State::OpenConfirm | State::Established => {
@@ -896,7 +924,7 @@ impl Session {
         if self.auto_restart {
             self.failures = self.failures.saturating_add(1);
             let delay = restart_delay(self.config.connect_retry, self.failures);
-            self.timers.idle_hold = Some(now + delay);
+            self.timers.idle_hold = Some(now + self.jittered(delay));
         }
     }
 
@@ -984,4 +1012,18 @@ fn type_of(message: &Message) -> u8 {
         Message::Keepalive => message_type::KEEPALIVE,
         Message::RouteRefresh(_) => message_type::ROUTE_REFRESH,
     }
+}
+
+/// A nonzero seed from our identifier and the peer's address (FNV-1a).
+fn jitter_seed(config: &SessionConfig) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let peer = match config.peer_address {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    };
+    for byte in config.local_id.octets().iter().chain(peer.iter()) {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash | 1
 }

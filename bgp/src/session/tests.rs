@@ -24,6 +24,8 @@ fn s(secs: u64) -> Duration {
 fn config(local_as: u32, local_id: Ipv4Addr, peer_as: u32, peer_id: Ipv4Addr) -> SessionConfig {
     let mut c = SessionConfig::new(local_as, local_id, peer_as, IpAddr::V4(peer_id));
     c.connect_retry = s(5);
+    // Exact instants in these tests; the interleavings turn jitter on.
+    c.jitter = false;
     c
 }
 
@@ -1388,46 +1390,72 @@ fn stopped_peer_refuses_connections() {
 /// RFC 4271's rules cannot rule out every flap: a side may already have
 /// taken a connection Established when the other compares identifiers;
 /// those are counted and must stay rare.
-#[test]
-fn collision_converges_on_one_connection_whatever_the_interleaving() {
+/// Both sides connect at once and every message, connection event and
+/// close is delivered in a seeded random order; timers run whenever
+/// nothing is in flight. Whatever the order, the two sides must end on
+/// one connection, Established, and what each owner was told must add up:
+/// Up and Down alternate and the last word is Up. An owner told Down while
+/// its session in fact lives on would drop the peer's routes for good.
+fn collision_interleavings(graceful_restart: bool) -> (usize, Duration) {
     enum Item {
         Up(bool),
         Bytes(Vec<u8>),
         Closed,
     }
     let only: Option<u64> = std::env::var("SEED").ok().and_then(|s| s.parse().ok());
-    let mut flaps = 0;
+    let mut downs = 0;
+    let mut slowest = Duration::ZERO;
     for seed in 0..500u64 {
         if only.is_some_and(|o| o != seed) {
             continue;
         }
         let trace = only.is_some();
-        let now = Instant::now();
-        let mut peers = [
-            Peer::new(config(65001, A_ID, 65002, B_ID)),
-            Peer::new(config(65002, B_ID, 65001, A_ID)),
+        let start = Instant::now();
+        let mut now = start;
+        let mut configs = [
+            config(65001, A_ID, 65002, B_ID),
+            config(65002, B_ID, 65001, A_ID),
         ];
-        for p in &mut peers {
-            p.start(now);
-            while p.poll_output().is_some() {}
+        for c in &mut configs {
+            c.jitter = true;
+            if graceful_restart {
+                c.graceful_restart = Some(gr_config());
+            }
         }
+        let mut peers = configs.map(Peer::new);
         let flip = |d| match d {
             Direction::Outgoing => Direction::Incoming,
             Direction::Incoming => Direction::Outgoing,
         };
         // Per (receiver, receiver's direction): what is on its way, in order.
         // Each side learns of each connection at a moment of its own.
-        let mut wires: Vec<((usize, Direction), std::collections::VecDeque<Item>)> = vec![
-            ((0, Direction::Outgoing), [Item::Up(true)].into()),
-            ((1, Direction::Incoming), [Item::Up(false)].into()),
-            ((1, Direction::Outgoing), [Item::Up(true)].into()),
-            ((0, Direction::Incoming), [Item::Up(false)].into()),
-        ];
+        let mut wires: Vec<((usize, Direction), std::collections::VecDeque<Item>)> = Vec::new();
+        let push = |wires: &mut Vec<((usize, Direction), std::collections::VecDeque<Item>)>,
+                    key: (usize, Direction),
+                    item: Item| {
+            match wires.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, q)) => q.push_back(item),
+                None => wires.push((key, [item].into())),
+            }
+        };
+        // What each owner was told: true for Up, false for Down.
+        let mut told: [Vec<bool>; 2] = [Vec::new(), Vec::new()];
+        for p in &mut peers {
+            p.start(now);
+        }
         let mut rng = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        let mut downs = Vec::new();
-        for _ in 0..10_000 {
+        let converged = |peers: &[Peer; 2]| {
+            peers
+                .iter()
+                .all(|p| p.session().state() == State::Established && p.second().is_none())
+                && peers[0].session().direction().map(flip) == peers[1].session().direction()
+        };
+        let mut steps = 0;
+        loop {
+            steps += 1;
+            assert!(steps < 100_000, "seed {seed}: no end in sight");
             for from in 0..2 {
                 let mut last_sent: Vec<(Direction, u8)> = Vec::new();
                 while let Some((d, o)) = peers[from].poll_output() {
@@ -1451,27 +1479,62 @@ fn collision_converges_on_one_connection_whatever_the_interleaving() {
                             }
                             o => format!("{o:?}").chars().take(60).collect(),
                         };
-                        eprintln!("  {} {d:?} -> {shown}", ["A", "B"][from]);
+                        eprintln!(
+                            "  {:>5?} {} {d:?} -> {shown}",
+                            now - start,
+                            ["A", "B"][from]
+                        );
                     }
-                    let key = (1 - from, flip(d));
-                    let item = match o {
-                        Output::Transmit(bytes) => Item::Bytes(bytes),
-                        Output::Disconnect => Item::Closed,
-                        Output::Down { reason, .. } => {
-                            downs.push((from, reason));
-                            continue;
+                    match o {
+                        Output::Transmit(bytes) => {
+                            push(&mut wires, (1 - from, flip(d)), Item::Bytes(bytes))
                         }
-                        _ => continue,
-                    };
-                    match wires.iter_mut().find(|(k, _)| *k == key) {
-                        Some((_, q)) => q.push_back(item),
-                        None => wires.push((key, [item].into())),
+                        Output::Disconnect => {
+                            // Our end is gone: nothing more arrives on it.
+                            wires.retain(|(k, _)| *k != (from, d));
+                            push(&mut wires, (1 - from, flip(d)), Item::Closed);
+                        }
+                        Output::Connect => {
+                            push(&mut wires, (from, Direction::Outgoing), Item::Up(true));
+                            push(&mut wires, (1 - from, Direction::Incoming), Item::Up(false));
+                        }
+                        Output::Established(_) => told[from].push(true),
+                        Output::Down { .. } => {
+                            downs += 1;
+                            told[from].push(false);
+                        }
+                        _ => {}
                     }
                 }
             }
             wires.retain(|(_, q)| !q.is_empty());
             if wires.is_empty() {
-                break;
+                if converged(&peers) {
+                    break;
+                }
+                // Nothing in flight: the next timer.
+                let next = peers
+                    .iter()
+                    .filter_map(Peer::poll_timeout)
+                    .min()
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "seed {seed}: stuck with no timer: {:?}",
+                            peers
+                                .iter()
+                                .map(|p| (p.session().state(), p.session().direction()))
+                                .collect::<Vec<_>>()
+                        )
+                    });
+                assert!(
+                    next - start < s(3600),
+                    "seed {seed}: not converged after an hour"
+                );
+                now = now.max(next);
+                for p in &mut peers {
+                    p.handle_timeout(now);
+                }
+                continue;
             }
             rng = rng
                 .wrapping_mul(6364136223846793005)
@@ -1498,9 +1561,22 @@ fn collision_converges_on_one_connection_whatever_the_interleaving() {
                     peers[to].handle_event(now, d, Event::TcpConnectionSucceeded);
                 }
                 Item::Up(false) => {
-                    peers[to].handle_event(now, d, Event::TcpConnectionConfirmed);
+                    if !peers[to].handle_event(now, d, Event::TcpConnectionConfirmed) {
+                        // Refused: the owner closes it at once.
+                        queue.clear();
+                        push(&mut wires, (1 - to, flip(d)), Item::Closed);
+                    }
                 }
-                Item::Bytes(bytes) => {
+                Item::Bytes(mut bytes) => {
+                    // TCP may hand over several messages in one read (say
+                    // OPEN, KEEPALIVE and a Cease): sometimes take every
+                    // message already queued behind this one too.
+                    if rng >> 63 == 1 {
+                        while let Some(Item::Bytes(more)) = queue.front() {
+                            bytes.extend_from_slice(more);
+                            queue.pop_front();
+                        }
+                    }
                     peers[to].handle_event(now, d, Event::BytesReceived(&bytes));
                 }
                 Item::Closed => {
@@ -1509,40 +1585,49 @@ fn collision_converges_on_one_connection_whatever_the_interleaving() {
                 }
             }
         }
-        if !downs.is_empty() {
-            // An inherent flap: both wait for the retry timer, which this
-            // harness does not run; the sessions come back after it.
-            flaps += 1;
-            continue;
-        }
-        let (a, b) = (&peers[0], &peers[1]);
-        assert_eq!(
-            a.session().direction().map(flip),
-            b.session().direction(),
-            "seed {seed}: the two sides kept different connections"
-        );
-        for p in &peers {
-            assert_eq!(
-                p.session().state(),
-                State::Established,
-                "seed {seed}: {:?} / {:?}",
-                peers
-                    .iter()
-                    .map(|p| (
-                        p.session().state(),
-                        p.session().direction(),
-                        p.second().map(|s| s.state())
-                    ))
-                    .collect::<Vec<_>>(),
-                p.session().last_reason()
+        for (side, t) in told.iter().enumerate() {
+            assert!(
+                t.windows(2).all(|w| w[0] != w[1]) && t.last() == Some(&true),
+                "seed {seed}: side {} was told {t:?} (true: Up, false: Down)",
+                ["A", "B"][side]
             );
         }
+        slowest = slowest.max(now - start);
     }
-    if only.is_none() {
-        eprintln!("{flaps} session flaps over 500 interleavings");
-        assert!(
-            flaps <= 50,
-            "{flaps} flaps over 500 interleavings: collisions flap too often"
-        );
-    }
+    (downs, slowest)
+}
+
+#[test]
+fn collision_converges_on_one_connection_whatever_the_interleaving() {
+    let (downs, slowest) = collision_interleavings(false);
+    eprintln!("{downs} session downs over 500 interleavings, slowest {slowest:?}");
+    // Seeded: the same figures every run. A Down here is the race RFC 4271
+    // leaves open (one side Established before the other sees the
+    // collision); the jittered retry ends it within a retry or two.
+    assert!(
+        slowest <= s(15),
+        "converging took {slowest:?}, over 3 connect-retry times"
+    );
+    assert!(
+        downs <= 60,
+        "{downs} downs over 500 interleavings: collisions flap too often"
+    );
+}
+
+#[test]
+fn collision_with_graceful_restart_converges_whatever_the_interleaving() {
+    let (downs, slowest) = collision_interleavings(true);
+    eprintln!(
+        "{downs} session downs over 500 interleavings with graceful restart, slowest {slowest:?}"
+    );
+    // RFC 4724 makes a new connection from a peer whose session is
+    // Established a restart of that peer, so a collision where one side
+    // got Established first flaps far more often than without graceful
+    // restart. Node-to-node sessions avoid collisions altogether (one side
+    // is passive); this bounds the cost for routers.
+    assert!(
+        slowest <= s(15),
+        "converging took {slowest:?}, over 3 connect-retry times"
+    );
+    assert!(downs <= 300, "{downs} downs over 500 interleavings");
 }
