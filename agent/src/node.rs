@@ -340,7 +340,7 @@ impl Node {
                     asn: w.asn,
                     local_address: self.me.underlay_ip,
                     rr_client: w.rr_client,
-                    passive: false,
+                    passive: w.passive,
                 },
                 password: w.password.clone(),
             })

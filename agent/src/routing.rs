@@ -20,6 +20,11 @@ pub struct WantedPeer {
     pub asn: u32,
     /// The peer is a reflection client of ours (we are a reflector).
     pub rr_client: bool,
+    /// Wait for the peer to connect. Between two nodes only the one with
+    /// the higher underlay address connects (as Calico's mesh does): with
+    /// both connecting, simultaneous opens collide, and RFC 4271's
+    /// collision rule leaves a race that takes the session down again.
+    pub passive: bool,
     pub password: Option<String>,
     /// `node/<name>` or `bgppeer/<name>`, for logs and operators.
     pub source: String,
@@ -59,6 +64,7 @@ pub fn wanted_peers(
                 address: IpAddr::V4(node.underlay_ip),
                 asn: topology.as_number,
                 rr_client: i_reflect && !other_reflects,
+                passive: node.underlay_ip > me.underlay_ip,
                 password: None,
                 source: format!("node/{}", node.name),
             },
@@ -78,6 +84,8 @@ pub fn wanted_peers(
             // one of its clients: it gets every node's routes and its own
             // are reflected to every node.
             rr_client: i_reflect && peer.spec.as_number == topology.as_number,
+            // Routers may be passive themselves: always connect.
+            passive: false,
             password: peer.spec.password.clone(),
             source: format!("bgppeer/{}", peer.metadata.name),
         });
@@ -205,6 +213,11 @@ mod tests {
         ];
         let peers = wanted_peers(&nodes[0], &t, &nodes, &external);
         assert_eq!(addresses(&peers), ["198.18.0.12", "198.18.0.200"]);
+        // node1 waits for node2, which has the higher address; a router is
+        // always connected to.
+        assert!(peers[0].passive && !peers[1].passive);
+        let from_node2 = wanted_peers(&nodes[1], &t, &nodes, &external);
+        assert!(!from_node2[0].passive, "node2 connects to node1");
         assert_eq!(
             peers[0].asn, 64512,
             "the node wins over a BGPPeer with its address"
