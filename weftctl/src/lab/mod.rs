@@ -664,6 +664,7 @@ fn remove_node(state: &mut LabState, name: &str) -> Result<()> {
     let datastore = state.datastore_dir();
     remove_path(&datastore.join("nodes").join(format!("{name}.json")))?;
     remove_path(&datastore.join("endpoints").join(name))?;
+    topology::detach_node(&state.fabric.netns, &node.fabric_port)?;
     topology::delete_netns(&node.netns)?;
     remove_path(&node.bpffs_dir)?;
     remove_path(&node.state_dir)?;

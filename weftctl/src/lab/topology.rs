@@ -132,6 +132,26 @@ pub fn attach_node(
     ip(&["-n", node_netns, "link", "set", uplink, "up"])
 }
 
+/// Unplugs a node from the fabric by deleting the fabric end of its veth,
+/// which takes the node end with it at once. Deleting only the node's
+/// namespace would leave the port to the kernel's asynchronous namespace
+/// cleanup, and a node added right after under the same index would find
+/// its port name still taken. Ok(false) when there was no such port.
+pub fn detach_node(fabric_netns: &str, fabric_port: &str) -> Result<bool> {
+    if !netns_exists(fabric_netns) {
+        return Ok(false);
+    }
+    let shown = Command::new("ip")
+        .args(["-n", fabric_netns, "link", "show", fabric_port])
+        .output()
+        .context("running `ip` (is iproute2 installed?)")?;
+    if !shown.status.success() {
+        return Ok(false);
+    }
+    ip(&["-n", fabric_netns, "link", "del", fabric_port])?;
+    Ok(true)
+}
+
 /// Writes a sysctl under /proc/sys/net from a thread inside the namespace:
 /// /proc/sys/net shows the namespace of the thread that opens it.
 pub fn set_net_sysctl(netns: &str, key: &str, value: &str) -> Result<()> {
