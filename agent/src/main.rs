@@ -20,7 +20,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use config::{Config, Routing};
 use ipam::Ipam;
-use node::{Dataplane, Node};
+use node::{Dataplane, Node, TunnelOptions};
 use weft_datastore::{Datastore, NodeRecord};
 
 fn main() -> anyhow::Result<()> {
@@ -58,7 +58,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         underlay_ip,
         pod_cidr: config.pod_cidr,
     };
-    tracing::info!(node = %me.name, %underlay_ip, pod_cidr = %me.pod_cidr, uplink = %uplink.name, mtu, encap = ?config.encap, cross_subnet = config.cross_subnet, "starting");
+    tracing::info!(node = %me.name, %underlay_ip, pod_cidr = %me.pod_cidr, uplink = %uplink.name, mtu, encap = ?config.encap, cross_subnet = config.cross_subnet, direct_redirect = config.direct_redirect, "starting");
 
     enable_forwarding().context("cannot enable IPv4 forwarding in this network namespace")?;
     let ipam = Ipam::open(&config.state_dir.join("ipam"), config.pod_cidr)?;
@@ -90,7 +90,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
         me,
         uplink,
         mtu,
-        (config.encap, config.cross_subnet),
+        TunnelOptions {
+            encap: config.encap,
+            cross_subnet: config.cross_subnet,
+            direct_redirect: config.direct_redirect,
+        },
         ipam,
         datastore,
         config.state_dir.join("endpoints"),

@@ -100,12 +100,22 @@ pub struct Bgp {
     pub wanted: std::sync::Mutex<Vec<WantedPeer>>,
 }
 
+/// How this node carries pod traffic between nodes (the agent's flags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TunnelOptions {
+    pub encap: Encap,
+    /// `--cross-subnet`.
+    pub cross_subnet: bool,
+    /// `--direct-redirect`: decapsulated packets for local pods go straight
+    /// into the pod.
+    pub direct_redirect: bool,
+}
+
 pub struct Node {
     pub me: NodeRecord,
     pub uplink: Uplink,
     pub mtu: u32,
-    pub encap: Encap,
-    pub cross_subnet: bool,
+    pub tunnel: TunnelOptions,
     pub ipam: Ipam,
     pub datastore: Datastore,
     /// This node's endpoint records: the agent's own source of truth,
@@ -147,7 +157,7 @@ impl Node {
         me: NodeRecord,
         uplink: Uplink,
         mtu: u32,
-        (encap, cross_subnet): (Encap, bool),
+        tunnel: TunnelOptions,
         ipam: Ipam,
         datastore: Datastore,
         endpoints_dir: PathBuf,
@@ -158,8 +168,7 @@ impl Node {
             me,
             uplink,
             mtu,
-            encap,
-            cross_subnet,
+            tunnel,
             ipam,
             datastore,
             endpoints_dir,
@@ -220,7 +229,7 @@ impl Node {
             None => (Vec::new(), Vec::new(), Vec::new()),
         };
         // The vxlan device before the routes into it.
-        let vxlan_ifindex = match self.encap {
+        let vxlan_ifindex = match self.tunnel.encap {
             Encap::Vxlan => Some(dp.netlink.ensure_vxlan(&self.vxlan_spec()).await?),
             Encap::Ipip | Encap::None => None,
         };
@@ -238,8 +247,8 @@ impl Node {
             endpoints: &endpoints,
             links: &links,
             claims: &claims,
-            encap: self.encap,
-            cross_subnet: self.cross_subnet,
+            encap: self.tunnel.encap,
+            cross_subnet: self.tunnel.cross_subnet,
             pod_mtu: self.mtu,
             vxlan_ifindex,
             kept: &kept,
@@ -380,15 +389,7 @@ impl Node {
 
     /// The uplink programs' view of this node.
     fn tunnel_config(&self) -> NodeConfig {
-        let underlay = self.me.underlay_ip.octets();
-        let config = NodeConfig::new(underlay, self.encap.datapath())
-            .with_uplink_mtu(u16::try_from(self.uplink.mtu).unwrap_or(u16::MAX));
-        match self.uplink.address {
-            Some(subnet) if self.cross_subnet => {
-                config.with_cross_subnet(subnet.network().octets(), subnet.prefix())
-            }
-            _ => config,
-        }
+        tunnel_config(self.me.underlay_ip, &self.uplink, self.tunnel)
     }
 
     /// The vxlan device of mode `vxlan`, on the uplink.
@@ -421,7 +422,7 @@ impl Node {
         if dp.other_modes_cleared {
             return Ok(());
         }
-        if self.encap != Encap::Vxlan && dp.netlink.delete_vxlan(vxlan::DEVICE_NAME).await? {
+        if self.tunnel.encap != Encap::Vxlan && dp.netlink.delete_vxlan(vxlan::DEVICE_NAME).await? {
             tracing::info!("removed the vxlan device of an earlier mode");
         }
         dp.other_modes_cleared = true;
@@ -447,5 +448,68 @@ impl Node {
             self.datastore.delete_endpoint(&self.me.name, &ep.key())?;
         }
         Ok(())
+    }
+}
+
+/// The config map entry of a node whose underlay address is `underlay`,
+/// on `uplink`, with `options`.
+fn tunnel_config(underlay: Ipv4Addr, uplink: &Uplink, options: TunnelOptions) -> NodeConfig {
+    let mut config = NodeConfig::new(underlay.octets(), options.encap.datapath())
+        .with_uplink_mtu(u16::try_from(uplink.mtu).unwrap_or(u16::MAX));
+    if let Some(subnet) = uplink.address
+        && options.cross_subnet
+    {
+        config = config.with_cross_subnet(subnet.network().octets(), subnet.prefix());
+    }
+    if options.direct_redirect {
+        config = config.with_direct_redirect();
+    }
+    config
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_common::maps::NODE_CONFIG_DIRECT_REDIRECT;
+
+    #[test]
+    fn tunnel_config_carries_the_flags() {
+        let uplink = Uplink {
+            name: "eth0".into(),
+            ifindex: 2,
+            mtu: 1500,
+            address: Some("198.18.0.11/24".parse().unwrap()),
+        };
+        let underlay = Ipv4Addr::new(198, 18, 0, 11);
+        let options = TunnelOptions {
+            encap: Encap::Ipip,
+            cross_subnet: false,
+            direct_redirect: false,
+        };
+        let plain = tunnel_config(underlay, &uplink, options);
+        assert_eq!(plain.encap(), Some(weft_common::maps::Encap::Ipip));
+        assert_eq!(plain.uplink_mtu, 1500);
+        assert_eq!(plain.flags, 0);
+        let redirect = tunnel_config(
+            underlay,
+            &uplink,
+            TunnelOptions {
+                direct_redirect: true,
+                ..options
+            },
+        );
+        assert!(redirect.direct_redirect() && !redirect.cross_subnet());
+        assert_eq!(redirect.flags, NODE_CONFIG_DIRECT_REDIRECT);
+        let both = tunnel_config(
+            underlay,
+            &uplink,
+            TunnelOptions {
+                cross_subnet: true,
+                direct_redirect: true,
+                ..options
+            },
+        );
+        assert!(both.direct_redirect() && both.cross_subnet());
+        assert!(both.same_subnet([198, 18, 0, 99]));
     }
 }

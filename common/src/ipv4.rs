@@ -247,6 +247,21 @@ pub fn checksum(bytes: &[u8]) -> u16 {
     !fold(sum_words(0, bytes))
 }
 
+/// The header checksum once the TTL is decremented by one, updated the way
+/// Linux's `ip_decrease_ttl` updates it when it forwards, on a
+/// little-endian machine: the field is loaded as a native `u16`,
+/// `htons(0x0100)` is added with an end-around carry, and a sum of 0xffff
+/// becomes 0x0000. An incremental update (RFC 1624), so a wrong checksum
+/// stays wrong, and the bytes are the ones the node's stack would forward.
+pub const fn checksum_after_ttl_decrement(checksum: u16) -> u16 {
+    let [hi, lo] = checksum.to_be_bytes();
+    // The two bytes as an x86 kernel loads them, plus htons(0x0100) (1 there).
+    let sum = u16::from_le_bytes([hi, lo]) as u32 + 1;
+    let folded = (sum + (sum >= 0xffff) as u32) as u16;
+    let [a, b] = folded.to_le_bytes();
+    u16::from_be_bytes([a, b])
+}
+
 /// The fields of a header without options, for emitting one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ipv4Repr {
@@ -397,6 +412,40 @@ mod tests {
         assert_eq!(h.offset(), 14);
         assert_eq!(h.dst(), [192, 168, 0, 199]);
         assert!(h.verify_checksum());
+    }
+
+    #[test]
+    fn ttl_decrement_updates_the_checksum_as_linux_forwards() {
+        // The Wikipedia header at TTL 63, as a full recomputation gives it.
+        let mut header = WIKIPEDIA.to_vec();
+        header[8] -= 1;
+        assert_eq!(with_checksum(header)[10..12], [0xb9, 0x61]);
+        assert_eq!(checksum_after_ttl_decrement(0xb861), 0xb961);
+        // Carries out of the high byte wrap around into the low byte.
+        assert_eq!(checksum_after_ttl_decrement(0xff12), 0x0013);
+        assert_eq!(checksum_after_ttl_decrement(0xffff), 0x0100);
+        // Linux writes 0x0000 where the sum reaches 0xffff.
+        assert_eq!(checksum_after_ttl_decrement(0xfeff), 0x0000);
+        // Every header stays valid, whatever its checksum was.
+        let mut g = Gen::new(0x77);
+        for _ in 0..20_000 {
+            let mut header = g.bytes(20);
+            header[0] = 0x45;
+            header[2..4].copy_from_slice(&20u16.to_be_bytes());
+            header[8] = 1 + g.u8() % 255;
+            let header = with_checksum(header);
+            let mut after = header.clone();
+            after[8] -= 1;
+            let c = checksum_after_ttl_decrement(u16::from_be_bytes([header[10], header[11]]));
+            after[10..12].copy_from_slice(&c.to_be_bytes());
+            let p = packet(&after, 0);
+            assert!(
+                Ipv4Header::new_checked(&p[..], 0)
+                    .unwrap()
+                    .verify_checksum(),
+                "{header:02x?}"
+            );
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //!   the outer header of IP-in-IP.
 //! - [`lookup`]: map access as traits (eBPF maps and in-memory tables).
 //! - [`uplink`]: IP-in-IP encapsulation and decapsulation decisions.
+//! - [`redirect`]: handing a decapsulated packet straight to a local pod.
 #![cfg_attr(not(test), no_std)]
 
 pub mod guard;
@@ -21,6 +22,7 @@ pub mod ipv4;
 pub mod lookup;
 pub mod maps;
 pub mod packet;
+pub mod redirect;
 pub mod uplink;
 pub mod verdict;
 

@@ -2,7 +2,8 @@
 //! the eBPF programs implement them with aya's `LpmTrie` and `HashMap`, the
 //! userspace twin with in-memory tables (the slice implementations here).
 
-use crate::maps::{PodCidrKey, RemoteNode};
+use crate::maps::{EndpointInfo, EndpointKey, PodCidrKey, RemoteNode};
+use crate::redirect::{FibQuery, FibResult};
 
 /// Routes to other nodes' pod CIDRs (the [`crate::maps::POD_ROUTES_MAP`] LPM trie).
 pub trait RouteLookup {
@@ -14,6 +15,40 @@ pub trait RouteLookup {
 pub trait NodeSet {
     /// `addr` is the underlay address of a cluster node.
     fn is_node(&self, addr: [u8; 4]) -> bool;
+}
+
+/// The node's own routing table and neighbours, as `bpf_fib_lookup` sees
+/// them from the uplink (the eBPF programs call the helper; the twin and
+/// tests answer from their tables).
+pub trait Fib {
+    /// Where the node would forward the packet `query` describes.
+    fn lookup(&self, query: &FibQuery) -> FibResult;
+}
+
+/// The pod endpoints (the [`crate::maps::ENDPOINTS_MAP`] hash), by the
+/// ifindex of the pod's host veth.
+pub trait Endpoints {
+    fn endpoint(&self, ifindex: EndpointKey) -> Option<EndpointInfo>;
+}
+
+impl<T: Fib + ?Sized> Fib for &T {
+    fn lookup(&self, query: &FibQuery) -> FibResult {
+        (**self).lookup(query)
+    }
+}
+
+impl<T: Endpoints + ?Sized> Endpoints for &T {
+    fn endpoint(&self, ifindex: EndpointKey) -> Option<EndpointInfo> {
+        (**self).endpoint(ifindex)
+    }
+}
+
+/// An endpoint table as a list (userspace and tests); the first entry of
+/// an ifindex wins (a hash map holds one).
+impl Endpoints for [(EndpointKey, EndpointInfo)] {
+    fn endpoint(&self, ifindex: EndpointKey) -> Option<EndpointInfo> {
+        self.iter().find(|(i, _)| *i == ifindex).map(|(_, e)| *e)
+    }
 }
 
 impl<T: RouteLookup + ?Sized> RouteLookup for &T {
@@ -93,6 +128,19 @@ mod tests {
         }
         let empty: [(PodCidrKey, RemoteNode); 0] = [];
         assert_eq!(empty.remote_node_for([10, 244, 2, 7]), None);
+    }
+
+    #[test]
+    fn endpoint_table_is_by_ifindex() {
+        let table = [
+            (7, EndpointInfo::new([10, 244, 1, 5])),
+            (9, EndpointInfo::new([10, 244, 1, 6])),
+        ];
+        assert_eq!(
+            table[..].endpoint(9),
+            Some(EndpointInfo::new([10, 244, 1, 6]))
+        );
+        assert_eq!(table[..].endpoint(8), None);
     }
 
     #[test]

@@ -180,6 +180,12 @@ impl Encap {
 /// this node's underlay subnet (`crossSubnet`).
 pub const NODE_CONFIG_CROSS_SUBNET: u8 = 1;
 
+/// Bit of [`NodeConfig::flags`]: hand IP-in-IP decapsulated for a local
+/// pod straight to the pod (`bpf_fib_lookup`, then `bpf_redirect_peer`)
+/// instead of letting the node's stack forward it; see
+/// [`crate::redirect`].
+pub const NODE_CONFIG_DIRECT_REDIRECT: u8 = 2;
+
 /// Value of [`CONFIG_MAP`]: what the uplink programs need to know about
 /// their own node.
 #[repr(C)]
@@ -194,7 +200,8 @@ pub struct NodeConfig {
     pub underlay_prefix_len: u8,
     /// An [`Encap`] as `u8`; see [`NodeConfig::encap`].
     pub encap: u8,
-    /// [`NODE_CONFIG_CROSS_SUBNET`]; other bits reserved (0).
+    /// [`NODE_CONFIG_CROSS_SUBNET`], [`NODE_CONFIG_DIRECT_REDIRECT`]; other
+    /// bits reserved (0).
     pub flags: u8,
     /// TTL of the outer header; 0 means [`NodeConfig::DEFAULT_OUTER_TTL`].
     pub outer_ttl: u8,
@@ -256,6 +263,17 @@ impl NodeConfig {
         self.flags & NODE_CONFIG_CROSS_SUBNET != 0
     }
 
+    /// The same config with the direct redirect to local pods on.
+    pub const fn with_direct_redirect(mut self) -> Self {
+        self.flags |= NODE_CONFIG_DIRECT_REDIRECT;
+        self
+    }
+
+    /// Decapsulated packets for local pods go straight to the pod's veth.
+    pub const fn direct_redirect(&self) -> bool {
+        self.flags & NODE_CONFIG_DIRECT_REDIRECT != 0
+    }
+
     /// `addr` is on this node's underlay subnet (only meaningful with `crossSubnet`).
     pub const fn same_subnet(&self, addr: [u8; 4]) -> bool {
         prefix_contains(self.underlay_subnet, self.underlay_prefix_len as u32, addr)
@@ -313,11 +331,19 @@ mod tests {
         let zeroed = NodeConfig::default();
         assert_eq!(zeroed.encap(), Some(Encap::None));
         assert!(!zeroed.cross_subnet());
+        assert!(!zeroed.direct_redirect());
         assert_eq!(zeroed.outer_ttl(), 64);
         let config =
             NodeConfig::new([198, 18, 0, 1], Encap::Ipip).with_cross_subnet([198, 18, 0, 0], 24);
         assert_eq!(config.encap(), Some(Encap::Ipip));
         assert!(config.cross_subnet());
+        assert!(!config.direct_redirect());
+        let both = config.with_direct_redirect();
+        assert_eq!(
+            both.flags,
+            NODE_CONFIG_CROSS_SUBNET | NODE_CONFIG_DIRECT_REDIRECT
+        );
+        assert!(both.cross_subnet() && both.direct_redirect());
         assert!(config.same_subnet([198, 18, 0, 9]));
         assert!(!config.same_subnet([198, 18, 1, 9]));
         assert_eq!(NodeConfig { encap: 7, ..config }.encap(), None);

@@ -166,10 +166,17 @@ pub enum Counter {
     DropFragment = 11,
     DropBadChecksum = 12,
     DropBadConfig = 13,
+    /// Decapsulated and handed straight to a local pod's veth
+    /// (`bpf_redirect_peer`), bypassing the node's IP forwarding. It
+    /// replaces [`Counter::Decapsulate`] for that packet: every packet
+    /// bumps exactly one counter, so IP-in-IP decapsulated in total is
+    /// `decapsulate + redirect`, and `decapsulate` alone is what the stack
+    /// forwarded.
+    Redirect = 14,
 }
 
 /// Number of counters, i.e. entries of the counter map.
-pub const COUNTER_COUNT: usize = 14;
+pub const COUNTER_COUNT: usize = 15;
 
 impl Counter {
     /// Every counter, in index order.
@@ -188,6 +195,7 @@ impl Counter {
         Counter::DropFragment,
         Counter::DropBadChecksum,
         Counter::DropBadConfig,
+        Counter::Redirect,
     ];
 
     /// The counter's index in the counter map.
@@ -212,6 +220,7 @@ impl Counter {
             Counter::DropFragment => "drop_fragment",
             Counter::DropBadChecksum => "drop_bad_checksum",
             Counter::DropBadConfig => "drop_bad_config",
+            Counter::Redirect => "redirect",
         }
     }
 }
@@ -243,6 +252,15 @@ mod tests {
                 5,
                 "drop_unsupported_protocol",
             ),
+            (Counter::Encapsulate, 6, "encapsulate"),
+            (Counter::Decapsulate, 7, "decapsulate"),
+            (Counter::UplinkPass, 8, "pass_uplink"),
+            (Counter::DropTooBig, 9, "drop_too_big"),
+            (Counter::DropNotFromNode, 10, "drop_not_from_node"),
+            (Counter::DropFragment, 11, "drop_fragment"),
+            (Counter::DropBadChecksum, 12, "drop_bad_checksum"),
+            (Counter::DropBadConfig, 13, "drop_bad_config"),
+            (Counter::Redirect, 14, "redirect"),
         ];
         for (counter, index, name) in abi {
             assert_eq!((counter.index(), counter.name()), (index, name));

@@ -9,7 +9,9 @@
 //!   host veth (`weft_pod_ingress`, endpoint map).
 //! - [`UplinkPrograms`]: IP-in-IP at tc egress and ingress of the node's
 //!   uplink (`weft_uplink_egress`, `weft_uplink_ingress`; pod route, node and
-//!   config maps).
+//!   config maps), and with the config's direct redirect, decapsulated
+//!   packets handed straight to local pods (the endpoint map says which
+//!   interfaces are pod veths).
 //!
 //! How state survives:
 //!

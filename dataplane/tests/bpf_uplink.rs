@@ -34,7 +34,9 @@ use std::time::{Duration, Instant};
 
 use ipnetwork::Ipv4Network;
 use weft_common::maps::{Encap, NodeConfig, PodCidrKey, RemoteNode};
-use weft_dataplane::bpf::{BpfError, UplinkPrograms, detach_uplink, read_pinned_maps, remove_pins};
+use weft_dataplane::bpf::{
+    BpfError, PodGuard, UplinkPrograms, detach_uplink, read_pinned_maps, remove_pins,
+};
 
 mod support;
 use support::{in_netns, ip};
@@ -314,17 +316,14 @@ struct Capture {
 
 impl Capture {
     fn start(node: &Node, filter: &str, count: u32) -> Capture {
+        Capture::start_on(&node.ns, node.uplink, &[], filter, count)
+    }
+
+    /// A capture on `ifname` in namespace `ns`, with more tcpdump `options`.
+    fn start_on(ns: &str, ifname: &str, options: &[&str], filter: &str, count: u32) -> Capture {
         let mut child = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &node.ns,
-                "tcpdump",
-                "-nn",
-                "-l",
-                "-i",
-                node.uplink,
-            ])
+            .args(["netns", "exec", ns, "tcpdump", "-nn", "-l", "-i", ifname])
+            .args(options)
             .args(["-c", &count.to_string(), filter])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -504,6 +503,180 @@ fn pod_traffic_crosses_the_underlay_in_ip_in_ip() {
             assert_eq!(counter(programs, drop), 0, "{drop}: {counters:?}");
         }
     }
+}
+
+/// A counter of namespace `ns`'s IPv4 MIB (`Ip:` in `/proc/net/snmp`),
+/// e.g. `ForwDatagrams`: what its stack forwarded.
+fn ip_mib(ns: &str, name: &str) -> u64 {
+    let out = ip(&["netns", "exec", ns, "cat", "/proc/net/snmp"]);
+    let mut ip_lines = out.lines().filter(|l| l.starts_with("Ip:"));
+    let (names, values) = (ip_lines.next().unwrap(), ip_lines.next().unwrap());
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("no {name} in {out}"))
+        .1
+        .parse()
+        .unwrap()
+}
+
+/// An interface statistic (`tx_packets`, ...) of `ifname` in namespace `ns`.
+fn link_stat(ns: &str, ifname: &str, stat: &str) -> u64 {
+    let path = format!("/sys/class/net/{ifname}/statistics/{stat}");
+    ip(&["netns", "exec", ns, "cat", &path])
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// `count` UDP datagrams from `from`'s pod to `to`'s pod `port`, one way;
+/// asserts every one arrived.
+fn udp_one_way(from: &Node, to: &Node, port: u16, count: usize) {
+    let server = in_netns(&to.pod_ns, || {
+        UdpSocket::bind(SocketAddrV4::new(to.pod, port))
+    })
+    .expect("bind server");
+    server
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let client = in_netns(&from.pod_ns, || {
+        UdpSocket::bind(SocketAddrV4::new(from.pod, 0))
+    })
+    .expect("bind client");
+    let mut buffer = [0u8; 64];
+    for i in 0..count {
+        let message = format!("datagram {i}");
+        client
+            .send_to(message.as_bytes(), SocketAddrV4::new(to.pod, port))
+            .unwrap();
+        let (n, peer) = server.recv_from(&mut buffer).expect("the datagram arrives");
+        assert_eq!(&buffer[..n], message.as_bytes());
+        assert_eq!(peer.ip(), from.pod);
+    }
+}
+
+#[test]
+fn direct_redirect_hands_decapsulated_traffic_to_the_pod_past_the_stack() {
+    let lab = Lab::new("redirect");
+    let (p1, mut p2) = lab.bring_up();
+    let (n1, n2) = (&lab.n1, &lab.n2);
+    let veth = n2.host_veth();
+    // What the agent does for n2's pod: its endpoint entry (the only
+    // interfaces the uplink redirects to) and its guard.
+    let mut guard = PodGuard::load(&n2.pin_dir).expect("load the guard");
+    let veth_index = in_netns(&n2.ns, || nix::net::if_::if_nametoindex(veth.as_str())).unwrap();
+    guard
+        .set_endpoint(veth_index, n2.pod)
+        .expect("set_endpoint");
+    in_netns(&n2.ns, || guard.attach(&veth)).expect("attach the guard");
+    p2.set_config(&n2.config().with_direct_redirect())
+        .expect("set_config");
+
+    // The first packet finds no neighbour entry for the pod on its veth:
+    // the stack forwards it and resolves the pod's MAC.
+    let forwarded = ip_mib(&n2.ns, "ForwDatagrams");
+    assert!(ping(n1, n2, 1, 56), "ping with the direct redirect");
+    assert!(
+        ip_mib(&n2.ns, "ForwDatagrams") >= forwarded + 2,
+        "request and reply"
+    );
+    let neighbours = ip_in(&n2.ns, &format!("neigh show dev {veth}"));
+    assert!(neighbours.contains(&n2.pod.to_string()), "{neighbours}");
+
+    // From then on, what arrives for the pod bypasses n2's forwarding:
+    // neither its IP MIB nor the host veth's transmit count moves, and the
+    // packets come out of the pod's eth0 as the stack would have sent them
+    // (the pod's MAC from the neighbour entry, the veth's as source, TTL
+    // 64 less one per node).
+    let capture = Capture::start_on(&n2.pod_ns, "eth0", &["-e", "-v"], "udp port 7301", 1);
+    let forwarded = ip_mib(&n2.ns, "ForwDatagrams");
+    let veth_tx = link_stat(&n2.ns, &veth, "tx_packets");
+    let pod_rx = link_stat(&n2.pod_ns, "eth0", "rx_packets");
+    let (redirected, decapsulated) = (counter(&p2, "redirect"), counter(&p2, "decapsulate"));
+    udp_one_way(n1, n2, 7301, 50);
+    assert_eq!(
+        ip_mib(&n2.ns, "ForwDatagrams"),
+        forwarded,
+        "n2 forwarded none"
+    );
+    assert_eq!(link_stat(&n2.ns, &veth, "tx_packets"), veth_tx);
+    assert!(link_stat(&n2.pod_ns, "eth0", "rx_packets") >= pod_rx + 50);
+    assert_eq!(counter(&p2, "redirect"), redirected + 50);
+    assert_eq!(
+        counter(&p2, "decapsulate"),
+        decapsulated,
+        "redirect replaces decapsulate"
+    );
+    let lines = capture.lines(Duration::from_secs(3)).join("\n");
+    println!("capture on the pod's eth0:\n{lines}");
+    let (pod_mac, veth_mac) = (mac_of(&n2.pod_ns, "eth0"), mac_of(&n2.ns, &veth));
+    assert!(
+        lines.contains(&format!("{veth_mac} > {pod_mac}")),
+        "{lines}"
+    );
+    assert!(lines.contains("ttl 62"), "{lines}");
+    assert!(lines.contains(&format!("{N1_POD}.")), "{lines}");
+
+    // Everything still works through it: full-size pings, UDP both ways,
+    // a bulk TCP transfer (GSO packets decapsulated and redirected whole).
+    assert!(ping(n1, n2, 3, POD_MTU - 28), "full-size packets pass");
+    udp_round_trip(n1, n2, 7302);
+    udp_round_trip(n2, n1, 7303);
+    let redirected = counter(&p2, "redirect");
+    tcp_bulk(n1, n2, 7304, 4 << 20);
+    let counters = p2.counters().unwrap();
+    println!("n2 with the direct redirect: {counters:?}");
+    assert!(counter(&p2, "redirect") > redirected + 20, "{counters:?}");
+    for (name, value) in &counters {
+        if name.starts_with("drop") {
+            assert_eq!(*value, 0, "{name}: {counters:?}");
+        }
+    }
+    // n1 never had it on: its stack forwarded n2's answers into its pod.
+    assert_eq!(counter(&p1, "redirect"), 0);
+    assert!(counter(&p1, "decapsulate") > 20);
+
+    // Off again: the stack forwards every packet.
+    p2.set_config(&n2.config()).expect("set_config");
+    let forwarded = ip_mib(&n2.ns, "ForwDatagrams");
+    let veth_tx = link_stat(&n2.ns, &veth, "tx_packets");
+    let (redirected, decapsulated) = (counter(&p2, "redirect"), counter(&p2, "decapsulate"));
+    udp_one_way(n1, n2, 7305, 50);
+    assert_eq!(ip_mib(&n2.ns, "ForwDatagrams"), forwarded + 50);
+    assert!(link_stat(&n2.ns, &veth, "tx_packets") >= veth_tx + 50);
+    assert_eq!(counter(&p2, "decapsulate"), decapsulated + 50);
+    assert_eq!(counter(&p2, "redirect"), redirected);
+}
+
+/// With the direct redirect on, what the FIB does not resolve to a pod veth
+/// with a known neighbour still reaches its destination through the stack:
+/// a pod veth without an endpoint entry, and an expiring TTL (the sender
+/// gets "time exceeded" from n2, as without the redirect).
+#[test]
+fn direct_redirect_leaves_what_it_cannot_vouch_for_to_the_stack() {
+    let lab = Lab::new("redirect-fallback");
+    let (_p1, mut p2) = lab.bring_up();
+    let (n1, n2) = (&lab.n1, &lab.n2);
+    p2.set_config(&n2.config().with_direct_redirect())
+        .expect("set_config");
+    // No endpoint entry for n2's pod veth: never a redirect target.
+    let redirected = counter(&p2, "redirect");
+    assert!(ping(n1, n2, 3, 56), "ping through the stack");
+    udp_one_way(n1, n2, 7401, 20);
+    assert_eq!(counter(&p2, "redirect"), redirected);
+    assert!(counter(&p2, "decapsulate") >= 23);
+
+    // TTL 2 leaves n1 with 1: n2 must answer with ICMP time exceeded.
+    let output = Command::new("ip")
+        .args([
+            "netns", "exec", &n1.pod_ns, "ping", "-n", "-c", "1", "-W", "2",
+        ])
+        .args(["-t", "2", "-I", &n1.pod.to_string(), &n2.pod.to_string()])
+        .output()
+        .expect("ping");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("Time to live exceeded"), "{text}");
 }
 
 /// Internet checksum of `bytes`.
@@ -870,9 +1043,9 @@ fn an_older_counter_map_is_replaced_other_layouts_are_refused() {
     // The 6 counters of the build before the uplink programs.
     pin_old_counter_map(&lab.n1.pin_dir.join("WEFT_COUNTERS"), 6);
     let p = UplinkPrograms::load(&lab.n1.pin_dir).expect("an old counter map is upgraded");
-    assert_eq!(p.counters().unwrap().len(), 14);
+    assert_eq!(p.counters().unwrap().len(), 15);
     let info = aya::maps::MapInfo::from_pin(lab.n1.pin_dir.join("WEFT_COUNTERS")).unwrap();
-    assert_eq!(info.max_entries(), 14, "the new counter map is pinned");
+    assert_eq!(info.max_entries(), 15, "the new counter map is pinned");
     drop(p);
 
     // A node map of another shape is never replaced: it holds state.

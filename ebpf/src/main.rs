@@ -1,7 +1,8 @@
 //! Weft's tc programs. Each is a thin shell: read the map entries the
 //! decision needs, call the decision in `weft-common`, carry it out (the
-//! only packet rewrites are IP-in-IP's `bpf_skb_adjust_room` and one
-//! `bpf_skb_store_bytes`), count the outcome and turn it into a tc action.
+//! only packet rewrites are IP-in-IP's `bpf_skb_adjust_room` and
+//! `bpf_skb_store_bytes` of an outer header or of a redirected packet's
+//! first bytes), count the outcome and turn it into a tc action.
 //! The decisions themselves are unit-tested in userspace over byte-array
 //! frames, and `weft-twin`'s hooks mirror these shells so that the
 //! differential tests can hold the two to identical actions and bytes.
@@ -10,19 +11,22 @@
 
 use aya_ebpf::bindings::{
     BPF_F_ADJ_ROOM_DECAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_FIXED_GSO,
-    TC_ACT_OK, TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+    BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
+    bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, bpf_fib_lookup,
 };
+use aya_ebpf::helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect_peer};
 use aya_ebpf::macros::{classifier, map};
 use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::maps::{Array, HashMap, LpmTrie, PerCpuArray};
 use aya_ebpf::programs::TcContext;
 use weft_common::guard::pod_egress_verdict;
-use weft_common::lookup::{NodeSet, RouteLookup};
+use weft_common::lookup::{Endpoints, Fib, NodeSet, RouteLookup};
 use weft_common::maps::{
     ENDPOINTS_MAX_ENTRIES, EndpointInfo, EndpointKey, NODES_MAX_ENTRIES, NodeConfig, NodeEntry,
     NodeKey, POD_ROUTES_MAX_ENTRIES, RemoteNode,
 };
 use weft_common::packet::{PacketReader, ethernet};
+use weft_common::redirect::{FibQuery, FibResult, direct_redirect};
 use weft_common::uplink::{uplink_egress, uplink_ingress};
 use weft_common::verdict::{COUNTER_COUNT, Counter, UplinkVerdict, Verdict};
 
@@ -91,6 +95,66 @@ impl NodeSet for Nodes {
     }
 }
 
+/// [`Endpoints`] over [`WEFT_ENDPOINTS`].
+struct PodEndpoints;
+
+impl Endpoints for PodEndpoints {
+    #[inline(always)]
+    fn endpoint(&self, ifindex: EndpointKey) -> Option<EndpointInfo> {
+        // SAFETY: copied out at once (see `weft_pod_ingress`).
+        unsafe { WEFT_ENDPOINTS.get(&ifindex) }.copied()
+    }
+}
+
+/// `AF_INET`, the family of a `bpf_fib_lookup` query.
+const AF_INET: u8 = 2;
+
+/// [`Fib`] by `bpf_fib_lookup` from the interface the packet arrived on:
+/// the node's own route and neighbour tables, `ip rule`s included (flags
+/// 0, as the stack's own input route lookup), with forwarding required on
+/// that interface. `tot_len` stays 0, so the kernel checks the whole skb
+/// against the output device's MTU (a GSO packet by its segments) and
+/// answers "too big" otherwise.
+struct KernelFib<'a>(&'a TcContext);
+
+impl Fib for KernelFib<'_> {
+    #[inline(always)]
+    fn lookup(&self, query: &FibQuery) -> FibResult {
+        // SAFETY: an all-zero `struct bpf_fib_lookup` is a valid query.
+        let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+        params.family = AF_INET;
+        params.l4_protocol = query.protocol;
+        // SAFETY: the kernel hands tc programs a valid __sk_buff.
+        params.ifindex = unsafe { (*self.0.skb.skb).ifindex };
+        params.__bindgen_anon_2.tos = query.tos;
+        params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(query.src);
+        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(query.dst);
+        // SAFETY: the context is the program's skb, `params` a live struct
+        // of the size given.
+        let rc = unsafe {
+            fib_lookup(
+                self.0.skb.skb.cast(),
+                &mut params,
+                size_of::<bpf_fib_lookup>() as i32,
+                0,
+            )
+        };
+        if rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
+            FibResult::Forward {
+                ifindex: params.ifindex,
+                smac: params.smac,
+                dmac: params.dmac,
+            }
+        } else if rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
+            FibResult::NoNeighbour {
+                ifindex: params.ifindex,
+            }
+        } else {
+            FibResult::NotForwarded
+        }
+    }
+}
+
 /// Attached at tc ingress of a pod's host-side veth: sees what the pod sends.
 #[classifier]
 pub fn weft_pod_ingress(ctx: TcContext) -> i32 {
@@ -126,16 +190,18 @@ pub fn weft_uplink_egress(ctx: TcContext) -> i32 {
         config.egress_mtu()
     };
     let verdict = uplink_egress(&SkbReader(&ctx), &PodRoutes, &config, mtu);
-    carry_out(&ctx, verdict)
+    carry_out(&ctx, verdict, &config)
 }
 
 /// Attached at tc ingress of the node's uplink: decapsulates IP-in-IP from
-/// the cluster's nodes, drops IP-in-IP from anyone else.
+/// the cluster's nodes (and, with the config's direct redirect on, hands
+/// what is for a local pod straight to it), drops IP-in-IP from anyone
+/// else.
 #[classifier]
 pub fn weft_uplink_ingress(ctx: TcContext) -> i32 {
     let config = node_config();
     let verdict = uplink_ingress(&SkbReader(&ctx), &Nodes, &config);
-    carry_out(&ctx, verdict)
+    carry_out(&ctx, verdict, &config)
 }
 
 /// This node's config; all zeroes (mode `none`) if the lookup fails, which
@@ -151,9 +217,10 @@ const OUTER_HEADER_LEN: i32 = 20;
 /// Does what an uplink verdict says, counts what was done, and returns the
 /// tc action. A helper that fails leaves a packet the shell cannot vouch
 /// for: it is dropped and counted as malformed, as `weft-twin` does when
-/// it cannot rewrite a frame.
+/// it cannot rewrite a frame. A decapsulated packet goes on to
+/// [`hand_to_pod`], and to the stack if that declines.
 #[inline(always)]
-fn carry_out(ctx: &TcContext, verdict: UplinkVerdict) -> i32 {
+fn carry_out(ctx: &TcContext, verdict: UplinkVerdict, config: &NodeConfig) -> i32 {
     let (action, counter) = match verdict {
         UplinkVerdict::Pass(_) => (TC_ACT_OK, verdict.counter()),
         UplinkVerdict::TooBig { .. } | UplinkVerdict::Drop(_) => (TC_ACT_SHOT, verdict.counter()),
@@ -164,12 +231,31 @@ fn carry_out(ctx: &TcContext, verdict: UplinkVerdict) -> i32 {
         UplinkVerdict::Decapsulate {
             outer_header_len, ..
         } => match decapsulate(ctx, outer_header_len) {
-            Ok(()) => (TC_ACT_OK, verdict.counter()),
+            Ok(()) => match hand_to_pod(ctx, config) {
+                Some(action) if action == TC_ACT_REDIRECT as i32 => (action, Counter::Redirect),
+                // `bpf_redirect_peer` refuses only flags, and passes none.
+                Some(_) => (TC_ACT_SHOT, Counter::DropMalformed),
+                None => (TC_ACT_OK, verdict.counter()),
+            },
             Err(_) => (TC_ACT_SHOT, Counter::DropMalformed),
         },
     };
     count(counter);
     action
+}
+
+/// The direct path for a packet just decapsulated (see
+/// `weft_common::redirect`): when the decision redirects, its first bytes
+/// are rewritten in one store (the MACs from the FIB, TTL and checksum)
+/// and the packet is redirected into the pod veth's peer; the helper's
+/// action is returned. `None`: the stack takes the packet as it is (the
+/// decision declined, or the store failed and changed nothing).
+#[inline(always)]
+fn hand_to_pod(ctx: &TcContext, config: &NodeConfig) -> Option<i32> {
+    let redirect = direct_redirect(&SkbReader(ctx), config, &KernelFib(ctx), &PodEndpoints).ok()?;
+    ctx.store(0, &redirect.head, 0).ok()?;
+    // SAFETY: a plain helper call; flags 0.
+    Some(unsafe { bpf_redirect_peer(redirect.ifindex, 0) } as i32)
 }
 
 /// Inserts `header` between the Ethernet header and the IPv4 packet.

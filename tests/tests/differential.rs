@@ -9,11 +9,14 @@
 //! `/sys/fs/bpf/weft-test-<pid>/differential`, filled with a fixed cluster
 //! (four nodes on two underlay subnets, nested pod CIDRs, one endpoint),
 //! and the uplink programs are run under each node configuration (every
-//! encapsulation mode, `crossSubnet`, known and unknown uplink MTU, and
-//! configs the programs must refuse). The twin reads the same maps back
-//! from the pins (`read_pinned_maps`), so both sides decide over identical
-//! state. Frames come from `weft_tests::framegen` (seed: `WEFT_DIFF_SEED`,
-//! count: `WEFT_DIFF_FRAMES`).
+//! encapsulation mode, `crossSubnet`, the direct redirect, known and
+//! unknown uplink MTU, and configs the programs must refuse). The twin
+//! reads the same maps back from the pins (`read_pinned_maps`), so both
+//! sides decide over identical state. For the direct redirect the test's
+//! namespace holds pod veths with routes and neighbour entries, which the
+//! kernel's `bpf_fib_lookup` reads and the twin's [`TestFib`] mirrors.
+//! Frames come from `weft_tests::framegen` (seed: `WEFT_DIFF_SEED`, count:
+//! `WEFT_DIFF_FRAMES`), plus a few at the redirect's MTU edge.
 //!
 //! Needs root and the eBPF object; fails loudly without them.
 //! Run: `cargo test --release -p weft-tests --test differential -- --nocapture`
@@ -29,15 +32,16 @@ use std::process::Command;
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use ipnetwork::Ipv4Network;
 use nix::sched::{CloneFlags, setns};
-use weft_common::lookup::{NodeSet, RouteLookup};
+use weft_common::lookup::{Fib, NodeSet, RouteLookup};
 use weft_common::maps::{
     Encap, EndpointInfo, NodeConfig, POD_INGRESS_PROGRAM, PodCidrKey, RemoteNode,
-    UPLINK_EGRESS_PROGRAM, UPLINK_INGRESS_PROGRAM,
+    UPLINK_EGRESS_PROGRAM, UPLINK_INGRESS_PROGRAM, prefix_contains,
 };
-use weft_common::uplink::{uplink_egress, uplink_ingress};
+use weft_common::redirect::{FibQuery, FibResult, ToStack, direct_redirect};
+use weft_common::uplink::{uplink_egress, uplink_ingress, write_decapsulated};
 use weft_common::verdict::{Counter, UplinkVerdict};
 use weft_dataplane::bpf::{PodGuard, UplinkPrograms, read_pinned_maps, remove_pins};
-use weft_tests::framegen::{Addresses, Frame, FrameGen, hex};
+use weft_tests::framegen::{Addresses, Frame, FrameGen, Ipv4Spec, Kind, ethernet, hex};
 use weft_tests::{Namespaces, require_root};
 use weft_twin::hooks::{self, HookOutcome};
 
@@ -64,6 +68,186 @@ const POD_ROUTES: [([u8; 4], u8, [u8; 4]); 7] = [
 /// namespace, which `BPF_PROG_TEST_RUN` can name as the arrival interface.
 const ENDPOINT_IFINDEX: u32 = 1;
 const ENDPOINT_IP: [u8; 4] = [10, 244, 1, 5];
+
+/// The node's pod veths, for the direct redirect: `wd-p<i>` (peer
+/// `wd-q<i>`, both in the test's namespace: `BPF_PROG_TEST_RUN` never
+/// carries a redirect out), MAC `02:00:00:00:0<i>:01`, MTU 1480.
+const POD_VETHS: [u8; 4] = [1, 2, 3, 4];
+const POD_VETH_MTU: u16 = 1480;
+
+fn pod_veth_mac(i: u8) -> [u8; 6] {
+    [0x02, 0, 0, 0, i, 0x01]
+}
+
+/// Routes into the pod veths: (destination, prefix length, veth).
+const FIB_ROUTES: [([u8; 4], u8, u8); 4] = [
+    // The endpoint's own /32: redirected.
+    (ENDPOINT_IP, 32, 1),
+    // An endpoint whose MAC the node has not resolved: to the stack.
+    ([10, 244, 1, 6], 32, 2),
+    // A veth with no endpoint entry: to the stack.
+    ([10, 244, 200, 70], 32, 3),
+    // A subnet on one pod's veth: its pod (10.244.4.10) is redirected,
+    // another address there (10.244.4.200) is not that pod.
+    ([10, 244, 4, 0], 24, 4),
+];
+
+/// Resolved neighbours: (address, veth).
+const FIB_NEIGHBOURS: [([u8; 4], u8); 4] = [
+    (ENDPOINT_IP, 1),
+    ([10, 244, 200, 70], 3),
+    ([10, 244, 4, 10], 4),
+    ([10, 244, 4, 200], 4),
+];
+
+/// Endpoint entries of the pod veths: (veth, pod address).
+const POD_VETH_ENDPOINTS: [(u8, [u8; 4]); 3] = [
+    (1, ENDPOINT_IP),
+    (2, [10, 244, 1, 6]),
+    (4, [10, 244, 4, 10]),
+];
+
+fn neighbour_mac(addr: [u8; 4]) -> [u8; 6] {
+    let [a, b, c, d] = addr;
+    [0x02, 0x42, a, b, c, d]
+}
+
+/// The namespace's FIB as `bpf_fib_lookup` answers it (from `lo`, where
+/// `BPF_PROG_TEST_RUN` puts the packet), built from the same tables: the
+/// longest route into a pod veth, then that veth's MTU (only checked when
+/// the neighbour is known, as the kernel does), then the neighbour. No
+/// other route leads anywhere a packet could be forwarded.
+struct TestFib {
+    /// (destination, prefix length, ifindex).
+    routes: Vec<([u8; 4], u8, u32)>,
+    /// (address, ifindex, MAC).
+    neighbours: Vec<([u8; 4], u32, [u8; 6])>,
+    /// (ifindex, MAC).
+    devices: Vec<(u32, [u8; 6])>,
+}
+
+impl TestFib {
+    /// Reads the pod veths' ifindexes in the calling thread's namespace.
+    fn new() -> TestFib {
+        let ifindex =
+            |i: u8| nix::net::if_::if_nametoindex(format!("wd-p{i}").as_str()).expect("pod veth");
+        TestFib {
+            routes: FIB_ROUTES
+                .iter()
+                .map(|(dst, len, i)| (*dst, *len, ifindex(*i)))
+                .collect(),
+            neighbours: FIB_NEIGHBOURS
+                .iter()
+                .map(|(addr, i)| (*addr, ifindex(*i), neighbour_mac(*addr)))
+                .collect(),
+            devices: POD_VETHS
+                .iter()
+                .map(|i| (ifindex(*i), pod_veth_mac(*i)))
+                .collect(),
+        }
+    }
+}
+
+impl Fib for TestFib {
+    fn lookup(&self, query: &FibQuery) -> FibResult {
+        let Some(&(_, _, ifindex)) = self
+            .routes
+            .iter()
+            .filter(|(dst, len, _)| prefix_contains(*dst, u32::from(*len), query.dst))
+            .max_by_key(|(_, len, _)| *len)
+        else {
+            return FibResult::NotForwarded;
+        };
+        let Some(&(_, _, dmac)) = self
+            .neighbours
+            .iter()
+            .find(|(addr, i, _)| *addr == query.dst && *i == ifindex)
+        else {
+            return FibResult::NoNeighbour { ifindex };
+        };
+        if query.frame_len > usize::from(POD_VETH_MTU) + 14 + 4 {
+            return FibResult::NotForwarded;
+        }
+        let smac = self
+            .devices
+            .iter()
+            .find(|(i, _)| *i == ifindex)
+            .map(|(_, mac)| *mac)
+            .expect("every route leads into a pod veth");
+        FibResult::Forward {
+            ifindex,
+            smac,
+            dmac,
+        }
+    }
+}
+
+/// The FIB state of [`TestFib`], made in namespace `ns` with `ip`.
+fn make_pod_veths(ns: &str) {
+    ip(&[
+        "netns",
+        "exec",
+        ns,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]);
+    for i in POD_VETHS {
+        let mac = pod_veth_mac(i).map(|b| format!("{b:02x}")).join(":");
+        let (veth, peer) = (format!("wd-p{i}"), format!("wd-q{i}"));
+        let mtu = POD_VETH_MTU.to_string();
+        ip(&[
+            "-n", ns, "link", "add", &veth, "address", &mac, "mtu", &mtu, "type", "veth", "peer",
+            "name", &peer,
+        ]);
+        ip(&["-n", ns, "link", "set", &veth, "up"]);
+        ip(&["-n", ns, "link", "set", &peer, "up"]);
+    }
+    for (dst, len, i) in FIB_ROUTES {
+        let dst = format!("{}/{len}", Ipv4Addr::from(dst));
+        ip(&["-n", ns, "route", "add", &dst, "dev", &format!("wd-p{i}")]);
+    }
+    for (addr, i) in FIB_NEIGHBOURS {
+        let mac = neighbour_mac(addr).map(|b| format!("{b:02x}")).join(":");
+        ip(&[
+            "-n",
+            ns,
+            "neigh",
+            "add",
+            &Ipv4Addr::from(addr).to_string(),
+            "lladdr",
+            &mac,
+            "dev",
+            &format!("wd-p{i}"),
+            "nud",
+            "permanent",
+        ]);
+    }
+}
+
+/// IP-in-IP from N2 to this node around UDP for the redirected pods, the
+/// inner packet around the largest a pod veth takes (1480 + 4 bytes: the
+/// kernel allows a VLAN header's worth), so that the twin's MTU check is
+/// held to the kernel's at the byte.
+fn redirect_mtu_edge() -> Vec<Frame> {
+    let mut frames = Vec::new();
+    for pod in [ENDPOINT_IP, [10, 244, 4, 10]] {
+        for total in 1482..=1487usize {
+            let udp = vec![0x5a; total - 20];
+            let inner = Ipv4Spec::new(N2_POD, pod, 17, udp).build();
+            let outer = Ipv4Spec::new(N2, N1, 4, inner).build();
+            frames.push(Frame {
+                kind: Kind::Ipip,
+                what: format!("ipip from node, inner {total} B to a redirected pod"),
+                bytes: ethernet(0x0800, &outer),
+            });
+        }
+    }
+    frames
+}
+
+/// A pod of N2.
+const N2_POD: [u8; 4] = [10, 244, 2, 7];
 
 fn addresses() -> Addresses {
     Addresses {
@@ -106,6 +290,14 @@ fn configs() -> Vec<(&'static str, NodeConfig)> {
             },
         ),
         ("ipip, mtu 9000", ipip.with_uplink_mtu(9000)),
+        ("ipip, direct redirect", ipip.with_direct_redirect()),
+        (
+            // IP-in-IP is decapsulated in every mode, and redirected too.
+            "vxlan, direct redirect",
+            NodeConfig::new(N1, Encap::Vxlan)
+                .with_uplink_mtu(1500)
+                .with_direct_redirect(),
+        ),
         (
             "none",
             NodeConfig::new(N1, Encap::None).with_uplink_mtu(1500),
@@ -273,6 +465,33 @@ fn verdict_name(verdict: &UplinkVerdict) -> String {
     }
 }
 
+/// The ingress verdict, and for a decapsulated packet on a node with the
+/// direct redirect on, what became of it (`Decapsulate+Redirect`,
+/// `Decapsulate+ToStack(NoNeighbour)`, ...).
+fn ingress_verdict_name(
+    frame: &[u8],
+    nodes: &[[u8; 4]],
+    config: &NodeConfig,
+    fib: &TestFib,
+    endpoints: &[(u32, EndpointInfo)],
+) -> String {
+    let verdict = uplink_ingress(frame, nodes, config);
+    let name = verdict_name(&verdict);
+    let UplinkVerdict::Decapsulate {
+        outer_header_len, ..
+    } = verdict
+    else {
+        return name;
+    };
+    let mut inner = vec![0; frame.len()];
+    let len = write_decapsulated(frame, outer_header_len, &mut inner).unwrap();
+    match direct_redirect(&inner[..len], config, fib, endpoints) {
+        Ok(_) => format!("{name}+Redirect"),
+        Err(ToStack::Disabled) => name,
+        Err(why) => format!("{name}+ToStack({why:?})"),
+    }
+}
+
 fn counters_now(guard: &PodGuard) -> BTreeMap<&'static str, u64> {
     guard.counters().expect("counters").into_iter().collect()
 }
@@ -370,12 +589,14 @@ fn ebpf_programs_and_the_twin_agree_frame_for_frame() {
     ip(&[
         "-n", &ns_name, "link", "add", "wd-a", "type", "veth", "peer", "name", "wd-b",
     ]);
+    make_pod_veths(&ns_name);
     let pins = Pins(PathBuf::from(format!(
         "/sys/fs/bpf/weft-test-{pid}/differential"
     )));
 
-    let frames = FrameGen::new(seed, addresses()).frames(count);
-    println!("seed {seed:#x}, {count} generated frames per run");
+    let mut frames = FrameGen::new(seed, addresses()).frames(count);
+    frames.extend(redirect_mtu_edge());
+    println!("seed {seed:#x}, {count} generated frames per run, and the redirect's MTU edge");
 
     in_netns(&netns, || run_all(&pins.0, &frames));
     drop(namespaces);
@@ -399,6 +620,13 @@ fn run_all(pin_dir: &Path, frames: &[Frame]) {
         uplink.set_node(Ipv4Addr::from(node)).unwrap();
     }
     let no_entry_ifindex = nix::net::if_::if_nametoindex("wd-a").expect("wd-a exists");
+    let fib = TestFib::new();
+    let pod_veth = |i: u8| fib.devices[usize::from(i) - 1].0;
+    for (i, pod) in POD_VETH_ENDPOINTS {
+        guard
+            .set_endpoint(pod_veth(i), Ipv4Addr::from(pod))
+            .unwrap();
+    }
 
     // The twin decides over what the kernel holds, read back from the pins.
     let pinned = read_pinned_maps(pin_dir).expect("read the pinned maps");
@@ -409,10 +637,14 @@ fn run_all(pin_dir: &Path, frames: &[Frame]) {
     expected_routes.sort_unstable_by_key(|(k, _)| (k.addr, k.prefix_len));
     assert_eq!(pinned.pod_routes, expected_routes);
     assert_eq!(pinned.nodes, vec![N1, N2, N3, N4]);
-    assert_eq!(
-        pinned.endpoints,
-        vec![(ENDPOINT_IFINDEX, EndpointInfo::new(ENDPOINT_IP))]
-    );
+    let mut expected_endpoints: Vec<(u32, EndpointInfo)> = POD_VETH_ENDPOINTS
+        .iter()
+        .map(|(i, pod)| (pod_veth(*i), EndpointInfo::new(*pod)))
+        .chain([(ENDPOINT_IFINDEX, EndpointInfo::new(ENDPOINT_IP))])
+        .collect();
+    expected_endpoints.sort_unstable_by_key(|(i, _)| *i);
+    assert_eq!(pinned.endpoints, expected_endpoints);
+    let endpoints: &[(u32, EndpointInfo)] = &pinned.endpoints;
     let routes: &[(PodCidrKey, RemoteNode)] = &pinned.pod_routes;
     let nodes: &[[u8; 4]] = &pinned.nodes;
     let endpoint_of = |ifindex: u32| {
@@ -484,8 +716,8 @@ fn run_all(pin_dir: &Path, frames: &[Frame]) {
             &ingress_program,
             None,
             frames,
-            |f| hooks::uplink_ingress(f, nodes, &config),
-            |f| Some(verdict_name(&uplink_ingress(f, nodes, &config))),
+            |f| hooks::uplink_ingress(f, nodes, &config, &fib, endpoints),
+            |f| Some(ingress_verdict_name(f, nodes, &config, &fib, endpoints)),
         );
     }
 
@@ -543,6 +775,7 @@ fn run_all(pin_dir: &Path, frames: &[Frame]) {
             UPLINK_INGRESS_PROGRAM,
             &[
                 Counter::Decapsulate,
+                Counter::Redirect,
                 Counter::UplinkPass,
                 Counter::DropNotFromNode,
                 Counter::DropFragment,
@@ -585,6 +818,13 @@ fn run_all(pin_dir: &Path, frames: &[Frame]) {
                 "Pass(NotIpip)",
                 "Pass(NotForThisNode)",
                 "Pass(VxlanFromNode)",
+                "Decapsulate+Redirect",
+                "Decapsulate+ToStack(NotPlain)",
+                "Decapsulate+ToStack(TtlExpiring)",
+                "Decapsulate+ToStack(NotForwarded)",
+                "Decapsulate+ToStack(NoNeighbour)",
+                "Decapsulate+ToStack(NotAPodVeth)",
+                "Decapsulate+ToStack(NotThatPod)",
             ][..],
         ),
     ] {

@@ -444,13 +444,18 @@ fn no_loss_across_agent_restart(lab: &Lab) {
 
 fn check_mode(encap: &str, overhead: u32) {
     let lab = Lab::up_with(&format!("enc-{encap}"), 3, 2, &["--encap", encap]);
+    check_lab(&lab, encap, overhead);
+}
+
+/// Everything a mode must do, on `lab`, brought up in mode `encap`.
+fn check_lab(lab: &Lab, encap: &str, overhead: u32) {
     let out = lab.ctl(&["lab", "check"]);
     assert!(out.status.success(), "{encap}: {}", show(&out));
-    underlay_shows(&lab, encap);
-    pod_mtu_crosses(&lab, encap, overhead);
-    tcp_bulk(&lab);
-    injection_is_refused(&lab, encap);
-    no_loss_across_agent_restart(&lab);
+    underlay_shows(lab, encap);
+    pod_mtu_crosses(lab, encap, overhead);
+    tcp_bulk(lab);
+    injection_is_refused(lab, encap);
+    no_loss_across_agent_restart(lab);
     let out = lab.ctl(&["lab", "check"]);
     assert!(
         out.status.success(),
@@ -462,6 +467,35 @@ fn check_mode(encap: &str, overhead: u32) {
 #[test]
 fn ipip_mode() {
     check_mode("ipip", 20);
+}
+
+/// `--direct-redirect true`: the same checks, and the packets a node
+/// decapsulates for its pods are handed to them by the uplink program
+/// (counted as `redirect`), past the node's forwarding.
+#[test]
+fn ipip_mode_with_direct_redirect() {
+    let lab = Lab::up_with(
+        "enc-ipip-dr",
+        3,
+        2,
+        &["--encap", "ipip", "--direct-redirect", "true"],
+    );
+    let nodes = ["node1", "node2", "node3"];
+    let redirected_before: Vec<u64> = nodes.iter().map(|n| lab.counter(n, "redirect")).collect();
+    check_lab(&lab, "ipip", 20);
+    for (node, before) in nodes.iter().zip(redirected_before) {
+        let redirected = lab.counter(node, "redirect");
+        let decapsulated = lab.counter(node, "decapsulate");
+        eprintln!("{node}: redirect {redirected}, decapsulate {decapsulated}");
+        assert!(redirected > before + 100, "{node}: redirect {redirected}");
+        // The stack took only the first packets to each pod (until the
+        // node resolved its MAC) and what the program leaves to it.
+        assert!(
+            redirected > 5 * decapsulated,
+            "{node}: {redirected} vs {decapsulated}"
+        );
+        assert_eq!(lab.counter(node, "drop_malformed"), 0, "{node}");
+    }
 }
 
 #[test]

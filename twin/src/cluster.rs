@@ -26,6 +26,10 @@ pub struct ClusterConfig {
     pub encap: Encap,
     /// `crossSubnet`: encapsulate only towards nodes on another subnet.
     pub cross_subnet: bool,
+    /// Every node's direct redirect: IP-in-IP decapsulated for a local pod
+    /// goes straight into the pod (`--direct-redirect`; off by default, as
+    /// in the agent).
+    pub direct_redirect: bool,
     /// Every node's uplink MTU.
     pub uplink_mtu: u16,
     /// Number of nodes: `node1`.., underlay 198.18.0.1.., pod CIDRs
@@ -38,11 +42,12 @@ pub struct ClusterConfig {
 }
 
 impl Default for ClusterConfig {
-    /// Three nodes on one subnet, IP-in-IP, MTU 1500.
+    /// Three nodes on one subnet, IP-in-IP, MTU 1500, no direct redirect.
     fn default() -> Self {
         ClusterConfig {
             encap: Encap::Ipip,
             cross_subnet: false,
+            direct_redirect: false,
             uplink_mtu: 1500,
             nodes: 3,
             far_nodes: 0,
@@ -672,6 +677,9 @@ fn node_tables(config: &ClusterConfig, i: usize) -> NodeTables {
     let mut node_config = NodeConfig::new(me, config.encap).with_uplink_mtu(config.uplink_mtu);
     if config.cross_subnet {
         node_config = node_config.with_cross_subnet(subnet, 24);
+    }
+    if config.direct_redirect {
+        node_config = node_config.with_direct_redirect();
     }
     let mut t = NodeTables::new(format!("node{}", i + 1), node_config, 24);
     t.pod_mtu = pod_mtu;

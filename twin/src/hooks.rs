@@ -3,12 +3,13 @@
 //!
 //! A hook returns what `BPF_PROG_TEST_RUN` reports for the loaded program:
 //! the tc action code, and the frame as the program left it (encapsulated,
-//! decapsulated, or unchanged), plus the counter the program bumped. The
-//! differential tests hold the two to be identical.
+//! decapsulated, redirected, or unchanged), plus the counter the program
+//! bumped. The differential tests hold the two to be identical.
 
 use weft_common::guard::pod_egress_verdict;
-use weft_common::lookup::{NodeSet, RouteLookup};
+use weft_common::lookup::{Endpoints, Fib, NodeSet, RouteLookup};
 use weft_common::maps::{EndpointInfo, NodeConfig};
+use weft_common::redirect::{direct_redirect, write_redirected};
 use weft_common::uplink::{self, write_decapsulated, write_encapsulated};
 use weft_common::verdict::{Counter, UplinkVerdict, Verdict};
 
@@ -16,6 +17,20 @@ use weft_common::verdict::{Counter, UplinkVerdict, Verdict};
 pub const TC_ACT_OK: i32 = 0;
 /// `TC_ACT_SHOT`: the packet is dropped.
 pub const TC_ACT_SHOT: i32 = 2;
+/// `TC_ACT_REDIRECT`: the packet goes where the program's redirect helper
+/// said (`bpf_redirect_peer`: into a pod veth's peer), not on through the
+/// stack.
+pub const TC_ACT_REDIRECT: i32 = 7;
+
+/// A tc action as the kernel's headers name it.
+pub fn action_name(action: i32) -> &'static str {
+    match action {
+        TC_ACT_OK => "TC_ACT_OK",
+        TC_ACT_SHOT => "TC_ACT_SHOT",
+        TC_ACT_REDIRECT => "TC_ACT_REDIRECT",
+        _ => "TC_ACT_?",
+    }
+}
 
 /// What one tc program did with one frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,6 +43,10 @@ pub struct HookOutcome {
     /// decapsulated, else the input unchanged (also when dropped, as
     /// `BPF_PROG_TEST_RUN` reports it).
     pub frame: Vec<u8>,
+    /// With [`TC_ACT_REDIRECT`]: the host veth into whose peer (the pod's
+    /// `eth0`) the packet was redirected. `BPF_PROG_TEST_RUN` does not
+    /// report it; the twin's nodes deliver by it.
+    pub redirect: Option<u32>,
 }
 
 impl HookOutcome {
@@ -36,6 +55,16 @@ impl HookOutcome {
             action,
             counter,
             frame: frame.to_vec(),
+            redirect: None,
+        }
+    }
+
+    fn rewritten(counter: Counter, frame: Vec<u8>) -> HookOutcome {
+        HookOutcome {
+            action: TC_ACT_OK,
+            counter,
+            frame,
+            redirect: None,
         }
     }
 
@@ -68,14 +97,43 @@ pub fn uplink_egress<T: RouteLookup + ?Sized>(
     uplink_outcome(frame, verdict)
 }
 
-/// `weft_uplink_ingress`: tc ingress of the uplink.
-pub fn uplink_ingress<N: NodeSet + ?Sized>(
+/// `weft_uplink_ingress`: tc ingress of the uplink, on a node whose FIB
+/// (route and neighbour tables, as `bpf_fib_lookup` answers from the
+/// uplink) is `fib` and whose endpoint map is `endpoints`; both matter
+/// only with the config's direct redirect on.
+pub fn uplink_ingress<N, F, E>(
     frame: &[u8],
     nodes: &N,
     config: &NodeConfig,
-) -> HookOutcome {
+    fib: &F,
+    endpoints: &E,
+) -> HookOutcome
+where
+    N: NodeSet + ?Sized,
+    F: Fib + ?Sized,
+    E: Endpoints + ?Sized,
+{
     let verdict = uplink::uplink_ingress(frame, nodes, config);
-    uplink_outcome(frame, verdict)
+    let outcome = uplink_outcome(frame, verdict);
+    if !matches!(verdict, UplinkVerdict::Decapsulate { .. }) || !outcome.passes() {
+        return outcome;
+    }
+    // The decapsulated packet, offered to the direct path.
+    let Ok(redirect) = direct_redirect(&outcome.frame[..], config, fib, endpoints) else {
+        return outcome;
+    };
+    let mut out = vec![0; outcome.frame.len()];
+    match write_redirected(&outcome.frame, &redirect, &mut out) {
+        Some(_) => HookOutcome {
+            action: TC_ACT_REDIRECT,
+            counter: Counter::Redirect,
+            frame: out,
+            redirect: Some(redirect.ifindex),
+        },
+        // The decision read the bytes it rewrites: unreachable. The eBPF
+        // shell leaves the packet to the stack when its store fails.
+        None => outcome,
+    }
 }
 
 /// Carries out an uplink verdict the way the eBPF shells do.
@@ -91,11 +149,7 @@ fn uplink_outcome(frame: &[u8], verdict: UplinkVerdict) -> HookOutcome {
             match write_encapsulated(frame, &header, &mut out) {
                 Some(len) => {
                     out.truncate(len);
-                    HookOutcome {
-                        action: TC_ACT_OK,
-                        counter,
-                        frame: out,
-                    }
+                    HookOutcome::rewritten(counter, out)
                 }
                 // The decision only encapsulates a frame with an IPv4
                 // header, so this is unreachable; fail closed regardless.
@@ -109,11 +163,7 @@ fn uplink_outcome(frame: &[u8], verdict: UplinkVerdict) -> HookOutcome {
             match write_decapsulated(frame, outer_header_len, &mut out) {
                 Some(len) => {
                     out.truncate(len);
-                    HookOutcome {
-                        action: TC_ACT_OK,
-                        counter,
-                        frame: out,
-                    }
+                    HookOutcome::rewritten(counter, out)
                 }
                 None => HookOutcome::unchanged(TC_ACT_SHOT, Counter::DropMalformed, frame),
             }

@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use weft_common::ipv4::{self, Ipv4Repr};
+use weft_common::lookup::Fib;
 use weft_common::maps::{EndpointInfo, NodeConfig, PodCidrKey, RemoteNode, prefix_contains};
+use weft_common::redirect::{FibQuery, FibResult};
 use weft_common::verdict::{COUNTER_COUNT, Counter};
 
 use crate::hooks::{self, HookOutcome};
@@ -183,6 +185,32 @@ impl NodeTables {
             Via::Vxlan { .. } => self.vxlan.as_ref().map_or(0, |v| v.mtu),
         };
         route.mtu.map_or(device, |mtu| mtu.min(device))
+    }
+}
+
+/// The node's FIB as `bpf_fib_lookup` answers it from the uplink, as far
+/// as the direct redirect needs it: a local pod's /32 route forwards into
+/// its host veth, from the host side's MAC to the pod's (a permanent
+/// neighbour in the twin, see [`Mac::pod`]; Linux learns it by ARP, and
+/// until then answers "no neighbour"), if the frame fits the veth (its MTU
+/// plus 14 + 4 bytes, the kernel's `is_skb_forwardable`). Every other
+/// answer is "not forwarded": the node's own addresses, no route, or a
+/// route out of the uplink or the vxlan device (which the kernel would
+/// name, but which are no pod veths either).
+impl Fib for NodeTables {
+    fn lookup(&self, query: &FibQuery) -> FibResult {
+        if self.local_addrs.contains(&query.dst) {
+            return FibResult::NotForwarded;
+        }
+        let fits = query.frame_len <= usize::from(self.pod_mtu) + 14 + 4;
+        match NodeTables::lookup(self, query.dst).map(|r| r.via) {
+            Some(Via::Pod { ifindex }) if fits => FibResult::Forward {
+                ifindex,
+                smac: Mac::HOST_VETH.0,
+                dmac: Mac::pod(query.dst).0,
+            },
+            _ => FibResult::NotForwarded,
+        }
     }
 }
 
@@ -373,8 +401,13 @@ impl Node {
 
     /// A frame arriving on the uplink from the underlay.
     pub fn receive_from_uplink(&mut self, frame: &[u8], io: &mut Io) {
-        let outcome =
-            hooks::uplink_ingress(frame, self.tables.nodes.as_slice(), &self.tables.config);
+        let outcome = hooks::uplink_ingress(
+            frame,
+            self.tables.nodes.as_slice(),
+            &self.tables.config,
+            &self.tables,
+            self.tables.endpoints.as_slice(),
+        );
         self.counters.bump(outcome.counter);
         if let Some(packet) = PacketSummary::of_frame(frame) {
             io.step(|| Step::UplinkIngress {
@@ -383,6 +416,11 @@ impl Node {
                 action: outcome.action,
                 counter: outcome.counter,
             });
+        }
+        if let Some(ifindex) = outcome.redirect {
+            // bpf_redirect_peer: into the pod's eth0, no routing on the node.
+            io.out.push((Port::Pod(ifindex), outcome.frame));
+            return;
         }
         if !outcome.passes() {
             return;

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 
 use weft_common::verdict::Counter;
 
-use crate::hooks::TC_ACT_OK;
+use crate::hooks::action_name;
 use crate::wire::PacketSummary;
 
 /// What a node's routing (the kernel's `ip_forward` / local output) did
@@ -157,12 +157,7 @@ fn ip(addr: [u8; 4]) -> Ipv4Addr {
 
 /// A tc program's result: its action and the counter it bumped.
 fn verdict(action: i32, counter: Counter) -> String {
-    let what = if action == TC_ACT_OK {
-        "TC_ACT_OK"
-    } else {
-        "TC_ACT_SHOT"
-    };
-    format!("{what} ({})", counter.name())
+    format!("{} ({})", action_name(action), counter.name())
 }
 
 impl fmt::Display for RouteDecision {

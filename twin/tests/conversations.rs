@@ -8,7 +8,7 @@ use common::{MODES, cluster, tcp_both_ways, udp_request_reply};
 use weft_common::ipv4::{PROTOCOL_IPIP, PROTOCOL_UDP};
 use weft_common::verdict::Counter;
 use weft_twin::wire::{PacketSummary, VXLAN_PORT};
-use weft_twin::{Cluster, Encap};
+use weft_twin::{Cluster, ClusterConfig, Encap};
 
 const KIB_200: usize = 200 * 1024;
 
@@ -122,4 +122,75 @@ fn pods_on_all_nodes_talk_at_once() {
         udp_request_reply(&mut c, a, b, 7000 + 10 * i as u16);
     }
     assert_underlay_shape(&c, Encap::Ipip);
+}
+
+/// Three IP-in-IP nodes, with the direct redirect on or off.
+fn ipip(direct_redirect: bool) -> Cluster {
+    Cluster::new(ClusterConfig {
+        direct_redirect,
+        ..ClusterConfig::default()
+    })
+}
+
+#[test]
+fn direct_redirect_hands_decapsulated_packets_to_the_pod_past_the_stack() {
+    let mut on = ipip(true);
+    let a = on.add_pod(0);
+    let b = on.add_pod(1);
+    tcp_both_ways(&mut on, a, b, 5000, KIB_200);
+    udp_request_reply(&mut on, a, b, 7000);
+    assert_underlay_shape(&on, Encap::Ipip);
+    for node in [0, 1] {
+        let counters = on.counters(node);
+        // Every IP-in-IP packet went straight to the pod: the stack only
+        // forwarded what the node's own pod sent.
+        assert!(counters.get(Counter::Redirect) > 100, "{counters}");
+        assert_eq!(counters.get(Counter::Decapsulate), 0, "{counters}");
+        assert_eq!(
+            on.kernel_stats(node).forwarded,
+            counters.get(Counter::Pass),
+            "node {node}"
+        );
+        for (counter, value) in counters.iter() {
+            if counter.name().starts_with("drop") {
+                assert_eq!(value, 0, "node {node}: {counters}");
+            }
+        }
+    }
+
+    // Off, the stack forwards both ways; the redirect counts nothing.
+    let mut off = ipip(false);
+    let (a2, b2) = (off.add_pod(0), off.add_pod(1));
+    tcp_both_ways(&mut off, a2, b2, 5000, KIB_200);
+    udp_request_reply(&mut off, a2, b2, 7000);
+    let counters = off.counters(1);
+    assert_eq!(counters.get(Counter::Redirect), 0);
+    assert_eq!(
+        off.kernel_stats(1).forwarded,
+        counters.get(Counter::Pass) + counters.get(Counter::Decapsulate)
+    );
+}
+
+#[test]
+fn a_redirected_packet_reaches_the_pod_as_the_stack_would_have_forwarded_it() {
+    // The same exchange in two clusters: the pods receive the same bytes
+    // (MACs, TTL, header checksum) whether the stack forwarded them or the
+    // uplink redirected them.
+    let received = |direct_redirect: bool| {
+        let mut c = ipip(direct_redirect);
+        let a = c.add_pod(0);
+        let b = c.add_pod(2);
+        udp_request_reply(&mut c, a, b, 7000);
+        udp_request_reply(&mut c, b, a, 7100);
+        assert_eq!(
+            c.counters(2).get(Counter::Redirect) > 0,
+            direct_redirect,
+            "{}",
+            c.counters(2)
+        );
+        [c.pod(a).received().to_vec(), c.pod(b).received().to_vec()]
+    };
+    let (on, off) = (received(true), received(false));
+    assert!(on[1].len() >= 2);
+    assert_eq!(on, off);
 }

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use weft_common::maps::{NodeConfig, PodCidrKey, RemoteNode};
 use weft_common::verdict::Counter;
-use weft_twin::hooks::{TC_ACT_OK, TC_ACT_SHOT};
+use weft_twin::hooks::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT};
 use weft_twin::wire::Probe;
 use weft_twin::{
     Cluster, ClusterConfig, Encap, KernelRoute, NodeTables, RouteDecision, Step, TraceError, Via,
@@ -103,6 +103,30 @@ fn a_udp_probe_crosses_two_ipip_nodes_hop_by_hop() {
         ),
         "{text}"
     );
+}
+
+#[test]
+fn with_direct_redirect_the_probe_skips_the_receiving_nodes_routing() {
+    let mut tables = ipip_tables(Some(1480));
+    tables[1].config = tables[1].config.with_direct_redirect();
+    let probe = Probe::udp(POD1, POD2, 53);
+    let steps = trace(&tables, Ipv4Addr::from(POD1), &probe.packet()).unwrap();
+    let text = show(&steps);
+    println!("{text}");
+    assert_eq!(steps.len(), 6, "{text}");
+    assert!(matches!(
+        steps[4],
+        Step::UplinkIngress {
+            action: TC_ACT_REDIRECT,
+            counter: Counter::Redirect,
+            ..
+        }
+    ));
+    assert!(
+        matches!(&steps[5], Step::Delivered { node, ifindex: 7, .. } if node == "node2"),
+        "{text}"
+    );
+    assert!(text.contains("TC_ACT_REDIRECT (redirect)"), "{text}");
 }
 
 #[test]

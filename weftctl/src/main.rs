@@ -155,6 +155,11 @@ enum LabCommand {
         /// nodes share one subnet, so this routes every pod packet natively).
         #[arg(long)]
         cross_subnet: bool,
+        /// Every agent's `--direct-redirect`: whether IP-in-IP decapsulated for a local pod
+        /// is handed straight into the pod (eBPF bpf_fib_lookup + bpf_redirect_peer) or
+        /// forwarded by the node's stack. Default: the agent's own default.
+        #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
+        direct_redirect: Option<bool>,
     },
     /// Tear the lab down: its agents, namespaces, bpffs pins and state directory. Idempotent.
     Down,
@@ -305,6 +310,10 @@ enum AgentCommand {
         /// of the cluster's configuration).
         #[arg(long, value_enum)]
         encap: Option<lab::state::Encap>,
+        /// Switch the lab's `--direct-redirect` first; recorded for the whole lab like
+        /// `--encap`.
+        #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
+        direct_redirect: Option<bool>,
     },
 }
 
@@ -385,6 +394,7 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
             route_reflectors,
             encap,
             cross_subnet,
+            direct_redirect,
         } => {
             let started = Instant::now();
             let bin_dir = match bin_dir {
@@ -401,6 +411,7 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
                 route_reflectors,
                 encap,
                 cross_subnet,
+                direct_redirect,
             };
             let state = lab::up(&lab, &options)?;
             print!(
@@ -499,6 +510,7 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
             node,
             ready_timeout,
             encap,
+            direct_redirect,
         }) => {
             let mut state = lab.load()?;
             if let Some(encap) = encap
@@ -511,6 +523,13 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
                     state.lab,
                     encap.as_arg()
                 );
+            }
+            if let Some(on) = direct_redirect
+                && Some(on) != state.direct_redirect
+            {
+                state.direct_redirect = Some(on);
+                state.save()?;
+                println!("lab {} switched to --direct-redirect {on}", state.lab);
             }
             let (pid, already) =
                 lab::start_agent(&mut state, &node, Duration::from_secs(ready_timeout))?;

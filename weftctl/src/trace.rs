@@ -35,7 +35,7 @@ use serde::Serialize;
 use weft_common::maps::NodeConfig;
 use weft_dataplane::bpf::{PinnedMaps, read_pinned_maps};
 use weft_dataplane::names::is_host_ifname;
-use weft_twin::hooks::TC_ACT_OK;
+use weft_twin::hooks::{TC_ACT_SHOT, action_name};
 use weft_twin::wire::{Mac, PacketSummary, Probe, VXLAN_PORT};
 use weft_twin::{
     Encap, KernelRoute, NodeTables, RouteDecision, Step, Via, VxlanDecision, VxlanDevice, VxlanPeer,
@@ -736,7 +736,7 @@ pub fn drop_reason(step: &Step) -> Option<String> {
         }
         | Step::UplinkIngress {
             action, counter, ..
-        } if *action != TC_ACT_OK => Some(format!("TC_ACT_SHOT ({})", counter.name())),
+        } if *action == TC_ACT_SHOT => Some(format!("TC_ACT_SHOT ({})", counter.name())),
         Step::VethTooBig { frame_len, mtu, .. } => {
             Some(format!("{frame_len}-byte frame above the veth MTU {mtu}"))
         }
@@ -965,7 +965,8 @@ pub struct StepView {
     /// The interface, where the step has one (pod veth, delivery).
     pub ifindex: Option<u32>,
     pub packet: Option<String>,
-    /// The tc action of the three tc hooks (`TC_ACT_OK`, `TC_ACT_SHOT`).
+    /// The tc action of the three tc hooks (`TC_ACT_OK`, `TC_ACT_SHOT`,
+    /// `TC_ACT_REDIRECT`).
     pub action: Option<&'static str>,
     /// The eBPF counter the tc hook bumped.
     pub counter: Option<&'static str>,
@@ -980,13 +981,7 @@ pub struct StepView {
 }
 
 pub fn step_view(step: &Step, pods: &[PodAt]) -> StepView {
-    let action = |a: i32| {
-        if a == TC_ACT_OK {
-            "TC_ACT_OK"
-        } else {
-            "TC_ACT_SHOT"
-        }
-    };
+    let action = action_name;
     let (ifindex, tc, decision) = match step {
         Step::PodVeth {
             ifindex,

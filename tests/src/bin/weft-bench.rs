@@ -9,15 +9,21 @@
 //!    routes the new node's pod CIDR, and until the new node routes all the
 //!    others'. Three rounds (the node is deleted and added again), median.
 //! 3. Throughput: single-stream TCP (iperf3) in a 2-node lab per
-//!    encapsulation mode (ipip, vxlan: the kernel's own vxlan device, the
-//!    reference; none), pod to pod across nodes and on the same node, each
-//!    as a ratio to the bare underlay (node1 to node2 on their eth0
-//!    addresses) measured in the same lab, in the same rounds (median of
-//!    three 5 s streams per path by default). A mode whose lab or
-//!    measurement fails prints the error in its rows; the others go on.
+//!    encapsulation mode (ipip with the node's stack forwarding what it
+//!    decapsulates, ipip-redirect with the direct redirect into the pod,
+//!    vxlan: the kernel's own vxlan device, the reference; none), pod to
+//!    pod across nodes and on the same node, each as a ratio to the bare
+//!    underlay (node1 to node2 on their eth0 addresses) measured in the
+//!    same lab, in the same rounds (median of three 5 s streams per path
+//!    by default). Then the same paths' request/response rate: 1-byte TCP
+//!    ping-pong, client and server pinned to one CPU, so the figure is the
+//!    inverse of one transaction's CPU cost (syscalls, wake-ups and the
+//!    whole packet path both ways), which bulk TCP hides behind GSO and
+//!    GRO. A mode whose lab or measurement fails prints the error in its
+//!    rows; the others go on.
 //!
 //! `weft-bench [cni|bgp|throughput|all]... [--seconds N] [--rounds N]
-//! [--modes ipip,vxlan,none]` (no section: all; `--help` for the
+//! [--modes ipip,ipip-redirect,vxlan,none]` (no section: all; `--help` for the
 //! environment twins and the other knobs). Every lab it makes is
 //! named `wbench-*` and torn down afterwards, also when a section fails.
 
@@ -40,19 +46,22 @@ struct Plugin<'a> {
 }
 
 const SECTIONS: [&str; 3] = ["cni", "bgp", "throughput"];
-const MODES: [&str; 3] = ["ipip", "vxlan", "none"];
+/// The throughput section's modes: the agents' `--encap`, and for ipip
+/// both settings of `--direct-redirect` (see [`lab_up_flags`]).
+const MODES: [&str; 4] = ["ipip", "ipip-redirect", "vxlan", "none"];
 /// Seconds per iperf3 stream.
 const SECONDS: u32 = 5;
 
 /// Rounds of the three streams per mode; each row is their median.
 const THROUGHPUT_ROUNDS: u32 = 3;
 
-const USAGE: &str = "usage: weft-bench [cni|bgp|throughput|all]... [--seconds N] [--rounds N] [--modes ipip,vxlan,none]
+const USAGE: &str = "usage: weft-bench [cni|bgp|throughput|all]... [--seconds N] [--rounds N] [--modes ipip,ipip-redirect,vxlan,none]
   sections (default all): cni = CNI ADD/DEL latency, bgp = BGP convergence,
-                          throughput = iperf3 in a lab per encapsulation mode
+                          throughput = iperf3 and TCP request/response in a lab per encapsulation mode
   --seconds N   seconds per iperf3 stream (WEFT_BENCH_SECONDS, default 5)
   --rounds N    rounds of the throughput streams, median reported (WEFT_BENCH_THROUGHPUT_ROUNDS, default 3)
-  --modes LIST  encapsulation modes to measure (WEFT_BENCH_MODES, default ipip,vxlan,none)
+  --modes LIST  encapsulation modes to measure (WEFT_BENCH_MODES, default ipip,ipip-redirect,vxlan,none;
+                ipip = --direct-redirect false, ipip-redirect = --direct-redirect true)
   environment: WEFT_BENCH_SECTIONS (comma-separated sections), WEFT_BENCH_ROUNDS (CNI pods, 100),
                WEFT_BENCH_BGP_NODES (10), WEFT_BENCH_BGP_ROUNDS (3),
                WEFT_BENCH_LAB_FLAGS (more `lab up` flags for the cni and bgp labs, e.g. \"--encap none\")";
@@ -600,39 +609,117 @@ struct Stream {
 fn throughput(seconds: u32, rounds: u32, modes: &[String]) {
     let load_before = load_average();
     println!(
-        "Throughput: single-stream TCP (iperf3 -t {seconds}, the receiver's rate), {rounds} rounds, \
-         the paths taken in turn within each round; Gbit/s is the median over the rounds, min-max their range."
+        "Throughput: single-stream TCP (iperf3 -t {seconds}, the receiver's rate), then request/response: \
+         1-byte TCP ping-pong on one connection for {seconds} s (TCP_NODELAY, one transaction at a time, \
+         client and server pinned to one CPU: the inverse of a transaction's CPU cost, packet path included, \
+         which bulk TCP hides behind GSO and GRO), {rounds} rounds, the paths taken in turn within each round; \
+         the figure is the median over the rounds, min-max their range."
     );
     println!(
-        "One lab per mode (`weftctl lab up --nodes 2 --pods-per-node 2 --encap MODE`), up and down in turn. \
+        "One lab per mode (`weftctl lab up --nodes 2 --pods-per-node 2 --encap MODE [--direct-redirect true|false]`), up and down in turn; \
+         ipip and ipip-redirect share one lab, whose agents are restarted with the other --direct-redirect between the two \
+         (`weftctl lab agent start NODE --direct-redirect true|false`), every other round in the other order. \
          Each mode is compared with the bare underlay of its own lab (node1's eth0 to node2's eth0: \
          the fabric bridge, no Weft in the path): `vs bare` is the median over the rounds of the path's rate \
          over the bare rate of the same round."
     );
     println!(
-        "Modes: ipip = Weft's eBPF IP-in-IP, vxlan = the kernel's own vxlan device (the reference), \
-         none = native routing."
+        "Modes: ipip = Weft's eBPF IP-in-IP, the receiving node's stack forwarding the decapsulated packet \
+         into the pod (--direct-redirect false); ipip-redirect = the same, but the uplink program hands it \
+         straight into the pod (--direct-redirect true: bpf_fib_lookup + bpf_redirect_peer); \
+         vxlan = the kernel's own vxlan device (the reference); none = native routing."
     );
+    let measured = measure_modes(modes, seconds, rounds);
+    print_table("Gbit/s", &measured, |m| &m.streams);
+    println!();
+    print_table("kT/s", &measured, |m| &m.transactions);
+    let bares: Vec<(&str, f64)> = measured
+        .iter()
+        .filter_map(|(mode, m)| {
+            let m = m.as_ref().ok()?;
+            Some((*mode, median(rates(&m.streams[0]))?))
+        })
+        .collect();
+    if bares.len() > 1 {
+        let (lo, hi) = bares
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(lo, hi), &(_, b)| {
+                (lo.min(b), hi.max(b))
+            });
+        println!(
+            "bare underlay in each lab: {} Gbit/s (spread {:.0}% between the labs: how noisy these figures are)",
+            bares
+                .iter()
+                .map(|(m, b)| format!("{m} {b:.2}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            (hi - lo) / hi * 100.0
+        );
+    }
+    let of = |mode: &str| {
+        measured
+            .iter()
+            .find(|(m, _)| *m == mode)
+            .and_then(|(_, r)| r.as_ref().ok())
+    };
+    if let (Some(stack), Some(redirect)) = (of("ipip"), of("ipip-redirect")) {
+        let across = ROUTES
+            .iter()
+            .position(|r| *r == Route::AcrossNodes)
+            .expect("a route");
+        let show = |r: Option<f64>| r.map_or("-".into(), |r| format!("{r:.3}x"));
+        println!(
+            "direct redirect vs the stack, pod -> pod across nodes, in one lab (its agents restarted \
+             with the other setting between the two): the median over the rounds of redirect / stack: \
+             throughput {}, request/response {}",
+            show(paired_ratio(
+                &redirect.streams[across],
+                &stack.streams[across]
+            )),
+            show(paired_ratio(
+                &redirect.transactions[across],
+                &stack.transactions[across]
+            )),
+        );
+    }
     println!(
-        "{:<6} {:<46} {:>8} {:>8} {:>13} {:>6}",
-        "mode", "path", "Gbit/s", "vs bare", "min-max", "MSS"
+        "load average (1 min) {} before, {} after, on {} CPUs: other work on the machine lowers and scatters the figures",
+        load_before,
+        load_average(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    let mut bares: Vec<(&str, f64)> = Vec::new();
-    for mode in modes {
-        let rows = match measure_mode(mode, seconds, rounds) {
-            Ok(rows) => rows,
+}
+
+/// What one mode's lab measured: per route (in the order of [`ROUTES`]),
+/// each round's iperf3 stream and request/response rate.
+struct Measured {
+    streams: Vec<Vec<Result<Stream, String>>>,
+    transactions: Vec<Vec<Result<Transactions, String>>>,
+}
+
+/// Prints one table (`unit`: the rate column's heading) over every mode's
+/// samples as `pick` chooses them.
+fn print_table<T: Rate>(
+    unit: &str,
+    measured: &[(&str, Result<Measured, String>)],
+    pick: impl Fn(&Measured) -> &Vec<Vec<Result<T, String>>>,
+) {
+    println!(
+        "{:<13} {:<46} {:>8} {:>8} {:>13} {:>6}",
+        "mode", "path", unit, "vs bare", "min-max", "MSS"
+    );
+    for (mode, result) in measured {
+        let rows = match result {
+            Ok(m) => pick(m),
             Err(e) => {
                 for route in ROUTES {
-                    print_row(mode, route, &[], None);
+                    print_row::<T>(mode, route, &[], None);
                 }
                 print_error(&format!("the {mode} lab did not come up: {e}"));
                 continue;
             }
         };
-        if let Some(b) = median(rates(&rows[0])) {
-            bares.push((mode, b));
-        }
-        for (route, samples) in ROUTES.into_iter().zip(&rows) {
+        for (route, samples) in ROUTES.into_iter().zip(rows) {
             print_row(mode, route, samples, paired_ratio(samples, &rows[0]));
             // Each distinct error once (a failing path usually fails alike every round).
             let mut errors: Vec<&str> = Vec::new();
@@ -651,28 +738,6 @@ fn throughput(seconds: u32, rounds: u32, modes: &[String]) {
             }
         }
     }
-    if bares.len() > 1 {
-        let (lo, hi) = bares
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(lo, hi), &(_, b)| {
-                (lo.min(b), hi.max(b))
-            });
-        println!(
-            "bare underlay in each lab: {} Gbit/s (spread {:.0}% between the labs: how noisy these figures are)",
-            bares
-                .iter()
-                .map(|(m, b)| format!("{m} {b:.2}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-            (hi - lo) / hi * 100.0
-        );
-    }
-    println!(
-        "load average (1 min) {} before, {} after, on {} CPUs: other work on the machine lowers and scatters the figures",
-        load_before,
-        load_average(),
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    );
 }
 
 /// The first figure of /proc/loadavg.
@@ -683,30 +748,56 @@ fn load_average() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
+/// A measurement's rate, as its table shows it.
+trait Rate {
+    /// In the table's unit (Gbit/s, thousands of transactions per second).
+    fn rate(&self) -> f64;
+    /// The MSS the measurement saw, if it tells.
+    fn mss(&self) -> Option<u64> {
+        None
+    }
+}
+
+impl Rate for Stream {
+    fn rate(&self) -> f64 {
+        self.bits_per_second / 1e9
+    }
+
+    fn mss(&self) -> Option<u64> {
+        self.mss
+    }
+}
+
+impl Rate for Transactions {
+    fn rate(&self) -> f64 {
+        self.per_second / 1e3
+    }
+}
+
 /// One table row: the median of the rounds that succeeded, the ratio to
 /// the bare underlay, their range and the MSS; "error" if no round did.
-fn print_row(mode: &str, route: Route, samples: &[Result<Stream, String>], ratio: Option<f64>) {
-    let row = |gbit: String, ratio: String, range: String, mss: String| {
+fn print_row<T: Rate>(mode: &str, route: Route, samples: &[Result<T, String>], ratio: Option<f64>) {
+    let row = |rate: String, ratio: String, range: String, mss: String| {
         println!(
-            "{:<6} {:<46} {:>8} {:>8} {:>13} {:>6}",
+            "{:<13} {:<46} {:>8} {:>8} {:>13} {:>6}",
             mode,
             route.label(),
-            gbit,
+            rate,
             ratio,
             range,
             mss
         )
     };
-    let gbit = rates(samples);
-    let Some(median) = median(gbit.clone()) else {
+    let values = rates(samples);
+    let Some(median) = median(values.clone()) else {
         row("error".into(), "-".into(), "-".into(), "-".into());
         return;
     };
-    let lo = gbit.iter().copied().fold(f64::MAX, f64::min);
-    let hi = gbit.iter().copied().fold(f64::MIN, f64::max);
+    let lo = values.iter().copied().fold(f64::MAX, f64::min);
+    let hi = values.iter().copied().fold(f64::MIN, f64::max);
     let mss = samples
         .iter()
-        .find_map(|s| s.as_ref().ok().and_then(|s| s.mss))
+        .find_map(|s| s.as_ref().ok().and_then(Rate::mss))
         .map_or("-".into(), |m| m.to_string());
     row(
         format!("{median:.2}"),
@@ -716,29 +807,24 @@ fn print_row(mode: &str, route: Route, samples: &[Result<Stream, String>], ratio
     );
 }
 
-/// The rates of the rounds that succeeded, in Gbit/s.
-fn rates(samples: &[Result<Stream, String>]) -> Vec<f64> {
+/// The rates of the rounds that succeeded, in the table's unit.
+fn rates<T: Rate>(samples: &[Result<T, String>]) -> Vec<f64> {
     samples
         .iter()
-        .filter_map(|s| s.as_ref().ok().map(|s| s.bits_per_second / 1e9))
+        .filter_map(|s| s.as_ref().ok().map(Rate::rate))
         .collect()
 }
 
 /// The median over the rounds where both succeeded of `samples[r] / bare[r]`:
 /// pairing each stream with the bare stream of its own round cancels the
 /// machine's slower drifts.
-fn paired_ratio(
-    samples: &[Result<Stream, String>],
-    bare: &[Result<Stream, String>],
-) -> Option<f64> {
+fn paired_ratio<T: Rate>(samples: &[Result<T, String>], bare: &[Result<T, String>]) -> Option<f64> {
     median(
         samples
             .iter()
             .zip(bare)
             .filter_map(|pair| match pair {
-                (Ok(s), Ok(b)) if b.bits_per_second > 0.0 => {
-                    Some(s.bits_per_second / b.bits_per_second)
-                }
+                (Ok(s), Ok(b)) if b.rate() > 0.0 => Some(s.rate() / b.rate()),
                 _ => None,
             })
             .collect(),
@@ -770,15 +856,74 @@ fn print_error(e: &str) {
     }
 }
 
-/// One mode's lab, up for `rounds` rounds of the streams of [`ROUTES`]
-/// and down again (also when something fails). Ok: each route's samples,
-/// in the order of [`ROUTES`]. Err: the lab did not come up.
-fn measure_mode(
-    mode: &str,
+/// A lab the throughput section brings up: its name, its `lab up`
+/// flags, and the modes measured in it, each with the `--direct-redirect`
+/// its agents run with (`None`: the lab's own).
+#[derive(Debug, PartialEq)]
+struct LabPlan<'a> {
+    name: String,
+    flags: Vec<&'a str>,
+    modes: Vec<(&'a str, Option<bool>)>,
+}
+
+/// One lab per mode, in the order asked; except that ipip and
+/// ipip-redirect share one lab when both are asked for: its agents are
+/// restarted with the other `--direct-redirect` between the two (`weftctl
+/// lab agent start --direct-redirect`), so that the comparison is made on
+/// the same namespaces, round by round, and not blurred by two labs'
+/// differences.
+fn lab_plans(modes: &[String]) -> Vec<LabPlan<'_>> {
+    let asked = |m: &str| modes.iter().any(|x| x == m);
+    let both = asked("ipip") && asked("ipip-redirect");
+    let mut plans = Vec::new();
+    for mode in modes {
+        let mode = mode.as_str();
+        match mode {
+            "ipip-redirect" if both => {}
+            "ipip" if both => plans.push(LabPlan {
+                name: "wbench-tput-ipip".into(),
+                flags: lab_up_flags("ipip"),
+                modes: vec![("ipip", Some(false)), ("ipip-redirect", Some(true))],
+            }),
+            _ => plans.push(LabPlan {
+                name: format!("wbench-tput-{mode}"),
+                flags: lab_up_flags(mode),
+                modes: vec![(mode, None)],
+            }),
+        }
+    }
+    plans
+}
+
+/// Every plan's lab, up for `rounds` rounds of the streams and
+/// request/response runs of [`ROUTES`] in each of its modes, and down
+/// again (also when something fails); each mode's measurements, in the
+/// order of the plans (an error for each mode of a lab that did not come
+/// up).
+fn measure_modes(
+    modes: &[String],
     seconds: u32,
     rounds: u32,
-) -> Result<Vec<Vec<Result<Stream, String>>>, String> {
-    let lab = bench_lab(&format!("wbench-tput-{mode}"), 2, 2, &["--encap", mode])?;
+) -> Vec<(&str, Result<Measured, String>)> {
+    let mut measured = Vec::new();
+    for plan in lab_plans(modes) {
+        match measure_lab(&plan, seconds, rounds) {
+            Ok(per_mode) => measured.extend(
+                plan.modes
+                    .iter()
+                    .map(|(mode, _)| *mode)
+                    .zip(per_mode.into_iter().map(Ok)),
+            ),
+            Err(e) => measured.extend(plan.modes.iter().map(|(mode, _)| (*mode, Err(e.clone())))),
+        }
+    }
+    measured
+}
+
+/// One plan's lab: each of its modes' measurements, in the plan's order.
+/// Err: the lab did not come up.
+fn measure_lab(plan: &LabPlan, seconds: u32, rounds: u32) -> Result<Vec<Measured>, String> {
+    let lab = bench_lab(&plan.name, 2, 2, &plan.flags)?;
     let out = lab.ctl(&["lab", "status", "--json"]);
     if !out.status.success() {
         return Err(format!("lab status: {}", show(&out)));
@@ -810,15 +955,180 @@ fn measure_mode(
         };
         Ok((from, to, to_ip))
     };
-    let mut samples: Vec<Vec<Result<Stream, String>>> = ROUTES.iter().map(|_| Vec::new()).collect();
-    for _ in 0..rounds {
-        for (i, route) in ROUTES.into_iter().enumerate() {
-            samples[i]
-                .push(ends(route).and_then(|(from, to, to_ip)| iperf3(to, to_ip, from, seconds)));
+    let mut measured: Vec<Measured> = plan
+        .modes
+        .iter()
+        .map(|_| Measured {
+            streams: ROUTES.iter().map(|_| Vec::new()).collect(),
+            transactions: ROUTES.iter().map(|_| Vec::new()).collect(),
+        })
+        .collect();
+    // The lab's own setting: the one `lab up` gave the agents.
+    let mut running = plan
+        .flags
+        .iter()
+        .position(|f| *f == "--direct-redirect")
+        .and_then(|i| plan.flags.get(i + 1))
+        .map(|v| *v == "true");
+    for round in 0..rounds {
+        // Every other round in the other order (ABBA): a drift of the
+        // machine's speed over the run weighs on both modes alike.
+        let mut order: Vec<usize> = (0..plan.modes.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for m in order {
+            let switched = match plan.modes[m].1 {
+                Some(on) if running != Some(on) => {
+                    let switched = switch_direct_redirect(&lab, on);
+                    running = switched.is_ok().then_some(on);
+                    switched
+                }
+                _ => Ok(()),
+            };
+            for (i, route) in ROUTES.into_iter().enumerate() {
+                let ends = || switched.clone().and_then(|()| ends(route));
+                measured[m].streams[i]
+                    .push(ends().and_then(|(from, to, to_ip)| iperf3(to, to_ip, from, seconds)));
+                measured[m].transactions[i].push(
+                    ends().and_then(|(from, to, to_ip)| request_response(to, to_ip, from, seconds)),
+                );
+            }
         }
     }
     drop(lab);
-    Ok(samples)
+    Ok(measured)
+}
+
+/// Restarts both nodes' agents with `--direct-redirect on` (the
+/// dataplane keeps forwarding while they restart; the first pass of each
+/// new agent writes the setting to its uplink program's config).
+fn switch_direct_redirect(lab: &Lab, on: bool) -> Result<(), String> {
+    let on = on.to_string();
+    for node in ["node1", "node2"] {
+        let out = lab.ctl(&["lab", "agent", "stop", node]);
+        if !out.status.success() {
+            return Err(format!("lab agent stop {node}: {}", show(&out)));
+        }
+        let out = lab.ctl(&["lab", "agent", "start", node, "--direct-redirect", &on]);
+        if !out.status.success() {
+            return Err(format!(
+                "lab agent start {node} --direct-redirect {on}: {}",
+                show(&out)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).map_err(std::io::Error::from)?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).map_err(std::io::Error::from)
+}
+
+/// One request/response run's rate.
+#[derive(Debug, PartialEq)]
+struct Transactions {
+    per_second: f64,
+}
+
+/// The TCP port of the request/response server (iperf3 has 5201).
+const RR_PORT: u16 = 5299;
+
+/// One request/response run (netperf's TCP_RR): a server on `server_ip`
+/// in `server_netns` answers each byte with one byte; a client in
+/// `client_netns` sends one and waits for the answer, over one connection
+/// with Nagle off, for `seconds`. Both run on CPU 0, so the rate is the
+/// inverse of a transaction's CPU cost (two wake-ups on one CPU are cheap;
+/// across CPUs, in a VM, they would dominate). Sockets are made by threads
+/// inside the namespaces (`weft_dataplane::netns::run_in`).
+fn request_response(
+    server_netns: &str,
+    server_ip: &str,
+    client_netns: &str,
+    seconds: u32,
+) -> Result<Transactions, String> {
+    use std::io::Write;
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    let netns = |name: &str| Path::new("/run/netns").join(name);
+    let ip: Ipv4Addr = server_ip.parse().map_err(|e| format!("{server_ip}: {e}"))?;
+    let addr = SocketAddr::from((ip, RR_PORT));
+    let listener =
+        weft_dataplane::netns::run_in(&netns(server_netns), move || TcpListener::bind(addr))
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("request/response server on {addr} in {server_netns}: {e}"))?;
+    let server = std::thread::spawn(move || -> std::io::Result<()> {
+        pin_to_cpu(0)?;
+        // Not forever: the client may never come.
+        listener.set_nonblocking(true)?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut stream = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(Duration::from_secs(u64::from(seconds) + 10)))?;
+        stream.set_nodelay(true)?;
+        let mut byte = [0u8; 1];
+        // Until the client closes (0 bytes read).
+        while stream.read(&mut byte)? == 1 {
+            stream.write_all(&byte)?;
+        }
+        Ok(())
+    });
+    let client = weft_dataplane::netns::run_in(&netns(client_netns), move || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+    })
+    .map_err(|e| e.to_string())?;
+    // On a thread of its own: the pin must not reach the processes this
+    // thread starts later (a child inherits its parent thread's CPUs).
+    let result = std::thread::spawn(move || -> std::io::Result<f64> {
+        let mut stream = client?;
+        pin_to_cpu(0)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let mut byte = [0u8; 1];
+        let started = Instant::now();
+        let until = started + Duration::from_secs(u64::from(seconds));
+        let mut done = 0u64;
+        while Instant::now() < until {
+            for _ in 0..100 {
+                stream.write_all(&byte)?;
+                stream.read_exact(&mut byte)?;
+            }
+            done += 100;
+        }
+        Ok(done as f64 / started.elapsed().as_secs_f64())
+    })
+    .join()
+    .map_err(|_| "the request/response client panicked".to_string())?
+    .map_err(|e| format!("request/response client in {client_netns} to {addr}: {e}"));
+    // The client's stream is closed by now: the server sees the end.
+    let served = server
+        .join()
+        .map_err(|_| "the request/response server panicked".to_string())?;
+    let per_second = result?;
+    served.map_err(|e| format!("request/response server in {server_netns}: {e}"))?;
+    Ok(Transactions { per_second })
+}
+
+/// The `lab up` flags of a throughput mode: ipip names the direct
+/// redirect's setting explicitly either way, whatever the agent's default.
+fn lab_up_flags(mode: &str) -> Vec<&str> {
+    match mode {
+        "ipip" => vec!["--encap", "ipip", "--direct-redirect", "false"],
+        "ipip-redirect" => vec!["--encap", "ipip", "--direct-redirect", "true"],
+        other => vec!["--encap", other],
+    }
 }
 
 /// A child process killed (SIGKILL to its own pid) and reaped when dropped.
@@ -1030,7 +1340,31 @@ mod tests {
         let all = parse_args(&[], none).unwrap();
         assert_eq!(all.sections, ["cni", "bgp", "throughput"]);
         assert_eq!((all.seconds, all.rounds), (SECONDS, THROUGHPUT_ROUNDS));
-        assert_eq!(all.modes, ["ipip", "vxlan", "none"]);
+        assert_eq!(all.modes, ["ipip", "ipip-redirect", "vxlan", "none"]);
+        assert_eq!(
+            lab_up_flags("ipip-redirect"),
+            ["--encap", "ipip", "--direct-redirect", "true"]
+        );
+        assert_eq!(
+            lab_up_flags("ipip"),
+            ["--encap", "ipip", "--direct-redirect", "false"]
+        );
+        assert_eq!(lab_up_flags("vxlan"), ["--encap", "vxlan"]);
+        let modes = args(&["vxlan", "ipip-redirect", "ipip"]);
+        let plans = lab_plans(&modes);
+        assert_eq!(
+            plans.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            ["wbench-tput-vxlan", "wbench-tput-ipip"]
+        );
+        assert_eq!(
+            plans[1].modes,
+            [("ipip", Some(false)), ("ipip-redirect", Some(true))]
+        );
+        assert_eq!(plans[0].modes, [("vxlan", None)]);
+        let modes = args(&["ipip-redirect"]);
+        let alone = lab_plans(&modes);
+        assert_eq!(alone[0].name, "wbench-tput-ipip-redirect");
+        assert_eq!(alone[0].modes, [("ipip-redirect", None)]);
 
         let env = |k: &str| match k {
             "WEFT_BENCH_SECTIONS" => Some("bgp".to_string()),

@@ -114,6 +114,8 @@ pub struct UpOptions {
     pub route_reflectors: Vec<String>,
     pub encap: state::Encap,
     pub cross_subnet: bool,
+    /// The agents' `--direct-redirect`; `None`: the agent's default.
+    pub direct_redirect: Option<bool>,
 }
 
 /// Builds the lab from scratch (tearing down a previous one of that name).
@@ -137,6 +139,7 @@ pub fn up(lab: &LabRef, options: &UpOptions) -> Result<LabState> {
     state.route_reflectors = route_reflectors;
     state.encap = options.encap;
     state.cross_subnet = options.cross_subnet;
+    state.direct_redirect = options.direct_redirect;
     let built = state.save().and_then(|()| build(&mut state, options));
     match built {
         Ok(()) => Ok(state),

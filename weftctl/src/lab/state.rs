@@ -39,6 +39,10 @@ pub struct LabState {
     /// Encapsulate only towards nodes outside a node's underlay subnet.
     #[serde(default)]
     pub cross_subnet: bool,
+    /// The agents' `--direct-redirect`; `None` leaves it to the agent's
+    /// default (the flag is not passed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_redirect: Option<bool>,
     pub fabric: Fabric,
     pub nodes: Vec<Node>,
     pub pods: Vec<Pod>,
@@ -169,6 +173,7 @@ impl LabState {
             route_reflectors: Vec::new(),
             encap: Encap::default(),
             cross_subnet: false,
+            direct_redirect: None,
             fabric: Fabric {
                 netns: plan::fabric_netns(lab),
                 bridge: plan::BRIDGE.to_string(),
@@ -237,6 +242,12 @@ impl LabState {
         ]
         .into_iter()
         .chain(self.cross_subnet.then(|| "--cross-subnet".to_string()))
+        .chain(
+            self.direct_redirect
+                .map(|on| ["--direct-redirect".into(), on.to_string()])
+                .into_iter()
+                .flatten(),
+        )
         .chain(
             (!self.route_reflectors.is_empty())
                 .then(|| ["--route-reflectors".into(), self.route_reflectors.join(",")])
@@ -399,6 +410,16 @@ mod tests {
             args.contains("--encap vxlan --routing bgp --cross-subnet"),
             "{args}"
         );
+        assert!(!args.contains("--direct-redirect"), "{args}");
+        for on in [true, false] {
+            let mut ipip = state.clone();
+            ipip.direct_redirect = Some(on);
+            let args = ipip.agent_args(ipip.node("node1").unwrap()).join(" ");
+            assert!(
+                args.ends_with(&format!("--routing bgp --direct-redirect {on}")),
+                "{args}"
+            );
+        }
         let mut state = state;
         state.route_reflectors = vec!["node1".into(), "node2".into()];
         let args = state.agent_args(state.node("node2").unwrap());
