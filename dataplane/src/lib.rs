@@ -9,6 +9,7 @@
 //! - [`bpf`]: loading, pinning and attaching the eBPF programs and their maps.
 
 pub mod bpf;
+pub mod kernel;
 pub mod link;
 pub mod names;
 pub mod netns;

@@ -13,6 +13,7 @@
 //! route via it (onlink) and a permanent neighbour entry for it, so the pod
 //! never needs ARP to leave.
 
+use crate::kernel::{KernelError, errno};
 use std::fmt;
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
@@ -58,13 +59,8 @@ pub enum LinkError {
         netns: Option<PathBuf>,
     },
     /// The kernel refused a request.
-    #[error("{op} {object}: {source}")]
-    Kernel {
-        op: &'static str,
-        object: String,
-        #[source]
-        source: rtnetlink::Error,
-    },
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
     /// A link the kernel reported has no usable Ethernet address.
     #[error("interface {name} has no Ethernet address")]
     NoMacAddress { name: String },
@@ -81,24 +77,6 @@ fn in_netns(netns: &Option<PathBuf>) -> String {
     match netns {
         Some(path) => format!(" in network namespace {}", path.display()),
         None => String::new(),
-    }
-}
-
-impl LinkError {
-    fn kernel(op: &'static str, object: impl Into<String>, source: rtnetlink::Error) -> Self {
-        LinkError::Kernel {
-            op,
-            object: object.into(),
-            source,
-        }
-    }
-}
-
-/// The errno of a netlink error reply, positive (`EEXIST`, `ENODEV`, ...).
-fn errno(err: &rtnetlink::Error) -> Option<i32> {
-    match err {
-        rtnetlink::Error::NetlinkError(msg) => Some(msg.raw_code().abs()),
-        _ => None,
     }
 }
 
@@ -270,7 +248,7 @@ impl Netlink {
             Ok(Some(msg)) => Ok(Some(LinkState::from_message(&msg))),
             Ok(None) => Ok(None),
             Err(e) if errno(&e).is_some_and(|n| NOT_THERE.contains(&n)) => Ok(None),
-            Err(e) => Err(LinkError::kernel("look up link", name, e)),
+            Err(e) => Err(KernelError::new("look up link", name, e).into()),
         }
     }
 
@@ -291,7 +269,7 @@ impl Netlink {
         while let Some(msg) = replies
             .try_next()
             .await
-            .map_err(|e| LinkError::kernel("list links", prefix, e))?
+            .map_err(|e| KernelError::new("list links", prefix, e))?
         {
             let link = LinkState::from_message(&msg);
             if link.name.starts_with(prefix) {
@@ -311,7 +289,7 @@ impl Netlink {
             Ok(()) => Ok(true),
             // Gone between the lookup and the delete: someone else won.
             Err(e) if errno(&e).is_some_and(|n| NOT_THERE.contains(&n)) => Ok(false),
-            Err(e) => Err(LinkError::kernel("delete link", name, e)),
+            Err(e) => Err(KernelError::new("delete link", name, e).into()),
         }
     }
 
@@ -323,7 +301,7 @@ impl Netlink {
             .set(LinkUnspec::new_with_index(link.index).up().build())
             .execute()
             .await
-            .map_err(|e| LinkError::kernel("set link up", name, e))?;
+            .map_err(|e| KernelError::new("set link up", name, e))?;
         self.require_link(name).await
     }
 
@@ -358,11 +336,12 @@ impl Netlink {
                 name: format!("{host_ifname} (or {pod_ifname} in {})", pod_netns.display()),
                 netns: self.netns.clone(),
             }),
-            Err(e) => Err(LinkError::kernel(
-                "create veth",
-                format!("{host_ifname}/{pod_ifname}"),
-                e,
-            )),
+            Err(e) => {
+                Err(
+                    KernelError::new("create veth", format!("{host_ifname}/{pod_ifname}"), e)
+                        .into(),
+                )
+            }
         }
     }
 
@@ -387,7 +366,7 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| {
-                LinkError::kernel("add address", object(&format!("{address}/{prefix_len}")), e)
+                KernelError::new("add address", object(&format!("{address}/{prefix_len}")), e)
             })?;
         // The gateway is on no subnet of the pod: reach it through the link.
         // Protocol "boot", as `ip route add` and other CNI plugins use: these
@@ -404,7 +383,7 @@ impl Netlink {
             .replace()
             .execute()
             .await
-            .map_err(|e| LinkError::kernel("add route", object(&format!("{gateway}/32")), e))?;
+            .map_err(|e| KernelError::new("add route", object(&format!("{gateway}/32")), e))?;
         let default_route = RouteMessageBuilder::<Ipv4Addr>::new()
             .gateway(gateway)
             .output_interface(index)
@@ -418,7 +397,7 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| {
-                LinkError::kernel("add route", object(&format!("default via {gateway}")), e)
+                KernelError::new("add route", object(&format!("default via {gateway}")), e)
             })?;
         self.handle
             .neighbours()
@@ -428,7 +407,7 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| {
-                LinkError::kernel(
+                KernelError::new(
                     "add neighbour",
                     object(&format!("{gateway} lladdr {gateway_mac}")),
                     e,
@@ -453,7 +432,7 @@ impl Netlink {
         while let Some(msg) = replies
             .try_next()
             .await
-            .map_err(|e| LinkError::kernel("list addresses", ifname, e))?
+            .map_err(|e| KernelError::new("list addresses", ifname, e))?
         {
             if msg.header.family != AddressFamily::Inet || msg.header.index != link.index {
                 continue;
@@ -473,7 +452,7 @@ impl Netlink {
         while let Some(msg) = replies
             .try_next()
             .await
-            .map_err(|e| LinkError::kernel("list routes", ifname, e))?
+            .map_err(|e| KernelError::new("list routes", ifname, e))?
         {
             if let Some(route) = route_state(&msg).filter(|r| r.output_index == Some(link.index)) {
                 routes.push(route);

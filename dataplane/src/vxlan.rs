@@ -19,6 +19,7 @@
 //! The device belongs to Weft, so every FDB entry and every permanent
 //! neighbour entry on it is Weft's: the shell lists and removes exactly those.
 
+use crate::kernel::{KernelError, errno};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
@@ -346,34 +347,11 @@ pub enum VxlanError {
     #[error(transparent)]
     Netns(#[from] NetnsError),
     /// The kernel refused a request.
-    #[error("{op} {object}: {source}")]
-    Kernel {
-        op: &'static str,
-        object: String,
-        #[source]
-        source: rtnetlink::Error,
-    },
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
     /// The device was created but cannot be found afterwards.
     #[error("vxlan device {name} vanished right after it was created")]
     Vanished { name: String },
-}
-
-impl VxlanError {
-    fn kernel(op: &'static str, object: impl Into<String>, source: rtnetlink::Error) -> Self {
-        VxlanError::Kernel {
-            op,
-            object: object.into(),
-            source,
-        }
-    }
-}
-
-/// The errno of a netlink error reply, positive.
-fn errno(err: &rtnetlink::Error) -> Option<i32> {
-    match err {
-        rtnetlink::Error::NetlinkError(msg) => Some(msg.raw_code().abs()),
-        _ => None,
-    }
 }
 
 /// The object of a delete is already gone (or its device is).
@@ -415,7 +393,7 @@ impl Vxlan {
         match replies.try_next().await {
             Ok(msg) => Ok(msg),
             Err(e) if errno(&e).is_some_and(|n| n == libc::ENODEV || n == libc::ENOENT) => Ok(None),
-            Err(e) => Err(VxlanError::kernel("look up link", name, e)),
+            Err(e) => Err(KernelError::new("look up link", name, e).into()),
         }
     }
 
@@ -434,7 +412,7 @@ impl Vxlan {
         while let Some(msg) = replies
             .try_next()
             .await
-            .map_err(|e| VxlanError::kernel("list addresses", name, e))?
+            .map_err(|e| KernelError::new("list addresses", name, e))?
         {
             if msg.header.family != AddressFamily::Inet || msg.header.index != state.ifindex {
                 continue;
@@ -478,7 +456,7 @@ impl Vxlan {
                     match self.handle.link().del(ifindex).execute().await {
                         Ok(()) => {}
                         Err(e) if already_gone(&e) => {}
-                        Err(e) => return Err(VxlanError::kernel("delete link", &spec.name, e)),
+                        Err(e) => return Err(KernelError::new("delete link", &spec.name, e).into()),
                     }
                     self.create(spec).await?;
                 }
@@ -518,7 +496,7 @@ impl Vxlan {
             .add(message)
             .execute()
             .await
-            .map_err(|e| VxlanError::kernel("create vxlan device", &spec.name, e))
+            .map_err(|e| KernelError::new("create vxlan device", &spec.name, e).into())
     }
 
     async fn update(
@@ -543,7 +521,7 @@ impl Vxlan {
                 .set(builder.build())
                 .execute()
                 .await
-                .map_err(|e| VxlanError::kernel("set link", &spec.name, e))?;
+                .map_err(|e| KernelError::new("set link", &spec.name, e))?;
         }
         if let Some(ip) = update.add_address {
             self.handle
@@ -553,7 +531,7 @@ impl Vxlan {
                 .execute()
                 .await
                 .map_err(|e| {
-                    VxlanError::kernel("add address", format!("{ip}/32 on {}", spec.name), e)
+                    KernelError::new("add address", format!("{ip}/32 on {}", spec.name), e)
                 })?;
         }
         for net in &update.remove_addresses {
@@ -565,11 +543,12 @@ impl Vxlan {
                 Ok(()) => {}
                 Err(e) if errno(&e) == Some(libc::EADDRNOTAVAIL) || already_gone(&e) => {}
                 Err(e) => {
-                    return Err(VxlanError::kernel(
+                    return Err(KernelError::new(
                         "remove address",
                         format!("{net} on {}", spec.name),
                         e,
-                    ));
+                    )
+                    .into());
                 }
             }
         }
@@ -585,7 +564,7 @@ impl Vxlan {
         match self.handle.link().del(msg.header.index).execute().await {
             Ok(()) => Ok(true),
             Err(e) if already_gone(&e) => Ok(false),
-            Err(e) => Err(VxlanError::kernel("delete link", name, e)),
+            Err(e) => Err(KernelError::new("delete link", name, e).into()),
         }
     }
 
@@ -602,7 +581,7 @@ impl Vxlan {
         while let Some(msg) = replies
             .try_next()
             .await
-            .map_err(|e| VxlanError::kernel("list fdb entries", format!("ifindex {ifindex}"), e))?
+            .map_err(|e| KernelError::new("list fdb entries", format!("ifindex {ifindex}"), e))?
         {
             if msg.header.family != AddressFamily::Bridge || msg.header.ifindex != ifindex {
                 continue;
@@ -629,11 +608,12 @@ impl Vxlan {
             .execute()
             .await
             .map_err(|e| {
-                VxlanError::kernel(
+                KernelError::new(
                     "set fdb entry",
                     format!("{} dst {} (ifindex {ifindex})", entry.mac, entry.remote),
                     e,
                 )
+                .into()
             })
     }
 
@@ -652,11 +632,12 @@ impl Vxlan {
         match self.handle.neighbours().del(msg).execute().await {
             Ok(()) => Ok(true),
             Err(e) if already_gone(&e) => Ok(false),
-            Err(e) => Err(VxlanError::kernel(
+            Err(e) => Err(KernelError::new(
                 "remove fdb entry",
                 format!("{} dst {} (ifindex {ifindex})", entry.mac, entry.remote),
                 e,
-            )),
+            )
+            .into()),
         }
     }
 
@@ -672,7 +653,7 @@ impl Vxlan {
             .execute();
         let mut entries = Vec::new();
         while let Some(msg) = replies.try_next().await.map_err(|e| {
-            VxlanError::kernel("list neighbour entries", format!("ifindex {ifindex}"), e)
+            KernelError::new("list neighbour entries", format!("ifindex {ifindex}"), e)
         })? {
             if msg.header.family != AddressFamily::Inet
                 || msg.header.ifindex != ifindex
@@ -705,11 +686,12 @@ impl Vxlan {
             .execute()
             .await
             .map_err(|e| {
-                VxlanError::kernel(
+                KernelError::new(
                     "set neighbour entry",
                     format!("{} lladdr {} (ifindex {ifindex})", entry.ip, entry.mac),
                     e,
                 )
+                .into()
             })
     }
 
@@ -722,11 +704,12 @@ impl Vxlan {
         match self.handle.neighbours().del(msg).execute().await {
             Ok(()) => Ok(true),
             Err(e) if already_gone(&e) => Ok(false),
-            Err(e) => Err(VxlanError::kernel(
+            Err(e) => Err(KernelError::new(
                 "remove neighbour entry",
                 format!("{ip} (ifindex {ifindex})"),
                 e,
-            )),
+            )
+            .into()),
         }
     }
 
