@@ -25,6 +25,9 @@
 //! Frames stay within [`MAX_FRAME_LEN`], what `BPF_PROG_TEST_RUN` accepts
 //! for an skb.
 
+use weft_common::ipv4::checksum;
+use weft_twin::wire::fix_ipv4_checksum;
+
 /// The largest frame generated: `BPF_PROG_TEST_RUN` copies an skb's data
 /// into one page with room for headroom and `skb_shared_info` (about 3.7 KB
 /// on 4 KiB pages).
@@ -137,18 +140,6 @@ pub struct Frame {
     pub bytes: Vec<u8>,
 }
 
-/// Internet checksum (RFC 1071) of `bytes`.
-pub fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for chunk in bytes.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// An IPv4 packet to build. [`Ipv4Spec::build`] writes a correct header
 /// (checksum included) unless told otherwise.
 #[derive(Clone, Debug)]
@@ -216,21 +207,6 @@ impl Ipv4Spec {
         p.extend_from_slice(&self.payload);
         p
     }
-}
-
-/// Recomputes the checksum of the IPv4 header at the start of `packet`
-/// (after the caller changed a field), as far as the header is there.
-pub fn fix_checksum(packet: &mut [u8]) {
-    let Some(&first) = packet.first() else {
-        return;
-    };
-    let len = (usize::from(first & 0x0f) * 4).min(packet.len());
-    if len < 12 {
-        return;
-    }
-    packet[10..12].fill(0);
-    let c = checksum(&packet[..len]);
-    packet[10..12].copy_from_slice(&c.to_be_bytes());
 }
 
 /// An Ethernet II frame with fixed, locally administered MACs.
@@ -464,7 +440,7 @@ impl FrameGen {
                 let off = self.rng.pick(&[-20i32, -1, 1, 7, 300]);
                 let total = (i32::from(total) + off).clamp(0, 65535) as u16;
                 inner[2..4].copy_from_slice(&total.to_be_bytes());
-                fix_checksum(&mut inner);
+                fix_ipv4_checksum(&mut inner);
             }
             3 => {
                 what += ", inner truncated";
@@ -496,7 +472,7 @@ impl FrameGen {
         if self.rng.percent(4) {
             what += ", not ipip";
             packet[9] = self.rng.pick(&[PROTOCOL_TCP, PROTOCOL_UDP, 41, 47]);
-            fix_checksum(&mut packet);
+            fix_ipv4_checksum(&mut packet);
         }
         let mut bytes = ethernet(ETHERTYPE_IPV4, &packet);
         if self.rng.percent(5) {
@@ -662,7 +638,7 @@ impl FrameGen {
             1 => {
                 let version = self.rng.pick(&[0u8, 5, 6, 15]);
                 bytes[l3] = (version << 4) | (bytes[l3] & 0x0f);
-                fix_checksum(&mut bytes[l3..]);
+                fix_ipv4_checksum(&mut bytes[l3..]);
                 format!("version {version}")
             }
             2 => {
@@ -680,13 +656,13 @@ impl FrameGen {
             4 => {
                 let total = self.rng.below(20) as u16;
                 bytes[l3 + 2..l3 + 4].copy_from_slice(&total.to_be_bytes());
-                fix_checksum(&mut bytes[l3..]);
+                fix_ipv4_checksum(&mut bytes[l3..]);
                 format!("total length {total} < header")
             }
             5 => {
                 let total = (ip_len + self.rng.range(1, 100)).min(65535) as u16;
                 bytes[l3 + 2..l3 + 4].copy_from_slice(&total.to_be_bytes());
-                fix_checksum(&mut bytes[l3..]);
+                fix_ipv4_checksum(&mut bytes[l3..]);
                 format!("total length {total} > {ip_len} B in the frame")
             }
             6 => {
@@ -804,7 +780,7 @@ mod tests {
         assert_eq!(checksum(&p[..24]), 0);
         let mut q = p.clone();
         q[8] = 1;
-        fix_checksum(&mut q);
+        fix_ipv4_checksum(&mut q);
         assert_eq!(checksum(&q[..24]), 0);
     }
 }

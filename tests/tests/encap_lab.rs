@@ -12,6 +12,7 @@ use nix::sys::signal::Signal;
 use weft_dataplane::netns::run_in;
 use weft_tests::peers::{Daemon, UnderlayHost};
 use weft_tests::*;
+use weft_twin::wire;
 
 /// The lab's uplinks are veths with the default MTU.
 const UPLINK_MTU: u32 = 1500;
@@ -254,33 +255,11 @@ fn tcp_bulk(lab: &Lab) {
     assert_eq!(got, want, "bytes and hash of the bulk transfer");
 }
 
-/// The 16-bit one's complement checksum of an IPv4 header.
-fn checksum(header: &[u8]) -> u16 {
-    let mut sum: u32 = header
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// An IPv4/UDP packet `src → dst:port` carrying `body` (UDP checksum 0).
 fn udp_packet(src: Ipv4Addr, dst: Ipv4Addr, port: u16, body: &[u8]) -> Vec<u8> {
-    let total = (28 + body.len()) as u16;
-    let mut p = vec![0x45, 0, 0, 0, 0, 1, 0, 0, 64, 17, 0, 0];
-    p[2..4].copy_from_slice(&total.to_be_bytes());
-    p.extend_from_slice(&src.octets());
-    p.extend_from_slice(&dst.octets());
-    let c = checksum(&p[..20]);
-    p[10..12].copy_from_slice(&c.to_be_bytes());
-    p.extend_from_slice(&40000u16.to_be_bytes());
-    p.extend_from_slice(&port.to_be_bytes());
-    p.extend_from_slice(&(8 + body.len() as u16).to_be_bytes());
-    p.extend_from_slice(&[0, 0]);
-    p.extend_from_slice(body);
-    p
+    let (src, dst) = (src.octets(), dst.octets());
+    let udp = wire::udp_datagram(src, dst, 40000, port, body, false);
+    wire::ipv4_packet(wire::host_repr(src, dst, 17, 1, false), &udp)
 }
 
 /// Sends `inner` as IP-in-IP (the kernel adds the outer header, protocol

@@ -162,9 +162,17 @@ pub fn ipv4_payload(frame: &[u8]) -> Option<&[u8]> {
     frame.get(14..14 + usize::from(header.total_len()))
 }
 
-/// Rewrites the header checksum of the IPv4 packet at the start of `packet`.
+/// Rewrites the header checksum of the IPv4 packet at the start of
+/// `packet`, over as much of the header as is there (the frame generator
+/// hands it truncated and malformed headers too).
 pub fn fix_ipv4_checksum(packet: &mut [u8]) {
-    let len = usize::from(packet[0] & 0x0f) * 4;
+    let Some(&first) = packet.first() else {
+        return;
+    };
+    let len = (usize::from(first & 0x0f) * 4).min(packet.len());
+    if len < 12 {
+        return;
+    }
     packet[10..12].fill(0);
     let sum = checksum(&packet[..len]).to_be_bytes();
     packet[10..12].copy_from_slice(&sum);
