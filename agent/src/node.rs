@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use weft_common::maps::NodeConfig;
-use weft_dataplane::bpf::{PodGuard, UplinkPrograms};
+use weft_dataplane::bpf::{self, PodGuard, UplinkPlan, UplinkPrograms, UplinkState};
 use weft_dataplane::link::Netlink;
 use weft_dataplane::names::{HOST_IFNAME_PREFIX, is_host_ifname};
 use weft_dataplane::route::{self, RouteTable};
@@ -75,6 +75,10 @@ pub struct PassReport {
     pub routes_installed: usize,
     pub routes_removed: usize,
     pub guard_removed: usize,
+    /// Entries of the uplink programs' maps (config, nodes, pod routes)
+    /// written and removed: zero on a pass that changed nothing.
+    pub uplink_entries_written: usize,
+    pub uplink_entries_removed: usize,
     pub links_removed: Vec<String>,
     pub problems: Vec<String>,
 }
@@ -271,13 +275,33 @@ impl Node {
 
         // 1b. The tunnel's state before the routes that lead into it. The
         // uplink programs run in every mode: the config tells them which.
-        dp.tunnel.set_config(&self.tunnel_config())?;
-        for node in &desired.tunnel_peers {
-            dp.tunnel.set_node(*node)?;
+        // The maps are read once and only what differs is written (every
+        // CNI call runs a pass); their removals wait for step 3.
+        let uplink_plan = bpf::plan_uplink(
+            &UplinkState {
+                config: self.tunnel_config(),
+                nodes: desired.tunnel_peers.clone(),
+                pod_routes: desired.pod_routes.clone(),
+            },
+            &dp.tunnel.state()?,
+        );
+        if !uplink_plan.is_empty() {
+            tracing::info!(
+                config = ?uplink_plan.config,
+                add_nodes = ?uplink_plan.add_nodes,
+                set_pod_routes = ?uplink_plan.set_pod_routes,
+                remove_nodes = ?uplink_plan.remove_nodes,
+                remove_pod_routes = ?uplink_plan.remove_pod_routes,
+                "uplink maps"
+            );
         }
-        for (cidr, node) in &desired.pod_routes {
-            dp.tunnel.set_pod_route(*cidr, *node)?;
-        }
+        tracing::debug!(
+            written = uplink_plan.writes(),
+            removed = uplink_plan.removals(),
+            "uplink map entries"
+        );
+        dp.tunnel.apply_writes(&uplink_plan)?;
+        report.uplink_entries_written = uplink_plan.writes();
         if !dp.tunnel_attached {
             dp.tunnel.attach(&self.uplink.name)?;
             dp.tunnel_attached = true;
@@ -310,7 +334,9 @@ impl Node {
             dp.guard.remove_endpoint(*ifindex)?;
         }
         report.guard_removed = stale_entries.len();
-        self.remove_stale_tunnel_state(&mut dp, &desired).await?;
+        self.remove_stale_tunnel_state(&mut dp, &uplink_plan)
+            .await?;
+        report.uplink_entries_removed = uplink_plan.removals();
         for name in &desired.stale_links {
             tracing::info!(link = %name, "removing a host veth no attachment claims");
             dp.netlink.delete_link(name).await?;
@@ -402,23 +428,14 @@ impl Node {
         )
     }
 
-    /// What other modes (an earlier run's) or gone nodes left: map entries
-    /// of the uplink programs, the vxlan device outside `vxlan`.
+    /// What other modes (an earlier run's) or gone nodes left: the uplink
+    /// map entries `plan` removes, the vxlan device outside `vxlan`.
     async fn remove_stale_tunnel_state(
         &self,
         dp: &mut Dataplane,
-        desired: &calc::DesiredState,
+        plan: &UplinkPlan,
     ) -> Result<(), ReconcileError> {
-        for (cidr, _) in dp.tunnel.pod_routes()? {
-            if !desired.pod_routes.contains_key(&cidr) {
-                dp.tunnel.remove_pod_route(cidr)?;
-            }
-        }
-        for node in dp.tunnel.nodes()? {
-            if !desired.tunnel_peers.contains(&node) {
-                dp.tunnel.remove_node(node)?;
-            }
-        }
+        dp.tunnel.apply_removals(plan)?;
         if dp.other_modes_cleared {
             return Ok(());
         }

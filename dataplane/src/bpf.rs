@@ -39,6 +39,7 @@
 //! sockets and ifindexes are per namespace); bpffs pins are machine-wide,
 //! hence one pin directory per node.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
 use std::net::Ipv4Addr;
@@ -508,11 +509,133 @@ impl UplinkPrograms {
         read_counters(&self.ebpf)
     }
 
+    /// What a reconciler owns in these maps (config, nodes, pod routes),
+    /// read once per pass as the `actual` side of [`plan_uplink`].
+    pub fn state(&self) -> Result<UplinkState, BpfError> {
+        Ok(UplinkState {
+            config: self.config()?,
+            nodes: self.nodes()?.into_iter().collect(),
+            pod_routes: self.pod_routes()?.into_iter().collect(),
+        })
+    }
+
+    /// The writes of `plan`: the config, then nodes, then pod routes. Each
+    /// is an in-place upsert, so a pod CIDR whose node changed is never
+    /// missing from the map. A reconciler applies them before the routes
+    /// that lead into the tunnel.
+    pub fn apply_writes(&mut self, plan: &UplinkPlan) -> Result<(), BpfError> {
+        if let Some(config) = &plan.config {
+            self.set_config(config)?;
+        }
+        for node in &plan.add_nodes {
+            self.set_node(*node)?;
+        }
+        for (cidr, node) in &plan.set_pod_routes {
+            self.set_pod_route(*cidr, *node)?;
+        }
+        Ok(())
+    }
+
+    /// The removals of `plan`, in the reverse order of the writes: pod
+    /// routes, then nodes. A reconciler applies them after the routes into
+    /// the tunnel are gone.
+    pub fn apply_removals(&mut self, plan: &UplinkPlan) -> Result<(), BpfError> {
+        for cidr in &plan.remove_pod_routes {
+            self.remove_pod_route(*cidr)?;
+        }
+        for node in &plan.remove_nodes {
+            self.remove_node(*node)?;
+        }
+        Ok(())
+    }
+
     fn pod_routes_map_mut(
         &mut self,
     ) -> Result<LpmTrie<&mut MapData, [u8; 4], RemoteNode>, BpfError> {
         typed_map_mut(&mut self.ebpf, POD_ROUTES_MAP)
     }
+}
+
+/// The contents of the uplink programs' maps that a reconciler owns, as it
+/// wants them or as [`UplinkPrograms::state`] reads them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UplinkState {
+    /// This node's config ([`CONFIG_MAP`]; all zeroes until first written).
+    pub config: NodeConfig,
+    /// Underlay addresses tunnels are accepted from ([`NODES_MAP`]).
+    pub nodes: BTreeSet<Ipv4Addr>,
+    /// Remote pod CIDR → its node's underlay address ([`POD_ROUTES_MAP`]).
+    pub pod_routes: BTreeMap<Ipv4Network, Ipv4Addr>,
+}
+
+/// What must change in the uplink maps to turn the actual state into the
+/// desired one; see [`plan_uplink`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct UplinkPlan {
+    /// The config to write, if it differs from the map's.
+    pub config: Option<NodeConfig>,
+    /// Nodes missing from the map.
+    pub add_nodes: Vec<Ipv4Addr>,
+    /// Pod routes missing from the map or pointing at another node
+    /// (overwritten in place).
+    pub set_pod_routes: Vec<(Ipv4Network, Ipv4Addr)>,
+    /// Pod CIDRs in the map that are no longer wanted.
+    pub remove_pod_routes: Vec<Ipv4Network>,
+    /// Nodes in the map that are no longer wanted.
+    pub remove_nodes: Vec<Ipv4Addr>,
+}
+
+impl UplinkPlan {
+    pub fn is_empty(&self) -> bool {
+        self.writes() == 0 && self.removals() == 0
+    }
+
+    /// Map entries the plan writes (the config counts as one).
+    pub fn writes(&self) -> usize {
+        usize::from(self.config.is_some()) + self.add_nodes.len() + self.set_pod_routes.len()
+    }
+
+    /// Map entries the plan removes.
+    pub fn removals(&self) -> usize {
+        self.remove_pod_routes.len() + self.remove_nodes.len()
+    }
+}
+
+/// Compares the uplink maps as wanted with what they hold, so that a pass
+/// touches only what differs: the reconciler runs on every CNI call, and on
+/// a steady node the plan is empty and no entry is rewritten. Pure, like
+/// [`crate::route::plan`].
+///
+/// Desired pod CIDRs are compared by network address, as the map keys them
+/// (host bits ignored): a record written as `10.244.2.5/24` matches the
+/// entry `10.244.2.0/24` instead of being written and then removed as stale.
+pub fn plan_uplink(desired: &UplinkState, actual: &UplinkState) -> UplinkPlan {
+    let want_routes: BTreeMap<Ipv4Network, Ipv4Addr> = desired
+        .pod_routes
+        .iter()
+        .map(|(cidr, node)| (network_of(*cidr), *node))
+        .collect();
+    UplinkPlan {
+        config: (desired.config != actual.config).then_some(desired.config),
+        add_nodes: desired.nodes.difference(&actual.nodes).copied().collect(),
+        set_pod_routes: want_routes
+            .iter()
+            .filter(|(cidr, node)| actual.pod_routes.get(cidr) != Some(node))
+            .map(|(cidr, node)| (*cidr, *node))
+            .collect(),
+        remove_pod_routes: actual
+            .pod_routes
+            .keys()
+            .filter(|cidr| !want_routes.contains_key(cidr))
+            .copied()
+            .collect(),
+        remove_nodes: actual.nodes.difference(&desired.nodes).copied().collect(),
+    }
+}
+
+/// `cidr` with its host bits cleared, as the LPM map keys it.
+fn network_of(cidr: Ipv4Network) -> Ipv4Network {
+    Ipv4Network::new(cidr.network(), cidr.prefix()).expect("the prefix length is already valid")
 }
 
 /// Removes Weft's uplink filters from both directions of `uplink` (a switch
@@ -1168,5 +1291,132 @@ mod tc_filter {
             handle: u32::from(message.header.handle),
             program_id,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_common::maps::Encap;
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn net(s: &str) -> Ipv4Network {
+        s.parse().unwrap()
+    }
+
+    /// A node with two peers, each owning one pod CIDR, in mode `ipip`.
+    fn steady() -> UplinkState {
+        UplinkState {
+            config: NodeConfig::new([198, 18, 0, 11], Encap::Ipip).with_uplink_mtu(1500),
+            nodes: [ip("198.18.0.12"), ip("198.18.0.13")].into(),
+            pod_routes: [
+                (net("10.244.2.0/24"), ip("198.18.0.12")),
+                (net("10.244.3.0/24"), ip("198.18.0.13")),
+            ]
+            .into(),
+        }
+    }
+
+    #[test]
+    fn a_steady_node_writes_and_removes_nothing() {
+        let plan = plan_uplink(&steady(), &steady());
+        assert!(plan.is_empty(), "{plan:?}");
+        assert_eq!((plan.writes(), plan.removals()), (0, 0));
+    }
+
+    #[test]
+    fn an_empty_map_gets_everything() {
+        // A fresh node: the config map reads as zeroes, the others are empty.
+        let plan = plan_uplink(&steady(), &UplinkState::default());
+        assert_eq!(
+            plan,
+            UplinkPlan {
+                config: Some(steady().config),
+                add_nodes: vec![ip("198.18.0.12"), ip("198.18.0.13")],
+                set_pod_routes: steady().pod_routes.into_iter().collect(),
+                ..UplinkPlan::default()
+            }
+        );
+        assert_eq!((plan.writes(), plan.removals()), (5, 0));
+    }
+
+    #[test]
+    fn a_new_node_is_the_only_write() {
+        let mut desired = steady();
+        desired.nodes.insert(ip("198.18.0.14"));
+        desired
+            .pod_routes
+            .insert(net("10.244.4.0/24"), ip("198.18.0.14"));
+        let plan = plan_uplink(&desired, &steady());
+        assert_eq!(
+            plan,
+            UplinkPlan {
+                add_nodes: vec![ip("198.18.0.14")],
+                set_pod_routes: vec![(net("10.244.4.0/24"), ip("198.18.0.14"))],
+                ..UplinkPlan::default()
+            }
+        );
+    }
+
+    #[test]
+    fn a_cidr_that_moves_is_overwritten_not_removed() {
+        let mut desired = steady();
+        desired
+            .pod_routes
+            .insert(net("10.244.2.0/24"), ip("198.18.0.13"));
+        let plan = plan_uplink(&desired, &steady());
+        assert_eq!(
+            plan,
+            UplinkPlan {
+                set_pod_routes: vec![(net("10.244.2.0/24"), ip("198.18.0.13"))],
+                ..UplinkPlan::default()
+            }
+        );
+    }
+
+    #[test]
+    fn stale_entries_are_removed() {
+        let mut desired = steady();
+        desired.nodes.remove(&ip("198.18.0.13"));
+        desired.pod_routes.remove(&net("10.244.3.0/24"));
+        let plan = plan_uplink(&desired, &steady());
+        assert_eq!(
+            plan,
+            UplinkPlan {
+                remove_pod_routes: vec![net("10.244.3.0/24")],
+                remove_nodes: vec![ip("198.18.0.13")],
+                ..UplinkPlan::default()
+            }
+        );
+        assert_eq!((plan.writes(), plan.removals()), (0, 2));
+    }
+
+    #[test]
+    fn a_changed_config_is_written_alone() {
+        let mut desired = steady();
+        desired.config = desired.config.with_direct_redirect();
+        let plan = plan_uplink(&desired, &steady());
+        assert_eq!(
+            plan,
+            UplinkPlan {
+                config: Some(desired.config),
+                ..UplinkPlan::default()
+            }
+        );
+        assert_eq!(plan.writes(), 1);
+    }
+
+    #[test]
+    fn desired_cidrs_with_host_bits_match_the_maps_key() {
+        let mut desired = steady();
+        desired.pod_routes = [
+            (net("10.244.2.5/24"), ip("198.18.0.12")),
+            (net("10.244.3.0/24"), ip("198.18.0.13")),
+        ]
+        .into();
+        assert!(plan_uplink(&desired, &steady()).is_empty());
     }
 }
