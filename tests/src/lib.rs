@@ -189,8 +189,16 @@ impl Lab {
     }
 }
 
+/// Lines of each agent's log shown when a test fails on a lab.
+const FAILURE_LOG_LINES: usize = 60;
+
 impl Drop for Lab {
     fn drop(&mut self) {
+        // The lab and its logs are about to go: a failing test shows what
+        // the agents said, so that a failure in CI can be understood.
+        if std::thread::panicking() {
+            self.print_agent_logs();
+        }
         let out = weftctl(&["lab", "down", "--lab", &self.name]);
         if !out.status.success() {
             eprintln!(
@@ -203,6 +211,29 @@ impl Drop for Lab {
 }
 
 impl Lab {
+    /// The last lines of every agent's log of the lab, on stderr.
+    pub fn print_agent_logs(&self) {
+        let nodes = format!("/run/weft-lab/{}/nodes", self.name);
+        let Ok(entries) = std::fs::read_dir(&nodes) else {
+            return;
+        };
+        let mut logs: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path().join("agent.log"))
+            .filter(|p| p.is_file())
+            .collect();
+        logs.sort();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(FAILURE_LOG_LINES)..];
+            eprintln!("---- {} (last {} lines)", log.display(), tail.len());
+            for line in tail {
+                eprintln!("{line}");
+            }
+        }
+    }
+
     /// The agent's gRPC socket of a lab node (the lab's documented layout).
     pub fn socket(&self, node: &str) -> PathBuf {
         PathBuf::from(format!(
