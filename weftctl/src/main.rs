@@ -123,7 +123,8 @@ enum LabCommand {
     /// Build a lab from scratch (a previous lab of that name is torn down first):
     /// fabric, N nodes with their agents, M pods per node via weft-cni ADD.
     Up {
-        /// Nodes node1..nodeN: netns <lab>-node<i>, eth0 198.18.0.(10+i)/24, pod CIDR 10.244.<i>.0/24.
+        /// Nodes node1..nodeN: netns <lab>-node<i>, eth0 198.18.0.(10+i)/24 (198.18.s.(10+i)/24
+        /// with --underlay-subnets), pod CIDR 10.244.<i>.0/24.
         #[arg(long)]
         nodes: u32,
         /// Pods per node, named <node>-a, <node>-b, ... (namespace "default", label app=web).
@@ -151,10 +152,16 @@ enum LabCommand {
         /// programs, a kernel vxlan device, or native routing.
         #[arg(long, value_enum, default_value = "ipip")]
         encap: lab::state::Encap,
-        /// Encapsulate only towards nodes outside a node's underlay subnet (the lab's
-        /// nodes share one subnet, so this routes every pod packet natively).
+        /// Encapsulate only towards nodes outside a node's underlay subnet (with one
+        /// underlay subnet every pod packet is routed natively; see --underlay-subnets).
         #[arg(long)]
         cross_subnet: bool,
+        /// Underlay subnets the nodes alternate between: 1 puts every node on
+        /// 198.18.0.0/24; N (up to 4) puts node i on 198.18.((i-1) mod N).0/24 (eth0
+        /// 198.18.s.(10+i)/24), each subnet its own bridge in the fabric, joined by a router
+        /// namespace <lab>-router (198.18.s.1 on each) that nodes reach the other subnets by.
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        underlay_subnets: u32,
         /// Every agent's `--direct-redirect`: whether IP-in-IP decapsulated for a local pod
         /// is handed straight into the pod (eBPF bpf_fib_lookup + bpf_redirect_peer) or
         /// forwarded by the node's stack. Default: the agent's own default.
@@ -267,7 +274,8 @@ enum PodCommand {
 #[derive(Subcommand)]
 enum NodeCommand {
     /// Add node<N+1> (N the highest node index in use): netns <lab>-node<i> on the fabric,
-    /// eth0 198.18.0.(10+i)/24, pod CIDR 10.244.<i>.0/24, its agent started with the lab's
+    /// eth0 198.18.0.(10+i)/24 (in a lab of N underlay subnets on subnet (i-1) mod N:
+    /// 198.18.s.(10+i)/24), pod CIDR 10.244.<i>.0/24, its agent started with the lab's
     /// routing and route reflectors. Waits until the agent is ready and, unless --no-wait,
     /// until every node with a running agent routes the pod CIDR of every other such node (if the
     /// routes do not come, the node is left in place and the command fails).
@@ -395,6 +403,7 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
             encap,
             cross_subnet,
             direct_redirect,
+            underlay_subnets,
         } => {
             let started = Instant::now();
             let bin_dir = match bin_dir {
@@ -412,6 +421,7 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
                 encap,
                 cross_subnet,
                 direct_redirect,
+                underlay_subnets,
             };
             let state = lab::up(&lab, &options)?;
             print!(

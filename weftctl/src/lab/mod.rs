@@ -116,24 +116,28 @@ pub struct UpOptions {
     pub cross_subnet: bool,
     /// The agents' `--direct-redirect`; `None`: the agent's default.
     pub direct_redirect: Option<bool>,
+    /// How many underlay subnets the nodes alternate between (1: one segment).
+    pub underlay_subnets: u32,
 }
 
 /// Builds the lab from scratch (tearing down a previous one of that name).
 /// On failure everything is torn down again unless `keep_on_failure`.
 pub fn up(lab: &LabRef, options: &UpOptions) -> Result<LabState> {
     plan::check_node_count(options.nodes, options.pods_per_node)?;
+    plan::check_underlay_subnets(options.underlay_subnets)?;
     let names: Vec<String> = (1..=options.nodes).map(plan::node_name).collect();
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     let route_reflectors = plan::validate_route_reflectors(&options.route_reflectors, &names)?;
     agent::agent_path(&options.bin_dir)?;
     cni::plugin_path(&options.bin_dir)?;
     down(lab).context("tearing down the previous lab")?;
-    let mut state = LabState::planned(
+    let mut state = LabState::planned_on(
         &lab.lab,
         &lab.state_dir,
         &options.bin_dir,
         Path::new(BPFFS_ROOT),
         options.nodes,
+        options.underlay_subnets,
     );
     state.routing = options.routing;
     state.route_reflectors = route_reflectors;
@@ -156,24 +160,48 @@ pub fn up(lab: &LabRef, options: &UpOptions) -> Result<LabState> {
     }
 }
 
-/// The fabric namespace with its bridge, and every node's namespace plugged
-/// into it with its underlay address and forwarding on.
+/// The fabric namespace with its bridge (one per underlay subnet, and
+/// then the router between them), and every node's namespace plugged into
+/// it with its underlay address and forwarding on.
 fn build_underlay(state: &LabState) -> Result<()> {
     topology::create_fabric(&state.fabric.netns, &state.fabric.bridge)
         .with_context(|| format!("creating the fabric namespace {}", state.fabric.netns))?;
+    for subnet in state.fabric.subnets.iter().skip(1) {
+        topology::create_bridge(&state.fabric.netns, &subnet.bridge)
+            .with_context(|| format!("creating the underlay bridge {}", subnet.bridge))?;
+    }
+    if let Some(router) = &state.fabric.router_netns {
+        topology::create_netns(router)?;
+        for subnet in &state.fabric.subnets {
+            topology::attach_node(
+                &state.fabric.netns,
+                &subnet.bridge,
+                &subnet.router_port,
+                router,
+                &subnet.router_ifname,
+                subnet.router_ip,
+                plan::UNDERLAY_PREFIX_LEN,
+            )
+            .with_context(|| format!("plugging the router into {}", subnet.cidr))?;
+        }
+        topology::set_net_sysctl(router, "net.ipv4.ip_forward", "1")?;
+    }
     for node in &state.nodes {
         build_node(state, node)?;
     }
     Ok(())
 }
 
-/// One node's namespace, plugged into the fabric with its underlay address
-/// and forwarding on; the one home of this for `lab up` and `lab node add`.
+/// One node's namespace, plugged into its underlay subnet's bridge with
+/// its underlay address, routes to the other underlay subnets via the
+/// router, and forwarding on; the one home of this for `lab up` and
+/// `lab node add`.
 fn build_node(state: &LabState, node: &state::Node) -> Result<()> {
     topology::create_netns(&node.netns)?;
+    let subnet = plan::node_subnet(node.index, state.underlay_subnets);
     topology::attach_node(
         &state.fabric.netns,
-        &state.fabric.bridge,
+        state.fabric.bridge_of(subnet),
         &node.fabric_port,
         &node.netns,
         &node.uplink,
@@ -181,6 +209,10 @@ fn build_node(state: &LabState, node: &state::Node) -> Result<()> {
         plan::UNDERLAY_PREFIX_LEN,
     )
     .with_context(|| format!("plugging {} into the fabric", node.name))?;
+    for (cidr, via) in plan::underlay_routes(node.index, state.underlay_subnets) {
+        topology::add_route(&node.netns, &cidr, via, &node.uplink)
+            .with_context(|| format!("routing {} to the underlay subnet {cidr}", node.name))?;
+    }
     topology::set_net_sysctl(&node.netns, "net.ipv4.ip_forward", "1")
 }
 
@@ -333,6 +365,7 @@ pub fn down(lab: &LabRef) -> Result<DownReport> {
             .iter()
             .map(|p| p.netns.clone())
             .chain(state.nodes.iter().map(|n| n.netns.clone()))
+            .chain(state.fabric.router_netns.clone())
             .chain(std::iter::once(state.fabric.netns.clone()))
             .collect(),
         None => {
@@ -564,8 +597,9 @@ pub struct NodeAddOptions {
 }
 
 /// Adds node N+1 (N the highest index in use) to a running lab, built as
-/// `lab up` builds a node: namespace on the fabric, underlay address
-/// 198.18.0.(10+i), pod CIDR 10.244.i.0/24, its agent started and ready.
+/// `lab up` builds a node: namespace on the fabric (on the underlay subnet
+/// its index gives), underlay address 198.18.s.(10+i), pod CIDR
+/// 10.244.i.0/24, its agent started and ready.
 /// Recorded in lab.json before it is made; on failure it is removed again.
 pub fn add_node(state: &mut LabState, options: NodeAddOptions) -> Result<state::Node> {
     let index = state.next_node_index();
@@ -583,7 +617,21 @@ pub fn add_node(state: &mut LabState, options: NodeAddOptions) -> Result<state::
             state.fabric.netns
         );
     }
-    let node = state::Node::planned(&state.lab, &state.state_dir, Path::new(BPFFS_ROOT), index);
+    if let Some(router) = &state.fabric.router_netns
+        && !topology::netns_exists(router)
+    {
+        bail!(
+            "lab {}'s router namespace {router} does not exist; is the lab up?",
+            state.lab
+        );
+    }
+    let node = state::Node::planned(
+        &state.lab,
+        &state.state_dir,
+        Path::new(BPFFS_ROOT),
+        index,
+        state.underlay_subnets,
+    );
     if topology::netns_exists(&node.netns) {
         bail!(
             "network namespace {} already exists but lab.json has no {}; delete it with `ip netns delete {}`",
@@ -739,6 +787,23 @@ pub struct FabricView {
     pub netns: String,
     pub bridge: String,
     pub cidr: String,
+    /// Only in a lab of several underlay subnets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub router: Option<RouterView>,
+}
+
+/// The router between a lab's underlay subnets.
+#[derive(Debug, Serialize)]
+pub struct RouterView {
+    pub netns: String,
+    pub subnets: Vec<SubnetView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SubnetView {
+    pub cidr: String,
+    pub bridge: String,
+    pub router_ip: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -782,6 +847,19 @@ impl StatusView {
                 netns: state.fabric.netns.clone(),
                 bridge: state.fabric.bridge.clone(),
                 cidr: state.fabric.cidr.clone(),
+                router: state.fabric.router_netns.as_ref().map(|netns| RouterView {
+                    netns: netns.clone(),
+                    subnets: state
+                        .fabric
+                        .subnets
+                        .iter()
+                        .map(|s| SubnetView {
+                            cidr: s.cidr.clone(),
+                            bridge: s.bridge.clone(),
+                            router_ip: s.router_ip.to_string(),
+                        })
+                        .collect(),
+                }),
             },
             route_reflectors: state.route_reflectors.clone(),
             nodes: state
@@ -807,10 +885,25 @@ impl StatusView {
     /// value (no agent running, no address yet).
     pub fn render(&self) -> String {
         let dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_string());
-        let mut out = format!(
-            "fabric {}  bridge {}  underlay {}",
-            self.fabric.netns, self.fabric.bridge, self.fabric.cidr
-        );
+        let mut out = match &self.fabric.router {
+            None => format!(
+                "fabric {}  bridge {}  underlay {}",
+                self.fabric.netns, self.fabric.bridge, self.fabric.cidr
+            ),
+            Some(router) => {
+                let join = |f: fn(&SubnetView) -> &str| {
+                    router.subnets.iter().map(f).collect::<Vec<_>>().join(",")
+                };
+                format!(
+                    "fabric {}  bridges {}  underlay {}  router {} ({})",
+                    self.fabric.netns,
+                    join(|s| &s.bridge),
+                    join(|s| &s.cidr),
+                    router.netns,
+                    join(|s| &s.router_ip),
+                )
+            }
+        };
         if !self.route_reflectors.is_empty() {
             out.push_str(&format!(
                 "  route reflectors {}",
@@ -931,6 +1024,36 @@ mod tests {
     }
 
     #[test]
+    fn status_shows_the_router_of_several_underlay_subnets() {
+        let state = LabState::planned_on(
+            "weft",
+            Path::new("/run/weft-lab/weft"),
+            Path::new("/bin"),
+            Path::new(BPFFS_ROOT),
+            2,
+            2,
+        );
+        let view = StatusView::new(&state, |_, _| false);
+        let text = view.render();
+        assert!(
+            text.starts_with(
+                "fabric weft-fabric  bridges br-underlay,br-underlay1  \
+                 underlay 198.18.0.0/24,198.18.1.0/24  router weft-router (198.18.0.1,198.18.1.1)\n\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("node2  weft-node2  198.18.1.12"), "{text}");
+        let json: serde_json::Value = serde_json::from_str(&view.to_json()).unwrap();
+        assert_eq!(
+            json["fabric"]["router"],
+            serde_json::json!({"netns": "weft-router", "subnets": [
+                {"cidr": "198.18.0.0/24", "bridge": "br-underlay", "router_ip": "198.18.0.1"},
+                {"cidr": "198.18.1.0/24", "bridge": "br-underlay1", "router_ip": "198.18.1.1"}
+            ]})
+        );
+    }
+
+    #[test]
     fn state_dir_is_removed_only_when_it_holds_lab_files() {
         let dir = std::env::temp_dir().join(format!("weftctl-down-test-{}", std::process::id()));
         fs::create_dir_all(dir.join("nodes/node1")).unwrap();
@@ -996,6 +1119,59 @@ mod tests {
         checked.unwrap();
         assert!(report.fallback);
         assert_eq!(report.namespaces_deleted, 3);
+        let left: Vec<String> = topology::list_netns()
+            .unwrap()
+            .into_iter()
+            .filter(|n| plan::is_lab_netns(&lab.lab, n))
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+    }
+
+    /// Two underlay subnets for real (needs root; fails without it): nodes
+    /// on different subnets reach each other through the router, and
+    /// `down` finds the router namespace too, without a lab.json.
+    #[test]
+    fn two_underlay_subnets_are_routed_and_down_removes_the_router() {
+        assert!(
+            unsafe { libc::geteuid() } == 0,
+            "this test needs root (network namespaces): run it as root"
+        );
+        let lab = LabRef::new(&format!("weft-xs-t{}", std::process::id()), None).unwrap();
+        let lab = LabRef {
+            state_dir: std::env::temp_dir().join(&lab.lab),
+            ..lab
+        };
+        let state = LabState::planned_on(
+            &lab.lab,
+            &lab.state_dir,
+            Path::new("/nonexistent"),
+            Path::new(BPFFS_ROOT),
+            3,
+            2,
+        );
+        let built = build_underlay(&state);
+        let checked = built.and_then(|()| {
+            let node1 = topology::netns_path(&state.nodes[0].netns);
+            // Across the router, and on the same subnet.
+            for other in [1, 2] {
+                probe::icmp_echo(
+                    &node1,
+                    state.nodes[other].underlay_ip,
+                    Duration::from_secs(1),
+                    3,
+                )?;
+            }
+            let routes = topology::routes(&state.nodes[1].netns)?;
+            anyhow::ensure!(
+                routes.contains("198.18.0.0/24 via 198.18.1.1 dev eth0"),
+                "node2's routes:\n{routes}"
+            );
+            Ok(())
+        });
+        let report = down(&lab).unwrap();
+        checked.unwrap();
+        assert!(report.fallback);
+        assert_eq!(report.namespaces_deleted, 5);
         let left: Vec<String> = topology::list_netns()
             .unwrap()
             .into_iter()

@@ -6,13 +6,19 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Result, bail};
 
-/// The underlay segment every node's `eth0` sits on (a slice of
-/// 198.18.0.0/15, the benchmarking range, so it never clashes with a real
-/// network).
+/// The first underlay segment, where every node's `eth0` sits in a lab of
+/// one underlay subnet (a slice of 198.18.0.0/15, the benchmarking range,
+/// so it never clashes with a real network). Subnet `s` is 198.18.s.0/24.
 pub const UNDERLAY_CIDR: &str = "198.18.0.0/24";
 pub const UNDERLAY_PREFIX_LEN: u8 = 24;
-/// The bridge in the fabric namespace that plays the L2 underlay switch.
+/// The bridge in the fabric namespace that plays the L2 underlay switch
+/// (of the first subnet; subnet `s > 0` has `br-underlay<s>`).
 pub const BRIDGE: &str = "br-underlay";
+/// Most underlay subnets a lab can have (`--underlay-subnets`): 198.18.0.0/24
+/// up to 198.18.3.0/24, joined by one router.
+pub const MAX_UNDERLAY_SUBNETS: u32 = 4;
+/// The router's host part on every underlay subnet (198.18.s.1).
+const ROUTER_HOST: u8 = 1;
 /// The node's uplink inside its namespace, as on a real machine.
 pub const UPLINK: &str = "eth0";
 /// The interface the runtime asks the plugin to create inside a pod.
@@ -79,8 +85,72 @@ pub fn fabric_port(index: u32) -> String {
     format!("fab-node{index}")
 }
 
-pub fn underlay_ip(index: u32) -> Ipv4Addr {
-    Ipv4Addr::new(198, 18, 0, UNDERLAY_HOST_BASE + index as u8)
+/// The underlay subnet (0-based) node `index` sits on in a lab of
+/// `subnets` subnets: nodes alternate, node1 on the first.
+pub fn node_subnet(index: u32, subnets: u32) -> u32 {
+    index.saturating_sub(1) % subnets.max(1)
+}
+
+/// Node `index`'s underlay address: 198.18.s.(10+i), s its subnet.
+pub fn underlay_ip(index: u32, subnets: u32) -> Ipv4Addr {
+    Ipv4Addr::new(
+        198,
+        18,
+        node_subnet(index, subnets) as u8,
+        UNDERLAY_HOST_BASE + index as u8,
+    )
+}
+
+/// Underlay subnet `subnet` (0-based): 198.18.s.0/24.
+pub fn underlay_cidr(subnet: u32) -> String {
+    format!("198.18.{subnet}.0/{UNDERLAY_PREFIX_LEN}")
+}
+
+/// The bridge of underlay subnet `subnet` in the fabric namespace.
+pub fn bridge(subnet: u32) -> String {
+    match subnet {
+        0 => BRIDGE.to_string(),
+        s => format!("{BRIDGE}{s}"),
+    }
+}
+
+/// The namespace of the router between the underlay subnets (only in a
+/// lab of more than one).
+pub fn router_netns(lab: &str) -> String {
+    format!("{lab}-router")
+}
+
+/// The router's address on underlay subnet `subnet`: 198.18.s.1, one of
+/// the addresses below the nodes' left for routers.
+pub fn router_ip(subnet: u32) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, subnet as u8, ROUTER_HOST)
+}
+
+/// The router's port on the bridge of `subnet`, in the fabric namespace.
+pub fn router_port(subnet: u32) -> String {
+    format!("fab-router{subnet}")
+}
+
+/// The router's interface on `subnet`, in the router's namespace.
+pub fn router_ifname(subnet: u32) -> String {
+    format!("eth{subnet}")
+}
+
+/// The routes node `index` needs to the other underlay subnets: each via
+/// the router's address on the node's own subnet. None with one subnet.
+pub fn underlay_routes(index: u32, subnets: u32) -> Vec<(String, Ipv4Addr)> {
+    let own = node_subnet(index, subnets);
+    (0..subnets)
+        .filter(|&s| s != own)
+        .map(|s| (underlay_cidr(s), router_ip(own)))
+        .collect()
+}
+
+pub fn check_underlay_subnets(subnets: u32) -> Result<()> {
+    if subnets == 0 || subnets > MAX_UNDERLAY_SUBNETS {
+        bail!("--underlay-subnets must be between 1 and {MAX_UNDERLAY_SUBNETS}, got {subnets}");
+    }
+    Ok(())
 }
 
 pub fn pod_cidr(index: u32) -> String {
@@ -114,7 +184,7 @@ pub fn pod_netns(lab: &str, pod: &str) -> String {
 /// Whether `netns` is a name this lab's plan can produce; used by
 /// `lab down` when lab.json is gone, so it deletes nothing else.
 pub fn is_lab_netns(lab: &str, netns: &str) -> bool {
-    if netns == fabric_netns(lab) {
+    if netns == fabric_netns(lab) || netns == router_netns(lab) {
         return true;
     }
     let Some(rest) = netns.strip_prefix(lab).and_then(|r| r.strip_prefix('-')) else {
@@ -165,14 +235,63 @@ mod tests {
 
     #[test]
     fn node_addresses_follow_the_index() {
-        assert_eq!(underlay_ip(1), Ipv4Addr::new(198, 18, 0, 11));
-        assert_eq!(underlay_ip(3), Ipv4Addr::new(198, 18, 0, 13));
-        assert_eq!(underlay_ip(MAX_NODES), Ipv4Addr::new(198, 18, 0, 210));
+        assert_eq!(underlay_ip(1, 1), Ipv4Addr::new(198, 18, 0, 11));
+        assert_eq!(underlay_ip(3, 1), Ipv4Addr::new(198, 18, 0, 13));
+        assert_eq!(underlay_ip(MAX_NODES, 1), Ipv4Addr::new(198, 18, 0, 210));
         assert_eq!(pod_cidr(2), "10.244.2.0/24");
         assert_eq!(node_name(2), "node2");
         assert_eq!(node_netns("weft", "node2"), "weft-node2");
         assert_eq!(fabric_netns("weft"), "weft-fabric");
         assert!(fabric_port(MAX_NODES).len() <= 15);
+    }
+
+    #[test]
+    fn one_subnet_is_the_single_segment_layout() {
+        for index in 1..=MAX_NODES {
+            assert_eq!(node_subnet(index, 1), 0);
+            assert_eq!(
+                underlay_ip(index, 1),
+                Ipv4Addr::new(198, 18, 0, 10 + index as u8)
+            );
+            assert!(underlay_routes(index, 1).is_empty());
+        }
+        assert_eq!(underlay_cidr(0), UNDERLAY_CIDR);
+        assert_eq!(bridge(0), BRIDGE);
+    }
+
+    #[test]
+    fn two_subnets_alternate_and_route_via_the_router() {
+        let subnets: Vec<u32> = (1..=4).map(|i| node_subnet(i, 2)).collect();
+        assert_eq!(subnets, [0, 1, 0, 1]);
+        assert_eq!(underlay_ip(1, 2), Ipv4Addr::new(198, 18, 0, 11));
+        assert_eq!(underlay_ip(2, 2), Ipv4Addr::new(198, 18, 1, 12));
+        assert_eq!(underlay_ip(3, 2), Ipv4Addr::new(198, 18, 0, 13));
+        assert_eq!(underlay_ip(4, 2), Ipv4Addr::new(198, 18, 1, 14));
+        assert_eq!(underlay_cidr(1), "198.18.1.0/24");
+        assert_eq!(bridge(1), "br-underlay1");
+        assert_eq!(router_netns("weft"), "weft-router");
+        assert_eq!(router_ip(0), Ipv4Addr::new(198, 18, 0, 1));
+        assert_eq!(router_ip(1), Ipv4Addr::new(198, 18, 1, 1));
+        assert_eq!(
+            underlay_routes(1, 2),
+            [("198.18.1.0/24".to_string(), Ipv4Addr::new(198, 18, 0, 1))]
+        );
+        assert_eq!(
+            underlay_routes(4, 2),
+            [("198.18.0.0/24".to_string(), Ipv4Addr::new(198, 18, 1, 1))]
+        );
+        // Addresses stay distinct and off the routers' .1-.10.
+        let all: std::collections::BTreeSet<Ipv4Addr> =
+            (1..=MAX_NODES).map(|i| underlay_ip(i, 2)).collect();
+        assert_eq!(all.len(), MAX_NODES as usize);
+        assert!(all.iter().all(|a| a.octets()[3] > 10));
+        for s in 0..MAX_UNDERLAY_SUBNETS {
+            assert!(router_port(s).len() <= 15 && bridge(s).len() <= 15);
+        }
+        check_underlay_subnets(1).unwrap();
+        check_underlay_subnets(MAX_UNDERLAY_SUBNETS).unwrap();
+        assert!(check_underlay_subnets(0).is_err());
+        assert!(check_underlay_subnets(MAX_UNDERLAY_SUBNETS + 1).is_err());
     }
 
     #[test]
@@ -192,6 +311,8 @@ mod tests {
     #[test]
     fn only_planned_namespaces_belong_to_the_lab() {
         assert!(is_lab_netns("weft", "weft-fabric"));
+        assert!(is_lab_netns("weft", "weft-router"));
+        assert!(!is_lab_netns("weft", "weft2-router"));
         assert!(is_lab_netns("weft", "weft-node1"));
         assert!(is_lab_netns("weft", "weft-node12"));
         assert!(is_lab_netns("weft", "weft-pod-node1-a"));

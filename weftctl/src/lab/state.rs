@@ -43,6 +43,10 @@ pub struct LabState {
     /// default (the flag is not passed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct_redirect: Option<bool>,
+    /// How many underlay subnets the nodes alternate between
+    /// (`--underlay-subnets`); with more than one, a router joins them.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub underlay_subnets: u32,
     pub fabric: Fabric,
     pub nodes: Vec<Node>,
     pub pods: Vec<Pod>,
@@ -91,11 +95,50 @@ impl Encap {
     }
 }
 
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
+/// The fabric namespace: the first underlay subnet's bridge (`bridge`,
+/// `cidr`) and, in a lab of several underlay subnets, every subnet and the
+/// router between them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fabric {
     pub netns: String,
     pub bridge: String,
     pub cidr: String,
+    /// Every underlay subnet, the first included; empty with one subnet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subnets: Vec<Subnet>,
+    /// The router's namespace; `None` with one subnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_netns: Option<String>,
+}
+
+/// One underlay subnet of a lab with several.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Subnet {
+    pub cidr: String,
+    pub bridge: String,
+    /// The router's address on it.
+    pub router_ip: Ipv4Addr,
+    /// The router's port on the bridge (fabric namespace).
+    pub router_port: String,
+    /// The router's interface on it (router namespace).
+    pub router_ifname: String,
+}
+
+impl Fabric {
+    /// The bridge of underlay subnet `subnet` (0-based).
+    pub fn bridge_of(&self, subnet: u32) -> &str {
+        self.subnets
+            .get(subnet as usize)
+            .map_or(self.bridge.as_str(), |s| s.bridge.as_str())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,12 +176,18 @@ impl Node {
     /// Node `index` of lab `lab` as the plan names and addresses it, with
     /// no agent; the one place a node's record is made (`lab up` and
     /// `lab node add`).
-    pub fn planned(lab: &str, state_dir: &Path, bpffs_root: &Path, index: u32) -> Self {
+    pub fn planned(
+        lab: &str,
+        state_dir: &Path,
+        bpffs_root: &Path,
+        index: u32,
+        underlay_subnets: u32,
+    ) -> Self {
         let name = plan::node_name(index);
         let node_dir = state_dir.join("nodes").join(&name);
         Node {
             netns: plan::node_netns(lab, &name),
-            underlay_ip: plan::underlay_ip(index),
+            underlay_ip: plan::underlay_ip(index, underlay_subnets),
             pod_cidr: plan::pod_cidr(index),
             uplink: plan::UPLINK.to_string(),
             fabric_port: plan::fabric_port(index),
@@ -153,7 +202,8 @@ impl Node {
 }
 
 impl LabState {
-    /// The plan of a fresh lab: fabric and nodes, no pods, no agents.
+    /// The plan of a fresh lab on one underlay subnet: fabric and nodes,
+    /// no pods, no agents.
     pub fn planned(
         lab: &str,
         state_dir: &Path,
@@ -161,9 +211,36 @@ impl LabState {
         bpffs_root: &Path,
         nodes: u32,
     ) -> Self {
+        Self::planned_on(lab, state_dir, bin_dir, bpffs_root, nodes, 1)
+    }
+
+    /// [`LabState::planned`] with the nodes alternating between
+    /// `underlay_subnets` subnets (more than one: joined by a router).
+    pub fn planned_on(
+        lab: &str,
+        state_dir: &Path,
+        bin_dir: &Path,
+        bpffs_root: &Path,
+        nodes: u32,
+        underlay_subnets: u32,
+    ) -> Self {
         let nodes = (1..=nodes)
-            .map(|index| Node::planned(lab, state_dir, bpffs_root, index))
+            .map(|index| Node::planned(lab, state_dir, bpffs_root, index, underlay_subnets))
             .collect();
+        let routed = underlay_subnets > 1;
+        let subnets = if routed {
+            (0..underlay_subnets)
+                .map(|s| Subnet {
+                    cidr: plan::underlay_cidr(s),
+                    bridge: plan::bridge(s),
+                    router_ip: plan::router_ip(s),
+                    router_port: plan::router_port(s),
+                    router_ifname: plan::router_ifname(s),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         LabState {
             version: STATE_VERSION,
             lab: lab.to_string(),
@@ -174,10 +251,13 @@ impl LabState {
             encap: Encap::default(),
             cross_subnet: false,
             direct_redirect: None,
+            underlay_subnets,
             fabric: Fabric {
                 netns: plan::fabric_netns(lab),
                 bridge: plan::BRIDGE.to_string(),
                 cidr: plan::UNDERLAY_CIDR.to_string(),
+                subnets,
+                router_netns: routed.then(|| plan::router_netns(lab)),
             },
             nodes,
             pods: Vec::new(),
@@ -377,6 +457,45 @@ mod tests {
                 .to_string()
                 .contains("node1, node2")
         );
+    }
+
+    #[test]
+    fn one_subnet_keeps_the_single_segment_record() {
+        let text = sample().to_json();
+        assert!(!text.contains("underlay_subnets"), "{text}");
+        assert!(!text.contains("router"), "{text}");
+        assert!(!text.contains("subnets"), "{text}");
+        assert_eq!(LabState::from_json(&text).unwrap().underlay_subnets, 1);
+    }
+
+    #[test]
+    fn two_subnets_plan_a_router_and_alternate_nodes() {
+        let state = LabState::planned_on(
+            "weft",
+            Path::new("/run/weft-lab/weft"),
+            Path::new("/opt/weft/bin"),
+            Path::new("/sys/fs/bpf/weft-lab"),
+            4,
+            2,
+        );
+        assert_eq!(state.fabric.router_netns.as_deref(), Some("weft-router"));
+        assert_eq!(state.fabric.subnets.len(), 2);
+        assert_eq!(state.fabric.subnets[1].cidr, "198.18.1.0/24");
+        assert_eq!(state.fabric.subnets[1].router_ip.to_string(), "198.18.1.1");
+        assert_eq!(state.fabric.bridge_of(0), "br-underlay");
+        assert_eq!(state.fabric.bridge_of(1), "br-underlay1");
+        let ips: Vec<String> = state
+            .nodes
+            .iter()
+            .map(|n| n.underlay_ip.to_string())
+            .collect();
+        assert_eq!(
+            ips,
+            ["198.18.0.11", "198.18.1.12", "198.18.0.13", "198.18.1.14"]
+        );
+        let text = state.to_json();
+        assert_eq!(LabState::from_json(&text).unwrap(), state);
+        assert!(text.contains("\"underlay_subnets\": 2"), "{text}");
     }
 
     #[test]

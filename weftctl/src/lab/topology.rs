@@ -88,8 +88,28 @@ pub fn list_netns() -> Result<Vec<String>> {
 /// The fabric: a namespace holding the underlay bridge.
 pub fn create_fabric(netns: &str, bridge: &str) -> Result<()> {
     create_netns(netns)?;
+    create_bridge(netns, bridge)
+}
+
+/// One more underlay bridge in the fabric namespace, up.
+pub fn create_bridge(netns: &str, bridge: &str) -> Result<()> {
     ip(&["-n", netns, "link", "add", bridge, "type", "bridge"])?;
     ip(&["-n", netns, "link", "set", bridge, "up"])
+}
+
+/// A route in `netns` to `cidr` via `gateway` on `dev`.
+pub fn add_route(netns: &str, cidr: &str, gateway: std::net::Ipv4Addr, dev: &str) -> Result<()> {
+    ip(&[
+        "-n",
+        netns,
+        "route",
+        "add",
+        cidr,
+        "via",
+        &gateway.to_string(),
+        "dev",
+        dev,
+    ])
 }
 
 /// Plugs a node into the fabric: a veth whose fabric end is a bridge port
