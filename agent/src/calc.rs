@@ -21,6 +21,13 @@ pub struct ClusterView<'a> {
     /// The uplink's index and subnet (static routing needs next hops on it).
     pub uplink_ifindex: u32,
     pub uplink_subnet: Option<Ipv4Network>,
+    /// For other nodes off the uplink's subnet: the next hop on the uplink
+    /// the kernel routes their underlay address via (a router), looked up
+    /// by the shell ([`off_subnet_nodes`] says which). IP-in-IP to such a
+    /// node routes the inner packet there: the uplink program puts the
+    /// node's address in the outer header, and the link-layer destination
+    /// the kernel resolved for the route (the router's) is right for it.
+    pub underlay_next_hops: &'a BTreeMap<Ipv4Addr, Ipv4Addr>,
     /// Every node record in the datastore, this node's included.
     pub nodes: &'a [NodeRecord],
     /// Where routes to other nodes' pod CIDRs come from.
@@ -102,8 +109,9 @@ pub fn desired_state(view: &ClusterView<'_>) -> DesiredState {
             .collect(),
     };
     for route in remote {
-        let route = encapsulated(view, route, &mut out);
-        out.routes.push(route);
+        if let Some(route) = encapsulated(view, route, &mut out) {
+            out.routes.push(route);
+        }
     }
     for kept in view.kept {
         if !out.routes.iter().any(|r| r.dst == kept.dst) {
@@ -144,60 +152,134 @@ pub fn desired_state(view: &ClusterView<'_>) -> DesiredState {
     out
 }
 
+/// Whether `addr` is off the uplink's subnet (an unknown subnet counts as
+/// one segment, as before the uplink had an address).
+fn off_subnet(view: &ClusterView<'_>, addr: Ipv4Addr) -> bool {
+    view.uplink_subnet
+        .is_some_and(|subnet| !subnet.contains(addr))
+}
+
+/// The other nodes whose underlay address is off the uplink's subnet
+/// (`uplink_subnet`): the addresses the shell looks up next hops for.
+pub fn off_subnet_nodes(
+    me: &NodeRecord,
+    nodes: &[NodeRecord],
+    uplink_subnet: Option<Ipv4Network>,
+) -> BTreeSet<Ipv4Addr> {
+    nodes
+        .iter()
+        .filter(|n| n.name != me.name)
+        .map(|n| n.underlay_ip)
+        .filter(|ip| uplink_subnet.is_some_and(|subnet| !subnet.contains(*ip)))
+        .collect()
+}
+
+/// The cluster nodes off the uplink's subnet that `encap` can carry pod
+/// traffic to, hence whose pod routes (static or learned over BGP) this
+/// node can install: in `vxlan` all of them (the device reaches any
+/// address the node routes), in `ipip` those with an underlay next hop
+/// (`next_hops`), in `none` none (a router between the subnets does not
+/// know the pod routes).
+pub fn tunnel_reachable(
+    encap: Encap,
+    off_subnet: &BTreeSet<Ipv4Addr>,
+    next_hops: &BTreeMap<Ipv4Addr, Ipv4Addr>,
+) -> BTreeSet<Ipv4Addr> {
+    match encap {
+        Encap::Vxlan => off_subnet.clone(),
+        Encap::Ipip => off_subnet
+            .iter()
+            .filter(|ip| next_hops.contains_key(ip))
+            .copied()
+            .collect(),
+        Encap::None => BTreeSet::new(),
+    }
+}
+
 /// The route to another node's pod CIDR as the encapsulation mode wants
 /// it, given the plain route via the node's underlay address (`route`):
 /// `ipip` keeps it (the uplink programs encapsulate what leaves through
 /// it), adds it to the programs' map and caps its MTU at the pod MTU, so
 /// the kernel answers an oversized DF packet with ICMP "fragmentation
-/// needed" rather than the tunnel dropping it; `vxlan` sends it into the
+/// needed" rather than the tunnel dropping it; towards a node off the
+/// uplink's subnet it goes via the underlay next hop to that node
+/// instead (the map still names the node). `vxlan` sends it into the
 /// vxlan device towards the node's VTEP. A next hop that is no cluster
 /// node (a router's route learned over BGP) stays native, as does, with
-/// `crossSubnet`, a node on this node's underlay subnet.
-fn encapsulated(view: &ClusterView<'_>, route: Route, out: &mut DesiredState) -> Route {
+/// `crossSubnet`, a node on this node's underlay subnet. `None` (with a
+/// problem) when the node cannot be reached.
+fn encapsulated(view: &ClusterView<'_>, route: Route, out: &mut DesiredState) -> Option<Route> {
     let Some(gateway) = route.gateway else {
-        return route;
+        return Some(route);
     };
     let Some(node) = view
         .nodes
         .iter()
         .find(|n| n.underlay_ip == gateway && n.name != view.me.name)
     else {
-        return route;
+        return Some(route);
     };
-    let same_subnet = view
-        .uplink_subnet
-        .is_some_and(|subnet| subnet.contains(node.underlay_ip));
+    let off_subnet = off_subnet(view, node.underlay_ip);
     if view.encap == Encap::Ipip {
+        let via = if off_subnet {
+            let Some(&next_hop) = view.underlay_next_hops.get(&node.underlay_ip) else {
+                out.problems.push(format!(
+                    "node {}: no route to its underlay address {} via the uplink; {} not routed",
+                    node.name, node.underlay_ip, route.dst
+                ));
+                return None;
+            };
+            next_hop
+        } else {
+            gateway
+        };
         // The map holds every node's routes; the programs apply crossSubnet.
         out.pod_routes.insert(route.dst, gateway);
+        if view.cross_subnet && !off_subnet {
+            return Some(route);
+        }
+        return Some(
+            Route {
+                gateway: Some(via),
+                ..route
+            }
+            .with_mtu(Some(view.pod_mtu)),
+        );
     }
-    if view.cross_subnet && same_subnet {
-        return route;
+    if view.cross_subnet && !off_subnet {
+        return Some(route);
     }
     match view.encap {
-        Encap::None => route,
-        Encap::Ipip => route.with_mtu(Some(view.pod_mtu)),
+        Encap::None | Encap::Ipip => Some(route),
         Encap::Vxlan => match view.vxlan_ifindex {
-            Some(ifindex) => Route {
+            Some(ifindex) => Some(Route {
                 protocol: route.protocol,
                 ..Route::via_vxlan(route.dst, vxlan::vtep_ip(node.pod_cidr), ifindex)
-            },
+            }),
+            None if off_subnet => {
+                out.problems.push(format!(
+                    "node {}: no vxlan device yet; {} (off the uplink's subnet) not routed",
+                    node.name, route.dst
+                ));
+                None
+            }
             None => {
                 out.problems.push(format!(
                     "node {}: no vxlan device yet; {} routed natively",
                     node.name, route.dst
                 ));
-                route
+                Some(route)
             }
         },
     }
 }
 
 /// Static routing: every other node's pod CIDR via its underlay address,
-/// refusing overlaps and next hops off the uplink's segment (except in
-/// `vxlan` mode: the device reaches any underlay address the node can).
-/// IP-in-IP routes still need the node's segment: the route's gateway is
-/// the remote node itself.
+/// refusing overlaps and, in mode `none`, nodes off the uplink's segment
+/// (a router between the subnets does not know the pod routes). With
+/// encapsulation such nodes are reached through the tunnel:
+/// [`encapsulated`] routes IP-in-IP via the underlay next hop, VXLAN into
+/// the device.
 fn static_routes(view: &ClusterView<'_>, out: &mut DesiredState) -> Vec<Route> {
     let mut routes = Vec::new();
     let mut taken: Vec<Ipv4Network> = vec![view.me.pod_cidr];
@@ -217,10 +299,12 @@ fn static_routes(view: &ClusterView<'_>, out: &mut DesiredState) -> Vec<Route> {
         }
         if let Some(subnet) = view.uplink_subnet
             && !subnet.contains(node.underlay_ip)
-            && view.encap != Encap::Vxlan
+            && view.encap == Encap::None
         {
             out.problems.push(format!(
-                "node {}: underlay address {} is outside the uplink subnet {}; static routing needs one L2 segment",
+                "node {}: underlay address {} is outside the uplink subnet {}; not routed: \
+                 native routing (--encap none) needs the nodes on one L2 segment, as routers \
+                 between subnets do not know the pod routes (use --encap ipip or vxlan)",
                 node.name, node.underlay_ip, subnet
             ));
             continue;
@@ -278,6 +362,7 @@ mod tests {
         encap: Encap,
         cross_subnet: bool,
         kept: Vec<Route>,
+        next_hops: BTreeMap<Ipv4Addr, Ipv4Addr>,
     }
 
     impl Fixture {
@@ -293,6 +378,7 @@ mod tests {
                 encap: Encap::None,
                 cross_subnet: false,
                 kept: vec![],
+                next_hops: BTreeMap::new(),
             }
         }
         fn with_encap(encap: Encap) -> Fixture {
@@ -306,6 +392,7 @@ mod tests {
                 me: &self.me,
                 uplink_ifindex: 2,
                 uplink_subnet: Some("198.18.0.0/24".parse().unwrap()),
+                underlay_next_hops: &self.next_hops,
                 nodes: &self.nodes,
                 remote: self.remote,
                 endpoints: &self.endpoints,
@@ -396,6 +483,140 @@ mod tests {
                 "{encap:?}"
             );
         }
+    }
+
+    /// node3 on 198.18.1.0/24, reached through the router 198.18.0.1.
+    fn with_node_across_a_router(encap: Encap, cross_subnet: bool) -> Fixture {
+        let mut f = Fixture::with_encap(encap);
+        f.cross_subnet = cross_subnet;
+        f.nodes.push(node("node3", "198.18.1.13", "10.244.3.0/24"));
+        f.next_hops.insert(ip("198.18.1.13"), ip("198.18.0.1"));
+        f
+    }
+
+    #[test]
+    fn ipip_reaches_a_node_off_the_subnet_via_the_underlay_next_hop() {
+        for cross_subnet in [false, true] {
+            let d = with_node_across_a_router(Encap::Ipip, cross_subnet).calc();
+            assert!(d.problems.is_empty(), "{:?}", d.problems);
+            let to_node2 = Route::to_pod_cidr(net("10.244.2.0/24"), ip("198.18.0.12"), 2);
+            assert_eq!(
+                d.routes,
+                vec![
+                    if cross_subnet {
+                        to_node2
+                    } else {
+                        to_node2.with_mtu(Some(1480))
+                    },
+                    // Via the router, with the pod MTU; the map names the node.
+                    Route::to_pod_cidr(net("10.244.3.0/24"), ip("198.18.0.1"), 2)
+                        .with_mtu(Some(1480)),
+                ],
+                "cross_subnet {cross_subnet}"
+            );
+            assert_eq!(
+                d.pod_routes,
+                [
+                    (net("10.244.2.0/24"), ip("198.18.0.12")),
+                    (net("10.244.3.0/24"), ip("198.18.1.13"))
+                ]
+                .into()
+            );
+            assert!(d.tunnel_peers.contains(&ip("198.18.1.13")));
+        }
+    }
+
+    #[test]
+    fn ipip_without_an_underlay_route_to_the_node_is_a_problem_not_a_route() {
+        let mut f = with_node_across_a_router(Encap::Ipip, true);
+        f.next_hops.clear();
+        let d = f.calc();
+        assert_eq!(d.routes.len(), 1);
+        assert!(!d.pod_routes.contains_key(&net("10.244.3.0/24")));
+        assert_eq!(d.problems.len(), 1);
+        assert!(
+            d.problems[0].contains("node3") && d.problems[0].contains("no route"),
+            "{:?}",
+            d.problems
+        );
+    }
+
+    #[test]
+    fn vxlan_cross_subnet_tunnels_only_to_the_other_subnet() {
+        let d = with_node_across_a_router(Encap::Vxlan, true).calc();
+        assert!(d.problems.is_empty(), "{:?}", d.problems);
+        assert_eq!(
+            d.routes,
+            vec![
+                Route::to_pod_cidr(net("10.244.2.0/24"), ip("198.18.0.12"), 2),
+                Route::via_vxlan(net("10.244.3.0/24"), ip("10.244.3.0"), 40),
+            ]
+        );
+        assert!(
+            d.vxlan_peers
+                .contains(&(ip("198.18.1.13"), ip("10.244.3.0")))
+        );
+    }
+
+    #[test]
+    fn native_routing_across_subnets_is_refused_with_a_reason() {
+        let d = with_node_across_a_router(Encap::None, true).calc();
+        assert_eq!(
+            d.routes,
+            vec![Route::to_pod_cidr(
+                net("10.244.2.0/24"),
+                ip("198.18.0.12"),
+                2
+            )]
+        );
+        assert_eq!(d.problems.len(), 1);
+        assert!(
+            d.problems[0].contains("node3") && d.problems[0].contains("--encap none"),
+            "{:?}",
+            d.problems
+        );
+    }
+
+    #[test]
+    fn learned_routes_via_nodes_across_a_router_are_tunnelled() {
+        static LEARNED: [(Ipv4Network, Ipv4Addr); 1] = [(
+            Ipv4Network::new_checked(Ipv4Addr::new(10, 244, 3, 0), 24).unwrap(),
+            Ipv4Addr::new(198, 18, 1, 13),
+        )];
+        let mut f = with_node_across_a_router(Encap::Ipip, true);
+        f.remote = Remote::Learned(&LEARNED);
+        let d = f.calc();
+        assert_eq!(
+            d.routes,
+            vec![Route::learned(LEARNED[0].0, ip("198.18.0.1"), 2).with_mtu(Some(1480))]
+        );
+        assert_eq!(d.pod_routes, [(LEARNED[0].0, LEARNED[0].1)].into());
+        let mut f = with_node_across_a_router(Encap::Vxlan, true);
+        f.remote = Remote::Learned(&LEARNED);
+        let d = f.calc();
+        assert_eq!(
+            d.routes,
+            vec![Route {
+                protocol: weft_dataplane::route::RTPROT_WEFT_BGP,
+                ..Route::via_vxlan(LEARNED[0].0, ip("10.244.3.0"), 40)
+            }]
+        );
+    }
+
+    #[test]
+    fn off_subnet_nodes_and_what_each_mode_reaches() {
+        let f = with_node_across_a_router(Encap::Ipip, true);
+        let mut nodes = f.nodes.clone();
+        nodes.push(node("node4", "198.18.1.14", "10.244.4.0/24"));
+        let off = off_subnet_nodes(&f.me, &nodes, Some(net("198.18.0.0/24")));
+        assert_eq!(off, [ip("198.18.1.13"), ip("198.18.1.14")].into());
+        assert!(off_subnet_nodes(&f.me, &nodes, None).is_empty());
+        assert_eq!(
+            tunnel_reachable(Encap::Ipip, &off, &f.next_hops),
+            [ip("198.18.1.13")].into()
+        );
+        assert_eq!(tunnel_reachable(Encap::Vxlan, &off, &f.next_hops), off);
+        assert!(tunnel_reachable(Encap::None, &off, &f.next_hops).is_empty());
     }
 
     #[test]

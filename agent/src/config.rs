@@ -95,7 +95,10 @@ pub struct Config {
     /// Pod MTU [default: the uplink's MTU minus the encapsulation overhead].
     #[arg(long, env = "WEFT_MTU", value_parser = clap::value_parser!(u32).range(576..=65535))]
     pub mtu: Option<u32>,
-    /// Encapsulation between nodes.
+    /// Encapsulation between nodes. With ipip or vxlan, nodes on other
+    /// underlay subnets are reached through the tunnel (ipip routes it via
+    /// the node's own underlay route to them, e.g. a router); with none,
+    /// only nodes on the uplink's subnet are routed.
     #[arg(long, env = "WEFT_ENCAP", value_enum, default_value = "ipip")]
     pub encap: Encap,
     /// Encapsulate only towards nodes outside this node's underlay subnet

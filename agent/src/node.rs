@@ -228,8 +228,14 @@ impl Node {
             .filter(|(name, _)| is_host_ifname(name))
             .collect();
         let claims = self.ipam.claims();
+        let underlay_next_hops = self.underlay_next_hops(&dp, &nodes).await?;
+        let tunnelled = calc::tunnel_reachable(
+            self.tunnel.encap,
+            &calc::off_subnet_nodes(&self.me, &nodes, self.uplink.address),
+            &underlay_next_hops,
+        );
         let (learned, kept, mut bgp_problems) = match &self.bgp {
-            Some(bgp) => self.bgp_routes(bgp, &nodes).await?,
+            Some(bgp) => self.bgp_routes(bgp, &nodes, &tunnelled).await?,
             None => (Vec::new(), Vec::new(), Vec::new()),
         };
         // The vxlan device before the routes into it.
@@ -246,6 +252,7 @@ impl Node {
             me: &self.me,
             uplink_ifindex: self.uplink.ifindex,
             uplink_subnet: self.uplink.address,
+            underlay_next_hops: &underlay_next_hops,
             nodes: &nodes,
             remote,
             endpoints: &endpoints,
@@ -354,12 +361,40 @@ impl Node {
         Ok(report)
     }
 
+    /// In `ipip`, for each other node off the uplink's subnet, the next hop
+    /// on the uplink the kernel routes its underlay address via (the
+    /// node itself if it is on a link after all). Nodes the kernel routes
+    /// elsewhere or not at all are left out: the calculation reports them.
+    async fn underlay_next_hops(
+        &self,
+        dp: &Dataplane,
+        nodes: &[NodeRecord],
+    ) -> Result<BTreeMap<Ipv4Addr, Ipv4Addr>, ReconcileError> {
+        let mut out = BTreeMap::new();
+        if self.tunnel.encap != Encap::Ipip {
+            return Ok(out);
+        }
+        for node in calc::off_subnet_nodes(&self.me, nodes, self.uplink.address) {
+            match dp.routes.route_to(node).await? {
+                Some(to) if to.oif == self.uplink.ifindex => {
+                    out.insert(node, to.gateway.unwrap_or(node));
+                }
+                Some(to) => {
+                    tracing::debug!(%node, oif = to.oif, "underlay route not via the uplink")
+                }
+                None => {}
+            }
+        }
+        Ok(out)
+    }
+
     /// Tells the speaker which peers this node wants (level-triggered: the
     /// whole set each pass) and returns the learned routes to install.
     async fn bgp_routes(
         &self,
         bgp: &Bgp,
         nodes: &[NodeRecord],
+        tunnelled: &BTreeSet<Ipv4Addr>,
     ) -> Result<BgpRoutes, ReconcileError> {
         let topology = Topology {
             as_number: bgp.as_number,
@@ -394,7 +429,7 @@ impl Node {
             })
             .collect();
         let (routes, problems) =
-            routing::installable(&learned, self.me.pod_cidr, self.uplink.address);
+            routing::installable(&learned, self.me.pod_cidr, self.uplink.address, tunnelled);
 
         // After a restart, routes the previous run installed stay until the
         // Loc-RIB is complete again, so forwarding never has a gap.

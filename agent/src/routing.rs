@@ -7,7 +7,7 @@
 //! only). Beyond: the BGPPeer objects that apply to this node; an iBGP one
 //! (in the cluster's AS) is a reflection client of a reflector node.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::{IpNetwork, Ipv4Network};
@@ -103,12 +103,15 @@ pub struct Learned {
 /// Which learned routes the kernel gets: IPv4 ones (the pod network is
 /// IPv4 for now), never one covering this node's own pod CIDR, with a next
 /// hop on the uplink's subnet (nodes and routers share an L2 segment; a
-/// next hop elsewhere would need recursive routing). The rest come back as
-/// problems.
+/// next hop elsewhere would need recursive routing) or one of `tunnelled`:
+/// cluster nodes off the subnet that the encapsulation reaches
+/// ([`crate::calc::tunnel_reachable`]; the calculation routes the tunnel
+/// to them). The rest come back as problems.
 pub fn installable(
     learned: &[Learned],
     own_pod_cidr: Ipv4Network,
     uplink_subnet: Option<Ipv4Network>,
+    tunnelled: &BTreeSet<Ipv4Addr>,
 ) -> (Vec<(Ipv4Network, Ipv4Addr)>, Vec<String>) {
     let mut routes = Vec::new();
     let mut problems = Vec::new();
@@ -122,8 +125,8 @@ pub fn installable(
             ));
             continue;
         }
-        if uplink_subnet.is_some_and(|s| !s.contains(next_hop)) {
-            problems.push(format!("learned {prefix} via {next_hop}: the next hop is not on the uplink's subnet; not installed"));
+        if uplink_subnet.is_some_and(|s| !s.contains(next_hop)) && !tunnelled.contains(&next_hop) {
+            problems.push(format!("learned {prefix} via {next_hop}: the next hop is not on the uplink's subnet, nor a node the encapsulation reaches; not installed"));
             continue;
         }
         routes.push((prefix, next_hop));
@@ -285,6 +288,7 @@ mod tests {
             &learned,
             "10.244.1.0/24".parse().unwrap(),
             Some("198.18.0.0/24".parse().unwrap()),
+            &BTreeSet::new(),
         );
         assert_eq!(
             routes,
@@ -300,5 +304,18 @@ mod tests {
             ]
         );
         assert_eq!(problems.len(), 2);
+        // A node across a router that the tunnel reaches is installable.
+        let (routes, problems) = installable(
+            &learned,
+            "10.244.1.0/24".parse().unwrap(),
+            Some("198.18.0.0/24".parse().unwrap()),
+            &["192.0.2.1".parse().unwrap()].into(),
+        );
+        assert_eq!(routes.len(), 3);
+        assert!(routes.contains(&(
+            "10.244.9.0/24".parse().unwrap(),
+            "192.0.2.1".parse().unwrap()
+        )));
+        assert_eq!(problems.len(), 1);
     }
 }

@@ -206,6 +206,20 @@ pub enum RouteError {
         route: Route,
         source: rtnetlink::Error,
     },
+    #[error("cannot look up the route to {dst}: {source}")]
+    Lookup {
+        dst: Ipv4Addr,
+        source: rtnetlink::Error,
+    },
+}
+
+/// Where the kernel sends a packet to some address (`ip route get`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteTo {
+    /// The next hop, or `None` when the address is on a link of the node.
+    pub gateway: Option<Ipv4Addr>,
+    /// The output interface's index.
+    pub oif: u32,
 }
 
 /// The netlink shell over the main routing table of the calling task's
@@ -256,6 +270,37 @@ impl RouteTable {
         }
         routes.sort();
         Ok(routes)
+    }
+
+    /// The kernel's route to `dst` (`ip route get DST`: the whole routing
+    /// decision, rules and tables included), or `None` when it has none.
+    pub async fn route_to(&self, dst: Ipv4Addr) -> Result<Option<RouteTo>, RouteError> {
+        let query = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst, 32)
+            .build();
+        let mut stream = self.handle.route().get(query).execute();
+        let msg = match stream.try_next().await {
+            Ok(Some(msg)) => msg,
+            Ok(None) => return Ok(None),
+            Err(rtnetlink::Error::NetlinkError(e))
+                if [libc::ENETUNREACH, libc::EHOSTUNREACH]
+                    .iter()
+                    .any(|code| e.raw_code() == -code) =>
+            {
+                return Ok(None);
+            }
+            Err(source) => return Err(RouteError::Lookup { dst, source }),
+        };
+        let mut gateway = None;
+        let mut oif = None;
+        for attr in &msg.attributes {
+            match attr {
+                RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(*a),
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                _ => {}
+            }
+        }
+        Ok(oif.map(|oif| RouteTo { gateway, oif }))
     }
 
     /// Applies a plan: installs and replaces first, then removes, so traffic
