@@ -86,6 +86,23 @@ pub struct Fabric {
     pub netns: String,
     pub bridge: String,
     pub cidr: String,
+    /// Only in a lab of several underlay subnets (`--underlay-subnets`).
+    #[serde(default)]
+    pub router: Option<Router>,
+}
+
+/// The router between a lab's underlay subnets.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Router {
+    pub netns: String,
+    pub subnets: Vec<UnderlaySubnet>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct UnderlaySubnet {
+    pub cidr: String,
+    pub bridge: String,
+    pub router_ip: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

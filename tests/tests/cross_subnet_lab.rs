@@ -1,0 +1,312 @@
+//! Encapsulation across underlay subnets on labs of four nodes over two
+//! subnets (`weftctl lab up --underlay-subnets 2`: node1 and node3 on
+//! 198.18.0.0/24, node2 and node4 on 198.18.1.0/24, a router namespace
+//! between them), static routing: the real agent, CNI and eBPF programs,
+//! and a capture on the first subnet's bridge to see what crosses it.
+//! With `--cross-subnet` pods on one subnet talk natively and across the
+//! router through the tunnel; without it everything is encapsulated.
+//! Needs root.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use weft_tests::peers::Daemon;
+use weft_tests::*;
+
+/// The lab's uplinks (and the router's interfaces) are veths with the default MTU.
+const UPLINK_MTU: u32 = 1500;
+
+/// A capture on one bridge of the lab's fabric.
+struct Capture {
+    daemon: Daemon,
+    file: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Capture {
+    fn start(fabric_netns: &str, bridge: &str) -> Capture {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("underlay.pcap");
+        let log = dir.path().join("tcpdump.log");
+        let daemon = Daemon::spawn(
+            "tcpdump",
+            fabric_netns,
+            &[
+                "tcpdump",
+                "-i",
+                bridge,
+                "-U",
+                "--immediate-mode",
+                "-Z",
+                "root",
+                "-n",
+                "-s",
+                "128",
+                "-w",
+                file.to_str().unwrap(),
+            ],
+            &log,
+        );
+        eventually("tcpdump listens", Duration::from_secs(10), || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("listening on") {
+                Ok(())
+            } else {
+                Err(text)
+            }
+        });
+        Capture { daemon, file, dir }
+    }
+
+    fn stop(self) -> Captured {
+        std::thread::sleep(Duration::from_millis(300));
+        self.daemon.stop_with(Signal::SIGINT);
+        Captured {
+            file: self.file,
+            _dir: self.dir,
+        }
+    }
+}
+
+struct Captured {
+    file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Captured {
+    /// Packets matching a tcpdump `filter` (which sees the outer headers).
+    fn count(&self, filter: &str) -> usize {
+        self.lines(filter)
+            .iter()
+            .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+            .count()
+    }
+
+    fn lines(&self, filter: &str) -> Vec<String> {
+        let out = std::process::Command::new("tcpdump")
+            .args(["-r", self.file.to_str().unwrap(), "-n", filter])
+            .output()
+            .expect("tcpdump runs");
+        assert!(out.status.success(), "tcpdump -r: {}", show(&out));
+        stdout(&out).lines().map(str::to_string).collect()
+    }
+}
+
+fn ping(from: &LabPod, to: &str, extra: &[&str]) -> std::process::Output {
+    let mut argv = vec!["ping", "-c", "3", "-i", "0.2", "-W", "2"];
+    argv.extend_from_slice(extra);
+    argv.push(to);
+    netns_exec(&from.netns, &argv)
+}
+
+/// (tunnelled, plain) packets of a 3-ping exchange between two pods as
+/// seen on the first subnet's bridge: tunnelled between the two nodes'
+/// underlay addresses (IP-in-IP or VXLAN), plain with the pods' own
+/// addresses outside.
+fn seen_between(lab: &Lab, encap: &str, from: &str, to: &str) -> (usize, usize) {
+    let status = lab.status();
+    let (a, b) = (status.pod_on(from), status.pod_on(to));
+    let (na, nb) = (lab.node(from).underlay_ip, lab.node(to).underlay_ip);
+    let capture = Capture::start(&status.fabric.netns, &status.fabric.bridge);
+    let out = ping(&a, &b.ip, &[]);
+    assert!(out.status.success(), "{from} -> {to}: {}", show(&out));
+    let captured = capture.stop();
+    let tunnelled = match encap {
+        "ipip" => {
+            captured.count(&format!("ip proto 4 and src {na} and dst {nb}"))
+                + captured.count(&format!("ip proto 4 and src {nb} and dst {na}"))
+        }
+        "vxlan" => captured.count(&format!("udp port 4789 and host {na} and host {nb}")),
+        _ => unreachable!(),
+    };
+    let plain = captured.count(&format!("host {} and host {}", a.ip, b.ip));
+    let other_tunnel = match encap {
+        "ipip" => captured.count("udp port 4789"),
+        _ => captured.count("ip proto 4"),
+    };
+    assert_eq!(
+        other_tunnel,
+        0,
+        "{encap}: the other mode's tunnel on the underlay:\n{}",
+        captured.lines("").join("\n")
+    );
+    if encap == "ipip" && tunnelled > 0 {
+        let inner = format!("{} > {}: ICMP echo request", a.ip, b.ip);
+        let all = captured.lines("ip proto 4");
+        assert!(
+            all.iter().any(|l| l.contains(&inner)),
+            "no {inner:?} inside the tunnel:\n{}",
+            all.join("\n")
+        );
+    }
+    (tunnelled, plain)
+}
+
+fn up(tag: &str, encap: &str, cross_subnet: bool) -> Lab {
+    let mut flags = vec![
+        "--routing",
+        "static",
+        "--underlay-subnets",
+        "2",
+        "--encap",
+        encap,
+    ];
+    if cross_subnet {
+        flags.push("--cross-subnet");
+    }
+    Lab::up_with(tag, 4, 1, &flags)
+}
+
+/// The lab's shape: two subnets, alternating nodes, a router between them.
+fn check_layout(lab: &Lab) {
+    let status = lab.status();
+    let router = status
+        .fabric
+        .router
+        .as_ref()
+        .expect("a lab of two underlay subnets has a router");
+    let subnets: Vec<(&str, &str, &str)> = router
+        .subnets
+        .iter()
+        .map(|s| (s.cidr.as_str(), s.bridge.as_str(), s.router_ip.as_str()))
+        .collect();
+    assert_eq!(
+        subnets,
+        [
+            ("198.18.0.0/24", "br-underlay", "198.18.0.1"),
+            ("198.18.1.0/24", "br-underlay1", "198.18.1.1")
+        ]
+    );
+    let ips: Vec<&str> = status
+        .nodes
+        .iter()
+        .map(|n| n.underlay_ip.as_str())
+        .collect();
+    assert_eq!(
+        ips,
+        ["198.18.0.11", "198.18.1.12", "198.18.0.13", "198.18.1.14"]
+    );
+}
+
+/// Full pod connectivity (ICMP and TCP between every ordered pair).
+fn check_connectivity(lab: &Lab) {
+    let out = lab.ctl(&["lab", "check"]);
+    assert!(out.status.success(), "lab check: {}", show(&out));
+}
+
+/// A DF ping of exactly the pod MTU crosses the router; one byte more is
+/// refused.
+fn pod_mtu_crosses_the_router(lab: &Lab, overhead: u32) {
+    let status = lab.status();
+    let (a, b) = (status.pod_on("node1"), status.pod_on("node2"));
+    let mtu: u32 = stdout(&netns_exec(&a.netns, &["cat", "/sys/class/net/eth0/mtu"]))
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(mtu, UPLINK_MTU - overhead);
+    let out = ping(&a, &b.ip, &["-M", "do", "-s", &(mtu - 28).to_string()]);
+    assert!(
+        out.status.success(),
+        "DF ping of {mtu} bytes: {}",
+        show(&out)
+    );
+    let out = ping(
+        &a,
+        &b.ip,
+        &["-M", "do", "-s", &(mtu - 27).to_string(), "-c", "1"],
+    );
+    assert!(
+        !out.status.success(),
+        "DF above the pod MTU: {}",
+        show(&out)
+    );
+}
+
+fn node_routes(lab: &Lab, node: &str) -> String {
+    stdout(&netns_exec(
+        &lab.node(node).netns,
+        &["ip", "-4", "route", "show"],
+    ))
+}
+
+#[test]
+fn ipip_cross_subnet_tunnels_only_across_the_router() {
+    let lab = up("xs-ipip", "ipip", true);
+    check_layout(&lab);
+    check_connectivity(&lab);
+    // Same subnet: the pods' own packets; across: IP-in-IP node to node.
+    assert_eq!(seen_between(&lab, "ipip", "node1", "node3"), (0, 6));
+    assert_eq!(seen_between(&lab, "ipip", "node1", "node2"), (6, 0));
+    assert_eq!(seen_between(&lab, "ipip", "node4", "node3"), (6, 0));
+    // The route into the tunnel goes via the router, with the pod MTU.
+    let routes = node_routes(&lab, "node1");
+    assert!(
+        routes
+            .lines()
+            .any(|l| l.starts_with("10.244.2.0/24 via 198.18.0.1 dev eth0 ")
+                && l.contains("mtu 1480")),
+        "node1's routes:\n{routes}"
+    );
+    pod_mtu_crosses_the_router(&lab, 20);
+}
+
+#[test]
+fn vxlan_cross_subnet_tunnels_only_across_the_router() {
+    let lab = up("xs-vxlan", "vxlan", true);
+    check_layout(&lab);
+    check_connectivity(&lab);
+    assert_eq!(seen_between(&lab, "vxlan", "node1", "node3"), (0, 6));
+    assert_eq!(seen_between(&lab, "vxlan", "node1", "node2"), (6, 0));
+    assert_eq!(seen_between(&lab, "vxlan", "node4", "node3"), (6, 0));
+    pod_mtu_crosses_the_router(&lab, 50);
+}
+
+#[test]
+fn ipip_without_cross_subnet_tunnels_everything() {
+    let lab = up("xs-ipip-all", "ipip", false);
+    check_connectivity(&lab);
+    assert_eq!(seen_between(&lab, "ipip", "node1", "node3"), (6, 0));
+    assert_eq!(seen_between(&lab, "ipip", "node1", "node2"), (6, 0));
+}
+
+#[test]
+fn vxlan_without_cross_subnet_tunnels_everything() {
+    let lab = up("xs-vxlan-all", "vxlan", false);
+    check_connectivity(&lab);
+    assert_eq!(seen_between(&lab, "vxlan", "node1", "node3"), (6, 0));
+    assert_eq!(seen_between(&lab, "vxlan", "node1", "node2"), (6, 0));
+}
+
+/// Native routing cannot cross the router (it does not know the pod
+/// routes): the agents refuse those routes and say why, so the lab never
+/// converges.
+#[test]
+fn native_routing_across_subnets_is_refused_with_a_reason() {
+    require_root();
+    let lab = Lab {
+        name: "weft-xs-none".into(),
+    };
+    let out = lab.ctl(&[
+        "lab",
+        "up",
+        "--nodes",
+        "2",
+        "--routing",
+        "static",
+        "--underlay-subnets",
+        "2",
+        "--encap",
+        "none",
+        "--ready-timeout",
+        "5",
+        "--keep-on-failure",
+    ]);
+    assert!(!out.status.success(), "{}", show(&out));
+    let log = std::fs::read_to_string(format!("/run/weft-lab/{}/nodes/node1/agent.log", lab.name))
+        .unwrap_or_default();
+    assert!(
+        log.contains("198.18.1.12 is outside the uplink subnet") && log.contains("--encap none"),
+        "node1's agent log:\n{log}"
+    );
+}
