@@ -310,3 +310,49 @@ fn native_routing_across_subnets_is_refused_with_a_reason() {
         "node1's agent log:\n{log}"
     );
 }
+
+/// BGP between the nodes across the router: routes learned from a node
+/// on the other subnet are installed through the tunnel (IP-in-IP via the
+/// router with the pod MTU, VXLAN into the device), those from the same
+/// subnet natively.
+#[test]
+fn bgp_routes_across_the_router_are_tunnelled() {
+    for encap in ["ipip", "vxlan"] {
+        let lab = Lab::up_with(
+            &format!("xs-bgp-{encap}"),
+            4,
+            1,
+            &[
+                "--underlay-subnets",
+                "2",
+                "--encap",
+                encap,
+                "--cross-subnet",
+            ],
+        );
+        check_connectivity(&lab);
+        let routes = bgp_routes(&lab.node("node1").netns);
+        let across = routes
+            .lines()
+            .find(|l| l.starts_with("10.244.2.0/24 "))
+            .unwrap_or_else(|| panic!("{encap}: node1 learned no 10.244.2.0/24:\n{routes}"));
+        match encap {
+            "ipip" => assert!(
+                across.starts_with("10.244.2.0/24 via 198.18.0.1 dev eth0 ")
+                    && across.contains("mtu 1480"),
+                "{encap}: {across}"
+            ),
+            _ => assert!(
+                across.starts_with("10.244.2.0/24 via 10.244.2.0 dev weft.vxlan ")
+                    && across.contains("onlink"),
+                "{encap}: {across}"
+            ),
+        }
+        assert!(
+            routes.contains("10.244.3.0/24 via 198.18.0.13 dev eth0 "),
+            "{encap}: node1's BGP routes:\n{routes}"
+        );
+        assert_eq!(seen_between(&lab, encap, "node1", "node2"), (6, 0));
+        assert_eq!(seen_between(&lab, encap, "node1", "node3"), (0, 6));
+    }
+}
