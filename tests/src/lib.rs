@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
+pub mod capture;
 pub mod framegen;
 pub mod peers;
 
@@ -61,6 +62,15 @@ pub fn weftctl_ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Three pings (0.2 s apart, 2 s to answer) from `from` to `to`, with
+/// `extra` ping flags (say `-M do -s N` for a DF ping of N bytes).
+pub fn ping(from: &LabPod, to: &str, extra: &[&str]) -> Output {
+    let mut argv = vec!["ping", "-c", "3", "-i", "0.2", "-W", "2"];
+    argv.extend_from_slice(extra);
+    argv.push(to);
+    netns_exec(&from.netns, &argv)
 }
 
 /// Runs a command inside a network namespace (`ip netns exec`).

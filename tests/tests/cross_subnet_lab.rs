@@ -7,98 +7,11 @@
 //! router through the tunnel; without it everything is encapsulated.
 //! Needs root.
 
-use std::path::PathBuf;
-use std::time::Duration;
-
-use nix::sys::signal::Signal;
-use weft_tests::peers::Daemon;
+use weft_tests::capture::Capture;
 use weft_tests::*;
 
 /// The lab's uplinks (and the router's interfaces) are veths with the default MTU.
 const UPLINK_MTU: u32 = 1500;
-
-/// A capture on one bridge of the lab's fabric.
-struct Capture {
-    daemon: Daemon,
-    file: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl Capture {
-    fn start(fabric_netns: &str, bridge: &str) -> Capture {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("underlay.pcap");
-        let log = dir.path().join("tcpdump.log");
-        let daemon = Daemon::spawn(
-            "tcpdump",
-            fabric_netns,
-            &[
-                "tcpdump",
-                "-i",
-                bridge,
-                "-U",
-                "--immediate-mode",
-                "-Z",
-                "root",
-                "-n",
-                "-s",
-                "128",
-                "-w",
-                file.to_str().unwrap(),
-            ],
-            &log,
-        );
-        eventually("tcpdump listens", Duration::from_secs(10), || {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("listening on") {
-                Ok(())
-            } else {
-                Err(text)
-            }
-        });
-        Capture { daemon, file, dir }
-    }
-
-    fn stop(self) -> Captured {
-        std::thread::sleep(Duration::from_millis(300));
-        self.daemon.stop_with(Signal::SIGINT);
-        Captured {
-            file: self.file,
-            _dir: self.dir,
-        }
-    }
-}
-
-struct Captured {
-    file: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Captured {
-    /// Packets matching a tcpdump `filter` (which sees the outer headers).
-    fn count(&self, filter: &str) -> usize {
-        self.lines(filter)
-            .iter()
-            .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
-            .count()
-    }
-
-    fn lines(&self, filter: &str) -> Vec<String> {
-        let out = std::process::Command::new("tcpdump")
-            .args(["-r", self.file.to_str().unwrap(), "-n", filter])
-            .output()
-            .expect("tcpdump runs");
-        assert!(out.status.success(), "tcpdump -r: {}", show(&out));
-        stdout(&out).lines().map(str::to_string).collect()
-    }
-}
-
-fn ping(from: &LabPod, to: &str, extra: &[&str]) -> std::process::Output {
-    let mut argv = vec!["ping", "-c", "3", "-i", "0.2", "-W", "2"];
-    argv.extend_from_slice(extra);
-    argv.push(to);
-    netns_exec(&from.netns, &argv)
-}
 
 /// (tunnelled, plain) packets of a 3-ping exchange between two pods as
 /// seen on the first subnet's bridge: tunnelled between the two nodes'

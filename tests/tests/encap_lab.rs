@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use weft_dataplane::netns::run_in;
+use weft_tests::capture::Capture;
 use weft_tests::peers::{Daemon, UnderlayHost};
 use weft_tests::*;
 use weft_twin::wire;
@@ -25,102 +26,6 @@ fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }
 
-/// A capture on the lab's underlay bridge, written to a pcap file and
-/// read back with tcpdump filters.
-struct Capture {
-    daemon: Daemon,
-    file: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Capture {
-    fn start(lab: &Lab) -> Capture {
-        let fabric = lab.status().fabric;
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("underlay.pcap");
-        let log = dir.path().join("tcpdump.log");
-        let daemon = Daemon::spawn(
-            "tcpdump",
-            &fabric.netns,
-            &[
-                "tcpdump",
-                "-i",
-                &fabric.bridge,
-                "-U",
-                // Hand each packet over at once: what is still in the
-                // kernel's buffer at SIGINT would be lost.
-                "--immediate-mode",
-                // Stay root: the pcap file lives in a root-only directory.
-                "-Z",
-                "root",
-                "-n",
-                "-s",
-                "128",
-                "-w",
-                file.to_str().unwrap(),
-            ],
-            &log,
-        );
-        eventually("tcpdump listens", Duration::from_secs(10), || {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("listening on") {
-                Ok(())
-            } else {
-                Err(text)
-            }
-        });
-        Capture {
-            daemon,
-            file,
-            _dir: dir,
-        }
-    }
-
-    /// Stops the capture; the packets stay readable with [`Captured::count`].
-    fn stop(self) -> Captured {
-        std::thread::sleep(Duration::from_millis(300));
-        self.daemon.stop_with(Signal::SIGINT);
-        Captured {
-            file: self.file,
-            _dir: self._dir,
-        }
-    }
-}
-
-struct Captured {
-    file: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Captured {
-    /// Packets matching a tcpdump `filter` (which sees the outer headers).
-    fn count(&self, filter: &str) -> usize {
-        // A packet's line starts with its timestamp; tcpdump prints what
-        // it decodes inside VXLAN on a line of its own.
-        self.lines(filter)
-            .iter()
-            .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
-            .count()
-    }
-
-    fn lines(&self, filter: &str) -> Vec<String> {
-        let out = std::process::Command::new("tcpdump")
-            .args(["-r", self.file.to_str().unwrap(), "-n", filter])
-            .output()
-            .expect("tcpdump runs");
-        assert!(out.status.success(), "tcpdump -r: {}", show(&out));
-        stdout(&out).lines().map(str::to_string).collect()
-    }
-}
-
-/// `count` pings that must all be answered.
-fn ping(from: &LabPod, to: &str, extra: &[&str]) -> std::process::Output {
-    let mut argv = vec!["ping", "-c", "3", "-i", "0.2", "-W", "2"];
-    argv.extend_from_slice(extra);
-    argv.push(to);
-    netns_exec(&from.netns, &argv)
-}
-
 fn pod_mtu(pod: &LabPod) -> u32 {
     let out = stdout(&netns_exec(&pod.netns, &["cat", "/sys/class/net/eth0/mtu"]));
     out.trim()
@@ -134,7 +39,8 @@ fn underlay_shows(lab: &Lab, encap: &str) {
     let status = lab.status();
     let (a, b) = (status.pod_on("node1"), status.pod_on("node2"));
     let (n1, n2) = (lab.node("node1").underlay_ip, lab.node("node2").underlay_ip);
-    let capture = Capture::start(lab);
+    let fabric = lab.status().fabric;
+    let capture = Capture::start(&fabric.netns, &fabric.bridge);
     let out = ping(&a, &b.ip, &[]);
     assert!(out.status.success(), "{}", show(&out));
     let captured = capture.stop();
