@@ -355,25 +355,55 @@ fn message(route: &Route) -> RouteMessage {
     msg
 }
 
-fn parse(msg: &RouteMessage) -> Option<Route> {
-    let mut dst = Ipv4Addr::UNSPECIFIED;
-    let mut gateway = None;
-    let mut oif = None;
-    let mut mtu = None;
-    for attr in &msg.attributes {
-        match attr {
-            RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
-            RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(*a),
-            RouteAttribute::Oif(i) => oif = Some(*i),
-            RouteAttribute::Metrics(metrics) => {
-                mtu = metrics.iter().find_map(|m| match m {
-                    RouteMetric::Mtu(mtu) if *mtu != 0 => Some(*mtu),
-                    _ => None,
-                })
+/// The IPv4 attributes of a route message that Weft reads, whatever the
+/// route's type: the one reading of them for the route shell and for
+/// `weftctl lab trace`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteAttributes {
+    pub table: u32,
+    pub dst: Ipv4Addr,
+    pub gateway: Option<Ipv4Addr>,
+    pub oif: Option<u32>,
+    /// The route's MTU metric, when set (0 means unset).
+    pub mtu: Option<u32>,
+}
+
+impl RouteAttributes {
+    pub fn of(msg: &RouteMessage) -> RouteAttributes {
+        let mut out = RouteAttributes {
+            table: u32::from(msg.header.table),
+            dst: Ipv4Addr::UNSPECIFIED,
+            gateway: None,
+            oif: None,
+            mtu: None,
+        };
+        for attr in &msg.attributes {
+            match attr {
+                RouteAttribute::Table(t) => out.table = *t,
+                RouteAttribute::Destination(RouteAddress::Inet(a)) => out.dst = *a,
+                RouteAttribute::Gateway(RouteAddress::Inet(a)) => out.gateway = Some(*a),
+                RouteAttribute::Oif(i) => out.oif = Some(*i),
+                RouteAttribute::Metrics(metrics) => {
+                    out.mtu = metrics.iter().find_map(|m| match m {
+                        RouteMetric::Mtu(mtu) if *mtu != 0 => Some(*mtu),
+                        _ => None,
+                    })
+                }
+                _ => {}
             }
-            _ => {}
         }
+        out
     }
+}
+
+fn parse(msg: &RouteMessage) -> Option<Route> {
+    let RouteAttributes {
+        dst,
+        gateway,
+        oif,
+        mtu,
+        ..
+    } = RouteAttributes::of(msg);
     let dst = Ipv4Network::new(dst, msg.header.destination_prefix_length).ok()?;
     Some(Route {
         dst,

@@ -28,13 +28,12 @@ use ipnetwork::Ipv4Network;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::LinkAttribute;
-use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteMetric, RouteType,
-};
+use netlink_packet_route::route::{RouteHeader, RouteMessage, RouteType};
 use serde::Serialize;
 use weft_common::maps::NodeConfig;
 use weft_dataplane::bpf::{PinnedMaps, read_pinned_maps};
 use weft_dataplane::names::is_host_ifname;
+use weft_dataplane::route::RouteAttributes;
 use weft_twin::hooks::{TC_ACT_SHOT, action_name};
 use weft_twin::wire::{Mac, PacketSummary, Probe, VXLAN_PORT};
 use weft_twin::{
@@ -461,26 +460,13 @@ async fn read_addresses(handle: &rtnetlink::Handle) -> Result<Vec<Ipv4Addr>> {
 }
 
 fn route_fact(msg: &RouteMessage) -> Option<RouteFact> {
-    let mut table = u32::from(msg.header.table);
-    let mut dst = Ipv4Addr::UNSPECIFIED;
-    let mut gateway = None;
-    let mut oif = None;
-    let mut mtu = None;
-    for attr in &msg.attributes {
-        match attr {
-            RouteAttribute::Table(t) => table = *t,
-            RouteAttribute::Destination(RouteAddress::Inet(a)) => dst = *a,
-            RouteAttribute::Gateway(RouteAddress::Inet(a)) => gateway = Some(*a),
-            RouteAttribute::Oif(i) => oif = Some(*i),
-            RouteAttribute::Metrics(metrics) => {
-                mtu = metrics.iter().find_map(|m| match m {
-                    RouteMetric::Mtu(mtu) if *mtu != 0 => Some(*mtu),
-                    _ => None,
-                })
-            }
-            _ => {}
-        }
-    }
+    let RouteAttributes {
+        table,
+        dst,
+        gateway,
+        oif,
+        mtu,
+    } = RouteAttributes::of(msg);
     if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
         return None;
     }
