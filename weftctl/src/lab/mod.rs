@@ -1079,20 +1079,26 @@ mod tests {
         assert!(LabRef::new("../x", None).is_err());
     }
 
+    /// A lab named `<prefix><pid>` with its state under the temp dir, for
+    /// the tests that build namespaces; they fail loudly without root.
+    fn root_test_lab(prefix: &str) -> LabRef {
+        assert!(
+            unsafe { libc::geteuid() } == 0,
+            "this test needs root (network namespaces): run it as root"
+        );
+        let lab = LabRef::new(&format!("{prefix}{}", std::process::id()), None).unwrap();
+        LabRef {
+            state_dir: std::env::temp_dir().join(&lab.lab),
+            ..lab
+        }
+    }
+
     /// The underlay part of `lab up` for real (needs root; fails without
     /// it): nodes reach each other over the fabric bridge, forward
     /// packets, and `down` finds everything by name without a lab.json.
     #[test]
     fn underlay_connects_nodes_and_down_removes_it() {
-        assert!(
-            unsafe { libc::geteuid() } == 0,
-            "this test needs root (network namespaces): run it as root"
-        );
-        let lab = LabRef::new(&format!("wctl-t{}", std::process::id()), None).unwrap();
-        let lab = LabRef {
-            state_dir: std::env::temp_dir().join(&lab.lab),
-            ..lab
-        };
+        let lab = root_test_lab("wctl-t");
         let state = LabState::planned(
             &lab.lab,
             &lab.state_dir,
@@ -1132,15 +1138,7 @@ mod tests {
     /// `down` finds the router namespace too, without a lab.json.
     #[test]
     fn two_underlay_subnets_are_routed_and_down_removes_the_router() {
-        assert!(
-            unsafe { libc::geteuid() } == 0,
-            "this test needs root (network namespaces): run it as root"
-        );
-        let lab = LabRef::new(&format!("weft-xs-t{}", std::process::id()), None).unwrap();
-        let lab = LabRef {
-            state_dir: std::env::temp_dir().join(&lab.lab),
-            ..lab
-        };
+        let lab = root_test_lab("weft-xs-t");
         let state = LabState::planned_on(
             &lab.lab,
             &lab.state_dir,
