@@ -17,6 +17,10 @@
 //! - [`redirect`]: handing a decapsulated packet straight to a local pod.
 #![cfg_attr(not(test), no_std)]
 
+// Userspace builds (`user`) also get serde impls, which need `String`.
+#[cfg(all(feature = "user", not(test)))]
+extern crate std;
+
 pub mod guard;
 pub mod ipv4;
 pub mod lookup;

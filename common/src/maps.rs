@@ -166,6 +166,9 @@ pub enum Encap {
 }
 
 impl Encap {
+    /// Every mode, in the order operators see them listed.
+    pub const ALL: [Encap; 3] = [Encap::Ipip, Encap::Vxlan, Encap::None];
+
     pub const fn from_u8(value: u8) -> Option<Encap> {
         match value {
             0 => Some(Encap::None),
@@ -173,6 +176,77 @@ impl Encap {
             2 => Some(Encap::Vxlan),
             _ => None,
         }
+    }
+
+    /// Bytes the mode adds to every packet between nodes, which the pod MTU
+    /// gives up: the one place this is computed.
+    pub const fn overhead(self) -> u16 {
+        match self {
+            Encap::None => 0,
+            Encap::Ipip => crate::uplink::IPIP_OVERHEAD,
+            Encap::Vxlan => crate::uplink::VXLAN_OVERHEAD,
+        }
+    }
+
+    /// The mode's name in flags (`--encap`), manifests and status JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Encap::Ipip => "ipip",
+            Encap::Vxlan => "vxlan",
+            Encap::None => "none",
+        }
+    }
+}
+
+impl core::fmt::Display for Encap {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The mode a node runs when none is asked for: IP-in-IP. (An all-zero
+/// config map entry still decodes as [`Encap::None`]: that is about
+/// unwritten bytes, this about operators.)
+impl Default for Encap {
+    fn default() -> Encap {
+        Encap::Ipip
+    }
+}
+
+/// A mode name that is none of [`Encap::ALL`]'s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownEncap;
+
+impl core::fmt::Display for UnknownEncap {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("encapsulation must be one of ipip, vxlan, none")
+    }
+}
+
+impl core::error::Error for UnknownEncap {}
+
+impl core::str::FromStr for Encap {
+    type Err = UnknownEncap;
+    fn from_str(s: &str) -> Result<Encap, UnknownEncap> {
+        Encap::ALL
+            .into_iter()
+            .find(|e| e.name() == s)
+            .ok_or(UnknownEncap)
+    }
+}
+
+#[cfg(feature = "user")]
+impl serde::Serialize for Encap {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+#[cfg(feature = "user")]
+impl<'de> serde::Deserialize<'de> for Encap {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Encap, D::Error> {
+        let name = <std::string::String as serde::Deserialize>::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -19,6 +19,9 @@ pub const IPIP_OVERHEAD: u16 = ipv4::MIN_HEADER_LEN as u16;
 /// The UDP port of VXLAN (IANA's 4789), where mode `vxlan`'s device listens.
 pub const VXLAN_PORT: u16 = 4789;
 
+/// Bytes VXLAN adds: outer IPv4, UDP, the VXLAN header, inner Ethernet.
+pub const VXLAN_OVERHEAD: u16 = 20 + 8 + 8 + 14;
+
 /// Offset of the IPv4 header in a frame.
 const L3: usize = ethernet::HEADER_LEN;
 

@@ -55,16 +55,6 @@ impl Default for ClusterConfig {
     }
 }
 
-/// Bytes the mode's encapsulation adds, which the pod MTU gives up (the
-/// agent's `Encap::overhead`).
-pub fn encap_overhead(encap: Encap) -> u16 {
-    match encap {
-        Encap::None => 0,
-        Encap::Ipip => weft_common::uplink::IPIP_OVERHEAD,
-        Encap::Vxlan => wire::VXLAN_OVERHEAD,
-    }
-}
-
 /// A pod of the cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PodId(usize);
@@ -673,7 +663,7 @@ fn node_tables(config: &ClusterConfig, i: usize) -> NodeTables {
     } else {
         ROUTER_FAR
     };
-    let pod_mtu = config.uplink_mtu - encap_overhead(config.encap);
+    let pod_mtu = config.uplink_mtu - config.encap.overhead();
     let mut node_config = NodeConfig::new(me, config.encap).with_uplink_mtu(config.uplink_mtu);
     if config.cross_subnet {
         node_config = node_config.with_cross_subnet(subnet, 24);

@@ -52,12 +52,9 @@ impl fmt::Display for Mac {
 
 pub const ETHERTYPE_IPV4: u16 = ethernet::ETHERTYPE_IPV4;
 pub const ETHERTYPE_ARP: u16 = ethernet::ETHERTYPE_ARP;
-/// VXLAN's IANA port, what Linux's vxlan device uses with `dstport 4789`.
-pub const VXLAN_PORT: u16 = 4789;
+pub use weft_common::uplink::{VXLAN_OVERHEAD, VXLAN_PORT};
 /// The VNI Weft's vxlan device uses (Calico's too).
 pub const VXLAN_VNI: u32 = 4096;
-/// Bytes VXLAN adds: outer IPv4, UDP, VXLAN header, inner Ethernet.
-pub const VXLAN_OVERHEAD: u16 = 20 + 8 + 8 + 14;
 /// Linux quotes at most this much of the offending packet in an ICMP
 /// error (576 minus the error's own IPv4 and ICMP headers).
 pub const ICMP_QUOTE_MAX: usize = 576 - 20 - 8;

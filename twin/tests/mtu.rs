@@ -13,7 +13,7 @@ use weft_twin::wire::{IcmpError, PacketSummary, Probe};
 use weft_twin::{Cluster, ClusterConfig, Encap, PodId, RouteDecision, Step};
 
 fn pod_mtu(encap: Encap, uplink: u16) -> u16 {
-    uplink - weft_twin::cluster::encap_overhead(encap)
+    uplink - encap.overhead()
 }
 
 /// The ICMP errors the pod received.
@@ -54,7 +54,7 @@ fn full_size_segments_cross_and_fill_the_uplink_exactly() {
             .iter()
             .filter_map(|f| f.summary())
             .map(|p| match p.inner {
-                Some(_) => p.total_len - weft_twin::cluster::encap_overhead(encap),
+                Some(_) => p.total_len - encap.overhead(),
                 None => p.total_len,
             })
             .max();
