@@ -12,7 +12,7 @@ use weft_dataplane::vxlan;
 
 use crate::config::Encap;
 use crate::ipam::{Attachment, Claim};
-use weft_datastore::{EndpointRecord, NodeRecord};
+use weft_model::{EndpointRecord, NodeRecord};
 
 /// What the calculation reads.
 pub struct ClusterView<'a> {

@@ -8,37 +8,7 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 use ipnetwork::Ipv4Network;
 
-/// How pod traffic crosses the underlay between nodes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Encap {
-    /// IP-in-IP (protocol 4), done by Weft's eBPF programs on the uplink.
-    Ipip,
-    /// VXLAN (UDP 4789), done by a kernel vxlan device the agent programs.
-    Vxlan,
-    /// Native routing: pod addresses on the wire (nodes on one L2 segment).
-    None,
-}
-
-impl Encap {
-    /// Bytes the encapsulation adds to every packet; the pod MTU gives them
-    /// up: an outer IPv4 header, or that plus UDP, VXLAN and inner Ethernet.
-    pub fn overhead(self) -> u32 {
-        match self {
-            Encap::Ipip => 20,
-            Encap::Vxlan => 50,
-            Encap::None => 0,
-        }
-    }
-
-    /// The mode as the datapath's config map stores it.
-    pub fn datapath(self) -> weft_common::maps::Encap {
-        match self {
-            Encap::Ipip => weft_common::maps::Encap::Ipip,
-            Encap::Vxlan => weft_common::maps::Encap::Vxlan,
-            Encap::None => weft_common::maps::Encap::None,
-        }
-    }
-}
+pub use weft_model::Encap;
 
 /// How the agent learns the routes to other nodes' pod CIDRs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -99,7 +69,7 @@ pub struct Config {
     /// underlay subnets are reached through the tunnel (ipip routes it via
     /// the node's own underlay route to them, e.g. a router); with none,
     /// only nodes on the uplink's subnet are routed.
-    #[arg(long, env = "WEFT_ENCAP", value_enum, default_value = "ipip")]
+    #[arg(long, env = "WEFT_ENCAP", value_parser = weft_model::encap_value_parser(), default_value = "ipip")]
     pub encap: Encap,
     /// Encapsulate only towards nodes outside this node's underlay subnet
     /// (Calico's crossSubnet); nodes on the same subnet are routed natively.
@@ -169,7 +139,7 @@ impl Config {
     /// The pod MTU: the flag if given, else what the uplink leaves after encapsulation.
     pub fn pod_mtu(&self, uplink_mtu: u32) -> u32 {
         self.mtu
-            .unwrap_or(uplink_mtu.saturating_sub(self.encap.overhead()))
+            .unwrap_or(uplink_mtu.saturating_sub(self.encap.overhead().into()))
     }
 }
 

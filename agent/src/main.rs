@@ -21,7 +21,8 @@ use tokio_stream::wrappers::UnixListenerStream;
 use config::{Config, Routing};
 use ipam::Ipam;
 use node::{Dataplane, Node, TunnelOptions};
-use weft_datastore::{Datastore, NodeRecord};
+use weft_datastore::Datastore;
+use weft_model::NodeRecord;
 
 fn main() -> anyhow::Result<()> {
     let config = Config::parse();

@@ -28,7 +28,8 @@ use crate::config::Encap;
 use crate::ipam::Ipam;
 use crate::routing::{self, Learned, Topology, WantedPeer};
 use weft_datastore::fsutil;
-use weft_datastore::{self as datastore, Datastore, EndpointRecord, NodeRecord};
+use weft_datastore::{self as datastore, Datastore};
+use weft_model::{EndpointRecord, NodeRecord};
 
 /// The kernel-facing handles, used by one reconcile pass at a time.
 pub struct Dataplane {
@@ -506,7 +507,7 @@ impl Node {
 /// The config map entry of a node whose underlay address is `underlay`,
 /// on `uplink`, with `options`.
 fn tunnel_config(underlay: Ipv4Addr, uplink: &Uplink, options: TunnelOptions) -> NodeConfig {
-    let mut config = NodeConfig::new(underlay.octets(), options.encap.datapath())
+    let mut config = NodeConfig::new(underlay.octets(), options.encap)
         .with_uplink_mtu(u16::try_from(uplink.mtu).unwrap_or(u16::MAX));
     if let Some(subnet) = uplink.address
         && options.cross_subnet

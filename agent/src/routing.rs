@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::{IpNetwork, Ipv4Network};
-use weft_datastore::{BgpPeer, NodeRecord};
+use weft_model::{BgpPeer, NodeRecord};
 
 /// A peer this node wants, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -156,7 +156,7 @@ mod tests {
             "apiVersion: weft.dev/v1alpha1\nkind: BGPPeer\nmetadata: {{name: {name}}}\nspec: {{peerIP: {ip}, asNumber: {asn}{}}}\n",
             node.map(|n| format!(", node: {n}")).unwrap_or_default()
         );
-        weft_datastore::bgp_peer::parse_manifests(&yaml)
+        weft_model::bgp_peer::parse_manifests(&yaml)
             .unwrap()
             .remove(0)
     }

@@ -14,7 +14,7 @@ use weft_proto::v1::{self, *};
 
 use crate::ipam::{self, IpamError};
 use crate::node::{Node, ReconcileError};
-use weft_datastore::{EndpointRecord, endpoint_key};
+use weft_model::{EndpointRecord, endpoint_key};
 
 pub struct AgentService {
     node: Arc<Node>,

@@ -10,55 +10,16 @@
 //! sees half a record; a record that does not parse is skipped and logged,
 //! never fatal. A Kubernetes-backed datastore later offers the same calls.
 
-use std::collections::BTreeMap;
 use std::fs;
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use ipnetwork::Ipv4Network;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-pub mod bgp_peer;
 pub mod fsutil;
 
-pub use bgp_peer::BgpPeer;
-
-/// A node as the other nodes see it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeRecord {
-    pub name: String,
-    pub underlay_ip: Ipv4Addr,
-    pub pod_cidr: Ipv4Network,
-}
-
-/// A pod's network endpoint on some node.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EndpointRecord {
-    pub container_id: String,
-    pub ifname: String,
-    pub node: String,
-    pub pod_name: String,
-    pub pod_namespace: String,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    pub address: Ipv4Addr,
-    pub host_ifname: String,
-    #[serde(default)]
-    pub netns: String,
-}
-
-impl EndpointRecord {
-    /// The record's file name: unique per attachment on a node.
-    pub fn key(&self) -> String {
-        endpoint_key(&self.container_id, &self.ifname)
-    }
-}
-
-pub fn endpoint_key(container_id: &str, ifname: &str) -> String {
-    format!("{container_id}_{ifname}")
-}
+use weft_model::{BgpPeer, EndpointRecord, NodeRecord};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -125,7 +86,7 @@ impl Datastore {
     }
 
     /// Stores a peer (create or replace). Callers validate first
-    /// ([`bgp_peer::parse_manifests`] does).
+    /// ([`weft_model::bgp_peer::parse_manifests`] does).
     pub fn put_bgp_peer(&self, peer: &BgpPeer) -> Result<(), DatastoreError> {
         self.put(
             &self
@@ -252,7 +213,7 @@ mod tests {
     fn bgp_peers_are_stored_replaced_and_deleted() {
         let dir = tempfile::tempdir().unwrap();
         let ds = Datastore::open(dir.path()).unwrap();
-        let mut peer = bgp_peer::parse_manifests(
+        let mut peer = weft_model::bgp_peer::parse_manifests(
             "apiVersion: weft.dev/v1alpha1\nkind: BGPPeer\nmetadata: {name: tor}\nspec: {peerIP: 198.18.0.200, asNumber: 64600}\n",
         )
         .unwrap()

@@ -150,7 +150,7 @@ enum LabCommand {
         route_reflectors: Vec<String>,
         /// How pod traffic crosses the underlay between nodes: IP-in-IP by Weft's eBPF
         /// programs, a kernel vxlan device, or native routing.
-        #[arg(long, value_enum, default_value = "ipip")]
+        #[arg(long, value_parser = weft_model::encap_value_parser(), default_value = "ipip")]
         encap: lab::state::Encap,
         /// Encapsulate only towards nodes outside a node's underlay subnet (with one
         /// underlay subnet every pod packet is routed natively; see --underlay-subnets).
@@ -316,7 +316,7 @@ enum AgentCommand {
         /// Switch the lab to this encapsulation mode first. It is recorded for the whole
         /// lab: each other node's agent takes it when it is next started (a rolling change
         /// of the cluster's configuration).
-        #[arg(long, value_enum)]
+        #[arg(long, value_parser = weft_model::encap_value_parser())]
         encap: Option<lab::state::Encap>,
         /// Switch the lab's `--direct-redirect` first; recorded for the whole lab like
         /// `--encap`.
@@ -531,7 +531,7 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
                 println!(
                     "lab {} switched to encapsulation {}",
                     state.lab,
-                    encap.as_arg()
+                    encap.name()
                 );
             }
             if let Some(on) = direct_redirect

@@ -233,14 +233,6 @@ fn clamp_mtu(mtu: u32) -> u16 {
     u16::try_from(mtu).unwrap_or(u16::MAX)
 }
 
-fn overhead(encap: Encap) -> u16 {
-    match encap {
-        Encap::None => 0,
-        Encap::Ipip => 20,
-        Encap::Vxlan => 50,
-    }
-}
-
 /// How a route of the node maps onto the twin, or why it cannot.
 fn classify(node: &NodeFacts, route: &RouteFact) -> Result<KernelRoute, String> {
     let shown = || {
@@ -325,7 +317,7 @@ pub fn node_tables(node: &NodeFacts) -> NodeTables {
         .map_or(config.uplink_mtu, clamp_mtu)
         .max(1);
     let encap = config.encap().unwrap_or(node.encap);
-    let pod_mtu = veth_mtu.map_or(uplink_mtu.saturating_sub(overhead(encap)), clamp_mtu);
+    let pod_mtu = veth_mtu.map_or(uplink_mtu.saturating_sub(encap.overhead()), clamp_mtu);
     let vxlan = node.vxlan.as_ref().map(|v| VxlanDevice {
         vni: v.vni.unwrap_or(weft_twin::wire::VXLAN_VNI),
         mtu: v.mtu.map_or(uplink_mtu.saturating_sub(50), clamp_mtu),
@@ -548,7 +540,7 @@ pub async fn read_node(lab: &LabState, node: &state::Node) -> Result<NodeFacts> 
     Ok(NodeFacts {
         name: node.name.clone(),
         underlay_ip: node.underlay_ip,
-        encap: datapath_encap(lab.encap),
+        encap: lab.encap,
         uplink: node.uplink.clone(),
         maps,
         links,
@@ -563,14 +555,6 @@ pub async fn read_pod_mtu(pod: &state::Pod) -> Result<Option<u32>> {
     let netns = netns_path(&pod.netns);
     let netlink = weft_dataplane::link::Netlink::in_netns(&netns)?;
     Ok(netlink.link(&pod.ifname).await?.and_then(|l| l.mtu))
-}
-
-fn datapath_encap(encap: state::Encap) -> Encap {
-    match encap {
-        state::Encap::Ipip => Encap::Ipip,
-        state::Encap::Vxlan => Encap::Vxlan,
-        state::Encap::None => Encap::None,
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1144,7 +1128,7 @@ pub async fn run(lab: &LabState, request: &TraceRequest) -> Result<TraceReport> 
     let verdict = verdict(&steps, &probe, &tables, &pods);
     Ok(TraceReport {
         lab: lab.lab.clone(),
-        encap: lab.encap.as_arg(),
+        encap: lab.encap.name(),
         from: TraceFrom {
             pod: pod.name.clone(),
             node: pod.node.clone(),
@@ -1179,7 +1163,7 @@ mod tests {
     fn facts(i: u8, of: u8, encap: Encap) -> NodeFacts {
         let me = Ipv4Addr::new(198, 18, 0, 10 + i);
         let pod = Ipv4Addr::new(10, 244, i, 2);
-        let pod_mtu = 1500 - u32::from(overhead(encap));
+        let pod_mtu = 1500 - u32::from(encap.overhead());
         let mut links = vec![
             LinkFact {
                 name: "lo".into(),

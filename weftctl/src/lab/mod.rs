@@ -444,7 +444,7 @@ fn remove_state_dir(dir: &Path) -> Result<()> {
 /// Writes BGPPeer manifests into the lab's datastore, all or nothing (the
 /// whole file is checked first); returns the names written.
 pub fn apply(state: &LabState, text: &str) -> Result<Vec<String>> {
-    let peers = weft_datastore::bgp_peer::parse_manifests(text)?;
+    let peers = weft_model::bgp_peer::parse_manifests(text)?;
     let store = weft_datastore::Datastore::open(&state.datastore_dir())?;
     for peer in &peers {
         store.put_bgp_peer(peer)?;

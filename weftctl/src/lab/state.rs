@@ -72,28 +72,7 @@ impl Routing {
     }
 }
 
-/// The agents' `--encap`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Encap {
-    /// IP-in-IP done by Weft's eBPF programs on the uplink (the agent's default).
-    #[default]
-    Ipip,
-    /// A kernel vxlan device programmed by the agent.
-    Vxlan,
-    /// Native routing: pod addresses on the underlay.
-    None,
-}
-
-impl Encap {
-    pub fn as_arg(self) -> &'static str {
-        match self {
-            Encap::Ipip => "ipip",
-            Encap::Vxlan => "vxlan",
-            Encap::None => "none",
-        }
-    }
-}
+pub use weft_model::Encap;
 
 fn one() -> u32 {
     1
@@ -316,7 +295,7 @@ impl LabState {
             "--bpffs-dir".into(),
             path(&node.bpffs_dir),
             "--encap".into(),
-            self.encap.as_arg().into(),
+            self.encap.name().into(),
             "--routing".into(),
             self.routing.as_arg().into(),
         ]

@@ -1,0 +1,138 @@
+//! The cluster as Weft sees it, in plain types: what a cluster source
+//! (the local directory store, the Kubernetes API) hands the agent, what
+//! the calculation reads, and what weftctl and the lab show.
+//!
+//! Nothing here does I/O or knows where objects are stored: backends turn
+//! their own representation into these types, and a change to the cluster
+//! is a [`Change`] whatever the backend. Policy objects (namespaces, pods,
+//! NetworkPolicies) join [`Object`] as their work lands.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+
+pub mod bgp_peer;
+
+pub use bgp_peer::BgpPeer;
+/// How pod traffic crosses the underlay between nodes: the datapath's own
+/// type (it is what the uplink programs' config map stores), with its
+/// overhead, names and parsing, so there is one `Encap` everywhere.
+pub use weft_common::maps::Encap;
+
+/// `--encap`'s values for a clap command line: the names of
+/// [`Encap::ALL`], listed in `--help`, parsed into the one [`Encap`].
+#[cfg(feature = "cli")]
+pub fn encap_value_parser() -> impl clap::builder::TypedValueParser<Value = Encap> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(Encap::ALL.map(Encap::name))
+        .map(|name| name.parse::<Encap>().expect("a listed name"))
+}
+
+/// A node as the other nodes see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub name: String,
+    pub underlay_ip: Ipv4Addr,
+    pub pod_cidr: Ipv4Network,
+}
+
+/// A pod's network endpoint on some node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    pub container_id: String,
+    pub ifname: String,
+    pub node: String,
+    pub pod_name: String,
+    pub pod_namespace: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub address: Ipv4Addr,
+    pub host_ifname: String,
+    #[serde(default)]
+    pub netns: String,
+}
+
+impl EndpointRecord {
+    /// The endpoint's key: unique per attachment on a node.
+    pub fn key(&self) -> String {
+        endpoint_key(&self.container_id, &self.ifname)
+    }
+}
+
+/// The key of the endpoint of attachment (`container_id`, `ifname`).
+pub fn endpoint_key(container_id: &str, ifname: &str) -> String {
+    format!("{container_id}_{ifname}")
+}
+
+/// One object of the cluster, whole.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Object {
+    Node(NodeRecord),
+    /// An endpoint of any node (a node's own come from its agent).
+    Endpoint(EndpointRecord),
+    BgpPeer(BgpPeer),
+}
+
+impl Object {
+    pub fn id(&self) -> ObjectId {
+        match self {
+            Object::Node(n) => ObjectId::Node(n.name.clone()),
+            Object::Endpoint(e) => ObjectId::Endpoint {
+                node: e.node.clone(),
+                key: e.key(),
+            },
+            Object::BgpPeer(p) => ObjectId::BgpPeer(p.metadata.name.clone()),
+        }
+    }
+}
+
+/// What names an [`Object`] in its kind: what a deletion carries.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum ObjectId {
+    Node(String),
+    Endpoint { node: String, key: String },
+    BgpPeer(String),
+}
+
+/// A change a cluster source reports: an object created or replaced, or
+/// gone. Level-triggered: an `Upsert` carries the whole object, so
+/// applying the same change twice, or a stale one followed by the current
+/// one, ends in the same state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    Upsert(Object),
+    Delete(ObjectId),
+}
+
+/// The whole cluster at one moment: what a source hands over first, and
+/// again whenever it may have missed changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub nodes: Vec<NodeRecord>,
+    pub endpoints: Vec<EndpointRecord>,
+    pub bgp_peers: Vec<BgpPeer>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encap_has_one_overhead_and_round_trips_its_name() {
+        assert_eq!(Encap::Ipip.overhead(), 20);
+        assert_eq!(Encap::Vxlan.overhead(), 50);
+        assert_eq!(Encap::None.overhead(), 0);
+        for e in Encap::ALL {
+            assert_eq!(e.name().parse::<Encap>(), Ok(e));
+            let json = serde_json::to_string(&e).unwrap();
+            assert_eq!(json, format!("\"{}\"", e.name()));
+            assert_eq!(serde_json::from_str::<Encap>(&json).unwrap(), e);
+        }
+        assert!("gre".parse::<Encap>().is_err());
+        assert!(serde_json::from_str::<Encap>("\"IPIP\"").is_err());
+    }
+}
