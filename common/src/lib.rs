@@ -17,8 +17,8 @@
 //! - [`redirect`]: handing a decapsulated packet straight to a local pod.
 #![cfg_attr(not(test), no_std)]
 
-// Userspace builds (`user`) also get serde impls, which need `String`.
-#[cfg(all(feature = "user", not(test)))]
+// The serde impls need `String`.
+#[cfg(all(feature = "serde", not(test)))]
 extern crate std;
 
 pub mod guard;

@@ -235,14 +235,14 @@ impl core::str::FromStr for Encap {
     }
 }
 
-#[cfg(feature = "user")]
+#[cfg(feature = "serde")]
 impl serde::Serialize for Encap {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.name())
     }
 }
 
-#[cfg(feature = "user")]
+#[cfg(feature = "serde")]
 impl<'de> serde::Deserialize<'de> for Encap {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Encap, D::Error> {
         let name = <std::string::String as serde::Deserialize>::deserialize(d)?;

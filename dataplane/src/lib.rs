@@ -8,11 +8,22 @@
 //! - [`vxlan`]: encapsulation mode `vxlan`: the kernel VXLAN device, its FDB and neighbour entries.
 //! - [`bpf`]: loading, pinning and attaching the eBPF programs and their maps.
 
+//!
+//! Without the default feature `kernel` only the pure half builds ([`names`],
+//! and [`route`]'s `Route` and `plan`): what the agent's calculation needs,
+//! with no netlink, aya or tokio behind it.
+
+#[cfg(feature = "kernel")]
 pub mod bpf;
+#[cfg(feature = "kernel")]
 pub mod kernel;
+#[cfg(feature = "kernel")]
 pub mod link;
 pub mod names;
+#[cfg(feature = "kernel")]
 pub mod netns;
 pub mod route;
+#[cfg(feature = "kernel")]
 pub mod uplink;
+#[cfg(feature = "kernel")]
 pub mod vxlan;

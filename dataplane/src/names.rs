@@ -17,6 +17,13 @@ pub const HOST_IFNAME_PREFIX: &str = "weft";
 /// on the host end), so no address has to be spent per node or per pod.
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 
+/// The VTEP address of the node owning `pod_cidr` in mode `vxlan`: the
+/// CIDR's network address, held as a /32 on that node's VXLAN device and
+/// used as the next hop of the other nodes' routes to the CIDR.
+pub fn vtep_ip(pod_cidr: ipnetwork::Ipv4Network) -> Ipv4Addr {
+    pod_cidr.network()
+}
+
 /// Hex digits of the hash kept in a host interface name: prefix (4) + 11 =
 /// 15, the longest name the kernel accepts (IFNAMSIZ - 1).
 const HASH_CHARS: usize = 11;

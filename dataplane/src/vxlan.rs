@@ -46,10 +46,6 @@ pub const DEVICE_NAME: &str = "weft.vxlan";
 pub const DEFAULT_VNI: u32 = 4096;
 /// The IANA VXLAN port (the kernel's own default is the pre-IANA 8472).
 pub const DEFAULT_PORT: u16 = 4789;
-/// What VXLAN adds to every packet on an IPv4 underlay: outer IPv4 (20),
-/// UDP (8), VXLAN (8) and the inner Ethernet header (14). The device MTU and
-/// the pod MTU are the uplink MTU minus this.
-pub const OVERHEAD: u32 = 50;
 
 /// The MAC address of the VTEP of the node whose underlay address is
 /// `underlay`: `02:57:a:b:c:d` (locally administered, unicast, 0x57 = 'W',
@@ -60,12 +56,7 @@ pub fn vtep_mac(underlay: Ipv4Addr) -> MacAddr {
     MacAddr([0x02, 0x57, a, b, c, d])
 }
 
-/// The VTEP address of the node owning `pod_cidr`: the CIDR's network
-/// address, held as a /32 on that node's VXLAN device and used as the next
-/// hop of the other nodes' routes to the CIDR.
-pub fn vtep_ip(pod_cidr: Ipv4Network) -> Ipv4Addr {
-    pod_cidr.network()
-}
+pub use crate::names::vtep_ip;
 
 /// The VXLAN device of this node, as Weft wants it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,7 +71,7 @@ pub struct VxlanSpec {
     pub local: Ipv4Addr,
     /// The uplink's ifindex (`dev` of `ip link add ... type vxlan`).
     pub uplink_ifindex: u32,
-    /// Device MTU: uplink MTU − [`OVERHEAD`].
+    /// Device MTU: uplink MTU − VXLAN's overhead ([`weft_common::maps::Encap::overhead`]).
     pub mtu: u32,
     /// Device MAC: [`vtep_mac`] of `local`.
     pub mac: MacAddr,
@@ -103,7 +94,7 @@ impl VxlanSpec {
             port: DEFAULT_PORT,
             local,
             uplink_ifindex,
-            mtu: uplink_mtu.saturating_sub(OVERHEAD),
+            mtu: uplink_mtu.saturating_sub(weft_common::maps::Encap::Vxlan.overhead().into()),
             mac: vtep_mac(local),
             vtep_ip: vtep_ip(pod_cidr),
         }
