@@ -15,24 +15,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use ipnetwork::Ipv4Network;
-use serde::{Deserialize, Serialize};
 
 use weft_datastore::fsutil;
 
-/// Who holds an address: one CNI attachment.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Attachment {
-    pub container_id: String,
-    pub ifname: String,
-}
-
-/// A claim file's content. A claim whose file is empty or unreadable (a crash
-/// between create and write) has no owner: it stays reserved until GC.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Claim {
-    Owned(Attachment),
-    Orphaned,
-}
+pub use weft_model::{Attachment, Claim};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -1,10 +1,9 @@
 //! weft-agent: the per-node daemon. See `weft-agent --help` and README.md.
 
-mod calc;
 mod config;
+mod drivers;
 mod ipam;
 mod node;
-mod routing;
 mod service;
 
 use std::path::Path;
@@ -19,9 +18,12 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use config::{Config, Routing};
+use drivers::{EndpointsDriver, KernelDrivers, RoutesDriver, TunnelDriver, VxlanDriver};
 use ipam::Ipam;
-use node::{Dataplane, Node, TunnelOptions};
-use weft_datastore::Datastore;
+use node::{Node, TunnelOptions};
+use weft_calc::restart::KeptRoutes;
+use weft_dataplane::link::Netlink;
+use weft_datastore::{Datastore, SourceEvent};
 use weft_model::NodeRecord;
 
 fn main() -> anyhow::Result<()> {
@@ -81,27 +83,38 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 config.bpffs_dir.display()
             )
         })?;
-    let dataplane = Dataplane::new(
-        routes,
-        weft_dataplane::link::Netlink::current()?,
-        guard,
-        tunnel,
-    );
+    let options = TunnelOptions {
+        encap: config.encap,
+        cross_subnet: config.cross_subnet,
+        direct_redirect: config.direct_redirect,
+    };
+    let drivers = KernelDrivers {
+        endpoints: EndpointsDriver::new(guard, Netlink::current()?),
+        tunnel: TunnelDriver::new(
+            tunnel,
+            Netlink::current()?,
+            uplink.name.clone(),
+            node::tunnel_config(me.underlay_ip, &uplink, options),
+            config.encap,
+        ),
+        vxlan: VxlanDriver::new(Netlink::current()?),
+        routes: RoutesDriver::new(routes),
+    };
     let node = Arc::new(Node::new(
         me,
         uplink,
         mtu,
-        TunnelOptions {
-            encap: config.encap,
-            cross_subnet: config.cross_subnet,
-            direct_redirect: config.direct_redirect,
-        },
+        options,
         ipam,
-        datastore,
+        Box::new(datastore),
         config.state_dir.join("endpoints"),
-        dataplane,
+        drivers,
         bgp,
-    ));
+    )?);
+
+    // Watch before the first pass's snapshot, so no change falls between.
+    let (source_tx, mut source_rx) = mpsc::unbounded_channel();
+    let _watch = node.source.watch(source_tx)?;
 
     // Adopt what a previous run left before serving anyone.
     let report = node.reconcile(true).await.context("first reconcile")?;
@@ -120,21 +133,32 @@ async fn run(config: Config) -> anyhow::Result<()> {
     );
     tracing::info!(socket = %config.socket.display(), "serving");
 
-    let (wake_tx, mut wake_rx) = mpsc::channel(1);
-    let _watcher = node.datastore.watch(wake_tx)?;
     let mut resync = tokio::time::interval(Duration::from_secs(config.resync_seconds));
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     loop {
         let full = tokio::select! {
             _ = resync.tick() => true,
-            Some(()) = wake_rx.recv() => false,
+            Some(event) = source_rx.recv() => {
+                // Coalesce a burst (a lab coming up) into one pass.
+                let mut events: Vec<SourceEvent> = vec![event];
+                while let Ok(event) = source_rx.try_recv() {
+                    events.push(event);
+                }
+                if let Err(e) = node.cluster_events(events).await {
+                    tracing::error!(error = %e, "cluster source; resyncing on the next pass");
+                    true
+                } else {
+                    false
+                }
+            }
             Some(event) = next_bgp_event(&mut bgp_events) => {
                 log_bgp_event(&event);
                 // Coalesce a burst (a peer's whole table) into one pass.
                 while let Some(Ok(event)) = bgp_events.as_mut().map(|rx| rx.try_recv()) {
                     log_bgp_event(&event);
                 }
+                node.bgp_event().await;
                 false
             }
             _ = sigterm.recv() => break,
@@ -185,17 +209,16 @@ async fn start_bgp(
     routes: &weft_dataplane::route::RouteTable,
 ) -> anyhow::Result<(node::Bgp, BgpEvents)> {
     use weft_bgp::session::GracefulRestartConfig;
-    let kept: Vec<_> = routes
-        .owned()
-        .await?
-        .into_iter()
-        .filter(|r| r.protocol == weft_dataplane::route::RTPROT_WEFT_BGP)
-        .collect();
-    let restarting = !kept.is_empty();
+    let kept = KeptRoutes::at_start(
+        &routes.owned().await?,
+        std::time::Instant::now(),
+        Duration::from_secs(config.graceful_restart_seconds.into()),
+    );
+    let restarting = kept.is_some();
     let mut speaker =
-        weft_bgp::speaker::SpeakerConfig::new(config.as_number, routing::router_id(me));
+        weft_bgp::speaker::SpeakerConfig::new(config.as_number, weft_calc::routing::router_id(me));
     if config.route_reflectors.contains(&me.name) {
-        speaker.cluster_id = Some(routing::router_id(me));
+        speaker.cluster_id = Some(weft_calc::routing::router_id(me));
     }
     speaker.connect_retry = Duration::from_secs(3);
     speaker.graceful_restart = Some(GracefulRestartConfig {
@@ -219,14 +242,12 @@ async fn start_bgp(
     handle
         .originate(ipnetwork::IpNetwork::V4(me.pod_cidr))
         .await?;
-    tracing::info!(%listen, asn = config.as_number, restarting, kept = kept.len(), "BGP speaker started");
-    let deadline =
-        std::time::Instant::now() + Duration::from_secs(config.graceful_restart_seconds.into());
+    tracing::info!(%listen, asn = config.as_number, restarting, kept = kept.as_ref().map_or(0, KeptRoutes::len), "BGP speaker started");
     let bgp = node::Bgp {
         handle,
         as_number: config.as_number,
         route_reflectors: config.route_reflectors.clone(),
-        kept: std::sync::Mutex::new(restarting.then_some((kept, deadline))),
+        kept: std::sync::Mutex::new(kept),
         wanted: std::sync::Mutex::new(Vec::new()),
     };
     Ok((bgp, events_rx))

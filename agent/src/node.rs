@@ -1,108 +1,50 @@
-//! The agent's node: its stores and the reconciler that makes the kernel
-//! match the desired state.
+//! The agent's node: its stores, its indexes of the cluster, and the pass
+//! that makes the kernel match the desired state.
 //!
-//! Every change (a CNI call, a datastore event, the resync timer) ends in
-//! [`Node::reconcile`], which reads everything afresh, computes the desired
-//! state ([`crate::calc`]) and applies the difference. It is idempotent and
-//! is also what adopts a previous run's kernel state at start-up.
-//!
-//! Apply order (the flush contract, as in Calico's Felix): guard map entries
-//! and attachments before the routes that lead to the pods; then routes;
-//! removals in reverse (routes, then map entries, then leftover links).
+//! Changes arrive as events (a CNI call, a cluster source's change, a BGP
+//! update); each marks the dataplane slices it touches, and a pass
+//! computes the desired state ([`weft_calc`]) and flushes only those
+//! slices ([`crate::drivers`]). The timed resync runs a full pass: it
+//! takes a new snapshot of the cluster, reads the kernel again and flushes
+//! every slice, which also adopts a previous run's state at start-up.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
+use weft_calc::restart::KeptRoutes;
+use weft_calc::routing::{self, Learned, Topology, WantedPeer};
+use weft_calc::{Cluster, ClusterView, Problem, Remote, Slice, Slices, Touched};
 use weft_common::maps::NodeConfig;
-use weft_dataplane::bpf::{self, PodGuard, UplinkPlan, UplinkPrograms, UplinkState};
-use weft_dataplane::link::Netlink;
 use weft_dataplane::names::{HOST_IFNAME_PREFIX, is_host_ifname};
-use weft_dataplane::route::{self, RouteTable};
+use weft_dataplane::route;
 use weft_dataplane::uplink::Uplink;
 use weft_dataplane::vxlan;
+use weft_datastore::{self as datastore, ClusterSource, SourceEvent, fsutil};
+use weft_model::{Change, Encap, EndpointRecord, NodeRecord, Object, ObjectId};
 
-use crate::calc::{self, ClusterView, Remote};
-use crate::config::Encap;
+use crate::drivers::{self, Flushed, KernelDrivers};
 use crate::ipam::Ipam;
-use crate::routing::{self, Learned, Topology, WantedPeer};
-use weft_datastore::fsutil;
-use weft_datastore::{self as datastore, Datastore};
-use weft_model::{EndpointRecord, NodeRecord};
-
-/// The kernel-facing handles, used by one reconcile pass at a time.
-pub struct Dataplane {
-    pub routes: RouteTable,
-    pub netlink: Netlink,
-    pub guard: PodGuard,
-    /// The uplink's programs and their maps, attached in every mode: they
-    /// encapsulate in `ipip`, and in every mode let tunnels in only from
-    /// nodes.
-    pub tunnel: UplinkPrograms,
-    /// Host veths (name, ifindex) known to carry the guard. Cleared on each
-    /// timed resync, so an attachment removed behind the agent's back is
-    /// found and restored.
-    attached: BTreeSet<(String, u32)>,
-    /// The uplink programs are known to be attached; cleared with `attached`.
-    tunnel_attached: bool,
-    /// What other encapsulation modes program (an earlier run's vxlan
-    /// device) is known to be gone; cleared with `attached`.
-    other_modes_cleared: bool,
-}
-
-impl Dataplane {
-    pub fn new(
-        routes: RouteTable,
-        netlink: Netlink,
-        guard: PodGuard,
-        tunnel: UplinkPrograms,
-    ) -> Dataplane {
-        Dataplane {
-            routes,
-            netlink,
-            guard,
-            tunnel,
-            attached: BTreeSet::new(),
-            tunnel_attached: false,
-            other_modes_cleared: false,
-        }
-    }
-}
 
 /// What a pass changed, for logs and for CNI GC's reply.
 #[derive(Debug, Default)]
 pub struct PassReport {
-    pub routes_installed: usize,
-    pub routes_removed: usize,
-    pub guard_removed: usize,
-    /// Entries of the uplink programs' maps (config, nodes, pod routes)
-    /// written and removed: zero on a pass that changed nothing.
-    pub uplink_entries_written: usize,
-    pub uplink_entries_removed: usize,
-    pub links_removed: Vec<String>,
-    pub problems: Vec<String>,
+    pub flushed: Flushed,
+    pub problems: Vec<Problem>,
 }
-
-/// What BGP gives a pass: learned routes (prefix, next hop), the routes a
-/// previous run left that are still kept, and problems to report.
-type BgpRoutes = (
-    Vec<(ipnetwork::Ipv4Network, Ipv4Addr)>,
-    Vec<route::Route>,
-    Vec<String>,
-);
 
 /// The route distributor, in routing mode `bgp`.
 pub struct Bgp {
     pub handle: weft_bgp::shell::BgpHandle,
     pub as_number: u32,
     pub route_reflectors: Vec<String>,
-    /// BGP routes a previous run left in the kernel: kept until the
-    /// speaker has every peer's End-of-RIB or the restart time is over
-    /// (RFC 4724 section 4.1, the restarting speaker's side).
-    pub kept: std::sync::Mutex<Option<(Vec<route::Route>, std::time::Instant)>>,
+    /// BGP routes a previous run left in the kernel, kept over the restart.
+    pub kept: Mutex<Option<KeptRoutes>>,
     /// The peers wanted by the last pass, for operators (where each came from).
-    pub wanted: std::sync::Mutex<Vec<WantedPeer>>,
+    pub wanted: Mutex<Vec<WantedPeer>>,
 }
 
 /// How this node carries pod traffic between nodes (the agent's flags).
@@ -116,17 +58,38 @@ pub struct TunnelOptions {
     pub direct_redirect: bool,
 }
 
+/// What passes read and write, one pass at a time.
+pub struct PassState {
+    pub drivers: KernelDrivers,
+    /// The cluster as the source reported it.
+    cluster: Cluster,
+    /// Weft's host veths in the kernel, name → ifindex: dumped by a full
+    /// pass, kept up to date one link at a time by CNI calls.
+    links: BTreeMap<String, u32>,
+    /// What events touched since the last pass.
+    pending: Touched,
+    /// Something BGP reported since the last pass.
+    bgp_changed: bool,
+    /// What the last passes found, reused by passes that do not touch them.
+    learned: Vec<(ipnetwork::Ipv4Network, Ipv4Addr)>,
+    bgp_problems: Vec<Problem>,
+    kept: Vec<route::Route>,
+    underlay_next_hops: BTreeMap<Ipv4Addr, Ipv4Addr>,
+}
+
 pub struct Node {
     pub me: NodeRecord,
     pub uplink: Uplink,
     pub mtu: u32,
     pub tunnel: TunnelOptions,
     pub ipam: Ipam,
-    pub datastore: Datastore,
+    pub source: Box<dyn ClusterSource>,
     /// This node's endpoint records: the agent's own source of truth,
-    /// published to the datastore by each pass.
+    /// published to the cluster source.
     pub endpoints_dir: PathBuf,
-    pub dataplane: tokio::sync::Mutex<Dataplane>,
+    /// The records of `endpoints_dir`, in memory.
+    local: Mutex<BTreeMap<String, EndpointRecord>>,
+    pub state: tokio::sync::Mutex<PassState>,
     /// `None` in routing mode `static`.
     pub bgp: Option<Bgp>,
     ready: AtomicBool,
@@ -152,6 +115,10 @@ pub enum ReconcileError {
     Bgp(#[from] weft_bgp::shell::ShellError),
     #[error(transparent)]
     Vxlan(#[from] vxlan::VxlanError),
+    /// A failure a unit test injects into a fake driver.
+    #[cfg(test)]
+    #[error("injected failure")]
+    Injected,
 }
 
 impl Node {
@@ -164,23 +131,38 @@ impl Node {
         mtu: u32,
         tunnel: TunnelOptions,
         ipam: Ipam,
-        datastore: Datastore,
+        source: Box<dyn ClusterSource>,
         endpoints_dir: PathBuf,
-        dataplane: Dataplane,
+        drivers: KernelDrivers,
         bgp: Option<Bgp>,
-    ) -> Node {
-        Node {
+    ) -> Result<Node, ReconcileError> {
+        let local = datastore::read_records::<EndpointRecord>(&endpoints_dir)?
+            .into_iter()
+            .map(|e| (e.key(), e))
+            .collect();
+        Ok(Node {
             me,
             uplink,
             mtu,
             tunnel,
             ipam,
-            datastore,
+            source,
             endpoints_dir,
-            dataplane: tokio::sync::Mutex::new(dataplane),
+            local: Mutex::new(local),
+            state: tokio::sync::Mutex::new(PassState {
+                drivers,
+                cluster: Cluster::default(),
+                links: BTreeMap::new(),
+                pending: Touched::NOTHING,
+                bgp_changed: true,
+                learned: Vec::new(),
+                bgp_problems: Vec::new(),
+                kept: Vec::new(),
+                underlay_next_hops: BTreeMap::new(),
+            }),
             bgp,
             ready: AtomicBool::new(false),
-        }
+        })
     }
 
     /// Ready once a pass has succeeded: the kernel matches the state adopted at start.
@@ -188,172 +170,175 @@ impl Node {
         self.ready.load(Ordering::Acquire)
     }
 
-    pub fn local_endpoints(&self) -> Result<Vec<EndpointRecord>, ReconcileError> {
-        Ok(datastore::read_records(&self.endpoints_dir)?)
+    fn local(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, EndpointRecord>> {
+        self.local.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn local_endpoint(&self, key: &str) -> Result<Option<EndpointRecord>, ReconcileError> {
-        Ok(self.local_endpoints()?.into_iter().find(|e| e.key() == key))
+    pub fn local_endpoints(&self) -> Vec<EndpointRecord> {
+        self.local().values().cloned().collect()
     }
 
-    pub fn save_endpoint(&self, ep: &EndpointRecord) -> Result<(), ReconcileError> {
+    pub fn local_endpoint(&self, key: &str) -> Option<EndpointRecord> {
+        self.local().get(key).cloned()
+    }
+
+    /// Records a local endpoint (file, then memory) and marks what it
+    /// touches; its host veth is looked up by name, one link.
+    pub async fn save_endpoint(&self, ep: &EndpointRecord) -> Result<(), ReconcileError> {
         let path = self.endpoints_dir.join(format!("{}.json", ep.key()));
         let body = serde_json::to_vec_pretty(ep).expect("records serialize");
-        fsutil::write_atomic(&path, &body).map_err(|source| ReconcileError::Record { path, source })
+        fsutil::write_atomic(&path, &body)
+            .map_err(|source| ReconcileError::Record { path, source })?;
+        self.local().insert(ep.key(), ep.clone());
+        self.endpoint_touched(&ep.host_ifname).await
     }
 
-    pub fn forget_endpoint(&self, key: &str) -> Result<(), ReconcileError> {
+    /// Forgets a local endpoint; `false` if there was none.
+    pub async fn forget_endpoint(&self, key: &str) -> Result<bool, ReconcileError> {
         let path = self.endpoints_dir.join(format!("{key}.json"));
-        fsutil::remove_if_exists(&path).map_err(|source| ReconcileError::Record { path, source })
+        fsutil::remove_if_exists(&path)
+            .map_err(|source| ReconcileError::Record { path, source })?;
+        let Some(ep) = self.local().remove(key) else {
+            return Ok(false);
+        };
+        self.endpoint_touched(&ep.host_ifname).await?;
+        Ok(true)
     }
 
-    /// One level-triggered pass. `full` re-verifies every guard attachment
-    /// (the timed resync); event-driven passes trust what this process attached.
+    /// A local endpoint or its veth changed: refresh that one link and
+    /// mark the endpoint slices.
+    async fn endpoint_touched(&self, host_ifname: &str) -> Result<(), ReconcileError> {
+        let mut st = self.state.lock().await;
+        let link = st.drivers.endpoints.netlink.link(host_ifname).await?;
+        match link {
+            Some(link) => st.links.insert(host_ifname.to_string(), link.index),
+            None => st.links.remove(host_ifname),
+        };
+        st.pending = st.pending.union(Touched {
+            slices: Slices::of(Slice::Endpoints).with(Slice::Routes),
+            bgp_peers: false,
+        });
+        Ok(())
+    }
+
+    /// Applies what a cluster source reported.
+    pub async fn cluster_events(&self, events: Vec<SourceEvent>) -> Result<(), ReconcileError> {
+        let mut st = self.state.lock().await;
+        for event in events {
+            let touched = match event {
+                SourceEvent::Changed(change) => st.cluster.apply(change),
+                SourceEvent::Resync => {
+                    let snapshot = self.source.snapshot()?;
+                    st.cluster.reset(snapshot)
+                }
+            };
+            st.pending = st.pending.union(touched);
+        }
+        Ok(())
+    }
+
+    /// BGP's routes or peers changed.
+    pub async fn bgp_event(&self) {
+        let mut st = self.state.lock().await;
+        st.bgp_changed = true;
+    }
+
+    /// One level-triggered pass. `full` (the timed resync, start-up)
+    /// re-reads the cluster and the kernel and flushes every slice; an
+    /// event pass flushes what events touched since the last pass.
     pub async fn reconcile(&self, full: bool) -> Result<PassReport, ReconcileError> {
-        let mut dp = self.dataplane.lock().await;
+        let mut st = self.state.lock().await;
+        let st = &mut *st;
         if full {
-            dp.attached.clear();
-            dp.tunnel_attached = false;
-            dp.other_modes_cleared = false;
+            let snapshot = self.source.snapshot()?;
+            st.cluster.reset(snapshot);
+            // Only pod veths: other Weft devices (tunnels) share the prefix.
+            st.links = st
+                .drivers
+                .endpoints
+                .netlink
+                .links_with_prefix(HOST_IFNAME_PREFIX)
+                .await?
+                .into_iter()
+                .filter(|(name, _)| is_host_ifname(name))
+                .collect();
+        }
+        let pending = std::mem::replace(&mut st.pending, Touched::NOTHING);
+        let bgp_changed = std::mem::replace(&mut st.bgp_changed, false);
+        let mut slices = if full { Slices::ALL } else { pending.slices };
+        // What BGP learned changes the routes and the tunnel's map.
+        if bgp_changed && self.bgp.is_some() {
+            slices = slices.with(Slice::Routes).with(Slice::Tunnel);
         }
         let mut report = PassReport::default();
+        if slices.is_empty() && !pending.bgp_peers {
+            return Ok(report);
+        }
 
-        let nodes = self.datastore.nodes()?;
-        let endpoints = self.local_endpoints()?;
-        // Only pod veths: other Weft devices (tunnels) share the prefix.
-        let links: BTreeMap<String, u32> = dp
-            .netlink
-            .links_with_prefix(HOST_IFNAME_PREFIX)
-            .await?
-            .into_iter()
-            .filter(|(name, _)| is_host_ifname(name))
-            .collect();
-        let claims = self.ipam.claims();
-        let underlay_next_hops = self.underlay_next_hops(&dp, &nodes).await?;
-        let tunnelled = calc::tunnel_reachable(
-            self.tunnel.encap,
-            &calc::off_subnet_nodes(&self.me, &nodes, self.uplink.address),
-            &underlay_next_hops,
-        );
-        let (learned, kept, mut bgp_problems) = match &self.bgp {
-            Some(bgp) => self.bgp_routes(bgp, &nodes, &tunnelled).await?,
-            None => (Vec::new(), Vec::new(), Vec::new()),
-        };
+        let nodes = st.cluster.nodes();
+        // Next hops and learned routes change with nodes and BGP, which
+        // touch the tunnel; endpoint events reuse the last ones.
+        if slices.contains(Slice::Tunnel) {
+            st.underlay_next_hops = self.underlay_next_hops(st, &nodes).await?;
+        }
+        if let Some(bgp) = &self.bgp {
+            if full || pending.bgp_peers {
+                self.set_bgp_peers(bgp, &nodes, &st.cluster).await?;
+            }
+            if slices.contains(Slice::Tunnel) {
+                let tunnelled = weft_calc::desired::tunnel_reachable(
+                    self.tunnel.encap,
+                    &weft_calc::desired::off_subnet_nodes(&self.me, &nodes, self.uplink.address),
+                    &st.underlay_next_hops,
+                );
+                (st.learned, st.bgp_problems) = self.learned_routes(bgp, &tunnelled).await?;
+                st.kept = self.kept_routes(bgp).await?;
+            }
+        }
         // The vxlan device before the routes into it.
-        let vxlan_ifindex = match self.tunnel.encap {
-            Encap::Vxlan => Some(dp.netlink.ensure_vxlan(&self.vxlan_spec()).await?),
-            Encap::Ipip | Encap::None => None,
-        };
+        if self.tunnel.encap == Encap::Vxlan && (full || st.drivers.vxlan.ifindex.is_none()) {
+            st.drivers.vxlan.ifindex = Some(
+                st.drivers
+                    .endpoints
+                    .netlink
+                    .ensure_vxlan(&self.vxlan_spec())
+                    .await?,
+            );
+        }
+        let endpoints = self.local_endpoints();
+        let claims = self.ipam.claims();
         let remote = if self.bgp.is_some() {
-            Remote::Learned(&learned)
+            Remote::Learned(&st.learned)
         } else {
             Remote::NodeRecords
         };
-        let desired = calc::desired_state(&ClusterView {
+        let desired = weft_calc::desired_state(&ClusterView {
             me: &self.me,
             uplink_ifindex: self.uplink.ifindex,
             uplink_subnet: self.uplink.address,
-            underlay_next_hops: &underlay_next_hops,
+            underlay_next_hops: &st.underlay_next_hops,
             nodes: &nodes,
             remote,
             endpoints: &endpoints,
-            links: &links,
+            links: &st.links,
             claims: &claims,
             encap: self.tunnel.encap,
             cross_subnet: self.tunnel.cross_subnet,
             pod_mtu: self.mtu,
-            vxlan_ifindex,
-            kept: &kept,
+            vxlan_ifindex: st.drivers.vxlan.ifindex,
+            kept: &st.kept,
         });
         report.problems = desired.problems.clone();
-        report.problems.append(&mut bgp_problems);
+        report.problems.extend(st.bgp_problems.iter().cloned());
 
-        // 1. Guard entries, then the guard on each pod's veth.
-        for (ifindex, ip) in &desired.guard {
-            dp.guard.set_endpoint(*ifindex, *ip)?;
+        report.flushed = drivers::flush(&mut st.drivers, &desired, slices, full).await?;
+        for name in &report.flushed.links_removed {
+            st.links.remove(name);
         }
-        for name in &desired.guarded_links {
-            let ifindex = links[name];
-            if dp.attached.contains(&(name.clone(), ifindex)) {
-                continue;
-            }
-            dp.guard.attach(name)?;
-            dp.attached.insert((name.clone(), ifindex));
-        }
+        tracing::debug!(?slices, flushed = ?report.flushed, "pass");
 
-        // 1b. The tunnel's state before the routes that lead into it. The
-        // uplink programs run in every mode: the config tells them which.
-        // The maps are read once and only what differs is written (every
-        // CNI call runs a pass); their removals wait for step 3.
-        let uplink_plan = bpf::plan_uplink(
-            &UplinkState {
-                config: self.tunnel_config(),
-                nodes: desired.tunnel_peers.clone(),
-                pod_routes: desired.pod_routes.clone(),
-            },
-            &dp.tunnel.state()?,
-        );
-        if !uplink_plan.is_empty() {
-            tracing::info!(
-                config = ?uplink_plan.config,
-                add_nodes = ?uplink_plan.add_nodes,
-                set_pod_routes = ?uplink_plan.set_pod_routes,
-                remove_nodes = ?uplink_plan.remove_nodes,
-                remove_pod_routes = ?uplink_plan.remove_pod_routes,
-                "uplink maps"
-            );
-        }
-        tracing::debug!(
-            written = uplink_plan.writes(),
-            removed = uplink_plan.removals(),
-            "uplink map entries"
-        );
-        dp.tunnel.apply_writes(&uplink_plan)?;
-        report.uplink_entries_written = uplink_plan.writes();
-        if !dp.tunnel_attached {
-            dp.tunnel.attach(&self.uplink.name)?;
-            dp.tunnel_attached = true;
-        }
-        if let Some(ifindex) = vxlan_ifindex {
-            dp.netlink
-                .sync_vxlan_peers(ifindex, &desired.vxlan_peers)
-                .await?;
-        }
-
-        // 2. Routes: install and replace, then remove.
-        let actual = dp.routes.owned().await?;
-        let plan = route::plan(&desired.routes, &actual);
-        if !plan.is_empty() {
-            tracing::info!(install = ?plan.upsert, remove = ?plan.remove, "routes");
-            dp.routes.apply(&plan).await?;
-        }
-        report.routes_installed = plan.upsert.len();
-        report.routes_removed = plan.remove.len();
-
-        // 3. Removals in reverse: guard entries of gone pods, then leftover veths.
-        let stale_entries: Vec<(u32, Ipv4Addr)> = dp
-            .guard
-            .endpoints()?
-            .into_iter()
-            .filter(|(i, _)| !desired.guard.contains_key(i))
-            .collect();
-        for (ifindex, ip) in &stale_entries {
-            tracing::info!(ifindex, %ip, "removing guard entry of a gone endpoint");
-            dp.guard.remove_endpoint(*ifindex)?;
-        }
-        report.guard_removed = stale_entries.len();
-        self.remove_stale_tunnel_state(&mut dp, &uplink_plan)
-            .await?;
-        report.uplink_entries_removed = uplink_plan.removals();
-        for name in &desired.stale_links {
-            tracing::info!(link = %name, "removing a host veth no attachment claims");
-            dp.netlink.delete_link(name).await?;
-            report.links_removed.push(name.clone());
-        }
-        dp.attached.retain(|(name, i)| links.get(name) == Some(i));
-
-        // 4. Publish this node and its endpoints for the other nodes.
-        self.publish(&nodes, &endpoints)?;
+        // Publish this node and its endpoints for the other nodes.
+        self.publish(&mut st.cluster, &endpoints)?;
 
         for problem in &report.problems {
             tracing::warn!("{problem}");
@@ -368,15 +353,15 @@ impl Node {
     /// elsewhere or not at all are left out: the calculation reports them.
     async fn underlay_next_hops(
         &self,
-        dp: &Dataplane,
+        st: &PassState,
         nodes: &[NodeRecord],
     ) -> Result<BTreeMap<Ipv4Addr, Ipv4Addr>, ReconcileError> {
         let mut out = BTreeMap::new();
         if self.tunnel.encap != Encap::Ipip {
             return Ok(out);
         }
-        for node in calc::off_subnet_nodes(&self.me, nodes, self.uplink.address) {
-            match dp.routes.route_to(node).await? {
+        for node in weft_calc::desired::off_subnet_nodes(&self.me, nodes, self.uplink.address) {
+            match st.drivers.routes.table.route_to(node).await? {
                 Some(to) if to.oif == self.uplink.ifindex => {
                     out.insert(node, to.gateway.unwrap_or(node));
                 }
@@ -390,19 +375,18 @@ impl Node {
     }
 
     /// Tells the speaker which peers this node wants (level-triggered: the
-    /// whole set each pass) and returns the learned routes to install.
-    async fn bgp_routes(
+    /// whole set).
+    async fn set_bgp_peers(
         &self,
         bgp: &Bgp,
         nodes: &[NodeRecord],
-        tunnelled: &BTreeSet<Ipv4Addr>,
-    ) -> Result<BgpRoutes, ReconcileError> {
+        cluster: &Cluster,
+    ) -> Result<(), ReconcileError> {
         let topology = Topology {
             as_number: bgp.as_number,
             route_reflectors: &bgp.route_reflectors,
         };
-        let wanted =
-            routing::wanted_peers(&self.me, &topology, nodes, &self.datastore.bgp_peers()?);
+        let wanted = routing::wanted_peers(&self.me, &topology, nodes, &cluster.bgp_peers());
         let specs = wanted
             .iter()
             .map(|w| weft_bgp::shell::PeerSpec {
@@ -418,7 +402,15 @@ impl Node {
             .collect();
         bgp.handle.set_peers(specs).await?;
         *bgp.wanted.lock().unwrap_or_else(|p| p.into_inner()) = wanted;
+        Ok(())
+    }
 
+    /// The learned routes the kernel may get, and why others may not.
+    async fn learned_routes(
+        &self,
+        bgp: &Bgp,
+        tunnelled: &BTreeSet<Ipv4Addr>,
+    ) -> Result<(Vec<(ipnetwork::Ipv4Network, Ipv4Addr)>, Vec<Problem>), ReconcileError> {
         let learned: Vec<Learned> = bgp
             .handle
             .learned_routes()
@@ -429,29 +421,32 @@ impl Node {
                 next_hop: b.next_hop,
             })
             .collect();
-        let (routes, problems) =
-            routing::installable(&learned, self.me.pod_cidr, self.uplink.address, tunnelled);
+        Ok(routing::installable(
+            &learned,
+            self.me.pod_cidr,
+            self.uplink.address,
+            tunnelled,
+        ))
+    }
 
-        // After a restart, routes the previous run installed stay until the
-        // Loc-RIB is complete again, so forwarding never has a gap.
+    /// After a restart, the routes the previous run installed stay until
+    /// the Loc-RIB is complete again, so forwarding never has a gap.
+    async fn kept_routes(&self, bgp: &Bgp) -> Result<Vec<route::Route>, ReconcileError> {
         let kept = bgp.kept.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut keep = Vec::new();
-        if let Some((old, deadline)) = kept {
-            if bgp.handle.synchronized().await? || std::time::Instant::now() >= deadline {
+        let Some(kept) = kept else {
+            return Ok(Vec::new());
+        };
+        let synchronized = bgp.handle.synchronized().await?;
+        match kept.still_kept(Instant::now(), synchronized) {
+            Some(routes) => Ok(routes.to_vec()),
+            None => {
                 tracing::info!(
                     "BGP synchronized after restart; kept routes not relearned may now go"
                 );
                 *bgp.kept.lock().unwrap_or_else(|p| p.into_inner()) = None;
-            } else {
-                keep = old;
+                Ok(Vec::new())
             }
         }
-        Ok((routes, keep, problems))
-    }
-
-    /// The uplink programs' view of this node.
-    fn tunnel_config(&self) -> NodeConfig {
-        tunnel_config(self.me.underlay_ip, &self.uplink, self.tunnel)
     }
 
     /// The vxlan device of mode `vxlan`, on the uplink.
@@ -464,49 +459,43 @@ impl Node {
         )
     }
 
-    /// What other modes (an earlier run's) or gone nodes left: the uplink
-    /// map entries `plan` removes, the vxlan device outside `vxlan`.
-    async fn remove_stale_tunnel_state(
-        &self,
-        dp: &mut Dataplane,
-        plan: &UplinkPlan,
-    ) -> Result<(), ReconcileError> {
-        dp.tunnel.apply_removals(plan)?;
-        if dp.other_modes_cleared {
-            return Ok(());
-        }
-        if self.tunnel.encap != Encap::Vxlan && dp.netlink.delete_vxlan(vxlan::DEVICE_NAME).await? {
-            tracing::info!("removed the vxlan device of an earlier mode");
-        }
-        dp.other_modes_cleared = true;
-        Ok(())
-    }
-
+    /// Makes the source hold this node and exactly its endpoints: only
+    /// what differs from what the source reported is written, and what is
+    /// written is recorded at once (the source's echo is then no change).
     fn publish(
         &self,
-        nodes: &[NodeRecord],
+        cluster: &mut Cluster,
         endpoints: &[EndpointRecord],
     ) -> Result<(), ReconcileError> {
-        if !nodes.contains(&self.me) {
-            self.datastore.put_node(&self.me)?;
+        if cluster.node(&self.me.name) != Some(&self.me) {
+            self.source.publish_node(&self.me)?;
+            cluster.apply(Change::Upsert(Object::Node(self.me.clone())));
         }
-        let published = self.datastore.endpoints(&self.me.name)?;
+        let published: BTreeMap<String, EndpointRecord> = cluster
+            .endpoints_of(&self.me.name)
+            .map(|e| (e.key(), e.clone()))
+            .collect();
         for ep in endpoints {
-            if !published.contains(ep) {
-                self.datastore.put_endpoint(ep)?;
+            if published.get(&ep.key()) != Some(ep) {
+                self.source.publish_endpoint(ep)?;
+                cluster.apply(Change::Upsert(Object::Endpoint(ep.clone())));
             }
         }
         let local: BTreeSet<String> = endpoints.iter().map(EndpointRecord::key).collect();
-        for ep in published.iter().filter(|p| !local.contains(&p.key())) {
-            self.datastore.delete_endpoint(&self.me.name, &ep.key())?;
+        for key in published.keys().filter(|k| !local.contains(*k)) {
+            self.source.withdraw_endpoint(&self.me.name, key)?;
+            cluster.apply(Change::Delete(ObjectId::Endpoint {
+                node: self.me.name.clone(),
+                key: key.clone(),
+            }));
         }
         Ok(())
     }
 }
 
-/// The config map entry of a node whose underlay address is `underlay`,
+/// The uplink programs' config map entry of a node whose underlay address is `underlay`,
 /// on `uplink`, with `options`.
-fn tunnel_config(underlay: Ipv4Addr, uplink: &Uplink, options: TunnelOptions) -> NodeConfig {
+pub fn tunnel_config(underlay: Ipv4Addr, uplink: &Uplink, options: TunnelOptions) -> NodeConfig {
     let mut config = NodeConfig::new(underlay.octets(), options.encap)
         .with_uplink_mtu(u16::try_from(uplink.mtu).unwrap_or(u16::MAX));
     if let Some(subnet) = uplink.address

@@ -14,6 +14,7 @@ use weft_proto::v1::{self, *};
 
 use crate::ipam::{self, IpamError};
 use crate::node::{Node, ReconcileError};
+use weft_calc::lifecycle::{self, Step};
 use weft_model::{EndpointRecord, endpoint_key};
 
 pub struct AgentService {
@@ -166,13 +167,13 @@ impl Agent for AgentService {
             host_ifname: expected,
             netns: req.netns,
         };
-        self.node.save_endpoint(&ep).map_err(internal)?;
+        self.node.save_endpoint(&ep).await.map_err(internal)?;
         let report = self.node.reconcile(false).await.map_err(internal)?;
         // The pass must have guarded and routed this pod; anything else is
         // a failed ADD, which the plugin undoes.
-        if let Some(problem) = report.problems.iter().find(|p| p.contains(&ep.host_ifname)) {
-            let _ = self.node.forget_endpoint(&ep.key());
-            return Err(Status::failed_precondition(problem.clone()));
+        if let Err(problem) = lifecycle::registration(&report.problems, &ep.host_ifname) {
+            let _ = self.node.forget_endpoint(&ep.key()).await;
+            return Err(Status::failed_precondition(problem.to_string()));
         }
         tracing::info!(pod = %format!("{}/{}", ep.pod_namespace, ep.pod_name), ip = %address, host = %ep.host_ifname, "endpoint registered");
         Ok(Response::new(RegisterEndpointReply {}))
@@ -185,12 +186,21 @@ impl Agent for AgentService {
         self.ready()?;
         let who = attachment(request.into_inner().attachment.as_ref())?;
         let key = endpoint_key(&who.container_id, &who.ifname);
-        let had_endpoint = self.node.local_endpoint(&key).map_err(internal)?.is_some();
-        // Routes and guard entries go first (the pass), the address last, so
-        // the address is never reused while anything still leads to the old pod.
-        self.node.forget_endpoint(&key).map_err(internal)?;
-        self.node.reconcile(false).await.map_err(internal)?;
-        let released = self.node.ipam.release(&who).map_err(ipam_status)?;
+        let mut had_endpoint = false;
+        let mut released = None;
+        for step in lifecycle::RELEASE {
+            match step {
+                Step::ForgetEndpoints => {
+                    had_endpoint = self.node.forget_endpoint(&key).await.map_err(internal)?;
+                }
+                Step::Flush => {
+                    self.node.reconcile(false).await.map_err(internal)?;
+                }
+                Step::ReleaseAddresses => {
+                    released = self.node.ipam.release(&who).map_err(ipam_status)?;
+                }
+            }
+        }
         if let Some(ip) = released {
             tracing::info!(container = %who.container_id, ifname = %who.ifname, %ip, "endpoint released");
         }
@@ -205,7 +215,7 @@ impl Agent for AgentService {
     ) -> Result<Response<CheckEndpointReply>, Status> {
         let who = attachment(request.into_inner().attachment.as_ref())?;
         let key = endpoint_key(&who.container_id, &who.ifname);
-        match self.node.local_endpoint(&key).map_err(internal)? {
+        match self.node.local_endpoint(&key) {
             Some(ep) => Ok(Response::new(CheckEndpointReply {
                 endpoint: Some(to_proto(&ep)),
             })),
@@ -231,20 +241,34 @@ impl Agent for AgentService {
             .iter()
             .map(|a| endpoint_key(&a.container_id, &a.ifname))
             .collect();
-        for ep in self.node.local_endpoints().map_err(internal)? {
-            if !valid_keys.contains(&ep.key()) {
-                self.node.forget_endpoint(&ep.key()).map_err(internal)?;
+        let mut released = Vec::new();
+        let mut report = None;
+        for step in lifecycle::GARBAGE_COLLECT {
+            match step {
+                Step::ForgetEndpoints => {
+                    for ep in self.node.local_endpoints() {
+                        if !valid_keys.contains(&ep.key()) {
+                            self.node
+                                .forget_endpoint(&ep.key())
+                                .await
+                                .map_err(internal)?;
+                        }
+                    }
+                }
+                Step::ReleaseAddresses => {
+                    released = self
+                        .node
+                        .ipam
+                        .retain(|a| valid.contains(a))
+                        .map_err(ipam_status)?;
+                }
+                // A full pass: it lists the veths, so those of released
+                // attachments are found whatever this agent saw of them.
+                Step::Flush => report = Some(self.node.reconcile(true).await.map_err(internal)?),
             }
         }
-        // Release addresses first: the pass then sees their veths as
-        // unclaimed and removes them with their routes and guard entries.
-        let released = self
-            .node
-            .ipam
-            .retain(|a| valid.contains(a))
-            .map_err(ipam_status)?;
-        let report = self.node.reconcile(false).await.map_err(internal)?;
-        tracing::info!(released = released.len(), links = ?report.links_removed, "garbage collected");
+        let links_removed = report.map(|r| r.flushed.links_removed).unwrap_or_default();
+        tracing::info!(released = released.len(), links = ?links_removed, "garbage collected");
         Ok(Response::new(GarbageCollectReply {
             released: released
                 .into_iter()
@@ -256,7 +280,7 @@ impl Agent for AgentService {
                     ipam::Claim::Orphaned => None,
                 })
                 .collect(),
-            removed_links: report.links_removed,
+            removed_links: links_removed,
         }))
     }
 
@@ -265,11 +289,7 @@ impl Agent for AgentService {
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusReply>, Status> {
         let ready = self.node.is_ready();
-        let endpoints = self
-            .node
-            .local_endpoints()
-            .map(|e| e.len() as u32)
-            .unwrap_or(0);
+        let endpoints = self.node.local_endpoints().len() as u32;
         Ok(Response::new(StatusReply {
             ready,
             node_name: self.node.me.name.clone(),
@@ -287,7 +307,7 @@ impl Agent for AgentService {
         &self,
         _request: Request<ListEndpointsRequest>,
     ) -> Result<Response<ListEndpointsReply>, Status> {
-        let endpoints = self.node.local_endpoints().map_err(internal)?;
+        let endpoints = self.node.local_endpoints();
         Ok(Response::new(ListEndpointsReply {
             endpoints: endpoints.iter().map(to_proto).collect(),
         }))
@@ -304,8 +324,10 @@ impl Agent for AgentService {
         &self,
         _request: Request<GetCountersRequest>,
     ) -> Result<Response<GetCountersReply>, Status> {
-        let dp = self.node.dataplane.lock().await;
-        let counters = dp
+        let st = self.node.state.lock().await;
+        let counters = st
+            .drivers
+            .endpoints
             .guard
             .counters()
             .map_err(|e| Status::internal(e.to_string()))?;

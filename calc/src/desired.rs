@@ -1,18 +1,16 @@
-//! The calculation: from the cluster state the agent sees to the desired
-//! state of its node's dataplane. Pure: no I/O, no clock; the reconciler
-//! feeds it what it read and applies what it returns.
+//! From the cluster and what the node holds to the desired state of each
+//! dataplane slice. Pure: no I/O, no clock; the agent feeds it what its
+//! indexes hold and its drivers apply what it returns.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
-use weft_dataplane::names::host_ifname;
+use weft_dataplane::names::{host_ifname, vtep_ip};
 use weft_dataplane::route::Route;
-use weft_dataplane::vxlan;
+use weft_model::{Attachment, Claim, Encap, EndpointRecord, NodeRecord};
 
-use crate::config::Encap;
-use crate::ipam::{Attachment, Claim};
-use weft_model::{EndpointRecord, NodeRecord};
+use crate::problem::Problem;
 
 /// What the calculation reads.
 pub struct ClusterView<'a> {
@@ -65,8 +63,8 @@ pub struct DesiredState {
     pub routes: Vec<Route>,
     /// Anti-spoofing entries: host veth ifindex → the pod's only source address.
     pub guard: BTreeMap<u32, Ipv4Addr>,
-    /// Host veths that must carry the guard.
-    pub guarded_links: Vec<String>,
+    /// Host veths (name, ifindex) that must carry the guard.
+    pub guarded_links: Vec<(String, u32)>,
     /// Weft interfaces that belong to no claimed attachment (leftovers of
     /// a failed ADD or a lost DEL).
     pub stale_links: Vec<String>,
@@ -81,7 +79,7 @@ pub struct DesiredState {
     /// device's FDB and neighbour entries. Empty in the other modes.
     pub vxlan_peers: Vec<(Ipv4Addr, Ipv4Addr)>,
     /// Why some wanted state cannot be built, for the log and operators.
-    pub problems: Vec<String>,
+    pub problems: Vec<Problem>,
 }
 
 pub fn desired_state(view: &ClusterView<'_>) -> DesiredState {
@@ -91,13 +89,15 @@ pub fn desired_state(view: &ClusterView<'_>) -> DesiredState {
         match view.links.get(&ep.host_ifname) {
             Some(&ifindex) => {
                 out.guard.insert(ifindex, ep.address);
-                out.guarded_links.push(ep.host_ifname.clone());
+                out.guarded_links.push((ep.host_ifname.clone(), ifindex));
                 out.routes.push(Route::to_local_pod(ep.address, ifindex));
             }
-            None => out.problems.push(format!(
-                "endpoint {}/{} ({}): host interface {} is missing",
-                ep.pod_namespace, ep.pod_name, ep.address, ep.host_ifname
-            )),
+            None => out.problems.push(Problem::EndpointLinkMissing {
+                namespace: ep.pod_namespace.clone(),
+                pod: ep.pod_name.clone(),
+                address: ep.address,
+                host_ifname: ep.host_ifname.clone(),
+            }),
         }
     }
 
@@ -124,7 +124,7 @@ pub fn desired_state(view: &ClusterView<'_>) -> DesiredState {
     out.tunnel_peers = others.clone().map(|n| n.underlay_ip).collect();
     if view.encap == Encap::Vxlan {
         out.vxlan_peers = others
-            .map(|n| (n.underlay_ip, vxlan::vtep_ip(n.pod_cidr)))
+            .map(|n| (n.underlay_ip, vtep_ip(n.pod_cidr)))
             .collect();
         out.vxlan_peers.sort();
     }
@@ -223,10 +223,11 @@ fn encapsulated(view: &ClusterView<'_>, route: Route, out: &mut DesiredState) ->
     if view.encap == Encap::Ipip {
         let via = if off_subnet {
             let Some(&next_hop) = view.underlay_next_hops.get(&node.underlay_ip) else {
-                out.problems.push(format!(
-                    "node {}: no route to its underlay address {} via the uplink; {} not routed",
-                    node.name, node.underlay_ip, route.dst
-                ));
+                out.problems.push(Problem::NoUnderlayRoute {
+                    node: node.name.clone(),
+                    underlay: node.underlay_ip,
+                    cidr: route.dst,
+                });
                 return None;
             };
             next_hop
@@ -254,20 +255,22 @@ fn encapsulated(view: &ClusterView<'_>, route: Route, out: &mut DesiredState) ->
         Encap::Vxlan => match view.vxlan_ifindex {
             Some(ifindex) => Some(Route {
                 protocol: route.protocol,
-                ..Route::via_vxlan(route.dst, vxlan::vtep_ip(node.pod_cidr), ifindex)
+                ..Route::via_vxlan(route.dst, vtep_ip(node.pod_cidr), ifindex)
             }),
             None if off_subnet => {
-                out.problems.push(format!(
-                    "node {}: no vxlan device yet; {} (off the uplink's subnet) not routed",
-                    node.name, route.dst
-                ));
+                out.problems.push(Problem::NoVxlanDevice {
+                    node: node.name.clone(),
+                    cidr: route.dst,
+                    routed_natively: false,
+                });
                 None
             }
             None => {
-                out.problems.push(format!(
-                    "node {}: no vxlan device yet; {} routed natively",
-                    node.name, route.dst
-                ));
+                out.problems.push(Problem::NoVxlanDevice {
+                    node: node.name.clone(),
+                    cidr: route.dst,
+                    routed_natively: true,
+                });
                 Some(route)
             }
         },
@@ -291,22 +294,22 @@ fn static_routes(view: &ClusterView<'_>, out: &mut DesiredState) -> Vec<Route> {
     others.sort_by(|a, b| a.name.cmp(&b.name));
     for node in others {
         if let Some(clash) = taken.iter().find(|c| c.overlaps(node.pod_cidr)) {
-            out.problems.push(format!(
-                "node {}: pod CIDR {} overlaps {} already routed; not routed",
-                node.name, node.pod_cidr, clash
-            ));
+            out.problems.push(Problem::PodCidrOverlap {
+                node: node.name.clone(),
+                cidr: node.pod_cidr,
+                clash: *clash,
+            });
             continue;
         }
         if let Some(subnet) = view.uplink_subnet
             && !subnet.contains(node.underlay_ip)
             && view.encap == Encap::None
         {
-            out.problems.push(format!(
-                "node {}: underlay address {} is outside the uplink subnet {}; not routed: \
-                 native routing (--encap none) needs the nodes on one L2 segment, as routers \
-                 between subnets do not know the pod routes (use --encap ipip or vxlan)",
-                node.name, node.underlay_ip, subnet
-            ));
+            out.problems.push(Problem::NativeAcrossSubnets {
+                node: node.name.clone(),
+                underlay: node.underlay_ip,
+                subnet,
+            });
             continue;
         }
         taken.push(node.pod_cidr);
@@ -535,7 +538,8 @@ mod tests {
         assert!(!d.pod_routes.contains_key(&net("10.244.3.0/24")));
         assert_eq!(d.problems.len(), 1);
         assert!(
-            d.problems[0].contains("node3") && d.problems[0].contains("no route"),
+            d.problems[0].to_string().contains("node3")
+                && d.problems[0].to_string().contains("no route"),
             "{:?}",
             d.problems
         );
@@ -571,7 +575,8 @@ mod tests {
         );
         assert_eq!(d.problems.len(), 1);
         assert!(
-            d.problems[0].contains("node3") && d.problems[0].contains("--encap none"),
+            d.problems[0].to_string().contains("node3")
+                && d.problems[0].to_string().contains("--encap none"),
             "{:?}",
             d.problems
         );
@@ -672,7 +677,7 @@ mod tests {
                 .contains(&Route::to_local_pod("10.244.1.2".parse().unwrap(), 7))
         );
         assert_eq!(d.guard, [(7, "10.244.1.2".parse().unwrap())].into());
-        assert_eq!(d.guarded_links, vec![host_ifname("a", "eth0")]);
+        assert_eq!(d.guarded_links, vec![(host_ifname("a", "eth0"), 7)]);
         assert!(d.stale_links.is_empty());
         assert!(d.problems.is_empty());
     }
@@ -699,8 +704,14 @@ mod tests {
         let d = f.calc();
         assert_eq!(d.routes.len(), 1);
         assert_eq!(d.problems.len(), 2);
-        assert!(d.problems[0].contains("node3") && d.problems[0].contains("overlaps"));
-        assert!(d.problems[1].contains("node4") && d.problems[1].contains("outside"));
+        assert!(
+            d.problems[0].to_string().contains("node3")
+                && d.problems[0].to_string().contains("overlaps")
+        );
+        assert!(
+            d.problems[1].to_string().contains("node4")
+                && d.problems[1].to_string().contains("outside")
+        );
     }
 
     #[test]
@@ -725,7 +736,7 @@ mod tests {
         let d = f.calc();
         assert!(d.guard.is_empty());
         assert_eq!(d.routes.len(), 1);
-        assert!(d.problems[0].contains("missing"));
+        assert!(d.problems[0].to_string().contains("missing"));
     }
 
     #[test]

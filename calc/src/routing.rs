@@ -13,6 +13,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnetwork::{IpNetwork, Ipv4Network};
 use weft_model::{BgpPeer, NodeRecord};
 
+use crate::problem::Problem;
+
 /// A peer this node wants, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WantedPeer {
@@ -105,14 +107,14 @@ pub struct Learned {
 /// hop on the uplink's subnet (nodes and routers share an L2 segment; a
 /// next hop elsewhere would need recursive routing) or one of `tunnelled`:
 /// cluster nodes off the subnet that the encapsulation reaches
-/// ([`crate::calc::tunnel_reachable`]; the calculation routes the tunnel
+/// ([`crate::desired::tunnel_reachable`]; the calculation routes the tunnel
 /// to them). The rest come back as problems.
 pub fn installable(
     learned: &[Learned],
     own_pod_cidr: Ipv4Network,
     uplink_subnet: Option<Ipv4Network>,
     tunnelled: &BTreeSet<Ipv4Addr>,
-) -> (Vec<(Ipv4Network, Ipv4Addr)>, Vec<String>) {
+) -> (Vec<(Ipv4Network, Ipv4Addr)>, Vec<Problem>) {
     let mut routes = Vec::new();
     let mut problems = Vec::new();
     for l in learned {
@@ -120,13 +122,17 @@ pub fn installable(
             continue;
         };
         if prefix.overlaps(own_pod_cidr) {
-            problems.push(format!(
-                "learned {prefix} overlaps this node's pod CIDR {own_pod_cidr}; not installed"
-            ));
+            problems.push(Problem::LearnedOverlapsOwn {
+                prefix,
+                own: own_pod_cidr,
+            });
             continue;
         }
         if uplink_subnet.is_some_and(|s| !s.contains(next_hop)) && !tunnelled.contains(&next_hop) {
-            problems.push(format!("learned {prefix} via {next_hop}: the next hop is not on the uplink's subnet, nor a node the encapsulation reaches; not installed"));
+            problems.push(Problem::LearnedNextHopUnreachable {
+                prefix: prefix.into(),
+                next_hop: next_hop.into(),
+            });
             continue;
         }
         routes.push((prefix, next_hop));

@@ -1,5 +1,5 @@
-//! The cluster datastore, in its local embedded form: a directory shared by
-//! the agents of one machine (the lab), watched for changes.
+//! The local embedded cluster source: a directory shared by the agents of
+//! one machine (the lab, the demo), watched for changes.
 //!
 //! ```text
 //! <dir>/nodes/<node>.json                       NodeRecord
@@ -8,7 +8,9 @@
 //! ```
 //! Each record is written whole (temp file and rename), so a reader never
 //! sees half a record; a record that does not parse is skipped and logged,
-//! never fatal. A Kubernetes-backed datastore later offers the same calls.
+//! never fatal. A change to one file is reported as a change to one
+//! object ([`ClusterSource::watch`]), so an agent's work per change does
+//! not grow with the cluster.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -16,25 +18,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
+use weft_model::{BgpPeer, Change, EndpointRecord, NodeRecord, Object, ObjectId, Snapshot};
 
-pub mod fsutil;
-
-use weft_model::{BgpPeer, EndpointRecord, NodeRecord};
-
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum DatastoreError {
-    #[error("datastore {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot watch datastore {path}: {source}")]
-    Watch {
-        path: PathBuf,
-        source: notify::Error,
-    },
-}
+use crate::{ClusterSource, DatastoreError, SourceEvent, Watch, fsutil};
 
 pub struct Datastore {
     dir: PathBuf,
@@ -105,34 +91,6 @@ impl Datastore {
         Ok(existed)
     }
 
-    /// Wakes `tx` whenever anything under the datastore changes. Wake-ups
-    /// are coalesced (a full channel means one is pending already): the
-    /// receiver re-reads the whole state, so no event carries meaning.
-    /// Reads are not changes ([`is_change`]).
-    pub fn watch(
-        &self,
-        tx: mpsc::Sender<()>,
-    ) -> Result<notify::RecommendedWatcher, DatastoreError> {
-        use notify::Watcher;
-        let watch_err = |source| DatastoreError::Watch {
-            path: self.dir.clone(),
-            source,
-        };
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                // An error may mean lost events: wake up and re-read.
-                if event.as_ref().is_ok_and(|e| !is_change(e)) {
-                    return;
-                }
-                let _ = tx.try_send(());
-            })
-            .map_err(watch_err)?;
-        watcher
-            .watch(&self.dir, notify::RecursiveMode::Recursive)
-            .map_err(watch_err)?;
-        Ok(watcher)
-    }
-
     fn endpoints_dir(&self, node: &str) -> PathBuf {
         self.dir.join("endpoints").join(node)
     }
@@ -144,6 +102,137 @@ impl Datastore {
             source,
         })
     }
+}
+
+impl ClusterSource for Datastore {
+    fn snapshot(&self) -> Result<Snapshot, DatastoreError> {
+        let mut endpoints = Vec::new();
+        for node in subdirectories(&self.dir.join("endpoints"))? {
+            endpoints.extend(self.endpoints(&node)?);
+        }
+        Ok(Snapshot {
+            nodes: self.nodes()?,
+            endpoints,
+            bgp_peers: self.bgp_peers()?,
+        })
+    }
+
+    /// Each file event becomes the change of the one object the file
+    /// holds: its record read again (an upsert) or its absence (a delete).
+    /// Events are not coalesced here: the receiver drains what is queued
+    /// before a pass. A watch error may mean lost events: a resync.
+    fn watch(&self, tx: mpsc::UnboundedSender<SourceEvent>) -> Result<Watch, DatastoreError> {
+        use notify::Watcher;
+        let watch_err = |source| DatastoreError::Watch {
+            path: self.dir.clone(),
+            source,
+        };
+        let dir = self.dir.clone();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let event = match event {
+                    Ok(event) if !is_change(&event) => return,
+                    Ok(event) => event,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "datastore watch error; resyncing");
+                        let _ = tx.send(SourceEvent::Resync);
+                        return;
+                    }
+                };
+                for path in &event.paths {
+                    if let Some(change) = change_at(&dir, path) {
+                        let _ = tx.send(SourceEvent::Changed(change));
+                    }
+                }
+            })
+            .map_err(watch_err)?;
+        watcher
+            .watch(&self.dir, notify::RecursiveMode::Recursive)
+            .map_err(watch_err)?;
+        Ok(Watch::new(watcher))
+    }
+
+    fn publish_node(&self, node: &NodeRecord) -> Result<(), DatastoreError> {
+        self.put_node(node)
+    }
+
+    fn publish_endpoint(&self, ep: &EndpointRecord) -> Result<(), DatastoreError> {
+        self.put_endpoint(ep)
+    }
+
+    fn withdraw_endpoint(&self, node: &str, key: &str) -> Result<(), DatastoreError> {
+        self.delete_endpoint(node, key)
+    }
+}
+
+/// Which object a record file of the store names, from its path alone.
+fn object_at(dir: &Path, path: &Path) -> Option<ObjectId> {
+    let rel = path.strip_prefix(dir).ok()?;
+    let parts: Vec<&str> = rel.iter().map(|p| p.to_str()).collect::<Option<_>>()?;
+    fn stem(file: &str) -> Option<&str> {
+        file.strip_suffix(".json")
+            .filter(|s| !s.is_empty() && !s.starts_with('.'))
+    }
+    match parts.as_slice() {
+        ["nodes", file] => Some(ObjectId::Node(stem(file)?.to_string())),
+        ["endpoints", node, file] => Some(ObjectId::Endpoint {
+            node: node.to_string(),
+            key: stem(file)?.to_string(),
+        }),
+        ["bgppeers", file] => Some(ObjectId::BgpPeer(stem(file)?.to_string())),
+        _ => None,
+    }
+}
+
+/// The change a file event at `path` means: the record there now, or its
+/// deletion. A record that does not parse, or names another object than
+/// its file does, is logged and skipped (the object keeps its last good
+/// state).
+fn change_at(dir: &Path, path: &Path) -> Option<Change> {
+    let id = object_at(dir, path)?;
+    let body = match fs::read(path) {
+        Ok(body) => body,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(Change::Delete(id)),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read record");
+            return None;
+        }
+    };
+    let object = match &id {
+        ObjectId::Node(_) => serde_json::from_slice(&body).map(Object::Node),
+        ObjectId::Endpoint { .. } => serde_json::from_slice(&body).map(Object::Endpoint),
+        ObjectId::BgpPeer(_) => serde_json::from_slice(&body).map(Object::BgpPeer),
+    };
+    match object {
+        Ok(object) if object.id() == id => Some(Change::Upsert(object)),
+        Ok(object) => {
+            tracing::warn!(path = %path.display(), holds = ?object.id(), "skipping a record filed under another name");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "skipping malformed record");
+            None
+        }
+    }
+}
+
+/// The names of the directories in `dir` (missing: none).
+fn subdirectories(dir: &Path) -> Result<Vec<String>, DatastoreError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(DatastoreError::Io {
+                path: dir.to_path_buf(),
+                source,
+            });
+        }
+    };
+    Ok(entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect())
 }
 
 /// Whether a watch event is a change to the datastore. notify's inotify
@@ -227,8 +316,20 @@ mod tests {
         assert!(ds.bgp_peers().unwrap().is_empty());
     }
 
+    /// The next event within a second, if any.
+    fn next(rx: &mut mpsc::UnboundedReceiver<SourceEvent>) -> Option<SourceEvent> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while std::time::Instant::now() < deadline {
+            if let Ok(event) = rx.try_recv() {
+                return Some(event);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        None
+    }
+
     #[test]
-    fn the_watch_wakes_on_changes_not_on_reads() {
+    fn the_watch_reports_each_changed_object_and_not_reads() {
         let dir = tempfile::tempdir().unwrap();
         let ds = Datastore::open(dir.path()).unwrap();
         let node = NodeRecord {
@@ -237,31 +338,65 @@ mod tests {
             pod_cidr: "10.244.1.0/24".parse().unwrap(),
         };
         ds.put_node(&node).unwrap();
-        let (tx, mut rx) = mpsc::channel(1);
-        let _watcher = ds.watch(tx).unwrap();
-        let settle = || std::thread::sleep(std::time::Duration::from_millis(300));
-        settle();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let _watch = ds.watch(tx).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
         while rx.try_recv().is_ok() {}
-        // A reader's passes (listing and reading every record) wake nobody.
+        // A reader's passes (listing and reading every record) report nothing.
         for _ in 0..3 {
-            assert_eq!(ds.nodes().unwrap(), vec![node.clone()]);
-            assert!(ds.bgp_peers().unwrap().is_empty());
+            assert_eq!(ds.snapshot().unwrap().nodes, vec![node.clone()]);
         }
-        settle();
-        assert!(rx.try_recv().is_err(), "a read woke the watcher");
-        // A write does.
-        ds.put_node(&NodeRecord {
+        assert_eq!(next(&mut rx), None, "a read was reported");
+        // A write is the object's upsert, whole.
+        let node2 = NodeRecord {
             name: "node2".into(),
             ..node.clone()
-        })
-        .unwrap();
-        settle();
-        assert!(rx.try_recv().is_ok(), "a write did not wake the watcher");
-        // And so does a removal.
+        };
+        ds.put_node(&node2).unwrap();
+        assert_eq!(
+            next(&mut rx),
+            Some(SourceEvent::Changed(Change::Upsert(Object::Node(node2))))
+        );
         while rx.try_recv().is_ok() {}
+        // A removal is its deletion.
         fs::remove_file(dir.path().join("nodes/node2.json")).unwrap();
-        settle();
-        assert!(rx.try_recv().is_ok(), "a removal did not wake the watcher");
+        assert_eq!(
+            next(&mut rx),
+            Some(SourceEvent::Changed(Change::Delete(ObjectId::Node(
+                "node2".into()
+            ))))
+        );
+        // A malformed record, or one filed under another name, is skipped.
+        fs::write(dir.path().join("nodes/broken.json"), b"{not json").unwrap();
+        let mut renamed = serde_json::to_vec(&node).unwrap();
+        fs::write(dir.path().join("nodes/other.json"), &mut renamed).unwrap();
+        while let Some(event) = next(&mut rx) {
+            assert!(
+                !matches!(event, SourceEvent::Changed(Change::Upsert(_))),
+                "{event:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_snapshot_holds_every_nodes_endpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Datastore::open(dir.path()).unwrap();
+        let mut ep = EndpointRecord {
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+            node: "node1".into(),
+            pod_name: "web".into(),
+            pod_namespace: "default".into(),
+            labels: Default::default(),
+            address: "10.244.1.2".parse().unwrap(),
+            host_ifname: "weft0123456789a".into(),
+            netns: String::new(),
+        };
+        ds.put_endpoint(&ep).unwrap();
+        ep.node = "node2".into();
+        ds.put_endpoint(&ep).unwrap();
+        assert_eq!(ds.snapshot().unwrap().endpoints.len(), 2);
     }
 
     #[test]

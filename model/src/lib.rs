@@ -66,9 +66,25 @@ pub fn endpoint_key(container_id: &str, ifname: &str) -> String {
     format!("{container_id}_{ifname}")
 }
 
-/// One object of the cluster, whole.
+/// Who holds a pod address: one CNI attachment (container and interface).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Attachment {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// An IPAM claim on an address. A claim whose record is empty or
+/// unreadable (a crash between create and write) has no owner: it stays
+/// reserved until CNI GC.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
+pub enum Claim {
+    Owned(Attachment),
+    Orphaned,
+}
+
+/// One object of the cluster, whole.
+/// Not `#[non_exhaustive]`: a new kind must be handled wherever objects are.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Object {
     Node(NodeRecord),
     /// An endpoint of any node (a node's own come from its agent).
@@ -91,7 +107,6 @@ impl Object {
 
 /// What names an [`Object`] in its kind: what a deletion carries.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[non_exhaustive]
 pub enum ObjectId {
     Node(String),
     Endpoint { node: String, key: String },

@@ -1,0 +1,67 @@
+//! Where the agent reads the cluster from: one seam, [`ClusterSource`],
+//! with a backend per kind of datastore. Each backend turns its own
+//! representation into weft-model's plain types and reports changes one
+//! object at a time; the agent's calculation never knows which backend
+//! it reads.
+//!
+//! - [`local`]: the embedded directory store (one machine: the lab, the demo).
+//!
+//! The Kubernetes API becomes a second module beside it.
+
+use std::path::PathBuf;
+
+use tokio::sync::mpsc;
+use weft_model::{Change, EndpointRecord, NodeRecord, Snapshot};
+
+pub mod fsutil;
+pub mod local;
+
+pub use local::{Datastore, read_records};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DatastoreError {
+    #[error("datastore {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot watch datastore {path}: {source}")]
+    Watch {
+        path: PathBuf,
+        source: notify::Error,
+    },
+}
+
+/// What a source reports while watched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceEvent {
+    /// One object changed.
+    Changed(Change),
+    /// Changes may have been lost: take a new [`ClusterSource::snapshot`].
+    Resync,
+}
+
+/// A running watch; dropping it stops it.
+pub struct Watch(#[allow(dead_code)] Box<dyn Send + Sync>);
+
+impl Watch {
+    pub fn new<T: Send + Sync + 'static>(inner: T) -> Watch {
+        Watch(Box::new(inner))
+    }
+}
+
+/// A backend of the cluster: a snapshot, then changes; and where a node
+/// publishes itself and its endpoints for the others (a backend whose
+/// cluster publishes them by other means may do nothing).
+pub trait ClusterSource: Send + Sync {
+    /// The whole cluster now.
+    fn snapshot(&self) -> Result<Snapshot, DatastoreError>;
+    /// Reports every change from now on into `tx` until the [`Watch`] is
+    /// dropped. Take the snapshot after starting the watch, so no change
+    /// falls between the two.
+    fn watch(&self, tx: mpsc::UnboundedSender<SourceEvent>) -> Result<Watch, DatastoreError>;
+    fn publish_node(&self, node: &NodeRecord) -> Result<(), DatastoreError>;
+    fn publish_endpoint(&self, ep: &EndpointRecord) -> Result<(), DatastoreError>;
+    fn withdraw_endpoint(&self, node: &str, key: &str) -> Result<(), DatastoreError>;
+}
