@@ -68,6 +68,8 @@ use crate::wire::{
 pub mod collision;
 mod open;
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;
 mod timers;
 
