@@ -110,6 +110,14 @@ impl Sim {
             .collect()
     }
 
+    /// When side `side` was first told Established.
+    pub fn established_at(&self, side: usize) -> Option<Duration> {
+        self.told[side]
+            .iter()
+            .find(|(_, _, o)| matches!(o, Output::Established(_)))
+            .map(|(t, _, _)| *t)
+    }
+
     /// Session downs both owners were told of.
     pub fn downs(&self) -> usize {
         self.told
@@ -150,6 +158,22 @@ impl Sim {
             self.advance(next);
         }
         self.check_told();
+    }
+
+    /// Runs everything in flight and every timer due before `start + until`,
+    /// then sets the clock there.
+    pub fn run_until(&mut self, until: Duration) {
+        let until = self.start + until;
+        loop {
+            if self.step() {
+                continue;
+            }
+            match self.next_timer() {
+                Some(next) if next <= until => self.advance(next),
+                _ => break,
+            }
+        }
+        self.now = self.now.max(until);
     }
 
     fn name(&self) -> String {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
 
+use super::sim::{Order, Sim};
 use super::*;
 use crate::wire::notification::{cease, code, fsm, open as open_err};
 use crate::wire::{
@@ -695,6 +696,10 @@ fn manual_stop_sends_cease() {
     );
 }
 
+fn ms(millis: u64) -> Duration {
+    Duration::from_millis(millis)
+}
+
 #[test]
 fn connect_retry_after_failure() {
     let now = Instant::now();
@@ -702,30 +707,101 @@ fn connect_retry_after_failure() {
     session.handle_event(now, Event::ManualStart);
     assert_eq!(drain(&mut session), vec![out(Output::Connect)]);
     assert_eq!(session.poll_timeout(), Some(now + s(5)));
-    // Refused at 1 s: Active, retry when the timer fires.
+    // Refused at 1 s: Active, retry after the first quick retry.
     session.handle_event(now + s(1), Event::TcpConnectionFails);
     assert_eq!(drain(&mut session), vec![]);
     assert_eq!(session.state(), State::Active);
-    assert_eq!(session.poll_timeout(), Some(now + s(6)));
-    session.handle_timeout(now + s(6));
+    let t = now + s(1) + ms(25);
+    assert_eq!(session.poll_timeout(), Some(t));
+    session.handle_timeout(t);
     assert_eq!(drain(&mut session), vec![out(Output::Connect)]);
     assert_eq!(session.state(), State::Connect);
-    // The attempt hangs: abandoned and retried at the next expiry.
-    session.handle_timeout(now + s(11));
+    // The attempt hangs (say the peer drops our SYNs): abandoned and
+    // retried after the whole connect-retry time.
+    assert_eq!(session.poll_timeout(), Some(t + s(5)));
+    session.handle_timeout(t + s(5));
     assert_eq!(
         drain(&mut session),
         vec![out(Output::Disconnect), out(Output::Connect)]
     );
     // Meanwhile the peer connects to us: taken.
-    session.handle_event(now + s(12), Event::TcpConnectionConfirmed);
+    session.handle_event(t + s(6), Event::TcpConnectionConfirmed);
     assert_eq!(session.state(), State::OpenSent);
     assert_eq!(session.direction(), Some(Direction::Incoming));
-    // Lost in OpenSent: back to Active, connect again later.
+    // Lost in OpenSent, before the peer's OPEN: the second refusal in a
+    // row, back to Active, connect again after twice the first wait.
     drain(&mut session);
-    session.handle_event(now + s(13), Event::TcpConnectionFails);
+    session.handle_event(t + s(7), Event::TcpConnectionFails);
     assert_eq!(drain(&mut session), vec![]);
     assert_eq!(session.state(), State::Active);
-    assert_eq!(session.poll_timeout(), Some(now + s(18)));
+    assert_eq!(session.poll_timeout(), Some(t + s(7) + ms(50)));
+}
+
+#[test]
+fn refused_connections_back_off_to_the_connect_retry_time() {
+    let now = Instant::now();
+    let mut session = Session::new(cfg_a());
+    session.handle_event(now, Event::ManualStart);
+    let mut t = now;
+    let mut waits = Vec::new();
+    for _ in 0..10 {
+        // Accepted by the kernel, closed by the peer before its OPEN.
+        session.handle_event(t, Event::TcpConnectionSucceeded);
+        session.handle_event(t, Event::TcpConnectionFails);
+        let next = session.poll_timeout().unwrap();
+        waits.push((next - t).as_millis());
+        t = next;
+        session.handle_timeout(t);
+        assert_eq!(session.state(), State::Connect);
+    }
+    assert_eq!(
+        waits,
+        vec![25, 50, 100, 200, 400, 800, 1600, 3200, 5000, 5000]
+    );
+    // The peer's OPEN shows it accepts us: the next refusal starts over.
+    session.handle_event(t, Event::TcpConnectionSucceeded);
+    session.handle_message(t, Message::Open(open_from(65002, B_ID, 90)));
+    assert_eq!(session.state(), State::OpenConfirm);
+    session.handle_event(t, Event::TcpConnectionFails);
+    let restart = session.poll_timeout().unwrap();
+    assert_eq!(restart - t, s(5), "a lost session restarts as before");
+    session.handle_timeout(restart);
+    session.handle_event(restart, Event::TcpConnectionFails);
+    assert_eq!(session.poll_timeout(), Some(restart + ms(25)));
+}
+
+/// The lab's case: a new node (the higher address, so the side that
+/// connects) reaches a node whose agent has not yet read its node record,
+/// and is refused; the other side is configured a moment later. The
+/// connection comes up within about as long again as the refusals lasted,
+/// never later than the connect-retry time, instead of always a whole
+/// connect-retry time later.
+#[test]
+fn a_peer_refused_before_it_was_configured_is_reconnected_soon_after() {
+    let connect_retry = s(3);
+    for configured_at in [0, 5, 10, 30, 100, 300, 1000, 2500, 10_000].map(ms) {
+        let mut active = config(64512, B_ID, 64512, A_ID);
+        let mut passive = config(64512, A_ID, 64512, B_ID);
+        for c in [&mut active, &mut passive] {
+            c.connect_retry = connect_retry;
+            c.jitter = true;
+        }
+        passive.passive = true;
+        let mut sim = Sim::new([active, passive], Order::Sent);
+        sim.start(0);
+        // Until then the peer refuses: it does not know us.
+        sim.run_until(configured_at);
+        assert_ne!(sim.peers[0].session().state(), State::Established);
+        sim.start(1);
+        sim.run_to_convergence();
+        let up = sim.established_at(0).expect("Established");
+        let waited = up - configured_at;
+        let bound = (configured_at + ms(25)).min(connect_retry);
+        assert!(
+            waited <= bound,
+            "configured at {configured_at:?}: up {waited:?} later, over {bound:?}"
+        );
+    }
 }
 
 #[test]
