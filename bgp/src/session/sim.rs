@@ -52,7 +52,8 @@ pub(super) struct Sim {
     pub trace: bool,
 }
 
-fn flip(d: Direction) -> Direction {
+/// The same connection seen from the other end.
+pub(super) fn flip(d: Direction) -> Direction {
     match d {
         Direction::Outgoing => Direction::Incoming,
         Direction::Incoming => Direction::Outgoing,

@@ -737,23 +737,37 @@ fn connect_retry_after_failure() {
     assert_eq!(session.poll_timeout(), Some(t + s(7) + ms(50)));
 }
 
-#[test]
-fn refused_connections_back_off_to_the_connect_retry_time() {
-    let now = Instant::now();
+/// A started session whose connection fails `times` times in a row, each
+/// time by `fail` at the instant it is made: the waits before each new
+/// attempt, the session (in Connect) and the instant of its last attempt.
+fn retry_waits(
+    times: usize,
+    fail: impl Fn(&mut Session, Instant),
+) -> (Vec<Duration>, Session, Instant) {
     let mut session = Session::new(cfg_a());
-    session.handle_event(now, Event::ManualStart);
-    let mut t = now;
+    let mut t = Instant::now();
+    session.handle_event(t, Event::ManualStart);
     let mut waits = Vec::new();
-    for _ in 0..10 {
-        // Accepted by the kernel, closed by the peer before its OPEN.
+    for _ in 0..times {
         session.handle_event(t, Event::TcpConnectionSucceeded);
-        session.handle_event(t, Event::TcpConnectionFails);
+        fail(&mut session, t);
         let next = session.poll_timeout().unwrap();
-        waits.push((next - t).as_millis());
+        waits.push(next - t);
         t = next;
         session.handle_timeout(t);
         assert_eq!(session.state(), State::Connect);
     }
+    (waits, session, t)
+}
+
+#[test]
+fn refused_connections_back_off_to_the_connect_retry_time() {
+    // Accepted by the kernel, closed by the peer before its OPEN.
+    let (waits, mut session, t) = retry_waits(10, |session, t| {
+        session.handle_event(t, Event::TcpConnectionFails);
+        assert_eq!(session.state(), State::Active);
+    });
+    let waits: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
     assert_eq!(
         waits,
         vec![25, 50, 100, 200, 400, 800, 1600, 3200, 5000, 5000]
@@ -806,21 +820,10 @@ fn a_peer_refused_before_it_was_configured_is_reconnected_soon_after() {
 
 #[test]
 fn restart_backoff_grows_and_resets() {
-    let now = Instant::now();
-    let mut session = Session::new(cfg_a());
-    session.handle_event(now, Event::ManualStart);
-    let mut t = now;
-    let mut delays = Vec::new();
-    for _ in 0..8 {
-        session.handle_event(t, Event::TcpConnectionSucceeded);
+    let (delays, mut session, t) = retry_waits(8, |session, t| {
         session.handle_message(t, Message::Open(open_from(65003, B_ID, 90))); // Bad Peer AS
         assert_eq!(session.state(), State::Idle);
-        let next = session.poll_timeout().unwrap();
-        delays.push(next - t);
-        t = next;
-        session.handle_timeout(t);
-        assert_eq!(session.state(), State::Connect);
-    }
+    });
     let secs: Vec<u64> = delays.iter().map(Duration::as_secs).collect();
     assert_eq!(secs, vec![5, 10, 20, 40, 80, 120, 120, 120]);
     // A session that stays up a while restarts the count.

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::session::sim::{Order, Sim};
+use crate::session::sim::{Order, Sim, flip};
 use crate::session::tests::{
     A_ID, B_ID, cfg_a, config, gr_cap, gr_config, gr_down, open_from, out, s, send, send4,
 };
@@ -27,8 +27,8 @@ fn collision_rule() {
 
 /// Both speakers connect to each other at once (each learns of both
 /// connections before any OPEN arrives) and everything is delivered in the
-/// order sent.
-fn collide(a_id: Ipv4Addr, b_id: Ipv4Addr) -> Sim {
+/// order sent; A ends on the connection it sees as `a_keeps`, B on the same.
+fn collide(a_id: Ipv4Addr, b_id: Ipv4Addr, a_keeps: Direction) -> Sim {
     let mut sim = Sim::new(
         [
             config(65001, a_id, 65002, b_id),
@@ -44,17 +44,31 @@ fn collide(a_id: Ipv4Addr, b_id: Ipv4Addr) -> Sim {
     }
     assert!(sim.peers.iter().all(|p| p.second().is_some()));
     sim.run_to_convergence();
+    let [a, b] = &sim.peers;
+    assert_eq!(a.session().direction(), Some(a_keeps));
+    assert_eq!(b.session().direction(), Some(flip(a_keeps)));
     sim
+}
+
+/// The owner was told Established on the connection opened in `direction`,
+/// and never Down: the collision did not flap the session.
+fn up_and_never_down(told: &[(Direction, Output)], direction: Direction) {
+    assert!(
+        told.iter()
+            .any(|(d, o)| *d == direction && matches!(o, Output::Established(_))),
+        "{told:?}"
+    );
+    assert!(
+        !told.iter().any(|(_, o)| matches!(o, Output::Down { .. })),
+        "{told:?}"
+    );
 }
 
 #[test]
 fn collision_higher_local_id_keeps_outgoing() {
     // A has the higher identifier: the connection A opened survives.
-    let sim = collide(B_ID, A_ID);
-    let [a, b] = &sim.peers;
-    assert_eq!(a.session().direction(), Some(Direction::Outgoing));
-    assert_eq!(b.session().direction(), Some(Direction::Incoming));
-    assert_eq!(a.session().last_reason(), None);
+    let sim = collide(B_ID, A_ID, Direction::Outgoing);
+    assert_eq!(sim.peers[0].session().last_reason(), None);
     let (oa, ob) = (sim.outputs(0), sim.outputs(1));
     // A closed the connection B opened (its incoming one).
     assert_eq!(oa[0], (Direction::Incoming, Output::Disconnect));
@@ -63,24 +77,14 @@ fn collision_higher_local_id_keeps_outgoing() {
         "{oa:?}"
     );
     assert_eq!(oa.len(), 2);
-    assert!(
-        ob.iter()
-            .any(|o| matches!(o, (Direction::Incoming, Output::Established(_)))),
-        "{ob:?}"
-    );
-    assert!(
-        !ob.iter().any(|o| matches!(o, (_, Output::Down { .. }))),
-        "{ob:?}"
-    );
+    up_and_never_down(&ob, Direction::Incoming);
 }
 
 #[test]
 fn collision_lower_local_id_keeps_incoming() {
     // A has the lower identifier: the connection B opened survives.
-    let sim = collide(A_ID, B_ID);
-    let [a, b] = &sim.peers;
-    assert_eq!(a.session().direction(), Some(Direction::Incoming));
-    assert_eq!(b.session().direction(), Some(Direction::Outgoing));
+    let sim = collide(A_ID, B_ID, Direction::Incoming);
+    let a = &sim.peers[0];
     // A's own connection was closed with Cease/Collision Resolution and
     // the promoted session carries on.
     let oa = sim.outputs(0);
@@ -88,15 +92,7 @@ fn collision_lower_local_id_keeps_incoming() {
         oa.contains(&(Direction::Outgoing, Output::Disconnect)),
         "{oa:?}"
     );
-    assert!(
-        oa.iter()
-            .any(|o| matches!(o, (Direction::Incoming, Output::Established(_)))),
-        "{oa:?}"
-    );
-    assert!(
-        !oa.iter().any(|o| matches!(o, (_, Output::Down { .. }))),
-        "{oa:?}"
-    );
+    up_and_never_down(&oa, Direction::Incoming);
     // Still the peer's configured role: it connects again after a failure.
     assert!(a.session().auto_restart);
     assert!(!a.session().config().passive);
