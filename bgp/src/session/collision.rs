@@ -18,6 +18,9 @@ use std::time::Instant;
 use super::{Direction, Event, Output, Pending, Reason, SendError, Session, SessionConfig, State};
 use crate::wire;
 
+#[cfg(test)]
+mod tests;
+
 /// Which connection survives a collision: the one initiated by the
 /// speaker with the higher BGP identifier (compared as 32-bit numbers).
 pub fn resolve(local_id: Ipv4Addr, remote_id: Ipv4Addr) -> Direction {

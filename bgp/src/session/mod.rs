@@ -68,11 +68,15 @@ use crate::wire::{
 pub mod collision;
 mod open;
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;
 mod timers;
 
 pub use open::Negotiated;
-use timers::{OPEN_HOLD_TIME, STABLE_SESSION, Timers, expired, restart_delay, secs};
+use timers::{
+    OPEN_HOLD_TIME, STABLE_SESSION, Timers, expired, quick_retry_delay, restart_delay, secs,
+};
 
 /// The configuration of one peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,8 +91,9 @@ pub struct SessionConfig {
     /// (if the peer agrees: the smaller value wins). 1 and 2 are invalid
     /// and sent as 3.
     pub hold_time: u16,
-    /// Wait between connection attempts, and the base of the automatic
-    /// restart backoff (at least 1 s).
+    /// Wait between connection attempts (after one the peer refused or
+    /// closed before its OPEN: a short backoff up to this), and the base
+    /// of the automatic restart backoff (at least 1 s).
     pub connect_retry: Duration,
     /// Never open connections; only accept the peer's.
     pub passive: bool,
@@ -332,6 +337,10 @@ pub struct Session {
     auto_restart: bool,
     /// Consecutive failures, for the restart backoff.
     failures: u32,
+    /// Consecutive connections that ended before the peer's OPEN (refused,
+    /// or closed by a peer that does not know us yet), for the quick
+    /// retry's backoff. The peer's OPEN resets it.
+    refused: u32,
     established_at: Option<Instant>,
     last_reason: Option<Reason>,
     /// RFC 4724 helper: families whose routes the owner holds as stale.
@@ -359,6 +368,7 @@ impl Session {
             timers: Timers::default(),
             auto_restart: false,
             failures: 0,
+            refused: 0,
             established_at: None,
             last_reason: None,
             stale: Vec::new(),
@@ -648,8 +658,8 @@ impl Session {
             State::Idle | State::Active => {}
             State::Connect => {
                 // RFC 4271: keep listening, retry when the timer fires.
-                self.timers.connect_retry = Some(now + self.jittered(self.config.connect_retry));
                 self.state = State::Active;
+                self.retry_soon(now);
             }
             State::OpenSent => {
                 // RFC 4271: back to Active, connect again later.
@@ -657,14 +667,24 @@ impl Session {
                 self.last_reason = Some(Reason::ConnectionLost);
                 self.state = State::Active;
                 if !self.config.passive {
-                    self.timers.connect_retry =
-                        Some(now + self.jittered(self.config.connect_retry));
+                    self.retry_soon(now);
                 }
             }
             State::OpenConfirm | State::Established => {
                 self.close(now, Reason::ConnectionLost, None);
             }
         }
+    }
+
+    /// The connection ended before the peer's OPEN: set the connect-retry
+    /// timer to a short backoff instead of the whole connect-retry time.
+    /// RFC 4271 leaves the ConnectRetryTime to the implementation; a peer
+    /// that refused us a moment ago has often just not been configured
+    /// yet, and one that keeps refusing is soon back at the full time.
+    fn retry_soon(&mut self, now: Instant) {
+        self.refused = self.refused.saturating_add(1);
+        let delay = quick_retry_delay(self.config.connect_retry, self.refused);
+        self.timers.connect_retry = Some(now + self.jittered(delay));
     }
 
     /// Frames the byte stream into messages.
@@ -747,6 +767,8 @@ impl Session {
     }
 
     fn open_received(&mut self, now: Instant, open: &Open) {
+        // The peer answers as a BGP speaker: later failures are not refusals.
+        self.refused = 0;
         match open::negotiate(&self.config, open) {
             Err(n) => self.close(now, Reason::OpenRejected(n.clone()), Some(n)),
             Ok(negotiated) => {

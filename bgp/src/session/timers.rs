@@ -11,6 +11,12 @@ pub(super) const OPEN_HOLD_TIME: Duration = Duration::from_secs(240);
 /// retry time, if that is larger).
 pub(super) const MAX_RESTART_DELAY: Duration = Duration::from_secs(120);
 
+/// The first retry after a connection that ended before the peer's OPEN.
+/// Such a peer is usually about to accept us (a node whose agent has not yet
+/// read our node record closes connections from addresses it does not
+/// know), so waiting a whole connect-retry time would only delay the routes.
+pub(super) const FIRST_QUICK_RETRY: Duration = Duration::from_millis(25);
+
 /// A session that stayed Established this long is considered stable: its
 /// next failure restarts the backoff.
 pub(super) const STABLE_SESSION: Duration = Duration::from_secs(60);
@@ -65,6 +71,17 @@ pub(super) fn restart_delay(connect_retry: Duration, failures: u32) -> Duration 
     let cap = connect_retry.max(MAX_RESTART_DELAY);
     let shift = failures.saturating_sub(1).min(16);
     connect_retry.saturating_mul(1u32 << shift).min(cap)
+}
+
+/// The wait after the `refused`-th consecutive connection that ended before
+/// the peer's OPEN: [`FIRST_QUICK_RETRY`], then doubling, never more than
+/// the connect-retry time. A peer that keeps refusing is soon tried at the
+/// connect-retry pace again.
+pub(super) fn quick_retry_delay(connect_retry: Duration, refused: u32) -> Duration {
+    let shift = refused.saturating_sub(1).min(16);
+    FIRST_QUICK_RETRY
+        .saturating_mul(1u32 << shift)
+        .min(connect_retry)
 }
 
 /// Seconds as a Duration.
