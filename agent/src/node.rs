@@ -249,6 +249,24 @@ impl Node {
     pub async fn reconcile(&self, full: bool) -> Result<PassReport, ReconcileError> {
         let mut st = self.state.lock().await;
         let st = &mut *st;
+        let pending = std::mem::replace(&mut st.pending, Touched::NOTHING);
+        let bgp_changed = std::mem::replace(&mut st.bgp_changed, false);
+        let result = self.pass(st, full, pending, bgp_changed).await;
+        if result.is_err() {
+            // What this pass did not get done stays for the next one.
+            st.pending = st.pending.union(pending);
+            st.bgp_changed |= bgp_changed;
+        }
+        result
+    }
+
+    async fn pass(
+        &self,
+        st: &mut PassState,
+        full: bool,
+        pending: Touched,
+        bgp_changed: bool,
+    ) -> Result<PassReport, ReconcileError> {
         if full {
             let snapshot = self.source.snapshot()?;
             st.cluster.reset(snapshot);
@@ -263,8 +281,6 @@ impl Node {
                 .filter(|(name, _)| is_host_ifname(name))
                 .collect();
         }
-        let pending = std::mem::replace(&mut st.pending, Touched::NOTHING);
-        let bgp_changed = std::mem::replace(&mut st.bgp_changed, false);
         let mut slices = if full { Slices::ALL } else { pending.slices };
         // What BGP learned changes the routes and the tunnel's map.
         if bgp_changed && self.bgp.is_some() {
@@ -281,19 +297,16 @@ impl Node {
         if slices.contains(Slice::Tunnel) {
             st.underlay_next_hops = self.underlay_next_hops(st, &nodes).await?;
         }
-        if let Some(bgp) = &self.bgp {
-            if full || pending.bgp_peers {
-                self.set_bgp_peers(bgp, &nodes, &st.cluster).await?;
-            }
-            if slices.contains(Slice::Tunnel) {
-                let tunnelled = weft_calc::desired::tunnel_reachable(
-                    self.tunnel.encap,
-                    &weft_calc::desired::off_subnet_nodes(&self.me, &nodes, self.uplink.address),
-                    &st.underlay_next_hops,
-                );
-                (st.learned, st.bgp_problems) = self.learned_routes(bgp, &tunnelled).await?;
-                st.kept = self.kept_routes(bgp).await?;
-            }
+        if let Some(bgp) = &self.bgp
+            && slices.contains(Slice::Tunnel)
+        {
+            let tunnelled = weft_calc::desired::tunnel_reachable(
+                self.tunnel.encap,
+                &weft_calc::desired::off_subnet_nodes(&self.me, &nodes, self.uplink.address),
+                &st.underlay_next_hops,
+            );
+            (st.learned, st.bgp_problems) = self.learned_routes(bgp, &tunnelled).await?;
+            st.kept = self.kept_routes(bgp).await?;
         }
         // The vxlan device before the routes into it.
         if self.tunnel.encap == Encap::Vxlan && (full || st.drivers.vxlan.ifindex.is_none()) {
@@ -340,6 +353,17 @@ impl Node {
         // Publish this node and its endpoints for the other nodes.
         self.publish(&mut st.cluster, &endpoints)?;
 
+        // Peers last: a connection opened before the uplink's programs are
+        // attached loses its ARP requests while tc's clsact qdisc is being
+        // added (the kernel asks again only a second later), and one
+        // opened before this node is published is refused by peers that
+        // do not know it yet. The peers change no route of this pass.
+        if let Some(bgp) = &self.bgp
+            && (full || pending.bgp_peers)
+        {
+            self.set_bgp_peers(bgp, &nodes, &st.cluster).await?;
+        }
+
         for problem in &report.problems {
             tracing::warn!("{problem}");
         }
@@ -348,9 +372,8 @@ impl Node {
     }
 
     /// In `ipip`, for each other node off the uplink's subnet, the next hop
-    /// on the uplink the kernel routes its underlay address via (the
-    /// node itself if it is on a link after all). Nodes the kernel routes
-    /// elsewhere or not at all are left out: the calculation reports them.
+    /// the kernel routes its underlay address via
+    /// ([`weft_calc::desired::underlay_next_hop`] decides).
     async fn underlay_next_hops(
         &self,
         st: &PassState,
@@ -361,14 +384,13 @@ impl Node {
             return Ok(out);
         }
         for node in weft_calc::desired::off_subnet_nodes(&self.me, nodes, self.uplink.address) {
-            match st.drivers.routes.table.route_to(node).await? {
-                Some(to) if to.oif == self.uplink.ifindex => {
-                    out.insert(node, to.gateway.unwrap_or(node));
+            let route = st.drivers.routes.table.route_to(node).await?;
+            let route = route.map(|to| (to.oif, to.gateway));
+            match weft_calc::desired::underlay_next_hop(node, route, self.uplink.ifindex) {
+                Some(via) => {
+                    out.insert(node, via);
                 }
-                Some(to) => {
-                    tracing::debug!(%node, oif = to.oif, "underlay route not via the uplink")
-                }
-                None => {}
+                None => tracing::debug!(%node, ?route, "no underlay route via the uplink"),
             }
         }
         Ok(out)

@@ -174,6 +174,22 @@ pub fn off_subnet_nodes(
         .collect()
 }
 
+/// The underlay next hop towards another node at `node`, given the
+/// kernel's route to it (output interface, gateway): on the uplink only
+/// (the node itself when it is on a link after all); a route through
+/// another interface or none leaves the node unreachable by IP-in-IP,
+/// which [`desired_state`] reports.
+pub fn underlay_next_hop(
+    node: Ipv4Addr,
+    route: Option<(u32, Option<Ipv4Addr>)>,
+    uplink_ifindex: u32,
+) -> Option<Ipv4Addr> {
+    match route {
+        Some((oif, gateway)) if oif == uplink_ifindex => Some(gateway.unwrap_or(node)),
+        _ => None,
+    }
+}
+
 /// The cluster nodes off the uplink's subnet that `encap` can carry pod
 /// traffic to, hence whose pod routes (static or learned over BGP) this
 /// node can install: in `vxlan` all of them (the device reaches any
@@ -606,6 +622,21 @@ mod tests {
                 ..Route::via_vxlan(LEARNED[0].0, ip("10.244.3.0"), 40)
             }]
         );
+    }
+
+    #[test]
+    fn underlay_next_hops_only_through_the_uplink() {
+        let node = ip("198.18.1.13");
+        assert_eq!(
+            underlay_next_hop(node, Some((2, Some(ip("198.18.0.1")))), 2),
+            Some(ip("198.18.0.1"))
+        );
+        assert_eq!(underlay_next_hop(node, Some((2, None)), 2), Some(node));
+        assert_eq!(
+            underlay_next_hop(node, Some((5, Some(ip("192.0.2.1")))), 2),
+            None
+        );
+        assert_eq!(underlay_next_hop(node, None, 2), None);
     }
 
     #[test]

@@ -55,7 +55,10 @@ mod tests {
             cidr: "10.244.1.0/25".parse().unwrap(),
             clash: "10.244.1.0/24".parse().unwrap(),
         };
-        assert_eq!(registration(&[other.clone()], "weftaaa"), Ok(()));
+        assert_eq!(
+            registration(std::slice::from_ref(&other), "weftaaa"),
+            Ok(())
+        );
         assert_eq!(
             registration(&[other, missing("weftaaa")], "weftaaa"),
             Err(missing("weftaaa"))

@@ -1,6 +1,7 @@
 //! `make bench`: figures, not pass/fail.
 //!
-//! 1. CNI ADD and DEL latency of weft-cni against the reference `bridge`
+//! 1. CNI ADD and DEL latency (median, p99) of weft-cni with 10 and with 200
+//!    pods on the node, against the reference `bridge`
 //!    plugin with `host-local` IPAM (Debian's containernetworking-plugins),
 //!    measured in the same run on the same lab node, so the machine's speed
 //!    cancels out of the ratio.
@@ -269,36 +270,55 @@ fn cni_latency() {
     ];
 
     println!(
-        "CNI latency, {runs} pods each, one lab node, one call at a time (ip netns exec included in both)"
+        "CNI latency: {runs} ADDs and DELs of one pod on a lab node already holding N-1 pods \
+         (N = {CNI_SIZES:?}), one call at a time (ip netns exec included in both)"
     );
     println!(
-        "{:<32} {:>6} {:>10} {:>10} {:>10} {:>10}",
-        "plugin", "verb", "median", "p90", "min", "max"
+        "{:<32} {:>5} {:>6} {:>10} {:>10} {:>10} {:>10}",
+        "plugin", "N", "verb", "median", "p99", "min", "max"
     );
+    // (plugin, N) -> (ADD, DEL) medians
     let mut medians = Vec::new();
     for plugin in &plugins {
-        let (add, del) = measure(plugin, &lab, &node.netns, runs);
-        for (verb, samples) in [("ADD", &add), ("DEL", &del)] {
-            let s = Stats::of(samples);
-            println!(
-                "{:<32} {:>6} {:>10} {:>10} {:>10} {:>10}",
-                plugin.label,
-                verb,
-                ms(s.median),
-                ms(s.p90),
-                ms(s.min),
-                ms(s.max)
-            );
+        for size in CNI_SIZES {
+            let (add, del) = measure(plugin, &lab, &node.netns, runs, size);
+            for (verb, samples) in [("ADD", &add), ("DEL", &del)] {
+                let s = Stats::of(samples);
+                println!(
+                    "{:<32} {:>5} {:>6} {:>10} {:>10} {:>10} {:>10}",
+                    plugin.label,
+                    size,
+                    verb,
+                    ms(s.median),
+                    ms(s.p99),
+                    ms(s.min),
+                    ms(s.max)
+                );
+            }
+            medians.push((Stats::of(&add).median, Stats::of(&del).median));
         }
-        medians.push((Stats::of(&add).median, Stats::of(&del).median));
     }
     let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+    let n = CNI_SIZES.len();
+    for (i, size) in CNI_SIZES.iter().enumerate() {
+        println!(
+            "N={size}: weft-cni / reference: ADD median x{:.2}, DEL median x{:.2}",
+            ratio(medians[i].0, medians[n + i].0),
+            ratio(medians[i].1, medians[n + i].1)
+        );
+    }
     println!(
-        "weft-cni / reference: ADD median x{:.2}, DEL median x{:.2}",
-        ratio(medians[0].0, medians[1].0),
-        ratio(medians[0].1, medians[1].1)
+        "weft-cni N={} / N={}: ADD median x{:.2}, DEL median x{:.2} (flat is x1.00)",
+        CNI_SIZES[n - 1],
+        CNI_SIZES[0],
+        ratio(medians[n - 1].0, medians[0].0),
+        ratio(medians[n - 1].1, medians[0].1)
     );
 }
+
+/// How many pods the node holds while ADD and DEL are timed: the cost of
+/// a CNI call should not grow with them.
+const CNI_SIZES: [usize; 2] = [10, 200];
 
 const BGP_NODES: u32 = 10;
 const BGP_ROUNDS: usize = 3;
@@ -525,11 +545,14 @@ fn main_table(text: &str) -> Vec<(Ipv4Addr, u8)> {
 }
 
 /// Times `runs` ADDs, then `runs` DELs, each pod in a fresh namespace.
+/// `runs` ADD then DEL of one pod, timed, while `size - 1` other pods
+/// stay wired on the node (added before, deleted after, untimed).
 fn measure(
     plugin: &Plugin<'_>,
     lab: &Lab,
     node_netns: &str,
     runs: usize,
+    size: usize,
 ) -> (Vec<Duration>, Vec<Duration>) {
     let mut ns = Namespaces::default();
     let tag = if plugin.label.starts_with("weft") {
@@ -537,14 +560,15 @@ fn measure(
     } else {
         "r"
     };
-    let pods: Vec<(String, String)> = (0..runs)
+    let resident: Vec<(String, String)> = (1..size)
         .map(|i| {
             (
-                format!("bench{tag}{i:04}"),
-                ns.add(&format!("{}-{tag}{i}", lab.name)),
+                format!("bench{tag}{size}r{i:04}"),
+                ns.add(&format!("{}-{tag}{size}r{i}", lab.name)),
             )
         })
         .collect();
+    let timed_netns = ns.add(&format!("{}-{tag}{size}t", lab.name));
     let call = |command: &str, id: &str, netns: &str| {
         let start = Instant::now();
         let out = CniCall {
@@ -565,14 +589,18 @@ fn measure(
         );
         took
     };
-    let add = pods
-        .iter()
-        .map(|(id, netns)| call("ADD", id, netns))
-        .collect();
-    let del = pods
-        .iter()
-        .map(|(id, netns)| call("DEL", id, netns))
-        .collect();
+    for (id, netns) in &resident {
+        call("ADD", id, netns);
+    }
+    let (mut add, mut del) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        let id = format!("bench{tag}{size}t{i:04}");
+        add.push(call("ADD", &id, &timed_netns));
+        del.push(call("DEL", &id, &timed_netns));
+    }
+    for (id, netns) in &resident {
+        call("DEL", id, netns);
+    }
     (add, del)
 }
 
@@ -1285,7 +1313,7 @@ fn parse_iperf3(json: &str) -> Result<Stream, String> {
 
 struct Stats {
     median: Duration,
-    p90: Duration,
+    p99: Duration,
     min: Duration,
     max: Duration,
 }
@@ -1297,7 +1325,7 @@ impl Stats {
         let at = |q: f64| s[((s.len() - 1) as f64 * q).round() as usize];
         Stats {
             median: at(0.5),
-            p90: at(0.9),
+            p99: at(0.99),
             min: s[0],
             max: s[s.len() - 1],
         }
