@@ -7,7 +7,7 @@
 //! again by its owner's retry, or released by CNI GC), never an address handed
 //! out twice. The allocation order is a pure function ([`next_candidates`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::net::Ipv4Addr;
@@ -16,6 +16,7 @@ use std::sync::Mutex;
 
 use ipnetwork::Ipv4Network;
 
+use weft_dataplane::names::host_ifname;
 use weft_datastore::fsutil;
 
 pub use weft_model::{Attachment, Claim};
@@ -41,6 +42,9 @@ pub struct Ipam {
 
 struct State {
     claims: BTreeMap<Ipv4Addr, Claim>,
+    /// The host veth name of each owned claim, derived once (a hash) when
+    /// the claim is made, not on every pass.
+    links: BTreeMap<Ipv4Addr, String>,
     /// The address handed out last: allocation continues after it, so a
     /// released address is not reused at once (a stale packet or a
     /// half-deleted pod does not meet its successor).
@@ -48,6 +52,23 @@ struct State {
 }
 
 const LAST_FILE: &str = "last-reserved";
+
+impl State {
+    fn insert(&mut self, ip: Ipv4Addr, claim: Claim) {
+        match &claim {
+            Claim::Owned(a) => self
+                .links
+                .insert(ip, host_ifname(&a.container_id, &a.ifname)),
+            Claim::Orphaned => self.links.remove(&ip),
+        };
+        self.claims.insert(ip, claim);
+    }
+
+    fn remove(&mut self, ip: Ipv4Addr) {
+        self.links.remove(&ip);
+        self.claims.remove(&ip);
+    }
+}
 
 impl Ipam {
     /// Opens (creating) the directory and reads every claim a previous run left.
@@ -57,7 +78,11 @@ impl Ipam {
             source,
         };
         fs::create_dir_all(dir).map_err(io)?;
-        let mut claims = BTreeMap::new();
+        let mut state = State {
+            claims: BTreeMap::new(),
+            links: BTreeMap::new(),
+            last: None,
+        };
         for entry in fs::read_dir(dir).map_err(io)? {
             let entry = entry.map_err(io)?;
             let Some(ip) = entry
@@ -71,15 +96,15 @@ impl Ipam {
                 .ok()
                 .and_then(|b| serde_json::from_slice::<Attachment>(&b).ok())
                 .map_or(Claim::Orphaned, Claim::Owned);
-            claims.insert(ip, claim);
+            state.insert(ip, claim);
         }
-        let last = fs::read_to_string(dir.join(LAST_FILE))
+        state.last = fs::read_to_string(dir.join(LAST_FILE))
             .ok()
             .and_then(|s| s.trim().parse().ok());
         Ok(Ipam {
             dir: dir.to_path_buf(),
             cidr,
-            state: Mutex::new(State { claims, last }),
+            state: Mutex::new(state),
         })
     }
 
@@ -98,7 +123,7 @@ impl Ipam {
                 Ok(()) => {}
                 // Claimed on disk but not in memory: someone else's; skip it.
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                    state.claims.insert(ip, Claim::Orphaned);
+                    state.insert(ip, Claim::Orphaned);
                     continue;
                 }
                 Err(source) => {
@@ -108,7 +133,7 @@ impl Ipam {
                     });
                 }
             }
-            state.claims.insert(ip, Claim::Owned(who.clone()));
+            state.insert(ip, Claim::Owned(who.clone()));
             state.last = Some(ip);
             // Only an allocation-order hint: losing it costs nothing.
             let _ = fsutil::write_atomic(&self.dir.join(LAST_FILE), ip.to_string().as_bytes());
@@ -124,7 +149,7 @@ impl Ipam {
             return Ok(None);
         };
         self.remove_claim(ip)?;
-        state.claims.remove(&ip);
+        state.remove(ip);
         Ok(Some(ip))
     }
 
@@ -146,7 +171,7 @@ impl Ipam {
             .collect();
         for (ip, _) in &doomed {
             self.remove_claim(*ip)?;
-            state.claims.remove(ip);
+            state.remove(*ip);
         }
         Ok(doomed)
     }
@@ -158,6 +183,13 @@ impl Ipam {
             .unwrap_or_else(|p| p.into_inner())
             .claims
             .clone()
+    }
+
+    /// The host veths of the attachments holding an address (in flight or
+    /// registered): what the pass must not remove as leftovers.
+    pub fn claimed_links(&self) -> BTreeSet<String> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.links.values().cloned().collect()
     }
 
     fn claim_path(&self, ip: Ipv4Addr) -> PathBuf {

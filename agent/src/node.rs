@@ -251,7 +251,14 @@ impl Node {
         let st = &mut *st;
         let pending = std::mem::replace(&mut st.pending, Touched::NOTHING);
         let bgp_changed = std::mem::replace(&mut st.bgp_changed, false);
+        let started = Instant::now();
         let result = self.pass(st, full, pending, bgp_changed).await;
+        tracing::debug!(
+            full,
+            took_us = started.elapsed().as_micros() as u64,
+            ok = result.is_ok(),
+            "pass done"
+        );
         if result.is_err() {
             // What this pass did not get done stays for the next one.
             st.pending = st.pending.union(pending);
@@ -319,7 +326,7 @@ impl Node {
             );
         }
         let endpoints = self.local_endpoints();
-        let claims = self.ipam.claims();
+        let claimed_links = self.ipam.claimed_links();
         let remote = if self.bgp.is_some() {
             Remote::Learned(&st.learned)
         } else {
@@ -334,7 +341,7 @@ impl Node {
             remote,
             endpoints: &endpoints,
             links: &st.links,
-            claims: &claims,
+            claimed_links: &claimed_links,
             encap: self.tunnel.encap,
             cross_subnet: self.tunnel.cross_subnet,
             pod_mtu: self.mtu,

@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
-use weft_dataplane::names::{host_ifname, vtep_ip};
+use weft_dataplane::names::vtep_ip;
 use weft_dataplane::route::Route;
-use weft_model::{Attachment, Claim, Encap, EndpointRecord, NodeRecord};
+use weft_model::{Encap, EndpointRecord, NodeRecord};
 
 use crate::problem::Problem;
 
@@ -34,8 +34,9 @@ pub struct ClusterView<'a> {
     pub endpoints: &'a [EndpointRecord],
     /// Weft's host-side interfaces present in the kernel, name → ifindex.
     pub links: &'a BTreeMap<String, u32>,
-    /// The IPAM claims: attachments in flight or registered.
-    pub claims: &'a BTreeMap<Ipv4Addr, Claim>,
+    /// The host veths of attachments holding an address (ADDs in flight
+    /// and registered endpoints): never leftovers.
+    pub claimed_links: &'a BTreeSet<String>,
     /// How pod traffic crosses the underlay, and whether only across subnets.
     pub encap: Encap,
     pub cross_subnet: bool,
@@ -129,22 +130,15 @@ pub fn desired_state(view: &ClusterView<'_>) -> DesiredState {
         out.vxlan_peers.sort();
     }
 
-    let claimed: BTreeSet<String> = view
-        .claims
-        .values()
-        .filter_map(|c| match c {
-            Claim::Owned(Attachment {
-                container_id,
-                ifname,
-            }) => Some(host_ifname(container_id, ifname)),
-            Claim::Orphaned => None,
-        })
-        .chain(view.endpoints.iter().map(|e| e.host_ifname.clone()))
+    let registered: BTreeSet<&str> = view
+        .endpoints
+        .iter()
+        .map(|e| e.host_ifname.as_str())
         .collect();
     out.stale_links = view
         .links
         .keys()
-        .filter(|name| !claimed.contains(*name))
+        .filter(|name| !view.claimed_links.contains(*name) && !registered.contains(name.as_str()))
         .cloned()
         .collect();
 
@@ -341,6 +335,7 @@ fn static_routes(view: &ClusterView<'_>, out: &mut DesiredState) -> Vec<Route> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weft_dataplane::names::host_ifname;
 
     fn node(name: &str, ip: &str, cidr: &str) -> NodeRecord {
         NodeRecord {
@@ -364,19 +359,12 @@ mod tests {
         }
     }
 
-    fn claim(cid: &str) -> Claim {
-        Claim::Owned(Attachment {
-            container_id: cid.into(),
-            ifname: "eth0".into(),
-        })
-    }
-
     struct Fixture {
         me: NodeRecord,
         nodes: Vec<NodeRecord>,
         endpoints: Vec<EndpointRecord>,
         links: BTreeMap<String, u32>,
-        claims: BTreeMap<Ipv4Addr, Claim>,
+        claimed_links: BTreeSet<String>,
         remote: Remote<'static>,
         encap: Encap,
         cross_subnet: bool,
@@ -392,7 +380,7 @@ mod tests {
                 me,
                 endpoints: vec![],
                 links: BTreeMap::new(),
-                claims: BTreeMap::new(),
+                claimed_links: BTreeSet::new(),
                 remote: Remote::NodeRecords,
                 encap: Encap::None,
                 cross_subnet: false,
@@ -416,7 +404,7 @@ mod tests {
                 remote: self.remote,
                 endpoints: &self.endpoints,
                 links: &self.links,
-                claims: &self.claims,
+                claimed_links: &self.claimed_links,
                 encap: self.encap,
                 cross_subnet: self.cross_subnet,
                 pod_mtu: 1480,
@@ -701,7 +689,7 @@ mod tests {
         let mut f = Fixture::new();
         f.endpoints.push(endpoint("a", "10.244.1.2"));
         f.links.insert(host_ifname("a", "eth0"), 7);
-        f.claims.insert("10.244.1.2".parse().unwrap(), claim("a"));
+        f.claimed_links.insert(host_ifname("a", "eth0"));
         let d = f.calc();
         assert!(
             d.routes
@@ -774,8 +762,7 @@ mod tests {
     fn links_of_unclaimed_attachments_are_stale_but_in_flight_adds_are_not() {
         let mut f = Fixture::new();
         // An ADD in flight: address claimed, veth made, not registered yet.
-        f.claims
-            .insert("10.244.1.3".parse().unwrap(), claim("inflight"));
+        f.claimed_links.insert(host_ifname("inflight", "eth0"));
         f.links.insert(host_ifname("inflight", "eth0"), 8);
         // A leftover of a failed ADD whose address was released.
         f.links.insert(host_ifname("gone", "eth0"), 9);
