@@ -13,12 +13,14 @@ use std::io::{ErrorKind, Write};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::SystemTime;
 
 use ipnetwork::Ipv4Network;
 
 use weft_dataplane::names::host_ifname;
 use weft_datastore::fsutil;
 
+pub use weft_calc::lifecycle::HeldAddress;
 pub use weft_model::{Attachment, Claim};
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,9 @@ struct State {
     /// The host veth name of each owned claim, derived once (a hash) when
     /// the claim is made, not on every pass.
     links: BTreeMap<Ipv4Addr, String>,
+    /// When each claim was made or last asked for (a retried ADD renews
+    /// it); for claims a previous run left, their file's time.
+    since: BTreeMap<Ipv4Addr, SystemTime>,
     /// The address handed out last: allocation continues after it, so a
     /// released address is not reused at once (a stale packet or a
     /// half-deleted pod does not meet its successor).
@@ -54,7 +59,8 @@ struct State {
 const LAST_FILE: &str = "last-reserved";
 
 impl State {
-    fn insert(&mut self, ip: Ipv4Addr, claim: Claim) {
+    fn insert(&mut self, ip: Ipv4Addr, claim: Claim, since: SystemTime) {
+        self.since.insert(ip, since);
         match &claim {
             Claim::Owned(a) => self
                 .links
@@ -66,6 +72,7 @@ impl State {
 
     fn remove(&mut self, ip: Ipv4Addr) {
         self.links.remove(&ip);
+        self.since.remove(&ip);
         self.claims.remove(&ip);
     }
 }
@@ -81,6 +88,7 @@ impl Ipam {
         let mut state = State {
             claims: BTreeMap::new(),
             links: BTreeMap::new(),
+            since: BTreeMap::new(),
             last: None,
         };
         for entry in fs::read_dir(dir).map_err(io)? {
@@ -96,7 +104,11 @@ impl Ipam {
                 .ok()
                 .and_then(|b| serde_json::from_slice::<Attachment>(&b).ok())
                 .map_or(Claim::Orphaned, Claim::Owned);
-            state.insert(ip, claim);
+            let since = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or_else(|_| SystemTime::now());
+            state.insert(ip, claim, since);
         }
         state.last = fs::read_to_string(dir.join(LAST_FILE))
             .ok()
@@ -113,6 +125,8 @@ impl Ipam {
     pub fn allocate(&self, who: &Attachment) -> Result<Ipv4Addr, IpamError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(ip) = find(&state.claims, who) {
+            // A retried ADD: the claim is in use again.
+            state.since.insert(ip, SystemTime::now());
             return Ok(ip);
         }
         for ip in next_candidates(self.cidr, state.last) {
@@ -123,7 +137,7 @@ impl Ipam {
                 Ok(()) => {}
                 // Claimed on disk but not in memory: someone else's; skip it.
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                    state.insert(ip, Claim::Orphaned);
+                    state.insert(ip, Claim::Orphaned, SystemTime::now());
                     continue;
                 }
                 Err(source) => {
@@ -133,7 +147,7 @@ impl Ipam {
                     });
                 }
             }
-            state.insert(ip, Claim::Owned(who.clone()));
+            state.insert(ip, Claim::Owned(who.clone()), SystemTime::now());
             state.last = Some(ip);
             // Only an allocation-order hint: losing it costs nothing.
             let _ = fsutil::write_atomic(&self.dir.join(LAST_FILE), ip.to_string().as_bytes());
@@ -159,13 +173,34 @@ impl Ipam {
         &self,
         mut valid: impl FnMut(&Attachment) -> bool,
     ) -> Result<Vec<(Ipv4Addr, Claim)>, IpamError> {
+        self.release_where(|held| match held.claim {
+            Claim::Owned(a) => !valid(a),
+            Claim::Orphaned => true,
+        })
+    }
+
+    /// Releases every claim `doomed` picks, deciding under the allocator's
+    /// lock (no ADD can renew a claim between the decision and the
+    /// release), and returns what was released.
+    pub fn release_where(
+        &self,
+        mut doomed: impl FnMut(&HeldAddress<'_>) -> bool,
+    ) -> Result<Vec<(Ipv4Addr, Claim)>, IpamError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let doomed: Vec<(Ipv4Addr, Claim)> = state
             .claims
             .iter()
-            .filter(|(_, c)| match c {
-                Claim::Owned(a) => !valid(a),
-                Claim::Orphaned => true,
+            .filter(|(ip, claim)| {
+                doomed(&HeldAddress {
+                    address: **ip,
+                    claim,
+                    host_ifname: state.links.get(*ip).map(String::as_str),
+                    since: state
+                        .since
+                        .get(*ip)
+                        .copied()
+                        .unwrap_or(SystemTime::UNIX_EPOCH),
+                })
             })
             .map(|(ip, c)| (*ip, c.clone()))
             .collect();
@@ -343,6 +378,39 @@ mod tests {
             ipam.allocate(&att("c")),
             Err(IpamError::Exhausted(_))
         ));
+    }
+
+    #[test]
+    fn leaked_claims_age_from_their_file_and_a_retried_add_renews_them() {
+        use weft_calc::lifecycle::{LEAK_GRACE, is_leaked};
+        let dir = tempfile::tempdir().unwrap();
+        let ipam = Ipam::open(dir.path(), "10.244.1.0/24".parse().unwrap()).unwrap();
+        let old = ipam.allocate(&att("old")).unwrap();
+        let retried = ipam.allocate(&att("retried")).unwrap();
+        ipam.allocate(&att("fresh")).unwrap();
+        // A previous run's claims, written an hour ago.
+        let hour_ago = SystemTime::now() - std::time::Duration::from_secs(3600);
+        for ip in [old, retried] {
+            File::options()
+                .write(true)
+                .open(dir.path().join(ip.to_string()))
+                .unwrap()
+                .set_modified(hour_ago)
+                .unwrap();
+        }
+        drop(ipam);
+        let ipam = Ipam::open(dir.path(), "10.244.1.0/24".parse().unwrap()).unwrap();
+        // The retried ADD asks again before the sweep.
+        assert_eq!(ipam.allocate(&att("retried")).unwrap(), retried);
+        let now = SystemTime::now();
+        let released = ipam
+            .release_where(|held| {
+                is_leaked(held, &BTreeSet::new(), &BTreeMap::new(), now, LEAK_GRACE)
+            })
+            .unwrap();
+        assert_eq!(released, vec![(old, Claim::Owned(att("old")))]);
+        assert!(!dir.path().join(old.to_string()).exists());
+        assert_eq!(ipam.claims().len(), 2);
     }
 
     #[test]

@@ -13,8 +13,9 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
+use weft_calc::lifecycle;
 use weft_calc::restart::KeptRoutes;
 use weft_calc::routing::{self, Learned, Topology, WantedPeer};
 use weft_calc::{Cluster, ClusterView, Problem, Remote, Slice, Slices, Touched};
@@ -115,6 +116,8 @@ pub enum ReconcileError {
     Bgp(#[from] weft_bgp::shell::ShellError),
     #[error(transparent)]
     Vxlan(#[from] vxlan::VxlanError),
+    #[error(transparent)]
+    Ipam(#[from] crate::ipam::IpamError),
     /// A failure a unit test injects into a fake driver.
     #[cfg(test)]
     #[error("injected failure")]
@@ -359,6 +362,9 @@ impl Node {
 
         // Publish this node and its endpoints for the other nodes.
         self.publish(&mut st.cluster, &endpoints)?;
+        if full {
+            self.release_leaked(&st.links, &endpoints)?;
+        }
 
         // Peers last: a connection opened before the uplink's programs are
         // attached loses its ARP requests while tc's clsact qdisc is being
@@ -476,6 +482,24 @@ impl Node {
                 Ok(Vec::new())
             }
         }
+    }
+
+    /// Releases the addresses of ADDs that died with nobody to DEL them
+    /// ([`lifecycle::is_leaked`] decides, under the allocator's lock).
+    fn release_leaked(
+        &self,
+        links: &BTreeMap<String, u32>,
+        endpoints: &[EndpointRecord],
+    ) -> Result<(), ReconcileError> {
+        let registered: BTreeSet<Ipv4Addr> = endpoints.iter().map(|e| e.address).collect();
+        let now = SystemTime::now();
+        let released = self.ipam.release_where(|held| {
+            lifecycle::is_leaked(held, &registered, links, now, lifecycle::LEAK_GRACE)
+        })?;
+        for (ip, claim) in released {
+            tracing::warn!(%ip, ?claim, grace_seconds = lifecycle::LEAK_GRACE.as_secs(), "released a leaked address: claimed by an ADD that never registered an endpoint or left a veth");
+        }
+        Ok(())
     }
 
     /// The vxlan device of mode `vxlan`, on the uplink.

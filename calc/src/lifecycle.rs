@@ -2,6 +2,12 @@
 //! the order of the steps of DEL and GC. The agent's gRPC shell carries
 //! the steps out in the order given here.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::time::{Duration, SystemTime};
+
+use weft_model::Claim;
+
 use crate::problem::Problem;
 
 /// Whether the pass after registering the endpoint whose host veth is
@@ -35,9 +41,52 @@ pub const RELEASE: [Step; 3] = [Step::ForgetEndpoints, Step::Flush, Step::Releas
 /// collected attachments' veths as unclaimed and removes them too.
 pub const GARBAGE_COLLECT: [Step; 3] = [Step::ForgetEndpoints, Step::ReleaseAddresses, Step::Flush];
 
+/// An address IPAM holds, as the lifecycle sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct HeldAddress<'a> {
+    pub address: Ipv4Addr,
+    pub claim: &'a Claim,
+    /// The host veth of the claim's attachment (`None` for an orphaned claim).
+    pub host_ifname: Option<&'a str>,
+    /// When the claim was made or last asked for again.
+    pub since: SystemTime,
+}
+
+/// How long an address may stay claimed with neither an endpoint nor a
+/// host veth before it counts as leaked: far longer than any ADD takes, so
+/// an ADD in flight is never cut short.
+pub const LEAK_GRACE: Duration = Duration::from_secs(15 * 60);
+
+/// Whether `held` is leaked: an ADD that claimed it and then died (the
+/// plugin killed by the runtime's timeout, the agent restarted between
+/// claiming and answering) and no DEL or CNI GC that released it (kubelet
+/// with containerd 1.6 never calls GC). Leaked means no endpoint has the
+/// address, no host veth of its attachment exists, and it has been so for
+/// `grace` by `now`. A claim from the future (the clock stepped back) is
+/// kept.
+pub fn is_leaked(
+    held: &HeldAddress<'_>,
+    registered: &BTreeSet<Ipv4Addr>,
+    links: &BTreeMap<String, u32>,
+    now: SystemTime,
+    grace: Duration,
+) -> bool {
+    if registered.contains(&held.address) {
+        return false;
+    }
+    if held
+        .host_ifname
+        .is_some_and(|name| links.contains_key(name))
+    {
+        return false;
+    }
+    now.duration_since(held.since).is_ok_and(|age| age >= grace)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weft_model::Attachment;
 
     fn missing(host: &str) -> Problem {
         Problem::EndpointLinkMissing {
@@ -73,5 +122,55 @@ mod tests {
         assert!(pos(&RELEASE, Step::Flush) < pos(&RELEASE, Step::ReleaseAddresses));
         assert!(pos(&RELEASE, Step::ForgetEndpoints) < pos(&RELEASE, Step::Flush));
         assert!(pos(&GARBAGE_COLLECT, Step::ReleaseAddresses) < pos(&GARBAGE_COLLECT, Step::Flush));
+    }
+
+    #[test]
+    fn a_claim_is_leaked_only_without_endpoint_or_veth_after_the_grace() {
+        // A fake clock: times at chosen offsets from one origin.
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let owned = Claim::Owned(Attachment {
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+        });
+        let held = HeldAddress {
+            address: "10.244.1.7".parse().unwrap(),
+            claim: &owned,
+            host_ifname: Some("weftaaa"),
+            since: t0,
+        };
+        let nothing = (BTreeSet::new(), BTreeMap::new());
+        let leaked = |held: &HeldAddress<'_>,
+                      (reg, links): &(BTreeSet<Ipv4Addr>, BTreeMap<String, u32>),
+                      now| { is_leaked(held, reg, links, now, LEAK_GRACE) };
+        // An ADD in flight (claimed, nothing wired yet) is never cut short.
+        assert!(!leaked(&held, &nothing, at(60)));
+        assert!(!leaked(&held, &nothing, at(LEAK_GRACE.as_secs() - 1)));
+        assert!(leaked(&held, &nothing, at(LEAK_GRACE.as_secs())));
+        // Its veth exists: the pod may still be wired; DEL or GC decides.
+        let with_veth = (BTreeSet::new(), [("weftaaa".to_string(), 7)].into());
+        assert!(!leaked(&held, &with_veth, at(86_400)));
+        // An endpoint holds the address.
+        let registered = ([held.address].into(), BTreeMap::new());
+        assert!(!leaked(&held, &registered, at(86_400)));
+        // A retried ADD renews the claim: the grace starts again.
+        let renewed = HeldAddress {
+            since: at(1000),
+            ..held
+        };
+        assert!(!leaked(
+            &renewed,
+            &nothing,
+            at(1000 + LEAK_GRACE.as_secs() - 1)
+        ));
+        // The clock stepped back: keep it.
+        assert!(!leaked(&held, &nothing, t0 - Duration::from_secs(5)));
+        // An orphaned claim (no owner recorded) goes after the grace too.
+        let orphan = HeldAddress {
+            claim: &Claim::Orphaned,
+            host_ifname: None,
+            ..held
+        };
+        assert!(leaked(&orphan, &nothing, at(LEAK_GRACE.as_secs())));
     }
 }
