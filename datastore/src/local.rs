@@ -284,15 +284,19 @@ pub fn read_records<T: DeserializeOwned>(dir: &Path) -> Result<Vec<T>, Datastore
 mod tests {
     use super::*;
 
+    fn node1() -> NodeRecord {
+        NodeRecord {
+            name: "node1".into(),
+            underlay_ip: "198.18.0.11".parse().unwrap(),
+            pod_cidr: "10.244.1.0/24".parse().unwrap(),
+        }
+    }
+
     #[test]
     fn records_round_trip_and_malformed_ones_are_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let ds = Datastore::open(dir.path()).unwrap();
-        let node = NodeRecord {
-            name: "node1".into(),
-            underlay_ip: "198.18.0.11".parse().unwrap(),
-            pod_cidr: "10.244.1.0/24".parse().unwrap(),
-        };
+        let node = node1();
         ds.put_node(&node).unwrap();
         fs::write(dir.path().join("nodes/broken.json"), b"{not json").unwrap();
         assert_eq!(ds.nodes().unwrap(), vec![node]);
@@ -332,11 +336,7 @@ mod tests {
     fn the_watch_reports_each_changed_object_and_not_reads() {
         let dir = tempfile::tempdir().unwrap();
         let ds = Datastore::open(dir.path()).unwrap();
-        let node = NodeRecord {
-            name: "node1".into(),
-            underlay_ip: "198.18.0.11".parse().unwrap(),
-            pod_cidr: "10.244.1.0/24".parse().unwrap(),
-        };
+        let node = node1();
         ds.put_node(&node).unwrap();
         let (tx, mut rx) = mpsc::unbounded_channel();
         let _watch = ds.watch(tx).unwrap();
@@ -378,21 +378,25 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_snapshot_holds_every_nodes_endpoints() {
-        let dir = tempfile::tempdir().unwrap();
-        let ds = Datastore::open(dir.path()).unwrap();
-        let mut ep = EndpointRecord {
+    fn web_on_node1() -> EndpointRecord {
+        EndpointRecord {
             container_id: "c1".into(),
             ifname: "eth0".into(),
             node: "node1".into(),
             pod_name: "web".into(),
             pod_namespace: "default".into(),
-            labels: Default::default(),
+            labels: [("app".to_string(), "web".to_string())].into(),
             address: "10.244.1.2".parse().unwrap(),
             host_ifname: "weft0123456789a".into(),
-            netns: String::new(),
-        };
+            netns: "/run/netns/x".into(),
+        }
+    }
+
+    #[test]
+    fn the_snapshot_holds_every_nodes_endpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Datastore::open(dir.path()).unwrap();
+        let mut ep = web_on_node1();
         ds.put_endpoint(&ep).unwrap();
         ep.node = "node2".into();
         ds.put_endpoint(&ep).unwrap();
@@ -403,17 +407,7 @@ mod tests {
     fn endpoints_are_per_node_and_deletion_is_idempotent() {
         let dir = tempfile::tempdir().unwrap();
         let ds = Datastore::open(dir.path()).unwrap();
-        let ep = EndpointRecord {
-            container_id: "c1".into(),
-            ifname: "eth0".into(),
-            node: "node1".into(),
-            pod_name: "web".into(),
-            pod_namespace: "default".into(),
-            labels: [("app".to_string(), "web".to_string())].into(),
-            address: "10.244.1.2".parse().unwrap(),
-            host_ifname: "weft0123456789a".into(),
-            netns: "/run/netns/x".into(),
-        };
+        let ep = web_on_node1();
         ds.put_endpoint(&ep).unwrap();
         assert_eq!(ds.endpoints("node1").unwrap(), vec![ep.clone()]);
         assert!(ds.endpoints("node2").unwrap().is_empty());
