@@ -216,20 +216,22 @@ fn change_at(dir: &Path, path: &Path) -> Option<Change> {
     }
 }
 
+/// The entries of `dir` (missing directory: none).
+fn entries(dir: &Path) -> Result<Vec<fs::DirEntry>, DatastoreError> {
+    match fs::read_dir(dir) {
+        Ok(e) => Ok(e.flatten().collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(DatastoreError::Io {
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 /// The names of the directories in `dir` (missing: none).
 fn subdirectories(dir: &Path) -> Result<Vec<String>, DatastoreError> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(DatastoreError::Io {
-                path: dir.to_path_buf(),
-                source,
-            });
-        }
-    };
-    Ok(entries
-        .flatten()
+    Ok(entries(dir)?
+        .into_iter()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
         .filter_map(|e| e.file_name().into_string().ok())
         .collect())
@@ -251,18 +253,8 @@ fn is_change(event: &notify::Event) -> bool {
 
 /// Reads every `*.json` record of a directory (missing directory: none).
 pub fn read_records<T: DeserializeOwned>(dir: &Path) -> Result<Vec<T>, DatastoreError> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
-            return Err(DatastoreError::Io {
-                path: dir.to_path_buf(),
-                source,
-            });
-        }
-    };
     let mut out = Vec::new();
-    for entry in entries.flatten() {
+    for entry in entries(dir)? {
         let path = entry.path();
         if path.extension().and_then(|e| e.to_str()) != Some("json") {
             continue;
