@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 
 use weft_calc::{DesiredState, FLUSH_ORDER, Slice, Slices};
 use weft_common::maps::NodeConfig;
-use weft_dataplane::bpf::{self, PodGuard, UplinkPlan, UplinkPrograms, UplinkState};
+use weft_dataplane::bpf::{self, GuardPlan, PodGuard, UplinkPlan, UplinkPrograms, UplinkState};
 use weft_dataplane::link::Netlink;
 use weft_dataplane::route::{self, Route, RoutePlan, RouteTable};
 use weft_dataplane::vxlan;
@@ -124,6 +124,8 @@ pub struct EndpointsDriver {
     entries: Option<BTreeMap<u32, Ipv4Addr>>,
     /// Host veths (name, ifindex) known to carry the guard.
     attached: BTreeSet<(String, u32)>,
+    /// Between the two phases: what the removals take.
+    plan: Option<GuardPlan>,
 }
 
 impl EndpointsDriver {
@@ -133,6 +135,7 @@ impl EndpointsDriver {
             netlink,
             entries: None,
             attached: BTreeSet::new(),
+            plan: None,
         }
     }
 
@@ -142,7 +145,7 @@ impl EndpointsDriver {
         full: bool,
         out: &mut Flushed,
     ) -> Result<(), ReconcileError> {
-        // Taken while writing: after an error it stays `None`, so the next
+        // Taken while applying: after an error it stays `None`, so the next
         // pass reads the map again.
         let mut entries = match self.entries.take() {
             Some(entries) if !full => entries,
@@ -152,13 +155,12 @@ impl EndpointsDriver {
                 self.guard.endpoints()?.into_iter().collect()
             }
         };
-        for (ifindex, ip) in &desired.guard {
-            if entries.get(ifindex) != Some(ip) {
-                self.guard.set_endpoint(*ifindex, *ip)?;
-                entries.insert(*ifindex, *ip);
-                out.guard_written += 1;
-            }
+        let plan = bpf::plan_guard(&desired.guard, &entries);
+        for (ifindex, ip) in &plan.set {
+            self.guard.set_endpoint(*ifindex, *ip)?;
+            entries.insert(*ifindex, *ip);
         }
+        out.guard_written += plan.set.len();
         self.entries = Some(entries);
         for link in &desired.guarded_links {
             if self.attached.contains(link) {
@@ -167,6 +169,7 @@ impl EndpointsDriver {
             self.guard.attach(&link.0)?;
             self.attached.insert(link.clone());
         }
+        self.plan = Some(plan);
         Ok(())
     }
 
@@ -175,20 +178,15 @@ impl EndpointsDriver {
         desired: &DesiredState,
         out: &mut Flushed,
     ) -> Result<(), ReconcileError> {
-        let Some(mut entries) = self.entries.take() else {
+        let (Some(mut entries), Some(plan)) = (self.entries.take(), self.plan.take()) else {
             return Ok(());
         };
-        let stale: Vec<(u32, Ipv4Addr)> = entries
-            .iter()
-            .filter(|(i, _)| !desired.guard.contains_key(i))
-            .map(|(i, ip)| (*i, *ip))
-            .collect();
-        for (ifindex, ip) in stale {
-            tracing::info!(ifindex, %ip, "removing guard entry of a gone endpoint");
-            self.guard.remove_endpoint(ifindex)?;
-            entries.remove(&ifindex);
-            out.guard_removed += 1;
+        for ifindex in &plan.remove {
+            tracing::info!(ifindex, ip = ?entries.get(ifindex), "removing guard entry of a gone endpoint");
+            self.guard.remove_endpoint(*ifindex)?;
+            entries.remove(ifindex);
         }
+        out.guard_removed += plan.remove.len();
         self.entries = Some(entries);
         for name in &desired.stale_links {
             tracing::info!(link = %name, "removing a host veth no attachment claims");

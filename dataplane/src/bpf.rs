@@ -633,6 +633,36 @@ pub fn plan_uplink(desired: &UplinkState, actual: &UplinkState) -> UplinkPlan {
     }
 }
 
+/// What must change in the pod guard map (host veth ifindex → the pod's
+/// only source address); see [`plan_guard`].
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct GuardPlan {
+    /// Entries missing or holding another address (overwritten in place).
+    pub set: Vec<(u32, Ipv4Addr)>,
+    /// Entries of veths no endpoint has any more.
+    pub remove: Vec<u32>,
+}
+
+/// Compares the guard entries as wanted with what the map holds, in the
+/// style of [`plan_uplink`] and [`crate::route::plan`].
+pub fn plan_guard(
+    desired: &BTreeMap<u32, Ipv4Addr>,
+    actual: &BTreeMap<u32, Ipv4Addr>,
+) -> GuardPlan {
+    GuardPlan {
+        set: desired
+            .iter()
+            .filter(|(ifindex, ip)| actual.get(ifindex) != Some(ip))
+            .map(|(ifindex, ip)| (*ifindex, *ip))
+            .collect(),
+        remove: actual
+            .keys()
+            .filter(|ifindex| !desired.contains_key(ifindex))
+            .copied()
+            .collect(),
+    }
+}
+
 /// `cidr` with its host bits cleared, as the LPM map keys it.
 fn network_of(cidr: Ipv4Network) -> Ipv4Network {
     Ipv4Network::new(cidr.network(), cidr.prefix()).expect("the prefix length is already valid")
@@ -1297,6 +1327,21 @@ mod tc_filter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guard_plan_overwrites_in_place_and_removes_only_gone_veths() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let desired = [(7, ip("10.244.1.2")), (8, ip("10.244.1.3"))].into();
+        let actual = [(7, ip("10.244.1.9")), (9, ip("10.244.1.4"))].into();
+        assert_eq!(
+            plan_guard(&desired, &actual),
+            GuardPlan {
+                set: vec![(7, ip("10.244.1.2")), (8, ip("10.244.1.3"))],
+                remove: vec![9],
+            }
+        );
+        assert_eq!(plan_guard(&desired, &desired), GuardPlan::default());
+    }
     use weft_common::maps::Encap;
 
     fn ip(s: &str) -> Ipv4Addr {
