@@ -248,6 +248,7 @@ async fn start_bgp(
         as_number: config.as_number,
         route_reflectors: config.route_reflectors.clone(),
         kept: std::sync::Mutex::new(kept),
+        peers_configured: std::sync::atomic::AtomicBool::new(false),
         wanted: std::sync::Mutex::new(Vec::new()),
     };
     Ok((bgp, events_rx))

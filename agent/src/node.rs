@@ -44,6 +44,9 @@ pub struct Bgp {
     pub route_reflectors: Vec<String>,
     /// BGP routes a previous run left in the kernel, kept over the restart.
     pub kept: Mutex<Option<KeptRoutes>>,
+    /// The speaker has been told this node's peers: before that it is
+    /// "synchronized" with no peer at all, which must not end a restart.
+    pub peers_configured: AtomicBool,
     /// The peers wanted by the last pass, for operators (where each came from).
     pub wanted: Mutex<Vec<WantedPeer>>,
 }
@@ -437,6 +440,7 @@ impl Node {
             .collect();
         bgp.handle.set_peers(specs).await?;
         *bgp.wanted.lock().unwrap_or_else(|p| p.into_inner()) = wanted;
+        bgp.peers_configured.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -471,7 +475,8 @@ impl Node {
         let Some(kept) = kept else {
             return Ok(Vec::new());
         };
-        let synchronized = bgp.handle.synchronized().await?;
+        let synchronized = bgp.peers_configured.load(Ordering::Acquire)
+            && bgp.handle.synchronized().await?;
         match kept.still_kept(Instant::now(), synchronized) {
             Some(routes) => Ok(routes.to_vec()),
             None => {

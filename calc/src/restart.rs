@@ -31,7 +31,9 @@ impl KeptRoutes {
     }
 
     /// The routes still kept at `now`, given whether BGP is synchronized
-    /// again; `None` once they may go (the caller drops the `KeptRoutes`).
+    /// again (the speaker has this node's peers and every one's
+    /// End-of-RIB; a speaker told no peers yet is not); `None` once they
+    /// may go (the caller drops the `KeptRoutes`).
     pub fn still_kept(&self, now: Instant, synchronized: bool) -> Option<&[Route]> {
         (!synchronized && now < self.deadline).then_some(self.routes.as_slice())
     }
