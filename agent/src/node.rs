@@ -79,6 +79,10 @@ pub struct PassState {
     bgp_problems: Vec<Problem>,
     kept: Vec<route::Route>,
     underlay_next_hops: BTreeMap<Ipv4Addr, Ipv4Addr>,
+    /// The problems of the last desired state, reported again by passes
+    /// with nothing to flush: a concurrent CNI call's pass may have done
+    /// this call's work, and its verdict must still reach this call.
+    problems: Vec<Problem>,
 }
 
 pub struct Node {
@@ -165,6 +169,7 @@ impl Node {
                 bgp_problems: Vec::new(),
                 kept: Vec::new(),
                 underlay_next_hops: BTreeMap::new(),
+                problems: Vec::new(),
             }),
             bgp,
             ready: AtomicBool::new(false),
@@ -301,6 +306,7 @@ impl Node {
         }
         let mut report = PassReport::default();
         if slices.is_empty() && !pending.bgp_peers {
+            report.problems = st.problems.clone();
             return Ok(report);
         }
 
@@ -356,6 +362,7 @@ impl Node {
         });
         report.problems = desired.problems.clone();
         report.problems.extend(st.bgp_problems.iter().cloned());
+        st.problems = report.problems.clone();
 
         report.flushed = drivers::flush(&mut st.drivers, &desired, slices, full).await?;
         for name in &report.flushed.links_removed {
