@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
-use weftctl::agent_api::{self, block_on};
-use weftctl::lab::{self, LabRef, PodView, StatusView, cni, probe::ProbeConfig};
+use weft_lab::agent_api::{self, block_on};
+use weft_lab::{self as lab, LabRef, PodView, StatusView, cni, probe::ProbeConfig};
 
 #[derive(Parser)]
 #[command(
@@ -329,7 +329,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", weftctl::error_chain(&e));
+            eprintln!("error: {}", weft_lab::error_chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -40,8 +40,8 @@ use weft_twin::{
     Encap, KernelRoute, NodeTables, RouteDecision, Step, Via, VxlanDecision, VxlanDevice, VxlanPeer,
 };
 
-use crate::lab::state::{self, LabState};
-use crate::lab::topology::netns_path;
+use weft_lab::state::{self, LabState};
+use weft_lab::topology::netns_path;
 
 // ---------------------------------------------------------------------------
 // The request.

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use super::process::{in_netns, log_tail};
-use super::state::{LabState, Node};
 use crate::agent_api;
+use crate::process::{in_netns, log_tail};
+use crate::state::{LabState, Node};
 
 pub const AGENT: &str = "weft-agent";
 /// Lines of agent.log quoted when an agent fails to come up.

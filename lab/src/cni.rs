@@ -14,8 +14,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::process::in_netns;
-use super::topology::netns_path;
+use crate::process::in_netns;
+use crate::topology::netns_path;
 
 pub const PLUGIN: &str = "weft-cni";
 pub const CNI_VERSION: &str = "1.1.0";

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::topology::netns_path;
+use crate::topology::netns_path;
 
 /// Makes `command` start inside the named network namespace, and in a
 /// session of its own when `new_session` (so it outlives weftctl and its

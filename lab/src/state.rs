@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::plan;
+use crate::plan;
 
 pub const STATE_FILE: &str = "lab.json";
 /// Bumped when the layout of lab.json changes incompatibly.

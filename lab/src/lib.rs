@@ -1,16 +1,32 @@
-//! `weftctl lab`: a whole cluster on one machine out of network namespaces.
-//! A fabric namespace holds the underlay bridge; every node is a namespace
-//! with its own weft-agent; pods are namespaces wired by the real weft-cni.
-//! Everything made is recorded in `<state>/lab.json` before it is made, so
-//! `lab down` removes exactly that, also after a crash.
+//! weft-lab: a whole Weft cluster on one machine out of network
+//! namespaces. A fabric namespace holds the underlay bridge; every node is a
+//! namespace with its own weft-agent; pods are namespaces wired by the real
+//! weft-cni. Everything made is recorded in `<state>/lab.json` before it is
+//! made, so [`down`] removes exactly that, also after a crash.
+//!
+//! One library for `weftctl lab` (a thin command line over it) and for the
+//! integration tests, so both see the same lab:
+//!
+//! - [`LabRef`]: which lab; [`state`]: the record of it ([`LabState`]);
+//!   [`status`]: the lab as `lab status` shows it ([`StatusView`]).
+//! - [`up`], [`down`], [`add_pod`], [`del_pod`], [`add_node`], [`del_node`],
+//!   [`start_agent`], [`stop_agent`]: building and changing a lab.
+//! - [`probe`]: ICMP echo and TCP between namespaces, without helper
+//!   processes; [`check`] runs them over every pair of pods ([`matrix`]).
+//! - [`agent_api`]: a node agent's local gRPC API (status, endpoints,
+//!   counters, BGP peers).
+//! - [`plan`], [`topology`], [`cni`], [`agent`], [`process`]: how a lab is
+//!   named, wired, and populated, and the processes it starts.
 
 pub mod agent;
+pub mod agent_api;
 pub mod cni;
 pub mod matrix;
 pub mod plan;
 pub mod probe;
 pub mod process;
 pub mod state;
+pub mod status;
 pub mod topology;
 
 use std::collections::BTreeMap;
@@ -19,11 +35,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
 
-use matrix::{Matrix, render_table};
+use matrix::Matrix;
 use probe::{ProbeConfig, ProbeTarget};
-use state::{LabState, Pod};
+pub use state::{LabState, Pod};
+pub use status::{FabricView, NodeView, PodView, RouterView, StatusView, SubnetView};
 
 /// Parent of every lab's state directory by default.
 pub const STATE_ROOT: &str = "/run/weft-lab";
@@ -53,6 +69,29 @@ impl LabRef {
     pub fn load(&self) -> Result<LabState> {
         LabState::load_existing(&self.state_dir, &self.lab)
     }
+
+    /// The lab as `lab status` shows it, agents checked against their pids.
+    pub fn status(&self) -> Result<StatusView> {
+        Ok(StatusView::new(&self.load()?, process::is_agent))
+    }
+}
+
+/// An error and its causes on one line, like `{:#}`, but without a cause
+/// that merely repeats the text before it (tonic and io errors often
+/// print their source inside their own message).
+pub fn error_chain(error: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 /// An exclusive lock on a lab, held by commands that change it (up, down,
@@ -438,9 +477,6 @@ fn remove_state_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Creates pod `name` on `node`: its namespace, then CNI ADD. If ADD fails
-/// the pod is undone (DEL, namespace deleted, record dropped), as a runtime
-/// does.
 /// Writes BGPPeer manifests into the lab's datastore, all or nothing (the
 /// whole file is checked first); returns the names written.
 pub fn apply(state: &LabState, text: &str) -> Result<Vec<String>> {
@@ -458,6 +494,9 @@ pub fn delete_bgp_peer(state: &LabState, name: &str) -> Result<bool> {
     Ok(store.delete_bgp_peer(name)?)
 }
 
+/// Creates pod `name` on `node`: its namespace, then CNI ADD. If ADD fails
+/// the pod is undone (DEL, namespace deleted, record dropped), as a runtime
+/// does.
 pub fn add_pod(
     state: &mut LabState,
     node: &str,
@@ -772,284 +811,19 @@ pub fn exec(state: &LabState, pod: &str, command: &[String]) -> Result<std::conv
     Err(err).with_context(|| format!("running {program} in {}", pod.netns))
 }
 
-/// The JSON of `lab status --json`.
-#[derive(Debug, Serialize)]
-pub struct StatusView {
-    pub fabric: FabricView,
-    /// `--route-reflectors` of `lab up`; empty for a full mesh.
-    pub route_reflectors: Vec<String>,
-    pub nodes: Vec<NodeView>,
-    pub pods: Vec<PodView>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct FabricView {
-    pub netns: String,
-    pub bridge: String,
-    pub cidr: String,
-    /// Only in a lab of several underlay subnets.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub router: Option<RouterView>,
-}
-
-/// The router between a lab's underlay subnets.
-#[derive(Debug, Serialize)]
-pub struct RouterView {
-    pub netns: String,
-    pub subnets: Vec<SubnetView>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct SubnetView {
-    pub cidr: String,
-    pub bridge: String,
-    pub router_ip: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct NodeView {
-    pub name: String,
-    pub netns: String,
-    pub underlay_ip: String,
-    pub pod_cidr: String,
-    pub agent_pid: Option<u32>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct PodView {
-    pub name: String,
-    pub namespace: String,
-    pub node: String,
-    pub netns: String,
-    pub ip: Option<String>,
-    pub host_ifname: Option<String>,
-}
-
-impl From<&Pod> for PodView {
-    fn from(p: &Pod) -> Self {
-        PodView {
-            name: p.name.clone(),
-            namespace: p.namespace.clone(),
-            node: p.node.clone(),
-            netns: p.netns.clone(),
-            ip: p.ip.map(|ip| ip.to_string()),
-            host_ifname: p.host_ifname.clone(),
-        }
-    }
-}
-
-impl StatusView {
-    /// The lab as recorded, with each agent pid checked: a recorded agent
-    /// that died shows as null.
-    pub fn new(state: &LabState, alive: impl Fn(u32, &Path) -> bool) -> Self {
-        StatusView {
-            fabric: FabricView {
-                netns: state.fabric.netns.clone(),
-                bridge: state.fabric.bridge.clone(),
-                cidr: state.fabric.cidr.clone(),
-                router: state.fabric.router_netns.as_ref().map(|netns| RouterView {
-                    netns: netns.clone(),
-                    subnets: state
-                        .fabric
-                        .subnets
-                        .iter()
-                        .map(|s| SubnetView {
-                            cidr: s.cidr.clone(),
-                            bridge: s.bridge.clone(),
-                            router_ip: s.router_ip.to_string(),
-                        })
-                        .collect(),
-                }),
-            },
-            route_reflectors: state.route_reflectors.clone(),
-            nodes: state
-                .nodes
-                .iter()
-                .map(|n| NodeView {
-                    name: n.name.clone(),
-                    netns: n.netns.clone(),
-                    underlay_ip: n.underlay_ip.to_string(),
-                    pod_cidr: n.pod_cidr.clone(),
-                    agent_pid: n.agent_pid.filter(|&pid| alive(pid, &n.socket)),
-                })
-                .collect(),
-            pods: state.pods.iter().map(PodView::from).collect(),
-        }
-    }
-
-    pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("status serializes")
-    }
-
-    /// The fabric line, a node table and a pod table; `-` for a missing
-    /// value (no agent running, no address yet).
-    pub fn render(&self) -> String {
-        let dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_string());
-        let mut out = match &self.fabric.router {
-            None => format!(
-                "fabric {}  bridge {}  underlay {}",
-                self.fabric.netns, self.fabric.bridge, self.fabric.cidr
-            ),
-            Some(router) => {
-                let join = |f: fn(&SubnetView) -> &str| {
-                    router.subnets.iter().map(f).collect::<Vec<_>>().join(",")
-                };
-                format!(
-                    "fabric {}  bridges {}  underlay {}  router {} ({})",
-                    self.fabric.netns,
-                    join(|s| &s.bridge),
-                    join(|s| &s.cidr),
-                    router.netns,
-                    join(|s| &s.router_ip),
-                )
-            }
-        };
-        if !self.route_reflectors.is_empty() {
-            out.push_str(&format!(
-                "  route reflectors {}",
-                self.route_reflectors.join(",")
-            ));
-        }
-        out.push_str("\n\n");
-        let mut nodes = vec![
-            ["NODE", "NETNS", "UNDERLAY IP", "POD CIDR", "AGENT PID"]
-                .map(String::from)
-                .to_vec(),
-        ];
-        nodes.extend(self.nodes.iter().map(|n| {
-            vec![
-                n.name.clone(),
-                n.netns.clone(),
-                n.underlay_ip.clone(),
-                n.pod_cidr.clone(),
-                dash(n.agent_pid.map(|p| p.to_string())),
-            ]
-        }));
-        out.push_str(&render_table(&nodes));
-        out.push('\n');
-        let mut pods = vec![
-            ["POD", "NAMESPACE", "NODE", "NETNS", "IP", "HOST IFNAME"]
-                .map(String::from)
-                .to_vec(),
-        ];
-        pods.extend(self.pods.iter().map(|p| {
-            vec![
-                p.name.clone(),
-                p.namespace.clone(),
-                p.node.clone(),
-                p.netns.clone(),
-                dash(p.ip.clone()),
-                dash(p.host_ifname.clone()),
-            ]
-        }));
-        out.push_str(&render_table(&pods));
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
-
-    fn lab_state() -> LabState {
-        let mut state = LabState::planned(
-            "weft",
-            Path::new("/run/weft-lab/weft"),
-            Path::new("/bin"),
-            Path::new(BPFFS_ROOT),
-            2,
-        );
-        state.nodes[0].agent_pid = Some(100);
-        state.nodes[1].agent_pid = Some(200);
-        state.pods.push(Pod {
-            name: "node1-a".into(),
-            namespace: "default".into(),
-            node: "node1".into(),
-            netns: "weft-pod-node1-a".into(),
-            container_id: "0".repeat(64),
-            ifname: "eth0".into(),
-            labels: BTreeMap::new(),
-            ip: Some(Ipv4Addr::new(10, 244, 1, 2)),
-            host_ifname: Some("weftab12cd34".into()),
-        });
-        state
-    }
 
     #[test]
-    fn status_json_has_exactly_the_documented_fields() {
-        let view = StatusView::new(&lab_state(), |pid, _| pid == 100);
-        let json: serde_json::Value = serde_json::from_str(&view.to_json()).unwrap();
+    fn error_chain_drops_repeats() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let e = anyhow::Error::new(io)
+            .context("transport error: entity not found")
+            .context("connecting");
         assert_eq!(
-            json,
-            serde_json::json!({
-                "fabric": {"netns": "weft-fabric", "bridge": "br-underlay", "cidr": "198.18.0.0/24"},
-                "route_reflectors": [],
-                "nodes": [
-                    {"name": "node1", "netns": "weft-node1", "underlay_ip": "198.18.0.11", "pod_cidr": "10.244.1.0/24", "agent_pid": 100},
-                    {"name": "node2", "netns": "weft-node2", "underlay_ip": "198.18.0.12", "pod_cidr": "10.244.2.0/24", "agent_pid": null}
-                ],
-                "pods": [
-                    {"name": "node1-a", "namespace": "default", "node": "node1", "netns": "weft-pod-node1-a", "ip": "10.244.1.2", "host_ifname": "weftab12cd34"}
-                ]
-            })
-        );
-    }
-
-    #[test]
-    fn status_table_lists_nodes_then_pods() {
-        let view = StatusView::new(&lab_state(), |pid, _| pid == 100);
-        assert_eq!(
-            view.render(),
-            "fabric weft-fabric  bridge br-underlay  underlay 198.18.0.0/24\n\
-             \n\
-             NODE   NETNS       UNDERLAY IP  POD CIDR       AGENT PID\n\
-             node1  weft-node1  198.18.0.11  10.244.1.0/24  100\n\
-             node2  weft-node2  198.18.0.12  10.244.2.0/24  -\n\
-             \n\
-             POD      NAMESPACE  NODE   NETNS             IP          HOST IFNAME\n\
-             node1-a  default    node1  weft-pod-node1-a  10.244.1.2  weftab12cd34\n"
-        );
-        let mut state = lab_state();
-        state.route_reflectors = vec!["node1".into(), "node2".into()];
-        let view = StatusView::new(&state, |_, _| false);
-        assert!(view.render().starts_with(
-            "fabric weft-fabric  bridge br-underlay  underlay 198.18.0.0/24  route reflectors node1,node2\n\n"
-        ));
-        let json: serde_json::Value = serde_json::from_str(&view.to_json()).unwrap();
-        assert_eq!(
-            json["route_reflectors"],
-            serde_json::json!(["node1", "node2"])
-        );
-    }
-
-    #[test]
-    fn status_shows_the_router_of_several_underlay_subnets() {
-        let state = LabState::planned_on(
-            "weft",
-            Path::new("/run/weft-lab/weft"),
-            Path::new("/bin"),
-            Path::new(BPFFS_ROOT),
-            2,
-            2,
-        );
-        let view = StatusView::new(&state, |_, _| false);
-        let text = view.render();
-        assert!(
-            text.starts_with(
-                "fabric weft-fabric  bridges br-underlay,br-underlay1  \
-                 underlay 198.18.0.0/24,198.18.1.0/24  router weft-router (198.18.0.1,198.18.1.1)\n\n"
-            ),
-            "{text}"
-        );
-        assert!(text.contains("node2  weft-node2  198.18.1.12"), "{text}");
-        let json: serde_json::Value = serde_json::from_str(&view.to_json()).unwrap();
-        assert_eq!(
-            json["fabric"]["router"],
-            serde_json::json!({"netns": "weft-router", "subnets": [
-                {"cidr": "198.18.0.0/24", "bridge": "br-underlay", "router_ip": "198.18.0.1"},
-                {"cidr": "198.18.1.0/24", "bridge": "br-underlay1", "router_ip": "198.18.1.1"}
-            ]})
+            error_chain(&e),
+            "connecting: transport error: entity not found"
         );
     }
 

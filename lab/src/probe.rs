@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use weft_dataplane::netns::{NetnsError, run_in};
 
-use super::matrix::{Matrix, PairResult};
+use crate::matrix::{Matrix, PairResult};
 
 /// Why a probe failed, in words fit for the matrix's failure lines.
 #[derive(Debug, thiserror::Error)]
@@ -601,7 +601,7 @@ mod tests {
                 unsafe { libc::geteuid() } == 0,
                 "the probe tests need root (network namespaces): run them as root"
             );
-            use super::super::topology::{create_netns, ip};
+            use crate::topology::{create_netns, ip};
             let pid = std::process::id();
             let pair = TwoNamespaces {
                 a: format!("weftctl-t{pid}-{tag}-a"),
@@ -629,7 +629,7 @@ mod tests {
             };
             ProbeTarget {
                 name: which.into(),
-                netns: super::super::topology::netns_path(ns),
+                netns: crate::topology::netns_path(ns),
                 ip: ip.into(),
             }
         }
@@ -637,8 +637,8 @@ mod tests {
 
     impl Drop for TwoNamespaces {
         fn drop(&mut self) {
-            let _ = super::super::topology::delete_netns(&self.a);
-            let _ = super::super::topology::delete_netns(&self.b);
+            let _ = crate::topology::delete_netns(&self.a);
+            let _ = crate::topology::delete_netns(&self.b);
         }
     }
 

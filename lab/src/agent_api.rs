@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use weft_proto::v1;
 
-use crate::lab::matrix::render_table;
+use crate::matrix::render_table;
 
 /// Runs one async call on a runtime of its own; weftctl is otherwise
 /// synchronous (the lab works with threads and child processes).
