@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
 use netlink_packet_route::AddressFamily;
-use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope,
@@ -279,6 +279,37 @@ impl Netlink {
         Ok(found)
     }
 
+    /// Every link of the namespace, by ifindex (`ip link`).
+    pub async fn links(&self) -> Result<Vec<LinkState>, LinkError> {
+        let mut replies = self.handle.link().get().execute();
+        let mut links = Vec::new();
+        while let Some(msg) = replies
+            .try_next()
+            .await
+            .map_err(|e| KernelError::new("list links", "*", e))?
+        {
+            links.push(LinkState::from_message(&msg));
+        }
+        links.sort_by_key(|l| l.index);
+        Ok(links)
+    }
+
+    /// Every IPv4 address of the namespace, sorted (`ip -4 addr`).
+    pub async fn addresses(&self) -> Result<Vec<Ipv4Addr>, LinkError> {
+        let mut replies = self.handle.address().get().execute();
+        let mut addresses = Vec::new();
+        while let Some(msg) = replies
+            .try_next()
+            .await
+            .map_err(|e| KernelError::new("list addresses", "*", e))?
+        {
+            addresses.extend(ipv4_address(&msg));
+        }
+        addresses.sort();
+        addresses.dedup();
+        Ok(addresses)
+    }
+
     /// Deletes the link called `name`. Returns false if it was not there, so
     /// callers can be idempotent. Deleting either end of a veth removes both.
     pub async fn delete_link(&self, name: &str) -> Result<bool, LinkError> {
@@ -464,6 +495,23 @@ impl Netlink {
             routes,
         }))
     }
+}
+
+/// The IPv4 address of an address message: its local address (the one
+/// of a point-to-point peer pair that is ours), else its address.
+pub(crate) fn ipv4_address(msg: &AddressMessage) -> Option<Ipv4Addr> {
+    if msg.header.family != AddressFamily::Inet {
+        return None;
+    }
+    let local = msg.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+        _ => None,
+    });
+    let address = msg.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+        _ => None,
+    });
+    local.or(address)
 }
 
 /// The IPv4 main-table route in `msg`, if it is one.

@@ -183,6 +183,39 @@ pub fn plan(desired: &[Route], actual: &[Route]) -> RoutePlan {
     out
 }
 
+/// Any IPv4 route of the main table, whoever owns it, as the kernel
+/// reports it: what `weftctl lab trace` reads of a node's routing
+/// ([`RouteTable::main_table`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableRoute {
+    pub dst: Ipv4Network,
+    pub gateway: Option<Ipv4Addr>,
+    pub oif: Option<u32>,
+    /// `unicast`, `blackhole`, `unreachable`, ... (the kernel's type).
+    pub kind: String,
+    pub mtu: Option<u32>,
+}
+
+impl TableRoute {
+    /// A unicast route, for callers building routes by hand (tests).
+    pub fn unicast(dst: &str, gateway: Option<&str>, oif: u32) -> TableRoute {
+        TableRoute {
+            dst: dst.parse().expect("a CIDR"),
+            gateway: gateway.map(|g| g.parse().expect("an address")),
+            oif: Some(oif),
+            kind: "unicast".into(),
+            mtu: None,
+        }
+    }
+
+    pub fn with_mtu(self, mtu: u32) -> TableRoute {
+        TableRoute {
+            mtu: Some(mtu),
+            ..self
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

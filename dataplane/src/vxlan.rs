@@ -27,7 +27,6 @@ use std::path::Path;
 use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
 use netlink_packet_route::AddressFamily;
-use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
@@ -36,7 +35,7 @@ use netlink_packet_route::neighbour::{
 };
 use rtnetlink::{AddressMessageBuilder, LinkUnspec, LinkVxlan};
 
-use crate::link::{MacAddr, Netlink};
+use crate::link::{MacAddr, Netlink, ipv4_address};
 use crate::netns::{self, NetnsError};
 
 /// The name of Weft's VXLAN device. Not of the shape of a host veth name
@@ -119,6 +118,14 @@ pub struct VxlanState {
     pub up: bool,
     /// IPv4 addresses on the device.
     pub addresses: Vec<Ipv4Network>,
+}
+
+/// A vxlan device as read off a node, with its entries ([`Vxlan::read`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VxlanReading {
+    pub device: VxlanState,
+    pub fdb: Vec<FdbEntry>,
+    pub neighbours: Vec<NeighbourEntry>,
 }
 
 /// What [`Vxlan::ensure_device`] has to do.
@@ -405,18 +412,10 @@ impl Vxlan {
             .await
             .map_err(|e| KernelError::new("list addresses", name, e))?
         {
-            if msg.header.family != AddressFamily::Inet || msg.header.index != state.ifindex {
+            if msg.header.index != state.ifindex {
                 continue;
             }
-            let local = msg.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
-                _ => None,
-            });
-            let address = msg.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
-                _ => None,
-            });
-            if let Some(ip) = local.or(address)
+            if let Some(ip) = ipv4_address(&msg)
                 && let Ok(net) = Ipv4Network::new(ip, msg.header.prefix_len)
             {
                 state.addresses.push(net);
@@ -424,6 +423,25 @@ impl Vxlan {
         }
         state.addresses.sort();
         Ok(Some(state))
+    }
+
+    /// The vxlan device called `name` with its FDB and neighbour entries,
+    /// as `weftctl lab trace` reads a node; None if there is no vxlan
+    /// device of that name.
+    pub async fn read(&self, name: &str) -> Result<Option<VxlanReading>, VxlanError> {
+        let Some(device) = self.device(name).await? else {
+            return Ok(None);
+        };
+        if !device.is_vxlan {
+            return Ok(None);
+        }
+        let fdb = self.fdb(device.ifindex).await?;
+        let neighbours = self.neighbours(device.ifindex).await?;
+        Ok(Some(VxlanReading {
+            device,
+            fdb,
+            neighbours,
+        }))
     }
 
     /// Makes the device exactly `spec` and returns its ifindex. Idempotent:

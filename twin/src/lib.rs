@@ -13,7 +13,9 @@
 //!   smoltcp interfaces holding real TCP and UDP conversations, on a
 //!   virtual clock ([`Cluster`]).
 //! - [`trace()`]: one synthetic packet walked through nodes' tables,
-//!   returning every decision on its way ([`Step`]).
+//!   returning every decision on its way ([`Step`]); [`trace`] also turns
+//!   kernel facts read off live nodes into those tables and the steps into
+//!   a verdict and a report (`weftctl lab trace`).
 //! - [`wire`]: the packets around the decisions (ARP, ICMP, UDP, VXLAN)
 //!   and [`wire::Probe`], a synthetic packet.
 
@@ -21,7 +23,7 @@ pub mod cluster;
 pub mod hooks;
 pub mod node;
 pub mod step;
-mod trace;
+pub mod trace;
 pub mod wire;
 
 pub use cluster::{Captured, Cluster, ClusterConfig, Pod, PodId};

@@ -223,7 +223,7 @@ enum LabCommand {
         from: String,
         /// Where to: IP (ICMP echo), IP:PORT/tcp or IP:PORT/udp.
         #[arg(long, value_name = "IP[:PORT/PROTO]")]
-        to: weftctl::trace::Target,
+        to: weft_twin::trace::Target,
         /// The packet's IPv4 total length in bytes [default: the smallest of its kind].
         #[arg(long, value_name = "BYTES")]
         size: Option<u16>,

@@ -1,5 +1,5 @@
 //! The netlink shell of [`super`]: reads the routes Weft owns and applies
-//! a [`RoutePlan`].
+//! a [`RoutePlan`]; reads the whole main table for inspection.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -8,11 +8,11 @@ use futures::TryStreamExt;
 use ipnetwork::Ipv4Network;
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteMetric,
-    RouteProtocol, RouteScope,
+    RouteProtocol, RouteScope, RouteType,
 };
 use rtnetlink::RouteMessageBuilder;
 
-use super::{RTPROT_WEFT, RTPROT_WEFT_BGP, Route, RoutePlan};
+use super::{RTPROT_WEFT, RTPROT_WEFT_BGP, Route, RoutePlan, TableRoute};
 use crate::netns::{self, NetnsError};
 
 /// Errors of the route shell, in netlink's terms.
@@ -99,6 +99,17 @@ impl RouteTable {
             }
         }
         routes.sort();
+        Ok(routes)
+    }
+
+    /// Every IPv4 route of the main table, of any owner and type.
+    pub async fn main_table(&self) -> Result<Vec<TableRoute>, RouteError> {
+        let query = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut stream = self.handle.route().get(query).execute();
+        let mut routes = Vec::new();
+        while let Some(msg) = stream.try_next().await.map_err(RouteError::List)? {
+            routes.extend(TableRoute::of(&msg));
+        }
         Ok(routes)
     }
 
@@ -235,6 +246,33 @@ impl RouteAttributes {
             }
         }
         out
+    }
+}
+
+impl TableRoute {
+    /// The main-table route in `msg`, if it is one.
+    fn of(msg: &RouteMessage) -> Option<TableRoute> {
+        let RouteAttributes {
+            table,
+            dst,
+            gateway,
+            oif,
+            mtu,
+        } = RouteAttributes::of(msg);
+        if table != u32::from(RouteHeader::RT_TABLE_MAIN) {
+            return None;
+        }
+        let kind = match msg.header.kind {
+            RouteType::Unicast => "unicast".to_string(),
+            other => format!("{other:?}").to_ascii_lowercase(),
+        };
+        Some(TableRoute {
+            dst: Ipv4Network::new(dst, msg.header.destination_prefix_length).ok()?,
+            gateway,
+            oif,
+            kind,
+            mtu,
+        })
     }
 }
 

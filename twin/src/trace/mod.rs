@@ -1,7 +1,33 @@
-//! Walking one synthetic packet through nodes' tables, hop by hop: the
-//! engine of a future `weftctl trace`. The tables are plain data, read
-//! from live nodes or written by hand; the walk uses the same node engine
-//! (and so the same tc programs) as the simulated cluster.
+//! Tracing one synthetic packet through nodes' tables, hop by hop, as
+//! `weftctl lab trace` does over a live lab: the pure part of it.
+//!
+//! - [`facts`]: kernel facts read off a node (pinned maps, links,
+//!   addresses, routes, vxlan entries; the readers are in weft-dataplane)
+//!   into the [`NodeTables`] the walk uses, with notes on what they cannot
+//!   model.
+//! - [`trace()`]: the walk. The tables are plain data, read from live
+//!   nodes or written by hand; the walk uses the same node engine (and so
+//!   the same tc programs) as the simulated cluster.
+//! - [`verdict`]: what the steps amount to (delivered, dropped, lost, and
+//!   the ICMP errors on the way).
+//! - [`report`]: the request (`--to`, the probe packet) and the report as
+//!   text and JSON.
+//!
+//! What the twin does not model, and so the trace cannot show: netfilter,
+//! rp_filter, routing rules and tables other than main, ARP towards hosts
+//! that are no lab node (such a next hop never answers), the pod's own
+//! stack (the packet starts at the pod's host veth), and whether the uplink
+//! programs are actually attached (the config map's mode decides).
+
+pub mod facts;
+pub mod report;
+#[cfg(test)]
+mod tests;
+pub mod verdict;
+
+pub use facts::{NodeFacts, node_tables, notes};
+pub use report::{StepView, Target, TargetKind, TraceFrom, TraceReport, probe, step_view};
+pub use verdict::{IcmpAnswer, Outcome, PodAt, Verdict, drop_reason, hook_name, verdict};
 
 use std::fmt;
 use std::net::Ipv4Addr;
