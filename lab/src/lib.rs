@@ -890,8 +890,7 @@ mod tests {
             probe::icmp_echo(
                 &node1,
                 state.nodes[1].underlay_ip,
-                Duration::from_secs(1),
-                3,
+                probe::Echo::new(Duration::from_secs(1), 3),
             )?;
             Ok(())
         });
@@ -929,8 +928,7 @@ mod tests {
                 probe::icmp_echo(
                     &node1,
                     state.nodes[other].underlay_ip,
-                    Duration::from_secs(1),
-                    3,
+                    probe::Echo::new(Duration::from_secs(1), 3),
                 )?;
             }
             let routes = topology::routes(&state.nodes[1].netns)?;

@@ -2,7 +2,10 @@
 //! processes or iputils: sockets are created on a thread inside the
 //! namespace (a socket stays in the namespace it was made in), ICMP echo
 //! over a raw socket, TCP over a connection to a responder listening in
-//! the target namespace. Reusable by integration tests.
+//! the target namespace. The one ping of the lab and of the integration
+//! tests: [`Echo`] also sends big and Don't Fragment requests, and says
+//! what answered instead of the echo (an ICMP error, or the local "message
+//! too long" with the path MTU).
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
@@ -35,6 +38,15 @@ pub enum ProbeError {
         tries: u32,
         timeout: Duration,
         last: Option<String>,
+    },
+    /// A Don't Fragment request above the path MTU, refused before it
+    /// left (`ping -M do` says "message too long, mtu=N").
+    #[error("a {size}-byte echo request to {dst} with DF set is above the path MTU{}",
+            mtu.map(|m| format!(" {m}")).unwrap_or_default())]
+    TooBig {
+        dst: Ipv4Addr,
+        size: u16,
+        mtu: Option<u32>,
     },
     #[error("{dst} answered {got:?} instead of echoing {sent:?}")]
     WrongEcho {
@@ -91,23 +103,75 @@ fn next_echo_id() -> u16 {
     base.wrapping_add(NEXT_ECHO_ID.fetch_add(1, Ordering::Relaxed))
 }
 
+/// ICMP echo requests as `ping` sends them: how long to wait for each
+/// answer, how many to send at most, how big, and whether they may be
+/// fragmented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Echo {
+    pub timeout: Duration,
+    pub tries: u32,
+    /// The request's IPv4 total length; never below [`Echo::MIN_SIZE`].
+    pub size: u16,
+    /// Don't Fragment: a request above the path MTU is then refused
+    /// before it leaves ([`ProbeError::TooBig`]).
+    pub df: bool,
+    /// The source address, one of the namespace's (`ping -I ADDR`); `None`:
+    /// the one routing picks.
+    pub source: Option<Ipv4Addr>,
+}
+
+impl Echo {
+    /// IPv4 and ICMP headers and the probe's own payload.
+    pub const MIN_SIZE: u16 = 20 + 8 + ECHO_PAYLOAD.len() as u16;
+
+    /// Requests of the smallest size, fragmentable.
+    pub fn new(timeout: Duration, tries: u32) -> Echo {
+        Echo {
+            timeout,
+            tries,
+            size: Echo::MIN_SIZE,
+            df: false,
+            source: None,
+        }
+    }
+
+    /// Requests of IPv4 total length `size` (`ping -s size-28`).
+    pub fn with_size(self, size: u16) -> Echo {
+        Echo {
+            size: size.max(Echo::MIN_SIZE),
+            ..self
+        }
+    }
+
+    /// Requests with Don't Fragment set (`ping -M do`).
+    pub fn with_df(self) -> Echo {
+        Echo { df: true, ..self }
+    }
+
+    /// Requests from `source` (`ping -I source`).
+    pub fn with_source(self, source: Ipv4Addr) -> Echo {
+        Echo {
+            source: Some(source),
+            ..self
+        }
+    }
+}
+
 /// Sends ICMP echo requests from inside `netns` to `dst` until one is
 /// answered; returns the round-trip time of the answered one.
-pub fn icmp_echo(
-    netns: &Path,
-    dst: Ipv4Addr,
-    timeout: Duration,
-    tries: u32,
-) -> Result<Duration, ProbeError> {
-    run_in(netns, move || icmp_echo_here(dst, timeout, tries))?
+pub fn icmp_echo(netns: &Path, dst: Ipv4Addr, echo: Echo) -> Result<Duration, ProbeError> {
+    run_in(netns, move || icmp_echo_here(dst, echo))?
 }
 
 /// `icmp_echo` in the calling thread's namespace.
-pub fn icmp_echo_here(
-    dst: Ipv4Addr,
-    timeout: Duration,
-    tries: u32,
-) -> Result<Duration, ProbeError> {
+pub fn icmp_echo_here(dst: Ipv4Addr, echo: Echo) -> Result<Duration, ProbeError> {
+    let Echo {
+        timeout,
+        tries,
+        size,
+        df,
+        source,
+    } = echo;
     // SAFETY: plain socket(2); the fd is owned right away.
     let raw = unsafe {
         libc::socket(
@@ -123,18 +187,18 @@ pub fn icmp_echo_here(
     }
     // SAFETY: `raw` is a fresh fd nobody else owns.
     let socket = unsafe { OwnedFd::from_raw_fd(raw) };
+    if df {
+        set_pmtu_discovery(&socket, libc::IP_PMTUDISC_DO)
+            .map_err(io("setting Don't Fragment on the raw ICMP socket"))?;
+    }
+    if let Some(source) = source {
+        bind(&socket, source).map_err(io(format!("binding the raw ICMP socket to {source}")))?;
+    }
     let id = next_echo_id();
-    let addr = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(dst).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
+    let addr = sockaddr(dst);
     let mut last = None;
     for seq in 1..=tries.max(1) as u16 {
-        let request = echo_request(id, seq);
+        let request = echo_request(id, seq, usize::from(size) - 20);
         // SAFETY: buffer and address are valid for the given lengths.
         let sent = unsafe {
             libc::sendto(
@@ -148,9 +212,17 @@ pub fn icmp_echo_here(
         };
         let started = Instant::now();
         if sent < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.raw_os_error() == Some(libc::EMSGSIZE) {
+                return Err(ProbeError::TooBig {
+                    dst,
+                    size,
+                    mtu: path_mtu(dst),
+                });
+            }
             // e.g. ENETUNREACH without a route; wait and try again, a
             // route may be on its way.
-            last = Some(format!("sendto: {}", std::io::Error::last_os_error()));
+            last = Some(format!("sendto: {error}"));
             thread::sleep(timeout);
             continue;
         }
@@ -187,6 +259,75 @@ pub fn icmp_echo_here(
     })
 }
 
+fn sockaddr(ip: Ipv4Addr) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+fn bind(socket: &OwnedFd, ip: Ipv4Addr) -> std::io::Result<()> {
+    let addr = sockaddr(ip);
+    // SAFETY: bind with a valid address of the given length.
+    let rc = unsafe {
+        libc::bind(
+            socket.as_raw_fd(),
+            (&raw const addr).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn set_pmtu_discovery(socket: &OwnedFd, mode: libc::c_int) -> std::io::Result<()> {
+    // SAFETY: setsockopt with a valid int option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            (&raw const mode).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The path MTU towards `dst` as this namespace's routing knows it (route
+/// MTU, device MTU, learned PMTU): what `ping -M do` reports as `mtu=`.
+/// Read off a UDP socket connected to `dst`, as IP_MTU needs a connected
+/// socket and connecting the raw one would filter out ICMP errors from
+/// other addresses.
+fn path_mtu(dst: Ipv4Addr) -> Option<u32> {
+    let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+    socket.connect((dst, 9)).ok()?;
+    let mut mtu: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt into an int of the given length.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU,
+            (&raw mut mtu).cast(),
+            &raw mut len,
+        )
+    };
+    (rc == 0).then_some(mtu as u32)
+}
+
 fn wait_readable(socket: &OwnedFd, within: Duration) -> std::io::Result<bool> {
     let mut pfd = libc::pollfd {
         fd: socket.as_raw_fd(),
@@ -212,12 +353,14 @@ fn wait_readable(socket: &OwnedFd, within: Duration) -> std::io::Result<bool> {
 
 const ECHO_PAYLOAD: &[u8; 16] = b"weft-lab-probe\0\0";
 
-/// An ICMP echo request (type 8) with its checksum.
-pub fn echo_request(id: u16, seq: u16) -> Vec<u8> {
+/// An ICMP echo request (type 8) of `len` bytes (at least its header and
+/// the probe's payload, padded with zeros) with its checksum.
+pub fn echo_request(id: u16, seq: u16, len: usize) -> Vec<u8> {
     let mut packet = vec![8, 0, 0, 0];
     packet.extend_from_slice(&id.to_be_bytes());
     packet.extend_from_slice(&seq.to_be_bytes());
     packet.extend_from_slice(ECHO_PAYLOAD);
+    packet.resize(len.max(packet.len()), 0);
     let sum = internet_checksum(&packet);
     packet[2..4].copy_from_slice(&sum.to_be_bytes());
     packet
@@ -506,7 +649,7 @@ pub fn probe_pair(
     let dst = to.ip;
     let message = format!("weft-probe {} -> {}", from.name, to.name);
     let outcome = run_in(&from.netns, move || {
-        let icmp = icmp_echo_here(dst, config.icmp_timeout, config.icmp_tries);
+        let icmp = icmp_echo_here(dst, Echo::new(config.icmp_timeout, config.icmp_tries));
         let tcp = tcp_dst.and_then(|dst| {
             tcp_exchange_here(dst, &message, config.tcp_timeout, config.tcp_tries)
                 .map_err(|e| e.to_string())
@@ -534,12 +677,15 @@ mod tests {
 
     #[test]
     fn echo_request_checksums_to_zero() {
-        let packet = echo_request(0x1234, 7);
+        let packet = echo_request(0x1234, 7, 0);
         assert_eq!(
             &packet[..8],
             &[8, 0, packet[2], packet[3], 0x12, 0x34, 0, 7]
         );
         assert_eq!(internet_checksum(&packet), 0);
+        let big = echo_request(0x1234, 7, 1472);
+        assert_eq!(big.len(), 1472);
+        assert_eq!(internet_checksum(&big), 0);
         assert_eq!(internet_checksum(&[0x45, 0x00, 0x00]), !0x4500);
     }
 
@@ -554,7 +700,7 @@ mod tests {
     #[test]
     fn replies_are_matched_by_source_id_and_seq() {
         let dst = Ipv4Addr::new(10, 244, 2, 3);
-        let mut reply = echo_request(99, 2);
+        let mut reply = echo_request(99, 2, 0);
         reply[0] = 0;
         assert_eq!(
             classify_reply(&ipv4([10, 244, 2, 3], &reply), dst, 99, 2),
@@ -573,7 +719,7 @@ mod tests {
             Reply::Other
         );
         // Our own request, seen on loopback, is not a reply.
-        let request = echo_request(99, 2);
+        let request = echo_request(99, 2, 0);
         assert_eq!(
             classify_reply(&ipv4([10, 244, 2, 3], &request), dst, 99, 2),
             Reply::Other
@@ -664,7 +810,8 @@ mod tests {
         let pair = TwoNamespaces::new("fail");
         let a = pair.target("a");
         let nobody = Ipv4Addr::new(10, 244, 250, 3);
-        let err = icmp_echo(&a.netns, nobody, Duration::from_millis(200), 1).unwrap_err();
+        let err =
+            icmp_echo(&a.netns, nobody, Echo::new(Duration::from_millis(200), 1)).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("no echo reply from 10.244.250.3 after 1 tries of 200 ms"),
@@ -689,7 +836,19 @@ mod tests {
             1,
         )
         .unwrap();
-        icmp_echo(&a.netns, b.ip, Duration::from_secs(1), 3).unwrap();
+        icmp_echo(&a.netns, b.ip, Echo::new(Duration::from_secs(1), 3)).unwrap();
+        // Don't Fragment: the veth's MTU (1500) fits, one byte more is
+        // refused before it leaves, with the MTU.
+        let echo = Echo::new(Duration::from_secs(1), 1).with_df();
+        icmp_echo(&a.netns, b.ip, echo.with_size(1500)).unwrap();
+        match icmp_echo(&a.netns, b.ip, echo.with_size(1501)) {
+            Err(ProbeError::TooBig {
+                size: 1501,
+                mtu: Some(1500),
+                ..
+            }) => {}
+            other => panic!("a DF request above the MTU: {other:?}"),
+        }
         // A target without its address: TCP fails with the reason, ICMP too.
         let ghost = ProbeTarget {
             name: "ghost".into(),

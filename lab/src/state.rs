@@ -366,6 +366,27 @@ impl LabState {
 
     /// Writes lab.json atomically (temp file, fsync, rename), so a reader
     /// or a crash never sees half a record.
+    /// Records `encap` as the lab's mode (each agent takes it when next
+    /// started: a rolling change); whether it changed anything.
+    pub fn switch_encap(&mut self, encap: Encap) -> Result<bool> {
+        if encap == self.encap {
+            return Ok(false);
+        }
+        self.encap = encap;
+        self.save()?;
+        Ok(true)
+    }
+
+    /// Records the agents' `--direct-redirect`, like [`Self::switch_encap`].
+    pub fn switch_direct_redirect(&mut self, on: bool) -> Result<bool> {
+        if Some(on) == self.direct_redirect {
+            return Ok(false);
+        }
+        self.direct_redirect = Some(on);
+        self.save()?;
+        Ok(true)
+    }
+
     pub fn save(&self) -> Result<()> {
         fs::create_dir_all(&self.state_dir)
             .with_context(|| format!("creating state directory {}", self.state_dir.display()))?;

@@ -2,12 +2,16 @@
 //! for the table, the JSON and every reader of either (the integration
 //! tests read labs through these types, never through a copy of them).
 
+use std::net::Ipv4Addr;
 use std::path::Path;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::matrix::render_table;
+use crate::probe::{self, Echo, ProbeError};
 use crate::state::{LabState, Pod};
+use crate::topology::netns_path;
 
 /// The lab as `lab status` shows it (its JSON is `lab status --json`):
 /// the recorded lab with every agent pid checked against the live
@@ -77,6 +81,18 @@ impl From<&Pod> for PodView {
     }
 }
 
+impl PodView {
+    /// The pod's address; `None` until its CNI ADD has given it one.
+    pub fn address(&self) -> Option<Ipv4Addr> {
+        self.ip.as_deref()?.parse().ok()
+    }
+
+    /// ICMP echo from inside the pod to `dst` ([`probe::icmp_echo`]).
+    pub fn echo(&self, dst: Ipv4Addr, echo: Echo) -> Result<Duration, ProbeError> {
+        probe::icmp_echo(&netns_path(&self.netns), dst, echo)
+    }
+}
+
 impl StatusView {
     /// The lab as recorded, with each agent pid checked: a recorded agent
     /// that died shows as null.
@@ -122,11 +138,6 @@ impl StatusView {
 
     pub fn pod(&self, name: &str) -> Option<&PodView> {
         self.pods.iter().find(|p| p.name == name)
-    }
-
-    /// The first pod on `node`, for callers that need "a pod there".
-    pub fn pod_on(&self, node: &str) -> Option<&PodView> {
-        self.pods.iter().find(|p| p.node == node)
     }
 
     pub fn to_json(&self) -> String {
@@ -202,7 +213,6 @@ impl StatusView {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::net::Ipv4Addr;
 
     use super::*;
     use crate::BPFFS_ROOT;
@@ -248,6 +258,17 @@ mod tests {
                     {"name": "node1-a", "namespace": "default", "node": "node1", "netns": "weft-pod-node1-a", "ip": "10.244.1.2", "host_ifname": "weftab12cd34"}
                 ]
             })
+        );
+    }
+
+    #[test]
+    fn status_json_reads_back_as_the_same_view() {
+        let view = StatusView::new(&lab_state(), |pid, _| pid == 100);
+        let read: StatusView = serde_json::from_str(&view.to_json()).unwrap();
+        assert_eq!(read, view);
+        assert_eq!(
+            read.pod("node1-a").unwrap().address(),
+            Some(Ipv4Addr::new(10, 244, 1, 2))
         );
     }
 

@@ -1,5 +1,8 @@
 //! Shared harness of Weft's integration tests: the real binaries, a real
-//! kernel in network namespaces, driven through `weftctl lab`.
+//! kernel in network namespaces. Labs are brought up with `weftctl lab up`
+//! (the command line is part of what is tested) and read, probed and torn
+//! down through the lab's own library, `weft-lab`: its [`StatusView`] is
+//! the lab as the tests see it, its [`Echo`] their ping.
 //!
 //! Every test that needs root calls [`require_root`] first, which fails the
 //! test loudly (never skips it) when it cannot run.
@@ -11,7 +14,9 @@ pub mod capture;
 pub mod framegen;
 pub mod peers;
 
-use serde::Deserialize;
+pub use weft_lab::probe::{Echo, ProbeError};
+use weft_lab::{LabLock, LabRef};
+pub use weft_lab::{NodeView, PodView, StatusView};
 
 /// Fails the test with a clear message unless it runs as root.
 pub fn require_root() {
@@ -64,15 +69,6 @@ pub fn weftctl_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Three pings (0.2 s apart, 2 s to answer) from `from` to `to`, with
-/// `extra` ping flags (say `-M do -s N` for a DF ping of N bytes).
-pub fn ping(from: &LabPod, to: &str, extra: &[&str]) -> Output {
-    let mut argv = vec!["ping", "-c", "3", "-i", "0.2", "-W", "2"];
-    argv.extend_from_slice(extra);
-    argv.push(to);
-    netns_exec(&from.netns, &argv)
-}
-
 /// Runs a command inside a network namespace (`ip netns exec`).
 pub fn netns_exec(netns: &str, cmd: &[&str]) -> Output {
     Command::new("ip")
@@ -81,57 +77,6 @@ pub fn netns_exec(netns: &str, cmd: &[&str]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("ip netns exec runs")
-}
-
-/// `weftctl lab status --json`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct LabStatus {
-    pub fabric: Fabric,
-    pub nodes: Vec<LabNode>,
-    pub pods: Vec<LabPod>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct Fabric {
-    pub netns: String,
-    pub bridge: String,
-    pub cidr: String,
-    /// Only in a lab of several underlay subnets (`--underlay-subnets`).
-    #[serde(default)]
-    pub router: Option<Router>,
-}
-
-/// The router between a lab's underlay subnets.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Router {
-    pub netns: String,
-    pub subnets: Vec<UnderlaySubnet>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct UnderlaySubnet {
-    pub cidr: String,
-    pub bridge: String,
-    pub router_ip: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct LabNode {
-    pub name: String,
-    pub netns: String,
-    pub underlay_ip: String,
-    pub pod_cidr: String,
-    pub agent_pid: Option<u32>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct LabPod {
-    pub name: String,
-    pub namespace: String,
-    pub node: String,
-    pub netns: String,
-    pub ip: String,
-    pub host_ifname: String,
 }
 
 /// A lab of its own for one test, torn down when dropped (also when the
@@ -169,14 +114,22 @@ impl Lab {
         lab
     }
 
-    /// A datapath counter of `node` (`weftctl counters --json`).
+    /// Which lab this is, for the lab library.
+    pub fn lab(&self) -> LabRef {
+        LabRef::new(&self.name, None).expect("a valid lab name")
+    }
+
+    /// A datapath counter of `node`, asked of its agent.
     pub fn counter(&self, node: &str, name: &str) -> u64 {
-        let json = self.ctl_ok(&["counters", "--node", node, "--json"]);
-        let v: serde_json::Value =
-            serde_json::from_str(&json).unwrap_or_else(|e| panic!("counters --json: {e}\n{json}"));
-        v.get(name)
-            .and_then(|x| x.as_u64())
-            .unwrap_or_else(|| panic!("no counter {name} in {json}"))
+        let socket = self.socket(node);
+        let counters = weft_lab::agent_api::block_on(weft_lab::agent_api::counters(
+            &socket,
+            std::time::Duration::from_secs(5),
+        ))
+        .unwrap_or_else(|e| panic!("counters of {node}: {e:#}"));
+        *counters
+            .get(name)
+            .unwrap_or_else(|| panic!("no counter {name} in {counters:?}"))
     }
 
     /// weftctl with `--lab NAME` added after the given leading words.
@@ -192,27 +145,62 @@ impl Lab {
         weftctl_ok(&full)
     }
 
-    pub fn status(&self) -> LabStatus {
-        let json = self.ctl_ok(&["lab", "status", "--json"]);
-        serde_json::from_str(&json).unwrap_or_else(|e| {
-            panic!("lab status --json is not the documented shape: {e}\n{json}")
-        })
+    /// The lab as `weftctl lab status` shows it.
+    pub fn status(&self) -> StatusView {
+        self.lab()
+            .status()
+            .unwrap_or_else(|e| panic!("lab {}: {e:#}", self.name))
     }
 
-    pub fn pod(&self, name: &str) -> LabPod {
+    pub fn pod(&self, name: &str) -> PodView {
         self.status()
-            .pods
-            .into_iter()
-            .find(|p| p.name == name)
+            .pod(name)
+            .cloned()
             .unwrap_or_else(|| panic!("no pod {name} in lab {}", self.name))
     }
 
-    pub fn node(&self, name: &str) -> LabNode {
+    pub fn node(&self, name: &str) -> NodeView {
         self.status()
-            .nodes
-            .into_iter()
-            .find(|n| n.name == name)
+            .node(name)
+            .cloned()
             .unwrap_or_else(|| panic!("no node {name} in lab {}", self.name))
+    }
+
+    /// SIGKILLs `node`'s agent, leaving its dataplane (`weftctl lab agent
+    /// stop`).
+    pub fn stop_agent(&self, node: &str) {
+        let lab = self.lab();
+        let _lock = LabLock::acquire(&lab).expect("the lab's lock");
+        let mut state = lab.load().expect("the lab's record");
+        weft_lab::stop_agent(&mut state, node)
+            .unwrap_or_else(|e| panic!("stopping the agent of {node}: {e:#}"));
+    }
+
+    /// Starts `node`'s agent and waits until it is ready, switching the
+    /// lab to `encap` first if given (`weftctl lab agent start [--encap]`).
+    pub fn start_agent(&self, node: &str, encap: Option<weft_lab::state::Encap>) {
+        let lab = self.lab();
+        let _lock = LabLock::acquire(&lab).expect("the lab's lock");
+        let mut state = lab.load().expect("the lab's record");
+        if let Some(encap) = encap {
+            state.switch_encap(encap).expect("lab.json is written");
+        }
+        weft_lab::start_agent(&mut state, node, std::time::Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("starting the agent of {node}: {e:#}"));
+    }
+
+    /// ICMP and TCP between every ordered pair of pods (`weftctl lab
+    /// check`); fails the test with the matrix unless all pass.
+    pub fn check(&self) {
+        let state = self.lab().load().expect("the lab's record");
+        let matrix = weft_lab::check(&state, weft_lab::probe::ProbeConfig::default())
+            .expect("the lab's pods are probed");
+        assert!(
+            matrix.all_ok(),
+            "lab {}: not every pair of pods connects:\n{}",
+            self.name,
+            matrix.render()
+        );
     }
 }
 
@@ -226,13 +214,10 @@ impl Drop for Lab {
         if std::thread::panicking() {
             self.print_agent_logs();
         }
-        let out = weftctl(&["lab", "down", "--lab", &self.name]);
-        if !out.status.success() {
-            eprintln!(
-                "lab down {} failed: {}",
-                self.name,
-                String::from_utf8_lossy(&out.stderr)
-            );
+        let lab = self.lab();
+        let down = LabLock::acquire(&lab).and_then(|_lock| weft_lab::down(&lab));
+        if let Err(e) = down {
+            eprintln!("lab down {} failed: {e:#}", self.name);
         }
     }
 }
@@ -240,7 +225,7 @@ impl Drop for Lab {
 impl Lab {
     /// The last lines of every agent's log of the lab, on stderr.
     pub fn print_agent_logs(&self) {
-        let nodes = format!("/run/weft-lab/{}/nodes", self.name);
+        let nodes = self.lab().state_dir.join("nodes");
         let Ok(entries) = std::fs::read_dir(&nodes) else {
             return;
         };
@@ -261,12 +246,14 @@ impl Lab {
         }
     }
 
-    /// The agent's gRPC socket of a lab node (the lab's documented layout).
+    /// The agent's gRPC socket of a lab node, as the lab recorded it.
     pub fn socket(&self, node: &str) -> PathBuf {
-        PathBuf::from(format!(
-            "/run/weft-lab/{}/nodes/{node}/agent.sock",
-            self.name
-        ))
+        let state = self.lab().load().expect("the lab's record");
+        state
+            .node(node)
+            .unwrap_or_else(|e| panic!("{e:#}"))
+            .socket
+            .clone()
     }
 
     /// The CNI network config a runtime on `node` would pass to weft-cni.
@@ -431,9 +418,10 @@ impl Lab {
 
     /// Writes manifests into the lab's datastore (`weftctl lab apply -f`).
     pub fn apply(&self, yaml: &str) {
-        let file = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(file.path(), yaml).unwrap();
-        self.ctl_ok(&["lab", "apply", "-f", file.path().to_str().unwrap()]);
+        let lab = self.lab();
+        let _lock = LabLock::acquire(&lab).expect("the lab's lock");
+        let state = lab.load().expect("the lab's record");
+        weft_lab::apply(&state, yaml).unwrap_or_else(|e| panic!("applying {yaml}: {e:#}"));
     }
 }
 
@@ -462,13 +450,45 @@ impl Lab {
     }
 }
 
-impl LabStatus {
+/// Test-side shorthands on the lab's status, which fail the test.
+pub trait StatusExt {
     /// The first pod on `node` (tests that need "a pod there").
-    pub fn pod_on(&self, node: &str) -> LabPod {
+    fn pod_on(&self, node: &str) -> PodView;
+}
+
+impl StatusExt for StatusView {
+    fn pod_on(&self, node: &str) -> PodView {
         self.pods
             .iter()
             .find(|p| p.node == node)
             .cloned()
             .unwrap_or_else(|| panic!("no pod on {node}: {:?}", self.pods))
+    }
+}
+
+/// The MTU of a pod's eth0.
+pub fn pod_mtu(pod: &PodView) -> u32 {
+    let out = stdout(&netns_exec(&pod.netns, &["cat", "/sys/class/net/eth0/mtu"]));
+    out.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("pod MTU {out:?}: {e}"))
+}
+
+/// A Don't Fragment echo of exactly `mtu` bytes from `from` to `to` is
+/// answered; one byte more is refused before it leaves, naming `mtu` as
+/// the path MTU (what `ping -M do` reports as "message too long").
+pub fn df_echoes_stop_at(from: &PodView, to: std::net::Ipv4Addr, mtu: u32) {
+    let echo = Echo::new(std::time::Duration::from_secs(2), 3).with_df();
+    let size = u16::try_from(mtu).expect("an MTU");
+    if let Err(e) = from.echo(to, echo.with_size(size)) {
+        panic!("a DF echo of {mtu} bytes from {} to {to}: {e}", from.name);
+    }
+    match from.echo(to, echo.with_size(size + 1)) {
+        Err(ProbeError::TooBig { mtu: Some(m), .. }) if m == mtu => {}
+        other => panic!(
+            "a DF echo of {} bytes from {} to {to} must be refused with mtu {mtu}: {other:?}",
+            mtu + 1,
+            from.name
+        ),
     }
 }

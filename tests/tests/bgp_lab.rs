@@ -298,7 +298,17 @@ fn graceful_restart_keeps_forwarding_and_routes_across_an_agent_sigkill() {
     let pinger = std::thread::spawn(move || {
         netns_exec(
             &from.netns,
-            &["ping", "-q", "-i", "0.02", "-c", "300", "-W", "1", &to.ip],
+            &[
+                "ping",
+                "-q",
+                "-i",
+                "0.02",
+                "-c",
+                "300",
+                "-W",
+                "1",
+                to.ip.as_deref().unwrap(),
+            ],
         )
     });
     std::thread::sleep(Duration::from_millis(500));

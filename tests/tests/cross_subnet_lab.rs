@@ -7,13 +7,15 @@
 //! router through the tunnel; without it everything is encapsulated.
 //! Needs root.
 
+use std::time::Duration;
+
 use weft_tests::capture::Capture;
 use weft_tests::*;
 
 /// The lab's uplinks (and the router's interfaces) are veths with the default MTU.
 const UPLINK_MTU: u32 = 1500;
 
-/// (tunnelled, plain) packets of a 3-ping exchange between two pods as
+/// (tunnelled, plain) packets of three ICMP echoes between two pods as
 /// seen on the first subnet's bridge: tunnelled between the two nodes'
 /// underlay addresses (IP-in-IP or VXLAN), plain with the pods' own
 /// addresses outside.
@@ -21,9 +23,12 @@ fn seen_between(lab: &Lab, encap: &str, from: &str, to: &str) -> (usize, usize) 
     let status = lab.status();
     let (a, b) = (status.pod_on(from), status.pod_on(to));
     let (na, nb) = (lab.node(from).underlay_ip, lab.node(to).underlay_ip);
+    let (a_ip, b_ip) = (a.address().unwrap(), b.address().unwrap());
     let capture = Capture::start(&status.fabric.netns, &status.fabric.bridge);
-    let out = ping(&a, &b.ip, &[]);
-    assert!(out.status.success(), "{from} -> {to}: {}", show(&out));
+    for _ in 0..3 {
+        a.echo(b_ip, Echo::new(Duration::from_secs(2), 1))
+            .unwrap_or_else(|e| panic!("{from} -> {to}: {e}"));
+    }
     let captured = capture.stop();
     let tunnelled = match encap {
         "ipip" => {
@@ -33,7 +38,7 @@ fn seen_between(lab: &Lab, encap: &str, from: &str, to: &str) -> (usize, usize) 
         "vxlan" => captured.count(&format!("udp port 4789 and host {na} and host {nb}")),
         _ => unreachable!(),
     };
-    let plain = captured.count(&format!("host {} and host {}", a.ip, b.ip));
+    let plain = captured.count(&format!("host {a_ip} and host {b_ip}"));
     let other_tunnel = match encap {
         "ipip" => captured.count("udp port 4789"),
         _ => captured.count("ip proto 4"),
@@ -45,7 +50,7 @@ fn seen_between(lab: &Lab, encap: &str, from: &str, to: &str) -> (usize, usize) 
         captured.lines("").join("\n")
     );
     if encap == "ipip" && tunnelled > 0 {
-        let inner = format!("{} > {}: ICMP echo request", a.ip, b.ip);
+        let inner = format!("{a_ip} > {b_ip}: ICMP echo request");
         let all = captured.lines("ip proto 4");
         assert!(
             all.iter().any(|l| l.contains(&inner)),
@@ -102,38 +107,14 @@ fn check_layout(lab: &Lab) {
     );
 }
 
-/// Full pod connectivity (ICMP and TCP between every ordered pair).
-fn check_connectivity(lab: &Lab) {
-    let out = lab.ctl(&["lab", "check"]);
-    assert!(out.status.success(), "lab check: {}", show(&out));
-}
-
-/// A DF ping of exactly the pod MTU crosses the router; one byte more is
+/// A DF echo of exactly the pod MTU crosses the router; one byte more is
 /// refused.
 fn pod_mtu_crosses_the_router(lab: &Lab, overhead: u32) {
     let status = lab.status();
     let (a, b) = (status.pod_on("node1"), status.pod_on("node2"));
-    let mtu: u32 = stdout(&netns_exec(&a.netns, &["cat", "/sys/class/net/eth0/mtu"]))
-        .trim()
-        .parse()
-        .unwrap();
+    let mtu = pod_mtu(&a);
     assert_eq!(mtu, UPLINK_MTU - overhead);
-    let out = ping(&a, &b.ip, &["-M", "do", "-s", &(mtu - 28).to_string()]);
-    assert!(
-        out.status.success(),
-        "DF ping of {mtu} bytes: {}",
-        show(&out)
-    );
-    let out = ping(
-        &a,
-        &b.ip,
-        &["-M", "do", "-s", &(mtu - 27).to_string(), "-c", "1"],
-    );
-    assert!(
-        !out.status.success(),
-        "DF above the pod MTU: {}",
-        show(&out)
-    );
+    df_echoes_stop_at(&a, b.address().unwrap(), mtu);
 }
 
 fn node_routes(lab: &Lab, node: &str) -> String {
@@ -147,7 +128,7 @@ fn node_routes(lab: &Lab, node: &str) -> String {
 fn ipip_cross_subnet_tunnels_only_across_the_router() {
     let lab = up("xs-ipip", "ipip", true);
     check_layout(&lab);
-    check_connectivity(&lab);
+    lab.check();
     // Same subnet: the pods' own packets; across: IP-in-IP node to node.
     assert_eq!(seen_between(&lab, "ipip", "node1", "node3"), (0, 6));
     assert_eq!(seen_between(&lab, "ipip", "node1", "node2"), (6, 0));
@@ -168,7 +149,7 @@ fn ipip_cross_subnet_tunnels_only_across_the_router() {
 fn vxlan_cross_subnet_tunnels_only_across_the_router() {
     let lab = up("xs-vxlan", "vxlan", true);
     check_layout(&lab);
-    check_connectivity(&lab);
+    lab.check();
     assert_eq!(seen_between(&lab, "vxlan", "node1", "node3"), (0, 6));
     assert_eq!(seen_between(&lab, "vxlan", "node1", "node2"), (6, 0));
     assert_eq!(seen_between(&lab, "vxlan", "node4", "node3"), (6, 0));
@@ -178,7 +159,7 @@ fn vxlan_cross_subnet_tunnels_only_across_the_router() {
 #[test]
 fn ipip_without_cross_subnet_tunnels_everything() {
     let lab = up("xs-ipip-all", "ipip", false);
-    check_connectivity(&lab);
+    lab.check();
     assert_eq!(seen_between(&lab, "ipip", "node1", "node3"), (6, 0));
     assert_eq!(seen_between(&lab, "ipip", "node1", "node2"), (6, 0));
 }
@@ -186,7 +167,7 @@ fn ipip_without_cross_subnet_tunnels_everything() {
 #[test]
 fn vxlan_without_cross_subnet_tunnels_everything() {
     let lab = up("xs-vxlan-all", "vxlan", false);
-    check_connectivity(&lab);
+    lab.check();
     assert_eq!(seen_between(&lab, "vxlan", "node1", "node3"), (6, 0));
     assert_eq!(seen_between(&lab, "vxlan", "node1", "node2"), (6, 0));
 }
@@ -243,7 +224,7 @@ fn bgp_routes_across_the_router_are_tunnelled() {
                 "--cross-subnet",
             ],
         );
-        check_connectivity(&lab);
+        lab.check();
         let routes = bgp_routes(&lab.node("node1").netns);
         let across = routes
             .lines()

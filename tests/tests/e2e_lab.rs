@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use weft_tests::*;
 
@@ -32,7 +33,7 @@ fn three_nodes_full_connectivity() {
     let status = lab.status();
     assert_eq!(status.nodes.len(), 3);
     assert_eq!(status.pods.len(), 6);
-    let ips: BTreeSet<&str> = status.pods.iter().map(|p| p.ip.as_str()).collect();
+    let ips: BTreeSet<Ipv4Addr> = status.pods.iter().filter_map(PodView::address).collect();
     assert_eq!(
         ips.len(),
         6,
@@ -42,13 +43,10 @@ fn three_nodes_full_connectivity() {
     for pod in &status.pods {
         let node = status.nodes.iter().find(|n| n.name == pod.node).unwrap();
         let cidr: ipnetwork::Ipv4Network = node.pod_cidr.parse().unwrap();
-        assert!(
-            cidr.contains(pod.ip.parse().unwrap()),
-            "{} not in {}",
-            pod.ip,
-            cidr
-        );
-        assert!(pod.host_ifname.starts_with("weft"), "{}", pod.host_ifname);
+        let ip = pod.address().unwrap();
+        assert!(cidr.contains(ip), "{ip} not in {cidr}");
+        let host_ifname = pod.host_ifname.as_deref().unwrap();
+        assert!(host_ifname.starts_with("weft"), "{host_ifname}");
     }
     // Every node routes the other nodes' pod CIDRs via their underlay addresses.
     for node in &status.nodes {
@@ -77,40 +75,37 @@ fn spoofed_source_reaches_nobody_and_is_counted() {
     let from = status.pod_on("node1");
     let to = status.pod_on("node2");
 
+    let (from_ip, to_ip) = (from.address().unwrap(), to.address().unwrap());
+    let echo = |tries| Echo::new(Duration::from_secs(2), tries);
+
     // The pod's own traffic flows.
-    let own = netns_exec(&from.netns, &["ping", "-c", "2", "-W", "2", &to.ip]);
-    assert!(
-        own.status.success(),
-        "own traffic must pass: {}",
-        show(&own)
-    );
+    if let Err(e) = from.echo(to_ip, echo(2)) {
+        panic!("own traffic must pass: {e}");
+    }
 
     let before = lab.counter("node1", "drop_spoofed_source");
     // The pod takes a second address and sends from it.
-    let fake = "10.244.1.250";
+    let fake = Ipv4Addr::new(10, 244, 1, 250);
     let add = netns_exec(
         &from.netns,
         &["ip", "addr", "add", &format!("{fake}/32"), "dev", "eth0"],
     );
     assert!(add.status.success(), "{}", show(&add));
-    let spoofed = netns_exec(
-        &from.netns,
-        &["ping", "-c", "3", "-W", "1", "-I", fake, &to.ip],
-    );
+    let spoofed = Echo::new(Duration::from_secs(1), 3).with_source(fake);
+    let reached = from.echo(to_ip, spoofed);
     assert!(
-        !spoofed.status.success(),
-        "a spoofed source must reach nobody: {}",
-        show(&spoofed)
+        reached.is_err(),
+        "a spoofed source must reach nobody: {reached:?}"
     );
-    let spoofed_same_node = netns_exec(
-        &from.netns,
-        &["ping", "-c", "1", "-W", "1", "-I", fake, "198.18.0.11"],
+    let node1 = Ipv4Addr::new(198, 18, 0, 11);
+    let reached = from.echo(
+        node1,
+        Echo {
+            tries: 1,
+            ..spoofed
+        },
     );
-    assert!(
-        !spoofed_same_node.status.success(),
-        "not even its own node: {}",
-        show(&spoofed_same_node)
-    );
+    assert!(reached.is_err(), "not even its own node: {reached:?}");
     let after = lab.counter("node1", "drop_spoofed_source");
     assert!(
         after >= before + 4,
@@ -118,15 +113,9 @@ fn spoofed_source_reaches_nobody_and_is_counted() {
     );
 
     // And the pod's own address still works after the attempt.
-    let own = netns_exec(
-        &from.netns,
-        &["ping", "-c", "1", "-W", "2", "-I", &from.ip, &to.ip],
-    );
-    assert!(
-        own.status.success(),
-        "own traffic must still pass: {}",
-        show(&own)
-    );
+    if let Err(e) = from.echo(to_ip, echo(1).with_source(from_ip)) {
+        panic!("own traffic must still pass: {e}");
+    }
 }
 
 #[test]
@@ -135,7 +124,8 @@ fn agent_sigkill_keeps_traffic_and_restart_flushes_nothing() {
     let node1 = lab.node("node1");
     let pod1 = lab.status().pod_on("node1");
     let routes_before = routes(&node1.netns);
-    let filters_before = guard_filters(&node1.netns, &pod1.host_ifname);
+    let host_ifname = pod1.host_ifname.clone().unwrap();
+    let filters_before = guard_filters(&node1.netns, &host_ifname);
     assert!(
         filters_before.contains("bpf"),
         "guard attached: {filters_before}"
@@ -157,14 +147,14 @@ fn agent_sigkill_keeps_traffic_and_restart_flushes_nothing() {
         "a restarted agent must not flush or churn routes"
     );
     assert_eq!(
-        guard_filters(&node1.netns, &pod1.host_ifname),
+        guard_filters(&node1.netns, &host_ifname),
         filters_before,
         "a restarted agent must adopt the guard in place"
     );
 
     lab.ctl_ok(&["lab", "pod", "add", "--node", "node1", "--name", "fresh"]);
     let status = lab.status();
-    let ips: BTreeSet<&str> = status.pods.iter().map(|p| p.ip.as_str()).collect();
+    let ips: BTreeSet<Ipv4Addr> = status.pods.iter().filter_map(PodView::address).collect();
     assert_eq!(
         ips.len(),
         status.pods.len(),

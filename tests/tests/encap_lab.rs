@@ -5,11 +5,12 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use weft_dataplane::netns::run_in;
+use weft_lab::probe::icmp_echo;
+use weft_lab::topology::netns_path;
 use weft_tests::capture::Capture;
 use weft_tests::peers::{Daemon, UnderlayHost};
 use weft_tests::*;
@@ -18,37 +19,30 @@ use weft_twin::wire;
 /// The lab's uplinks are veths with the default MTU.
 const UPLINK_MTU: u32 = 1500;
 
-fn netns_path(netns: &str) -> PathBuf {
-    Path::new("/run/netns").join(netns)
-}
-
 fn ip(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
 }
 
-fn pod_mtu(pod: &LabPod) -> u32 {
-    let out = stdout(&netns_exec(&pod.netns, &["cat", "/sys/class/net/eth0/mtu"]));
-    out.trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("pod MTU {out:?}: {e}"))
-}
-
 /// Pod traffic on the underlay is exactly what the mode promises, and
-/// nothing else: checked in both directions of a ping between two nodes.
+/// nothing else: checked in both directions of three ICMP echoes between
+/// two nodes.
 fn underlay_shows(lab: &Lab, encap: &str) {
     let status = lab.status();
     let (a, b) = (status.pod_on("node1"), status.pod_on("node2"));
     let (n1, n2) = (lab.node("node1").underlay_ip, lab.node("node2").underlay_ip);
     let fabric = lab.status().fabric;
+    let (a_ip, b_ip) = (a.address().unwrap(), b.address().unwrap());
     let capture = Capture::start(&fabric.netns, &fabric.bridge);
-    let out = ping(&a, &b.ip, &[]);
-    assert!(out.status.success(), "{}", show(&out));
+    for _ in 0..3 {
+        a.echo(b_ip, Echo::new(Duration::from_secs(2), 1))
+            .unwrap_or_else(|e| panic!("{encap}: {e}"));
+    }
     let captured = capture.stop();
 
     let ipip = captured.count(&format!("ip proto 4 and src {n1} and dst {n2}"))
         + captured.count(&format!("ip proto 4 and src {n2} and dst {n1}"));
     let vxlan = captured.count(&format!("udp port 4789 and host {n1} and host {n2}"));
-    let plain = captured.count(&format!("host {} and host {}", a.ip, b.ip));
+    let plain = captured.count(&format!("host {a_ip} and host {b_ip}"));
     let all = captured.lines("");
     let expected = match encap {
         "ipip" => (6, 0, 0),
@@ -64,7 +58,7 @@ fn underlay_shows(lab: &Lab, encap: &str) {
     );
     if encap == "ipip" {
         // The inner packet is the pods' own, as tcpdump decodes it.
-        let inner = format!("{} > {}: ICMP echo request", a.ip, b.ip);
+        let inner = format!("{a_ip} > {b_ip}: ICMP echo request");
         assert!(
             all.iter().any(|l| l.contains(&inner)),
             "no {inner:?} inside the tunnel:\n{}",
@@ -73,7 +67,7 @@ fn underlay_shows(lab: &Lab, encap: &str) {
     }
 }
 
-/// A DF ping of exactly the pod MTU crosses nodes; one byte more is
+/// A DF echo of exactly the pod MTU crosses nodes; one byte more is
 /// refused at the pod. In `ipip` the node's own route into the tunnel
 /// carries the pod MTU too, so the kernel refuses oversized DF packets
 /// there instead of the tunnel dropping them silently.
@@ -82,33 +76,17 @@ fn pod_mtu_crosses(lab: &Lab, encap: &str, overhead: u32) {
     let (a, b) = (status.pod_on("node1"), status.pod_on("node3"));
     let mtu = pod_mtu(&a);
     assert_eq!(mtu, UPLINK_MTU - overhead, "{encap}: pod MTU");
-    let fits = (mtu - 28).to_string();
-    let out = ping(&a, &b.ip, &["-M", "do", "-s", &fits]);
-    assert!(
-        out.status.success(),
-        "{encap}: DF ping of {mtu} bytes: {}",
-        show(&out)
-    );
-    let too_big = (mtu - 27).to_string();
-    let out = ping(&a, &b.ip, &["-M", "do", "-s", &too_big, "-c", "1"]);
-    assert!(
-        !out.status.success(),
-        "{encap}: a DF packet above the pod MTU must not be sent: {}",
-        show(&out)
-    );
+    let b_ip = b.address().unwrap();
+    df_echoes_stop_at(&a, b_ip, mtu);
     if encap == "ipip" {
         let node = lab.node("node1");
-        let out = netns_exec(
-            &node.netns,
-            &[
-                "ping", "-c", "1", "-W", "2", "-M", "do", "-s", &too_big, &b.ip,
-            ],
-        );
-        let text = show(&out);
-        assert!(
-            !out.status.success() && text.contains(&format!("mtu={mtu}")),
-            "the route into the tunnel must carry MTU {mtu}: {text}"
-        );
+        let too_big = Echo::new(Duration::from_secs(2), 1)
+            .with_size(u16::try_from(mtu + 1).unwrap())
+            .with_df();
+        match icmp_echo(&netns_path(&node.netns), b_ip, too_big) {
+            Err(ProbeError::TooBig { mtu: Some(m), .. }) if m == mtu => {}
+            other => panic!("the route into the tunnel must carry MTU {mtu}: {other:?}"),
+        }
     }
 }
 
@@ -136,7 +114,7 @@ fn tcp_bulk(lab: &Lab) {
     const LEN: usize = 32 << 20;
     let status = lab.status();
     let (a, b) = (status.pod_on("node1"), status.pod_on("node2"));
-    let to = (ip(&b.ip), 5201);
+    let to = (b.address().unwrap(), 5201);
     let listener = run_in(&netns_path(&b.netns), move || TcpListener::bind(to))
         .unwrap()
         .expect("listen in the pod");
@@ -202,7 +180,7 @@ fn send_ipip(netns: &str, to: Ipv4Addr, inner: Vec<u8>) {
 
 /// Whether a UDP datagram reaches `pod` on `port` within a second after
 /// `send` runs.
-fn pod_receives(pod: &LabPod, port: u16, send: impl FnOnce()) -> bool {
+fn pod_receives(pod: &PodView, port: u16, send: impl FnOnce()) -> bool {
     let socket = run_in(&netns_path(&pod.netns), move || {
         UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))
     })
@@ -243,7 +221,14 @@ fn injection_is_refused(lab: &Lab, encap: &str) {
     let node1 = lab.node("node1");
     let node2 = ip(&lab.node("node2").underlay_ip);
     let intruder = UnderlayHost::attach(lab, "intruder", ip("198.18.0.200"));
-    let inner = |port| udp_packet(ip("10.244.1.99"), ip(&victim.ip), port, b"injected");
+    let inner = |port| {
+        udp_packet(
+            ip("10.244.1.99"),
+            victim.address().unwrap(),
+            port,
+            b"injected",
+        )
+    };
 
     let before = lab.counter("node2", "drop_not_from_node");
     let reached = pod_receives(&victim, 9999, || {
@@ -295,16 +280,16 @@ fn no_loss_across_agent_restart(lab: &Lab) {
     let pinger = Daemon::spawn(
         "ping",
         &a.netns,
-        &["ping", "-i", "0.01", "-W", "1", &b.ip],
+        &["ping", "-i", "0.01", "-W", "1", b.ip.as_deref().unwrap()],
         &log,
     );
     std::thread::sleep(Duration::from_millis(500));
     for node in ["node1", "node2"] {
-        lab.ctl_ok(&["lab", "agent", "stop", node]);
+        lab.stop_agent(node);
     }
     std::thread::sleep(Duration::from_millis(500));
     for node in ["node1", "node2"] {
-        lab.ctl_ok(&["lab", "agent", "start", node]);
+        lab.start_agent(node, None);
     }
     // Past the restarted agents' first passes (adoption), pinging on.
     std::thread::sleep(Duration::from_millis(1500));
@@ -334,19 +319,13 @@ fn check_mode(encap: &str, overhead: u32) {
 
 /// Everything a mode must do, on `lab`, brought up in mode `encap`.
 fn check_lab(lab: &Lab, encap: &str, overhead: u32) {
-    let out = lab.ctl(&["lab", "check"]);
-    assert!(out.status.success(), "{encap}: {}", show(&out));
+    lab.check();
     underlay_shows(lab, encap);
     pod_mtu_crosses(lab, encap, overhead);
     tcp_bulk(lab);
     injection_is_refused(lab, encap);
     no_loss_across_agent_restart(lab);
-    let out = lab.ctl(&["lab", "check"]);
-    assert!(
-        out.status.success(),
-        "{encap} after restart: {}",
-        show(&out)
-    );
+    lab.check();
 }
 
 #[test]
@@ -382,7 +361,17 @@ fn ipip_mode_with_direct_redirect() {
         let count = PINGS.to_string();
         let out = netns_exec(
             &from.netns,
-            &["ping", "-q", "-c", &count, "-i", "0.005", "-W", "2", &to.ip],
+            &[
+                "ping",
+                "-q",
+                "-c",
+                &count,
+                "-i",
+                "0.005",
+                "-W",
+                "2",
+                to.ip.as_deref().unwrap(),
+            ],
         );
         assert!(
             out.status.success(),
@@ -443,10 +432,10 @@ fn agents_switch_modes_on_restart_without_leftovers() {
     let lab = Lab::up_with("enc-switch", 2, 1, &["--encap", "ipip"]);
     for (encap, device) in [("vxlan", true), ("none", false), ("ipip", false)] {
         for node in ["node1", "node2"] {
-            lab.ctl_ok(&["lab", "agent", "stop", node]);
+            lab.stop_agent(node);
         }
         for node in ["node1", "node2"] {
-            lab.ctl_ok(&["lab", "agent", "start", node, "--encap", encap]);
+            lab.start_agent(node, Some(encap.parse().unwrap()));
         }
         for node in ["node1", "node2"] {
             let filters = uplink_filters(&lab, node);
@@ -461,8 +450,7 @@ fn agents_switch_modes_on_restart_without_leftovers() {
             );
             assert_eq!(has_vxlan_device(&lab, node), device, "{encap} on {node}");
         }
-        let out = lab.ctl(&["lab", "check"]);
-        assert!(out.status.success(), "{encap}: {}", show(&out));
+        lab.check();
         underlay_shows(&lab, encap);
     }
 }

@@ -115,7 +115,7 @@ fn podman_container_gets_a_weft_address_and_reaches_another_node() {
 
     let script = format!(
         "/bin/busybox ip -4 addr show eth0 && /bin/busybox ping -c 3 -W 2 {} && echo REACHED",
-        target.ip
+        target.address().unwrap()
     );
     let out = podman.run(&[
         "run",

@@ -3,7 +3,7 @@
 //! entries, shows each hook on the way, and agrees with what real packets
 //! between the same pods do. Needs root.
 
-use std::path::Path;
+use std::time::Duration;
 
 use serde_json::Value;
 use weft_tests::*;
@@ -47,27 +47,19 @@ fn step<'a>(v: &'a Value, node: &str, hook: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {hook} step on {node}:\n{}", shown(v)))
 }
 
-fn ping(pod: &LabPod, to: &str, extra: &[&str]) -> std::process::Output {
-    let mut argv = vec!["ping", "-c", "1", "-W", "2"];
-    argv.extend_from_slice(extra);
-    argv.push(to);
-    netns_exec(&pod.netns, &argv)
-}
-
-fn pod_mtu(pod: &LabPod) -> u32 {
-    let out = stdout(&netns_exec(&pod.netns, &["cat", "/sys/class/net/eth0/mtu"]));
-    out.trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("pod MTU {out:?}: {e}"))
+/// One ICMP echo, two seconds to answer.
+fn one_echo() -> Echo {
+    Echo::new(Duration::from_secs(2), 1)
 }
 
 /// A pod-to-pod trace from node1 to node2 shows the mode's path and ends
-/// in the right pod; a real ping between them gets its answer.
+/// in the right pod; a real echo between them gets its answer.
 fn pod_to_pod(lab: &Lab, encap: &str) {
     let status = lab.status();
     let (a, b) = (status.pod_on("node1"), status.pod_on("node2"));
+    let b_ip = b.address().unwrap();
     let n2 = lab.node("node2").underlay_ip;
-    let v = trace(lab, &a.name, &b.ip, &[]);
+    let v = trace(lab, &a.name, &b_ip.to_string(), &[]);
     let text = shown(&v);
     println!("{encap}: {} -> {}\n{text}", a.name, b.name);
 
@@ -149,7 +141,7 @@ fn pod_to_pod(lab: &Lab, encap: &str) {
     );
 
     // The text output: one line per step and the verdict.
-    let out = lab.ctl_ok(&["lab", "trace", "--from", &a.name, "--to", &b.ip]);
+    let out = lab.ctl_ok(&["lab", "trace", "--from", &a.name, "--to", &b_ip.to_string()]);
     let step_lines = out
         .lines()
         .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
@@ -160,14 +152,11 @@ fn pod_to_pod(lab: &Lab, encap: &str) {
         "{out}"
     );
 
-    // Reality agrees: the ping is answered, over TCP and UDP traces too.
-    let out = ping(&a, &b.ip, &[]);
-    assert!(
-        out.status.success(),
-        "{encap}: the trace says delivered: {}",
-        show(&out)
-    );
-    for to in [format!("{}:80/tcp", b.ip), format!("{}:53/udp", b.ip)] {
+    // Reality agrees: the echo is answered, over TCP and UDP traces too.
+    if let Err(e) = a.echo(b_ip, one_echo()) {
+        panic!("{encap}: the trace says delivered: {e}");
+    }
+    for to in [format!("{b_ip}:80/tcp"), format!("{b_ip}:53/udp")] {
         let v = trace(lab, &a.name, &to, &[]);
         assert_eq!(v["verdict"]["outcome"], "delivered", "{}", shown(&v));
     }
@@ -175,7 +164,7 @@ fn pod_to_pod(lab: &Lab, encap: &str) {
 
 /// Addresses nobody has: inside node2's pod CIDR, node2 has no route and
 /// answers "network unreachable"; outside the cluster, node1 does. Real
-/// pings get the same answers.
+/// echoes get the same answers.
 fn nowhere(lab: &Lab, encap: &str) {
     let a = lab.status().pod_on("node1");
     let (n1, n2) = (lab.node("node1").underlay_ip, lab.node("node2").underlay_ip);
@@ -211,12 +200,15 @@ fn nowhere(lab: &Lab, encap: &str) {
         assert_eq!(icmp["node"], node, "{text}");
         assert_eq!(icmp["delivered_to"], a.name.as_str(), "{text}");
 
-        let out = ping(&a, to, &[]);
-        let real = show(&out);
-        assert!(!out.status.success(), "{encap}: ping {to}: {real}");
+        let real = match a.echo(to.parse().unwrap(), one_echo()) {
+            Err(ProbeError::NoEchoReply {
+                last: Some(last), ..
+            }) => last,
+            other => panic!("{encap}: echo to {to}: {other:?}"),
+        };
         assert!(
-            real.contains("Destination Net Unreachable"),
-            "{encap}: ping {to}: {real}"
+            real.starts_with("destination unreachable (code 0) from "),
+            "{encap}: echo to {to}: {real}"
         );
         // In vxlan the kernel answers from an address of the device the
         // packet came in on (the VTEP address); the twin always uses the
@@ -224,8 +216,8 @@ fn nowhere(lab: &Lab, encap: &str) {
         if encap != "vxlan" {
             assert_eq!(icmp["from"], node_ip.as_str(), "{text}");
             assert!(
-                real.contains(&format!("From {node_ip} ")),
-                "{encap}: ping {to}: {real}"
+                real.ends_with(&format!(" from {node_ip}")),
+                "{encap}: echo to {to}: {real}"
             );
         }
     }
@@ -233,23 +225,19 @@ fn nowhere(lab: &Lab, encap: &str) {
 
 /// A DF packet of exactly the pod MTU is delivered; one byte more is
 /// refused on node1 with ICMP "fragmentation needed" for the pod MTU
-/// (or by the veth). Real DF pings agree on both sides of the line.
+/// (or by the veth). Real DF echoes agree on both sides of the line.
 fn df_above_the_pod_mtu(lab: &Lab, encap: &str) {
     let status = lab.status();
     let (a, b) = (status.pod_on("node1"), status.pod_on("node2"));
+    let b_ip = b.address().unwrap();
+    let to = b_ip.to_string();
     let mtu = pod_mtu(&a);
     let fits = mtu.to_string();
-    let v = trace(lab, &a.name, &b.ip, &["--size", &fits, "--df"]);
+    let v = trace(lab, &a.name, &to, &["--size", &fits, "--df"]);
     assert_eq!(v["verdict"]["outcome"], "delivered", "{}", shown(&v));
-    let out = ping(&a, &b.ip, &["-M", "do", "-s", &(mtu - 28).to_string()]);
-    assert!(
-        out.status.success(),
-        "{encap}: DF ping of {mtu} bytes: {}",
-        show(&out)
-    );
 
     let over = (mtu + 1).to_string();
-    let v = trace(lab, &a.name, &b.ip, &["--size", &over, "--df"]);
+    let v = trace(lab, &a.name, &to, &["--size", &over, "--df"]);
     let text = shown(&v);
     println!("{encap}: {} -> {} DF {over} bytes\n{text}", a.name, b.name);
     let verdict = &v["verdict"];
@@ -286,18 +274,12 @@ fn df_above_the_pod_mtu(lab: &Lab, encap: &str) {
             .any(|n| n.as_str().unwrap().contains(&format!("({mtu})"))),
         "the trace notes that the pod's own MTU is smaller:\n{text}"
     );
-    let out = ping(&a, &b.ip, &["-M", "do", "-s", &(mtu - 27).to_string()]);
-    let real = show(&out);
-    assert!(
-        !out.status.success() && real.contains(&format!("mtu={mtu}")),
-        "{encap}: a DF ping above the pod MTU: {real}"
-    );
+    df_echoes_stop_at(&a, b_ip, mtu);
 }
 
 fn check_mode(encap: &str) -> Lab {
     let lab = Lab::up_with(&format!("trace-{encap}"), 3, 1, &["--encap", encap]);
-    let out = lab.ctl(&["lab", "check"]);
-    assert!(out.status.success(), "{encap}: {}", show(&out));
+    lab.check();
     pod_to_pod(&lab, encap);
     nowhere(&lab, encap);
     df_above_the_pod_mtu(&lab, encap);
@@ -350,12 +332,11 @@ fn bad_input(lab: &Lab) {
     }
 
     // The same lab as recorded, but node3's pins are said to be elsewhere.
-    let state_dir = Path::new("/run/weft-lab").join(&lab.name);
-    let text = std::fs::read_to_string(state_dir.join("lab.json")).unwrap();
-    let mut record: Value = serde_json::from_str(&text).unwrap();
-    record["nodes"][2]["bpffs_dir"] = "/sys/fs/bpf/weft-lab/no-such-pins".into();
+    let mut record = lab.lab().load().unwrap();
+    record.nodes[2].bpffs_dir = "/sys/fs/bpf/weft-lab/no-such-pins".into();
     let copy = tempfile::tempdir().unwrap();
-    std::fs::write(copy.path().join("lab.json"), record.to_string()).unwrap();
+    record.state_dir = copy.path().to_path_buf();
+    record.save().unwrap();
     let out = weftctl(&[
         "lab",
         "trace",

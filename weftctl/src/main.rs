@@ -524,10 +524,8 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
         }) => {
             let mut state = lab.load()?;
             if let Some(encap) = encap
-                && encap != state.encap
+                && state.switch_encap(encap)?
             {
-                state.encap = encap;
-                state.save()?;
                 println!(
                     "lab {} switched to encapsulation {}",
                     state.lab,
@@ -535,10 +533,8 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
                 );
             }
             if let Some(on) = direct_redirect
-                && Some(on) != state.direct_redirect
+                && state.switch_direct_redirect(on)?
             {
-                state.direct_redirect = Some(on);
-                state.save()?;
                 println!("lab {} switched to --direct-redirect {on}", state.lab);
             }
             let (pid, already) =

@@ -436,7 +436,7 @@ fn prefix(cidr: &str) -> (Ipv4Addr, u8) {
 /// its routes; all times from the spawn of weftctl.
 fn measure_join(
     lab: &Lab,
-    old: &[LabNode],
+    old: &[NodeView],
     new_netns: &str,
     new_cidr: (Ipv4Addr, u8),
     old_cidrs: &[(Ipv4Addr, u8)],
@@ -956,7 +956,7 @@ fn measure_lab(plan: &LabPlan, seconds: u32, rounds: u32) -> Result<Vec<Measured
     if !out.status.success() {
         return Err(format!("lab status: {}", show(&out)));
     }
-    let status: LabStatus = serde_json::from_slice(&out.stdout)
+    let status: StatusView = serde_json::from_slice(&out.stdout)
         .map_err(|e| format!("lab status --json is not the documented shape: {e}"))?;
     let node = |name: &str| {
         status
@@ -971,8 +971,8 @@ fn measure_lab(plan: &LabPlan, seconds: u32, rounds: u32) -> Result<Vec<Measured
             .pods
             .iter()
             .find(|p| p.name == name)
-            .map(|p| (p.netns.as_str(), p.ip.as_str()))
-            .ok_or_else(|| format!("no pod {name} in the lab"))
+            .and_then(|p| Some((p.netns.as_str(), p.ip.as_deref()?)))
+            .ok_or_else(|| format!("no pod {name} with an address in the lab"))
     };
     // (client netns, server netns, server address) of each route.
     let ends = |route: Route| -> Result<(&str, &str, &str), String> {
