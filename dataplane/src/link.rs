@@ -264,19 +264,13 @@ impl Netlink {
 
     /// All links whose name starts with `prefix`, as (name, ifindex).
     pub async fn links_with_prefix(&self, prefix: &str) -> Result<Vec<(String, u32)>, LinkError> {
-        let mut replies = self.handle.link().get().execute();
-        let mut found = Vec::new();
-        while let Some(msg) = replies
-            .try_next()
-            .await
-            .map_err(|e| KernelError::new("list links", prefix, e))?
-        {
-            let link = LinkState::from_message(&msg);
-            if link.name.starts_with(prefix) {
-                found.push((link.name, link.index));
-            }
-        }
-        Ok(found)
+        Ok(self
+            .links()
+            .await?
+            .into_iter()
+            .filter(|link| link.name.starts_with(prefix))
+            .map(|link| (link.name, link.index))
+            .collect())
     }
 
     /// Every link of the namespace, by ifindex (`ip link`).

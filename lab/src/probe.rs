@@ -273,23 +273,18 @@ fn sockaddr(ip: Ipv4Addr) -> libc::sockaddr_in {
 fn bind(socket: &OwnedFd, ip: Ipv4Addr) -> std::io::Result<()> {
     let addr = sockaddr(ip);
     // SAFETY: bind with a valid address of the given length.
-    let rc = unsafe {
+    os_result(unsafe {
         libc::bind(
             socket.as_raw_fd(),
             (&raw const addr).cast(),
             size_of::<libc::sockaddr_in>() as libc::socklen_t,
         )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    })
 }
 
 fn set_pmtu_discovery(socket: &OwnedFd, mode: libc::c_int) -> std::io::Result<()> {
     // SAFETY: setsockopt with a valid int option value.
-    let rc = unsafe {
+    os_result(unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
             libc::IPPROTO_IP,
@@ -297,7 +292,11 @@ fn set_pmtu_discovery(socket: &OwnedFd, mode: libc::c_int) -> std::io::Result<()
             (&raw const mode).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
         )
-    };
+    })
+}
+
+/// A system call's 0 as `Ok`, anything else as the OS error.
+fn os_result(rc: libc::c_int) -> std::io::Result<()> {
     if rc == 0 {
         Ok(())
     } else {
