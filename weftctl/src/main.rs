@@ -335,39 +335,37 @@ fn main() -> ExitCode {
     }
 }
 
+/// Prints an agent's answer as pretty JSON (`--json`) or as its table.
+fn print_as<T: serde::Serialize>(
+    value: &T,
+    json: bool,
+    render: impl Fn(&T) -> String,
+) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        print!("{}", render(value));
+    }
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Status { agent, json } => {
             let status = block_on(agent_api::status(&agent.socket()?, agent.timeout()))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
-            } else {
-                print!("{}", agent_api::render_status(&status));
-            }
+            print_as(&status, json, agent_api::render_status)?;
         }
         Command::Endpoints { agent, json } => {
             let endpoints = block_on(agent_api::endpoints(&agent.socket()?, agent.timeout()))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&endpoints)?);
-            } else {
-                print!("{}", agent_api::render_endpoints(&endpoints));
-            }
+            print_as(&endpoints, json, |e| agent_api::render_endpoints(e))?;
         }
         Command::Counters { agent, json } => {
             let counters = block_on(agent_api::counters(&agent.socket()?, agent.timeout()))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&counters)?);
-            } else {
-                print!("{}", agent_api::render_counters(&counters));
-            }
+            print_as(&counters, json, agent_api::render_counters)?;
         }
         Command::Bgp(BgpCommand::Peers { agent, json }) => {
             let peers = block_on(agent_api::bgp_peers(&agent.socket()?, agent.timeout()))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&peers)?);
-            } else {
-                print!("{}", agent_api::render_bgp_peers(&peers));
-            }
+            print_as(&peers, json, agent_api::render_bgp_peers)?;
         }
         Command::Lab(args) => return run_lab(args),
     }
