@@ -294,21 +294,11 @@ fn graceful_restart_keeps_forwarding_and_routes_across_an_agent_sigkill() {
 
     // A pod on node1 pings the pod on node2 every 20 ms throughout.
     let from = status.pod_on("node1");
-    let to = status.pod_on("node2");
+    let to = status.pod_on("node2").address().unwrap().to_string();
     let pinger = std::thread::spawn(move || {
         netns_exec(
             &from.netns,
-            &[
-                "ping",
-                "-q",
-                "-i",
-                "0.02",
-                "-c",
-                "300",
-                "-W",
-                "1",
-                to.ip.as_deref().unwrap(),
-            ],
+            &["ping", "-q", "-i", "0.02", "-c", "300", "-W", "1", &to],
         )
     });
     std::thread::sleep(Duration::from_millis(500));
