@@ -14,11 +14,7 @@ use weft_dataplane::route::RouteTable;
 use weft_dataplane::vxlan::{self, Vxlan};
 use weft_lab::state::{self, LabState};
 use weft_lab::topology::netns_path;
-use weft_twin::NodeTables;
-use weft_twin::trace::{
-    NodeFacts, PodAt, Target, TraceFrom, TraceReport, node_tables, notes, probe, step_view, verdict,
-};
-use weft_twin::wire::PacketSummary;
+use weft_twin::trace::{NodeFacts, PodAt, Target, TraceFrom, TraceInput, TraceReport, report};
 
 /// What `weftctl lab trace` was asked.
 #[derive(Clone, Debug)]
@@ -55,47 +51,29 @@ pub async fn run(lab: &LabState, request: &TraceRequest) -> Result<TraceReport> 
     for node in &lab.nodes {
         facts.push(read_node(lab, node).await?);
     }
-    let pod_mtu = read_pod_mtu(pod).await.ok().flatten();
-    let tables: Vec<NodeTables> = facts.iter().map(node_tables).collect();
-    let mut notes: Vec<String> = facts.iter().flat_map(notes).collect();
-    let probe = probe(src, request.to, request.size, request.df);
-    let packet = probe.packet();
-    if let Some(mtu) = pod_mtu
-        && packet.len() > mtu as usize
-    {
-        notes.push(format!(
-            "the packet ({} bytes) is above the MTU of {}'s {} ({mtu}): the pod's own stack \
-             would refuse it{} before it reaches the veth; the trace starts at the veth",
-            packet.len(),
-            pod.name,
-            pod.ifname,
-            if request.df { "" } else { " or fragment it" },
-        ));
-    }
-    let steps = weft_twin::trace(&tables, src, &packet).map_err(|e| {
+    let from = TraceFrom {
+        pod: pod.name.clone(),
+        node: pod.node.clone(),
+        ip: src,
+        mtu: read_pod_mtu(pod).await.ok().flatten(),
+    };
+    let input = TraceInput {
+        lab: &lab.lab,
+        encap: lab.encap,
+        from: &from,
+        from_ifname: &pod.ifname,
+        to: request.to,
+        size: request.size,
+        df: request.df,
+        nodes: &facts,
+        pods: &pods_at(lab, &facts),
+    };
+    report(&input).map_err(|e| {
         anyhow::anyhow!(
             "pod {} ({src}): {e} (the agent of {} has not routed it yet?)",
             pod.name,
             pod.node
         )
-    })?;
-    let pods = pods_at(lab, &facts);
-    let verdict = verdict(&steps, &probe, &tables, &pods);
-    Ok(TraceReport {
-        lab: lab.lab.clone(),
-        encap: lab.encap.name(),
-        from: TraceFrom {
-            pod: pod.name.clone(),
-            node: pod.node.clone(),
-            ip: src,
-            mtu: pod_mtu,
-        },
-        to: request.to.to_string(),
-        packet: PacketSummary::of_packet(&packet).map_or_else(String::new, |p| p.to_string()),
-        notes,
-        steps: steps.iter().map(|s| step_view(s, &pods)).collect(),
-        summary: verdict.to_string(),
-        verdict,
     })
 }
 

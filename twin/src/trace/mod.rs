@@ -26,7 +26,9 @@ mod tests;
 pub mod verdict;
 
 pub use facts::{NodeFacts, node_tables, notes};
-pub use report::{StepView, Target, TargetKind, TraceFrom, TraceReport, probe, step_view};
+pub use report::{
+    StepView, Target, TargetKind, TraceFrom, TraceInput, TraceReport, probe, report, step_view,
+};
 pub use verdict::{IcmpAnswer, Outcome, PodAt, Verdict, drop_reason, hook_name, verdict};
 
 use std::fmt;

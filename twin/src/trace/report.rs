@@ -8,10 +8,14 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-use super::verdict::{PodAt, Verdict, drop_reason, hook_name, packet_of, pod_name};
+use super::TraceError;
+use super::facts::{NodeFacts, node_tables, notes};
+use super::verdict::{PodAt, Verdict, drop_reason, hook_name, packet_of, pod_name, verdict};
+use crate::Encap;
 use crate::hooks::action_name;
+use crate::node::NodeTables;
 use crate::step::Step;
-use crate::wire::Probe;
+use crate::wire::{PacketSummary, Probe};
 
 /// What `--to` names: an address, and a port and protocol or ICMP echo.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -207,6 +211,70 @@ pub struct TraceFrom {
     pub ip: Ipv4Addr,
     /// The MTU of the pod's own interface, when it could be read.
     pub mtu: Option<u32>,
+}
+
+/// Everything a trace over a lab's nodes starts from: the lab's name and
+/// mode (for the report), the pod the probe leaves from and its own
+/// interface, what the probe is, and what was read off the nodes.
+#[derive(Clone, Copy, Debug)]
+pub struct TraceInput<'a> {
+    pub lab: &'a str,
+    pub encap: Encap,
+    pub from: &'a TraceFrom,
+    /// The pod's own interface (`eth0`), named in the note when the
+    /// packet is above its MTU.
+    pub from_ifname: &'a str,
+    pub to: Target,
+    /// The IPv4 total length [default: the smallest packet of its kind].
+    pub size: Option<u16>,
+    pub df: bool,
+    pub nodes: &'a [NodeFacts],
+    pub pods: &'a [PodAt],
+}
+
+/// The whole trace: the nodes' facts into tables (and notes), the probe
+/// walked through them from the pod's veth, the verdict, and the report.
+/// Fails only when no node has the pod's address behind a veth.
+pub fn report(input: &TraceInput) -> Result<TraceReport, TraceError> {
+    let TraceInput {
+        lab,
+        encap,
+        from,
+        from_ifname,
+        to,
+        size,
+        df,
+        nodes,
+        pods,
+    } = *input;
+    let tables: Vec<NodeTables> = nodes.iter().map(node_tables).collect();
+    let mut notes: Vec<String> = nodes.iter().flat_map(notes).collect();
+    let probe = probe(from.ip, to, size, df);
+    let packet = probe.packet();
+    if let Some(mtu) = from.mtu
+        && packet.len() > mtu as usize
+    {
+        notes.push(format!(
+            "the packet ({} bytes) is above the MTU of {}'s {from_ifname} ({mtu}): the pod's own \
+             stack would refuse it{} before it reaches the veth; the trace starts at the veth",
+            packet.len(),
+            from.pod,
+            if df { "" } else { " or fragment it" },
+        ));
+    }
+    let steps = crate::trace(&tables, from.ip, &packet)?;
+    let verdict = verdict(&steps, &probe, &tables, pods);
+    Ok(TraceReport {
+        lab: lab.to_string(),
+        encap: encap.name(),
+        from: from.clone(),
+        to: to.to_string(),
+        packet: PacketSummary::of_packet(&packet).map_or_else(String::new, |p| p.to_string()),
+        notes,
+        steps: steps.iter().map(|s| step_view(s, pods)).collect(),
+        summary: verdict.to_string(),
+        verdict,
+    })
 }
 
 impl TraceReport {

@@ -501,3 +501,69 @@ fn json_steps_name_hook_counter_and_pod() {
             .contains("TC_ACT_OK (pass)")
     );
 }
+
+#[test]
+fn a_report_walks_renders_and_notes_the_pods_own_mtu() {
+    let nodes = cluster(Encap::Ipip);
+    let pods = pods();
+    let from = TraceFrom {
+        pod: "node1-a".into(),
+        node: "node1".into(),
+        ip: ip("10.244.1.2"),
+        mtu: Some(1480),
+    };
+    let input = TraceInput {
+        lab: "weft",
+        encap: Encap::Ipip,
+        from: &from,
+        from_ifname: "eth0",
+        to: "10.244.2.2".parse().unwrap(),
+        size: None,
+        df: false,
+        nodes: &nodes,
+        pods: &pods,
+    };
+    let r = report(&input).unwrap();
+    assert_eq!(r.summary, "delivered to pod node2-a on node2");
+    assert!(r.notes.is_empty(), "{:?}", r.notes);
+    let text = r.render();
+    assert!(
+        text.starts_with(
+            "trace in lab weft (encap ipip): from pod node1-a (10.244.1.2, node1) to 10.244.2.2 (icmp echo)\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("verdict: delivered to pod node2-a on node2\n"),
+        "{text}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+    assert_eq!(json["from"]["mtu"], 1480);
+    assert_eq!(json["steps"].as_array().unwrap().len(), r.steps.len());
+
+    // Above the pod's own MTU: said so, and still traced from the veth.
+    let big = report(&TraceInput {
+        size: Some(1500),
+        df: true,
+        ..input
+    })
+    .unwrap();
+    assert!(
+        big.notes[0].contains("above the MTU of node1-a's eth0 (1480)"),
+        "{:?}",
+        big.notes
+    );
+
+    // From an address no node has behind a veth: no trace.
+    let stranger = TraceFrom {
+        ip: ip("10.244.1.77"),
+        ..from.clone()
+    };
+    assert!(
+        report(&TraceInput {
+            from: &stranger,
+            ..input
+        })
+        .is_err()
+    );
+}
