@@ -159,6 +159,26 @@ pub struct UpOptions {
     pub underlay_subnets: u32,
 }
 
+impl UpOptions {
+    /// `nodes` nodes of `pods_per_node` pods with the binaries in
+    /// `bin_dir`, everything else as `weftctl lab up` defaults it.
+    pub fn new(nodes: u32, pods_per_node: u32, bin_dir: PathBuf) -> UpOptions {
+        UpOptions {
+            nodes,
+            pods_per_node,
+            bin_dir,
+            ready_timeout: Duration::from_secs(60),
+            keep_on_failure: false,
+            routing: state::Routing::default(),
+            route_reflectors: Vec::new(),
+            encap: state::Encap::default(),
+            cross_subnet: false,
+            direct_redirect: None,
+            underlay_subnets: 1,
+        }
+    }
+}
+
 /// Builds the lab from scratch (tearing down a previous one of that name).
 /// On failure everything is torn down again unless `keep_on_failure`.
 pub fn up(lab: &LabRef, options: &UpOptions) -> Result<LabState> {

@@ -14,7 +14,9 @@ pub mod capture;
 pub mod framegen;
 pub mod peers;
 
+pub use weft_lab::UpOptions;
 pub use weft_lab::probe::{Echo, ProbeError};
+pub use weft_lab::state::{Encap, Routing};
 use weft_lab::{LabLock, LabRef};
 pub use weft_lab::{NodeView, PodView, StatusView};
 
@@ -79,6 +81,12 @@ pub fn netns_exec(netns: &str, cmd: &[&str]) -> Output {
         .expect("ip netns exec runs")
 }
 
+/// `weftctl lab up`'s options for `nodes` nodes of `pods_per_node` pods,
+/// the binaries from [`bin_dir`], everything else the command's defaults.
+pub fn up_options(nodes: u32, pods_per_node: u32) -> UpOptions {
+    UpOptions::new(nodes, pods_per_node, bin_dir())
+}
+
 /// A lab of its own for one test, torn down when dropped (also when the
 /// test fails), so tests never see each other's namespaces.
 pub struct Lab {
@@ -89,10 +97,26 @@ impl Lab {
     /// Brings up `nodes` nodes with `pods_per_node` pods each. `tag` makes
     /// the lab's name unique per test (namespaces are `<lab>-...`).
     pub fn up(tag: &str, nodes: u32, pods_per_node: u32) -> Lab {
-        Lab::up_with(tag, nodes, pods_per_node, &[])
+        Lab::build(tag, up_options(nodes, pods_per_node))
     }
 
-    /// [`Lab::up`] with more `lab up` flags (e.g. `--routing static`).
+    /// Brings up a lab as `options` say, through the lab library (what
+    /// `weftctl lab up` does, under the same lock).
+    pub fn build(tag: &str, options: UpOptions) -> Lab {
+        require_root();
+        let lab = Lab {
+            name: format!("weft-{tag}"),
+        };
+        let lab_ref = lab.lab();
+        let _lock = LabLock::acquire(&lab_ref).expect("the lab's lock");
+        if let Err(e) = weft_lab::up(&lab_ref, &options) {
+            panic!("lab up {}: {e:#}", lab.name);
+        }
+        lab
+    }
+
+    /// [`Lab::up`] through the real `weftctl lab up`, with more of its
+    /// flags (e.g. `--routing static`): for the tests of the command line.
     pub fn up_with(tag: &str, nodes: u32, pods_per_node: u32, flags: &[&str]) -> Lab {
         require_root();
         let lab = Lab {
@@ -178,7 +202,7 @@ impl Lab {
 
     /// Starts `node`'s agent and waits until it is ready, switching the
     /// lab to `encap` first if given (`weftctl lab agent start [--encap]`).
-    pub fn start_agent(&self, node: &str, encap: Option<weft_lab::state::Encap>) {
+    pub fn start_agent(&self, node: &str, encap: Option<Encap>) {
         let lab = self.lab();
         let _lock = LabLock::acquire(&lab).expect("the lab's lock");
         let mut state = lab.load().expect("the lab's record");

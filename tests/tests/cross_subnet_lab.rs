@@ -62,18 +62,14 @@ fn seen_between(lab: &Lab, encap: &str, from: &str, to: &str) -> (usize, usize) 
 }
 
 fn up(tag: &str, encap: &str, cross_subnet: bool) -> Lab {
-    let mut flags = vec![
-        "--routing",
-        "static",
-        "--underlay-subnets",
-        "2",
-        "--encap",
-        encap,
-    ];
-    if cross_subnet {
-        flags.push("--cross-subnet");
-    }
-    Lab::up_with(tag, 4, 1, &flags)
+    let options = UpOptions {
+        routing: Routing::Static,
+        underlay_subnets: 2,
+        encap: encap.parse().unwrap(),
+        cross_subnet,
+        ..up_options(4, 1)
+    };
+    Lab::build(tag, options)
 }
 
 /// The lab's shape: two subnets, alternating nodes, a router between them.

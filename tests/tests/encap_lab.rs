@@ -313,7 +313,11 @@ fn no_loss_across_agent_restart(lab: &Lab) {
 }
 
 fn check_mode(encap: &str, overhead: u32) {
-    let lab = Lab::up_with(&format!("enc-{encap}"), 3, 2, &["--encap", encap]);
+    let options = UpOptions {
+        encap: encap.parse().unwrap(),
+        ..up_options(3, 2)
+    };
+    let lab = Lab::build(&format!("enc-{encap}"), options);
     check_lab(&lab, encap, overhead);
 }
 
@@ -338,12 +342,12 @@ fn ipip_mode() {
 /// (counted as `redirect`), past the node's forwarding.
 #[test]
 fn ipip_mode_with_direct_redirect() {
-    let lab = Lab::up_with(
-        "enc-ipip-dr",
-        3,
-        2,
-        &["--encap", "ipip", "--direct-redirect", "true"],
-    );
+    let options = UpOptions {
+        encap: Encap::Ipip,
+        direct_redirect: Some(true),
+        ..up_options(3, 2)
+    };
+    let lab = Lab::build("enc-ipip-dr", options);
     check_lab(&lab, "ipip", 20);
     // A known number of packets into a pod of each node: every one of them
     // is decapsulated there and handed to the pod by the program (the
@@ -429,7 +433,7 @@ fn has_vxlan_device(lab: &Lab, node: &str) -> bool {
 /// direction, and full connectivity in the new mode.
 #[test]
 fn agents_switch_modes_on_restart_without_leftovers() {
-    let lab = Lab::up_with("enc-switch", 2, 1, &["--encap", "ipip"]);
+    let lab = Lab::build("enc-switch", up_options(2, 1));
     for (encap, device) in [("vxlan", true), ("none", false), ("ipip", false)] {
         for node in ["node1", "node2"] {
             lab.stop_agent(node);

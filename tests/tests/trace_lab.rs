@@ -278,7 +278,11 @@ fn df_above_the_pod_mtu(lab: &Lab, encap: &str) {
 }
 
 fn check_mode(encap: &str) -> Lab {
-    let lab = Lab::up_with(&format!("trace-{encap}"), 3, 1, &["--encap", encap]);
+    let options = UpOptions {
+        encap: encap.parse().unwrap(),
+        ..up_options(3, 1)
+    };
+    let lab = Lab::build(&format!("trace-{encap}"), options);
     lab.check();
     pod_to_pod(&lab, encap);
     nowhere(&lab, encap);
