@@ -276,15 +276,15 @@ impl TableRoute {
     }
 }
 
+/// A main-table route in `msg` as Weft's own: one with an output device.
 fn parse(msg: &RouteMessage) -> Option<Route> {
-    let RouteAttributes {
+    let TableRoute {
         dst,
         gateway,
         oif,
         mtu,
         ..
-    } = RouteAttributes::of(msg);
-    let dst = Ipv4Network::new(dst, msg.header.destination_prefix_length).ok()?;
+    } = TableRoute::of(msg)?;
     Some(Route {
         dst,
         gateway,
