@@ -1,8 +1,9 @@
 //! Shared harness of Weft's integration tests: the real binaries, a real
-//! kernel in network namespaces. Labs are brought up with `weftctl lab up`
-//! (the command line is part of what is tested) and read, probed and torn
-//! down through the lab's own library, `weft-lab`: its [`StatusView`] is
-//! the lab as the tests see it, its [`Echo`] their ping.
+//! kernel in network namespaces. Labs are built, read, probed and torn
+//! down through the lab's own library, `weft-lab` ([`Lab::build`] with its
+//! [`UpOptions`]): its [`StatusView`] is the lab as the tests see it, its
+//! [`Echo`] their ping. The tests of the command line run the real
+//! `weftctl` ([`Lab::up_with`], [`Lab::ctl`]).
 //!
 //! Every test that needs root calls [`require_root`] first, which fails the
 //! test loudly (never skips it) when it cannot run.
