@@ -13,7 +13,7 @@
 //!   smoltcp interfaces holding real TCP and UDP conversations, on a
 //!   virtual clock ([`Cluster`]).
 //! - [`trace()`]: one synthetic packet walked through nodes' tables,
-//!   returning every decision on its way ([`Step`]); [`trace`] also turns
+//!   returning every decision on its way ([`Step`]); [`mod@trace`] also turns
 //!   kernel facts read off live nodes into those tables and the steps into
 //!   a verdict and a report (`weftctl lab trace`).
 //! - [`wire`]: the packets around the decisions (ARP, ICMP, UDP, VXLAN)

@@ -8,9 +8,9 @@
 //! - [`trace()`]: the walk. The tables are plain data, read from live
 //!   nodes or written by hand; the walk uses the same node engine (and so
 //!   the same tc programs) as the simulated cluster.
-//! - [`verdict`]: what the steps amount to (delivered, dropped, lost, and
+//! - [`mod@verdict`]: what the steps amount to (delivered, dropped, lost, and
 //!   the ICMP errors on the way).
-//! - [`report`]: the request (`--to`, the probe packet) and the report as
+//! - [`mod@report`]: the request (`--to`, the probe packet) and the report as
 //!   text and JSON.
 //!
 //! What the twin does not model, and so the trace cannot show: netfilter,
