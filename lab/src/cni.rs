@@ -77,7 +77,7 @@ pub fn del(inv: &Invocation) -> Result<()> {
 }
 
 /// The parts of a CNI 1.1.0 Result the lab needs. The host veth is the
-/// interface without a sandbox; the pod address is ips[0].
+/// interface without a sandbox; the pod address is `ips[0]`.
 pub fn parse_add_result(stdout: &str) -> Result<Attached> {
     #[derive(Deserialize)]
     struct CniResult {
