@@ -482,8 +482,8 @@ impl Node {
         let Some(kept) = kept else {
             return Ok(Vec::new());
         };
-        let synchronized = bgp.peers_configured.load(Ordering::Acquire)
-            && bgp.handle.synchronized().await?;
+        let synchronized =
+            bgp.peers_configured.load(Ordering::Acquire) && bgp.handle.synchronized().await?;
         match kept.still_kept(Instant::now(), synchronized) {
             Some(routes) => Ok(routes.to_vec()),
             None => {
