@@ -277,32 +277,13 @@ fn counter(programs: &UplinkPrograms, name: &str) -> u64 {
 /// `ping -c COUNT -s SIZE` from `from`'s pod address to `to`'s, with DF so
 /// that nothing is fragmented on the way; whether it got every answer.
 fn ping(from: &Node, to: &Node, count: u32, size: u16) -> bool {
-    let output = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &from.pod_ns,
-            "ping",
-            "-n",
-            "-q",
-            "-M",
-            "do",
-        ])
-        .args(["-c", &count.to_string(), "-s", &size.to_string()])
-        .args(["-W", "2", "-i", "0.2", "-I", &from.pod.to_string()])
-        .arg(to.pod.to_string())
-        .output()
-        .expect("cannot run ping (install iputils-ping)");
-    if !output.status.success() {
-        eprintln!(
-            "ping {} -> {}: {}{}",
-            from.pod,
-            to.pod,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    output.status.success()
+    let (size, source) = (size.to_string(), from.pod.to_string());
+    support::ping(
+        &from.pod_ns,
+        to.pod,
+        count,
+        &["-M", "do", "-s", &size, "-I", &source],
+    )
 }
 
 /// A `tcpdump` on `node`'s uplink (a tap sees frames before tc ingress, so

@@ -159,15 +159,7 @@ impl Lab {
     }
 
     fn ping(&self, from: &str, to: Ipv4Addr, count: u32) -> bool {
-        let count = count.to_string();
-        let to = to.to_string();
-        self.exec(
-            from,
-            "ping",
-            &["-c", &count, "-i", "0.2", "-W", "2", "-q", &to],
-        )
-        .status
-        .success()
+        support::ping(&self.name(from), to, count, &[])
     }
 }
 

@@ -33,6 +33,27 @@ pub fn ip(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// `ping -c COUNT` (every 0.2 s, 2 s to wait for each answer) from the
+/// network namespace `ns` to `to`, with `extra` options (size, DF, source);
+/// whether every echo was answered. What ping said is printed on failure.
+pub fn ping(ns: &str, to: std::net::Ipv4Addr, count: u32, extra: &[&str]) -> bool {
+    let output = Command::new("ip")
+        .args(["netns", "exec", ns, "ping", "-n", "-q"])
+        .args(["-c", &count.to_string(), "-W", "2", "-i", "0.2"])
+        .args(extra)
+        .arg(to.to_string())
+        .output()
+        .expect("cannot run ping (install iputils-ping)");
+    if !output.status.success() {
+        eprintln!(
+            "ping {to} from {ns}: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    output.status.success()
+}
+
 /// Runs `f` on a scoped thread inside the named network namespace, so the
 /// test thread itself never changes namespace.
 pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
