@@ -92,6 +92,8 @@ impl Drivers for KernelDrivers {
         out: &mut Flushed,
     ) -> Result<(), ReconcileError> {
         match slice {
+            // No policy driver yet: the compiler is not wired in (issue #10).
+            Slice::Policy => Ok(()),
             Slice::Endpoints => self.endpoints.write(desired, full, out),
             Slice::Tunnel => self.tunnel.write(desired, full, out),
             Slice::Vxlan => self.vxlan.write(desired).await,
@@ -106,6 +108,7 @@ impl Drivers for KernelDrivers {
         out: &mut Flushed,
     ) -> Result<(), ReconcileError> {
         match slice {
+            Slice::Policy => Ok(()),
             Slice::Endpoints => self.endpoints.remove(desired, out).await,
             Slice::Tunnel => self.tunnel.remove(out).await,
             // The FDB and neighbour sync removes as it writes.
@@ -427,6 +430,7 @@ mod tests {
         assert_eq!(
             fake.calls,
             [
+                ("write", Policy),
                 ("write", Endpoints),
                 ("write", Tunnel),
                 ("write", Vxlan),
@@ -435,6 +439,7 @@ mod tests {
                 ("remove", Vxlan),
                 ("remove", Tunnel),
                 ("remove", Endpoints),
+                ("remove", Policy),
             ]
         );
     }

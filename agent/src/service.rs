@@ -166,6 +166,7 @@ impl Agent for AgentService {
             address,
             host_ifname: expected,
             netns: req.netns,
+            ports: Vec::new(),
         };
         self.node.save_endpoint(&ep).await.map_err(internal)?;
         let report = self.node.reconcile(false).await.map_err(internal)?;

@@ -4,7 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use weft_model::{BgpPeer, Change, EndpointRecord, NodeRecord, Object, ObjectId, Snapshot};
+use weft_model::{
+    BgpPeer, Change, EndpointRecord, Namespace, NetworkPolicy, NodeRecord, Object, ObjectId,
+    Snapshot,
+};
 
 use crate::slice::{Slice, Slices};
 
@@ -30,6 +33,11 @@ impl Touched {
             .with(Slice::Routes),
         bgp_peers: true,
     };
+    /// A pod, namespace or policy changed: the compiled policy may differ.
+    const POLICY: Touched = Touched {
+        slices: Slices::of(Slice::Policy),
+        bgp_peers: false,
+    };
 
     pub fn union(self, other: Touched) -> Touched {
         Touched {
@@ -51,6 +59,9 @@ pub struct Cluster {
     /// select from. This node's own come from its agent's records.
     endpoints: BTreeMap<(String, String), EndpointRecord>,
     bgp_peers: BTreeMap<String, BgpPeer>,
+    /// NetworkPolicies by (namespace, name).
+    policies: BTreeMap<(String, String), NetworkPolicy>,
+    namespaces: BTreeMap<String, Namespace>,
 }
 
 impl Cluster {
@@ -61,7 +72,14 @@ impl Cluster {
         let mut wanted: BTreeMap<ObjectId, Object> = BTreeMap::new();
         let objects = (snapshot.nodes.into_iter().map(Object::Node))
             .chain(snapshot.endpoints.into_iter().map(Object::Endpoint))
-            .chain(snapshot.bgp_peers.into_iter().map(Object::BgpPeer));
+            .chain(snapshot.bgp_peers.into_iter().map(Object::BgpPeer))
+            .chain(
+                snapshot
+                    .network_policies
+                    .into_iter()
+                    .map(Object::NetworkPolicy),
+            )
+            .chain(snapshot.namespaces.into_iter().map(Object::Namespace));
         for object in objects {
             wanted.insert(object.id(), object);
         }
@@ -91,13 +109,29 @@ impl Cluster {
                 Some(_) => Touched::NODES,
                 None => Touched::NOTHING,
             },
+            // Any pod anywhere may be a policy peer (or change one's named ports).
             Change::Upsert(Object::Endpoint(ep)) => {
-                self.endpoints.insert((ep.node.clone(), ep.key()), ep);
-                Touched::NOTHING
+                let id = (ep.node.clone(), ep.key());
+                upsert(&mut self.endpoints, id, ep, Touched::POLICY)
             }
             Change::Delete(ObjectId::Endpoint { node, key }) => {
-                self.endpoints.remove(&(node, key));
-                Touched::NOTHING
+                delete(&mut self.endpoints, &(node, key), Touched::POLICY)
+            }
+            Change::Upsert(Object::NetworkPolicy(p)) => {
+                let id = (p.namespace().to_string(), p.name().to_string());
+                upsert(&mut self.policies, id, p, Touched::POLICY)
+            }
+            Change::Delete(ObjectId::NetworkPolicy { namespace, name }) => {
+                delete(&mut self.policies, &(namespace, name), Touched::POLICY)
+            }
+            Change::Upsert(Object::Namespace(ns)) => upsert(
+                &mut self.namespaces,
+                ns.name().to_string(),
+                ns,
+                Touched::POLICY,
+            ),
+            Change::Delete(ObjectId::Namespace(name)) => {
+                delete(&mut self.namespaces, &name, Touched::POLICY)
             }
             Change::Upsert(Object::BgpPeer(peer)) => {
                 let name = peer.metadata.name.clone();
@@ -137,6 +171,19 @@ impl Cluster {
             .map(|(_, ep)| ep)
     }
 
+    /// Every endpoint of the cluster: the pods policy selects from.
+    pub fn endpoints(&self) -> impl Iterator<Item = &EndpointRecord> {
+        self.endpoints.values()
+    }
+
+    pub fn network_policies(&self) -> impl Iterator<Item = &NetworkPolicy> {
+        self.policies.values()
+    }
+
+    pub fn namespaces(&self) -> impl Iterator<Item = &Namespace> {
+        self.namespaces.values()
+    }
+
     fn ids(&self) -> impl Iterator<Item = ObjectId> + '_ {
         let nodes = self.nodes.keys().map(|n| ObjectId::Node(n.clone()));
         let endpoints = self.endpoints.keys().map(|(node, key)| ObjectId::Endpoint {
@@ -144,7 +191,44 @@ impl Cluster {
             key: key.clone(),
         });
         let peers = self.bgp_peers.keys().map(|p| ObjectId::BgpPeer(p.clone()));
-        nodes.chain(endpoints).chain(peers)
+        let policies = self
+            .policies
+            .keys()
+            .map(|(namespace, name)| ObjectId::NetworkPolicy {
+                namespace: namespace.clone(),
+                name: name.clone(),
+            });
+        let namespaces = self
+            .namespaces
+            .keys()
+            .map(|n| ObjectId::Namespace(n.clone()));
+        nodes
+            .chain(endpoints)
+            .chain(peers)
+            .chain(policies)
+            .chain(namespaces)
+    }
+}
+
+/// Stores `value` under `id`: `touched` if it differs from what was there.
+fn upsert<K: Ord, V: PartialEq>(
+    map: &mut BTreeMap<K, V>,
+    id: K,
+    value: V,
+    touched: Touched,
+) -> Touched {
+    if map.get(&id) == Some(&value) {
+        return Touched::NOTHING;
+    }
+    map.insert(id, value);
+    touched
+}
+
+/// Removes `id`: `touched` if it was there.
+fn delete<K: Ord, V>(map: &mut BTreeMap<K, V>, id: &K, touched: Touched) -> Touched {
+    match map.remove(id) {
+        Some(_) => touched,
+        None => Touched::NOTHING,
     }
 }
 
@@ -171,6 +255,7 @@ mod tests {
             address: "10.244.1.2".parse().unwrap(),
             host_ifname: "weft0".into(),
             netns: String::new(),
+            ports: Vec::new(),
         }
     }
 
@@ -192,7 +277,7 @@ mod tests {
     }
 
     #[test]
-    fn remote_endpoints_are_indexed_by_node_and_touch_no_slice_yet() {
+    fn remote_endpoints_are_indexed_by_node_and_touch_only_policy() {
         let mut c = Cluster::default();
         for (n, cid) in [
             ("node1", "a"),
@@ -200,10 +285,9 @@ mod tests {
             ("node2", "c"),
             ("node3", "d"),
         ] {
-            assert!(
-                c.apply(Change::Upsert(Object::Endpoint(endpoint(n, cid))))
-                    .is_nothing()
-            );
+            let ep = Object::Endpoint(endpoint(n, cid));
+            assert_eq!(c.apply(Change::Upsert(ep.clone())), Touched::POLICY);
+            assert!(c.apply(Change::Upsert(ep)).is_nothing(), "the same again");
         }
         let of2: Vec<_> = c
             .endpoints_of("node2")
@@ -236,5 +320,33 @@ mod tests {
         });
         assert!(t.slices.contains(Slice::Routes));
         assert_eq!(c.nodes(), vec![node(1)]);
+    }
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use super::*;
+    use weft_model::manifest::{PolicyManifest, parse_policy_manifests};
+
+    #[test]
+    fn policies_and_namespaces_touch_the_policy_slice_once() {
+        let objects = parse_policy_manifests(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: x}\n---\n\
+             apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: x}\n",
+        )
+        .unwrap();
+        let mut c = Cluster::default();
+        for object in objects {
+            let object = match object {
+                PolicyManifest::Namespace(n) => Object::Namespace(n),
+                PolicyManifest::NetworkPolicy(p) => Object::NetworkPolicy(p),
+            };
+            let id = object.id();
+            assert_eq!(c.apply(Change::Upsert(object.clone())), Touched::POLICY);
+            assert!(c.apply(Change::Upsert(object)).is_nothing());
+            assert_eq!(c.apply(Change::Delete(id.clone())), Touched::POLICY);
+            assert!(c.apply(Change::Delete(id)).is_nothing());
+        }
+        assert_eq!(c.network_policies().count() + c.namespaces().count(), 0);
     }
 }

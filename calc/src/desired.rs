@@ -356,6 +356,7 @@ mod tests {
             address: ip.parse().unwrap(),
             host_ifname: host_ifname(cid, "eth0"),
             netns: String::new(),
+            ports: Vec::new(),
         }
     }
 

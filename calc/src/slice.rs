@@ -8,6 +8,10 @@
 /// One part of a node's dataplane, programmed by one driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Slice {
+    /// Policy maps (ipcache, per-endpoint policy): written first, so an
+    /// endpoint is isolated before its programs are attached and before
+    /// any route leads to it (no packet slips through at pod start).
+    Policy,
     /// Local endpoints: each pod's anti-spoofing guard entry and the guard
     /// on its host veth; removals also take leftover veths.
     Endpoints,
@@ -21,7 +25,13 @@ pub enum Slice {
 }
 
 /// Writes go in this order, removals in its reverse.
-pub const FLUSH_ORDER: [Slice; 4] = [Slice::Endpoints, Slice::Tunnel, Slice::Vxlan, Slice::Routes];
+pub const FLUSH_ORDER: [Slice; 5] = [
+    Slice::Policy,
+    Slice::Endpoints,
+    Slice::Tunnel,
+    Slice::Vxlan,
+    Slice::Routes,
+];
 
 /// A set of slices: what a change touches, what a pass flushes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -29,7 +39,7 @@ pub struct Slices(u8);
 
 impl Slices {
     pub const NONE: Slices = Slices(0);
-    pub const ALL: Slices = Slices(0b1111);
+    pub const ALL: Slices = Slices(0b1_1111);
 
     pub const fn of(slice: Slice) -> Slices {
         Slices(1 << slice as u8)
@@ -73,6 +83,8 @@ mod tests {
         assert!(pos(Slice::Endpoints) < pos(Slice::Routes));
         assert!(pos(Slice::Tunnel) < pos(Slice::Routes));
         assert!(pos(Slice::Vxlan) < pos(Slice::Routes));
+        assert!(pos(Slice::Policy) < pos(Slice::Endpoints));
+        assert!(pos(Slice::Policy) < pos(Slice::Routes));
         assert_eq!(
             Slices::ALL.in_flush_order().collect::<Vec<_>>(),
             FLUSH_ORDER

@@ -114,6 +114,8 @@ impl ClusterSource for Datastore {
             nodes: self.nodes()?,
             endpoints,
             bgp_peers: self.bgp_peers()?,
+            // Policy objects are not in the local store yet.
+            ..Snapshot::default()
         })
     }
 
@@ -202,6 +204,8 @@ fn change_at(dir: &Path, path: &Path) -> Option<Change> {
         ObjectId::Node(_) => serde_json::from_slice(&body).map(Object::Node),
         ObjectId::Endpoint { .. } => serde_json::from_slice(&body).map(Object::Endpoint),
         ObjectId::BgpPeer(_) => serde_json::from_slice(&body).map(Object::BgpPeer),
+        // Not in the local store yet: `object_at` names none.
+        ObjectId::NetworkPolicy { .. } | ObjectId::Namespace(_) => return None,
     };
     match object {
         Ok(object) if object.id() == id => Some(Change::Upsert(object)),
@@ -381,6 +385,7 @@ mod tests {
             address: "10.244.1.2".parse().unwrap(),
             host_ifname: "weft0123456789a".into(),
             netns: "/run/netns/x".into(),
+            ports: Vec::new(),
         }
     }
 

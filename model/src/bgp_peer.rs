@@ -163,13 +163,9 @@ impl BgpPeer {
 pub fn parse_manifests(text: &str) -> Result<Vec<BgpPeer>, ManifestError> {
     let mut peers: Vec<BgpPeer> = Vec::new();
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    for (i, document) in serde_norway::Deserializer::from_str(text).enumerate() {
-        let doc = i + 1;
-        let value = serde_norway::Value::deserialize(document)
-            .map_err(|source| ManifestError::Parse { doc, source })?;
-        if value.is_null() {
-            continue;
-        }
+    for document in crate::manifest::documents(text) {
+        let (doc, value) =
+            document.map_err(|(doc, source)| ManifestError::Parse { doc, source })?;
         let peer: BgpPeer = serde_norway::from_value(value)
             .map_err(|source| ManifestError::Parse { doc, source })?;
         peer.validate(doc)?;

@@ -4,8 +4,8 @@
 //!
 //! Nothing here does I/O or knows where objects are stored: backends turn
 //! their own representation into these types, and a change to the cluster
-//! is a [`Change`] whatever the backend. Policy objects (namespaces, pods,
-//! NetworkPolicies) join [`Object`] as their work lands.
+//! is a [`Change`] whatever the backend. Policy reads NetworkPolicies,
+//! namespaces and pods (endpoints, with their labels and container ports).
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -14,8 +14,14 @@ use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
 pub mod bgp_peer;
+pub mod manifest;
+pub mod namespace;
+pub mod policy;
+pub mod selector;
 
 pub use bgp_peer::BgpPeer;
+pub use namespace::Namespace;
+pub use policy::{ContainerPort, NetworkPolicy, PolicyPod};
 /// How pod traffic crosses the underlay between nodes: the datapath's own
 /// type (it is what the uplink programs' config map stores), with its
 /// overhead, names and parsing, so there is one `Encap` everywhere.
@@ -52,6 +58,9 @@ pub struct EndpointRecord {
     pub host_ifname: String,
     #[serde(default)]
     pub netns: String,
+    /// The pod's container ports: what named ports in policies resolve to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ContainerPort>,
 }
 
 impl EndpointRecord {
@@ -90,6 +99,10 @@ pub enum Object {
     /// An endpoint of any node (a node's own come from its agent).
     Endpoint(EndpointRecord),
     BgpPeer(BgpPeer),
+    NetworkPolicy(NetworkPolicy),
+    /// A namespace's labels; a namespace without one still exists through
+    /// its pods.
+    Namespace(Namespace),
 }
 
 impl Object {
@@ -101,6 +114,11 @@ impl Object {
                 key: e.key(),
             },
             Object::BgpPeer(p) => ObjectId::BgpPeer(p.metadata.name.clone()),
+            Object::NetworkPolicy(p) => ObjectId::NetworkPolicy {
+                namespace: p.namespace().to_string(),
+                name: p.name().to_string(),
+            },
+            Object::Namespace(n) => ObjectId::Namespace(n.name().to_string()),
         }
     }
 }
@@ -111,6 +129,8 @@ pub enum ObjectId {
     Node(String),
     Endpoint { node: String, key: String },
     BgpPeer(String),
+    NetworkPolicy { namespace: String, name: String },
+    Namespace(String),
 }
 
 /// A change a cluster source reports: an object created or replaced, or
@@ -130,6 +150,8 @@ pub struct Snapshot {
     pub nodes: Vec<NodeRecord>,
     pub endpoints: Vec<EndpointRecord>,
     pub bgp_peers: Vec<BgpPeer>,
+    pub network_policies: Vec<NetworkPolicy>,
+    pub namespaces: Vec<Namespace>,
 }
 
 #[cfg(test)]
