@@ -379,6 +379,297 @@ const _: () = assert!(core::mem::size_of::<NodeEntry>() == 4);
 const _: () = assert!(core::mem::size_of::<NodeConfig>() == 16);
 const _: () = assert!(core::mem::align_of::<NodeConfig>() == 2);
 
+// ---------------------------------------------------------------------------
+// Policy (issue #10): selectors are resolved in userspace into numeric
+// identities, so a packet costs the same few lookups whatever the number of
+// policies, pods or ipBlocks:
+//
+// 1. the ipcache ([`IPCACHE_MAP`], LPM): the peer's address → its identity
+//    (every pod address a /32 of its own; ipBlock prefixes share an
+//    identity per membership; no entry means [`IDENTITY_WORLD`]);
+// 2. the policy map ([`POLICY_MAP`], LPM) with the exact identity, then, if
+//    that allowed nothing, with [`IDENTITY_ANY`] (rules that allow every
+//    peer on some ports); see [`policy_decision`].
+//
+// A key holds endpoint, direction and identity first, then protocol, then
+// port, all big-endian, so "every protocol" and "every port" are shorter
+// prefixes and a port range a few prefixes.
+
+/// Name (and pin file name) of the LPM trie from an address prefix
+/// ([`IpcacheKey`]) to its [`IdentityEntry`].
+pub const IPCACHE_MAP: &str = "WEFT_IPCACHE";
+/// Capacity of [`IPCACHE_MAP`]: pods in the cluster plus ipBlock prefixes.
+pub const IPCACHE_MAX_ENTRIES: u32 = 65536;
+/// Name (and pin file name) of the LPM trie from a [`PolicyKey`] to a
+/// [`PolicyEntry`].
+pub const POLICY_MAP: &str = "WEFT_POLICY";
+/// Capacity of [`POLICY_MAP`].
+pub const POLICY_MAX_ENTRIES: u32 = 1 << 20;
+
+/// Key of [`IPCACHE_MAP`]: a prefix, laid out as the pod CIDR routes' key.
+pub type IpcacheKey = PodCidrKey;
+
+/// Addresses no entry covers: outside the cluster and every ipBlock.
+pub const IDENTITY_WORLD: u32 = 0;
+/// The local node (its underlay address): kubelet's probes come from it.
+pub const IDENTITY_HOST: u32 = 1;
+/// In a [`PolicyKey`] only: every peer.
+pub const IDENTITY_ANY: u32 = u32::MAX;
+/// The first identity allocated to pods and prefix sets; those below are
+/// reserved.
+pub const IDENTITY_FIRST_ALLOCATED: u32 = 256;
+
+/// Value of [`IPCACHE_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IdentityEntry {
+    /// Host order (it is never compared as bytes).
+    pub identity: u32,
+}
+
+/// [`PolicyKey::direction`]: traffic to the endpoint; the peer is the source.
+pub const POLICY_INGRESS: u8 = 0;
+/// [`PolicyKey::direction`]: traffic from the endpoint; the peer is the
+/// destination.
+pub const POLICY_EGRESS: u8 = 1;
+
+/// Bits of a [`PolicyKey`] that cover endpoint and direction: the
+/// isolation marker's prefix.
+pub const POLICY_PREFIX_DIRECTION: u32 = 40;
+/// ... and the peer identity: an entry for every protocol and port.
+pub const POLICY_PREFIX_IDENTITY: u32 = 72;
+/// ... and the protocol: an entry for every port of it.
+pub const POLICY_PREFIX_PROTOCOL: u32 = 80;
+/// Every field: one port.
+pub const POLICY_PREFIX_FULL: u32 = 96;
+
+/// Key of [`POLICY_MAP`], laid out as the kernel's `bpf_lpm_trie_key`: the
+/// prefix length in bits (host order), then 12 bytes of data matched from
+/// the first bit. Bits past the prefix are zero in stored keys, so equal
+/// rules make equal keys.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyKey {
+    pub prefix_len: u32,
+    /// The local endpoint's (pod's) address, wire order.
+    pub endpoint: [u8; 4],
+    /// [`POLICY_INGRESS`] or [`POLICY_EGRESS`].
+    pub direction: u8,
+    /// The peer's identity, big-endian.
+    pub identity: [u8; 4],
+    /// The IP protocol number (6 TCP, 17 UDP, 132 SCTP).
+    pub protocol: u8,
+    /// The endpoint's port for ingress, the peer's for egress, big-endian;
+    /// 0 for protocols without ports.
+    pub port: [u8; 2],
+}
+
+impl PolicyKey {
+    /// The key of `prefix_len` bits over these fields, the rest zeroed.
+    pub const fn new(
+        prefix_len: u32,
+        endpoint: [u8; 4],
+        direction: u8,
+        identity: u32,
+        protocol: u8,
+        port: u16,
+    ) -> Self {
+        let full = Self {
+            prefix_len: POLICY_PREFIX_FULL,
+            endpoint,
+            direction,
+            identity: identity.to_be_bytes(),
+            protocol,
+            port: port.to_be_bytes(),
+        };
+        Self::from_data(prefix_len, mask(full.data(), prefix_len))
+    }
+
+    /// The key a packet is looked up with: every bit.
+    pub const fn lookup(
+        endpoint: [u8; 4],
+        direction: u8,
+        identity: u32,
+        protocol: u8,
+        port: u16,
+    ) -> Self {
+        Self::new(
+            POLICY_PREFIX_FULL,
+            endpoint,
+            direction,
+            identity,
+            protocol,
+            port,
+        )
+    }
+
+    /// The isolation marker of an endpoint's direction: present iff some
+    /// policy isolates it, and then the answer when no rule matches.
+    pub const fn isolation(endpoint: [u8; 4], direction: u8) -> Self {
+        Self::new(POLICY_PREFIX_DIRECTION, endpoint, direction, 0, 0, 0)
+    }
+
+    /// The 12 data bytes, in the order the trie matches them.
+    pub const fn data(&self) -> [u8; 12] {
+        let [e0, e1, e2, e3] = self.endpoint;
+        let [i0, i1, i2, i3] = self.identity;
+        let [p0, p1] = self.port;
+        [
+            e0,
+            e1,
+            e2,
+            e3,
+            self.direction,
+            i0,
+            i1,
+            i2,
+            i3,
+            self.protocol,
+            p0,
+            p1,
+        ]
+    }
+
+    const fn from_data(prefix_len: u32, d: [u8; 12]) -> Self {
+        Self {
+            prefix_len,
+            endpoint: [d[0], d[1], d[2], d[3]],
+            direction: d[4],
+            identity: [d[5], d[6], d[7], d[8]],
+            protocol: d[9],
+            port: [d[10], d[11]],
+        }
+    }
+
+    /// `key` (a full lookup key) falls under this prefix, as the trie
+    /// decides it.
+    pub const fn covers(&self, key: &PolicyKey) -> bool {
+        if self.prefix_len > POLICY_PREFIX_FULL {
+            return false;
+        }
+        let a = mask(self.data(), self.prefix_len);
+        let b = mask(key.data(), self.prefix_len);
+        let mut i = 0;
+        while i < 12 {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+
+    pub const fn identity(&self) -> u32 {
+        u32::from_be_bytes(self.identity)
+    }
+
+    pub const fn port(&self) -> u16 {
+        u16::from_be_bytes(self.port)
+    }
+}
+
+/// `data` with the bits past `prefix_len` cleared.
+const fn mask(mut data: [u8; 12], prefix_len: u32) -> [u8; 12] {
+    let mut i = 0;
+    while i < 12 {
+        let bit = i as u32 * 8;
+        if bit >= prefix_len {
+            data[i] = 0;
+        } else if prefix_len - bit < 8 {
+            data[i] &= 0xffu8 << (8 - (prefix_len - bit));
+        }
+        i += 1;
+    }
+    data
+}
+
+/// [`PolicyEntry::action`]: the traffic is allowed.
+pub const POLICY_ALLOW: u8 = 1;
+/// [`PolicyEntry::action`] of an isolation marker: no rule allowed it.
+pub const POLICY_DENY: u8 = 2;
+
+/// Value of [`POLICY_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyEntry {
+    /// [`POLICY_ALLOW`] or [`POLICY_DENY`]; anything else denies.
+    pub action: u8,
+    /// Reserved (rule references for tracing, say); writers set 0.
+    pub reserved: [u8; 3],
+}
+
+impl PolicyEntry {
+    pub const ALLOW: PolicyEntry = PolicyEntry {
+        action: POLICY_ALLOW,
+        reserved: [0; 3],
+    };
+    pub const DENY: PolicyEntry = PolicyEntry {
+        action: POLICY_DENY,
+        reserved: [0; 3],
+    };
+
+    pub const fn allows(&self) -> bool {
+        self.action == POLICY_ALLOW
+    }
+}
+
+/// What policy says about a packet in one direction of one endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyDecision {
+    /// No policy isolates the endpoint in this direction.
+    NotIsolated,
+    Allowed,
+    /// Isolated, and no rule allows it.
+    Denied,
+}
+
+/// The policy decision for traffic of `direction` at `endpoint` with a
+/// peer of `identity` (from the ipcache), `protocol` and `port`: at most
+/// two lookups of the policy map, whatever it holds. `lookup` is the LPM
+/// trie's lookup (longest stored prefix covering the key).
+#[inline(always)]
+pub fn policy_decision<F: Fn(&PolicyKey) -> Option<PolicyEntry>>(
+    lookup: F,
+    endpoint: [u8; 4],
+    direction: u8,
+    identity: u32,
+    protocol: u8,
+    port: u16,
+) -> PolicyDecision {
+    // An isolated direction always has its marker, so no match at all
+    // means not isolated.
+    match lookup(&PolicyKey::lookup(
+        endpoint, direction, identity, protocol, port,
+    )) {
+        None => return PolicyDecision::NotIsolated,
+        Some(entry) if entry.allows() => return PolicyDecision::Allowed,
+        Some(_) => {}
+    }
+    match lookup(&PolicyKey::lookup(
+        endpoint,
+        direction,
+        IDENTITY_ANY,
+        protocol,
+        port,
+    )) {
+        Some(entry) if entry.allows() => PolicyDecision::Allowed,
+        _ => PolicyDecision::Denied,
+    }
+}
+
+// SAFETY (all three): `#[repr(C)]`, only integer and byte-array fields, no
+// padding (sizes asserted below), so every bit pattern is valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for IdentityEntry {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PolicyKey {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PolicyEntry {}
+
+const _: () = assert!(core::mem::size_of::<IdentityEntry>() == 4);
+const _: () = assert!(core::mem::size_of::<PolicyKey>() == 4 + 12);
+const _: () = assert!(core::mem::size_of::<PolicyEntry>() == 4);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,5 +724,78 @@ mod tests {
             assert_eq!(Encap::from_u8(value), Some(encap));
             assert_eq!(encap as u8, value);
         }
+    }
+}
+
+#[cfg(test)]
+mod policy_tests {
+    use super::*;
+
+    const POD: [u8; 4] = [10, 244, 1, 5];
+
+    /// The LPM trie's lookup over a list: the longest covering prefix.
+    fn lpm(
+        entries: &[(PolicyKey, PolicyEntry)],
+    ) -> impl Fn(&PolicyKey) -> Option<PolicyEntry> + '_ {
+        move |key| {
+            entries
+                .iter()
+                .filter(|(k, _)| k.covers(key))
+                .max_by_key(|(k, _)| k.prefix_len)
+                .map(|(_, v)| *v)
+        }
+    }
+
+    #[test]
+    fn keys_zero_the_bits_past_their_prefix() {
+        let k = PolicyKey::new(POLICY_PREFIX_IDENTITY, POD, POLICY_EGRESS, 300, 6, 80);
+        assert_eq!((k.protocol, k.port()), (0, 0));
+        assert_eq!(k.identity(), 300);
+        // Port 8080 = 0x1f90; a /92 keeps its top 12 bits.
+        let k = PolicyKey::new(92, POD, POLICY_INGRESS, 300, 6, 0x1f9f);
+        assert_eq!(k.port(), 0x1f90);
+        assert!(k.covers(&PolicyKey::lookup(POD, POLICY_INGRESS, 300, 6, 0x1f95)));
+        assert!(!k.covers(&PolicyKey::lookup(POD, POLICY_INGRESS, 300, 6, 0x1fa0)));
+        assert!(!k.covers(&PolicyKey::lookup(POD, POLICY_INGRESS, 301, 6, 0x1f95)));
+        assert!(!k.covers(&PolicyKey::lookup(POD, POLICY_EGRESS, 300, 6, 0x1f95)));
+        assert!(
+            PolicyKey::isolation(POD, POLICY_INGRESS).covers(&PolicyKey::lookup(
+                POD,
+                POLICY_INGRESS,
+                7,
+                17,
+                53
+            ))
+        );
+    }
+
+    #[test]
+    fn decisions_take_the_marker_and_two_lookups_at_most() {
+        let marker = (PolicyKey::isolation(POD, POLICY_INGRESS), PolicyEntry::DENY);
+        let web = (
+            PolicyKey::new(POLICY_PREFIX_FULL, POD, POLICY_INGRESS, 300, 6, 80),
+            PolicyEntry::ALLOW,
+        );
+        let any_dns = (
+            PolicyKey::new(
+                POLICY_PREFIX_FULL,
+                POD,
+                POLICY_INGRESS,
+                IDENTITY_ANY,
+                17,
+                53,
+            ),
+            PolicyEntry::ALLOW,
+        );
+        let map = [marker, web, any_dns];
+        let decide = |dir, id, proto, port| policy_decision(lpm(&map), POD, dir, id, proto, port);
+        assert_eq!(decide(POLICY_INGRESS, 300, 6, 80), PolicyDecision::Allowed);
+        assert_eq!(decide(POLICY_INGRESS, 301, 6, 80), PolicyDecision::Denied);
+        assert_eq!(decide(POLICY_INGRESS, 301, 17, 53), PolicyDecision::Allowed);
+        assert_eq!(decide(POLICY_INGRESS, 300, 132, 80), PolicyDecision::Denied);
+        assert_eq!(
+            decide(POLICY_EGRESS, 300, 6, 80),
+            PolicyDecision::NotIsolated
+        );
     }
 }
