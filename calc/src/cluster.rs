@@ -77,7 +77,7 @@ impl Cluster {
                 snapshot
                     .network_policies
                     .into_iter()
-                    .map(Object::NetworkPolicy),
+                    .map(|p| Object::NetworkPolicy(Box::new(p))),
             )
             .chain(snapshot.namespaces.into_iter().map(Object::Namespace));
         for object in objects {
@@ -119,7 +119,7 @@ impl Cluster {
             }
             Change::Upsert(Object::NetworkPolicy(p)) => {
                 let id = (p.namespace().to_string(), p.name().to_string());
-                upsert(&mut self.policies, id, p, Touched::POLICY)
+                upsert(&mut self.policies, id, *p, Touched::POLICY)
             }
             Change::Delete(ObjectId::NetworkPolicy { namespace, name }) => {
                 delete(&mut self.policies, &(namespace, name), Touched::POLICY)
@@ -339,7 +339,7 @@ mod policy_tests {
         for object in objects {
             let object = match object {
                 PolicyManifest::Namespace(n) => Object::Namespace(n),
-                PolicyManifest::NetworkPolicy(p) => Object::NetworkPolicy(p),
+                PolicyManifest::NetworkPolicy(p) => Object::NetworkPolicy(Box::new(p)),
             };
             let id = object.id();
             assert_eq!(c.apply(Change::Upsert(object.clone())), Touched::POLICY);

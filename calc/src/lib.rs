@@ -11,6 +11,7 @@
 //!
 //! - [`cluster`]: the cluster's indexes and what each change touches.
 //! - [`desired`]: the desired state of every slice.
+//! - [`policy`]: NetworkPolicy compiled into the policy maps.
 //! - [`routing`]: BGP peers wanted, learned routes installable.
 //! - [`slice`]: the slices and [`slice::FLUSH_ORDER`].
 //! - [`problem`]: why wanted state cannot be built.
@@ -20,6 +21,7 @@
 pub mod cluster;
 pub mod desired;
 pub mod lifecycle;
+pub mod policy;
 pub mod problem;
 pub mod restart;
 pub mod routing;

@@ -59,6 +59,18 @@ pub enum Problem {
         "learned {prefix} via {next_hop}: the next hop is not on the uplink's subnet, nor a node the encapsulation reaches; not installed"
     )]
     LearnedNextHopUnreachable { prefix: IpNetwork, next_hop: IpAddr },
+    /// A local pod without an address: policy cannot protect it (and it
+    /// is no peer of anyone's rules).
+    #[error("pod {namespace}/{pod} has no address; its policy cannot be programmed")]
+    PolicyPodWithoutAddress { namespace: String, pod: String },
+    /// Two pods claim one address: the first (by namespace and name) keeps
+    /// its identity, the other is no policy peer.
+    #[error("pod {pod} claims {address}, already {holder}'s; it is no policy peer")]
+    PolicyAddressClash {
+        address: Ipv4Addr,
+        pod: String,
+        holder: String,
+    },
 }
 
 impl Problem {

@@ -85,7 +85,7 @@ pub const CONFIG_MAP: &str = "WEFT_CONFIG";
 /// the kernel's `struct bpf_lpm_trie_key`: the prefix length in bits (host
 /// order, 0..=32), then the address in wire order.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PodCidrKey {
     pub prefix_len: u32,
     pub addr: [u8; 4],

@@ -99,7 +99,8 @@ pub enum Object {
     /// An endpoint of any node (a node's own come from its agent).
     Endpoint(EndpointRecord),
     BgpPeer(BgpPeer),
-    NetworkPolicy(NetworkPolicy),
+    /// Boxed: a policy is many times the size of the other kinds.
+    NetworkPolicy(Box<NetworkPolicy>),
     /// A namespace's labels; a namespace without one still exists through
     /// its pods.
     Namespace(Namespace),

@@ -1,0 +1,411 @@
+//! The NetworkPolicy compiler: namespaces, every pod of the cluster and
+//! every policy in, the state of one node's policy maps out.
+//!
+//! # Design
+//!
+//! Selectors are resolved here, in userspace, never per packet. A packet
+//! then costs a constant number of map lookups whatever the number of
+//! policies, rules, pods or ipBlocks (the layouts and the lookup order are
+//! in `weft_common::maps`):
+//!
+//! 1. **ipcache** (LPM, prefix → identity): the peer's address gives a
+//!    numeric identity ([`identity`]): each pod address its own (so a
+//!    named port resolves per destination pod, and ipBlocks match pod
+//!    addresses like any other), the local node [`IDENTITY_HOST`], every
+//!    ipBlock prefix one shared by the prefixes in the same set of blocks,
+//!    everything else [`IDENTITY_WORLD`].
+//! 2. **policy** (LPM, endpoint · direction · identity · protocol · port →
+//!    allow): rules become entries per local endpoint; a port range is its
+//!    few aligned prefixes ([`ports`]), "all ports" and "all protocols"
+//!    shorter prefixes. A rule allowing every peer uses [`IDENTITY_ANY`]
+//!    instead of one entry per identity (one more lookup at most); an
+//!    isolated direction carries a deny marker at the endpoint · direction
+//!    prefix, so one lookup tells "not isolated" (no match: allow) from
+//!    "isolated, no rule" (the marker).
+//!
+//! Cilium's design, chosen over Calico's IP sets as LPM entries carrying
+//! port and protocol because identities keep the policy map's size
+//! proportional to rules × peers instead of rules × prefixes × ports, and
+//! because per-pod identities make named ports on egress exact (the port
+//! number is looked up on each destination pod).
+//!
+//! [`compile`] is a pure function of its input; [`plan()`] orders the
+//! change between two compilations so that no packet that both allow is
+//! ever dropped in between.
+
+pub mod identity;
+pub mod plan;
+pub mod ports;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use ipnetwork::{IpNetwork, Ipv4Network};
+use weft_common::maps::{
+    IDENTITY_ANY, IDENTITY_HOST, IDENTITY_WORLD, IdentityEntry, IpcacheKey, POLICY_EGRESS,
+    POLICY_INGRESS, POLICY_PREFIX_FULL, POLICY_PREFIX_IDENTITY, POLICY_PREFIX_PROTOCOL,
+    PolicyEntry, PolicyKey,
+};
+use weft_model::namespace::labels_of;
+use weft_model::policy::{NetworkPolicyPort, Peer, PortRef, resolve_named_port};
+use weft_model::selector::Labels;
+use weft_model::{Namespace, NetworkPolicy, PolicyPod};
+
+pub use identity::Identities;
+pub use plan::{PolicyPlan, plan};
+
+use crate::problem::Problem;
+use identity::{Block, block_contains, block_prefixes};
+
+/// What one node's policy maps are computed from.
+#[derive(Clone, Copy, Debug)]
+pub struct PolicyInput<'a> {
+    /// The node whose endpoints get policy entries.
+    pub node: &'a str,
+    /// Its underlay address: kubelet's probes come from it, always allowed.
+    pub node_address: Ipv4Addr,
+    /// Namespace objects (labels); a namespace only pods name still exists.
+    pub namespaces: &'a [Namespace],
+    /// Every pod of the cluster: local ones are protected, all are peers.
+    pub pods: &'a [PolicyPod],
+    pub policies: &'a [NetworkPolicy],
+    /// The last compilation's identities, kept for the same peers.
+    pub previous: Option<&'a Identities>,
+}
+
+/// A node's policy maps as they should be.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompiledPolicy {
+    pub ipcache: BTreeMap<IpcacheKey, IdentityEntry>,
+    pub policy: BTreeMap<PolicyKey, PolicyEntry>,
+    /// What the next compilation passes back as `previous`.
+    pub identities: Identities,
+    /// What could not be compiled.
+    pub problems: Vec<Problem>,
+}
+
+impl CompiledPolicy {
+    /// Whether some policy isolates the endpoint at `address` in `direction`.
+    pub fn isolated(&self, address: Ipv4Addr, direction: u8) -> bool {
+        self.policy
+            .contains_key(&PolicyKey::isolation(address.octets(), direction))
+    }
+}
+
+/// A pod that can take part in policy: it has an address, and the first
+/// pod to claim an address keeps it.
+struct Member<'a> {
+    pod: &'a PolicyPod,
+    address: Ipv4Addr,
+    identity: u32,
+}
+
+/// The peers of a rule: everyone, or a set of identities (each pod's with
+/// the pod, for named ports on egress).
+enum Peers<'a> {
+    Any,
+    Some(BTreeMap<u32, Option<&'a PolicyPod>>),
+}
+
+/// Compiles the policy maps of `input.node`.
+pub fn compile(input: &PolicyInput) -> CompiledPolicy {
+    let mut problems = Vec::new();
+    let mut identities = Identities::continuing(input.previous);
+
+    // Namespaces' labels: objects first, then those only pods name.
+    let mut namespaces: BTreeMap<&str, Labels> = input
+        .namespaces
+        .iter()
+        .map(|n| (n.name(), n.labels()))
+        .collect();
+    for pod in input.pods {
+        namespaces
+            .entry(&pod.namespace)
+            .or_insert_with(|| labels_of(&pod.namespace, None));
+    }
+
+    // Pods with addresses, in a stable order, each with its identity.
+    let mut pods: Vec<&PolicyPod> = input.pods.iter().collect();
+    pods.sort_by(|a, b| {
+        (&a.namespace, &a.name, a.address).cmp(&(&b.namespace, &b.name, b.address))
+    });
+    let mut members: Vec<Member> = Vec::new();
+    let mut by_address: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
+    for pod in pods {
+        let Some(address) = pod.address else {
+            if pod.node == input.node {
+                problems.push(Problem::PolicyPodWithoutAddress {
+                    namespace: pod.namespace.clone(),
+                    pod: pod.name.clone(),
+                });
+            }
+            continue;
+        };
+        if let Some(&first) = by_address.get(&address) {
+            let holder = members[first].pod;
+            problems.push(Problem::PolicyAddressClash {
+                address,
+                pod: format!("{}/{}", pod.namespace, pod.name),
+                holder: format!("{}/{}", holder.namespace, holder.name),
+            });
+            continue;
+        }
+        let key = (pod.namespace.clone(), pod.name.clone(), address);
+        let identity = identities.pod(input.previous, key);
+        by_address.insert(address, members.len());
+        members.push(Member {
+            pod,
+            address,
+            identity,
+        });
+    }
+
+    // The ipcache: block prefixes, then pods' and the node's /32s over them.
+    let blocks: BTreeSet<Block> = input
+        .policies
+        .iter()
+        .flat_map(peers_of)
+        .filter_map(|peer| ipv4_block(peer.ip_block.as_ref()?))
+        .collect();
+    let mut ipcache = BTreeMap::new();
+    let mut block_identities: BTreeMap<Block, BTreeSet<u32>> = BTreeMap::new();
+    for (prefix, membership) in block_prefixes(&blocks) {
+        let id = identities.membership(input.previous, membership.clone());
+        for block in membership {
+            block_identities.entry(block).or_default().insert(id);
+        }
+        if prefix.prefix() == 0 && id == IDENTITY_WORLD {
+            continue; // a miss is the world already
+        }
+        ipcache.insert(ipcache_key(prefix.ip(), prefix.prefix()), entry(id));
+    }
+    for m in &members {
+        ipcache.insert(ipcache_key(m.address, 32), entry(m.identity));
+    }
+    ipcache.insert(ipcache_key(input.node_address, 32), entry(IDENTITY_HOST));
+
+    let ctx = Context {
+        input,
+        namespaces: &namespaces,
+        members: &members,
+        block_identities: &block_identities,
+    };
+    let mut policy = BTreeMap::new();
+    for endpoint in members.iter().filter(|m| m.pod.node == input.node) {
+        ctx.endpoint_entries(endpoint, &mut policy);
+    }
+    CompiledPolicy {
+        ipcache,
+        policy,
+        identities,
+        problems,
+    }
+}
+
+/// What rule compilation reads.
+struct Context<'a> {
+    input: &'a PolicyInput<'a>,
+    namespaces: &'a BTreeMap<&'a str, Labels>,
+    members: &'a [Member<'a>],
+    block_identities: &'a BTreeMap<Block, BTreeSet<u32>>,
+}
+
+impl Context<'_> {
+    /// The entries of one local endpoint, both directions.
+    fn endpoint_entries(&self, ep: &Member, out: &mut BTreeMap<PolicyKey, PolicyEntry>) {
+        let selecting = self.input.policies.iter().filter(|p| {
+            p.namespace() == ep.pod.namespace && p.spec.pod_selector.matches(&ep.pod.labels)
+        });
+        let at = ep.address.octets();
+        for policy in selecting {
+            let (ingress, egress) = policy.spec.policy_types();
+            if ingress {
+                out.insert(PolicyKey::isolation(at, POLICY_INGRESS), PolicyEntry::DENY);
+                // The node's own traffic to its pods (kubelet probes).
+                let host = PolicyKey::new(
+                    POLICY_PREFIX_IDENTITY,
+                    at,
+                    POLICY_INGRESS,
+                    IDENTITY_HOST,
+                    0,
+                    0,
+                );
+                out.insert(host, PolicyEntry::ALLOW);
+                for rule in &policy.spec.ingress {
+                    let peers = self.peers(policy, &rule.from);
+                    self.rule_entries(ep, POLICY_INGRESS, &peers, &rule.ports, out);
+                }
+            }
+            if egress {
+                out.insert(PolicyKey::isolation(at, POLICY_EGRESS), PolicyEntry::DENY);
+                for rule in &policy.spec.egress {
+                    let peers = self.peers(policy, &rule.to);
+                    self.rule_entries(ep, POLICY_EGRESS, &peers, &rule.ports, out);
+                }
+            }
+        }
+    }
+
+    /// The identities a rule's `from`/`to` list allows (empty: everyone).
+    fn peers<'p>(&'p self, policy: &NetworkPolicy, list: &[Peer]) -> Peers<'p> {
+        if list.is_empty() {
+            return Peers::Any;
+        }
+        let mut out = BTreeMap::new();
+        for peer in list {
+            if let Some(block) = &peer.ip_block {
+                let Some(block) = ipv4_block(block) else {
+                    continue; // IPv6 (or unparsable): no IPv4 address is in it
+                };
+                for id in self.block_identities.get(&block).into_iter().flatten() {
+                    out.insert(*id, None);
+                }
+                for m in self
+                    .members
+                    .iter()
+                    .filter(|m| block_contains(&block, m.address))
+                {
+                    out.insert(m.identity, Some(m.pod));
+                }
+                if block_contains(&block, self.input.node_address) {
+                    out.insert(IDENTITY_HOST, None);
+                }
+                continue;
+            }
+            for m in self.members {
+                if self.selects(policy, peer, m.pod) {
+                    out.insert(m.identity, Some(m.pod));
+                }
+            }
+        }
+        Peers::Some(out)
+    }
+
+    /// A selector peer holds `pod`: a namespace selector picks namespaces
+    /// (without one, the policy's own), a pod selector pods in them (without
+    /// one, all); both present must both hold.
+    fn selects(&self, policy: &NetworkPolicy, peer: &Peer, pod: &PolicyPod) -> bool {
+        let namespace_ok = match &peer.namespace_selector {
+            Some(sel) => self
+                .namespaces
+                .get(pod.namespace.as_str())
+                .is_some_and(|labels| sel.matches(labels)),
+            None => pod.namespace == policy.namespace(),
+        };
+        namespace_ok
+            && peer
+                .pod_selector
+                .as_ref()
+                .is_none_or(|sel| sel.matches(&pod.labels))
+    }
+
+    /// Allow entries for one rule at endpoint `ep`.
+    fn rule_entries(
+        &self,
+        ep: &Member,
+        direction: u8,
+        peers: &Peers,
+        ports: &[NetworkPolicyPort],
+        out: &mut BTreeMap<PolicyKey, PolicyEntry>,
+    ) {
+        let at = ep.address.octets();
+        let mut allow = |prefix_len, identity, protocol, port| {
+            out.insert(
+                PolicyKey::new(prefix_len, at, direction, identity, protocol, port),
+                PolicyEntry::ALLOW,
+            );
+        };
+        let identities: Vec<u32> = match peers {
+            Peers::Any => vec![IDENTITY_ANY],
+            Peers::Some(ids) => ids.keys().copied().collect(),
+        };
+        if ports.is_empty() {
+            for &id in &identities {
+                allow(POLICY_PREFIX_IDENTITY, id, 0, 0);
+            }
+            return;
+        }
+        for port in ports {
+            let protocol = port.protocol.clone().unwrap_or_default();
+            let Some(proto) = protocol.number() else {
+                continue;
+            };
+            match &port.port {
+                None => {
+                    for &id in &identities {
+                        allow(POLICY_PREFIX_PROTOCOL, id, proto, 0);
+                    }
+                }
+                Some(PortRef::Number(first)) => {
+                    let (Ok(first), Ok(last)) = (
+                        u16::try_from(*first),
+                        u16::try_from(port.end_port.unwrap_or(*first)),
+                    ) else {
+                        continue; // validation refuses these
+                    };
+                    for (start, len) in ports::port_prefixes(first, last) {
+                        for &id in &identities {
+                            allow(len, id, proto, start);
+                        }
+                    }
+                }
+                // Ingress: the name resolves on the endpoint itself.
+                Some(PortRef::Name(name)) if direction == POLICY_INGRESS => {
+                    for number in resolve_named_port(&ep.pod.ports, name, &protocol) {
+                        for &id in &identities {
+                            allow(POLICY_PREFIX_FULL, id, proto, number);
+                        }
+                    }
+                }
+                // Egress: on each destination pod; other peers have no names.
+                Some(PortRef::Name(name)) => {
+                    let destinations: Vec<(u32, &PolicyPod)> = match peers {
+                        Peers::Any => self.members.iter().map(|m| (m.identity, m.pod)).collect(),
+                        Peers::Some(ids) => ids
+                            .iter()
+                            .filter_map(|(id, pod)| Some((*id, (*pod)?)))
+                            .collect(),
+                    };
+                    for (id, pod) in destinations {
+                        for number in resolve_named_port(&pod.ports, name, &protocol) {
+                            allow(POLICY_PREFIX_FULL, id, proto, number);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Every peer of a policy, both directions.
+fn peers_of(policy: &NetworkPolicy) -> impl Iterator<Item = &Peer> {
+    let ingress = policy.spec.ingress.iter().flat_map(|r| &r.from);
+    let egress = policy.spec.egress.iter().flat_map(|r| &r.to);
+    ingress.chain(egress)
+}
+
+/// An ipBlock as a canonical IPv4 [`Block`]; `None` for IPv6 (this
+/// dataplane carries no IPv6, so such a block holds no peer).
+fn ipv4_block(block: &weft_model::policy::IpBlock) -> Option<Block> {
+    let (cidr, except) = block.parsed()?;
+    let v4 = |n: IpNetwork| match n {
+        IpNetwork::V4(n) => Some(n),
+        IpNetwork::V6(_) => None,
+    };
+    let cidr = v4(cidr)?;
+    let mut except: Vec<Ipv4Network> = except.into_iter().filter_map(v4).collect();
+    except.sort();
+    except.dedup();
+    Some((cidr, except))
+}
+
+fn ipcache_key(address: Ipv4Addr, prefix_len: u8) -> IpcacheKey {
+    IpcacheKey::new(address.octets(), u32::from(prefix_len))
+}
+
+fn entry(identity: u32) -> IdentityEntry {
+    IdentityEntry { identity }
+}

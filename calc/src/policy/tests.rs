@@ -1,0 +1,830 @@
+//! The compiler's semantics, decided by the compiled maps themselves: every
+//! verdict here is an ipcache LPM lookup then the policy LPM lookups in
+//! `weft_common::maps::policy_decision`'s order, as the eBPF programs do.
+//! No separate evaluator of policies exists.
+//!
+//! The cluster is upstream's e2e model (test/e2e/network/netpol): namespaces
+//! x, y, z with pods a, b, c each; a and b on node n1, c on n2.
+
+use std::cell::Cell;
+use std::net::Ipv4Addr;
+
+use weft_common::maps::{
+    IDENTITY_WORLD, POLICY_EGRESS, POLICY_INGRESS, PolicyDecision, PolicyEntry, PolicyKey,
+    policy_decision,
+};
+use weft_model::manifest::{PolicyManifest, parse_policy_manifests};
+use weft_model::policy::{ContainerPort, Protocol, labels};
+use weft_model::{Namespace, NetworkPolicy, PolicyPod};
+
+use super::plan::apply;
+use super::*;
+
+const NODES: [(&str, Ipv4Addr); 2] = [
+    ("n1", Ipv4Addr::new(198, 18, 0, 1)),
+    ("n2", Ipv4Addr::new(198, 18, 0, 2)),
+];
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+const SCTP: u8 = 132;
+const ICMP: u8 = 1;
+
+#[derive(Clone)]
+struct Fixture {
+    namespaces: Vec<Namespace>,
+    pods: Vec<PolicyPod>,
+    policies: Vec<NetworkPolicy>,
+}
+
+fn port(name: &str, number: u16, protocol: Protocol) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: number,
+        protocol,
+    }
+}
+
+impl Fixture {
+    /// x, y, z × a, b, c. Namespace x has an object with `ns: x`; y has
+    /// one with `ns: y`; z exists only through its pods. Named ports:
+    /// `http` is 80 on a and c but 8080 on b; `dns` is 53/UDP on a;
+    /// `assoc` is 82/SCTP on c.
+    fn netpol() -> Fixture {
+        let mut pods = Vec::new();
+        for (i, ns) in ["x", "y", "z"].into_iter().enumerate() {
+            for (j, name) in ["a", "b", "c"].into_iter().enumerate() {
+                let node = if name == "c" { 2 } else { 1 };
+                let address = Ipv4Addr::new(10, 244, node, (10 * (i + 1) + j + 1) as u8);
+                let ports = match name {
+                    "a" => vec![
+                        port("http", 80, Protocol::Tcp),
+                        port("dns", 53, Protocol::Udp),
+                    ],
+                    "b" => vec![port("http", 8080, Protocol::Tcp)],
+                    _ => vec![
+                        port("http", 80, Protocol::Tcp),
+                        port("assoc", 82, Protocol::Sctp),
+                    ],
+                };
+                pods.push(PolicyPod {
+                    namespace: ns.into(),
+                    name: name.into(),
+                    labels: labels([("pod", name)]),
+                    address: Some(address),
+                    node: format!("n{node}"),
+                    ports,
+                });
+            }
+        }
+        Fixture {
+            namespaces: vec![
+                Namespace::new("x", labels([("ns", "x")])),
+                Namespace::new("y", labels([("ns", "y")])),
+            ],
+            pods,
+            policies: Vec::new(),
+        }
+    }
+
+    /// The fixture with the policies of a manifest file added.
+    fn with(mut self, yaml: &str) -> Fixture {
+        for object in parse_policy_manifests(yaml).expect("a valid manifest") {
+            match object {
+                PolicyManifest::NetworkPolicy(p) => self.policies.push(p),
+                PolicyManifest::Namespace(n) => self.namespaces.push(n),
+            }
+        }
+        self
+    }
+
+    fn compile_node(
+        &self,
+        (node, node_address): (&str, Ipv4Addr),
+        previous: Option<&Identities>,
+    ) -> CompiledPolicy {
+        compile(&PolicyInput {
+            node,
+            node_address,
+            namespaces: &self.namespaces,
+            pods: &self.pods,
+            policies: &self.policies,
+            previous,
+        })
+    }
+
+    fn compiled(&self) -> Vec<CompiledPolicy> {
+        NODES.map(|n| self.compile_node(n, None)).into()
+    }
+
+    fn address(&self, who: &str) -> Ipv4Addr {
+        match who.split_once('/') {
+            Some((ns, name)) => self
+                .pods
+                .iter()
+                .find(|p| p.namespace == ns && p.name == name)
+                .and_then(|p| p.address)
+                .unwrap_or_else(|| panic!("no pod {who}")),
+            None => who.parse().unwrap(),
+        }
+    }
+
+    /// Whether a packet `from` → `to` (pods as `ns/name`, or addresses)
+    /// passes every node's maps.
+    fn can(&self, from: &str, to: &str, protocol: u8, port: u16) -> bool {
+        allowed(
+            &self.compiled(),
+            self.address(from),
+            self.address(to),
+            protocol,
+            port,
+        )
+    }
+
+    /// The reachability matrix over every pod pair for one protocol/port,
+    /// as upstream's tests print it: one row per source.
+    fn matrix(&self, protocol: u8, port: u16) -> Vec<String> {
+        let compiled = self.compiled();
+        let names: Vec<String> = self
+            .pods
+            .iter()
+            .map(|p| format!("{}/{}", p.namespace, p.name))
+            .collect();
+        names
+            .iter()
+            .map(|from| {
+                let row: String = names
+                    .iter()
+                    .map(|to| {
+                        let ok = allowed(
+                            &compiled,
+                            self.address(from),
+                            self.address(to),
+                            protocol,
+                            port,
+                        );
+                        if ok { '.' } else { 'X' }
+                    })
+                    .collect();
+                format!("{from} {row}")
+            })
+            .collect()
+    }
+}
+
+/// The ipcache's answer for `address`: longest covering prefix, else world.
+fn identity_of(c: &CompiledPolicy, address: Ipv4Addr) -> u32 {
+    c.ipcache
+        .iter()
+        .filter(|(k, _)| k.contains(address.octets()))
+        .max_by_key(|(k, _)| k.prefix_len)
+        .map_or(IDENTITY_WORLD, |(_, v)| v.identity)
+}
+
+/// The policy trie's answer for a full key: longest covering prefix.
+fn policy_lookup<'a>(
+    c: &'a CompiledPolicy,
+    lookups: &'a Cell<usize>,
+) -> impl Fn(&PolicyKey) -> Option<PolicyEntry> + 'a {
+    move |key| {
+        lookups.set(lookups.get() + 1);
+        c.policy
+            .iter()
+            .filter(|(k, _)| k.covers(key))
+            .max_by_key(|(k, _)| k.prefix_len)
+            .map(|(_, v)| *v)
+    }
+}
+
+/// One node's decision for `endpoint` in `direction` with `peer`.
+fn decide(
+    c: &CompiledPolicy,
+    endpoint: Ipv4Addr,
+    direction: u8,
+    peer: Ipv4Addr,
+    protocol: u8,
+    port: u16,
+) -> PolicyDecision {
+    let lookups = Cell::new(0);
+    let identity = identity_of(c, peer);
+    let d = policy_decision(
+        policy_lookup(c, &lookups),
+        endpoint.octets(),
+        direction,
+        identity,
+        protocol,
+        port,
+    );
+    assert!(lookups.get() <= 2, "at most two policy lookups per packet");
+    d
+}
+
+/// The packet passes the sender's egress and the receiver's ingress, on
+/// whichever node each is (elsewhere they have no entries).
+fn allowed(
+    nodes: &[CompiledPolicy],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    protocol: u8,
+    port: u16,
+) -> bool {
+    nodes.iter().all(|c| {
+        decide(c, src, POLICY_EGRESS, dst, protocol, port) != PolicyDecision::Denied
+            && decide(c, dst, POLICY_INGRESS, src, protocol, port) != PolicyDecision::Denied
+    })
+}
+
+fn policy(namespace: &str, name: &str, spec: &str) -> String {
+    let spec = spec
+        .trim_matches('\n')
+        .lines()
+        .map(|l| format!("  {l}\n"))
+        .collect::<String>();
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: {name}\n  namespace: {namespace}\nspec:\n{spec}---\n"
+    )
+}
+
+#[test]
+fn without_policy_everything_passes_and_nothing_is_isolated() {
+    let f = Fixture::netpol();
+    assert!(f.matrix(TCP, 80).iter().all(|row| !row.contains('X')));
+    let compiled = f.compiled();
+    assert!(compiled.iter().all(|c| c.policy.is_empty()));
+    assert!(f.can("x/a", "8.8.8.8", UDP, 53));
+}
+
+#[test]
+fn deny_all_ingress_isolates_only_the_selected_direction() {
+    let f = Fixture::netpol().with(&policy("x", "deny", "podSelector: {}\ningress: []"));
+    for to in ["x/a", "x/b", "x/c"] {
+        assert!(!f.can("y/a", to, TCP, 80), "{to}");
+        assert!(!f.can("x/a", to, UDP, 53) || to == "x/a", "{to}");
+    }
+    // Egress is not a type of this policy: x's pods still reach out.
+    assert!(f.can("x/a", "y/b", TCP, 80));
+    assert!(f.can("x/a", "1.1.1.1", TCP, 443));
+    // Other namespaces' pods are not selected by `{}` in x.
+    assert!(f.can("z/a", "y/b", TCP, 80));
+    let n1 = &f.compiled()[0];
+    assert!(n1.isolated(f.address("x/a"), POLICY_INGRESS));
+    assert!(!n1.isolated(f.address("x/a"), POLICY_EGRESS));
+    assert!(!n1.isolated(f.address("y/a"), POLICY_INGRESS));
+}
+
+#[test]
+fn a_pod_reaches_itself_only_if_policy_allows_it() {
+    // Upstream: isolation applies to a pod's traffic to itself through its address.
+    let f = Fixture::netpol().with(&policy("x", "deny", "podSelector: {}\ningress: []"));
+    assert!(!f.can("x/a", "x/a", TCP, 80));
+}
+
+#[test]
+fn the_local_node_always_reaches_isolated_pods() {
+    let f = Fixture::netpol().with(&policy(
+        "x",
+        "deny",
+        "podSelector: {}\npolicyTypes: [Ingress, Egress]",
+    ));
+    // x/a is on n1, x/c on n2: each node's own address, not the other's.
+    assert!(f.can("198.18.0.1", "x/a", TCP, 8080));
+    assert!(f.can("198.18.0.1", "x/a", UDP, 9));
+    assert!(f.can("198.18.0.2", "x/c", TCP, 80));
+    assert!(!f.can("198.18.0.2", "x/a", TCP, 80));
+    assert!(!f.can("198.18.0.1", "x/c", TCP, 80));
+}
+
+#[test]
+fn pod_selector_match_labels_and_every_operator() {
+    let selectors = [
+        "{matchLabels: {pod: b}}",
+        "{matchExpressions: [{key: pod, operator: In, values: [a, b]}]}",
+        "{matchExpressions: [{key: pod, operator: NotIn, values: [a, b]}]}",
+        "{matchExpressions: [{key: pod, operator: Exists}]}",
+        "{matchExpressions: [{key: pod, operator: DoesNotExist}]}",
+        "{matchLabels: {pod: a}, matchExpressions: [{key: pod, operator: In, values: [b]}]}",
+    ];
+    // Which of x/a, x/b, x/c each selector lets reach x/a (isolated).
+    let expected = [
+        [false, true, false],
+        [true, true, false],
+        [false, false, true],
+        [true, true, true],
+        [false, false, false],
+        // The AND of both: no pod is a and b.
+        [false, false, false],
+    ];
+    for (selector, want) in selectors.iter().zip(expected) {
+        let spec = format!(
+            "podSelector: {{matchLabels: {{pod: a}}}}\ningress: [{{from: [{{podSelector: {selector}}}]}}]"
+        );
+        let f = Fixture::netpol().with(&policy("x", "p", &spec));
+        let got = ["x/a", "x/b", "x/c"].map(|from| f.can(from, "x/a", TCP, 80));
+        assert_eq!(got, want, "{selector}");
+        // The policy selects only x/a: x/b stays open to everyone.
+        assert!(f.can("z/c", "x/b", TCP, 80));
+    }
+}
+
+#[test]
+fn the_policy_pod_selector_uses_expressions_too() {
+    let f = Fixture::netpol().with(&policy(
+        "x",
+        "p",
+        "podSelector:\n  matchExpressions: [{key: pod, operator: NotIn, values: [a]}]\ningress: []",
+    ));
+    assert!(f.can("y/a", "x/a", TCP, 80));
+    assert!(!f.can("y/a", "x/b", TCP, 80));
+    assert!(!f.can("y/a", "x/c", TCP, 80));
+}
+
+#[test]
+fn a_pod_selector_alone_in_a_peer_means_the_policy_namespace() {
+    let f = Fixture::netpol().with(&policy(
+        "x",
+        "p",
+        "podSelector: {}\ningress:\n- from:\n  - podSelector: {}",
+    ));
+    assert!(f.can("x/b", "x/a", TCP, 80));
+    assert!(f.can("x/c", "x/a", TCP, 80));
+    assert!(!f.can("y/b", "x/a", TCP, 80));
+    assert!(!f.can("z/b", "x/a", TCP, 80));
+}
+
+#[test]
+fn an_empty_namespace_selector_means_every_namespace() {
+    let f = Fixture::netpol().with(&policy(
+        "x",
+        "p",
+        "podSelector: {}\ningress:\n- from:\n  - namespaceSelector: {}",
+    ));
+    for from in ["x/b", "y/b", "z/c"] {
+        assert!(f.can(from, "x/a", TCP, 80), "{from}");
+    }
+    // Pods only: not the world.
+    assert!(!f.can("1.2.3.4", "x/a", TCP, 80));
+}
+
+#[test]
+fn namespace_selectors_see_object_labels_and_the_name_label_even_without_an_object() {
+    let f = Fixture::netpol().with(&policy(
+        "x",
+        "p",
+        "podSelector: {}\ningress:\n- from:\n  - namespaceSelector: {matchLabels: {ns: y}}\n  - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: z}}",
+    ));
+    assert!(f.can("y/a", "x/a", TCP, 80));
+    assert!(
+        f.can("z/a", "x/a", TCP, 80),
+        "z has no object, yet its name label"
+    );
+    assert!(
+        !f.can("x/b", "x/a", TCP, 80),
+        "x's own pods are not in y or z"
+    );
+    // A namespace's labels changed: its pods follow.
+    let mut relabelled = f.clone();
+    relabelled.namespaces[1] = Namespace::new("y", labels([("ns", "other")]));
+    assert!(!relabelled.can("y/a", "x/a", TCP, 80));
+    // The name label cannot be overridden by the object's own labels.
+    let mut spoofed = f.clone();
+    spoofed.namespaces[0] = Namespace::new("x", labels([("kubernetes.io/metadata.name", "z")]));
+    assert!(!spoofed.can("x/b", "x/a", TCP, 80));
+}
+
+#[test]
+fn pod_and_namespace_selector_in_one_peer_and_but_two_peers_or() {
+    let and = Fixture::netpol().with(&policy(
+        "x",
+        "p",
+        "podSelector: {}\ningress:\n- from:\n  - namespaceSelector: {matchLabels: {ns: y}}\n    podSelector: {matchLabels: {pod: b}}",
+    ));
+    assert!(and.can("y/b", "x/a", TCP, 80));
+    assert!(!and.can("y/a", "x/a", TCP, 80));
+    assert!(!and.can("x/b", "x/a", TCP, 80));
+    assert!(!and.can("z/b", "x/a", TCP, 80));
+    let or = Fixture::netpol().with(&policy(
+        "x",
+        "p",
+        "podSelector: {}\ningress:\n- from:\n  - namespaceSelector: {matchLabels: {ns: y}}\n  - podSelector: {matchLabels: {pod: b}}",
+    ));
+    assert!(or.can("y/b", "x/a", TCP, 80));
+    assert!(or.can("y/a", "x/a", TCP, 80), "any pod of y");
+    assert!(
+        or.can("x/b", "x/a", TCP, 80),
+        "b of the policy's own namespace"
+    );
+    assert!(!or.can("z/b", "x/a", TCP, 80));
+    assert!(!or.can("x/c", "x/a", TCP, 80));
+}
+
+#[test]
+fn ip_blocks_with_except_within_their_own_block_and_pod_addresses() {
+    let f = Fixture::netpol().with(&policy(
+        "x",
+        "p",
+        "podSelector: {matchLabels: {pod: a}}\ningress:\n- from:\n  - ipBlock: {cidr: 192.168.0.0/16, except: [192.168.1.0/24]}\n  - ipBlock: {cidr: 192.168.1.128/25}\n  - ipBlock: {cidr: 10.244.2.0/24, except: [10.244.2.23/32]}",
+    ));
+    assert!(f.can("192.168.7.7", "x/a", TCP, 80));
+    assert!(!f.can("192.168.1.7", "x/a", TCP, 80), "in the except");
+    // The except removes from its own block only: another block holds it.
+    assert!(f.can("192.168.1.200", "x/a", TCP, 80));
+    assert!(!f.can("192.169.0.1", "x/a", TCP, 80));
+    // Pod addresses in a block are peers like any address (x/c, y/c on n2).
+    assert!(f.can("x/c", "x/a", TCP, 80));
+    assert!(!f.can("y/c", "x/a", TCP, 80), "10.244.2.23 is excepted");
+    assert!(f.can("z/c", "x/a", TCP, 80));
+    assert!(!f.can("x/b", "x/a", TCP, 80), "10.244.1.12 is in no block");
+}
+
+#[test]
+fn ip_block_egress_reaches_the_world_only_where_allowed() {
+    let f = Fixture::netpol().with(&policy(
+        "x",
+        "p",
+        "podSelector: {matchLabels: {pod: a}}\npolicyTypes: [Egress]\negress:\n- to:\n  - ipBlock: {cidr: 0.0.0.0/0, except: [10.0.0.0/8]}",
+    ));
+    assert!(f.can("x/a", "8.8.8.8", UDP, 53));
+    assert!(!f.can("x/a", "10.1.2.3", UDP, 53));
+    assert!(!f.can("x/a", "y/b", TCP, 80), "pods are in 10/8");
+    assert!(f.can("x/b", "y/b", TCP, 80), "x/b is not selected");
+    // Ingress is not a type: anyone reaches x/a.
+    assert!(f.can("y/b", "x/a", TCP, 80));
+}
+
+#[test]
+fn numbered_ports_ranges_and_protocols() {
+    let f = Fixture::netpol().with(&policy(
+        "x",
+        "p",
+        "podSelector: {matchLabels: {pod: a}}\ningress:\n- ports:\n  - port: 80\n  - {protocol: UDP, port: 1000, endPort: 2047}\n  - {protocol: SCTP, port: 82}\n  - {protocol: TCP, port: 30000, endPort: 30005}",
+    ));
+    assert!(f.can("y/b", "x/a", TCP, 80), "a missing protocol is TCP");
+    assert!(!f.can("y/b", "x/a", UDP, 80), "...and only TCP");
+    assert!(!f.can("y/b", "x/a", SCTP, 80), "SCTP is never TCP");
+    assert!(!f.can("y/b", "x/a", TCP, 81));
+    for port in [1000, 1024, 2047] {
+        assert!(f.can("y/b", "x/a", UDP, port), "{port}");
+    }
+    for port in [999, 2048] {
+        assert!(!f.can("y/b", "x/a", UDP, port), "{port}");
+    }
+    assert!(!f.can("y/b", "x/a", TCP, 1500), "the range is UDP's");
+    assert!(f.can("y/b", "x/a", SCTP, 82));
+    assert!(!f.can("y/b", "x/a", TCP, 82));
+    assert!(!f.can("y/b", "x/a", UDP, 82));
+    for port in 29990..30010 {
+        assert_eq!(
+            f.can("y/b", "x/a", TCP, port),
+            (30000..=30005).contains(&port),
+            "{port}"
+        );
+    }
+    assert!(!f.can("y/b", "x/a", ICMP, 0));
+}
+
+#[test]
+fn a_protocol_without_port_is_every_port_of_it() {
+    let f = Fixture::netpol().with(&policy(
+        "x",
+        "p",
+        "podSelector: {}\ningress:\n- ports:\n  - protocol: UDP",
+    ));
+    assert!(f.can("y/b", "x/a", UDP, 1));
+    assert!(f.can("y/b", "x/a", UDP, 65535));
+    assert!(!f.can("y/b", "x/a", TCP, 80));
+    assert!(!f.can("y/b", "x/a", SCTP, 80));
+}
+
+#[test]
+fn empty_ports_allow_every_port_and_protocol_and_empty_from_every_source() {
+    let f = Fixture::netpol().with(&policy(
+        "x",
+        "p",
+        "podSelector: {}\ningress:\n- from:\n  - podSelector: {matchLabels: {pod: b}}",
+    ));
+    for (proto, port) in [(TCP, 1), (UDP, 53), (SCTP, 82), (ICMP, 0)] {
+        assert!(f.can("x/b", "x/a", proto, port));
+        assert!(!f.can("x/c", "x/a", proto, port));
+    }
+    let open = Fixture::netpol().with(&policy("x", "p", "podSelector: {}\ningress:\n- {}"));
+    for from in ["y/b", "x/c", "203.0.113.9"] {
+        assert!(open.can(from, "x/a", ICMP, 0), "{from}");
+        assert!(open.can(from, "x/a", TCP, 65535), "{from}");
+    }
+    let ports_only = Fixture::netpol().with(&policy(
+        "x",
+        "p",
+        "podSelector: {}\ningress:\n- ports: [{port: 443}]",
+    ));
+    assert!(ports_only.can("203.0.113.9", "x/a", TCP, 443));
+    assert!(ports_only.can("z/c", "x/b", TCP, 443));
+    assert!(!ports_only.can("z/c", "x/b", TCP, 80));
+}
+
+#[test]
+fn named_ports_on_ingress_resolve_on_each_selected_pod() {
+    let f = Fixture::netpol().with(&policy(
+        "x",
+        "p",
+        "podSelector: {}\ningress:\n- ports: [{port: http}, {protocol: UDP, port: dns}]",
+    ));
+    // http is 80 on a and c, 8080 on b.
+    assert!(f.can("y/a", "x/a", TCP, 80));
+    assert!(!f.can("y/a", "x/a", TCP, 8080));
+    assert!(f.can("y/a", "x/b", TCP, 8080));
+    assert!(!f.can("y/a", "x/b", TCP, 80));
+    assert!(f.can("y/a", "x/c", TCP, 80));
+    // dns is 53/UDP on a only.
+    assert!(f.can("y/a", "x/a", UDP, 53));
+    assert!(!f.can("y/a", "x/b", UDP, 53));
+    assert!(!f.can("y/a", "x/a", TCP, 53));
+}
+
+#[test]
+fn a_named_port_whose_protocol_differs_matches_nothing() {
+    // dns is UDP on a: a rule for TCP dns opens nothing (the pod stays isolated).
+    let f = Fixture::netpol().with(&policy("x", "p", "podSelector: {}\ningress:\n- ports: [{protocol: TCP, port: dns}, {protocol: TCP, port: assoc}]"));
+    for (to, proto, port) in [
+        ("x/a", TCP, 53),
+        ("x/a", UDP, 53),
+        ("x/c", TCP, 82),
+        ("x/c", SCTP, 82),
+    ] {
+        assert!(!f.can("y/a", to, proto, port), "{to} {proto}/{port}");
+    }
+    let sctp = Fixture::netpol().with(&policy(
+        "x",
+        "p",
+        "podSelector: {}\ningress:\n- ports: [{protocol: SCTP, port: assoc}]",
+    ));
+    assert!(sctp.can("y/a", "x/c", SCTP, 82));
+    assert!(!sctp.can("y/a", "x/c", TCP, 82));
+}
+
+#[test]
+fn named_ports_on_egress_resolve_on_each_destination_pod() {
+    let f = Fixture::netpol().with(&policy(
+        "x",
+        "p",
+        "podSelector: {matchLabels: {pod: a}}\npolicyTypes: [Egress]\negress:\n- ports: [{port: http}]\n- to: [{ipBlock: {cidr: 10.244.1.0/24}}]\n  ports: [{protocol: UDP, port: dns}]",
+    ));
+    // `to` absent: every pod, each by its own number for http.
+    assert!(f.can("x/a", "y/a", TCP, 80));
+    assert!(!f.can("x/a", "y/a", TCP, 8080));
+    assert!(f.can("x/a", "y/b", TCP, 8080));
+    assert!(!f.can("x/a", "y/b", TCP, 80));
+    assert!(f.can("x/a", "z/c", TCP, 80));
+    // A name means nothing at a non-pod address, even with `to` absent.
+    assert!(!f.can("x/a", "93.184.216.34", TCP, 80));
+    assert!(!f.can("x/a", "93.184.216.34", TCP, 8080));
+    // Through an ipBlock: the pods in it, by their own dns (a has it, b not).
+    assert!(f.can("x/a", "y/a", UDP, 53));
+    assert!(!f.can("x/a", "y/b", UDP, 53));
+    assert!(
+        !f.can("x/a", "10.244.1.200", UDP, 53),
+        "in the block but no pod"
+    );
+    assert!(
+        !f.can("x/a", "z/c", UDP, 53),
+        "z/c (n2) is outside the block"
+    );
+}
+
+#[test]
+fn policy_types_default_from_the_rules() {
+    // No policyTypes, egress rules: both directions isolated.
+    let both = Fixture::netpol().with(&policy("x", "p", "podSelector: {matchLabels: {pod: a}}\negress:\n- to: [{podSelector: {matchLabels: {pod: b}}}]"));
+    let n1 = &both.compiled()[0];
+    let a = both.address("x/a");
+    assert!(n1.isolated(a, POLICY_INGRESS) && n1.isolated(a, POLICY_EGRESS));
+    assert!(both.can("x/a", "x/b", TCP, 80));
+    assert!(!both.can("x/a", "x/c", TCP, 80));
+    assert!(
+        !both.can("x/b", "x/a", TCP, 80),
+        "ingress isolated, no ingress rule"
+    );
+    // No policyTypes, no egress rules: ingress only.
+    let ingress = Fixture::netpol().with(&policy("x", "p", "podSelector: {matchLabels: {pod: a}}"));
+    assert!(!ingress.can("x/b", "x/a", TCP, 80));
+    assert!(ingress.can("x/a", "x/c", TCP, 80));
+    // Egress only: ingress stays open, every egress denied.
+    let egress = Fixture::netpol().with(&policy(
+        "x",
+        "p",
+        "podSelector: {matchLabels: {pod: a}}\npolicyTypes: [Egress]",
+    ));
+    assert!(egress.can("x/b", "x/a", TCP, 80));
+    assert!(!egress.can("x/a", "x/b", TCP, 80));
+    assert!(!egress.can("x/a", "8.8.8.8", UDP, 53));
+    // Explicit Ingress only with egress rules: the egress rules are ignored.
+    let ignored = Fixture::netpol().with(&policy(
+        "x",
+        "p",
+        "podSelector: {matchLabels: {pod: a}}\npolicyTypes: [Ingress]\ningress: [{}]\negress: [{to: [{podSelector: {}}]}]",
+    ));
+    assert!(ignored.can("x/a", "8.8.8.8", UDP, 53));
+}
+
+#[test]
+fn policies_add_up() {
+    let f = Fixture::netpol()
+        .with(&policy("x", "from-b", "podSelector: {matchLabels: {pod: a}}\ningress: [{from: [{podSelector: {matchLabels: {pod: b}}}], ports: [{port: 80}]}]"))
+        .with(&policy("x", "from-y", "podSelector: {}\ningress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}], ports: [{protocol: UDP, port: 53}]}]"))
+        .with(&policy("x", "deny", "podSelector: {}\ningress: []"));
+    assert!(f.can("x/b", "x/a", TCP, 80));
+    assert!(!f.can("x/b", "x/a", UDP, 53));
+    assert!(f.can("y/c", "x/a", UDP, 53));
+    assert!(f.can("y/c", "x/b", UDP, 53));
+    assert!(!f.can("y/c", "x/a", TCP, 80));
+    assert!(!f.can("x/b", "x/c", TCP, 80), "from-b selects a only");
+    // The sender's egress and the receiver's ingress must both allow.
+    let both = f.with(&policy(
+        "y",
+        "out",
+        "podSelector: {}\npolicyTypes: [Egress]\negress: [{ports: [{port: 80}]}]",
+    ));
+    assert!(!both.can("y/c", "x/a", UDP, 53), "y's egress denies it");
+    assert!(both.can("y/c", "z/a", TCP, 80));
+}
+
+#[test]
+fn upstream_matrix_allow_from_namespace_y_to_x() {
+    // e2e "should enforce policy to allow traffic only from a different
+    // namespace, based on NamespaceSelector": x isolated, from ns y allowed.
+    let f = Fixture::netpol().with(&policy(
+        "x",
+        "allow-y",
+        "podSelector: {}\ningress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]",
+    ));
+    let m = f.matrix(TCP, 80);
+    assert_eq!(
+        m,
+        [
+            "x/a XXX......",
+            "x/b XXX......",
+            "x/c XXX......",
+            "y/a .........",
+            "y/b .........",
+            "y/c .........",
+            "z/a XXX......",
+            "z/b XXX......",
+            "z/c XXX......",
+        ]
+    );
+}
+
+#[test]
+fn pods_without_addresses_and_address_clashes_are_problems() {
+    let mut f = Fixture::netpol().with(&policy("x", "deny", "podSelector: {}\ningress: []"));
+    let mut pending = f.pods[0].clone();
+    pending.name = "pending".into();
+    pending.address = None;
+    let mut twin = f.pods[1].clone();
+    twin.namespace = "z".into();
+    twin.name = "clone".into();
+    f.pods.extend([pending, twin]);
+    let n1 = f.compile_node(NODES[0], None);
+    // In the order pods are read: by namespace, then name.
+    assert_eq!(
+        n1.problems,
+        [
+            Problem::PolicyPodWithoutAddress {
+                namespace: "x".into(),
+                pod: "pending".into(),
+            },
+            Problem::PolicyAddressClash {
+                address: f.address("x/b"),
+                pod: "z/clone".into(),
+                holder: "x/b".into(),
+            },
+        ]
+    );
+    // The address stays x/b's: x's policy still protects it.
+    assert!(!f.can("y/a", "x/b", TCP, 80));
+}
+
+#[test]
+fn a_packet_costs_the_same_lookups_whatever_the_rule_count() {
+    // 1000 policies with ipBlocks and ports: still one ipcache lookup and
+    // at most two policy lookups (checked in `decide`).
+    let mut f = Fixture::netpol();
+    let mut yaml = String::new();
+    for i in 0..1000 {
+        yaml.push_str(&policy(
+            "x",
+            &format!("p{i}"),
+            &format!(
+                "podSelector: {{matchLabels: {{pod: a}}}}\ningress: [{{from: [{{ipBlock: {{cidr: 172.{}.{}.0/24}}}}], ports: [{{port: {}, endPort: {}}}]}}]",
+                16 + i / 256,
+                i % 256,
+                1000 + i,
+                1010 + i
+            ),
+        ));
+    }
+    f = f.with(&yaml);
+    assert!(f.can("172.16.5.9", "x/a", TCP, 1007));
+    assert!(!f.can("172.16.5.9", "x/a", TCP, 1016));
+    assert!(!f.can("172.20.0.1", "x/a", TCP, 1007));
+}
+
+#[test]
+fn compiling_is_deterministic_and_identities_survive_changes() {
+    let f = Fixture::netpol().with(&policy("x", "p", "podSelector: {}\ningress: [{from: [{ipBlock: {cidr: 192.168.0.0/16}}, {podSelector: {}}]}]"));
+    let first = f.compile_node(NODES[0], None);
+    assert_eq!(f.compile_node(NODES[0], None), first);
+    // Passing the identities back with nothing changed: nothing to do.
+    let again = f.compile_node(NODES[0], Some(&first.identities));
+    assert!(plan(&first, &again).is_empty());
+    // A new pod elsewhere: only its own entries appear.
+    let mut grown = f.clone();
+    let mut d = grown.pods[0].clone();
+    d.name = "d".into();
+    d.address = Some(Ipv4Addr::new(10, 244, 2, 14));
+    d.node = "n2".into();
+    grown.pods.push(d);
+    let next = grown.compile_node(NODES[0], Some(&first.identities));
+    let ops = plan(&first, &next).ops;
+    assert!(!ops.iter().any(|op| matches!(
+        op,
+        plan::PolicyMapOp::RemovePolicy(_) | plan::PolicyMapOp::RemoveIpcache(_)
+    )));
+    // Its /32 and one allow per x pod on n1 (a and b).
+    assert_eq!(ops.len(), 3, "{ops:?}");
+    for who in ["x/a", "x/b", "y/c"] {
+        let a = f.address(who);
+        let ns_name = who.split_once('/').unwrap();
+        assert_eq!(
+            first.identities.of_pod(ns_name.0, ns_name.1, a),
+            next.identities.of_pod(ns_name.0, ns_name.1, a)
+        );
+    }
+}
+
+/// Every probe the old and the new state both allow, allowed at every
+/// step of the plan between them.
+fn assert_no_window(old_f: &Fixture, new_f: &Fixture) {
+    let old: Vec<CompiledPolicy> = NODES.map(|n| old_f.compile_node(n, None)).into();
+    let new: Vec<CompiledPolicy> = NODES
+        .iter()
+        .zip(&old)
+        .map(|(n, o)| new_f.compile_node(*n, Some(&o.identities)))
+        .collect();
+    let mut addresses: Vec<Ipv4Addr> = old_f
+        .pods
+        .iter()
+        .chain(&new_f.pods)
+        .filter_map(|p| p.address)
+        .collect();
+    addresses.extend(
+        ["192.168.1.1", "192.168.2.1", "8.8.8.8", "198.18.0.1"]
+            .map(|a| a.parse::<Ipv4Addr>().unwrap()),
+    );
+    addresses.sort();
+    addresses.dedup();
+    let probes = [(TCP, 80), (TCP, 8080), (UDP, 53), (SCTP, 82)];
+    let mut state = old.clone();
+    for (i, (o, n)) in old.iter().zip(&new).enumerate() {
+        for op in plan(o, n).ops {
+            apply(&mut state[i], &op);
+            for &src in &addresses {
+                for &dst in &addresses {
+                    for (proto, port) in probes {
+                        if allowed(&old, src, dst, proto, port)
+                            && allowed(&new, src, dst, proto, port)
+                        {
+                            assert!(
+                                allowed(&state, src, dst, proto, port),
+                                "{src} -> {dst} {proto}/{port} dropped after {op:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(state[i].policy, n.policy);
+        assert_eq!(state[i].ipcache, n.ipcache);
+    }
+}
+
+#[test]
+fn plans_write_before_they_remove_and_open_no_window() {
+    let base = Fixture::netpol().with(&policy("x", "p", "podSelector: {}\ningress: [{from: [{ipBlock: {cidr: 192.168.0.0/16, except: [192.168.1.0/24]}}, {podSelector: {matchLabels: {pod: b}}}], ports: [{port: 80}, {protocol: UDP, port: dns}]}]"));
+    // A policy changed: the except goes, a port range replaces a port.
+    let changed = Fixture::netpol().with(&policy("x", "p", "podSelector: {}\ningress: [{from: [{ipBlock: {cidr: 192.168.0.0/16}}, {podSelector: {matchLabels: {pod: b}}}], ports: [{port: 79, endPort: 81}, {protocol: UDP, port: dns}]}]"));
+    assert_no_window(&base, &changed);
+    assert_no_window(&changed, &base);
+    // A policy added (isolating more) and deleted (isolating less).
+    let added = base.clone().with(&policy(
+        "y",
+        "q",
+        "podSelector: {}\npolicyTypes: [Egress]\negress: [{to: [{namespaceSelector: {}}]}]",
+    ));
+    assert_no_window(&base, &added);
+    assert_no_window(&added, &base);
+    // A pod's labels changed, and a pod recreated under its name elsewhere.
+    let mut moved = base.clone();
+    moved.pods[1].labels = labels([("pod", "z")]);
+    moved.pods[4].address = Some(Ipv4Addr::new(10, 244, 1, 99));
+    assert_no_window(&base, &moved);
+    assert_no_window(&moved, &base);
+}
