@@ -161,27 +161,29 @@ impl BgpPeer {
 /// separated by `---` (JSON is YAML too). All or nothing: one bad document
 /// refuses the file, so a half-applied file never reaches the datastore.
 pub fn parse_manifests(text: &str) -> Result<Vec<BgpPeer>, ManifestError> {
-    let mut peers: Vec<BgpPeer> = Vec::new();
-    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
-    for document in crate::manifest::documents(text) {
-        let (doc, value) =
-            document.map_err(|(doc, source)| ManifestError::Parse { doc, source })?;
+    crate::manifest::read_file(text, |doc, value| {
         let peer: BgpPeer = serde_norway::from_value(value)
             .map_err(|source| ManifestError::Parse { doc, source })?;
         peer.validate(doc)?;
-        if let Some(first) = seen.insert(peer.metadata.name.clone(), doc) {
-            return Err(ManifestError::Duplicate {
-                name: peer.metadata.name,
-                first,
-                second: doc,
-            });
+        let name = peer.metadata.name.clone();
+        Ok((peer, KIND, name))
+    })
+}
+
+impl crate::manifest::FileErrors for ManifestError {
+    fn parse(doc: usize, source: serde_norway::Error) -> Self {
+        ManifestError::Parse { doc, source }
+    }
+    fn duplicate(_: &'static str, name: String, first: usize, second: usize) -> Self {
+        ManifestError::Duplicate {
+            name,
+            first,
+            second,
         }
-        peers.push(peer);
     }
-    if peers.is_empty() {
-        return Err(ManifestError::Empty);
+    fn empty() -> Self {
+        ManifestError::Empty
     }
-    Ok(peers)
 }
 
 /// Kubernetes' object name rule (RFC 1123 subdomain).

@@ -141,30 +141,64 @@ pub enum ManifestError {
     Empty,
 }
 
-/// The documents of a YAML stream (JSON is YAML too), numbered from 1;
-/// empty documents (a trailing `---`) are skipped.
-pub(crate) fn documents(
+/// What a file's reader does with the errors of the shared loop.
+pub(crate) trait FileErrors: Sized {
+    fn parse(doc: usize, source: serde_norway::Error) -> Self;
+    /// `name` (of its kind) in documents `first` and `second`.
+    fn duplicate(kind: &'static str, name: String, first: usize, second: usize) -> Self;
+    fn empty() -> Self;
+}
+
+/// The all-or-nothing loop every manifest file goes through: the
+/// documents of a YAML stream (JSON is YAML too), numbered from 1, empty
+/// ones (a trailing `---`) skipped, each turned by `read` into a checked
+/// object and its (kind, name); the first error, a name defined twice or
+/// a file without objects refuses the whole file.
+pub(crate) fn read_file<T, E: FileErrors>(
     text: &str,
-) -> impl Iterator<Item = Result<(usize, serde_norway::Value), (usize, serde_norway::Error)>> + '_ {
-    serde_norway::Deserializer::from_str(text)
-        .enumerate()
-        .filter_map(
-            |(i, document)| match serde_norway::Value::deserialize(document) {
-                Ok(v) if v.is_null() => None,
-                Ok(v) => Some(Ok((i + 1, v))),
-                Err(e) => Some(Err((i + 1, e))),
-            },
-        )
+    mut read: impl FnMut(usize, serde_norway::Value) -> Result<(T, &'static str, String), E>,
+) -> Result<Vec<T>, E> {
+    let mut out = Vec::new();
+    let mut seen: BTreeMap<(&'static str, String), usize> = BTreeMap::new();
+    for (i, document) in serde_norway::Deserializer::from_str(text).enumerate() {
+        let doc = i + 1;
+        let value = serde_norway::Value::deserialize(document).map_err(|e| E::parse(doc, e))?;
+        if value.is_null() {
+            continue;
+        }
+        let (object, kind, name) = read(doc, value)?;
+        if let Some(first) = seen.insert((kind, name.clone()), doc) {
+            return Err(E::duplicate(kind, name, first, doc));
+        }
+        out.push(object);
+    }
+    if out.is_empty() {
+        return Err(E::empty());
+    }
+    Ok(out)
+}
+
+impl FileErrors for ManifestError {
+    fn parse(doc: usize, source: serde_norway::Error) -> Self {
+        ManifestError::Parse { doc, source }
+    }
+    fn duplicate(kind: &'static str, name: String, first: usize, second: usize) -> Self {
+        ManifestError::Duplicate {
+            kind,
+            name,
+            first,
+            second,
+        }
+    }
+    fn empty() -> Self {
+        ManifestError::Empty
+    }
 }
 
 /// Parses and checks a file of NetworkPolicy and Namespace manifests. All
 /// or nothing: the first refused document refuses the file.
 pub fn parse_policy_manifests(text: &str) -> Result<Vec<PolicyManifest>, ManifestError> {
-    let mut out = Vec::new();
-    let mut seen: BTreeMap<(&'static str, String), usize> = BTreeMap::new();
-    for document in documents(text) {
-        let (doc, value) =
-            document.map_err(|(doc, source)| ManifestError::Parse { doc, source })?;
+    read_file(text, |doc, value| {
         let field = |name: &str| value.get(name).and_then(|v| v.as_str()).unwrap_or("");
         let (api_version, kind) = (field("apiVersion").to_string(), field("kind").to_string());
         let parse = |source| ManifestError::Parse { doc, source };
@@ -173,12 +207,8 @@ pub fn parse_policy_manifests(text: &str) -> Result<Vec<PolicyManifest>, Manifes
                 let p: NetworkPolicy = serde_norway::from_value(value).map_err(parse)?;
                 let name = format!("{}/{}", p.namespace(), p.name());
                 let checked = p.validate();
-                (
-                    PolicyManifest::NetworkPolicy(p),
-                    policy::KIND,
-                    name,
-                    checked,
-                )
+                let manifest = PolicyManifest::NetworkPolicy(p);
+                (manifest, policy::KIND, name, checked)
             }
             (namespace::API_VERSION, namespace::KIND) => {
                 let n: Namespace = serde_norway::from_value(value).map_err(parse)?;
@@ -200,20 +230,8 @@ pub fn parse_policy_manifests(text: &str) -> Result<Vec<PolicyManifest>, Manifes
             name: name.clone(),
             error,
         })?;
-        if let Some(first) = seen.insert((kind, name.clone()), doc) {
-            return Err(ManifestError::Duplicate {
-                kind,
-                name,
-                first,
-                second: doc,
-            });
-        }
-        out.push(manifest);
-    }
-    if out.is_empty() {
-        return Err(ManifestError::Empty);
-    }
-    Ok(out)
+        Ok((manifest, kind, name))
+    })
 }
 
 #[cfg(test)]
