@@ -485,3 +485,46 @@ pub fn labels<const N: usize>(pairs: [(&str, &str); N]) -> Labels {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect::<BTreeMap<_, _>>()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_ports_read_as_in_a_pod_spec_and_resolve_by_protocol() {
+        let ports: Vec<ContainerPort> = serde_json::from_str(
+            r#"[{"name":"http","containerPort":8080},
+                {"name":"dns","containerPort":53,"protocol":"UDP"},
+                {"name":"dns","containerPort":5353,"protocol":"TCP"},
+                {"containerPort":9}]"#,
+        )
+        .unwrap();
+        assert_eq!(ports[0].protocol, Protocol::Tcp, "TCP when absent");
+        let resolve =
+            |name, protocol| resolve_named_port(&ports, name, &protocol).collect::<Vec<_>>();
+        assert_eq!(resolve("http", Protocol::Tcp), [8080]);
+        assert_eq!(resolve("http", Protocol::Udp), [0u16; 0]);
+        assert_eq!(resolve("dns", Protocol::Udp), [53]);
+        assert_eq!(resolve("dns", Protocol::Tcp), [5353]);
+        assert_eq!(resolve("dns", Protocol::Sctp), [0u16; 0]);
+    }
+
+    #[test]
+    fn port_names_follow_iana_service_names() {
+        for ok in ["http", "dns-tcp", "h2c", "a1", "x23456789012345"] {
+            assert!(is_port_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "80",
+            "-http",
+            "http-",
+            "ht--tp",
+            "HTTP",
+            "x234567890123456",
+            "a_b",
+        ] {
+            assert!(!is_port_name(bad), "{bad}");
+        }
+    }
+}

@@ -205,6 +205,26 @@ pub fn compile(input: &PolicyInput) -> CompiledPolicy {
     }
 }
 
+/// Compiles `node`'s policy maps from the cluster's indexes: the seam
+/// the agent's policy driver reads through.
+pub fn compile_cluster(
+    cluster: &crate::Cluster,
+    node: &weft_model::NodeRecord,
+    previous: Option<&Identities>,
+) -> CompiledPolicy {
+    let pods: Vec<PolicyPod> = cluster.endpoints().map(PolicyPod::from).collect();
+    let namespaces: Vec<Namespace> = cluster.namespaces().cloned().collect();
+    let policies: Vec<NetworkPolicy> = cluster.network_policies().cloned().collect();
+    compile(&PolicyInput {
+        node: &node.name,
+        node_address: node.underlay_ip,
+        namespaces: &namespaces,
+        pods: &pods,
+        policies: &policies,
+        previous,
+    })
+}
+
 /// What rule compilation reads.
 struct Context<'a> {
     input: &'a PolicyInput<'a>,

@@ -864,3 +864,51 @@ fn plans_write_before_they_remove_and_open_no_window() {
     assert_no_window(&base, &moved);
     assert_no_window(&moved, &base);
 }
+
+#[test]
+fn ipv6_blocks_hold_no_ipv4_peer_and_host_bits_are_ignored() {
+    let v6 = in_x("podSelector: {}\ningress: [{from: [{ipBlock: {cidr: '::/0'}}]}]");
+    v6.expect(&[
+        ("y/a", "x/a", TCP, 80, false),
+        ("8.8.8.8", "x/a", TCP, 80, false),
+    ]);
+    let sloppy = in_x("podSelector: {}\ningress: [{from: [{ipBlock: {cidr: 192.168.1.77/16}}]}]");
+    sloppy.expect(&[
+        ("192.168.200.1", "x/a", TCP, 80, true),
+        ("192.169.0.1", "x/a", TCP, 80, false),
+    ]);
+}
+
+#[test]
+fn the_cluster_indexes_feed_the_compiler() {
+    use weft_model::{Change, EndpointRecord, NodeRecord, Object};
+    let f = in_x("podSelector: {}\ningress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]");
+    let mut cluster = crate::Cluster::default();
+    for ns in &f.namespaces {
+        cluster.apply(Change::Upsert(Object::Namespace(ns.clone())));
+    }
+    for p in &f.policies {
+        cluster.apply(Change::Upsert(Object::NetworkPolicy(Box::new(p.clone()))));
+    }
+    for p in &f.pods {
+        cluster.apply(Change::Upsert(Object::Endpoint(EndpointRecord {
+            container_id: format!("{}-{}", p.namespace, p.name),
+            ifname: "eth0".into(),
+            node: p.node.clone(),
+            pod_name: p.name.clone(),
+            pod_namespace: p.namespace.clone(),
+            labels: p.labels.clone(),
+            address: p.address.unwrap(),
+            host_ifname: String::new(),
+            netns: String::new(),
+            ports: p.ports.clone(),
+        })));
+    }
+    let n1 = NodeRecord {
+        name: "n1".into(),
+        underlay_ip: NODES[0].1,
+        pod_cidr: "10.244.1.0/24".parse().unwrap(),
+    };
+    let from_cluster = compile_cluster(&cluster, &n1, None);
+    assert_eq!(from_cluster, f.compile_node(NODES[0], None));
+}
