@@ -193,9 +193,28 @@ pub fn compile(input: &PolicyInput) -> CompiledPolicy {
         members: &members,
         block_identities: &block_identities,
     };
+    // Each policy's peers once, not once per endpoint it selects.
+    let local: Vec<&Member> = members
+        .iter()
+        .filter(|m| m.pod.node == input.node)
+        .collect();
+    let resolved: Vec<ResolvedPolicy> = input
+        .policies
+        .iter()
+        .filter(|p| local.iter().any(|ep| selects_endpoint(p, ep.pod)))
+        .map(|policy| ResolvedPolicy {
+            policy,
+            ingress: (policy.spec.ingress.iter())
+                .map(|r| ctx.peers(policy, &r.from))
+                .collect(),
+            egress: (policy.spec.egress.iter())
+                .map(|r| ctx.peers(policy, &r.to))
+                .collect(),
+        })
+        .collect();
     let mut policy = BTreeMap::new();
-    for endpoint in members.iter().filter(|m| m.pod.node == input.node) {
-        ctx.endpoint_entries(endpoint, &mut policy);
+    for endpoint in local {
+        ctx.endpoint_entries(endpoint, &resolved, &mut policy);
     }
     CompiledPolicy {
         ipcache,
@@ -225,6 +244,18 @@ pub fn compile_cluster(
     })
 }
 
+/// A policy with every rule's peers resolved.
+struct ResolvedPolicy<'a> {
+    policy: &'a NetworkPolicy,
+    ingress: Vec<Peers<'a>>,
+    egress: Vec<Peers<'a>>,
+}
+
+/// The policy applies to `pod`: its namespace, its pod selector.
+fn selects_endpoint(policy: &NetworkPolicy, pod: &PolicyPod) -> bool {
+    policy.namespace() == pod.namespace && policy.spec.pod_selector.matches(&pod.labels)
+}
+
 /// What rule compilation reads.
 struct Context<'a> {
     input: &'a PolicyInput<'a>,
@@ -235,12 +266,18 @@ struct Context<'a> {
 
 impl Context<'_> {
     /// The entries of one local endpoint, both directions.
-    fn endpoint_entries(&self, ep: &Member, out: &mut BTreeMap<PolicyKey, PolicyEntry>) {
-        let selecting = self.input.policies.iter().filter(|p| {
-            p.namespace() == ep.pod.namespace && p.spec.pod_selector.matches(&ep.pod.labels)
-        });
+    fn endpoint_entries(
+        &self,
+        ep: &Member,
+        policies: &[ResolvedPolicy],
+        out: &mut BTreeMap<PolicyKey, PolicyEntry>,
+    ) {
+        let selecting = policies
+            .iter()
+            .filter(|r| selects_endpoint(r.policy, ep.pod));
         let at = ep.address.octets();
-        for policy in selecting {
+        for resolved in selecting {
+            let policy = resolved.policy;
             let (ingress, egress) = policy.spec.policy_types();
             if ingress {
                 out.insert(PolicyKey::isolation(at, POLICY_INGRESS), PolicyEntry::DENY);
@@ -254,16 +291,14 @@ impl Context<'_> {
                     0,
                 );
                 out.insert(host, PolicyEntry::ALLOW);
-                for rule in &policy.spec.ingress {
-                    let peers = self.peers(policy, &rule.from);
-                    self.rule_entries(ep, POLICY_INGRESS, &peers, &rule.ports, out);
+                for (rule, peers) in policy.spec.ingress.iter().zip(&resolved.ingress) {
+                    self.rule_entries(ep, POLICY_INGRESS, peers, &rule.ports, out);
                 }
             }
             if egress {
                 out.insert(PolicyKey::isolation(at, POLICY_EGRESS), PolicyEntry::DENY);
-                for rule in &policy.spec.egress {
-                    let peers = self.peers(policy, &rule.to);
-                    self.rule_entries(ep, POLICY_EGRESS, &peers, &rule.ports, out);
+                for (rule, peers) in policy.spec.egress.iter().zip(&resolved.egress) {
+                    self.rule_entries(ep, POLICY_EGRESS, peers, &rule.ports, out);
                 }
             }
         }
