@@ -104,7 +104,7 @@ pub enum PolicyManifest {
 /// Why a policy manifest file is refused, naming the document (from 1).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum ManifestError {
+pub enum PolicyManifestError {
     #[error("document {doc}: {source}")]
     Parse {
         doc: usize,
@@ -178,12 +178,12 @@ pub(crate) fn read_file<T, E: FileErrors>(
     Ok(out)
 }
 
-impl FileErrors for ManifestError {
+impl FileErrors for PolicyManifestError {
     fn parse(doc: usize, source: serde_norway::Error) -> Self {
-        ManifestError::Parse { doc, source }
+        PolicyManifestError::Parse { doc, source }
     }
     fn duplicate(kind: &'static str, name: String, first: usize, second: usize) -> Self {
-        ManifestError::Duplicate {
+        PolicyManifestError::Duplicate {
             kind,
             name,
             first,
@@ -191,17 +191,17 @@ impl FileErrors for ManifestError {
         }
     }
     fn empty() -> Self {
-        ManifestError::Empty
+        PolicyManifestError::Empty
     }
 }
 
 /// Parses and checks a file of NetworkPolicy and Namespace manifests. All
 /// or nothing: the first refused document refuses the file.
-pub fn parse_policy_manifests(text: &str) -> Result<Vec<PolicyManifest>, ManifestError> {
+pub fn parse_policy_manifests(text: &str) -> Result<Vec<PolicyManifest>, PolicyManifestError> {
     read_file(text, |doc, value| {
         let field = |name: &str| value.get(name).and_then(|v| v.as_str()).unwrap_or("");
         let (api_version, kind) = (field("apiVersion").to_string(), field("kind").to_string());
-        let parse = |source| ManifestError::Parse { doc, source };
+        let parse = |source| PolicyManifestError::Parse { doc, source };
         let (manifest, kind, name, checked) = match (api_version.as_str(), kind.as_str()) {
             (policy::API_VERSION, policy::KIND) => {
                 let p: NetworkPolicy = serde_norway::from_value(value).map_err(parse)?;
@@ -217,14 +217,14 @@ pub fn parse_policy_manifests(text: &str) -> Result<Vec<PolicyManifest>, Manifes
                 (PolicyManifest::Namespace(n), namespace::KIND, name, checked)
             }
             _ => {
-                return Err(ManifestError::Kind {
+                return Err(PolicyManifestError::Kind {
                     doc,
                     api_version,
                     kind,
                 });
             }
         };
-        checked.map_err(|error| ManifestError::Invalid {
+        checked.map_err(|error| PolicyManifestError::Invalid {
             doc,
             kind,
             name: name.clone(),
@@ -458,7 +458,7 @@ status: {}
         );
         assert!(matches!(
             parse_policy_manifests("---\n"),
-            Err(ManifestError::Empty)
+            Err(PolicyManifestError::Empty)
         ));
         let twice = format!(
             "{FILE}---\n{}",
