@@ -15,6 +15,8 @@
 //! - [`lookup`]: map access as traits (eBPF maps and in-memory tables).
 //! - [`uplink`]: IP-in-IP encapsulation and decapsulation decisions.
 //! - [`redirect`]: handing a decapsulated packet straight to a local pod.
+//! - [`l4`]: the transport header after IPv4 (TCP, UDP, SCTP, ICMP and the
+//!   datagram an ICMP error quotes).
 #![cfg_attr(not(test), no_std)]
 
 // The serde impls need `String`.
@@ -23,6 +25,7 @@ extern crate std;
 
 pub mod guard;
 pub mod ipv4;
+pub mod l4;
 pub mod lookup;
 pub mod maps;
 pub mod packet;
