@@ -156,6 +156,7 @@ pub enum Direction {
 
 impl Direction {
     /// Decodes a stored byte; `None` for anything but 0 and 1.
+    #[inline(always)]
     pub const fn from_u8(value: u8) -> Option<Direction> {
         match value {
             0 => Some(Direction::AToB),
@@ -164,6 +165,7 @@ impl Direction {
         }
     }
 
+    #[inline(always)]
     pub const fn reverse(self) -> Direction {
         match self {
             Direction::AToB => Direction::BToA,
@@ -191,6 +193,7 @@ pub struct FlowKey {
 impl FlowKey {
     /// The key of a packet from `src:src_port` to `dst:dst_port`, and the
     /// packet's direction in it: the lower endpoint is `a`.
+    #[inline(always)]
     pub const fn between(
         src: [u8; 4],
         src_port: u16,
@@ -214,10 +217,12 @@ impl FlowKey {
     }
 
     /// The key of an ICMP echo exchange: `a` is the requester.
+    #[inline(always)]
     pub const fn echo(requester: [u8; 4], responder: [u8; 4], id: u16) -> FlowKey {
         FlowKey::new(requester, id, responder, id, PROTOCOL_ICMP)
     }
 
+    #[inline(always)]
     const fn new(a_addr: [u8; 4], a_port: u16, b_addr: [u8; 4], b_port: u16, protocol: u8) -> Self {
         FlowKey {
             a_addr,
@@ -230,6 +235,7 @@ impl FlowKey {
     }
 
     /// The policy question for a packet of this flow sent in `direction`.
+    #[inline(always)]
     pub const fn query(&self, direction: Direction) -> PolicyQuery {
         let (src, dst, dst_port) = match direction {
             Direction::AToB => (self.a_addr, self.b_addr, self.b_port),
@@ -249,6 +255,7 @@ impl FlowKey {
 }
 
 /// TCP, UDP and SCTP: the protocols NetworkPolicy names ports of.
+#[inline(always)]
 const fn has_ports(protocol: u8) -> bool {
     matches!(protocol, PROTOCOL_TCP | PROTOCOL_UDP | PROTOCOL_SCTP)
 }
@@ -275,6 +282,7 @@ pub enum ConnState {
 }
 
 impl ConnState {
+    #[inline(always)]
     pub const fn from_u8(value: u8) -> Option<ConnState> {
         match value {
             1 => Some(ConnState::Opening),
@@ -290,6 +298,7 @@ impl ConnState {
 
 /// How long a flow of `protocol` in `state` lives without a packet, in
 /// nanoseconds. The table and its reasons are in the module doc.
+#[inline(always)]
 pub const fn timeout_ns(protocol: u8, state: ConnState) -> u64 {
     let seconds = match (protocol, state) {
         (PROTOCOL_TCP, ConnState::Opening | ConnState::Answered) => 60,
@@ -341,6 +350,7 @@ pub struct ConntrackEntry {
 
 impl ConntrackEntry {
     /// A flow opened now by a packet going `opener`, allowed at `revision`.
+    #[inline(always)]
     pub const fn new(state: ConnState, opener: Direction, now_ns: u64, revision: u32) -> Self {
         ConntrackEntry {
             last_seen_ns: now_ns,
@@ -353,22 +363,26 @@ impl ConntrackEntry {
     }
 
     /// The state; `None` for bytes this build does not know.
+    #[inline(always)]
     pub const fn state(&self) -> Option<ConnState> {
         ConnState::from_u8(self.state)
     }
 
     /// The direction the flow was opened in; `None` for bytes this build
     /// does not know.
+    #[inline(always)]
     pub const fn opener(&self) -> Option<Direction> {
         Direction::from_u8(self.opener)
     }
 
+    #[inline(always)]
     pub const fn has(&self, flag: u8) -> bool {
         self.flags & flag != 0
     }
 
     /// The entry is readable and has not expired at `now_ns`. A clock
     /// behind `last_seen_ns` (another CPU's) counts as no time passed.
+    #[inline(always)]
     pub const fn is_live(&self, protocol: u8, now_ns: u64) -> bool {
         match (self.state(), self.opener()) {
             (Some(state), Some(_)) => {
@@ -412,6 +426,7 @@ impl FlowPacket {
     /// The flow to look up for this packet; `None` when there is nothing
     /// to track it by (a later fragment, ICMP other than echo and errors,
     /// an error not sent to the quoted datagram's source).
+    #[inline(always)]
     pub const fn flow(&self) -> Option<Flow> {
         let (key, direction) = match self.transport {
             Transport::Tcp {
@@ -444,6 +459,7 @@ impl FlowPacket {
         })
     }
 
+    #[inline(always)]
     const fn error_flow(&self, icmp: Icmp) -> Option<Flow> {
         let Some(quote) = icmp.quote() else {
             return None;
@@ -475,6 +491,7 @@ impl FlowPacket {
     }
 
     /// The policy question for this packet on its own.
+    #[inline(always)]
     pub const fn query(&self) -> PolicyQuery {
         let dst_port = match self.transport {
             Transport::Tcp { dst_port, .. }
@@ -573,6 +590,7 @@ pub struct Tracked {
 impl Tracked {
     /// Whether the packet passes and what to do to the map, once policy
     /// has answered `allowed` (ignored unless the verdict asked it).
+    #[inline(always)]
     pub const fn after_policy(&self, allowed: bool) -> (bool, EntryUpdate) {
         match self.verdict {
             ConntrackVerdict::Pass(_) => (true, self.update),
@@ -587,6 +605,7 @@ impl Tracked {
         }
     }
 
+    #[inline(always)]
     const fn pass(how: TrackedPass, update: EntryUpdate) -> Tracked {
         Tracked {
             verdict: ConntrackVerdict::Pass(how),
@@ -594,6 +613,7 @@ impl Tracked {
         }
     }
 
+    #[inline(always)]
     const fn drop(why: ConntrackDrop) -> Tracked {
         Tracked {
             verdict: ConntrackVerdict::Drop(why),
@@ -601,6 +621,7 @@ impl Tracked {
         }
     }
 
+    #[inline(always)]
     const fn check(
         reason: CheckReason,
         query: PolicyQuery,
@@ -688,6 +709,7 @@ pub fn track(
 
 /// An ICMP error about the live flow `entry`: related while the flow is
 /// allowed; it refreshes nothing.
+#[inline(always)]
 fn related(flow: &Flow, entry: ConntrackEntry, revision: u32) -> Tracked {
     if entry.policy_revision != revision {
         let mut allowed = entry;
@@ -707,6 +729,7 @@ fn related(flow: &Flow, entry: ConntrackEntry, revision: u32) -> Tracked {
 }
 
 /// The connection as its opener sent it: what a re-check asks.
+#[inline(always)]
 fn opened_query(key: &FlowKey, entry: &ConntrackEntry) -> PolicyQuery {
     let opener = match entry.opener() {
         Some(direction) => direction,
@@ -717,6 +740,7 @@ fn opened_query(key: &FlowKey, entry: &ConntrackEntry) -> PolicyQuery {
 }
 
 /// The entry of a connection policy has just denied at `revision`.
+#[inline(always)]
 const fn tombstone(entry: ConntrackEntry, revision: u32) -> ConntrackEntry {
     let mut denied = entry;
     denied.policy_revision = revision;
@@ -724,6 +748,7 @@ const fn tombstone(entry: ConntrackEntry, revision: u32) -> ConntrackEntry {
     denied
 }
 
+#[inline(always)]
 fn untracked(packet: &FlowPacket) -> Tracked {
     Tracked::check(
         CheckReason::Untracked,
@@ -736,6 +761,7 @@ fn untracked(packet: &FlowPacket) -> Tracked {
 /// A packet with no live entry (or opening anew): policy decides in the
 /// packet's own direction, and an allowed packet that can start a flow
 /// writes its first entry.
+#[inline(always)]
 fn new_flow(
     packet: &FlowPacket,
     flow: &Flow,
@@ -751,6 +777,7 @@ fn new_flow(
 }
 
 /// A TCP SYN (without ACK) or an SCTP INIT: the start of a connection.
+#[inline(always)]
 const fn opens(transport: &Transport) -> bool {
     match transport {
         Transport::Tcp { flags, .. } => flags.is_opening(),
@@ -760,6 +787,7 @@ const fn opens(transport: &Transport) -> bool {
 }
 
 /// The entry a packet with no live entry starts, if any.
+#[inline(always)]
 fn first_entry(
     transport: &Transport,
     direction: Direction,
@@ -789,6 +817,7 @@ fn first_entry(
 
 /// `entry` after a packet of its flow passed (sent by the opener or not):
 /// seen now, and the TCP or SCTP state moved on.
+#[inline(always)]
 fn advance(
     entry: ConntrackEntry,
     transport: &Transport,

@@ -90,20 +90,25 @@ impl TcpFlags {
     pub const ECE: u8 = 0x40;
     pub const CWR: u8 = 0x80;
 
+    #[inline(always)]
     pub const fn fin(self) -> bool {
         self.0 & Self::FIN != 0
     }
+    #[inline(always)]
     pub const fn syn(self) -> bool {
         self.0 & Self::SYN != 0
     }
+    #[inline(always)]
     pub const fn rst(self) -> bool {
         self.0 & Self::RST != 0
     }
+    #[inline(always)]
     pub const fn ack(self) -> bool {
         self.0 & Self::ACK != 0
     }
 
     /// A SYN without ACK: someone opening a connection.
+    #[inline(always)]
     pub const fn is_opening(self) -> bool {
         self.syn() && !self.ack()
     }
@@ -113,6 +118,7 @@ impl TcpFlags {
     /// RST, RST+ACK, FIN+ACK, ACK, and SYN, FIN+ACK or ACK with URG.
     /// Everything else (no flags, SYN+FIN, FIN without ACK, ...) is a scan
     /// or garbage.
+    #[inline(always)]
     pub const fn is_valid(self) -> bool {
         const SYN_ACK: u8 = TcpFlags::SYN | TcpFlags::ACK;
         const SYN_URG: u8 = TcpFlags::SYN | TcpFlags::URG;
@@ -200,6 +206,7 @@ pub enum Icmp {
 
 impl Icmp {
     /// The datagram an error quotes; `None` for other messages.
+    #[inline(always)]
     pub const fn quote(&self) -> Option<&Quote> {
         match self {
             Icmp::DestinationUnreachable { quote, .. }
@@ -269,6 +276,7 @@ impl Transport {
     }
 
     /// The IP protocol number this header belongs to.
+    #[inline(always)]
     pub const fn protocol(&self) -> u8 {
         match self {
             Transport::Tcp { .. } => PROTOCOL_TCP,
@@ -289,6 +297,7 @@ struct Payload {
 }
 
 impl Payload {
+    #[inline(always)]
     fn of<R: PacketReader + ?Sized>(ip: &Ipv4Header<'_, R>) -> Payload {
         let start = ip.offset().saturating_add(ip.header_len());
         Payload {
@@ -297,6 +306,7 @@ impl Payload {
         }
     }
 
+    #[inline(always)]
     fn len(self) -> usize {
         self.end.saturating_sub(self.start)
     }
@@ -316,10 +326,12 @@ impl Payload {
     }
 }
 
+#[inline(always)]
 fn be16(hi: u8, lo: u8) -> u16 {
     u16::from_be_bytes([hi, lo])
 }
 
+#[inline(always)]
 fn read_tcp<R: PacketReader + ?Sized>(frame: &R, payload: Payload) -> Result<Transport, L4Error> {
     let header: [u8; TCP_HEADER_LEN] = payload.read(frame, 0).ok_or(L4Error::Truncated)?;
     let [
@@ -350,6 +362,7 @@ fn read_tcp<R: PacketReader + ?Sized>(frame: &R, payload: Payload) -> Result<Tra
     })
 }
 
+#[inline(always)]
 fn read_udp<R: PacketReader + ?Sized>(frame: &R, payload: Payload) -> Result<Transport, L4Error> {
     let [sp0, sp1, dp0, dp1, l0, l1, _, _]: [u8; UDP_HEADER_LEN] =
         payload.read(frame, 0).ok_or(L4Error::Truncated)?;
@@ -363,6 +376,7 @@ fn read_udp<R: PacketReader + ?Sized>(frame: &R, payload: Payload) -> Result<Tra
     })
 }
 
+#[inline(always)]
 fn read_sctp<R: PacketReader + ?Sized>(frame: &R, payload: Payload) -> Result<Transport, L4Error> {
     // Every SCTP packet holds at least one chunk after the common header.
     let header: [u8; SCTP_COMMON_HEADER_LEN + SCTP_CHUNK_HEADER_LEN] =
@@ -395,6 +409,7 @@ fn read_sctp<R: PacketReader + ?Sized>(frame: &R, payload: Payload) -> Result<Tr
     })
 }
 
+#[inline(always)]
 fn read_icmp<R: PacketReader + ?Sized>(frame: &R, payload: Payload) -> Result<Icmp, L4Error> {
     let [icmp_type, code, _, _, r0, r1, r2, r3]: [u8; ICMP_HEADER_LEN] =
         payload.read(frame, 0).ok_or(L4Error::Truncated)?;
@@ -423,6 +438,7 @@ fn read_icmp<R: PacketReader + ?Sized>(frame: &R, payload: Payload) -> Result<Ic
 
 /// The datagram quoted after an ICMP error's 8-byte header. Its total
 /// length is not checked: the quote is cut short by definition.
+#[inline(always)]
 fn read_quote<R: PacketReader + ?Sized>(frame: &R, payload: Payload) -> Result<Quote, L4Error> {
     let inner: [u8; ipv4::MIN_HEADER_LEN] = payload
         .read(frame, ICMP_HEADER_LEN)
