@@ -132,7 +132,7 @@
 //! first fragment's ports by IP identifier is not done yet.
 
 use crate::ipv4::{PROTOCOL_ICMP, PROTOCOL_TCP, PROTOCOL_UDP};
-use crate::l4::{Icmp, PROTOCOL_SCTP, QuotedFlow, Transport, sctp_chunk};
+use crate::l4::{Icmp, PROTOCOL_SCTP, QuotedFlow, TcpFlags, Transport, sctp_chunk};
 
 /// Name (and pin file name) of the connection tracking map, an LRU hash
 /// from [`FlowKey`] to [`ConntrackEntry`].
@@ -801,7 +801,7 @@ fn first_entry(
         advance(entry, transport, true, now_ns)
     };
     match *transport {
-        Transport::Tcp { flags, .. } if flags.rst() => None,
+        Transport::Tcp { flags, .. } if flags.has(TcpFlags::RST) => None,
         Transport::Tcp { flags, .. } if flags.is_opening() => Some(fresh(ConnState::Opening)),
         Transport::Tcp { .. } => Some(picked_up()),
         Transport::Sctp { first_chunk, .. } => match first_chunk {
@@ -836,20 +836,24 @@ fn advance(
                 Some(state) => state,
                 None => return next,
             };
-            if flags.rst() {
+            if flags.has(TcpFlags::RST) {
                 next.state = ConnState::Closed as u8;
                 return next;
             }
             state = match state {
-                ConnState::Opening if !from_opener && flags.syn() && flags.ack() => {
+                ConnState::Opening
+                    if !from_opener && flags.has(TcpFlags::SYN) && flags.has(TcpFlags::ACK) =>
+                {
                     ConnState::Answered
                 }
-                ConnState::Answered if from_opener && flags.ack() && !flags.syn() => {
+                ConnState::Answered
+                    if from_opener && flags.has(TcpFlags::ACK) && !flags.has(TcpFlags::SYN) =>
+                {
                     ConnState::Established
                 }
                 other => other,
             };
-            if flags.fin() && !matches!(state, ConnState::Closed) {
+            if flags.has(TcpFlags::FIN) && !matches!(state, ConnState::Closed) {
                 next.flags |= if from_opener {
                     FLAG_OPENER_FIN
                 } else {
@@ -880,7 +884,6 @@ fn advance(
 mod tests {
     use super::*;
     use crate::ipv4::Ipv4Header;
-    use crate::l4::TcpFlags;
     use crate::l4::tests::{
         A, B, ICMP_ECHO_REQUEST, ICMP_FRAG_NEEDED, ICMP_PORT_UNREACHABLE, SCTP_INIT, TCP_SYN,
         UDP_DNS, fix_ipv4, frame,
@@ -1178,59 +1181,29 @@ mod tests {
         let seen = node.send(&syn, 0);
         assert!(seen.passed && is_check(&seen, CheckReason::New));
         assert_eq!(node.state(&syn), Some(ConnState::Opening));
+        // (from A, flags, how it passes, the state after it)
         let steps = [
-            (
-                tcp(B, 80, A, 40000, SYN_ACK),
-                TrackedPass::Reply,
-                ConnState::Answered,
-            ),
-            (
-                tcp(A, 40000, B, 80, ACK),
-                TrackedPass::Original,
-                ConnState::Established,
-            ),
-            (
-                tcp(A, 40000, B, 80, PSH_ACK),
-                TrackedPass::Original,
-                ConnState::Established,
-            ),
-            (
-                tcp(B, 80, A, 40000, PSH_ACK),
-                TrackedPass::Reply,
-                ConnState::Established,
-            ),
-            (
-                tcp(A, 40000, B, 80, FIN_ACK),
-                TrackedPass::Original,
-                ConnState::HalfClosed,
-            ),
+            (false, SYN_ACK, TrackedPass::Reply, ConnState::Answered),
+            (true, ACK, TrackedPass::Original, ConnState::Established),
+            (true, PSH_ACK, TrackedPass::Original, ConnState::Established),
+            (false, PSH_ACK, TrackedPass::Reply, ConnState::Established),
+            (true, FIN_ACK, TrackedPass::Original, ConnState::HalfClosed),
             // Half closed: B still sends data, A still acknowledges.
-            (
-                tcp(B, 80, A, 40000, PSH_ACK),
-                TrackedPass::Reply,
-                ConnState::HalfClosed,
-            ),
-            (
-                tcp(A, 40000, B, 80, ACK),
-                TrackedPass::Original,
-                ConnState::HalfClosed,
-            ),
-            (
-                tcp(B, 80, A, 40000, FIN_ACK),
-                TrackedPass::Reply,
-                ConnState::Closing,
-            ),
-            (
-                tcp(A, 40000, B, 80, ACK),
-                TrackedPass::Original,
-                ConnState::Closing,
-            ),
+            (false, PSH_ACK, TrackedPass::Reply, ConnState::HalfClosed),
+            (true, ACK, TrackedPass::Original, ConnState::HalfClosed),
+            (false, FIN_ACK, TrackedPass::Reply, ConnState::Closing),
+            (true, ACK, TrackedPass::Original, ConnState::Closing),
         ];
-        for (i, (datagram, how, state)) in steps.iter().enumerate() {
+        for (i, (from_a, flags, how, state)) in steps.into_iter().enumerate() {
+            let datagram = if from_a {
+                tcp(A, 40000, B, 80, flags)
+            } else {
+                tcp(B, 80, A, 40000, flags)
+            };
             let now = (i as u64 + 1) * S;
-            assert_eq!(node.send(datagram, now), passed_as(*how), "step {i}");
-            assert_eq!(node.state(datagram), Some(*state), "step {i}");
-            assert_eq!(node.entry(datagram).unwrap().last_seen_ns, now);
+            assert_eq!(node.send(&datagram, now), passed_as(how), "step {i}");
+            assert_eq!(node.state(&datagram), Some(state), "step {i}");
+            assert_eq!(node.entry(&datagram).unwrap().last_seen_ns, now);
         }
         assert_eq!(node.lookups, 1);
         let entry = node.entry(&syn).unwrap();
