@@ -89,10 +89,10 @@
 //!
 //! A packet with no live entry is a [`CheckReason::New`] flow, checked
 //! against policy in its own direction. Packets that open something (TCP
-//! SYN, SCTP INIT, ICMP echo request, any UDP) create an entry when
-//! allowed; so do other TCP and SCTP packets, picked up mid-stream
-//! ([`FLAG_PICKED_UP`]) with their sender as the opener, as Linux's
-//! `nf_conntrack_tcp_loose` does. Packets that close or answer (RST,
+//! SYN, SCTP INIT, ICMP echo request, any UDP or other IP protocol)
+//! create an entry when allowed; so do other TCP and SCTP packets, picked
+//! up mid-stream ([`FLAG_PICKED_UP`]) with their sender as the opener, as
+//! Linux's `nf_conntrack_tcp_loose` does. Packets that close or answer (RST,
 //! ABORT, SHUTDOWN COMPLETE, echo reply) and ICMP messages that are not
 //! echo create nothing: policy decides them one by one.
 //!
@@ -105,7 +105,9 @@
 //! it is dropped until the opener sends again (TCP retransmits; a UDP
 //! server that speaks first may lose datagrams). Eviction can cost packets
 //! and lookups, never let through a packet policy denies: fail safe, not
-//! fail open. Expired entries are not deleted eagerly: a packet that finds
+//! fail open. An evicted tombstone only loses its shortcut: the
+//! connection's packets are judged as new flows in their own direction
+//! again. Expired entries are not deleted eagerly: a packet that finds
 //! one overwrites it if allowed and deletes it if denied, and the LRU
 //! reclaims the rest.
 //!
@@ -1616,6 +1618,26 @@ mod tests {
         let seen = node.send(&ICMP_PORT_UNREACHABLE, 3 * S);
         assert!(!seen.passed && is_check(&seen, CheckReason::Recheck));
         assert!(node.entry(&UDP_DNS).unwrap().has(FLAG_DENIED));
+    }
+
+    #[test]
+    fn an_evicted_connection_is_checked_again_not_trusted() {
+        let mut node = Node::new(a_to_b(Some(80)));
+        established(&mut node);
+        // The LRU map evicts the entry under pressure.
+        node.table.clear();
+        // B speaks first: a new flow B → A, which policy denies.
+        let from_b = tcp(B, 80, A, 40000, PSH_ACK);
+        let seen = node.send(&from_b, 3 * S);
+        assert!(!seen.passed && is_check(&seen, CheckReason::New));
+        assert!(node.table.is_empty());
+        // A's next segment is allowed and picks the connection up; B's
+        // retransmission then passes as its reply.
+        let seen = node.send(&tcp(A, 40000, B, 80, ACK), 4 * S);
+        assert!(seen.passed && is_check(&seen, CheckReason::New));
+        assert!(node.entry(&from_b).unwrap().has(FLAG_PICKED_UP));
+        assert_eq!(node.send(&from_b, 5 * S), passed_as(TrackedPass::Reply));
+        assert_eq!(node.lookups, 3);
     }
 
     // --- time -----------------------------------------------------------------
