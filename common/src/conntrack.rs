@@ -65,6 +65,18 @@
 //! than they seem: an entry that goes early is re-checked (below), not
 //! trusted.
 //!
+//! # What "allowed" must mean
+//!
+//! A node has one map and a flow one entry, whichever hook made it, so
+//! the answer a caller feeds [`Tracked::after_policy`] must be the whole
+//! policy for the [`PolicyQuery`]: the egress policy of the source's
+//! endpoint and the ingress policy of the destination's, for each of them
+//! that lives on this node (a remote end's policy is its own node's
+//! business, with its own map). An entry made after asking only one of
+//! them would let the other hook's packets of the flow pass unasked.
+//! A port-less query (ICMP, other protocols, later fragments) matches only
+//! rules without ports.
+//!
 //! # Policy changes
 //!
 //! Each entry holds the policy revision it was last allowed under. The
