@@ -15,14 +15,21 @@
 //! - [`lookup`]: map access as traits (eBPF maps and in-memory tables).
 //! - [`uplink`]: IP-in-IP encapsulation and decapsulation decisions.
 //! - [`redirect`]: handing a decapsulated packet straight to a local pod.
+//! - [`l4`]: the transport header after IPv4 (TCP, UDP, SCTP, ICMP and the
+//!   datagram an ICMP error quotes).
+//! - [`conntrack`]: the connection tracker's flow key, entry and decisions,
+//!   so that replies of a connection policy allowed pass, and a policy
+//!   change reaches established connections.
 #![cfg_attr(not(test), no_std)]
 
 // The serde impls need `String`.
 #[cfg(all(feature = "serde", not(test)))]
 extern crate std;
 
+pub mod conntrack;
 pub mod guard;
 pub mod ipv4;
+pub mod l4;
 pub mod lookup;
 pub mod maps;
 pub mod packet;
