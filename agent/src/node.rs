@@ -25,7 +25,7 @@ use weft_dataplane::route;
 use weft_dataplane::uplink::Uplink;
 use weft_dataplane::vxlan;
 use weft_datastore::{self as datastore, ClusterSource, SourceEvent, fsutil};
-use weft_model::{Change, Encap, EndpointRecord, NodeRecord, Object, ObjectId};
+use weft_model::{Change, Encap, EndpointRecord, NodeRecord, Object, ObjectId, Snapshot};
 
 use crate::drivers::{self, Flushed, KernelDrivers};
 use crate::ipam::Ipam;
@@ -79,6 +79,9 @@ pub struct PassState {
     bgp_problems: Vec<Problem>,
     kept: Vec<route::Route>,
     underlay_next_hops: BTreeMap<Ipv4Addr, Ipv4Addr>,
+    /// What the source holds of this node's endpoints, as far as this
+    /// agent knows (read at every full pass, kept as it publishes).
+    published: BTreeMap<String, EndpointRecord>,
     /// The problems of the last desired state, reported again by passes
     /// with nothing to flush: a concurrent CNI call's pass may have done
     /// this call's work, and its verdict must still reach this call.
@@ -170,6 +173,7 @@ impl Node {
                 kept: Vec::new(),
                 underlay_next_hops: BTreeMap::new(),
                 problems: Vec::new(),
+                published: BTreeMap::new(),
             }),
             bgp,
             ready: AtomicBool::new(false),
@@ -201,7 +205,11 @@ impl Node {
         fsutil::write_atomic(&path, &body)
             .map_err(|source| ReconcileError::Record { path, source })?;
         self.local().insert(ep.key(), ep.clone());
-        self.endpoint_touched(&ep.host_ifname).await
+        self.endpoint_touched(
+            &ep.host_ifname,
+            Change::Upsert(Object::Endpoint(ep.clone())),
+        )
+        .await
     }
 
     /// Forgets a local endpoint; `false` if there was none.
@@ -212,14 +220,27 @@ impl Node {
         let Some(ep) = self.local().remove(key) else {
             return Ok(false);
         };
-        self.endpoint_touched(&ep.host_ifname).await?;
+        let gone = Change::Delete(ObjectId::Endpoint {
+            node: ep.node.clone(),
+            key: ep.key(),
+        });
+        self.endpoint_touched(&ep.host_ifname, gone).await?;
         Ok(true)
     }
 
-    /// A local endpoint or its veth changed: refresh that one link and
-    /// mark the endpoint slices.
-    async fn endpoint_touched(&self, host_ifname: &str) -> Result<(), ReconcileError> {
+    /// A local endpoint or its veth changed (`change`): refresh that one
+    /// link, and take the change into the cluster's indexes at once (this
+    /// agent is the authority on its endpoints; the source's echo of it is
+    /// ignored), so the next pass programs everything about the endpoint,
+    /// policy included, before its CNI call returns.
+    async fn endpoint_touched(
+        &self,
+        host_ifname: &str,
+        change: Change,
+    ) -> Result<(), ReconcileError> {
         let mut st = self.state.lock().await;
+        let touched = st.cluster.apply(change);
+        st.pending = st.pending.union(touched);
         let link = st.drivers.endpoints.netlink.link(host_ifname).await?;
         match link {
             Some(link) => st.links.insert(host_ifname.to_string(), link.index),
@@ -237,15 +258,40 @@ impl Node {
         let mut st = self.state.lock().await;
         for event in events {
             let touched = match event {
+                SourceEvent::Changed(change) if self.is_own_endpoint(&change) => continue,
                 SourceEvent::Changed(change) => st.cluster.apply(change),
                 SourceEvent::Resync => {
                     let snapshot = self.source.snapshot()?;
-                    st.cluster.reset(snapshot)
+                    self.reset_cluster(&mut st, snapshot)
                 }
             };
             st.pending = st.pending.union(touched);
         }
         Ok(())
+    }
+
+    /// Whether `change` is about one of this node's endpoints: the source
+    /// only echoes what this agent published (or lags behind it).
+    fn is_own_endpoint(&self, change: &Change) -> bool {
+        match change {
+            Change::Upsert(Object::Endpoint(ep)) => ep.node == self.me.name,
+            Change::Delete(ObjectId::Endpoint { node, .. }) => *node == self.me.name,
+            _ => false,
+        }
+    }
+
+    /// Takes a snapshot of the source into the indexes, with this node's
+    /// endpoints as the agent holds them; remembers what the source holds
+    /// of them, for [`Node::publish`].
+    fn reset_cluster(&self, st: &mut PassState, mut snapshot: Snapshot) -> Touched {
+        let (own, others): (Vec<EndpointRecord>, Vec<EndpointRecord>) = snapshot
+            .endpoints
+            .into_iter()
+            .partition(|e| e.node == self.me.name);
+        st.published = own.into_iter().map(|e| (e.key(), e)).collect();
+        snapshot.endpoints = others;
+        snapshot.endpoints.extend(self.local_endpoints());
+        st.cluster.reset(snapshot)
     }
 
     /// BGP's routes or peers changed.
@@ -287,7 +333,7 @@ impl Node {
     ) -> Result<PassReport, ReconcileError> {
         if full {
             let snapshot = self.source.snapshot()?;
-            st.cluster.reset(snapshot);
+            self.reset_cluster(st, snapshot);
             // Only pod veths: other Weft devices (tunnels) share the prefix.
             st.links = st
                 .drivers
@@ -371,7 +417,7 @@ impl Node {
         tracing::debug!(?slices, flushed = ?report.flushed, "pass");
 
         // Publish this node and its endpoints for the other nodes.
-        self.publish(&mut st.cluster, &endpoints)?;
+        self.publish(st, &endpoints)?;
         if full {
             self.release_leaked(&st.links, &endpoints)?;
         }
@@ -525,34 +571,34 @@ impl Node {
     }
 
     /// Makes the source hold this node and exactly its endpoints: only
-    /// what differs from what the source reported is written, and what is
+    /// what differs from what the source holds is written, and what is
     /// written is recorded at once (the source's echo is then no change).
     fn publish(
         &self,
-        cluster: &mut Cluster,
+        st: &mut PassState,
         endpoints: &[EndpointRecord],
     ) -> Result<(), ReconcileError> {
-        if cluster.node(&self.me.name) != Some(&self.me) {
+        if st.cluster.node(&self.me.name) != Some(&self.me) {
             self.source.publish_node(&self.me)?;
-            cluster.apply(Change::Upsert(Object::Node(self.me.clone())));
+            st.cluster
+                .apply(Change::Upsert(Object::Node(self.me.clone())));
         }
-        let published: BTreeMap<String, EndpointRecord> = cluster
-            .endpoints_of(&self.me.name)
-            .map(|e| (e.key(), e.clone()))
-            .collect();
         for ep in endpoints {
-            if published.get(&ep.key()) != Some(ep) {
+            if st.published.get(&ep.key()) != Some(ep) {
                 self.source.publish_endpoint(ep)?;
-                cluster.apply(Change::Upsert(Object::Endpoint(ep.clone())));
+                st.published.insert(ep.key(), ep.clone());
             }
         }
         let local: BTreeSet<String> = endpoints.iter().map(EndpointRecord::key).collect();
-        for key in published.keys().filter(|k| !local.contains(*k)) {
-            self.source.withdraw_endpoint(&self.me.name, key)?;
-            cluster.apply(Change::Delete(ObjectId::Endpoint {
-                node: self.me.name.clone(),
-                key: key.clone(),
-            }));
+        let gone: Vec<String> = st
+            .published
+            .keys()
+            .filter(|k| !local.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.source.withdraw_endpoint(&self.me.name, &key)?;
+            st.published.remove(&key);
         }
         Ok(())
     }
