@@ -181,8 +181,12 @@ impl Arp {
 /// The one's-complement sum of `bytes` folded and inverted (RFC 1071): 0
 /// over an IPv4 header or ICMP message whose checksum is right, as Linux
 /// checks them (`ip_fast_csum`, `csum_fold`).
-fn checksum_residue(header: &[u8]) -> u16 {
-    Sum16BitWords::new().add_slice(header).ones_complement()
+fn checksum_residue(bytes: &[u8]) -> u16 {
+    // etherparse sums in native byte order; `to_be` turns the result back.
+    Sum16BitWords::new()
+        .add_slice(bytes)
+        .ones_complement()
+        .to_be()
 }
 
 /// The IPv4 packet of an Ethernet frame, cut to its total length (Ethernet
@@ -1092,5 +1096,19 @@ mod tests {
             &[],
         );
         assert!(!decrement_ttl(&mut dead));
+    }
+
+    #[test]
+    fn fix_ipv4_checksum_repairs_whole_and_cut_headers() {
+        let mut p = Probe::ping([10, 244, 1, 5], [10, 244, 2, 7]).packet();
+        p[1] = 0x2e;
+        fix_ipv4_checksum(&mut p);
+        assert_eq!(checksum(&p[..20]), 0);
+        assert!(Ipv4Packet::new_checked(&p[..]).unwrap().verify_checksum());
+        // IHL 15 over 24 bytes: the checksum covers what is there.
+        p[0] = 0x4f;
+        p.truncate(24);
+        fix_ipv4_checksum(&mut p);
+        assert_eq!(checksum(&p), 0);
     }
 }
