@@ -19,6 +19,7 @@ use weft_common::maps::{EndpointInfo, NodeConfig, PodCidrKey, RemoteNode, prefix
 use weft_common::redirect::{FibQuery, FibResult};
 use weft_common::verdict::{COUNTER_COUNT, Counter};
 
+use etherparse::UdpHeader;
 use smoltcp::wire::Ipv4Packet;
 
 use crate::hooks::{self, HookOutcome};
@@ -718,7 +719,7 @@ impl Node {
             });
             return;
         }
-        let udp_payload = &packet[fields.header_len + 8..];
+        let udp_payload = &packet[fields.header_len + UdpHeader::LEN..];
         let decision = self.vxlan_rcv(udp_payload);
         io.step(|| Step::VxlanDecap {
             node: self.name(),
@@ -727,7 +728,7 @@ impl Node {
         });
         if matches!(decision, VxlanDecision::Decapsulated { .. }) {
             self.stats.vxlan_decapsulated += 1;
-            let inner = udp_payload[8..].to_vec();
+            let inner = udp_payload[wire::VXLAN_HEADER_LEN..].to_vec();
             self.ip_input(&inner, io);
         } else {
             self.stats.vxlan_dropped += 1;
@@ -743,7 +744,7 @@ impl Node {
         let device = self.tables.vxlan.as_ref().expect("checked by the caller");
         match wire::vxlan_vni(payload) {
             Some(vni) if vni == device.vni => {
-                let inner = &payload[8..];
+                let inner = &payload[wire::VXLAN_HEADER_LEN..];
                 let for_us = wire::eth_dst(inner) == Some(device.mac)
                     && wire::eth_src(inner) != Some(device.mac)
                     && wire::ethertype(inner) == Some(wire::ETHERTYPE_IPV4);

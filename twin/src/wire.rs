@@ -896,14 +896,14 @@ pub fn flow_src_port(inner: &[u8]) -> u16 {
 }
 
 /// The 8-byte VXLAN header for `vni` (the I flag set).
-pub fn vxlan_header(vni: u32) -> [u8; 8] {
+pub fn vxlan_header(vni: u32) -> [u8; VXLAN_HEADER_LEN] {
     let [_, a, b, c] = vni.to_be_bytes();
     [0x08, 0, 0, 0, a, b, c, 0]
 }
 
 /// The VNI of a VXLAN header, if its I flag is set.
 pub fn vxlan_vni(header: &[u8]) -> Option<u32> {
-    let h = header.get(0..8)?;
+    let h = header.get(..VXLAN_HEADER_LEN)?;
     if h[0] & 0x08 == 0 {
         return None;
     }
