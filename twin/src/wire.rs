@@ -733,6 +733,9 @@ pub enum ProbeKind {
     Udp { src_port: u16, dst_port: u16 },
     /// An ICMP echo request.
     Ping,
+    /// An SCTP INIT to `dst_port` (52 bytes whatever the probe's length:
+    /// policy decides on the INIT, so nothing pads it).
+    Sctp { src_port: u16, dst_port: u16 },
 }
 
 /// A synthetic packet, as `weftctl trace` would describe one: who sends it,
@@ -781,6 +784,17 @@ impl Probe {
         }
     }
 
+    /// A DF SCTP INIT from port 40000 to `dst_port`.
+    pub fn sctp(src: [u8; 4], dst: [u8; 4], dst_port: u16) -> Probe {
+        Probe {
+            kind: ProbeKind::Sctp {
+                src_port: 40000,
+                dst_port,
+            },
+            ..Probe::udp(src, dst, dst_port)
+        }
+    }
+
     /// The same probe `total_len` bytes long (IPv4 total length).
     pub fn with_len(self, total_len: u16) -> Probe {
         Probe { total_len, ..self }
@@ -800,6 +814,7 @@ impl Probe {
             ProbeKind::Tcp { .. } => (ipv4::PROTOCOL_TCP, TcpHeader::MIN_LEN),
             ProbeKind::Udp { .. } => (ipv4::PROTOCOL_UDP, UdpHeader::LEN),
             ProbeKind::Ping => (ipv4::PROTOCOL_ICMP, Icmpv4Header::MIN_LEN),
+            ProbeKind::Sctp { .. } => (PROTOCOL_SCTP, 0),
         };
         let payload_len = usize::from(self.total_len).saturating_sub(20 + header_len);
         let payload: Vec<u8> = (0..payload_len).map(|i| i as u8).collect();
@@ -811,6 +826,12 @@ impl Probe {
                 TcpSegment::syn(src_port, dst_port).bytes(self.src, self.dst, &payload)
             }
             ProbeKind::Ping => icmp_echo(true, 0x5757, 1, &payload),
+            ProbeKind::Sctp { src_port, dst_port } => SctpInit {
+                src_port,
+                dst_port,
+                initiate_tag: 0x5757_0001,
+            }
+            .bytes(),
         };
         ipv4_packet(
             host_repr(self.src, self.dst, protocol, 0x5757, self.dont_fragment),
@@ -1030,13 +1051,23 @@ mod tests {
             assert!(!sctp_checksum_ok(&broken), "byte {at}");
         }
         let packet = ipv4_packet(
-            host_repr([10, 244, 1, 5], [10, 244, 2, 7], PROTOCOL_SCTP, 1, true),
+            host_repr(
+                [10, 244, 1, 5],
+                [10, 244, 2, 7],
+                PROTOCOL_SCTP,
+                0x5757,
+                true,
+            ),
             &sctp,
         );
         let summary = PacketSummary::of_packet(&packet).unwrap();
         assert_eq!(
             summary.to_string(),
             "10.244.1.5:40000 > 10.244.2.7:9999 sctp len 52 DF"
+        );
+        assert_eq!(
+            Probe::sctp([10, 244, 1, 5], [10, 244, 2, 7], 9999).packet(),
+            packet
         );
     }
 
