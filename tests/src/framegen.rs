@@ -9,9 +9,9 @@
 //! interesting map entries (pod CIDRs, nodes, the endpoint's own address)
 //! often, and from a mix of kinds:
 //!
-//! - pod traffic: IPv4 with TCP, UDP or ICMP, sizes from tiny to jumbo and
-//!   around the tunnel MTU, DF or not, sometimes with options or as a
-//!   fragment;
+//! - pod traffic: IPv4 with TCP, UDP, ICMP or SCTP, sizes from tiny to
+//!   jumbo and around the tunnel MTU, DF or not, sometimes with options or
+//!   as a fragment;
 //! - IP-in-IP: from nodes and from strangers, to this node and elsewhere,
 //!   with a valid or broken inner packet, outer options, fragments, bad
 //!   checksums and Ethernet padding;
@@ -24,25 +24,33 @@
 //!
 //! Frames stay within [`MAX_FRAME_LEN`], what `BPF_PROG_TEST_RUN` accepts
 //! for an skb.
+//!
+//! Every header is built valid by a library (etherparse, the twin's `wire`
+//! builders for SCTP), checksums included; broken frames are valid ones
+//! changed afterwards by a named mutation ([`mutate`], truncation, flipped
+//! bytes), never headers assembled byte by byte.
 
-use weft_common::ipv4::checksum;
-use weft_twin::wire::fix_ipv4_checksum;
+use etherparse::icmpv4::{DestUnreachableHeader, TimeExceededCode};
+use etherparse::{
+    ArpEthIpv4Packet, ArpOperation, ArpPacket, EtherType, Ethernet2Header, IcmpEchoHeader,
+    Icmpv4Header, Icmpv4Type, IpDscp, IpEcn, IpFragOffset, IpNumber, Ipv4Header, Ipv4Options,
+    Ipv6FlowLabel, Ipv6Header, SingleVlanHeader, TcpHeader, UdpHeader, VlanId, VlanPcp,
+};
+use weft_twin::wire::{PROTOCOL_SCTP, SctpInit, TcpControl, TcpSegment, udp_datagram};
 
 /// The largest frame generated: `BPF_PROG_TEST_RUN` copies an skb's data
 /// into one page with room for headroom and `skb_shared_info` (about 3.7 KB
 /// on 4 KiB pages).
 pub const MAX_FRAME_LEN: usize = 3600;
 
-const ETHERTYPE_IPV4: u16 = 0x0800;
-const ETHERTYPE_ARP: u16 = 0x0806;
-const ETHERTYPE_VLAN: u16 = 0x8100;
-const ETHERTYPE_IPV6: u16 = 0x86dd;
+const ETHERTYPE_IPV4: u16 = EtherType::IPV4.0;
+/// LLDP (IEEE 802.1AB), which etherparse does not name.
 const ETHERTYPE_LLDP: u16 = 0x88cc;
 
-const PROTOCOL_ICMP: u8 = 1;
-const PROTOCOL_IPIP: u8 = 4;
-const PROTOCOL_TCP: u8 = 6;
-const PROTOCOL_UDP: u8 = 17;
+const PROTOCOL_ICMP: u8 = IpNumber::ICMP.0;
+const PROTOCOL_IPIP: u8 = IpNumber::IPV4.0;
+const PROTOCOL_TCP: u8 = IpNumber::TCP.0;
+const PROTOCOL_UDP: u8 = IpNumber::UDP.0;
 
 /// A xorshift64* generator: deterministic, no dependency.
 #[derive(Clone, Debug)]
@@ -180,44 +188,82 @@ impl Ipv4Spec {
         20 + self.options.len()
     }
 
+    /// The header etherparse writes for this spec, checksum included.
+    pub fn header(&self) -> Ipv4Header {
+        let mut header = Ipv4Header::new(0, self.ttl, IpNumber(self.protocol), self.src, self.dst)
+            .expect("an empty payload fits");
+        header.dscp = IpDscp::try_new(self.tos >> 2).expect("six bits");
+        header.ecn = IpEcn::try_new(self.tos & 0b11).expect("two bits");
+        header.identification = self.ident;
+        header.dont_fragment = self.dont_fragment;
+        header.more_fragments = self.more_fragments;
+        header.fragment_offset =
+            IpFragOffset::try_new(self.fragment_offset).expect("a fragment offset fits 13 bits");
+        header.options = Ipv4Options::try_from(&self.options[..])
+            .expect("options are a multiple of 4 bytes, at most 40");
+        header
+            .set_payload_len(self.payload.len())
+            .expect("a packet fits 65535 bytes");
+        header.header_checksum = header.calc_header_checksum();
+        header
+    }
+
+    /// The packet: [`Ipv4Spec::header`], then the payload.
     pub fn build(&self) -> Vec<u8> {
-        let header_len = self.header_len();
-        let total_len = header_len + self.payload.len();
-        let mut flags = self.fragment_offset & 0x1fff;
-        if self.dont_fragment {
-            flags |= 0x4000;
-        }
-        if self.more_fragments {
-            flags |= 0x2000;
-        }
-        let mut p = Vec::with_capacity(total_len);
-        p.push(0x40 | (header_len / 4) as u8);
-        p.push(self.tos);
-        p.extend_from_slice(&(total_len as u16).to_be_bytes());
-        p.extend_from_slice(&self.ident.to_be_bytes());
-        p.extend_from_slice(&flags.to_be_bytes());
-        p.push(self.ttl);
-        p.push(self.protocol);
-        p.extend_from_slice(&[0, 0]);
-        p.extend_from_slice(&self.src);
-        p.extend_from_slice(&self.dst);
-        p.extend_from_slice(&self.options);
-        let c = checksum(&p[..header_len]);
-        p[10..12].copy_from_slice(&c.to_be_bytes());
-        p.extend_from_slice(&self.payload);
-        p
+        let mut packet = self.header().to_bytes().to_vec();
+        packet.extend_from_slice(&self.payload);
+        packet
     }
 }
 
 /// An Ethernet II frame with fixed, locally administered MACs.
 pub fn ethernet(ethertype: u16, payload: &[u8]) -> Vec<u8> {
-    let mut frame = vec![
-        0x02, 0x00, 0x5e, 0x00, 0x00, 0x02, // destination
-        0x02, 0x00, 0x5e, 0x00, 0x00, 0x01, // source
-    ];
-    frame.extend_from_slice(&ethertype.to_be_bytes());
+    let header = Ethernet2Header {
+        source: SOURCE_MAC,
+        destination: [0x02, 0x00, 0x5e, 0x00, 0x00, 0x02],
+        ether_type: EtherType(ethertype),
+    };
+    let mut frame = header.to_bytes().to_vec();
     frame.extend_from_slice(payload);
     frame
+}
+
+/// The source MAC of every generated frame (and of its ARP sender).
+const SOURCE_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x00, 0x00, 0x01];
+
+/// Named ways to break a valid IPv4 packet (its header at offset 0): one
+/// field set to a value no sender should write, through smoltcp's field
+/// setters. The header checksum is left as it was; [`fix_checksum`]
+/// makes it right again when only the field should be wrong.
+pub mod mutate {
+    use smoltcp::wire::{IpProtocol, Ipv4Packet};
+
+    pub use weft_twin::wire::fix_ipv4_checksum as fix_checksum;
+
+    /// The version nibble.
+    pub fn set_version(packet: &mut [u8], version: u8) {
+        Ipv4Packet::new_unchecked(packet).set_version(version);
+    }
+
+    /// IHL, in 32-bit words (0..=15).
+    pub fn set_ihl(packet: &mut [u8], ihl: u8) {
+        Ipv4Packet::new_unchecked(packet).set_header_len(ihl * 4);
+    }
+
+    pub fn set_total_len(packet: &mut [u8], total_len: u16) {
+        Ipv4Packet::new_unchecked(packet).set_total_len(total_len);
+    }
+
+    pub fn set_protocol(packet: &mut [u8], protocol: u8) {
+        Ipv4Packet::new_unchecked(packet).set_next_header(IpProtocol::from(protocol));
+    }
+
+    /// Flips the `mask` bits of the header checksum's high byte.
+    pub fn corrupt_checksum(packet: &mut [u8], mask: u8) {
+        let mut ip = Ipv4Packet::new_unchecked(packet);
+        let sum = ip.checksum() ^ (u16::from(mask) << 8);
+        ip.set_checksum(sum);
+    }
 }
 
 /// The generator: [`FrameGen::frame`] draws one frame of a random kind.
@@ -295,30 +341,68 @@ impl FrameGen {
 
     // --- payloads --------------------------------------------------------------
 
-    /// An L4 payload (header and data) of `len` bytes for `protocol`, as
-    /// far as `len` allows; the L4 checksum is left 0 (no program reads it).
-    fn l4(&mut self, protocol: u8, len: usize) -> Vec<u8> {
-        let mut p = self.rng.bytes(len);
-        match protocol {
-            PROTOCOL_TCP if len >= 20 => {
-                p[12] = 0x50; // data offset 5
-                p[13] = self.rng.pick(&[0x02, 0x10, 0x18, 0x11, 0x04]);
-                p[16..18].fill(0);
+    /// An L4 payload (header and data) of `len` bytes for `protocol`
+    /// between `src` and `dst`: a valid header, checksum included, then
+    /// random data; cut to `len` where `len` is shorter than the header
+    /// (an SCTP INIT is never longer than its 32 bytes).
+    fn l4(&mut self, src: [u8; 4], dst: [u8; 4], protocol: u8, len: usize) -> Vec<u8> {
+        let header_len = match protocol {
+            PROTOCOL_TCP => TcpHeader::MIN_LEN,
+            PROTOCOL_UDP => UdpHeader::LEN,
+            PROTOCOL_ICMP => Icmpv4Header::MIN_LEN,
+            _ => 0,
+        };
+        let data = self.rng.bytes(len.saturating_sub(header_len));
+        let mut l4 = match protocol {
+            PROTOCOL_TCP => TcpSegment {
+                src_port: self.rng.u16(),
+                dst_port: self.rng.u16(),
+                control: self.rng.pick(&[
+                    TcpControl::Syn,
+                    TcpControl::Ack,
+                    TcpControl::PshAck,
+                    TcpControl::FinAck,
+                    TcpControl::Rst,
+                ]),
+                seq: self.next_u32(),
+                ack: self.next_u32(),
+                window: self.rng.u16(),
             }
-            PROTOCOL_UDP if len >= 8 => {
-                p[4..6].copy_from_slice(&(len as u16).to_be_bytes());
-                p[6..8].fill(0);
+            .bytes(src, dst, &data),
+            PROTOCOL_UDP => {
+                let (src_port, dst_port) = (self.rng.u16(), self.rng.u16());
+                let with_checksum = self.rng.percent(80);
+                udp_datagram(src, dst, src_port, dst_port, &data, with_checksum)
             }
-            PROTOCOL_ICMP if len >= 8 => {
-                p[0] = self.rng.pick(&[8, 0, 3, 11]);
-                p[1] = 0;
-                p[2..4].fill(0);
-                let c = checksum(&p);
-                p[2..4].copy_from_slice(&c.to_be_bytes());
+            PROTOCOL_ICMP => {
+                let echo = IcmpEchoHeader {
+                    id: self.rng.u16(),
+                    seq: self.rng.u16(),
+                };
+                let kind = match self.rng.below(4) {
+                    0 => Icmpv4Type::EchoRequest(echo),
+                    1 => Icmpv4Type::EchoReply(echo),
+                    2 => Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Network),
+                    _ => Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit),
+                };
+                let mut icmp = Icmpv4Header::with_checksum(kind, &data).to_bytes().to_vec();
+                icmp.extend_from_slice(&data);
+                icmp
             }
-            _ => {}
-        }
-        p
+            PROTOCOL_SCTP => SctpInit {
+                src_port: self.rng.u16(),
+                dst_port: self.rng.u16(),
+                initiate_tag: self.next_u32().max(1),
+            }
+            .bytes(),
+            _ => data,
+        };
+        l4.truncate(len);
+        l4
+    }
+
+    fn next_u32(&mut self) -> u32 {
+        (self.rng.next_u64() >> 32) as u32
     }
 
     /// The size of a pod packet (IPv4 total length): tiny to jumbo, and
@@ -340,9 +424,13 @@ impl FrameGen {
     /// A well-formed pod packet of about `total_len` bytes (IPv4 header
     /// included), from `src` to `dst`.
     fn pod_packet(&mut self, src: [u8; 4], dst: [u8; 4], total_len: usize) -> (Ipv4Spec, String) {
-        let protocol = self
-            .rng
-            .pick(&[PROTOCOL_TCP, PROTOCOL_TCP, PROTOCOL_UDP, PROTOCOL_ICMP]);
+        let protocol = self.rng.pick(&[
+            PROTOCOL_TCP,
+            PROTOCOL_TCP,
+            PROTOCOL_UDP,
+            PROTOCOL_ICMP,
+            PROTOCOL_SCTP,
+        ]);
         let mut spec = Ipv4Spec::new(src, dst, protocol, Vec::new());
         spec.dont_fragment = self.rng.percent(70);
         spec.tos = if self.rng.percent(20) {
@@ -370,7 +458,7 @@ impl FrameGen {
             what += ", fragment";
         }
         let payload_len = total_len.saturating_sub(spec.header_len());
-        spec.payload = self.l4(protocol, payload_len);
+        spec.payload = self.l4(src, dst, protocol, payload_len);
         (spec, what)
     }
 
@@ -428,19 +516,19 @@ impl FrameGen {
         match self.rng.below(12) {
             0 => {
                 what += ", inner version 6";
-                inner[0] = 0x60 | (inner[0] & 0x0f);
+                mutate::set_version(&mut inner, 6);
             }
             1 => {
                 what += ", inner IHL < 5";
-                inner[0] = 0x40 | self.rng.below(5) as u8;
+                mutate::set_ihl(&mut inner, self.rng.below(5) as u8);
             }
             2 => {
                 what += ", inner total length off";
-                let total = u16::from_be_bytes([inner[2], inner[3]]);
+                let total = inner_spec.header().total_len;
                 let off = self.rng.pick(&[-20i32, -1, 1, 7, 300]);
                 let total = (i32::from(total) + off).clamp(0, 65535) as u16;
-                inner[2..4].copy_from_slice(&total.to_be_bytes());
-                fix_ipv4_checksum(&mut inner);
+                mutate::set_total_len(&mut inner, total);
+                mutate::fix_checksum(&mut inner);
             }
             3 => {
                 what += ", inner truncated";
@@ -467,12 +555,13 @@ impl FrameGen {
         let mut packet = outer.build();
         if self.rng.percent(8) {
             what += ", bad outer checksum";
-            packet[10] ^= 1 << self.rng.below(8);
+            mutate::corrupt_checksum(&mut packet, 1 << self.rng.below(8));
         }
         if self.rng.percent(4) {
             what += ", not ipip";
-            packet[9] = self.rng.pick(&[PROTOCOL_TCP, PROTOCOL_UDP, 41, 47]);
-            fix_ipv4_checksum(&mut packet);
+            let protocol = self.rng.pick(&[PROTOCOL_TCP, PROTOCOL_UDP, 41, 47]);
+            mutate::set_protocol(&mut packet, protocol);
+            mutate::fix_checksum(&mut packet);
         }
         let mut bytes = ethernet(ETHERTYPE_IPV4, &packet);
         if self.rng.percent(5) {
@@ -512,12 +601,12 @@ impl FrameGen {
             self.rng.pick(&[53, 4790, 8472])
         };
         what += &format!(" to port {port}");
-        let len = self.rng.range(8, 200);
-        let mut payload = self.rng.bytes(len);
-        payload[0..2].copy_from_slice(&self.rng.u16().to_be_bytes());
-        payload[2..4].copy_from_slice(&port.to_be_bytes());
-        payload[4..6].copy_from_slice(&(len as u16).to_be_bytes());
-        let mut spec = Ipv4Spec::new(src, dst, PROTOCOL_UDP, payload);
+        let len = self.rng.range(0, 192);
+        let data = self.rng.bytes(len);
+        let src_port = self.rng.u16();
+        let with_checksum = self.rng.percent(20);
+        let udp = udp_datagram(src, dst, src_port, port, &data, with_checksum);
+        let mut spec = Ipv4Spec::new(src, dst, PROTOCOL_UDP, udp);
         match self.rng.below(8) {
             0 => {
                 what += ", first fragment";
@@ -544,21 +633,25 @@ impl FrameGen {
     }
 
     fn arp(&mut self) -> Frame {
-        let op = self.rng.pick(&[1u8, 2]);
-        let mut arp = vec![0x00, 0x01, 0x08, 0x00, 0x06, 0x04, 0x00, op];
-        arp.extend_from_slice(&[0x02, 0, 0x5e, 0, 0, 1]);
+        let op = self.rng.pick(&[ArpOperation::REQUEST, ArpOperation::REPLY]);
         let sender = self.destination();
-        arp.extend_from_slice(&sender);
-        arp.extend_from_slice(&[0; 6]);
         let target = self.destination();
-        arp.extend_from_slice(&target);
+        let mut arp = ArpPacket::from(ArpEthIpv4Packet {
+            operation: op,
+            sender_mac: SOURCE_MAC,
+            sender_ipv4: sender,
+            target_mac: [0; 6],
+            target_ipv4: target,
+        })
+        .to_bytes()
+        .to_vec();
         if self.rng.percent(30) {
             arp.extend(std::iter::repeat_n(0, 18)); // padded to 60 bytes
         }
         Frame {
             kind: Kind::Arp,
-            what: format!("arp op {op}"),
-            bytes: ethernet(ETHERTYPE_ARP, &arp),
+            what: format!("arp op {}", op.0),
+            bytes: ethernet(EtherType::ARP.0, &arp),
         }
     }
 
@@ -566,31 +659,46 @@ impl FrameGen {
         let src = self.pod();
         let dst = self.destination();
         let (spec, _) = self.pod_packet(src, dst, 80);
-        let mut tagged = vec![0x00, self.rng.range(1, 255) as u8];
-        tagged.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+        let tag = SingleVlanHeader {
+            pcp: VlanPcp::ZERO,
+            drop_eligible_indicator: false,
+            vlan_id: VlanId::try_new(self.rng.range(1, 255) as u16).expect("12 bits"),
+            ether_type: EtherType::IPV4,
+        };
+        let mut tagged = tag.to_bytes().to_vec();
         tagged.extend(spec.build());
         Frame {
             kind: Kind::Vlan,
             what: "vlan-tagged ipv4".into(),
-            bytes: ethernet(ETHERTYPE_VLAN, &tagged),
+            bytes: ethernet(EtherType::VLAN_TAGGED_FRAME.0, &tagged),
         }
     }
 
     fn ipv6(&mut self) -> Frame {
         let payload_len = self.rng.range(0, 200);
-        let mut p = vec![0x60, 0, 0, 0];
-        p.extend_from_slice(&(payload_len as u16).to_be_bytes());
-        p.push(self.rng.pick(&[6u8, 17, 58, 4]));
-        p.push(64);
-        p.extend(self.rng.bytes(32 + payload_len));
+        let header = Ipv6Header {
+            traffic_class: 0,
+            flow_label: Ipv6FlowLabel::ZERO,
+            payload_length: payload_len as u16,
+            next_header: IpNumber(self.rng.pick(&[6u8, 17, 58, 4])),
+            hop_limit: 64,
+            source: self.ipv6_addr(),
+            destination: self.ipv6_addr(),
+        };
+        let mut p = header.to_bytes().to_vec();
+        p.extend(self.rng.bytes(payload_len));
         if self.rng.percent(20) {
             p.truncate(self.rng.below(40));
         }
         Frame {
             kind: Kind::Ipv6,
             what: format!("ipv6, {} B", p.len()),
-            bytes: ethernet(ETHERTYPE_IPV6, &p),
+            bytes: ethernet(EtherType::IPV6.0, &p),
         }
+    }
+
+    fn ipv6_addr(&mut self) -> [u8; 16] {
+        self.rng.bytes(16).try_into().expect("16 bytes")
     }
 
     fn other_ethertype(&mut self) -> Frame {
@@ -637,36 +745,36 @@ impl FrameGen {
             }
             1 => {
                 let version = self.rng.pick(&[0u8, 5, 6, 15]);
-                bytes[l3] = (version << 4) | (bytes[l3] & 0x0f);
-                fix_ipv4_checksum(&mut bytes[l3..]);
+                mutate::set_version(&mut bytes[l3..], version);
+                mutate::fix_checksum(&mut bytes[l3..]);
                 format!("version {version}")
             }
             2 => {
                 let ihl = self.rng.below(5) as u8;
-                bytes[l3] = 0x40 | ihl;
+                mutate::set_ihl(&mut bytes[l3..], ihl);
                 format!("IHL {ihl}")
             }
             3 => {
                 // IHL 15 in a frame too short for 60 bytes of header.
-                bytes[l3] = 0x4f;
+                mutate::set_ihl(&mut bytes[l3..], 15);
                 let keep = self.rng.range(20, 59).min(ip_len);
                 bytes.truncate(l3 + keep);
                 format!("IHL 15 in {keep} B")
             }
             4 => {
                 let total = self.rng.below(20) as u16;
-                bytes[l3 + 2..l3 + 4].copy_from_slice(&total.to_be_bytes());
-                fix_ipv4_checksum(&mut bytes[l3..]);
+                mutate::set_total_len(&mut bytes[l3..], total);
+                mutate::fix_checksum(&mut bytes[l3..]);
                 format!("total length {total} < header")
             }
             5 => {
                 let total = (ip_len + self.rng.range(1, 100)).min(65535) as u16;
-                bytes[l3 + 2..l3 + 4].copy_from_slice(&total.to_be_bytes());
-                fix_ipv4_checksum(&mut bytes[l3..]);
+                mutate::set_total_len(&mut bytes[l3..], total);
+                mutate::fix_checksum(&mut bytes[l3..]);
                 format!("total length {total} > {ip_len} B in the frame")
             }
             6 => {
-                bytes[l3 + 10] ^= 0xff;
+                mutate::corrupt_checksum(&mut bytes[l3..], 0xff);
                 "bad header checksum".to_owned()
             }
             _ => {
@@ -726,6 +834,7 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weft_common::ipv4::checksum;
 
     fn addrs() -> Addresses {
         Addresses {
@@ -780,7 +889,64 @@ mod tests {
         assert_eq!(checksum(&p[..24]), 0);
         let mut q = p.clone();
         q[8] = 1;
-        fix_ipv4_checksum(&mut q);
+        mutate::fix_checksum(&mut q);
         assert_eq!(checksum(&q[..24]), 0);
+    }
+
+    /// Unbroken pod frames are valid to an independent parser, L4
+    /// checksums included: only the named mutations break frames.
+    #[test]
+    fn pod_frames_verify_with_etherparse() {
+        use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+        use weft_twin::wire::sctp_checksum_ok;
+
+        let mut checked = std::collections::BTreeMap::new();
+        for frame in FrameGen::new(3, addrs()).frames(4000) {
+            if frame.kind != Kind::PodIpv4 || frame.what.contains("fragment") {
+                continue;
+            }
+            let Ok(packet) = SlicedPacket::from_ethernet(&frame.bytes) else {
+                // Only an L4 header cut by a small packet size is refused.
+                let ip = etherparse::Ipv4Slice::from_slice(&frame.bytes[14..]);
+                assert!(ip.unwrap().payload().payload.len() < 20, "{}", frame.what);
+                continue;
+            };
+            let Some(NetSlice::Ipv4(ip)) = &packet.net else {
+                panic!("{}: no IPv4", frame.what);
+            };
+            let header = ip.header();
+            assert_eq!(
+                header.to_header().calc_header_checksum(),
+                header.header_checksum(),
+                "{}",
+                frame.what
+            );
+            let (src, dst) = (header.source(), header.destination());
+            let ok = match &packet.transport {
+                Some(TransportSlice::Tcp(tcp)) => {
+                    tcp.calc_checksum_ipv4(src, dst).unwrap() == tcp.checksum()
+                }
+                Some(TransportSlice::Udp(udp)) => {
+                    let sum = udp
+                        .to_header()
+                        .calc_checksum_ipv4_raw(src, dst, udp.payload());
+                    udp.checksum() == 0 || sum.unwrap() == udp.checksum()
+                }
+                Some(TransportSlice::Icmpv4(icmp)) => checksum(icmp.slice()) == 0,
+                _ if header.protocol().0 == PROTOCOL_SCTP && ip.payload().payload.len() >= 32 => {
+                    sctp_checksum_ok(ip.payload().payload)
+                }
+                // An L4 header cut by a small packet size.
+                _ => continue,
+            };
+            assert!(ok, "{}: L4 checksum", frame.what);
+            *checked.entry(header.protocol().0).or_insert(0) += 1;
+        }
+        for protocol in [PROTOCOL_TCP, PROTOCOL_UDP, PROTOCOL_ICMP, PROTOCOL_SCTP] {
+            assert!(
+                checked.get(&protocol) > Some(&20),
+                "{protocol}: {checked:?}"
+            );
+        }
     }
 }

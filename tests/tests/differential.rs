@@ -32,6 +32,7 @@ use std::process::Command;
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use ipnetwork::Ipv4Network;
 use nix::sched::{CloneFlags, setns};
+use weft_common::ipv4;
 use weft_common::lookup::{Fib, NodeSet, RouteLookup};
 use weft_common::maps::{
     Encap, EndpointInfo, NodeConfig, POD_INGRESS_PROGRAM, PodCidrKey, RemoteNode,
@@ -44,6 +45,7 @@ use weft_dataplane::bpf::{PodGuard, UplinkPrograms, read_pinned_maps, remove_pin
 use weft_tests::framegen::{Addresses, Frame, FrameGen, Ipv4Spec, Kind, ethernet, hex};
 use weft_tests::{Namespaces, require_root};
 use weft_twin::hooks::{self, HookOutcome};
+use weft_twin::wire;
 
 // The cluster. This node is N1.
 const N1: [u8; 4] = [198, 18, 0, 1];
@@ -233,13 +235,14 @@ fn redirect_mtu_edge() -> Vec<Frame> {
     let mut frames = Vec::new();
     for pod in [ENDPOINT_IP, [10, 244, 4, 10]] {
         for total in 1482..=1487usize {
-            let udp = vec![0x5a; total - 20];
-            let inner = Ipv4Spec::new(N2_POD, pod, 17, udp).build();
-            let outer = Ipv4Spec::new(N2, N1, 4, inner).build();
+            let data = vec![0x5a; total - 20 - 8];
+            let udp = wire::udp_datagram(N2_POD, pod, 40000, 53, &data, true);
+            let inner = Ipv4Spec::new(N2_POD, pod, ipv4::PROTOCOL_UDP, udp).build();
+            let outer = Ipv4Spec::new(N2, N1, ipv4::PROTOCOL_IPIP, inner).build();
             frames.push(Frame {
                 kind: Kind::Ipip,
                 what: format!("ipip from node, inner {total} B to a redirected pod"),
-                bytes: ethernet(0x0800, &outer),
+                bytes: ethernet(wire::ETHERTYPE_IPV4, &outer),
             });
         }
     }
@@ -404,11 +407,13 @@ fn skb_ctx_on(ifindex: u32) -> [u8; 44] {
 /// than an IPv4 (IPv6) header after it. Only these may be refused; the
 /// twin's verdicts on them are covered by weft-common's unit tests.
 fn kernel_cannot_run(frame: &[u8]) -> bool {
-    match frame.get(12..14) {
-        None => true,
-        Some([0x08, 0x00]) => frame.len() < 14 + 20,
-        Some([0x86, 0xdd]) => frame.len() < 14 + 40,
-        Some(_) => false,
+    use etherparse::{EtherType, Ethernet2Header, Ethernet2HeaderSlice, Ipv4Header, Ipv6Header};
+    let after_ethernet = frame.len().saturating_sub(Ethernet2Header::LEN);
+    match Ethernet2HeaderSlice::from_slice(frame).map(|eth| eth.ether_type()) {
+        Err(_) => true,
+        Ok(EtherType::IPV4) => after_ethernet < Ipv4Header::MIN_LEN,
+        Ok(EtherType::IPV6) => after_ethernet < Ipv6Header::LEN,
+        Ok(_) => false,
     }
 }
 

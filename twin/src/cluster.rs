@@ -200,7 +200,8 @@ impl Router {
             wire::ETHERTYPE_IPV4 if wire::eth_dst(frame) == Some(self.mac) => {
                 let mut packet = wire::ipv4_payload(frame)?.to_vec();
                 let summary = PacketSummary::of_packet(&packet)?;
-                let host = self.hosts.get(&summary.dst).filter(|_| packet[8] > 1);
+                let alive = wire::Ipv4Fields::parse(&packet).is_some_and(|f| f.ttl > 1);
+                let host = self.hosts.get(&summary.dst).filter(|_| alive);
                 if record {
                     steps.push(Step::Router {
                         packet: summary,
@@ -208,8 +209,7 @@ impl Router {
                     });
                 }
                 let host = host?;
-                packet[8] -= 1;
-                wire::fix_ipv4_checksum(&mut packet);
+                wire::decrement_ttl(&mut packet);
                 Some(wire::ethernet_frame(
                     *host,
                     self.mac,

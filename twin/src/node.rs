@@ -19,9 +19,12 @@ use weft_common::maps::{EndpointInfo, NodeConfig, PodCidrKey, RemoteNode, prefix
 use weft_common::redirect::{FibQuery, FibResult};
 use weft_common::verdict::{COUNTER_COUNT, Counter};
 
+use etherparse::UdpHeader;
+use smoltcp::wire::Ipv4Packet;
+
 use crate::hooks::{self, HookOutcome};
 use crate::step::{RouteDecision, Step, VxlanDecision};
-use crate::wire::{self, Arp, Ipv4Fields, Mac, PacketSummary};
+use crate::wire::{self, Arp, IcmpErrorKind, Ipv4Fields, Mac, PacketSummary};
 
 /// How a kernel route leaves the node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -501,25 +504,24 @@ impl Node {
         if fields.ttl <= 1 {
             decide(self, io, RouteDecision::TtlExceeded);
             self.stats.ttl_exceeded += 1;
-            self.icmp_error(&packet, 11, 0, 0, io);
+            self.icmp_error(&packet, IcmpErrorKind::TtlExceeded, io);
             return;
         }
         let Some(route) = self.tables.lookup(fields.dst).copied() else {
             decide(self, io, RouteDecision::NoRoute);
             self.stats.no_route += 1;
-            self.icmp_error(&packet, 3, 0, 0, io);
+            self.icmp_error(&packet, IcmpErrorKind::NetUnreachable, io);
             return;
         };
         let mtu = self.tables.route_mtu(&route);
         if packet.len() > usize::from(mtu) && fields.dont_fragment {
             decide(self, io, RouteDecision::FragmentationNeeded { mtu });
             self.stats.frag_needed_sent += 1;
-            self.icmp_error(&packet, 3, 4, u32::from(mtu), io);
+            self.icmp_error(&packet, IcmpErrorKind::FragmentationNeeded { mtu }, io);
             return;
         }
         // ip_decrease_ttl: the checksum follows the TTL.
-        packet[8] -= 1;
-        wire::fix_ipv4_checksum(&mut packet);
+        wire::decrement_ttl(&mut packet);
         let pieces = if packet.len() > usize::from(mtu) {
             let pieces = fragment(&packet, mtu);
             decide(
@@ -717,7 +719,7 @@ impl Node {
             });
             return;
         }
-        let udp_payload = &packet[fields.header_len + 8..];
+        let udp_payload = &packet[fields.header_len + UdpHeader::LEN..];
         let decision = self.vxlan_rcv(udp_payload);
         io.step(|| Step::VxlanDecap {
             node: self.name(),
@@ -726,7 +728,7 @@ impl Node {
         });
         if matches!(decision, VxlanDecision::Decapsulated { .. }) {
             self.stats.vxlan_decapsulated += 1;
-            let inner = udp_payload[8..].to_vec();
+            let inner = udp_payload[wire::VXLAN_HEADER_LEN..].to_vec();
             self.ip_input(&inner, io);
         } else {
             self.stats.vxlan_dropped += 1;
@@ -742,7 +744,7 @@ impl Node {
         let device = self.tables.vxlan.as_ref().expect("checked by the caller");
         match wire::vxlan_vni(payload) {
             Some(vni) if vni == device.vni => {
-                let inner = &payload[8..];
+                let inner = &payload[wire::VXLAN_HEADER_LEN..];
                 let for_us = wire::eth_dst(inner) == Some(device.mac)
                     && wire::eth_src(inner) != Some(device.mac)
                     && wire::ethertype(inner) == Some(wire::ETHERTYPE_IPV4);
@@ -764,7 +766,7 @@ impl Node {
     /// `icmp_send`: an error about `offending` to its source, from the
     /// node's underlay address, quoting at most 548 bytes. Never about an
     /// ICMP error, a non-first fragment, or a non-unicast source.
-    fn icmp_error(&mut self, offending: &[u8], kind: u8, code: u8, rest: u32, io: &mut Io) {
+    fn icmp_error(&mut self, offending: &[u8], kind: IcmpErrorKind, io: &mut Io) {
         let Some(f) = Ipv4Fields::parse(offending) else {
             return;
         };
@@ -777,7 +779,7 @@ impl Node {
                 return;
             }
         }
-        let icmp = wire::icmp_error(kind, code, rest, offending);
+        let icmp = wire::icmp_error(kind, offending);
         let ident = self.next_ident();
         let repr = Ipv4Repr {
             // Linux: IPTOS_PREC_INTERNETCONTROL.
@@ -818,13 +820,11 @@ pub(crate) fn fragment(packet: &[u8], mtu: u16) -> Vec<Vec<u8>> {
         let mut piece = header.to_vec();
         piece.extend_from_slice(&data[offset..end]);
         let total = piece.len() as u16;
-        piece[2..4].copy_from_slice(&total.to_be_bytes());
-        let more = !last || f.more_fragments;
-        let word = (u16::from(f.dont_fragment) << 14)
-            | (u16::from(more) << 13)
-            | (((base + offset) / 8) as u16 & 0x1fff);
-        piece[6..8].copy_from_slice(&word.to_be_bytes());
-        wire::fix_ipv4_checksum(&mut piece);
+        let mut ip = Ipv4Packet::new_unchecked(&mut piece);
+        ip.set_total_len(total);
+        ip.set_more_frags(!last || f.more_fragments);
+        ip.set_frag_offset((base + offset) as u16);
+        ip.fill_checksum();
         pieces.push(piece);
         offset = end;
     }

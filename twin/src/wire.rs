@@ -1,12 +1,27 @@
 //! The few wire formats the twin's "kernel" writes and reads around the
-//! shared decisions: Ethernet, ARP, IPv4 (through `weft-common`'s checked
-//! view and emitter), ICMP errors, UDP and VXLAN. Plain functions over
-//! byte slices, so tests and `weftctl trace` can build the same packets.
+//! shared decisions: Ethernet, ARP, IPv4, TCP, UDP, SCTP, ICMP and VXLAN.
+//! Plain functions over byte slices, so tests and `weftctl trace` can build
+//! the same packets.
+//!
+//! Headers are built and read with `etherparse` (checksums included), so
+//! the twin's own frames are not a second hand-written reading of the RFCs
+//! that the core's checked views could share mistakes with. What no library
+//! here covers is written out once: the VXLAN header (RFC 7348), SCTP's
+//! common header, INIT chunk and CRC32c (RFC 9260), and the checksum repair
+//! of headers a library refuses to read (the frame generator's broken ones).
 
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use weft_common::ipv4::{self, Ipv4Header, Ipv4Repr, checksum};
+use etherparse::checksum::Sum16BitWords;
+use etherparse::icmpv4::{DestUnreachableHeader, TimeExceededCode};
+use etherparse::{
+    ArpEthIpv4Packet, ArpOperation, ArpPacket, EtherType, Ethernet2Header, Ethernet2HeaderSlice,
+    Icmpv4Header, Icmpv4Slice, Icmpv4Type, IpDscp, IpEcn, IpNumber, Ipv4HeaderSlice, PacketBuilder,
+    TcpHeader, TcpHeaderSlice, UdpHeader, UdpHeaderSlice,
+};
+use smoltcp::wire::{EthernetAddress, EthernetFrame, Ipv4Packet};
+use weft_common::ipv4::{self, Ipv4Repr};
 use weft_common::packet::ethernet;
 
 /// An Ethernet address.
@@ -55,38 +70,49 @@ pub const ETHERTYPE_ARP: u16 = ethernet::ETHERTYPE_ARP;
 pub use weft_common::uplink::{VXLAN_OVERHEAD, VXLAN_PORT};
 /// The VNI Weft's vxlan device uses (Calico's too).
 pub const VXLAN_VNI: u32 = 4096;
+/// Length of the VXLAN header between the UDP header and the inner frame.
+pub const VXLAN_HEADER_LEN: usize = 8;
 /// Linux quotes at most this much of the offending packet in an ICMP
 /// error (576 minus the error's own IPv4 and ICMP headers).
 pub const ICMP_QUOTE_MAX: usize = 576 - 20 - 8;
+/// IPv4 protocol number of SCTP, which the core's policy must tell from TCP.
+pub const PROTOCOL_SCTP: u8 = 132;
 
 /// `dst`, `src`, `ethertype`, then `payload`.
 pub fn ethernet_frame(dst: Mac, src: Mac, ethertype: u16, payload: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(14 + payload.len());
-    frame.extend_from_slice(&dst.0);
-    frame.extend_from_slice(&src.0);
-    frame.extend_from_slice(&ethertype.to_be_bytes());
+    let header = Ethernet2Header {
+        source: src.0,
+        destination: dst.0,
+        ether_type: EtherType(ethertype),
+    };
+    let mut frame = Vec::with_capacity(Ethernet2Header::LEN + payload.len());
+    frame.extend_from_slice(&header.to_bytes());
     frame.extend_from_slice(payload);
     frame
 }
 
 pub fn eth_dst(frame: &[u8]) -> Option<Mac> {
-    Some(Mac(frame.get(0..6)?.try_into().ok()?))
+    Some(Mac(Ethernet2HeaderSlice::from_slice(frame)
+        .ok()?
+        .destination()))
 }
 
 pub fn eth_src(frame: &[u8]) -> Option<Mac> {
-    Some(Mac(frame.get(6..12)?.try_into().ok()?))
+    Some(Mac(Ethernet2HeaderSlice::from_slice(frame).ok()?.source()))
 }
 
 pub fn ethertype(frame: &[u8]) -> Option<u16> {
-    Some(u16::from_be_bytes(frame.get(12..14)?.try_into().ok()?))
+    Some(Ethernet2HeaderSlice::from_slice(frame).ok()?.ether_type().0)
 }
 
+/// Panics if `frame` is shorter than an Ethernet header.
 pub fn set_eth_dst(frame: &mut [u8], mac: Mac) {
-    frame[0..6].copy_from_slice(&mac.0);
+    EthernetFrame::new_unchecked(frame).set_dst_addr(EthernetAddress(mac.0));
 }
 
+/// Panics if `frame` is shorter than an Ethernet header.
 pub fn set_eth_src(frame: &mut [u8], mac: Mac) {
-    frame[6..12].copy_from_slice(&mac.0);
+    EthernetFrame::new_unchecked(frame).set_src_addr(EthernetAddress(mac.0));
 }
 
 /// An ARP packet for Ethernet and IPv4.
@@ -101,37 +127,43 @@ pub struct Arp {
 }
 
 impl Arp {
-    pub const REQUEST: u16 = 1;
-    pub const REPLY: u16 = 2;
+    pub const REQUEST: u16 = ArpOperation::REQUEST.0;
+    pub const REPLY: u16 = ArpOperation::REPLY.0;
 
+    /// The ARP packet (Ethernet hardware, IPv4 protocol) after the
+    /// frame's Ethernet header; the ethertype is the caller's to check.
     pub fn parse(frame: &[u8]) -> Option<Arp> {
-        let p = frame.get(14..42)?;
-        if p[0..6] != [0, 1, 8, 0, 6, 4] {
-            return None;
-        }
+        let (_, payload) = Ethernet2Header::from_slice(frame).ok()?;
+        let arp = ArpPacket::from_slice(payload).ok()?.try_eth_ipv4().ok()?;
         Some(Arp {
-            operation: u16::from_be_bytes([p[6], p[7]]),
-            sender_mac: Mac(p[8..14].try_into().ok()?),
-            sender_ip: p[14..18].try_into().ok()?,
-            target_mac: Mac(p[18..24].try_into().ok()?),
-            target_ip: p[24..28].try_into().ok()?,
+            operation: arp.operation.0,
+            sender_mac: Mac(arp.sender_mac),
+            sender_ip: arp.sender_ipv4,
+            target_mac: Mac(arp.target_mac),
+            target_ip: arp.target_ipv4,
         })
     }
 
     /// The whole frame: broadcast for a request, to the target for a reply.
     pub fn frame(&self) -> Vec<u8> {
-        let mut p = vec![0, 1, 8, 0, 6, 4];
-        p.extend_from_slice(&self.operation.to_be_bytes());
-        p.extend_from_slice(&self.sender_mac.0);
-        p.extend_from_slice(&self.sender_ip);
-        p.extend_from_slice(&self.target_mac.0);
-        p.extend_from_slice(&self.target_ip);
         let dst = if self.operation == Arp::REQUEST {
             Mac::BROADCAST
         } else {
             self.target_mac
         };
-        ethernet_frame(dst, self.sender_mac, ETHERTYPE_ARP, &p)
+        let arp = ArpPacket::from(ArpEthIpv4Packet {
+            operation: ArpOperation(self.operation),
+            sender_mac: self.sender_mac.0,
+            sender_ipv4: self.sender_ip,
+            target_mac: self.target_mac.0,
+            target_ipv4: self.target_ip,
+        });
+        let builder = PacketBuilder::ethernet2(self.sender_mac.0, dst.0).arp(arp);
+        let mut frame = Vec::with_capacity(builder.size());
+        builder
+            .write(&mut frame)
+            .expect("an ARP frame is written to a Vec");
+        frame
     }
 
     /// The reply to this request from `mac`, which owns (or proxies) the target.
@@ -146,22 +178,36 @@ impl Arp {
     }
 }
 
+/// The one's-complement sum of `bytes` folded and inverted (RFC 1071): 0
+/// over an IPv4 header or ICMP message whose checksum is right, as Linux
+/// checks them (`ip_fast_csum`, `csum_fold`).
+fn checksum_residue(bytes: &[u8]) -> u16 {
+    // etherparse sums in native byte order; `to_be` turns the result back.
+    Sum16BitWords::new()
+        .add_slice(bytes)
+        .ones_complement()
+        .to_be()
+}
+
 /// The IPv4 packet of an Ethernet frame, cut to its total length (Ethernet
-/// padding removed), if its header is valid and its checksum right.
+/// padding removed), if its header is valid and its checksum right: what
+/// Linux's `ip_rcv` lets through.
 pub fn ipv4_payload(frame: &[u8]) -> Option<&[u8]> {
     if ethertype(frame)? != ETHERTYPE_IPV4 {
         return None;
     }
-    let header = Ipv4Header::new_checked(frame, 14).ok()?;
-    if !header.verify_checksum() {
+    let packet = frame.get(Ethernet2Header::LEN..)?;
+    let header = Ipv4HeaderSlice::from_slice(packet).ok()?;
+    let total_len = usize::from(header.total_len());
+    if total_len < header.slice().len() || checksum_residue(header.slice()) != 0 {
         return None;
     }
-    frame.get(14..14 + usize::from(header.total_len()))
+    packet.get(..total_len)
 }
 
 /// Rewrites the header checksum of the IPv4 packet at the start of
-/// `packet`, over as much of the header as is there (the frame generator
-/// hands it truncated and malformed headers too).
+/// `packet`, over as much of the header as is there: the frame generator
+/// hands it truncated and malformed headers too, which no parser accepts.
 pub fn fix_ipv4_checksum(packet: &mut [u8]) {
     let Some(&first) = packet.first() else {
         return;
@@ -171,8 +217,23 @@ pub fn fix_ipv4_checksum(packet: &mut [u8]) {
         return;
     }
     packet[10..12].fill(0);
-    let sum = checksum(&packet[..len]).to_be_bytes();
+    let sum = checksum_residue(&packet[..len]).to_be_bytes();
     packet[10..12].copy_from_slice(&sum);
+}
+
+/// `ip_decrease_ttl`: one hop less, the header checksum rewritten, every
+/// other byte kept. False, and `packet` untouched, if it holds no valid
+/// IPv4 packet or its TTL is already 0.
+pub fn decrement_ttl(packet: &mut [u8]) -> bool {
+    let Ok(mut ip) = Ipv4Packet::new_checked(packet) else {
+        return false;
+    };
+    let Some(ttl) = ip.hop_limit().checked_sub(1) else {
+        return false;
+    };
+    ip.set_hop_limit(ttl);
+    ip.fill_checksum();
+    true
 }
 
 /// Fields of an IPv4 packet (header at offset 0) the path looks at.
@@ -186,24 +247,34 @@ pub struct Ipv4Fields {
     pub header_len: usize,
     pub dont_fragment: bool,
     pub more_fragments: bool,
+    /// In bytes.
     pub fragment_offset: u16,
 }
 
 impl Ipv4Fields {
-    /// The fields of a structurally valid header (no checksum check).
+    /// The fields of a structurally valid header (no checksum check):
+    /// version 4, IHL ≥ 5, and header ≤ total length ≤ bytes in `packet`.
     pub fn parse(packet: &[u8]) -> Option<Ipv4Fields> {
-        let h = Ipv4Header::new_checked(packet, 0).ok()?;
-        Some(Ipv4Fields {
-            src: h.src(),
-            dst: h.dst(),
-            protocol: h.protocol(),
-            ttl: h.ttl(),
-            total_len: h.total_len(),
-            header_len: h.header_len(),
-            dont_fragment: h.dont_fragment(),
-            more_fragments: h.more_fragments(),
-            fragment_offset: h.fragment_offset(),
-        })
+        let header = Ipv4HeaderSlice::from_slice(packet).ok()?;
+        let total_len = usize::from(header.total_len());
+        (header.slice().len() <= total_len && total_len <= packet.len())
+            .then(|| Ipv4Fields::of(&header))
+    }
+
+    /// The fields of a header whose total length is not checked: the quote
+    /// of an ICMP error, cut short of the length it names.
+    fn of(header: &Ipv4HeaderSlice<'_>) -> Ipv4Fields {
+        Ipv4Fields {
+            src: header.source(),
+            dst: header.destination(),
+            protocol: header.protocol().0,
+            ttl: header.ttl(),
+            total_len: header.total_len(),
+            header_len: header.slice().len(),
+            dont_fragment: header.dont_fragment(),
+            more_fragments: header.more_fragments(),
+            fragment_offset: header.fragments_offset().byte_offset(),
+        }
     }
 
     pub fn is_fragment(&self) -> bool {
@@ -218,7 +289,8 @@ pub struct PacketSummary {
     pub src: [u8; 4],
     pub dst: [u8; 4],
     pub protocol: u8,
-    /// Source and destination port (TCP, UDP) or ICMP type and code.
+    /// Source and destination port (TCP, UDP, SCTP) or ICMP type and code,
+    /// when the packet holds the whole L4 header.
     pub ports: Option<(u16, u16)>,
     pub total_len: u16,
     pub dont_fragment: bool,
@@ -237,17 +309,24 @@ pub struct InnerSummary {
     pub fragment: bool,
 }
 
+/// Ports (or ICMP type and code) of the L4 header after the IPv4 header,
+/// if it is all there; none for later fragments.
 fn l4_ports(packet: &[u8], f: &Ipv4Fields) -> Option<(u16, u16)> {
     if f.fragment_offset != 0 {
         return None;
     }
     let l4 = packet.get(f.header_len..)?;
     match f.protocol {
-        ipv4::PROTOCOL_TCP | ipv4::PROTOCOL_UDP => Some((
-            u16::from_be_bytes(l4.get(0..2)?.try_into().ok()?),
-            u16::from_be_bytes(l4.get(2..4)?.try_into().ok()?),
-        )),
-        ipv4::PROTOCOL_ICMP => Some((u16::from(*l4.first()?), u16::from(*l4.get(1)?))),
+        ipv4::PROTOCOL_TCP => TcpHeaderSlice::from_slice(l4)
+            .ok()
+            .map(|tcp| (tcp.source_port(), tcp.destination_port())),
+        ipv4::PROTOCOL_UDP => UdpHeaderSlice::from_slice(l4)
+            .ok()
+            .map(|udp| (udp.source_port(), udp.destination_port())),
+        ipv4::PROTOCOL_ICMP => Icmpv4Slice::from_slice(l4)
+            .ok()
+            .map(|icmp| (icmp.type_u8().into(), icmp.code_u8().into())),
+        PROTOCOL_SCTP => SctpCommonHeader::parse(l4).map(|h| (h.src_port, h.dst_port)),
         _ => None,
     }
 }
@@ -272,9 +351,10 @@ impl PacketSummary {
         let inner = match (f.protocol, ports) {
             (ipv4::PROTOCOL_IPIP, _) if !f.is_fragment() => inner_summary(payload),
             (ipv4::PROTOCOL_UDP, Some((_, VXLAN_PORT))) => payload
-                .get(8 + 8..)
-                .filter(|inner| ethertype(inner) == Some(ETHERTYPE_IPV4))
-                .and_then(|inner| inner_summary(&inner[14..])),
+                .get(UdpHeader::LEN + VXLAN_HEADER_LEN..)
+                .and_then(|inner| Ethernet2Header::from_slice(inner).ok())
+                .filter(|(eth, _)| eth.ether_type == EtherType::IPV4)
+                .and_then(|(_, packet)| inner_summary(packet)),
             _ => None,
         };
         Some(PacketSummary {
@@ -291,10 +371,11 @@ impl PacketSummary {
 
     /// The summary of an Ethernet frame's IPv4 packet.
     pub fn of_frame(frame: &[u8]) -> Option<PacketSummary> {
-        if ethertype(frame)? != ETHERTYPE_IPV4 {
+        let (eth, packet) = Ethernet2Header::from_slice(frame).ok()?;
+        if eth.ether_type != EtherType::IPV4 {
             return None;
         }
-        PacketSummary::of_packet(frame.get(14..)?)
+        PacketSummary::of_packet(packet)
     }
 }
 
@@ -304,6 +385,7 @@ fn protocol_name(protocol: u8) -> String {
         ipv4::PROTOCOL_IPIP => "ipip".into(),
         ipv4::PROTOCOL_TCP => "tcp".into(),
         ipv4::PROTOCOL_UDP => "udp".into(),
+        PROTOCOL_SCTP => "sctp".into(),
         other => format!("proto {other}"),
     }
 }
@@ -347,60 +429,34 @@ impl fmt::Display for PacketSummary {
     }
 }
 
+/// The etherparse header for `repr` with `payload_len` bytes after it,
+/// checksum included.
+fn ipv4_header(repr: Ipv4Repr, payload_len: usize) -> etherparse::Ipv4Header {
+    let payload_len = u16::try_from(payload_len).expect("an IPv4 packet fits 65535 bytes");
+    let mut header = etherparse::Ipv4Header::new(
+        payload_len,
+        repr.ttl,
+        IpNumber(repr.protocol),
+        repr.src,
+        repr.dst,
+    )
+    .expect("an IPv4 packet fits 65535 bytes");
+    header.dscp = IpDscp::try_new(repr.tos >> 2).expect("six bits");
+    header.ecn = IpEcn::try_new(repr.tos & 0b11).expect("two bits");
+    header.identification = repr.ident;
+    header.dont_fragment = repr.dont_fragment;
+    header.header_checksum = header.calc_header_checksum();
+    header
+}
+
 /// An IPv4 packet: a 20-byte header from `repr` (its `payload_len` is
 /// taken from `payload`), then `payload`.
 pub fn ipv4_packet(repr: Ipv4Repr, payload: &[u8]) -> Vec<u8> {
-    let repr = Ipv4Repr {
-        payload_len: payload.len() as u16,
-        ..repr
-    };
-    let header = repr.emit().expect("an IPv4 packet fits 65535 bytes");
-    let mut packet = header.to_vec();
+    let header = ipv4_header(repr, payload.len());
+    let mut packet = Vec::with_capacity(header.header_len() + payload.len());
+    packet.extend_from_slice(&header.to_bytes());
     packet.extend_from_slice(payload);
     packet
-}
-
-/// The RFC 768 checksum of a UDP datagram (`udp`, checksum field zero)
-/// between `src` and `dst`; 0 is sent as 0xffff.
-pub fn udp_checksum(src: [u8; 4], dst: [u8; 4], udp: &[u8]) -> u16 {
-    l4_checksum(src, dst, ipv4::PROTOCOL_UDP, udp)
-}
-
-/// The checksum of a TCP or UDP segment with the IPv4 pseudo-header.
-fn l4_checksum(src: [u8; 4], dst: [u8; 4], protocol: u8, segment: &[u8]) -> u16 {
-    let mut bytes = Vec::with_capacity(12 + segment.len());
-    bytes.extend_from_slice(&src);
-    bytes.extend_from_slice(&dst);
-    bytes.push(0);
-    bytes.push(protocol);
-    bytes.extend_from_slice(&(segment.len() as u16).to_be_bytes());
-    bytes.extend_from_slice(segment);
-    match checksum(&bytes) {
-        0 => 0xffff,
-        sum => sum,
-    }
-}
-
-/// A UDP header and `payload`, with its checksum (`checksum: true`) or 0.
-pub fn udp_datagram(
-    src: [u8; 4],
-    dst: [u8; 4],
-    src_port: u16,
-    dst_port: u16,
-    payload: &[u8],
-    with_checksum: bool,
-) -> Vec<u8> {
-    let mut udp = Vec::with_capacity(8 + payload.len());
-    udp.extend_from_slice(&src_port.to_be_bytes());
-    udp.extend_from_slice(&dst_port.to_be_bytes());
-    udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    udp.extend_from_slice(&[0, 0]);
-    udp.extend_from_slice(payload);
-    if with_checksum {
-        let sum = udp_checksum(src, dst, &udp);
-        udp[6..8].copy_from_slice(&sum.to_be_bytes());
-    }
-    udp
 }
 
 /// The repr of a packet a host sends: TTL 64, no TOS.
@@ -417,6 +473,257 @@ pub fn host_repr(src: [u8; 4], dst: [u8; 4], protocol: u8, ident: u16, df: bool)
     }
 }
 
+/// The RFC 768 checksum of a UDP datagram (`udp`, header included, its
+/// checksum field ignored) between `src` and `dst`; 0 is sent as 0xffff.
+/// None if `udp` is shorter than a UDP header.
+pub fn udp_checksum(src: [u8; 4], dst: [u8; 4], udp: &[u8]) -> Option<u16> {
+    let (header, payload) = UdpHeader::from_slice(udp).ok()?;
+    header.calc_checksum_ipv4_raw(src, dst, payload).ok()
+}
+
+/// A UDP header and `payload`, with its checksum (`with_checksum`) or 0
+/// (as Linux's vxlan device sends by default).
+pub fn udp_datagram(
+    src: [u8; 4],
+    dst: [u8; 4],
+    src_port: u16,
+    dst_port: u16,
+    payload: &[u8],
+    with_checksum: bool,
+) -> Vec<u8> {
+    let mut header = UdpHeader::without_ipv4_checksum(src_port, dst_port, payload.len())
+        .expect("a UDP datagram fits 65535 bytes");
+    if with_checksum {
+        header.checksum = header
+            .calc_checksum_ipv4_raw(src, dst, payload)
+            .expect("a UDP datagram fits 65535 bytes");
+    }
+    let mut udp = Vec::with_capacity(UdpHeader::LEN + payload.len());
+    udp.extend_from_slice(&header.to_bytes());
+    udp.extend_from_slice(payload);
+    udp
+}
+
+/// The control flags of the TCP segments policy and connection-tracking
+/// tests send: the opening handshake, data, the close, the reset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpControl {
+    Syn,
+    SynAck,
+    Ack,
+    PshAck,
+    FinAck,
+    Rst,
+    RstAck,
+}
+
+/// A TCP segment without options, for [`TcpSegment::bytes`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpSegment {
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub control: TcpControl,
+    pub seq: u32,
+    /// Sent only with the ACK flag (zero otherwise).
+    pub ack: u32,
+    pub window: u16,
+}
+
+impl TcpSegment {
+    /// A connection's first segment: SYN, sequence number 1, Linux's
+    /// default window.
+    pub fn syn(src_port: u16, dst_port: u16) -> TcpSegment {
+        TcpSegment {
+            src_port,
+            dst_port,
+            control: TcpControl::Syn,
+            seq: 1,
+            ack: 0,
+            window: 64240,
+        }
+    }
+
+    /// The segment that answers this one with `control`: ports swapped, it
+    /// acknowledges this one's sequence number plus one.
+    pub fn answer(&self, control: TcpControl) -> TcpSegment {
+        TcpSegment {
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            control,
+            seq: self.ack,
+            ack: self.seq.wrapping_add(1),
+            window: self.window,
+        }
+    }
+
+    /// The segment with `payload`, its checksum over `src` and `dst`.
+    pub fn bytes(&self, src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
+        use TcpControl::*;
+        let mut tcp = TcpHeader::new(self.src_port, self.dst_port, self.seq, self.window);
+        tcp.syn = matches!(self.control, Syn | SynAck);
+        tcp.fin = self.control == FinAck;
+        tcp.rst = matches!(self.control, Rst | RstAck);
+        tcp.psh = self.control == PshAck;
+        tcp.ack = !matches!(self.control, Syn | Rst);
+        if tcp.ack {
+            tcp.acknowledgment_number = self.ack;
+        }
+        tcp.checksum = tcp
+            .calc_checksum_ipv4_raw(src, dst, payload)
+            .expect("a TCP segment fits 65535 bytes");
+        let mut bytes = tcp.to_bytes().to_vec();
+        bytes.extend_from_slice(payload);
+        bytes
+    }
+}
+
+/// An ICMP echo request (or reply) with `payload`, checksum included.
+pub fn icmp_echo(request: bool, id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
+    let echo = etherparse::IcmpEchoHeader { id, seq };
+    let kind = if request {
+        Icmpv4Type::EchoRequest(echo)
+    } else {
+        Icmpv4Type::EchoReply(echo)
+    };
+    icmp_message(kind, payload)
+}
+
+fn icmp_message(kind: Icmpv4Type, payload: &[u8]) -> Vec<u8> {
+    let mut icmp = Icmpv4Header::with_checksum(kind, payload)
+        .to_bytes()
+        .to_vec();
+    icmp.extend_from_slice(payload);
+    icmp
+}
+
+/// The ICMP errors the twin's nodes send, as Linux's `icmp_send` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IcmpErrorKind {
+    /// Type 3 code 0: no route to the destination's network.
+    NetUnreachable,
+    /// Type 3 code 3: nothing listens on the port (UDP, SCTP).
+    PortUnreachable,
+    /// Type 3 code 4: fragmentation needed and DF set, with the next-hop MTU.
+    FragmentationNeeded { mtu: u16 },
+    /// Type 11 code 0: the TTL ran out in transit.
+    TtlExceeded,
+}
+
+impl IcmpErrorKind {
+    fn icmp_type(self) -> Icmpv4Type {
+        match self {
+            IcmpErrorKind::NetUnreachable => {
+                Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Network)
+            }
+            IcmpErrorKind::PortUnreachable => {
+                Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port)
+            }
+            IcmpErrorKind::FragmentationNeeded { mtu } => {
+                Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+                    next_hop_mtu: mtu,
+                })
+            }
+            IcmpErrorKind::TtlExceeded => {
+                Icmpv4Type::TimeExceeded(TimeExceededCode::TtlExceededInTransit)
+            }
+        }
+    }
+}
+
+/// An ICMP error message as Linux's `icmp_send` writes it: the error's
+/// type and code, its 32-bit field (the next-hop MTU for "fragmentation
+/// needed"), then the offending packet's start, at most
+/// [`ICMP_QUOTE_MAX`] bytes of it.
+pub fn icmp_error(kind: IcmpErrorKind, offending: &[u8]) -> Vec<u8> {
+    let quote = &offending[..offending.len().min(ICMP_QUOTE_MAX)];
+    icmp_message(kind.icmp_type(), quote)
+}
+
+/// SCTP's common header (RFC 9260 §3.1): ports, verification tag, CRC32c.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SctpCommonHeader {
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub verification_tag: u32,
+    pub checksum: u32,
+}
+
+impl SctpCommonHeader {
+    pub const LEN: usize = 12;
+
+    /// The common header at the start of `sctp`, if it is all there.
+    pub fn parse(sctp: &[u8]) -> Option<SctpCommonHeader> {
+        let word = |at: usize| -> Option<[u8; 4]> { sctp.get(at..at + 4)?.try_into().ok() };
+        let [a, b, c, d] = word(0)?;
+        Some(SctpCommonHeader {
+            src_port: u16::from_be_bytes([a, b]),
+            dst_port: u16::from_be_bytes([c, d]),
+            verification_tag: u32::from_be_bytes(word(4)?),
+            checksum: u32::from_le_bytes(word(8)?),
+        })
+    }
+}
+
+/// An SCTP packet holding one INIT chunk (RFC 9260 §3.3.2), what a client
+/// sends first: verification tag 0, no optional parameters. The only SCTP
+/// the twin and the lab send (this kernel has no SCTP sockets), so that
+/// policy sees SCTP as SCTP and never as TCP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SctpInit {
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// The tag the peer must put in its packets; never 0.
+    pub initiate_tag: u32,
+}
+
+impl SctpInit {
+    const CHUNK_INIT: u8 = 1;
+    const CHUNK_LEN: u16 = 20;
+
+    /// The packet: common header, then the INIT chunk, CRC32c over both.
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut sctp = Vec::with_capacity(SctpCommonHeader::LEN + usize::from(Self::CHUNK_LEN));
+        sctp.extend_from_slice(&self.src_port.to_be_bytes());
+        sctp.extend_from_slice(&self.dst_port.to_be_bytes());
+        sctp.extend_from_slice(&0u32.to_be_bytes()); // verification tag
+        sctp.extend_from_slice(&0u32.to_be_bytes()); // checksum, below
+        sctp.extend_from_slice(&[Self::CHUNK_INIT, 0]);
+        sctp.extend_from_slice(&Self::CHUNK_LEN.to_be_bytes());
+        sctp.extend_from_slice(&self.initiate_tag.to_be_bytes());
+        sctp.extend_from_slice(&65535u32.to_be_bytes()); // a_rwnd
+        sctp.extend_from_slice(&10u16.to_be_bytes()); // outbound streams
+        sctp.extend_from_slice(&10u16.to_be_bytes()); // inbound streams
+        sctp.extend_from_slice(&self.initiate_tag.to_be_bytes()); // initial TSN
+        // RFC 9260 appendix A: the CRC goes out least significant byte first.
+        let crc = crc32c(&sctp);
+        sctp[8..12].copy_from_slice(&crc.to_le_bytes());
+        sctp
+    }
+}
+
+/// The CRC32c (Castagnoli, reflected polynomial 0x82F63B78) of `bytes`,
+/// SCTP's checksum (RFC 9260 appendix A). Bitwise: test packets are small.
+pub fn crc32c(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0x82f6_3b78 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
+}
+
+/// True if an SCTP packet's CRC32c is right.
+pub fn sctp_checksum_ok(sctp: &[u8]) -> bool {
+    let Some(header) = SctpCommonHeader::parse(sctp) else {
+        return false;
+    };
+    let mut zeroed = sctp.to_vec();
+    zeroed[8..12].fill(0);
+    crc32c(&zeroed) == header.checksum
+}
+
 /// What a synthetic packet carries, for [`Probe`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProbeKind {
@@ -426,6 +733,9 @@ pub enum ProbeKind {
     Udp { src_port: u16, dst_port: u16 },
     /// An ICMP echo request.
     Ping,
+    /// An SCTP INIT to `dst_port` (52 bytes whatever the probe's length:
+    /// policy decides on the INIT, so nothing pads it).
+    Sctp { src_port: u16, dst_port: u16 },
 }
 
 /// A synthetic packet, as `weftctl trace` would describe one: who sends it,
@@ -474,6 +784,17 @@ impl Probe {
         }
     }
 
+    /// A DF SCTP INIT from port 40000 to `dst_port`.
+    pub fn sctp(src: [u8; 4], dst: [u8; 4], dst_port: u16) -> Probe {
+        Probe {
+            kind: ProbeKind::Sctp {
+                src_port: 40000,
+                dst_port,
+            },
+            ..Probe::udp(src, dst, dst_port)
+        }
+    }
+
     /// The same probe `total_len` bytes long (IPv4 total length).
     pub fn with_len(self, total_len: u16) -> Probe {
         Probe { total_len, ..self }
@@ -490,9 +811,10 @@ impl Probe {
     /// The IPv4 packet, checksums included.
     pub fn packet(&self) -> Vec<u8> {
         let (protocol, header_len) = match self.kind {
-            ProbeKind::Tcp { .. } => (ipv4::PROTOCOL_TCP, 20),
-            ProbeKind::Udp { .. } => (ipv4::PROTOCOL_UDP, 8),
-            ProbeKind::Ping => (ipv4::PROTOCOL_ICMP, 8),
+            ProbeKind::Tcp { .. } => (ipv4::PROTOCOL_TCP, TcpHeader::MIN_LEN),
+            ProbeKind::Udp { .. } => (ipv4::PROTOCOL_UDP, UdpHeader::LEN),
+            ProbeKind::Ping => (ipv4::PROTOCOL_ICMP, Icmpv4Header::MIN_LEN),
+            ProbeKind::Sctp { .. } => (PROTOCOL_SCTP, 0),
         };
         let payload_len = usize::from(self.total_len).saturating_sub(20 + header_len);
         let payload: Vec<u8> = (0..payload_len).map(|i| i as u8).collect();
@@ -501,45 +823,21 @@ impl Probe {
                 udp_datagram(self.src, self.dst, src_port, dst_port, &payload, true)
             }
             ProbeKind::Tcp { src_port, dst_port } => {
-                let mut tcp = Vec::with_capacity(20 + payload.len());
-                tcp.extend_from_slice(&src_port.to_be_bytes());
-                tcp.extend_from_slice(&dst_port.to_be_bytes());
-                tcp.extend_from_slice(&1u32.to_be_bytes()); // sequence
-                tcp.extend_from_slice(&0u32.to_be_bytes()); // ack
-                tcp.extend_from_slice(&[0x50, 0x02]); // 5 words, SYN
-                tcp.extend_from_slice(&64240u16.to_be_bytes());
-                tcp.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent
-                tcp.extend_from_slice(&payload);
-                let sum = l4_checksum(self.src, self.dst, ipv4::PROTOCOL_TCP, &tcp);
-                tcp[16..18].copy_from_slice(&sum.to_be_bytes());
-                tcp
+                TcpSegment::syn(src_port, dst_port).bytes(self.src, self.dst, &payload)
             }
-            ProbeKind::Ping => {
-                let mut icmp = vec![8, 0, 0, 0, 0x57, 0x57, 0, 1];
-                icmp.extend_from_slice(&payload);
-                let sum = checksum(&icmp);
-                icmp[2..4].copy_from_slice(&sum.to_be_bytes());
-                icmp
+            ProbeKind::Ping => icmp_echo(true, 0x5757, 1, &payload),
+            ProbeKind::Sctp { src_port, dst_port } => SctpInit {
+                src_port,
+                dst_port,
+                initiate_tag: 0x5757_0001,
             }
+            .bytes(),
         };
         ipv4_packet(
             host_repr(self.src, self.dst, protocol, 0x5757, self.dont_fragment),
             &l4,
         )
     }
-}
-
-/// An ICMP error message as Linux's `icmp_send` writes it: `kind`/`code`,
-/// the 32-bit field after the checksum (next-hop MTU in its low 16 bits
-/// for "fragmentation needed"), then the offending packet's start.
-pub fn icmp_error(kind: u8, code: u8, rest: u32, offending: &[u8]) -> Vec<u8> {
-    let quote = &offending[..offending.len().min(ICMP_QUOTE_MAX)];
-    let mut icmp = vec![kind, code, 0, 0];
-    icmp.extend_from_slice(&rest.to_be_bytes());
-    icmp.extend_from_slice(quote);
-    let sum = checksum(&icmp);
-    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
-    icmp
 }
 
 /// An ICMP error as the twin's pods and tests see it.
@@ -551,7 +849,8 @@ pub struct IcmpError {
     pub code: u8,
     /// Next-hop MTU for type 3 code 4, else 0.
     pub mtu: u16,
-    /// The quoted (offending) packet's header fields.
+    /// The quoted (offending) packet's header fields; its total length is
+    /// the quoted packet's, longer than the quote.
     pub quoted: Ipv4Fields,
 }
 
@@ -561,36 +860,33 @@ impl IcmpError {
         self.kind == 3 && self.code == 4
     }
 
-    /// The ICMP error an Ethernet frame carries, if it carries one with a
-    /// right checksum.
+    /// The ICMP error (destination unreachable or time exceeded) an
+    /// Ethernet frame carries, if it carries one with a right checksum and
+    /// a whole quoted IPv4 header.
     pub fn parse_frame(frame: &[u8]) -> Option<IcmpError> {
         let packet = ipv4_payload(frame)?;
         let f = Ipv4Fields::parse(packet)?;
         if f.protocol != ipv4::PROTOCOL_ICMP || f.is_fragment() {
             return None;
         }
-        let icmp = &packet[f.header_len..];
-        if icmp.len() < 8 + 20 || checksum(icmp) != 0 || !matches!(icmp[0], 3 | 11) {
+        let icmp = Icmpv4Slice::from_slice(&packet[f.header_len..]).ok()?;
+        if checksum_residue(icmp.slice()) != 0 {
             return None;
         }
-        // The quote is cut, so its total length runs past it: read the
-        // header fields alone.
-        let quote = &icmp[8..];
-        let quoted_len = usize::from(quote[0] & 0x0f) * 4;
-        let mut header = quote.get(..quoted_len)?.to_vec();
-        header[2..4].copy_from_slice(&(quoted_len as u16).to_be_bytes());
-        let mut quoted = Ipv4Fields::parse(&header)?;
-        quoted.total_len = u16::from_be_bytes([quote[2], quote[3]]);
+        let mtu = match icmp.icmp_type() {
+            Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+                next_hop_mtu,
+            }) => next_hop_mtu,
+            Icmpv4Type::DestinationUnreachable(_) | Icmpv4Type::TimeExceeded(_) => 0,
+            _ => return None,
+        };
+        let quoted = Ipv4HeaderSlice::from_slice(icmp.payload()).ok()?;
         Some(IcmpError {
             from: f.src,
-            kind: icmp[0],
-            code: icmp[1],
-            mtu: if icmp[0] == 3 && icmp[1] == 4 {
-                u16::from_be_bytes([icmp[6], icmp[7]])
-            } else {
-                0
-            },
-            quoted,
+            kind: icmp.type_u8(),
+            code: icmp.code_u8(),
+            mtu,
+            quoted: Ipv4Fields::of(&quoted),
         })
     }
 }
@@ -621,14 +917,14 @@ pub fn flow_src_port(inner: &[u8]) -> u16 {
 }
 
 /// The 8-byte VXLAN header for `vni` (the I flag set).
-pub fn vxlan_header(vni: u32) -> [u8; 8] {
+pub fn vxlan_header(vni: u32) -> [u8; VXLAN_HEADER_LEN] {
     let [_, a, b, c] = vni.to_be_bytes();
     [0x08, 0, 0, 0, a, b, c, 0]
 }
 
 /// The VNI of a VXLAN header, if its I flag is set.
 pub fn vxlan_vni(header: &[u8]) -> Option<u32> {
-    let h = header.get(0..8)?;
+    let h = header.get(..VXLAN_HEADER_LEN)?;
     if h[0] & 0x08 == 0 {
         return None;
     }
@@ -638,6 +934,7 @@ pub fn vxlan_vni(header: &[u8]) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weft_common::ipv4::checksum;
 
     #[test]
     fn probe_packets_are_valid_and_sized() {
@@ -664,11 +961,9 @@ mod tests {
     fn udp_checksum_matches_a_known_datagram() {
         // 10.244.1.5:4000 -> 10.244.2.7:53 "weft"; common's fixture.
         let udp = udp_datagram([10, 244, 1, 5], [10, 244, 2, 7], 4000, 53, b"weft", true);
-        let mut zero = udp.clone();
-        zero[6..8].fill(0);
         assert_eq!(
-            udp_checksum([10, 244, 1, 5], [10, 244, 2, 7], &zero),
-            u16::from_be_bytes([udp[6], udp[7]])
+            udp_checksum([10, 244, 1, 5], [10, 244, 2, 7], &udp),
+            Some(u16::from_be_bytes([udp[6], udp[7]]))
         );
         // Verifying over the datagram with its checksum gives all ones.
         let mut pseudo = vec![10, 244, 1, 5, 10, 244, 2, 7, 0, 17, 0, 12];
@@ -681,7 +976,7 @@ mod tests {
         let offending = Probe::udp([10, 244, 1, 5], [10, 244, 2, 7], 53)
             .with_len(1481)
             .packet();
-        let icmp = icmp_error(3, 4, 1480, &offending);
+        let icmp = icmp_error(IcmpErrorKind::FragmentationNeeded { mtu: 1480 }, &offending);
         assert_eq!(icmp.len(), 8 + ICMP_QUOTE_MAX);
         let packet = ipv4_packet(
             host_repr([198, 18, 0, 1], [10, 244, 1, 5], 1, 7, false),
@@ -724,5 +1019,127 @@ mod tests {
         let reply = request.reply(Mac::HOST_VETH);
         assert_eq!(reply.sender_ip, [169, 254, 1, 1]);
         assert_eq!(eth_dst(&reply.frame()), Some(Mac::pod([10, 244, 1, 5])));
+    }
+
+    #[test]
+    fn crc32c_matches_the_published_check_values() {
+        // The CRC catalogue's check value, and RFC 3720 B.4's 32 zero bytes.
+        assert_eq!(crc32c(b"123456789"), 0xe306_9283);
+        assert_eq!(crc32c(&[0; 32]), 0x8a91_36aa);
+        assert_eq!(crc32c(&[0xff; 32]), 0x62a8_ab43);
+    }
+
+    #[test]
+    fn sctp_init_carries_its_ports_and_a_right_crc() {
+        let init = SctpInit {
+            src_port: 40000,
+            dst_port: 9999,
+            initiate_tag: 0x5757_0001,
+        };
+        let sctp = init.bytes();
+        assert_eq!(sctp.len(), 32);
+        assert!(sctp_checksum_ok(&sctp));
+        let header = SctpCommonHeader::parse(&sctp).unwrap();
+        assert_eq!((header.src_port, header.dst_port), (40000, 9999));
+        assert_eq!(header.verification_tag, 0);
+        // Chunk type INIT, length 20, then the initiate tag.
+        assert_eq!(sctp[12..16], [1, 0, 0, 20]);
+        assert_eq!(sctp[16..20], 0x5757_0001u32.to_be_bytes());
+        for at in 0..sctp.len() {
+            let mut broken = sctp.clone();
+            broken[at] ^= 0x20;
+            assert!(!sctp_checksum_ok(&broken), "byte {at}");
+        }
+        let packet = ipv4_packet(
+            host_repr(
+                [10, 244, 1, 5],
+                [10, 244, 2, 7],
+                PROTOCOL_SCTP,
+                0x5757,
+                true,
+            ),
+            &sctp,
+        );
+        let summary = PacketSummary::of_packet(&packet).unwrap();
+        assert_eq!(
+            summary.to_string(),
+            "10.244.1.5:40000 > 10.244.2.7:9999 sctp len 52 DF"
+        );
+        assert_eq!(
+            Probe::sctp([10, 244, 1, 5], [10, 244, 2, 7], 9999).packet(),
+            packet
+        );
+    }
+
+    #[test]
+    fn tcp_segments_carry_their_flags_and_verify() {
+        let (src, dst) = ([10, 244, 1, 5], [10, 244, 2, 7]);
+        let syn = TcpSegment::syn(40000, 80);
+        for (control, flags) in [
+            (TcpControl::Syn, 0x02),
+            (TcpControl::SynAck, 0x12),
+            (TcpControl::Ack, 0x10),
+            (TcpControl::PshAck, 0x18),
+            (TcpControl::FinAck, 0x11),
+            (TcpControl::Rst, 0x04),
+            (TcpControl::RstAck, 0x14),
+        ] {
+            let bytes = syn.answer(control).bytes(dst, src, b"data");
+            let (tcp, payload) = TcpHeader::from_slice(&bytes).unwrap();
+            assert_eq!(bytes[13], flags, "{control:?}");
+            assert_eq!((tcp.source_port, tcp.destination_port), (80, 40000));
+            assert_eq!(payload, b"data");
+            assert_eq!(
+                tcp.calc_checksum_ipv4_raw(dst, src, payload).unwrap(),
+                tcp.checksum
+            );
+            let expected_ack = if tcp.ack { 2 } else { 0 };
+            assert_eq!(tcp.acknowledgment_number, expected_ack, "{control:?}");
+        }
+    }
+
+    #[test]
+    fn icmp_echo_parses_back() {
+        let request = icmp_echo(true, 7, 3, b"ping");
+        let icmp = Icmpv4Slice::from_slice(&request).unwrap();
+        assert_eq!(
+            icmp.icmp_type(),
+            Icmpv4Type::EchoRequest(etherparse::IcmpEchoHeader { id: 7, seq: 3 })
+        );
+        assert_eq!(checksum(&request), 0);
+        assert_eq!(icmp_echo(false, 7, 3, b"ping")[0], 0);
+    }
+
+    #[test]
+    fn fragments_and_ttl_keep_the_header_valid() {
+        let mut p = Probe::udp([10, 244, 1, 5], [10, 244, 2, 7], 53)
+            .with_len(100)
+            .packet();
+        assert!(decrement_ttl(&mut p));
+        let f = Ipv4Fields::parse(&p).unwrap();
+        assert_eq!(f.ttl, 63);
+        assert_eq!(checksum(&p[..20]), 0);
+        let mut dead = ipv4_packet(
+            Ipv4Repr {
+                ttl: 0,
+                ..host_repr([10, 244, 1, 5], [10, 244, 2, 7], 17, 1, true)
+            },
+            &[],
+        );
+        assert!(!decrement_ttl(&mut dead));
+    }
+
+    #[test]
+    fn fix_ipv4_checksum_repairs_whole_and_cut_headers() {
+        let mut p = Probe::ping([10, 244, 1, 5], [10, 244, 2, 7]).packet();
+        p[1] = 0x2e;
+        fix_ipv4_checksum(&mut p);
+        assert_eq!(checksum(&p[..20]), 0);
+        assert!(Ipv4Packet::new_checked(&p[..]).unwrap().verify_checksum());
+        // IHL 15 over 24 bytes: the checksum covers what is there.
+        p[0] = 0x4f;
+        p.truncate(24);
+        fix_ipv4_checksum(&mut p);
+        assert_eq!(checksum(&p), 0);
     }
 }

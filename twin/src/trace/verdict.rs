@@ -86,6 +86,7 @@ fn probe_protocol(p: &Probe) -> u8 {
         ProbeKind::Tcp { .. } => 6,
         ProbeKind::Udp { .. } => 17,
         ProbeKind::Ping => 1,
+        ProbeKind::Sctp { .. } => crate::wire::PROTOCOL_SCTP,
     }
 }
 
