@@ -251,7 +251,7 @@ impl TunnelDriver {
         }
         // The maps are small (one entry per node) and this slice changes
         // only with nodes or BGP: read them each time.
-        let plan = bpf::plan_uplink(
+        let mut plan = bpf::plan_uplink(
             &UplinkState {
                 config: self.config,
                 nodes: desired.tunnel_peers.clone(),
@@ -259,6 +259,11 @@ impl TunnelDriver {
             },
             &self.programs.state()?,
         );
+        if desired.keep_pod_routes {
+            // The kept routes lead into these entries: without them the
+            // node would stop encapsulating until BGP relearns the routes.
+            plan.remove_pod_routes.clear();
+        }
         if !plan.is_empty() {
             tracing::info!(
                 config = ?plan.config,

@@ -79,6 +79,11 @@ pub struct DesiredState {
     /// VXLAN: each other node as (underlay address, VTEP address), for the
     /// device's FDB and neighbour entries. Empty in the other modes.
     pub vxlan_peers: Vec<(Ipv4Addr, Ipv4Addr)>,
+    /// A graceful restart is in progress (kept routes in force): the
+    /// uplink programs' pod-route entries a previous run wrote stay until
+    /// BGP has relearned them, as the kept routes into them do; only
+    /// additions are applied.
+    pub keep_pod_routes: bool,
     /// Why some wanted state cannot be built, for the log and operators.
     pub problems: Vec<Problem>,
 }
@@ -114,6 +119,7 @@ pub fn desired_state(view: &ClusterView<'_>) -> DesiredState {
             out.routes.push(route);
         }
     }
+    out.keep_pod_routes = !view.kept.is_empty();
     for kept in view.kept {
         if !out.routes.iter().any(|r| r.dst == kept.dst) {
             out.routes.push(*kept);
@@ -681,6 +687,7 @@ mod tests {
         let other = Route::via_vxlan(net("10.244.3.0/24"), ip("10.244.3.0"), 40);
         f.kept = vec![old, other];
         let d = f.calc();
+        assert!(d.keep_pod_routes);
         assert!(d.routes.contains(&other));
         assert_eq!(d.routes.iter().filter(|r| r.dst == old.dst).count(), 1);
     }
