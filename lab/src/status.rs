@@ -2,11 +2,13 @@
 //! for the table, the JSON and every reader of either (the integration
 //! tests read labs through these types, never through a copy of them).
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use weft_model::ContainerPort;
 
 use crate::matrix::render_table;
 use crate::probe::{self, Echo, ProbeError};
@@ -66,6 +68,14 @@ pub struct PodView {
     pub netns: String,
     pub ip: Option<String>,
     pub host_ifname: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The pod's container ports, as in a pod spec.
+    #[serde(default)]
+    pub ports: Vec<ContainerPort>,
+    /// The pod's port server, if it runs one and it is alive.
+    #[serde(default)]
+    pub server_pid: Option<u32>,
 }
 
 impl From<&Pod> for PodView {
@@ -77,6 +87,11 @@ impl From<&Pod> for PodView {
             netns: p.netns.clone(),
             ip: p.ip.map(|ip| ip.to_string()),
             host_ifname: p.host_ifname.clone(),
+            labels: p.labels.clone(),
+            ports: p.ports.clone(),
+            server_pid: p
+                .server_pid
+                .filter(|&pid| crate::serve::is_server(pid, &p.netns)),
         }
     }
 }
@@ -237,6 +252,8 @@ mod tests {
             labels: BTreeMap::new(),
             ip: Some(Ipv4Addr::new(10, 244, 1, 2)),
             host_ifname: Some("weftab12cd34".into()),
+            ports: Vec::new(),
+            server_pid: None,
         });
         state
     }
@@ -255,7 +272,8 @@ mod tests {
                     {"name": "node2", "netns": "weft-node2", "underlay_ip": "198.18.0.12", "pod_cidr": "10.244.2.0/24", "agent_pid": null}
                 ],
                 "pods": [
-                    {"name": "node1-a", "namespace": "default", "node": "node1", "netns": "weft-pod-node1-a", "ip": "10.244.1.2", "host_ifname": "weftab12cd34"}
+                    {"name": "node1-a", "namespace": "default", "node": "node1", "netns": "weft-pod-node1-a", "ip": "10.244.1.2", "host_ifname": "weftab12cd34",
+                     "labels": {}, "ports": [], "server_pid": null}
                 ]
             })
         );
