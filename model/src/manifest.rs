@@ -110,19 +110,8 @@ pub enum PolicyManifestError {
         doc: usize,
         source: serde_norway::Error,
     },
-    #[error(
-        "document {doc}: {api_version}/{kind} is not a kind this file may hold \
-         ({}/{} or {}/{})",
-        policy::API_VERSION,
-        policy::KIND,
-        namespace::API_VERSION,
-        namespace::KIND
-    )]
-    Kind {
-        doc: usize,
-        api_version: String,
-        kind: String,
-    },
+    #[error(transparent)]
+    Kind(KindError),
     #[error("document {doc} ({kind} {name}): {error}")]
     Invalid {
         doc: usize,
@@ -140,6 +129,34 @@ pub enum PolicyManifestError {
     #[error("no NetworkPolicy or Namespace in the input")]
     Empty,
 }
+
+/// A document of a kind its file may not hold.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "document {doc}: {api_version}/{kind} is not a kind {} ({})",
+    self.reader,
+    self.expected.iter().map(|(v, k)| format!("{v}/{k}")).collect::<Vec<_>>().join(", ")
+)]
+pub struct KindError {
+    pub doc: usize,
+    pub api_version: String,
+    pub kind: String,
+    /// Who refuses it, e.g. "this file may hold".
+    reader: &'static str,
+    /// The kinds it takes, as (apiVersion, kind).
+    expected: &'static [(&'static str, &'static str)],
+}
+
+const POLICY_KINDS: &[(&str, &str)] = &[
+    (policy::API_VERSION, policy::KIND),
+    (namespace::API_VERSION, namespace::KIND),
+];
+
+const STORE_KINDS: &[(&str, &str)] = &[
+    (bgp_peer::API_VERSION, bgp_peer::KIND),
+    (policy::API_VERSION, policy::KIND),
+    (namespace::API_VERSION, namespace::KIND),
+];
 
 /// What a file's reader does with the errors of the shared loop.
 pub(crate) trait FileErrors: Sized {
@@ -224,11 +241,13 @@ fn read_policy_document(
             (PolicyManifest::Namespace(n), namespace::KIND, name, checked)
         }
         _ => {
-            return Err(PolicyManifestError::Kind {
+            return Err(PolicyManifestError::Kind(KindError {
                 doc,
                 api_version,
                 kind,
-            });
+                reader: "this file may hold",
+                expected: POLICY_KINDS,
+            }));
         }
     };
     checked.map_err(|error| PolicyManifestError::Invalid {
@@ -261,28 +280,8 @@ pub enum StoreManifestError {
     BgpPeer(#[from] bgp_peer::ManifestError),
     #[error(transparent)]
     Policy(#[from] PolicyManifestError),
-    #[error(
-        "document {doc}: {api_version}/{kind} is not a kind the datastore takes \
-         ({}/{}, {}/{} or {}/{})",
-        bgp_peer::API_VERSION,
-        bgp_peer::KIND,
-        policy::API_VERSION,
-        policy::KIND,
-        namespace::API_VERSION,
-        namespace::KIND
-    )]
-    Kind {
-        doc: usize,
-        api_version: String,
-        kind: String,
-    },
-    #[error("{kind} {name:?} is defined twice (documents {first} and {second})")]
-    Duplicate {
-        kind: &'static str,
-        name: String,
-        first: usize,
-        second: usize,
-    },
+    #[error(transparent)]
+    Kind(KindError),
     #[error("no BGPPeer, NetworkPolicy or Namespace in the input")]
     Empty,
 }
@@ -292,12 +291,7 @@ impl FileErrors for StoreManifestError {
         PolicyManifestError::Parse { doc, source }.into()
     }
     fn duplicate(kind: &'static str, name: String, first: usize, second: usize) -> Self {
-        StoreManifestError::Duplicate {
-            kind,
-            name,
-            first,
-            second,
-        }
+        PolicyManifestError::duplicate(kind, name, first, second).into()
     }
     fn empty() -> Self {
         StoreManifestError::Empty
@@ -319,15 +313,11 @@ pub fn parse_store_manifests(text: &str) -> Result<Vec<StoreManifest>, StoreMani
         }
         match read_policy_document(doc, value) {
             Ok((manifest, kind, name)) => Ok((StoreManifest::Policy(manifest), kind, name)),
-            Err(PolicyManifestError::Kind {
-                doc,
-                api_version,
-                kind,
-            }) => Err(StoreManifestError::Kind {
-                doc,
-                api_version,
-                kind,
-            }),
+            Err(PolicyManifestError::Kind(e)) => Err(StoreManifestError::Kind(KindError {
+                reader: "the datastore takes",
+                expected: STORE_KINDS,
+                ..e
+            })),
             Err(e) => Err(e.into()),
         }
     })

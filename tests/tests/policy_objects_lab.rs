@@ -41,28 +41,38 @@ fn write_file(dir: &Path, name: &str, text: &str) -> String {
     path.display().to_string()
 }
 
-/// The endpoint of pod `name` as `weftctl endpoints --node NODE --json` shows it.
-fn endpoint(lab: &Lab, node: &str, name: &str) -> Value {
-    let endpoints: Value =
-        serde_json::from_str(&lab.ctl_ok(&["endpoints", "--node", node, "--json"])).unwrap();
-    endpoints
-        .as_array()
+/// The object of `list` (a JSON array) whose `key` is `name`.
+fn named(list: &Value, key: &str, name: &str) -> Value {
+    list.as_array()
         .unwrap()
         .iter()
-        .find(|e| e["pod_name"] == name)
-        .unwrap_or_else(|| panic!("no endpoint {name} on {node}: {endpoints}"))
+        .find(|o| o[key] == name)
+        .unwrap_or_else(|| panic!("no {name} in {list}"))
         .clone()
 }
 
+/// The endpoint of pod `name` as `weftctl endpoints --node NODE --json` shows it.
+fn endpoint(lab: &Lab, node: &str, name: &str) -> Value {
+    let out = lab.ctl_ok(&["endpoints", "--node", node, "--json"]);
+    named(&serde_json::from_str(&out).unwrap(), "pod_name", name)
+}
+
+/// Pod `name` as `weftctl lab status --json` shows it.
 fn pod_json(lab: &Lab, name: &str) -> Value {
     let status: Value = serde_json::from_str(&lab.ctl_ok(&["lab", "status", "--json"])).unwrap();
-    status["pods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == name)
-        .unwrap_or_else(|| panic!("no pod {name}: {status}"))
-        .clone()
+    named(&status["pods"], "name", name)
+}
+
+/// `weftctl lab pod add --node NODE --name NAME` with `more` flags.
+fn pod_add(lab: &Lab, node: &str, name: &str, more: &[&str]) -> std::process::Output {
+    let mut args = vec!["lab", "pod", "add", "--node", node, "--name", name];
+    args.extend_from_slice(more);
+    lab.ctl(&args)
+}
+
+fn pod_add_ok(lab: &Lab, node: &str, name: &str, more: &[&str]) {
+    let out = pod_add(lab, node, name, more);
+    assert!(out.status.success(), "pod add {name}: {}", show(&out));
 }
 
 fn alive(pid: u64) -> bool {
@@ -130,17 +140,7 @@ fn policy_objects_pod_ports_labels_and_servers_on_a_running_lab() {
     assert_eq!(record(&lab, "networkpolicies/qa/db.json"), None);
 
     // Invalid ports are refused before any pod is made.
-    let out = lab.ctl(&[
-        "lab",
-        "pod",
-        "add",
-        "--node",
-        "node1",
-        "--name",
-        "bad",
-        "--ports",
-        "http:80/icmp",
-    ]);
+    let out = pod_add(&lab, "node1", "bad", &["--ports", "http:80/icmp"]);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("protocol \"icmp\" is not tcp, udp or sctp"),
         "{}",
@@ -150,21 +150,19 @@ fn policy_objects_pod_ports_labels_and_servers_on_a_running_lab() {
 
     // A pod with a namespace, labels and ports: in the lab's record, in
     // the agent's endpoint record and in the datastore.
-    lab.ctl_ok(&[
-        "lab",
-        "pod",
-        "add",
-        "--node",
+    pod_add_ok(
+        &lab,
         "node1",
-        "--name",
         "web",
-        "--namespace",
-        "prod",
-        "--labels",
-        "app=web,tier=front",
-        "--ports",
-        "http:8080/tcp,dns:5353/udp,9/sctp",
-    ]);
+        &[
+            "--namespace",
+            "prod",
+            "--labels",
+            "app=web,tier=front",
+            "--ports",
+            "http:8080/tcp,dns:5353/udp,9/sctp",
+        ],
+    );
     let ports = json!([
         {"name": "http", "containerPort": 8080, "protocol": "TCP"},
         {"name": "dns", "containerPort": 5353, "protocol": "UDP"},
@@ -185,7 +183,7 @@ fn policy_objects_pod_ports_labels_and_servers_on_a_running_lab() {
     assert_eq!(published["ports"], ports);
 
     // The pod's servers answer from another node: TCP echo and UDP echo.
-    lab.ctl_ok(&["lab", "pod", "add", "--node", "node2", "--name", "client"]);
+    pod_add_ok(&lab, "node2", "client", &[]);
     let web = lab.pod("web");
     let client = lab.pod("client");
     let ip = web.address().unwrap();
@@ -257,9 +255,7 @@ fn policy_objects_pod_ports_labels_and_servers_on_a_running_lab() {
 
     // A server whose pid the lab lost (a crash before it was recorded)
     // is still ended by `lab down`.
-    lab.ctl_ok(&[
-        "lab", "pod", "add", "--node", "node1", "--name", "lost", "--ports", "7/udp",
-    ]);
+    pod_add_ok(&lab, "node1", "lost", &["--ports", "7/udp"]);
     let server = pod_json(&lab, "lost")["server_pid"].as_u64().unwrap();
     let state_file = lab.lab().state_dir.join("lab.json");
     let mut state: Value = serde_json::from_slice(&std::fs::read(&state_file).unwrap()).unwrap();

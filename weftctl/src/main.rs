@@ -194,11 +194,13 @@ enum LabCommand {
         #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
     },
-    /// Write manifests into the lab's datastore: weft.dev/v1alpha1 BGPPeer,
-    /// networking.k8s.io/v1 NetworkPolicy and v1 Namespace, mixed, in YAML or JSON, several
-    /// documents. The whole file is checked first: one invalid document (reported with its
-    /// number and the field's path) refuses the file and nothing is written. The agents
-    /// react without a restart.
+    /// Write BGPPeer, NetworkPolicy and Namespace manifests into the lab's datastore, all or
+    /// nothing; the agents react without a restart.
+    ///
+    /// Takes weft.dev/v1alpha1 BGPPeer, networking.k8s.io/v1 NetworkPolicy and v1 Namespace,
+    /// mixed, in YAML or JSON, several documents. The whole file is checked first: one
+    /// invalid document (reported with its number and the field's path) refuses the file and
+    /// nothing is written.
     Apply {
         /// The manifest file, or - for standard input.
         #[arg(short = 'f', long = "filename")]
