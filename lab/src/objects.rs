@@ -57,7 +57,10 @@ pub fn apply(state: &LabState, text: &str) -> Result<Vec<String>> {
                 format!("networkpolicy/{}/{}", policy.namespace(), policy.name())
             }
             StoreManifest::Policy(PolicyManifest::Namespace(ns)) => {
-                store.put_namespace(ns)?;
+                // Stored as the API server stores it: with its name label.
+                let mut ns = ns.clone();
+                ns.metadata.labels = ns.labels();
+                store.put_namespace(&ns)?;
                 format!("namespace/{}", ns.name())
             }
         };
@@ -280,6 +283,11 @@ spec: {podSelector: {}}
             store(&state).unwrap().bgp_peers().unwrap().len(),
             1,
             "nothing of a refused file"
+        );
+        let prod = store(&state).unwrap().namespace("prod").unwrap().unwrap();
+        assert_eq!(
+            prod.metadata.labels[NAME_LABEL], "prod",
+            "stored with its name label"
         );
         assert!(delete(&state, Kind::Networkpolicy, "prod/web").unwrap());
         assert!(!delete(&state, Kind::Networkpolicy, "prod/web").unwrap());

@@ -115,7 +115,10 @@ fn policy_objects_pod_ports_labels_and_servers_on_a_running_lab() {
         "{out}"
     );
     let ns = record(&lab, "namespaces/prod.json").expect("the namespace is stored");
-    assert_eq!(ns["metadata"]["labels"]["team"], "a");
+    assert_eq!(
+        ns["metadata"]["labels"],
+        json!({"team": "a", "kubernetes.io/metadata.name": "prod"})
+    );
     let policy = record(&lab, "networkpolicies/prod/db.json").expect("the policy is stored");
     assert_eq!(policy["spec"]["ingress"][0]["ports"][0]["port"], "http");
 
