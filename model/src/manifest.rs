@@ -3,6 +3,8 @@
 //! one bad document refuses the file and nothing half-applied reaches the
 //! datastore. Errors carry the document number and the field's path in
 //! the API server's notation (`spec.ingress[0].from[1].ipBlock.except[0]`).
+//! [`parse_store_manifests`] reads a file mixing these with BGPPeers, as
+//! `weftctl lab apply` takes it, in the same one pass.
 
 use std::collections::BTreeMap;
 
