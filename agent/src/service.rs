@@ -15,7 +15,9 @@ use weft_proto::v1::{self, *};
 use crate::ipam::{self, IpamError};
 use crate::node::{Node, ReconcileError};
 use weft_calc::lifecycle::{self, Step};
-use weft_model::{EndpointRecord, endpoint_key};
+use weft_model::policy::{Protocol, validate_container_ports};
+use weft_model::selector::{check_label_key, check_label_value};
+use weft_model::{ContainerPort, EndpointRecord, endpoint_key};
 
 pub struct AgentService {
     node: Arc<Node>,
@@ -71,6 +73,55 @@ fn attachment(a: Option<&v1::Attachment>) -> Result<ipam::Attachment, Status> {
     })
 }
 
+/// A request's container ports, checked as the API server checks a pod
+/// spec's: what named ports in policies resolve to must be well formed.
+/// An empty protocol is TCP, as an omitted one is in a pod spec.
+fn container_ports(ports: Vec<v1::ContainerPort>) -> Result<Vec<ContainerPort>, Status> {
+    let ports = ports
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let container_port = u16::try_from(p.container_port).map_err(|_| {
+                Status::invalid_argument(format!(
+                    "ports[{i}].containerPort: invalid value \"{}\": must be between 1 and 65535, inclusive",
+                    p.container_port
+                ))
+            })?;
+            Ok(ContainerPort {
+                name: Some(p.name).filter(|n| !n.is_empty()),
+                container_port,
+                protocol: match p.protocol.as_str() {
+                    "" => Protocol::Tcp,
+                    other => other.to_string().into(),
+                },
+            })
+        })
+        .collect::<Result<Vec<_>, Status>>()?;
+    validate_container_ports(&ports).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(ports)
+}
+
+fn port_to_proto(p: &ContainerPort) -> v1::ContainerPort {
+    v1::ContainerPort {
+        name: p.name.clone().unwrap_or_default(),
+        container_port: p.container_port.into(),
+        protocol: p.protocol.name().to_string(),
+    }
+}
+
+/// Labels checked as the API server checks `metadata.labels`.
+fn labels(
+    labels: impl IntoIterator<Item = (String, String)>,
+) -> Result<weft_model::selector::Labels, Status> {
+    let labels: weft_model::selector::Labels = labels.into_iter().collect();
+    for (k, v) in &labels {
+        check_label_key(k, "labels")
+            .and_then(|()| check_label_value(v, &format!("labels.{k}")))
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    }
+    Ok(labels)
+}
+
 fn to_proto(ep: &EndpointRecord) -> v1::Endpoint {
     v1::Endpoint {
         attachment: Some(v1::Attachment {
@@ -84,6 +135,7 @@ fn to_proto(ep: &EndpointRecord) -> v1::Endpoint {
         labels: ep.labels.clone().into_iter().collect(),
         node: ep.node.clone(),
         netns: ep.netns.clone(),
+        ports: ep.ports.iter().map(port_to_proto).collect(),
     }
 }
 
@@ -149,6 +201,7 @@ impl Agent for AgentService {
                 )));
             }
         }
+        let ports = container_ports(req.ports)?;
         let expected = host_ifname(&who.container_id, &who.ifname);
         if req.host_ifname != expected {
             return Err(Status::invalid_argument(format!(
@@ -166,7 +219,7 @@ impl Agent for AgentService {
             address,
             host_ifname: expected,
             netns: req.netns,
-            ports: Vec::new(),
+            ports,
         };
         self.node.save_endpoint(&ep).await.map_err(internal)?;
         let report = self.node.reconcile(false).await.map_err(internal)?;
@@ -178,6 +231,32 @@ impl Agent for AgentService {
         }
         tracing::info!(pod = %format!("{}/{}", ep.pod_namespace, ep.pod_name), ip = %address, host = %ep.host_ifname, "endpoint registered");
         Ok(Response::new(RegisterEndpointReply {}))
+    }
+
+    /// Rewrites the endpoint's record with the new labels through the
+    /// node's save path, so the next pass republishes it to the cluster.
+    async fn update_endpoint_labels(
+        &self,
+        request: Request<UpdateEndpointLabelsRequest>,
+    ) -> Result<Response<UpdateEndpointLabelsReply>, Status> {
+        self.ready()?;
+        let req = request.into_inner();
+        let who = attachment(req.attachment.as_ref())?;
+        let labels = labels(req.labels)?;
+        let key = endpoint_key(&who.container_id, &who.ifname);
+        let mut ep = self.node.local_endpoint(&key).ok_or_else(|| {
+            Status::not_found(format!(
+                "no endpoint for container {} interface {}",
+                who.container_id, who.ifname
+            ))
+        })?;
+        ep.labels = labels;
+        self.node.save_endpoint(&ep).await.map_err(internal)?;
+        self.node.reconcile(false).await.map_err(internal)?;
+        tracing::info!(pod = %format!("{}/{}", ep.pod_namespace, ep.pod_name), labels = ?ep.labels, "endpoint relabelled");
+        Ok(Response::new(UpdateEndpointLabelsReply {
+            endpoint: Some(to_proto(&ep)),
+        }))
     }
 
     async fn release_endpoint(
@@ -423,5 +502,45 @@ mod tests {
             attachment(None).unwrap_err().code(),
             tonic::Code::InvalidArgument
         );
+    }
+
+    fn port(name: &str, number: u32, protocol: &str) -> v1::ContainerPort {
+        v1::ContainerPort {
+            name: name.into(),
+            container_port: number,
+            protocol: protocol.into(),
+        }
+    }
+
+    #[test]
+    fn container_ports_are_validated_in_pod_spec_terms() {
+        let ports = container_ports(vec![port("http", 8080, ""), port("", 53, "UDP")]).unwrap();
+        assert_eq!(ports[0].name.as_deref(), Some("http"));
+        assert_eq!(ports[0].protocol, Protocol::Tcp, "empty is TCP");
+        assert_eq!(
+            (ports[1].name.as_deref(), ports[1].protocol.name()),
+            (None, "UDP")
+        );
+        assert_eq!(port_to_proto(&ports[0]), port("http", 8080, "TCP"));
+        for (bad, path) in [
+            (port("", 0, "TCP"), "ports[0].containerPort"),
+            (port("", 65536, "TCP"), "ports[0].containerPort"),
+            (port("", 80, "ICMP"), "ports[0].protocol"),
+            (port("Http", 80, "TCP"), "ports[0].name"),
+            (port("80", 80, "TCP"), "ports[0].name"),
+        ] {
+            let err = container_ports(vec![bad]).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument);
+            assert!(err.message().starts_with(path), "{}", err.message());
+        }
+    }
+
+    #[test]
+    fn labels_are_validated_as_metadata_labels() {
+        assert!(labels([("app".into(), "web".into())]).is_ok());
+        for (k, v) in [("a b", "x"), ("app", "w e b"), ("", "x")] {
+            let err = labels([(k.into(), v.into())]).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{k:?}={v:?}");
+        }
     }
 }

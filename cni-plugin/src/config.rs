@@ -140,6 +140,9 @@ pub struct NetConf {
     pub timeout: Duration,
     /// `args.cni.labels` (CNI conventions), for the endpoint's labels.
     pub labels: BTreeMap<String, String>,
+    /// `args.cni.ports`, the pod's container ports (for named ports in
+    /// policies); the agent validates them.
+    pub ports: Vec<ContainerPort>,
     pub prev_result: Option<PrevResult>,
     /// `cni.dev/valid-attachments`; None when absent (only GC needs it).
     pub valid_attachments: Option<Vec<ValidAttachment>>,
@@ -180,6 +183,7 @@ impl NetConf {
             agent_socket,
             timeout,
             labels: labels(&obj)?,
+            ports: cni_arg(&obj, "ports")?.unwrap_or_default(),
             prev_result: optional(&obj, "prevResult")?,
             valid_attachments: optional(&obj, "cni.dev/valid-attachments")?,
         })
@@ -252,6 +256,36 @@ fn validate_socket_path(path: String) -> Result<PathBuf, CniError> {
     Ok(PathBuf::from(path))
 }
 
+/// A container port as a pod spec writes it (`args.cni.ports[i]`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ContainerPort {
+    #[serde(default)]
+    pub name: Option<String>,
+    pub container_port: u32,
+    /// TCP when absent, as in a pod spec.
+    #[serde(default)]
+    pub protocol: Option<String>,
+}
+
+/// `args.cni.<key>` (CNI conventions), if present. Weft understands the
+/// args it reads, so a malformed one is an error rather than dropped.
+fn cni_arg<T: DeserializeOwned>(
+    obj: &Map<String, Value>,
+    key: &str,
+) -> Result<Option<T>, CniError> {
+    let Some(value) = obj
+        .get("args")
+        .and_then(|a| a.get("cni"))
+        .and_then(|c| c.get(key))
+    else {
+        return Ok(None);
+    };
+    T::deserialize(value)
+        .map(Some)
+        .map_err(|e| CniError::config(format!("field args.cni.{key}: {e}")))
+}
+
 /// `args.cni.labels`: a list of `{"key", "value"}` (CNI conventions). Weft
 /// understands this field (labels select endpoints for policy), so a
 /// malformed one is an error rather than silently dropped.
@@ -261,15 +295,7 @@ fn labels(obj: &Map<String, Value>) -> Result<BTreeMap<String, String>, CniError
         key: String,
         value: String,
     }
-    let Some(labels) = obj
-        .get("args")
-        .and_then(|a| a.get("cni"))
-        .and_then(|c| c.get("labels"))
-    else {
-        return Ok(BTreeMap::new());
-    };
-    let labels = Vec::<Label>::deserialize(labels)
-        .map_err(|e| CniError::config(format!("field args.cni.labels: {e}")))?;
+    let labels: Vec<Label> = cni_arg(obj, "labels")?.unwrap_or_default();
     Ok(labels.into_iter().map(|l| (l.key, l.value)).collect())
 }
 
@@ -296,6 +322,7 @@ mod tests {
             assert_eq!(c.agent_socket, PathBuf::from(DEFAULT_AGENT_SOCKET));
             assert_eq!(c.timeout, DEFAULT_TIMEOUT);
             assert!(c.labels.is_empty());
+            assert!(c.ports.is_empty());
             assert!(c.prev_result.is_none());
             assert!(c.valid_attachments.is_none());
         }
@@ -307,7 +334,9 @@ mod tests {
             br#"{
                 "cniVersion": "1.1.0", "name": "k8s-pod-network", "type": "weft-cni",
                 "agentSocket": "/run/weft/node-1.sock", "timeoutSeconds": 3,
-                "args": {"cni": {"labels": [{"key": "app", "value": "web"}]}},
+                "args": {"cni": {"labels": [{"key": "app", "value": "web"}],
+                                 "ports": [{"name": "http", "containerPort": 8080},
+                                           {"containerPort": 53, "protocol": "UDP"}]}},
                 "cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth0"}],
                 "someOtherPluginField": true
             }"#,
@@ -316,6 +345,21 @@ mod tests {
         assert_eq!(c.agent_socket, PathBuf::from("/run/weft/node-1.sock"));
         assert_eq!(c.timeout, Duration::from_secs(3));
         assert_eq!(c.labels.get("app").map(String::as_str), Some("web"));
+        assert_eq!(
+            c.ports,
+            [
+                ContainerPort {
+                    name: Some("http".into()),
+                    container_port: 8080,
+                    protocol: None
+                },
+                ContainerPort {
+                    name: None,
+                    container_port: 53,
+                    protocol: Some("UDP".into())
+                }
+            ]
+        );
         assert_eq!(
             c.valid_attachments,
             Some(vec![ValidAttachment {
@@ -378,6 +422,13 @@ mod tests {
         assert_eq!(code(&with(r#""timeoutSeconds":0"#)), 7);
         assert_eq!(code(&with(r#""timeoutSeconds":"10""#)), 7);
         assert_eq!(code(&with(r#""args":{"cni":{"labels":{"app":"web"}}}"#)), 7);
+        assert_eq!(code(&with(r#""args":{"cni":{"ports":[{"port":80}]}}"#)), 7);
+        assert_eq!(
+            code(&with(
+                r#""args":{"cni":{"ports":[{"containerPort":"80"}]}}"#
+            )),
+            7
+        );
         assert_eq!(code(&with(r#""prevResult":{"ips":"nope"}"#)), 7);
         assert_eq!(
             code(&with(

@@ -160,6 +160,15 @@ async fn wire_and_register(
             pod_name: att.pod_name.clone(),
             pod_namespace: att.pod_namespace.clone(),
             labels: conf.labels.clone().into_iter().collect(),
+            ports: conf
+                .ports
+                .iter()
+                .map(|p| weft_proto::v1::ContainerPort {
+                    name: p.name.clone().unwrap_or_default(),
+                    container_port: p.container_port,
+                    protocol: p.protocol.clone().unwrap_or_default(),
+                })
+                .collect(),
         })
         .await?;
     let mac = |l: &link::LinkState| l.mac.map(|m| m.to_string()).unwrap_or_default();

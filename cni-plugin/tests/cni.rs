@@ -220,6 +220,13 @@ impl weft_proto::Agent for TestAgent {
         Ok(Response::new(RegisterEndpointReply {}))
     }
 
+    async fn update_endpoint_labels(
+        &self,
+        _req: Request<UpdateEndpointLabelsRequest>,
+    ) -> Result<Response<UpdateEndpointLabelsReply>, Status> {
+        Err(Status::unimplemented("the CNI never relabels"))
+    }
+
     async fn release_endpoint(
         &self,
         req: Request<ReleaseEndpointRequest>,
@@ -430,7 +437,10 @@ fn add_check_del_roundtrip_per_version() {
     for (i, version) in ["0.4.0", "1.0.0", "1.1.0"].into_iter().enumerate() {
         let cid = format!("c-roundtrip-{i}");
         let host_ifname = names::host_ifname(&cid, "eth0");
-        let labels = json!({"args": {"cni": {"labels": [{"key": "app", "value": "web"}]}}});
+        let labels = json!({"args": {"cni": {
+            "labels": [{"key": "app", "value": "web"}],
+            "ports": [{"name": "http", "containerPort": 8080}, {"containerPort": 53, "protocol": "UDP"}],
+        }}});
         let add = lab.cni("ADD", &cid, &lab.conf(version, labels));
         add.ok();
         let result = add.json();
@@ -490,6 +500,12 @@ fn add_check_del_roundtrip_per_version() {
                 ("web-0", "shop")
             );
             assert_eq!(reg.labels.get("app").map(String::as_str), Some("web"));
+            let ports: Vec<_> = reg
+                .ports
+                .iter()
+                .map(|p| (p.name.as_str(), p.container_port, p.protocol.as_str()))
+                .collect();
+            assert_eq!(ports, [("http", 8080, ""), ("", 53, "UDP")]);
             assert_eq!(reg.netns, lab.netns_path());
         }
 

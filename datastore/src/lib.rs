@@ -34,6 +34,9 @@ pub enum DatastoreError {
 }
 
 /// What a source reports while watched.
+// Nearly every event is a change; boxing them to shrink the rare resync
+// would cost an allocation per event.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SourceEvent {
     /// One object changed.

@@ -5,6 +5,8 @@
 //! <dir>/nodes/<node>.json                       NodeRecord
 //! <dir>/endpoints/<node>/<container>_<ifname>.json  EndpointRecord
 //! <dir>/bgppeers/<name>.json                     BgpPeer (weftctl lab apply)
+//! <dir>/networkpolicies/<namespace>/<name>.json  NetworkPolicy (weftctl lab apply)
+//! <dir>/namespaces/<name>.json                   Namespace (weftctl lab apply, lab label)
 //! ```
 //! Each record is written whole (temp file and rename), so a reader never
 //! sees half a record; a record that does not parse is skipped and logged,
@@ -18,7 +20,10 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
-use weft_model::{BgpPeer, Change, EndpointRecord, NodeRecord, Object, ObjectId, Snapshot};
+use weft_model::{
+    BgpPeer, Change, EndpointRecord, Namespace, NetworkPolicy, NodeRecord, Object, ObjectId,
+    Snapshot,
+};
 
 use crate::{ClusterSource, DatastoreError, SourceEvent, Watch, fsutil};
 
@@ -29,7 +34,13 @@ pub struct Datastore {
 impl Datastore {
     /// Opens the datastore directory, creating its layout.
     pub fn open(dir: &Path) -> Result<Datastore, DatastoreError> {
-        for sub in ["nodes", "endpoints", "bgppeers"] {
+        for sub in [
+            "nodes",
+            "endpoints",
+            "bgppeers",
+            "networkpolicies",
+            "namespaces",
+        ] {
             let path = dir.join(sub);
             fs::create_dir_all(&path).map_err(|source| DatastoreError::Io { path, source })?;
         }
@@ -85,7 +96,80 @@ impl Datastore {
 
     /// Removes a peer; `false` if there was none of that name.
     pub fn delete_bgp_peer(&self, name: &str) -> Result<bool, DatastoreError> {
-        let path = self.dir.join("bgppeers").join(format!("{name}.json"));
+        self.delete(self.dir.join("bgppeers").join(format!("{name}.json")))
+    }
+
+    /// Every namespace's policies.
+    pub fn network_policies(&self) -> Result<Vec<NetworkPolicy>, DatastoreError> {
+        let mut out = Vec::new();
+        for namespace in subdirectories(&self.dir.join("networkpolicies"))? {
+            out.extend(read_records(
+                &self.dir.join("networkpolicies").join(namespace),
+            )?);
+        }
+        Ok(out)
+    }
+
+    /// Stores a policy (create or replace) under its namespace. Callers
+    /// validate first ([`weft_model::manifest::parse_policy_manifests`] does).
+    pub fn put_network_policy(&self, policy: &NetworkPolicy) -> Result<(), DatastoreError> {
+        self.put(
+            &self.network_policy_path(policy.namespace(), policy.name()),
+            policy,
+        )
+    }
+
+    /// Removes a policy; `false` if there was none of that name.
+    pub fn delete_network_policy(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<bool, DatastoreError> {
+        self.delete(self.network_policy_path(namespace, name))
+    }
+
+    pub fn namespaces(&self) -> Result<Vec<Namespace>, DatastoreError> {
+        read_records(&self.dir.join("namespaces"))
+    }
+
+    /// The namespace object of `name`, if one was stored (a namespace that
+    /// exists only through its pods has none).
+    pub fn namespace(&self, name: &str) -> Result<Option<Namespace>, DatastoreError> {
+        let path = self.namespace_path(name);
+        match fs::read(&path) {
+            Ok(body) => Ok(serde_json::from_slice(&body)
+                .inspect_err(
+                    |e| tracing::warn!(path = %path.display(), error = %e, "malformed record"),
+                )
+                .ok()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(DatastoreError::Io { path, source }),
+        }
+    }
+
+    /// Stores a namespace's object (create or replace).
+    pub fn put_namespace(&self, namespace: &Namespace) -> Result<(), DatastoreError> {
+        self.put(&self.namespace_path(namespace.name()), namespace)
+    }
+
+    /// Removes a namespace's object; `false` if there was none.
+    pub fn delete_namespace(&self, name: &str) -> Result<bool, DatastoreError> {
+        self.delete(self.namespace_path(name))
+    }
+
+    fn network_policy_path(&self, namespace: &str, name: &str) -> PathBuf {
+        self.dir
+            .join("networkpolicies")
+            .join(namespace)
+            .join(format!("{name}.json"))
+    }
+
+    fn namespace_path(&self, name: &str) -> PathBuf {
+        self.dir.join("namespaces").join(format!("{name}.json"))
+    }
+
+    /// Removes a record; `false` if there was none.
+    fn delete(&self, path: PathBuf) -> Result<bool, DatastoreError> {
         let existed = path.exists();
         fsutil::remove_if_exists(&path).map_err(|source| DatastoreError::Io { path, source })?;
         Ok(existed)
@@ -114,8 +198,8 @@ impl ClusterSource for Datastore {
             nodes: self.nodes()?,
             endpoints,
             bgp_peers: self.bgp_peers()?,
-            // Policy objects are not in the local store yet.
-            ..Snapshot::default()
+            network_policies: self.network_policies()?,
+            namespaces: self.namespaces()?,
         })
     }
 
@@ -182,6 +266,11 @@ fn object_at(dir: &Path, path: &Path) -> Option<ObjectId> {
             key: stem(file)?.to_string(),
         }),
         ["bgppeers", file] => Some(ObjectId::BgpPeer(stem(file)?.to_string())),
+        ["networkpolicies", namespace, file] => Some(ObjectId::NetworkPolicy {
+            namespace: namespace.to_string(),
+            name: stem(file)?.to_string(),
+        }),
+        ["namespaces", file] => Some(ObjectId::Namespace(stem(file)?.to_string())),
         _ => None,
     }
 }
@@ -204,8 +293,10 @@ fn change_at(dir: &Path, path: &Path) -> Option<Change> {
         ObjectId::Node(_) => serde_json::from_slice(&body).map(Object::Node),
         ObjectId::Endpoint { .. } => serde_json::from_slice(&body).map(Object::Endpoint),
         ObjectId::BgpPeer(_) => serde_json::from_slice(&body).map(Object::BgpPeer),
-        // Not in the local store yet: `object_at` names none.
-        ObjectId::NetworkPolicy { .. } | ObjectId::Namespace(_) => return None,
+        ObjectId::NetworkPolicy { .. } => {
+            serde_json::from_slice(&body).map(|p| Object::NetworkPolicy(Box::new(p)))
+        }
+        ObjectId::Namespace(_) => serde_json::from_slice(&body).map(Object::Namespace),
     };
     match object {
         Ok(object) if object.id() == id => Some(Change::Upsert(object)),
@@ -316,6 +407,89 @@ mod tests {
         assert!(ds.bgp_peers().unwrap().is_empty());
     }
 
+    fn policy(namespace: &str, name: &str) -> NetworkPolicy {
+        let text = format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec: {{podSelector: {{}}}}\n"
+        );
+        match weft_model::manifest::parse_policy_manifests(&text)
+            .unwrap()
+            .remove(0)
+        {
+            weft_model::manifest::PolicyManifest::NetworkPolicy(p) => p,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn policies_and_namespaces_are_stored_listed_and_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Datastore::open(dir.path()).unwrap();
+        let (web, db) = (policy("prod", "web"), policy("dev", "web"));
+        ds.put_network_policy(&web).unwrap();
+        ds.put_network_policy(&db).unwrap();
+        let prod = Namespace::new("prod", [("team".to_string(), "a".to_string())].into());
+        ds.put_namespace(&prod).unwrap();
+        let snapshot = ds.snapshot().unwrap();
+        let mut names: Vec<_> = snapshot
+            .network_policies
+            .iter()
+            .map(|p| format!("{}/{}", p.namespace(), p.name()))
+            .collect();
+        names.sort();
+        assert_eq!(names, ["dev/web", "prod/web"]);
+        assert_eq!(snapshot.namespaces, vec![prod.clone()]);
+        assert_eq!(ds.namespace("prod").unwrap(), Some(prod));
+        assert_eq!(ds.namespace("dev").unwrap(), None);
+        assert!(ds.delete_network_policy("prod", "web").unwrap());
+        assert!(!ds.delete_network_policy("prod", "web").unwrap());
+        assert!(ds.delete_namespace("prod").unwrap());
+        assert!(!ds.delete_namespace("prod").unwrap());
+        let snapshot = ds.snapshot().unwrap();
+        assert_eq!(snapshot.network_policies, vec![db]);
+        assert!(snapshot.namespaces.is_empty());
+    }
+
+    #[test]
+    fn the_watch_reports_policies_and_namespaces_one_object_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Datastore::open(dir.path()).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let _watch = ds.watch(tx).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let web = policy("prod", "web");
+        ds.put_network_policy(&web).unwrap();
+        assert!(reported(
+            &mut rx,
+            Change::Upsert(Object::NetworkPolicy(Box::new(web)))
+        ));
+        ds.delete_network_policy("prod", "web").unwrap();
+        assert!(reported(
+            &mut rx,
+            Change::Delete(ObjectId::NetworkPolicy {
+                namespace: "prod".into(),
+                name: "web".into()
+            })
+        ));
+        let prod = Namespace::new("prod", Default::default());
+        ds.put_namespace(&prod).unwrap();
+        assert!(reported(&mut rx, Change::Upsert(Object::Namespace(prod))));
+        while rx.try_recv().is_ok() {}
+        ds.delete_namespace("prod").unwrap();
+        assert!(reported(
+            &mut rx,
+            Change::Delete(ObjectId::Namespace("prod".into()))
+        ));
+        // A policy filed under another namespace than its own is skipped.
+        let elsewhere = serde_json::to_vec(&policy("dev", "x")).unwrap();
+        fs::write(dir.path().join("networkpolicies/prod/x.json"), elsewhere).unwrap();
+        while let Some(event) = next(&mut rx) {
+            assert!(
+                !matches!(event, SourceEvent::Changed(Change::Upsert(_))),
+                "{event:?}"
+            );
+        }
+    }
+
     /// The next event within a second, if any.
     fn next(rx: &mut mpsc::UnboundedReceiver<SourceEvent>) -> Option<SourceEvent> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
@@ -326,6 +500,22 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         None
+    }
+
+    /// Waits up to 5 s for `want`, skipping other events: a write's
+    /// trailing events (a rename is reported more than once) may arrive
+    /// after the queue was drained, the later under load.
+    fn reported(rx: &mut mpsc::UnboundedReceiver<SourceEvent>, want: Change) -> bool {
+        let want = SourceEvent::Changed(want);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            match rx.try_recv() {
+                Ok(event) if event == want => return true,
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        }
+        false
     }
 
     #[test]
@@ -349,19 +539,14 @@ mod tests {
             ..node.clone()
         };
         ds.put_node(&node2).unwrap();
-        assert_eq!(
-            next(&mut rx),
-            Some(SourceEvent::Changed(Change::Upsert(Object::Node(node2))))
-        );
+        assert!(reported(&mut rx, Change::Upsert(Object::Node(node2))));
         while rx.try_recv().is_ok() {}
         // A removal is its deletion.
         fs::remove_file(dir.path().join("nodes/node2.json")).unwrap();
-        assert_eq!(
-            next(&mut rx),
-            Some(SourceEvent::Changed(Change::Delete(ObjectId::Node(
-                "node2".into()
-            ))))
-        );
+        assert!(reported(
+            &mut rx,
+            Change::Delete(ObjectId::Node("node2".into()))
+        ));
         // A malformed record, or one filed under another name, is skipped.
         fs::write(dir.path().join("nodes/broken.json"), b"{not json").unwrap();
         let mut renamed = serde_json::to_vec(&node).unwrap();

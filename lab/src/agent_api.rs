@@ -72,6 +72,59 @@ pub struct Endpoint {
     pub labels: BTreeMap<String, String>,
     pub node: String,
     pub netns: String,
+    /// The pod's container ports, as in a pod spec.
+    pub ports: Vec<weft_model::ContainerPort>,
+}
+
+impl From<v1::Endpoint> for Endpoint {
+    fn from(e: v1::Endpoint) -> Endpoint {
+        let attachment = e.attachment.unwrap_or_default();
+        Endpoint {
+            container_id: attachment.container_id,
+            ifname: attachment.ifname,
+            address: e.address,
+            host_ifname: e.host_ifname,
+            pod_name: e.pod_name,
+            pod_namespace: e.pod_namespace,
+            labels: e.labels.into_iter().collect(),
+            node: e.node,
+            netns: e.netns,
+            ports: e
+                .ports
+                .into_iter()
+                .map(|p| weft_model::ContainerPort {
+                    name: Some(p.name).filter(|n| !n.is_empty()),
+                    // The agent checked it when the endpoint was registered.
+                    container_port: p.container_port as u16,
+                    protocol: p.protocol.into(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Replaces the labels of the endpoint of (`container_id`, `ifname`) on
+/// the agent at `socket`; the agent republishes it.
+pub async fn update_endpoint_labels(
+    socket: &Path,
+    timeout: Duration,
+    container_id: &str,
+    ifname: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<Endpoint> {
+    let reply = client(socket, timeout)
+        .await?
+        .update_endpoint_labels(v1::UpdateEndpointLabelsRequest {
+            attachment: Some(v1::Attachment {
+                container_id: container_id.into(),
+                ifname: ifname.into(),
+            }),
+            labels: labels.clone().into_iter().collect(),
+        })
+        .await
+        .map_err(rpc_error("UpdateEndpointLabels", socket))?
+        .into_inner();
+    Ok(reply.endpoint.unwrap_or_default().into())
 }
 
 pub async fn endpoints(socket: &Path, timeout: Duration) -> Result<Vec<Endpoint>> {
@@ -81,24 +134,7 @@ pub async fn endpoints(socket: &Path, timeout: Duration) -> Result<Vec<Endpoint>
         .await
         .map_err(rpc_error("ListEndpoints", socket))?
         .into_inner();
-    let mut endpoints: Vec<Endpoint> = reply
-        .endpoints
-        .into_iter()
-        .map(|e| {
-            let attachment = e.attachment.unwrap_or_default();
-            Endpoint {
-                container_id: attachment.container_id,
-                ifname: attachment.ifname,
-                address: e.address,
-                host_ifname: e.host_ifname,
-                pod_name: e.pod_name,
-                pod_namespace: e.pod_namespace,
-                labels: e.labels.into_iter().collect(),
-                node: e.node,
-                netns: e.netns,
-            }
-        })
-        .collect();
+    let mut endpoints: Vec<Endpoint> = reply.endpoints.into_iter().map(Endpoint::from).collect();
     endpoints.sort_by(|a, b| (&a.pod_namespace, &a.pod_name).cmp(&(&b.pod_namespace, &b.pod_name)));
     Ok(endpoints)
 }
@@ -295,6 +331,7 @@ mod tests {
             labels: BTreeMap::from([("app".into(), "web".into())]),
             node: "node1".into(),
             netns: "/run/netns/weft-pod-node1-a".into(),
+            ports: Vec::new(),
         }];
         assert_eq!(
             render_endpoints(&endpoints),

@@ -14,6 +14,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 use serde_json::json;
 
+use weft_model::ContainerPort;
+use weft_model::policy::{Protocol, validate_container_ports};
+
 use crate::process::in_netns;
 use crate::topology::netns_path;
 
@@ -34,6 +37,7 @@ pub struct Invocation<'a> {
     pub pod_namespace: &'a str,
     pub pod_name: &'a str,
     pub labels: &'a BTreeMap<String, String>,
+    pub ports: &'a [ContainerPort],
 }
 
 /// What the lab keeps from a successful ADD.
@@ -43,18 +47,28 @@ pub struct Attached {
     pub host_ifname: String,
 }
 
-/// The network configuration a runtime would read from /etc/cni/net.d.
-pub fn network_config(agent_socket: &Path, labels: &BTreeMap<String, String>) -> serde_json::Value {
+/// The network configuration a runtime would read from /etc/cni/net.d,
+/// with the pod's labels and container ports in `args.cni` (as a runtime
+/// passes a pod's metadata to the plugins that ask for it).
+pub fn network_config(
+    agent_socket: &Path,
+    labels: &BTreeMap<String, String>,
+    ports: &[ContainerPort],
+) -> serde_json::Value {
     let labels: Vec<_> = labels
         .iter()
         .map(|(k, v)| json!({"key": k, "value": v}))
         .collect();
+    let mut args = json!({"labels": labels});
+    if !ports.is_empty() {
+        args["ports"] = json!(ports);
+    }
     json!({
         "cniVersion": CNI_VERSION,
         "name": "weft",
         "type": PLUGIN,
         "agentSocket": agent_socket.display().to_string(),
-        "args": {"cni": {"labels": labels}},
+        "args": {"cni": args},
     })
 }
 
@@ -136,7 +150,7 @@ struct CniError {
 /// failure an error carrying the plugin's code, msg, details and stderr.
 fn invoke(command: &str, inv: &Invocation) -> Result<String> {
     let plugin = inv.bin_dir.join(PLUGIN);
-    let config = network_config(inv.agent_socket, inv.labels).to_string();
+    let config = network_config(inv.agent_socket, inv.labels, inv.ports).to_string();
     let mut cmd = Command::new(&plugin);
     cmd.env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", inv.container_id)
@@ -244,6 +258,55 @@ pub fn parse_labels(text: &str) -> Result<BTreeMap<String, String>> {
     Ok(labels)
 }
 
+/// Parses `--ports name:port/proto,...`: a pod's container ports, each
+/// `[NAME:]PORT[/tcp|udp|sctp]` (TCP when no protocol is given), checked
+/// as the API server checks a pod spec's.
+pub fn parse_ports(text: &str) -> Result<Vec<ContainerPort>> {
+    let mut ports = Vec::new();
+    for entry in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, rest) = match entry.split_once(':') {
+            Some((name, rest)) => (Some(name.to_string()), rest),
+            None => (None, entry),
+        };
+        let (number, protocol) = rest.split_once('/').unwrap_or((rest, "tcp"));
+        let container_port = number
+            .parse::<u16>()
+            .ok()
+            .filter(|&n| n != 0)
+            .with_context(|| {
+                format!("port {entry:?}: {number:?} is not a port number (1-65535)")
+            })?;
+        let protocol = match protocol.to_ascii_lowercase().as_str() {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            "sctp" => Protocol::Sctp,
+            _ => bail!("port {entry:?}: protocol {protocol:?} is not tcp, udp or sctp"),
+        };
+        ports.push(ContainerPort {
+            name,
+            container_port,
+            protocol,
+        });
+    }
+    validate_container_ports(&ports).map_err(|e| {
+        // The entry the error's path (`ports[i]...`) points at.
+        let index = e.path.trim_start_matches("ports[").split(']').next();
+        let entry = index.and_then(|i| i.parse().ok()).and_then(|i| {
+            text.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .nth(i)
+        });
+        anyhow!(
+            "port {:?}: invalid value {:?}: {}",
+            entry.unwrap_or_default(),
+            e.value,
+            e.reason
+        )
+    })?;
+    Ok(ports)
+}
+
 /// The plugin binary, checked before anything is created.
 pub fn plugin_path(bin_dir: &Path) -> Result<PathBuf> {
     let path = bin_dir.join(PLUGIN);
@@ -263,15 +326,62 @@ mod tests {
     #[test]
     fn config_carries_socket_and_labels() {
         let labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
-        let config = network_config(
-            Path::new("/run/weft-lab/weft/nodes/node1/agent.sock"),
-            &labels,
-        );
+        let socket = Path::new("/run/weft-lab/weft/nodes/node1/agent.sock");
+        let config = network_config(socket, &labels, &[]);
         assert_eq!(
             config,
             json!({"cniVersion":"1.1.0","name":"weft","type":"weft-cni",
                    "agentSocket":"/run/weft-lab/weft/nodes/node1/agent.sock",
                    "args":{"cni":{"labels":[{"key":"app","value":"web"}]}}})
+        );
+    }
+
+    #[test]
+    fn config_carries_ports_as_a_pod_spec_writes_them() {
+        let ports = parse_ports("http:8080/tcp,53/udp").unwrap();
+        let config = network_config(Path::new("/s"), &BTreeMap::new(), &ports);
+        assert_eq!(
+            config["args"]["cni"]["ports"],
+            json!([{"name": "http", "containerPort": 8080, "protocol": "TCP"},
+                   {"containerPort": 53, "protocol": "UDP"}])
+        );
+    }
+
+    #[test]
+    fn ports_parse_with_precise_errors() {
+        let ports = parse_ports("http:8080, 9000, dns:53/UDP,x-1:7/sctp").unwrap();
+        let seen: Vec<_> = ports
+            .iter()
+            .map(|p| (p.name.as_deref(), p.container_port, p.protocol.name()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (Some("http"), 8080, "TCP"),
+                (None, 9000, "TCP"),
+                (Some("dns"), 53, "UDP"),
+                (Some("x-1"), 7, "SCTP")
+            ]
+        );
+        assert!(parse_ports("").unwrap().is_empty());
+        let refused = |text: &str| format!("{:#}", parse_ports(text).unwrap_err());
+        assert_eq!(
+            refused("http:0"),
+            "port \"http:0\": \"0\" is not a port number (1-65535)"
+        );
+        assert!(refused("70000/udp").contains("\"70000\" is not a port number"));
+        assert_eq!(
+            refused("80/icmp"),
+            "port \"80/icmp\": protocol \"icmp\" is not tcp, udp or sctp"
+        );
+        let e = refused("80,Web:81");
+        assert!(
+            e.starts_with("port \"Web:81\": invalid value \"Web\": must be a port name"),
+            "{e}"
+        );
+        assert!(
+            refused("web:80,web:81/udp")
+                .starts_with("port \"web:81/udp\": invalid value \"web\": duplicate")
         );
     }
 

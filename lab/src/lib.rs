@@ -14,7 +14,10 @@
 //! - [`probe`]: ICMP echo and TCP between namespaces, without helper
 //!   processes; [`check`] runs them over every pair of pods ([`matrix`]).
 //! - [`agent_api`]: a node agent's local gRPC API (status, endpoints,
-//!   counters, BGP peers).
+//!   counters, BGP peers, relabelling an endpoint).
+//! - [`objects`]: what `lab apply`, `lab delete` and `lab label` write
+//!   (BGPPeers, NetworkPolicies, Namespaces, pod and namespace labels);
+//!   [`serve`]: the echo server a pod runs on its TCP and UDP ports.
 //! - [`plan`], [`topology`], [`cni`], [`agent`], [`process`]: how a lab is
 //!   named, wired, and populated, and the processes it starts.
 
@@ -22,9 +25,11 @@ pub mod agent;
 pub mod agent_api;
 pub mod cni;
 pub mod matrix;
+pub mod objects;
 pub mod plan;
 pub mod probe;
 pub mod process;
+pub mod serve;
 pub mod state;
 pub mod status;
 pub mod topology;
@@ -37,6 +42,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use matrix::Matrix;
+pub use objects::{apply, delete};
 use probe::{ProbeConfig, ProbeTarget};
 pub use state::{LabState, Pod};
 pub use status::{FabricView, NodeView, PodView, RouterView, StatusView, SubnetView};
@@ -341,11 +347,14 @@ fn build(state: &mut LabState, options: &UpOptions) -> Result<()> {
     let all: Vec<usize> = (0..state.nodes.len()).collect();
     start_agents(state, &all, options.ready_timeout)?;
     wait_converged(state, options.ready_timeout)?;
-    let labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
+    let spec = PodSpec {
+        labels: BTreeMap::from([("app".to_string(), "web".to_string())]),
+        ..PodSpec::default()
+    };
     for i in 0..state.nodes.len() {
         let node = state.nodes[i].name.clone();
         for j in 0..options.pods_per_node {
-            add_pod(state, &node, &plan::pod_name(&node, j), "default", &labels)?;
+            add_pod(state, &node, &plan::pod_name(&node, j), &spec)?;
         }
     }
     Ok(())
@@ -415,6 +424,22 @@ pub fn down(lab: &LabRef) -> Result<DownReport> {
             Ok(process::Ended::NotRunning) => {}
             Ok(_) => report.agents_stopped += 1,
             Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+
+    // Pods' port servers: the recorded ones, and any of this lab's pods
+    // whose pid was never recorded (a crash between start and record).
+    let mut servers: Vec<(u32, String)> = recorded
+        .iter()
+        .flat_map(|state| &state.pods)
+        .filter_map(|p| p.server_pid.map(|pid| (pid, p.netns.clone())))
+        .collect();
+    servers.extend(serve::running(|netns| plan::is_lab_netns(&lab.lab, netns)));
+    servers.sort();
+    servers.dedup();
+    for (pid, netns) in servers {
+        if let Err(e) = serve::stop(pid, &netns) {
+            errors.push(format!("{e:#}"));
         }
     }
 
@@ -497,37 +522,42 @@ fn remove_state_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes BGPPeer manifests into the lab's datastore, all or nothing (the
-/// whole file is checked first); returns the names written.
-pub fn apply(state: &LabState, text: &str) -> Result<Vec<String>> {
-    let peers = weft_model::bgp_peer::parse_manifests(text)?;
-    let store = weft_datastore::Datastore::open(&state.datastore_dir())?;
-    for peer in &peers {
-        store.put_bgp_peer(peer)?;
+/// What a pod is, beside its name and node: what a pod spec would say.
+#[derive(Debug, Clone)]
+pub struct PodSpec {
+    /// The pod's Kubernetes namespace.
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    /// Container ports: named ports for policies, and what the pod's
+    /// server listens on (TCP and UDP).
+    pub ports: Vec<weft_model::ContainerPort>,
+}
+
+impl Default for PodSpec {
+    fn default() -> PodSpec {
+        PodSpec {
+            namespace: "default".into(),
+            labels: BTreeMap::new(),
+            ports: Vec::new(),
+        }
     }
-    Ok(peers.into_iter().map(|p| p.metadata.name).collect())
 }
 
-/// Removes a BGPPeer from the lab's datastore; `false` if there was none.
-pub fn delete_bgp_peer(state: &LabState, name: &str) -> Result<bool> {
-    let store = weft_datastore::Datastore::open(&state.datastore_dir())?;
-    Ok(store.delete_bgp_peer(name)?)
-}
-
-/// Creates pod `name` on `node`: its namespace, then CNI ADD. If ADD fails
-/// the pod is undone (DEL, namespace deleted, record dropped), as a runtime
+/// Creates pod `name` on `node`: its namespace, then CNI ADD, then the
+/// server on its TCP and UDP ports. If any of it fails the pod is undone
+/// (server stopped, DEL, namespace deleted, record dropped), as a runtime
 /// does.
-pub fn add_pod(
-    state: &mut LabState,
-    node: &str,
-    name: &str,
-    namespace: &str,
-    labels: &BTreeMap<String, String>,
-) -> Result<Pod> {
+pub fn add_pod(state: &mut LabState, node: &str, name: &str, spec: &PodSpec) -> Result<Pod> {
     plan::validate_pod_name(name)?;
+    let namespace = &spec.namespace;
+    objects::check_namespace_name(namespace)?;
     let node = state.node(node)?.clone();
     if state.pod(name).is_ok() {
         bail!("lab {} already has a pod {name:?}", state.lab);
+    }
+    let serves = spec.ports.iter().any(serve::is_served);
+    if serves {
+        serve::binary_path(&state.bin_dir)?;
     }
     let netns = plan::pod_netns(&state.lab, name);
     if topology::netns_exists(&netns) {
@@ -542,34 +572,50 @@ pub fn add_pod(
         netns,
         container_id: cni::new_container_id()?,
         ifname: plan::POD_IFNAME.to_string(),
-        labels: labels.clone(),
+        labels: spec.labels.clone(),
         ip: None,
         host_ifname: None,
+        ports: spec.ports.clone(),
+        server_pid: None,
     };
     state.pods.push(pod.clone());
     state.save()?;
     let bin_dir = state.bin_dir.clone();
     let attached = topology::create_netns(&pod.netns)
-        .and_then(|()| cni::add(&invocation(&bin_dir, &node, &pod)));
-    let attached = match attached {
-        Ok(attached) => attached,
-        Err(e) => {
-            let _ = cni::del(&invocation(&bin_dir, &node, &pod));
-            let _ = topology::delete_netns(&pod.netns);
-            state.pods.retain(|p| p.name != pod.name);
-            state.save()?;
-            return Err(e.context(format!("adding pod {namespace}/{name} on {}", node.name)));
+        .and_then(|()| cni::add(&invocation(&bin_dir, &node, &pod)))
+        .and_then(|attached| {
+            pod.ip = Some(attached.ip);
+            pod.host_ifname = Some(attached.host_ifname);
+            if serves {
+                let mut server = serve::start(&bin_dir, &pod.netns, &pod.ports)?;
+                pod.server_pid = Some(server.id());
+                record_pod(state, &pod)?;
+                serve::wait_ready(&mut server)?;
+            }
+            Ok(())
+        });
+    if let Err(e) = attached {
+        if let Some(pid) = pod.server_pid {
+            let _ = serve::stop(pid, &pod.netns);
         }
-    };
-    pod.ip = Some(attached.ip);
-    pod.host_ifname = Some(attached.host_ifname);
+        let _ = cni::del(&invocation(&bin_dir, &node, &pod));
+        let _ = topology::delete_netns(&pod.netns);
+        state.pods.retain(|p| p.name != pod.name);
+        state.save()?;
+        return Err(e.context(format!("adding pod {namespace}/{name} on {}", node.name)));
+    }
+    record_pod(state, &pod)?;
+    Ok(pod)
+}
+
+/// Replaces the record of `pod` in lab.json.
+fn record_pod(state: &mut LabState, pod: &Pod) -> Result<()> {
     *state
         .pods
         .iter_mut()
         .find(|p| p.name == pod.name)
-        .expect("recorded above") = pod.clone();
-    state.save()?;
-    Ok(pod)
+        .expect("recorded before it was made") = pod.clone();
+    state.save()
 }
 
 fn invocation<'a>(bin_dir: &'a Path, node: &'a state::Node, pod: &'a Pod) -> cni::Invocation<'a> {
@@ -583,15 +629,19 @@ fn invocation<'a>(bin_dir: &'a Path, node: &'a state::Node, pod: &'a Pod) -> cni
         pod_namespace: &pod.namespace,
         pod_name: &pod.name,
         labels: &pod.labels,
+        ports: &pod.ports,
     }
 }
 
-/// Deletes pod `name`: CNI DEL, then its namespace, then its record. The
-/// record stays until both succeed, so a failed `pod del` can be retried
+/// Deletes pod `name`: its port server, CNI DEL, then its namespace, then
+/// its record. The record stays until all succeed, so a failed `pod del` can be retried
 /// (and DEL runs again, which the plugin must accept).
 pub fn del_pod(state: &mut LabState, name: &str) -> Result<()> {
     let pod = state.pod(name)?.clone();
     let node = state.node(&pod.node)?.clone();
+    if let Some(pid) = pod.server_pid {
+        serve::stop(pid, &pod.netns)?;
+    }
     cni::del(&invocation(&state.bin_dir, &node, &pod))
         .with_context(|| format!("deleting pod {}/{name} on {}", pod.namespace, node.name))?;
     topology::delete_netns(&pod.netns)?;
@@ -753,7 +803,13 @@ pub fn del_node(state: &mut LabState, name: &str) -> Result<()> {
     for pod in pods {
         if let Err(e) = del_pod(state, &pod) {
             eprintln!("warning: {e:#}; deleting pod {pod}'s namespace without DEL");
-            let netns = state.pod(&pod)?.netns.clone();
+            let (netns, server) = {
+                let pod = state.pod(&pod)?;
+                (pod.netns.clone(), pod.server_pid)
+            };
+            if let Some(pid) = server {
+                serve::stop(pid, &netns)?;
+            }
             topology::delete_netns(&netns)?;
             state.pods.retain(|p| p.name != pod);
             state.save()?;

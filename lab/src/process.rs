@@ -76,7 +76,7 @@ pub fn is_agent(pid: u32, socket: &Path) -> bool {
             .any(|w| w[0] == "--socket" && w[1] == socket)
 }
 
-fn is_zombie(pid: u32) -> bool {
+pub(crate) fn is_zombie(pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return true;
     };

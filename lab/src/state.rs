@@ -149,6 +149,13 @@ pub struct Pod {
     /// Filled from the CNI result; None while ADD has not succeeded.
     pub ip: Option<Ipv4Addr>,
     pub host_ifname: Option<String>,
+    /// The pod's container ports (what named ports in policies resolve to).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<weft_model::ContainerPort>,
+    /// The pid of the server answering on the pod's TCP and UDP ports
+    /// (`weftctl lab serve`), recorded as soon as it is started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_pid: Option<u32>,
 }
 
 impl Node {
@@ -428,6 +435,8 @@ mod tests {
             labels: BTreeMap::from([("app".into(), "web".into())]),
             ip: Some(Ipv4Addr::new(10, 244, 1, 5)),
             host_ifname: Some("weft1234abcd".into()),
+            ports: Vec::new(),
+            server_pid: None,
         });
         state
     }

@@ -2,11 +2,13 @@
 //! for the table, the JSON and every reader of either (the integration
 //! tests read labs through these types, never through a copy of them).
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use weft_model::ContainerPort;
 
 use crate::matrix::render_table;
 use crate::probe::{self, Echo, ProbeError};
@@ -66,6 +68,14 @@ pub struct PodView {
     pub netns: String,
     pub ip: Option<String>,
     pub host_ifname: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The pod's container ports, as in a pod spec.
+    #[serde(default)]
+    pub ports: Vec<ContainerPort>,
+    /// The pod's port server, if it runs one and it is alive.
+    #[serde(default)]
+    pub server_pid: Option<u32>,
 }
 
 impl From<&Pod> for PodView {
@@ -77,6 +87,11 @@ impl From<&Pod> for PodView {
             netns: p.netns.clone(),
             ip: p.ip.map(|ip| ip.to_string()),
             host_ifname: p.host_ifname.clone(),
+            labels: p.labels.clone(),
+            ports: p.ports.clone(),
+            server_pid: p
+                .server_pid
+                .filter(|&pid| crate::serve::is_server(pid, &p.netns)),
         }
     }
 }
@@ -191,10 +206,20 @@ impl StatusView {
         out.push_str(&render_table(&nodes));
         out.push('\n');
         let mut pods = vec![
-            ["POD", "NAMESPACE", "NODE", "NETNS", "IP", "HOST IFNAME"]
-                .map(String::from)
-                .to_vec(),
+            [
+                "POD",
+                "NAMESPACE",
+                "NODE",
+                "NETNS",
+                "IP",
+                "HOST IFNAME",
+                "LABELS",
+                "PORTS",
+            ]
+            .map(String::from)
+            .to_vec(),
         ];
+        let list = |items: Vec<String>| dash(Some(items.join(",")).filter(|s| !s.is_empty()));
         pods.extend(self.pods.iter().map(|p| {
             vec![
                 p.name.clone(),
@@ -203,6 +228,8 @@ impl StatusView {
                 p.netns.clone(),
                 dash(p.ip.clone()),
                 dash(p.host_ifname.clone()),
+                list(p.labels.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+                list(vec![crate::serve::ports_arg(&p.ports)]),
             ]
         }));
         out.push_str(&render_table(&pods));
@@ -234,9 +261,11 @@ mod tests {
             netns: "weft-pod-node1-a".into(),
             container_id: "0".repeat(64),
             ifname: "eth0".into(),
-            labels: BTreeMap::new(),
+            labels: BTreeMap::from([("app".into(), "web".into())]),
             ip: Some(Ipv4Addr::new(10, 244, 1, 2)),
             host_ifname: Some("weftab12cd34".into()),
+            ports: crate::cni::parse_ports("http:80").unwrap(),
+            server_pid: None,
         });
         state
     }
@@ -255,7 +284,9 @@ mod tests {
                     {"name": "node2", "netns": "weft-node2", "underlay_ip": "198.18.0.12", "pod_cidr": "10.244.2.0/24", "agent_pid": null}
                 ],
                 "pods": [
-                    {"name": "node1-a", "namespace": "default", "node": "node1", "netns": "weft-pod-node1-a", "ip": "10.244.1.2", "host_ifname": "weftab12cd34"}
+                    {"name": "node1-a", "namespace": "default", "node": "node1", "netns": "weft-pod-node1-a", "ip": "10.244.1.2", "host_ifname": "weftab12cd34",
+                     "labels": {"app": "web"}, "ports": [{"name": "http", "containerPort": 80, "protocol": "TCP"}],
+                     "server_pid": null}
                 ]
             })
         );
@@ -283,8 +314,8 @@ mod tests {
              node1  weft-node1  198.18.0.11  10.244.1.0/24  100\n\
              node2  weft-node2  198.18.0.12  10.244.2.0/24  -\n\
              \n\
-             POD      NAMESPACE  NODE   NETNS             IP          HOST IFNAME\n\
-             node1-a  default    node1  weft-pod-node1-a  10.244.1.2  weftab12cd34\n"
+             POD      NAMESPACE  NODE   NETNS             IP          HOST IFNAME   LABELS   PORTS\n\
+             node1-a  default    node1  weft-pod-node1-a  10.244.1.2  weftab12cd34  app=web  http:80/tcp\n"
         );
         let mut state = lab_state();
         state.route_reflectors = vec!["node1".into(), "node2".into()];

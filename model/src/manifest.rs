@@ -3,12 +3,14 @@
 //! one bad document refuses the file and nothing half-applied reaches the
 //! datastore. Errors carry the document number and the field's path in
 //! the API server's notation (`spec.ingress[0].from[1].ipBlock.except[0]`).
+//! [`parse_store_manifests`] reads a file mixing these with BGPPeers, as
+//! `weftctl lab apply` takes it, in the same one pass.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::bgp_peer::is_dns_subdomain;
+use crate::bgp_peer::{self, BgpPeer, is_dns_subdomain};
 use crate::namespace::{self, Namespace};
 use crate::policy::{self, NetworkPolicy};
 use crate::selector::{Labels, check_label_key, check_label_value};
@@ -110,19 +112,8 @@ pub enum PolicyManifestError {
         doc: usize,
         source: serde_norway::Error,
     },
-    #[error(
-        "document {doc}: {api_version}/{kind} is not a kind this file may hold \
-         ({}/{} or {}/{})",
-        policy::API_VERSION,
-        policy::KIND,
-        namespace::API_VERSION,
-        namespace::KIND
-    )]
-    Kind {
-        doc: usize,
-        api_version: String,
-        kind: String,
-    },
+    #[error(transparent)]
+    Kind(KindError),
     #[error("document {doc} ({kind} {name}): {error}")]
     Invalid {
         doc: usize,
@@ -140,6 +131,34 @@ pub enum PolicyManifestError {
     #[error("no NetworkPolicy or Namespace in the input")]
     Empty,
 }
+
+/// A document of a kind its file may not hold.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "document {doc}: {api_version}/{kind} is not a kind {} ({})",
+    self.reader,
+    self.expected.iter().map(|(v, k)| format!("{v}/{k}")).collect::<Vec<_>>().join(", ")
+)]
+pub struct KindError {
+    pub doc: usize,
+    pub api_version: String,
+    pub kind: String,
+    /// Who refuses it, e.g. "this file may hold".
+    reader: &'static str,
+    /// The kinds it takes, as (apiVersion, kind).
+    expected: &'static [(&'static str, &'static str)],
+}
+
+const POLICY_KINDS: &[(&str, &str)] = &[
+    (policy::API_VERSION, policy::KIND),
+    (namespace::API_VERSION, namespace::KIND),
+];
+
+const STORE_KINDS: &[(&str, &str)] = &[
+    (bgp_peer::API_VERSION, bgp_peer::KIND),
+    (policy::API_VERSION, policy::KIND),
+    (namespace::API_VERSION, namespace::KIND),
+];
 
 /// What a file's reader does with the errors of the shared loop.
 pub(crate) trait FileErrors: Sized {
@@ -198,39 +217,111 @@ impl FileErrors for PolicyManifestError {
 /// Parses and checks a file of NetworkPolicy and Namespace manifests. All
 /// or nothing: the first refused document refuses the file.
 pub fn parse_policy_manifests(text: &str) -> Result<Vec<PolicyManifest>, PolicyManifestError> {
+    read_file(text, read_policy_document)
+}
+
+/// One document of a policy manifest file, parsed and checked, with its
+/// kind and name (`namespace/name` for a policy).
+fn read_policy_document(
+    doc: usize,
+    value: serde_norway::Value,
+) -> Result<(PolicyManifest, &'static str, String), PolicyManifestError> {
+    let (api_version, kind) = type_of(&value);
+    let parse = |source| PolicyManifestError::Parse { doc, source };
+    let (manifest, kind, name, checked) = match (api_version.as_str(), kind.as_str()) {
+        (policy::API_VERSION, policy::KIND) => {
+            let p: NetworkPolicy = serde_norway::from_value(value).map_err(parse)?;
+            let name = format!("{}/{}", p.namespace(), p.name());
+            let checked = p.validate();
+            let manifest = PolicyManifest::NetworkPolicy(p);
+            (manifest, policy::KIND, name, checked)
+        }
+        (namespace::API_VERSION, namespace::KIND) => {
+            let n: Namespace = serde_norway::from_value(value).map_err(parse)?;
+            let name = n.name().to_string();
+            let checked = n.validate();
+            (PolicyManifest::Namespace(n), namespace::KIND, name, checked)
+        }
+        _ => {
+            return Err(PolicyManifestError::Kind(KindError {
+                doc,
+                api_version,
+                kind,
+                reader: "this file may hold",
+                expected: POLICY_KINDS,
+            }));
+        }
+    };
+    checked.map_err(|error| PolicyManifestError::Invalid {
+        doc,
+        kind,
+        name: name.clone(),
+        error,
+    })?;
+    Ok((manifest, kind, name))
+}
+
+/// A document's `apiVersion` and `kind` (empty when missing).
+fn type_of(value: &serde_norway::Value) -> (String, String) {
+    let field = |name: &str| value.get(name).and_then(|v| v.as_str()).unwrap_or("");
+    (field("apiVersion").to_string(), field("kind").to_string())
+}
+
+/// One object of a file the local datastore takes (`weftctl lab apply`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreManifest {
+    BgpPeer(BgpPeer),
+    Policy(PolicyManifest),
+}
+
+/// Why a file of datastore objects is refused, naming the document (from 1).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreManifestError {
+    #[error(transparent)]
+    BgpPeer(#[from] bgp_peer::ManifestError),
+    #[error(transparent)]
+    Policy(#[from] PolicyManifestError),
+    #[error(transparent)]
+    Kind(KindError),
+    #[error("no BGPPeer, NetworkPolicy or Namespace in the input")]
+    Empty,
+}
+
+impl FileErrors for StoreManifestError {
+    fn parse(doc: usize, source: serde_norway::Error) -> Self {
+        PolicyManifestError::Parse { doc, source }.into()
+    }
+    fn duplicate(kind: &'static str, name: String, first: usize, second: usize) -> Self {
+        PolicyManifestError::duplicate(kind, name, first, second).into()
+    }
+    fn empty() -> Self {
+        StoreManifestError::Empty
+    }
+}
+
+/// Parses and checks a file of BGPPeer, NetworkPolicy and Namespace
+/// manifests, mixed in any order, with each kind's own checks. All or
+/// nothing, as for one kind.
+pub fn parse_store_manifests(text: &str) -> Result<Vec<StoreManifest>, StoreManifestError> {
     read_file(text, |doc, value| {
-        let field = |name: &str| value.get(name).and_then(|v| v.as_str()).unwrap_or("");
-        let (api_version, kind) = (field("apiVersion").to_string(), field("kind").to_string());
-        let parse = |source| PolicyManifestError::Parse { doc, source };
-        let (manifest, kind, name, checked) = match (api_version.as_str(), kind.as_str()) {
-            (policy::API_VERSION, policy::KIND) => {
-                let p: NetworkPolicy = serde_norway::from_value(value).map_err(parse)?;
-                let name = format!("{}/{}", p.namespace(), p.name());
-                let checked = p.validate();
-                let manifest = PolicyManifest::NetworkPolicy(p);
-                (manifest, policy::KIND, name, checked)
-            }
-            (namespace::API_VERSION, namespace::KIND) => {
-                let n: Namespace = serde_norway::from_value(value).map_err(parse)?;
-                let name = n.name().to_string();
-                let checked = n.validate();
-                (PolicyManifest::Namespace(n), namespace::KIND, name, checked)
-            }
-            _ => {
-                return Err(PolicyManifestError::Kind {
-                    doc,
-                    api_version,
-                    kind,
-                });
-            }
-        };
-        checked.map_err(|error| PolicyManifestError::Invalid {
-            doc,
-            kind,
-            name: name.clone(),
-            error,
-        })?;
-        Ok((manifest, kind, name))
+        let (api_version, kind) = type_of(&value);
+        if (api_version.as_str(), kind.as_str()) == (bgp_peer::API_VERSION, bgp_peer::KIND) {
+            let peer: BgpPeer = serde_norway::from_value(value)
+                .map_err(|source| bgp_peer::ManifestError::Parse { doc, source })?;
+            peer.validate(doc)?;
+            let name = peer.metadata.name.clone();
+            return Ok((StoreManifest::BgpPeer(peer), bgp_peer::KIND, name));
+        }
+        match read_policy_document(doc, value) {
+            Ok((manifest, kind, name)) => Ok((StoreManifest::Policy(manifest), kind, name)),
+            Err(PolicyManifestError::Kind(e)) => Err(StoreManifestError::Kind(KindError {
+                reader: "the datastore takes",
+                expected: STORE_KINDS,
+                ..e
+            })),
+            Err(e) => Err(e.into()),
+        }
     })
 }
 
@@ -469,6 +560,44 @@ status: {}
                 .unwrap_err()
                 .to_string()
                 .contains("defined twice (documents 2 and 3)")
+        );
+    }
+
+    #[test]
+    fn a_store_file_mixes_bgp_peers_with_policy_objects_all_or_nothing() {
+        let peer = "apiVersion: weft.dev/v1alpha1\nkind: BGPPeer\nmetadata: {name: tor}\nspec: {peerIP: 198.18.0.200, asNumber: 64600}\n";
+        let objects = parse_store_manifests(&format!("{peer}---\n{FILE}")).unwrap();
+        assert!(matches!(&objects[0], StoreManifest::BgpPeer(p) if p.metadata.name == "tor"));
+        assert!(matches!(
+            &objects[1],
+            StoreManifest::Policy(PolicyManifest::Namespace(_))
+        ));
+        assert!(matches!(
+            &objects[2],
+            StoreManifest::Policy(PolicyManifest::NetworkPolicy(_))
+        ));
+        let refused = |text: &str| parse_store_manifests(text).unwrap_err().to_string();
+        // Each kind's own checks, numbered in the whole file.
+        let bad_port = FILE.replacen("port: 80", "port: 0", 1);
+        assert!(
+            refused(&format!("{peer}---\n{bad_port}"))
+                .starts_with("document 3 (NetworkPolicy prod/web): spec.ingress[0].ports[0].port")
+        );
+        let bad_peer = peer.replace("64600", "0");
+        assert!(
+            refused(&format!("{FILE}---\n{bad_peer}"))
+                .starts_with("document 3 (tor): spec.asNumber")
+        );
+        assert!(
+            refused(&FILE.replacen("kind: Namespace", "kind: Pod", 1))
+                .contains("document 1: v1/Pod is not a kind the datastore takes")
+        );
+        assert!(
+            refused(&format!("{peer}---\n{peer}")).contains("BGPPeer \"tor\" is defined twice")
+        );
+        assert_eq!(
+            refused("---\n"),
+            "no BGPPeer, NetworkPolicy or Namespace in the input"
         );
     }
 

@@ -270,12 +270,8 @@ impl NetworkPolicy {
 fn validate_ports(ports: &[NetworkPolicyPort], rule: &str) -> Result<(), FieldError> {
     for (i, port) in ports.iter().enumerate() {
         let at = format!("{rule}.ports[{i}]");
-        if let Some(Protocol::Unknown(p)) = &port.protocol {
-            return Err(FieldError::new(
-                format!("{at}.protocol"),
-                p,
-                "supported values: \"TCP\", \"UDP\", \"SCTP\"",
-            ));
+        if let Some(protocol) = &port.protocol {
+            check_protocol(protocol, &format!("{at}.protocol"))?;
         }
         let end = |reason| {
             FieldError::new(
@@ -298,14 +294,7 @@ fn validate_ports(ports: &[NetworkPolicyPort], rule: &str) -> Result<(), FieldEr
                 if end_port.is_some() {
                     return Err(end("may not be specified when `port` is non-numeric"));
                 }
-                if !is_port_name(name) {
-                    return Err(FieldError::new(
-                        format!("{at}.port"),
-                        name,
-                        "must be a port name (IANA_SVC_NAME): at most 15 lowercase letters, \
-                         digits and '-', with at least one letter, no '-' at either end or twice in a row",
-                    ));
-                }
+                check_port_name(name, &format!("{at}.port"))?;
             }
             (None, Some(_)) => {
                 return Err(end("may not be specified when `port` is not specified"));
@@ -325,6 +314,52 @@ fn check_port_number(n: i64, path: &str) -> Result<(), FieldError> {
         n.to_string(),
         "must be between 1 and 65535, inclusive",
     ))
+}
+
+fn check_protocol(protocol: &Protocol, path: &str) -> Result<(), FieldError> {
+    match protocol {
+        Protocol::Unknown(p) => Err(FieldError::new(
+            path,
+            p,
+            "supported values: \"TCP\", \"UDP\", \"SCTP\"",
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_port_name(name: &str, path: &str) -> Result<(), FieldError> {
+    if is_port_name(name) {
+        return Ok(());
+    }
+    Err(FieldError::new(
+        path,
+        name,
+        "must be a port name (IANA_SVC_NAME): at most 15 lowercase letters, \
+         digits and '-', with at least one letter, no '-' at either end or twice in a row",
+    ))
+}
+
+/// Checks a pod's container ports as the API server checks a pod spec's
+/// (`ports[i].containerPort`, `.name`, `.protocol`; a name used twice is
+/// refused, since a named port must resolve to one number per protocol).
+pub fn validate_container_ports(ports: &[ContainerPort]) -> Result<(), FieldError> {
+    let mut names = std::collections::BTreeSet::new();
+    for (i, port) in ports.iter().enumerate() {
+        let at = format!("ports[{i}]");
+        check_port_number(port.container_port.into(), &format!("{at}.containerPort"))?;
+        check_protocol(&port.protocol, &format!("{at}.protocol"))?;
+        if let Some(name) = &port.name {
+            check_port_name(name, &format!("{at}.name"))?;
+            if !names.insert(name) {
+                return Err(FieldError::new(
+                    format!("{at}.name"),
+                    name,
+                    "duplicate value: names a port already",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// IANA service names, what a named port must be (upstream's `IsValidPortName`).
@@ -507,6 +542,40 @@ mod tests {
         assert_eq!(resolve("dns", Protocol::Udp), [53]);
         assert_eq!(resolve("dns", Protocol::Tcp), [5353]);
         assert_eq!(resolve("dns", Protocol::Sctp), [0u16; 0]);
+    }
+
+    #[test]
+    fn container_ports_are_checked_as_the_api_server_checks_a_pod() {
+        let port = |name: Option<&str>, number, protocol: &str| ContainerPort {
+            name: name.map(Into::into),
+            container_port: number,
+            protocol: protocol.to_string().into(),
+        };
+        assert!(
+            validate_container_ports(&[
+                port(Some("http"), 8080, "TCP"),
+                port(None, 53, "UDP"),
+                port(None, 53, "SCTP"),
+            ])
+            .is_ok()
+        );
+        let refused = |ports: &[ContainerPort]| validate_container_ports(ports).unwrap_err();
+        assert_eq!(
+            refused(&[port(None, 0, "TCP")]).path,
+            "ports[0].containerPort"
+        );
+        let e = refused(&[port(None, 80, "TCP"), port(None, 81, "tcp")]);
+        assert_eq!(
+            (e.path.as_str(), e.value.as_str()),
+            ("ports[1].protocol", "tcp")
+        );
+        assert_eq!(
+            refused(&[port(Some("Web"), 80, "TCP")]).path,
+            "ports[0].name"
+        );
+        let e = refused(&[port(Some("web"), 80, "TCP"), port(Some("web"), 81, "UDP")]);
+        assert_eq!(e.path, "ports[1].name");
+        assert!(e.to_string().contains("duplicate"), "{e}");
     }
 
     #[test]

@@ -194,8 +194,13 @@ enum LabCommand {
         #[arg(long, default_value_t = 1000)]
         timeout_ms: u64,
     },
-    /// Write manifests (BGPPeer; YAML or JSON, several documents) into the
-    /// lab's datastore; the agents react without a restart.
+    /// Write BGPPeer, NetworkPolicy and Namespace manifests into the lab's datastore, all or
+    /// nothing; the agents react without a restart.
+    ///
+    /// Takes weft.dev/v1alpha1 BGPPeer, networking.k8s.io/v1 NetworkPolicy and v1 Namespace,
+    /// mixed, in YAML or JSON, several documents. The whole file is checked first: one
+    /// invalid document (reported with its number and the field's path) refuses the file and
+    /// nothing is written.
     Apply {
         /// The manifest file, or - for standard input.
         #[arg(short = 'f', long = "filename")]
@@ -203,11 +208,36 @@ enum LabCommand {
     },
     /// Remove an object from the lab's datastore.
     Delete {
-        /// The kind: bgppeer.
-        #[arg(value_parser = ["bgppeer"])]
-        kind: String,
-        /// The object's metadata.name.
+        /// The object's kind.
+        #[arg(value_enum)]
+        kind: lab::objects::Kind,
+        /// The object's metadata.name; a networkpolicy's as NAMESPACE/NAME (NAME alone: in
+        /// namespace default).
         name: String,
+    },
+    /// Change the labels of a pod (its endpoint record, through its node's agent) or of a
+    /// namespace (its Namespace object in the datastore, created if the namespace so far
+    /// exists only through its pods), kubectl-style.
+    Label {
+        /// What to label.
+        #[arg(value_enum)]
+        kind: LabelKind,
+        /// The pod's or the namespace's name.
+        name: String,
+        /// Changes: key=value sets a label, key- removes it.
+        #[arg(required = true)]
+        changes: Vec<String>,
+    },
+    /// Serve a pod's TCP and UDP ports (echo) inside its network namespace until killed;
+    /// what `lab pod add --ports` starts.
+    #[command(hide = true)]
+    Serve {
+        /// The pod's network namespace.
+        #[arg(long)]
+        netns: String,
+        /// The ports, as `lab pod add --ports` takes them.
+        #[arg(long, value_parser = cni::parse_ports)]
+        ports: PortList,
     },
     /// Trace a packet from a pod hook by hook through the nodes' current tables, injecting nothing.
     ///
@@ -244,6 +274,16 @@ enum LabCommand {
     },
 }
 
+/// What `lab label` changes the labels of.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LabelKind {
+    Pod,
+    Namespace,
+}
+
+/// `--ports`, parsed whole (clap would otherwise take a `Vec` as repeated values).
+type PortList = Vec<weft_model::ContainerPort>;
+
 #[derive(Subcommand)]
 enum PodCommand {
     /// Create a pod's namespace and run weft-cni ADD for it on NODE.
@@ -260,6 +300,12 @@ enum PodCommand {
         /// Pod labels, k=v,k2=v2 (passed in the CNI config's args.cni.labels).
         #[arg(long, default_value = "")]
         labels: String,
+        /// The pod's container ports, [NAME:]PORT[/tcp|udp|sctp],... (TCP when no protocol
+        /// is given; NAME an IANA service name, for named ports in policies). Passed in the
+        /// CNI config's args.cni.ports to the agent's endpoint record. The pod runs an echo
+        /// server on its TCP and UDP ports (SCTP ports get none: this kernel has no SCTP).
+        #[arg(long, default_value = "", value_parser = cni::parse_ports)]
+        ports: PortList,
         /// Print the pod as JSON.
         #[arg(long)]
         json: bool,
@@ -383,6 +429,7 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
             | LabCommand::Node(_)
             | LabCommand::Apply { .. }
             | LabCommand::Delete { .. }
+            | LabCommand::Label { .. }
     );
     let _lock = if mutates {
         Some(lab::LabLock::acquire(&lab)?)
@@ -456,16 +503,42 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
             };
             let state = lab.load()?;
             for name in lab::apply(&state, &text)? {
-                println!("bgppeer/{name} applied");
+                println!("{name} applied");
             }
         }
-        LabCommand::Delete { kind: _, name } => {
+        LabCommand::Delete { kind, name } => {
             let state = lab.load()?;
-            if lab::delete_bgp_peer(&state, &name)? {
-                println!("bgppeer/{name} deleted");
+            if lab::delete(&state, kind, &name)? {
+                println!("{}/{name} deleted", kind.name());
             } else {
-                bail!("no bgppeer {name:?} in lab {}", lab.lab);
+                bail!("no {} {name:?} in lab {}", kind.name(), lab.lab);
             }
+        }
+        LabCommand::Label {
+            kind,
+            name,
+            changes,
+        } => {
+            let changes = lab::objects::parse_label_changes(&changes)?;
+            let join = |labels: &std::collections::BTreeMap<String, String>| {
+                let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                pairs.join(",")
+            };
+            match kind {
+                LabelKind::Pod => {
+                    let mut state = lab.load()?;
+                    let pod = lab::objects::label_pod(&mut state, &name, &changes)?;
+                    println!("pod/{name} labeled: {}", join(&pod.labels));
+                }
+                LabelKind::Namespace => {
+                    let state = lab.load()?;
+                    let ns = lab::objects::label_namespace(&state, &name, &changes)?;
+                    println!("namespace/{name} labeled: {}", join(&ns.metadata.labels));
+                }
+            }
+        }
+        LabCommand::Serve { netns, ports } => {
+            lab::serve::serve(&netns, &ports)?;
         }
         LabCommand::Status { json } => {
             let state = lab.load()?;
@@ -481,11 +554,16 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
             name,
             namespace,
             labels,
+            ports,
             json,
         }) => {
-            let labels = cni::parse_labels(&labels)?;
+            let spec = lab::PodSpec {
+                namespace,
+                labels: cni::parse_labels(&labels)?,
+                ports,
+            };
             let mut state = lab.load()?;
-            let pod = lab::add_pod(&mut state, &node, &name, &namespace, &labels)?;
+            let pod = lab::add_pod(&mut state, &node, &name, &spec)?;
             let view = PodView::from(&pod);
             if json {
                 println!("{}", serde_json::to_string_pretty(&view)?);
