@@ -317,13 +317,29 @@ fn verdicts_through_prog_test_run() {
             "{what} bumps {counter_name}"
         );
     }
-    let total: u64 = guard.counters().unwrap().iter().map(|(_, v)| v).sum();
+    // The guard counts each packet once; the one it passed as the pod's
+    // own IPv4 went on to the policy decision (empty maps: a new flow,
+    // nothing isolated), which counts it once more.
+    let counters = guard.counters().unwrap();
+    let is_policy = |name: &str| name.starts_with("conntrack_") || name.starts_with("policy_");
+    let total = |policy: bool| -> u64 {
+        counters
+            .iter()
+            .filter(|(n, _)| is_policy(n) == policy)
+            .map(|(_, v)| v)
+            .sum()
+    };
     assert_eq!(
-        total,
+        total(false),
         7,
-        "exactly one count per packet: {:?}",
-        guard.counters().unwrap()
+        "exactly one guard count per packet: {counters:?}"
     );
+    assert_eq!(
+        total(true),
+        1,
+        "one policy count for the passed packet: {counters:?}"
+    );
+    assert_eq!(counter(&guard, "conntrack_new"), 1);
 
     // Removing the endpoint fails the interface closed.
     guard.remove_endpoint(ifindex).expect("remove_endpoint");
@@ -410,6 +426,10 @@ fn restart_adopts_pins_and_keeps_the_filter() {
         "entries survive the restart"
     );
     assert!(in_netns(&lab.host_ns, || second.is_attached(HOST_VETH)).unwrap());
+    assert!(
+        in_netns(&lab.host_ns, || second.is_policy_attached(HOST_VETH)).unwrap(),
+        "the policy program sits at tc egress beside the guard"
+    );
     in_netns(&lab.host_ns, || second.attach(HOST_VETH)).expect("attach again");
     in_netns(&lab.host_ns, || second.attach(HOST_VETH)).expect("and again");
     assert_eq!(
