@@ -26,6 +26,9 @@
 //! - pod to pod on one node: both at the sender's veth ingress, the first
 //!   hook the packet meets; the entry it writes lets the packet (and the
 //!   replies) through the other veth without asking again;
+//! - a packet the uplink decapsulates and redirects straight into a pod
+//!   skips the pod veth's egress: only pods that no policy isolates for
+//!   ingress get that shortcut ([`may_skip_pod_egress`]);
 //! - a connection allowed at a revision passes every later packet, either
 //!   way, with one conntrack lookup until the revision changes.
 //!
@@ -41,7 +44,10 @@ use crate::conntrack::{
 use crate::ipv4::Ipv4Header;
 use crate::l4::Transport;
 use crate::lookup::{ConntrackTable, Ipcache, PolicyLookup};
-use crate::maps::{POLICY_EGRESS, POLICY_INGRESS, PolicyDecision, policy_decision_found};
+use crate::maps::{
+    POLICY_EGRESS, POLICY_INGRESS, POLICY_NOT_FOUND, PolicyDecision, PolicyKey,
+    policy_decision_found,
+};
 use crate::packet::{PacketReader, ethernet};
 use crate::verdict::Counter;
 
@@ -220,6 +226,25 @@ where
     }
 }
 
+/// Whether a packet the uplink has just decapsulated (Ethernet, then
+/// IPv4) may be redirected straight into its pod (`bpf_redirect_peer`,
+/// see [`crate::redirect`]): such a packet never passes the pod veth's tc
+/// egress, where the pod's ingress policy is checked, so only a pod that
+/// no policy isolates for ingress takes the shortcut; the others' packets
+/// go through the stack and that hook. One policy lookup: an isolated
+/// direction always has its marker, which covers every key of it.
+#[inline(always)]
+pub fn may_skip_pod_egress<R, P>(frame: &R, policy: &P) -> bool
+where
+    R: PacketReader + ?Sized,
+    P: PolicyLookup + ?Sized,
+{
+    let Some(dst) = frame.read::<4>(IPV4_DESTINATION_OFFSET) else {
+        return false;
+    };
+    policy.policy_action(&PolicyKey::lookup(dst, POLICY_INGRESS, 0, 0, 0)) == POLICY_NOT_FOUND
+}
+
 /// Where the offset of a field of the IPv4 header after Ethernet is.
 const IPV4_PROTOCOL_OFFSET: usize = ethernet::HEADER_LEN + 9;
 const IPV4_SOURCE_OFFSET: usize = ethernet::HEADER_LEN + 12;
@@ -267,7 +292,6 @@ mod tests {
     use crate::l4::TcpFlags;
     use crate::maps::{
         IdentityEntry, IpcacheKey, POLICY_PREFIX_FULL, POLICY_PREFIX_IDENTITY, PolicyEntry,
-        PolicyKey,
     };
 
     const CLIENT: [u8; 4] = [10, 244, 1, 5];
@@ -475,6 +499,16 @@ mod tests {
             after,
             PolicyOutcome::unasked(false, Counter::ConntrackDenied)
         );
+    }
+
+    #[test]
+    fn only_pods_open_for_ingress_skip_their_veth_egress() {
+        let to_server = tcp(CLIENT, 4000, SERVER, 80, SYN);
+        let to_client = tcp(SERVER, 80, CLIENT, 4000, SYN);
+        let policy = server_allows_web();
+        assert!(!may_skip_pod_egress(&to_server[..], &policy[..]));
+        assert!(may_skip_pod_egress(&to_client[..], &policy[..]));
+        assert!(!may_skip_pod_egress(&to_server[..20], &policy[..]));
     }
 
     #[test]

@@ -27,7 +27,7 @@ use weft_common::maps::{
     FoundAction, IdentityEntry, NODES_MAX_ENTRIES, NodeConfig, NodeEntry, NodeKey, POD_ROUTES_MAX_ENTRIES,
     POLICY_MAX_ENTRIES, POLICY_NOT_FOUND, PolicyEntry, PolicyKey, PolicyRevision, RemoteNode,
 };
-use weft_common::policy::enforce;
+use weft_common::policy::{enforce, may_skip_pod_egress};
 use weft_common::packet::{PacketReader, ethernet};
 use weft_common::redirect::{FibQuery, FibResult, direct_redirect};
 use weft_common::uplink::{uplink_egress, uplink_ingress};
@@ -360,10 +360,14 @@ fn carry_out(ctx: &TcContext, verdict: UplinkVerdict, config: &NodeConfig) -> i3
 /// are rewritten in one store (the MACs from the FIB, TTL and checksum)
 /// and the packet is redirected into the pod veth's peer; the helper's
 /// action is returned. `None`: the stack takes the packet as it is (the
-/// decision declined, or the store failed and changed nothing).
+/// decision declined, the pod's ingress is isolated by policy and must be
+/// checked at its veth's egress, or the store failed and changed nothing).
 #[inline(always)]
 fn hand_to_pod(ctx: &TcContext, config: &NodeConfig) -> Option<i32> {
     let redirect = direct_redirect(&SkbReader(ctx), config, &KernelFib(ctx), &PodEndpoints).ok()?;
+    if !may_skip_pod_egress(&SkbReader(ctx), &PolicyMap) {
+        return None;
+    }
     ctx.store(0, &redirect.head, 0).ok()?;
     // SAFETY: a plain helper call; flags 0.
     Some(unsafe { bpf_redirect_peer(redirect.ifindex, 0) } as i32)

@@ -39,6 +39,7 @@ use weft_common::maps::{
     POLICY_PREFIX_PROTOCOL, PodCidrKey, PolicyEntry, PolicyKey, RemoteNode, UPLINK_EGRESS_PROGRAM,
     UPLINK_INGRESS_PROGRAM, prefix_contains,
 };
+use weft_common::policy::may_skip_pod_egress;
 use weft_common::redirect::{FibQuery, FibResult, ToStack, direct_redirect};
 use weft_common::uplink::{uplink_egress, uplink_ingress, write_decapsulated};
 use weft_common::verdict::{Counter, UplinkVerdict};
@@ -477,6 +478,7 @@ fn ingress_verdict_name(
     config: &NodeConfig,
     fib: &TestFib,
     endpoints: &[(u32, EndpointInfo)],
+    policy: &[(PolicyKey, PolicyEntry)],
 ) -> String {
     let verdict = uplink_ingress(frame, nodes, config);
     let name = verdict_name(&verdict);
@@ -489,6 +491,9 @@ fn ingress_verdict_name(
     let mut inner = vec![0; frame.len()];
     let len = write_decapsulated(frame, outer_header_len, &mut inner).unwrap();
     match direct_redirect(&inner[..len], config, fib, endpoints) {
+        Ok(_) if !may_skip_pod_egress(&inner[..len], policy) => {
+            format!("{name}+ToStack(IngressIsolated)")
+        }
         Ok(_) => format!("{name}+Redirect"),
         Err(ToStack::Disabled) => name,
         Err(why) => format!("{name}+ToStack({why:?})"),
@@ -701,6 +706,21 @@ fn run_all(pin_dir: &Path, frames: &[Frame]) {
     let policy = run_policy(pin_dir, &guard, frames, &mut conntrack, &program);
 
     // --- weft_uplink_egress and weft_uplink_ingress, per node config ----------
+    // The uplink programs run under a policy isolating one redirect
+    // target (10.244.4.10) for ingress: its packets go to the stack.
+    let mut maps = PolicyMaps::load(pin_dir).expect("load the policy maps");
+    for (key, _) in maps.policy().unwrap() {
+        maps.remove_policy(key).unwrap();
+    }
+    maps.set_policy(
+        PolicyKey::isolation([10, 244, 4, 10], POLICY_INGRESS),
+        PolicyEntry::DENY,
+    )
+    .unwrap();
+    maps.set_revision(3).unwrap();
+    let isolating = read_pinned_maps(pin_dir).unwrap().policy;
+    assert_eq!(isolating.len(), 1);
+    let isolating: &[(PolicyKey, PolicyEntry)] = &isolating;
     let mut egress = Tally::default();
     let mut ingress = Tally::default();
     for (context, config) in configs() {
@@ -732,8 +752,12 @@ fn run_all(pin_dir: &Path, frames: &[Frame]) {
             &ingress_program,
             None,
             frames,
-            |f| hooks::uplink_ingress(f, nodes, &config, &fib, endpoints),
-            |f| Some(ingress_verdict_name(f, nodes, &config, &fib, endpoints)),
+            |f| hooks::uplink_ingress(f, nodes, &config, &fib, endpoints, isolating),
+            |f| {
+                Some(ingress_verdict_name(
+                    f, nodes, &config, &fib, endpoints, isolating,
+                ))
+            },
         );
     }
 
@@ -857,6 +881,7 @@ fn run_all(pin_dir: &Path, frames: &[Frame]) {
                 "Decapsulate+ToStack(NoNeighbour)",
                 "Decapsulate+ToStack(NotAPodVeth)",
                 "Decapsulate+ToStack(NotThatPod)",
+                "Decapsulate+ToStack(IngressIsolated)",
             ][..],
         ),
     ] {

@@ -7,9 +7,9 @@
 //! bumped. The differential tests hold the two to be identical.
 
 use weft_common::guard::pod_egress_verdict;
-use weft_common::lookup::{Endpoints, Fib, NodeSet, RouteLookup};
+use weft_common::lookup::{Endpoints, Fib, NodeSet, PolicyLookup, RouteLookup};
 use weft_common::maps::{EndpointInfo, NodeConfig};
-use weft_common::policy::enforce;
+use weft_common::policy::{enforce, may_skip_pod_egress};
 use weft_common::redirect::{direct_redirect, write_redirected};
 use weft_common::uplink::{self, write_decapsulated, write_encapsulated};
 use weft_common::verdict::{Counter, PassReason, UplinkVerdict, Verdict};
@@ -150,18 +150,21 @@ pub fn uplink_egress<T: RouteLookup + ?Sized>(
 /// `weft_uplink_ingress`: tc ingress of the uplink, on a node whose FIB
 /// (route and neighbour tables, as `bpf_fib_lookup` answers from the
 /// uplink) is `fib` and whose endpoint map is `endpoints`; both matter
-/// only with the config's direct redirect on.
-pub fn uplink_ingress<N, F, E>(
+/// only with the config's direct redirect on, as does its policy map
+/// `policy` (a pod isolated for ingress is not redirected to).
+pub fn uplink_ingress<N, F, E, P>(
     frame: &[u8],
     nodes: &N,
     config: &NodeConfig,
     fib: &F,
     endpoints: &E,
+    policy: &P,
 ) -> HookOutcome
 where
     N: NodeSet + ?Sized,
     F: Fib + ?Sized,
     E: Endpoints + ?Sized,
+    P: PolicyLookup + ?Sized,
 {
     let verdict = uplink::uplink_ingress(frame, nodes, config);
     let outcome = uplink_outcome(frame, verdict);
@@ -172,6 +175,9 @@ where
     let Ok(redirect) = direct_redirect(&outcome.frame[..], config, fib, endpoints) else {
         return outcome;
     };
+    if !may_skip_pod_egress(&outcome.frame[..], policy) {
+        return outcome;
+    }
     let mut out = vec![0; outcome.frame.len()];
     match write_redirected(&outcome.frame, &redirect, &mut out) {
         Some(_) => HookOutcome {

@@ -426,6 +426,7 @@ impl Node {
             &self.tables.config,
             &self.tables,
             self.tables.endpoints.as_slice(),
+            self.tables.policy.policy.as_slice(),
         );
         self.counters.bump(outcome.counter);
         if let Some(packet) = PacketSummary::of_frame(frame) {
