@@ -6,7 +6,12 @@
 //! same object for one node and share its maps:
 //!
 //! - [`PodGuard`]: the anti-spoofing guard at tc ingress of every pod's
-//!   host veth (`weft_pod_ingress`, endpoint map).
+//!   host veth (`weft_pod_ingress`, endpoint map), which goes on to the
+//!   pod's egress policy, and the policy program at tc egress of the same
+//!   veth (`weft_pod_egress`: the pod's ingress policy, after routing and
+//!   kube-proxy's DNAT); see `weft_common::policy`.
+//! - [`PolicyMaps`]: the ipcache, the policy map and the policy revision
+//!   that the agent writes, and the connection tracker they fill.
 //! - [`UplinkPrograms`]: IP-in-IP at tc egress and ingress of the node's
 //!   uplink (`weft_uplink_egress`, `weft_uplink_ingress`; pod route, node and
 //!   config maps), and with the config's direct redirect, decapsulated
@@ -17,7 +22,10 @@
 //!
 //! - **Maps** are pinned by name under a per-node pin directory
 //!   (`<pin_dir>/WEFT_ENDPOINTS`, `WEFT_COUNTERS`, `WEFT_POD_ROUTES`,
-//!   `WEFT_NODES`, `WEFT_CONFIG`). Loading reuses maps already pinned there,
+//!   `WEFT_NODES`, `WEFT_CONFIG`, `WEFT_IPCACHE`, `WEFT_POLICY`,
+//!   `WEFT_CONNTRACK`, `WEFT_POLICY_REV`). The connection tracker is per
+//!   node: every pod veth of the node shares it, which is what lets a
+//!   flow between two of its pods be checked once. Loading reuses maps already pinned there,
 //!   so the entries a previous agent wrote stay in force while the new one
 //!   starts, and counters keep counting. A pinned map whose layout differs
 //!   from this build's is refused ([`BpfError::IncompatiblePinnedMap`])

@@ -1,5 +1,8 @@
-//! Weft's tc programs. Each is a thin shell: read the map entries the
-//! decision needs, call the decision in `weft-common`, carry it out (the
+//! Weft's tc programs: the pod veths' guard and policy hooks
+//! (`weft_pod_ingress`, `weft_pod_egress`) and the uplink's IP-in-IP
+//! (`weft_uplink_egress`, `weft_uplink_ingress`). Each is a thin shell:
+//! read the map entries the decision needs, call the decision in
+//! `weft-common`, carry it out (the
 //! only packet rewrites are IP-in-IP's `bpf_skb_adjust_room` and
 //! `bpf_skb_store_bytes` of an outer header or of a redirected packet's
 //! first bytes), count the outcome and turn it into a tc action.
