@@ -356,15 +356,22 @@ fn verdicts_through_prog_test_run() {
     assert!(guard.endpoints().unwrap().is_empty());
 }
 
-#[test]
-fn real_traffic_from_the_pod_is_guarded() {
-    let lab = Lab::new("traffic");
+/// A lab with addresses for real traffic, its guard loaded and attached,
+/// the pod's endpoint registered.
+fn guarded_pod(name: &str) -> (Lab, PodGuard) {
+    let lab = Lab::new(name);
     lab.address();
     let mut guard = PodGuard::load(&lab.pin_dir).expect("load");
     in_netns(&lab.host_ns, || guard.attach(HOST_VETH)).expect("attach");
     guard
         .set_endpoint(lab.host_ifindex(), POD_IP)
         .expect("set_endpoint");
+    (lab, guard)
+}
+
+#[test]
+fn real_traffic_from_the_pod_is_guarded() {
+    let (lab, guard) = guarded_pod("traffic");
 
     let receiver = in_netns(&lab.host_ns, || {
         UdpSocket::bind(SocketAddrV4::new(GATEWAY_IP, 5555))
@@ -414,13 +421,7 @@ fn real_traffic_from_the_pod_is_guarded() {
 /// flow at its next datagram.
 #[test]
 fn policy_isolates_the_pod_in_both_directions() {
-    let lab = Lab::new("policy");
-    lab.address();
-    let mut guard = PodGuard::load(&lab.pin_dir).expect("load");
-    in_netns(&lab.host_ns, || guard.attach(HOST_VETH)).expect("attach");
-    guard
-        .set_endpoint(lab.host_ifindex(), POD_IP)
-        .expect("set_endpoint");
+    let (lab, guard) = guarded_pod("policy");
     let mut maps = PolicyMaps::load(&lab.pin_dir).expect("policy maps");
     let host_id = IdentityEntry { identity: 300 };
     let pod = POD_IP.octets();
