@@ -2,7 +2,8 @@
 //! policy allowed, so that its replies pass without a rule of their own,
 //! and so that a policy change reaches connections already open.
 //!
-//! Pure decisions over one map: the eBPF programs (later) look the
+//! Pure decisions over one map: the eBPF programs (through
+//! [`crate::policy::enforce`], at both pod veth hooks) look the
 //! packet's [`FlowKey`] up in an LRU hash map of [`ConntrackEntry`], call
 //! [`track`] with the entry, the time (`bpf_ktime_get_ns`) and the current
 //! policy revision, ask the policy maps when the verdict says so, and

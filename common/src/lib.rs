@@ -20,6 +20,8 @@
 //! - [`conntrack`]: the connection tracker's flow key, entry and decisions,
 //!   so that replies of a connection policy allowed pass, and a policy
 //!   change reaches established connections.
+//! - [`policy`]: NetworkPolicy enforcement for one packet at a pod veth
+//!   hook (tracker, ipcache and policy maps together).
 #![cfg_attr(not(test), no_std)]
 
 // The serde impls need `String`.
@@ -33,6 +35,7 @@ pub mod l4;
 pub mod lookup;
 pub mod maps;
 pub mod packet;
+pub mod policy;
 pub mod redirect;
 pub mod uplink;
 pub mod verdict;

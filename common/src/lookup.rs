@@ -2,7 +2,11 @@
 //! the eBPF programs implement them with aya's `LpmTrie` and `HashMap`, the
 //! userspace twin with in-memory tables (the slice implementations here).
 
-use crate::maps::{EndpointInfo, EndpointKey, PodCidrKey, RemoteNode};
+use crate::conntrack::{ConntrackEntry, FlowKey};
+use crate::maps::{
+    EndpointInfo, EndpointKey, FoundAction, IDENTITY_WORLD, IdentityEntry, IpcacheKey, PodCidrKey,
+    PolicyEntry, PolicyKey, RemoteNode, found_action,
+};
 use crate::redirect::{FibQuery, FibResult};
 
 /// Routes to other nodes' pod CIDRs (the [`crate::maps::POD_ROUTES_MAP`] LPM trie).
@@ -98,6 +102,66 @@ impl NodeSet for [[u8; 4]] {
 impl<const N: usize> NodeSet for [[u8; 4]; N] {
     fn is_node(&self, addr: [u8; 4]) -> bool {
         self.as_slice().is_node(addr)
+    }
+}
+
+/// The ipcache (the [`crate::maps::IPCACHE_MAP`] LPM trie): whose an
+/// address is, for policy.
+pub trait Ipcache {
+    /// The identity of the longest prefix holding `addr`;
+    /// [`IDENTITY_WORLD`] when none does.
+    fn identity_of(&self, addr: [u8; 4]) -> u32;
+}
+
+/// The policy map (the [`crate::maps::POLICY_MAP`] LPM trie).
+pub trait PolicyLookup {
+    /// The action of the longest stored prefix covering `key` (a full
+    /// key), as a [`FoundAction`] (see there why not an `Option`).
+    fn policy_action(&self, key: &PolicyKey) -> FoundAction;
+}
+
+/// The connection tracking map ([`crate::conntrack::CONNTRACK_MAP`], an
+/// LRU hash): read a flow's entry, apply the tracker's update.
+pub trait ConntrackTable {
+    fn entry(&self, key: &FlowKey) -> Option<ConntrackEntry>;
+    fn write(&mut self, key: &FlowKey, entry: &ConntrackEntry);
+    /// Removing an absent entry is no error.
+    fn remove(&mut self, key: &FlowKey);
+}
+
+impl<T: Ipcache + ?Sized> Ipcache for &T {
+    fn identity_of(&self, addr: [u8; 4]) -> u32 {
+        (**self).identity_of(addr)
+    }
+}
+
+impl<T: PolicyLookup + ?Sized> PolicyLookup for &T {
+    fn policy_action(&self, key: &PolicyKey) -> FoundAction {
+        (**self).policy_action(key)
+    }
+}
+
+/// An ipcache as a list: longest prefix wins, as in the trie. Linear, for
+/// userspace and tests.
+impl Ipcache for [(IpcacheKey, IdentityEntry)] {
+    fn identity_of(&self, addr: [u8; 4]) -> u32 {
+        self.iter()
+            .filter(|(k, _)| k.contains(addr))
+            .max_by_key(|(k, _)| k.prefix_len)
+            .map_or(IDENTITY_WORLD, |(_, e)| e.identity)
+    }
+}
+
+/// A policy map as a list: the longest covering prefix, as in the trie.
+/// Linear, for userspace and tests.
+impl PolicyLookup for [(PolicyKey, PolicyEntry)] {
+    fn policy_action(&self, key: &PolicyKey) -> FoundAction {
+        found_action(
+            self.iter()
+                .filter(|(k, _)| k.covers(key))
+                .max_by_key(|(k, _)| k.prefix_len)
+                .map(|(_, e)| *e),
+        )
     }
 }
 

@@ -530,6 +530,12 @@ impl PolicyKey {
         ]
     }
 
+    /// The key stored in the trie as `prefix_len` and `data` (what
+    /// [`PolicyKey::data`] gives), as read back from the kernel.
+    pub const fn from_lpm(prefix_len: u32, data: [u8; 12]) -> Self {
+        Self::from_data(prefix_len, data)
+    }
+
     const fn from_data(prefix_len: u32, d: [u8; 12]) -> Self {
         Self {
             prefix_len,
@@ -636,25 +642,14 @@ pub fn policy_decision<F: Fn(&PolicyKey) -> Option<PolicyEntry>>(
     protocol: u8,
     port: u16,
 ) -> PolicyDecision {
-    // An isolated direction always has its marker, so no match at all
-    // means not isolated.
-    match lookup(&PolicyKey::lookup(
-        endpoint, direction, identity, protocol, port,
-    )) {
-        None => return PolicyDecision::NotIsolated,
-        Some(entry) if entry.allows() => return PolicyDecision::Allowed,
-        Some(_) => {}
-    }
-    match lookup(&PolicyKey::lookup(
+    policy_decision_found(
+        |key| found_action(lookup(key)),
         endpoint,
         direction,
-        IDENTITY_ANY,
+        identity,
         protocol,
         port,
-    )) {
-        Some(entry) if entry.allows() => PolicyDecision::Allowed,
-        _ => PolicyDecision::Denied,
-    }
+    )
 }
 
 // SAFETY (all three): `#[repr(C)]`, only integer and byte-array fields, no
@@ -669,6 +664,78 @@ unsafe impl aya::Pod for PolicyEntry {}
 const _: () = assert!(core::mem::size_of::<IdentityEntry>() == 4);
 const _: () = assert!(core::mem::size_of::<PolicyKey>() == 4 + 12);
 const _: () = assert!(core::mem::size_of::<PolicyEntry>() == 4);
+
+/// A policy map lookup's result as one number defined on every path: 0
+/// ([`POLICY_NOT_FOUND`]) for no entry, else `0x100 | action`. eBPF
+/// lookups return this rather than an `Option<PolicyEntry>`: LLVM carries
+/// a `None`'s payload (undefined) in a register, and the kernel's verifier
+/// refuses a program that reads it.
+pub type FoundAction = u16;
+/// [`FoundAction`] of no entry.
+pub const POLICY_NOT_FOUND: FoundAction = 0;
+/// [`FoundAction`] of an entry that allows.
+const FOUND_ALLOW: FoundAction = 0x100 | POLICY_ALLOW as u16;
+
+/// The [`FoundAction`] of a lookup's result.
+#[inline(always)]
+pub const fn found_action(entry: Option<PolicyEntry>) -> FoundAction {
+    match entry {
+        Some(entry) => 0x100 | entry.action as u16,
+        None => POLICY_NOT_FOUND,
+    }
+}
+
+/// [`policy_decision`] over a lookup that answers a [`FoundAction`].
+#[inline(always)]
+pub fn policy_decision_found<F: Fn(&PolicyKey) -> FoundAction>(
+    lookup: F,
+    endpoint: [u8; 4],
+    direction: u8,
+    identity: u32,
+    protocol: u8,
+    port: u16,
+) -> PolicyDecision {
+    // An isolated direction always has its marker, so no match at all
+    // means not isolated.
+    match lookup(&PolicyKey::lookup(
+        endpoint, direction, identity, protocol, port,
+    )) {
+        POLICY_NOT_FOUND => return PolicyDecision::NotIsolated,
+        FOUND_ALLOW => return PolicyDecision::Allowed,
+        _ => {}
+    }
+    match lookup(&PolicyKey::lookup(
+        endpoint,
+        direction,
+        IDENTITY_ANY,
+        protocol,
+        port,
+    )) {
+        FOUND_ALLOW => PolicyDecision::Allowed,
+        _ => PolicyDecision::Denied,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Enforcement (issue #10): the policy revision and the pod veth's egress hook.
+
+/// Name of the tc classifier at egress of each pod's host-side veth: sees
+/// the packets the node sends to the pod, after its routing and after
+/// kube-proxy's DNAT, where the pod's ingress policy is checked.
+pub const POD_EGRESS_PROGRAM: &str = "weft_pod_egress";
+
+/// Name (and pin file name) of the one-entry array (key `0u32`) holding the
+/// node-wide [`PolicyRevision`]. The agent increments it once a change to
+/// [`IPCACHE_MAP`] or [`POLICY_MAP`] is complete, so that every tracked
+/// connection is checked again under the new policy at its next packet
+/// (see `crate::conntrack`). Never written, it reads 0, as does every
+/// entry made before it was.
+pub const POLICY_REVISION_MAP: &str = "WEFT_POLICY_REV";
+
+/// Value of [`POLICY_REVISION_MAP`]: the node's policy revision, host order.
+pub type PolicyRevision = u32;
+
+const _: () = assert!(POLICY_REVISION_MAP.len() <= 15);
 
 #[cfg(test)]
 mod tests {

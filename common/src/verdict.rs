@@ -173,10 +173,35 @@ pub enum Counter {
     /// `decapsulate + redirect`, and `decapsulate` alone is what the stack
     /// forwarded.
     Redirect = 14,
+    // Issue #10, policy. Per IPv4 packet the policy hooks bump one
+    // conntrack counter, and one policy counter per direction they asked
+    // (a packet passing on a tracked connection asks none).
+    /// A packet with no live connection entry, checked by policy.
+    ConntrackNew = 15,
+    /// A packet of a tracked connection (either way), including its first
+    /// packet after a policy change, which is checked again.
+    ConntrackEstablished = 16,
+    /// An ICMP error about a tracked connection.
+    ConntrackRelated = 17,
+    /// Dropped by the tracker (TCP flags no stack sends), or a header the
+    /// tracker cannot read (judged by policy without ports).
+    ConntrackInvalid = 18,
+    /// Nothing to track it by (a later fragment, ICMP other than echo and
+    /// errors): policy decides it alone.
+    ConntrackUntracked = 19,
+    /// A packet of a connection the current policy denied: dropped without
+    /// a policy lookup.
+    ConntrackDenied = 20,
+    PolicyEgressAllowed = 21,
+    PolicyEgressDenied = 22,
+    PolicyIngressAllowed = 23,
+    PolicyIngressDenied = 24,
+    /// Not IPv4 (ARP to the pod, say) at a policy hook: nothing to check.
+    PolicyNotIpv4 = 25,
 }
 
 /// Number of counters, i.e. entries of the counter map.
-pub const COUNTER_COUNT: usize = 15;
+pub const COUNTER_COUNT: usize = 26;
 
 impl Counter {
     /// Every counter, in index order.
@@ -196,6 +221,17 @@ impl Counter {
         Counter::DropBadChecksum,
         Counter::DropBadConfig,
         Counter::Redirect,
+        Counter::ConntrackNew,
+        Counter::ConntrackEstablished,
+        Counter::ConntrackRelated,
+        Counter::ConntrackInvalid,
+        Counter::ConntrackUntracked,
+        Counter::ConntrackDenied,
+        Counter::PolicyEgressAllowed,
+        Counter::PolicyEgressDenied,
+        Counter::PolicyIngressAllowed,
+        Counter::PolicyIngressDenied,
+        Counter::PolicyNotIpv4,
     ];
 
     /// The counter's index in the counter map.
@@ -221,6 +257,17 @@ impl Counter {
             Counter::DropBadChecksum => "drop_bad_checksum",
             Counter::DropBadConfig => "drop_bad_config",
             Counter::Redirect => "redirect",
+            Counter::ConntrackNew => "conntrack_new",
+            Counter::ConntrackEstablished => "conntrack_established",
+            Counter::ConntrackRelated => "conntrack_related",
+            Counter::ConntrackInvalid => "conntrack_invalid",
+            Counter::ConntrackUntracked => "conntrack_untracked",
+            Counter::ConntrackDenied => "conntrack_denied",
+            Counter::PolicyEgressAllowed => "policy_egress_allowed",
+            Counter::PolicyEgressDenied => "policy_egress_denied",
+            Counter::PolicyIngressAllowed => "policy_ingress_allowed",
+            Counter::PolicyIngressDenied => "policy_ingress_denied",
+            Counter::PolicyNotIpv4 => "policy_not_ipv4",
         }
     }
 }

@@ -6,7 +6,12 @@
 //! same object for one node and share its maps:
 //!
 //! - [`PodGuard`]: the anti-spoofing guard at tc ingress of every pod's
-//!   host veth (`weft_pod_ingress`, endpoint map).
+//!   host veth (`weft_pod_ingress`, endpoint map), which goes on to the
+//!   pod's egress policy, and the policy program at tc egress of the same
+//!   veth (`weft_pod_egress`: the pod's ingress policy, after routing and
+//!   kube-proxy's DNAT); see `weft_common::policy`.
+//! - [`PolicyMaps`]: the ipcache, the policy map and the policy revision
+//!   that the agent writes, and the connection tracker they fill.
 //! - [`UplinkPrograms`]: IP-in-IP at tc egress and ingress of the node's
 //!   uplink (`weft_uplink_egress`, `weft_uplink_ingress`; pod route, node and
 //!   config maps), and with the config's direct redirect, decapsulated
@@ -17,7 +22,10 @@
 //!
 //! - **Maps** are pinned by name under a per-node pin directory
 //!   (`<pin_dir>/WEFT_ENDPOINTS`, `WEFT_COUNTERS`, `WEFT_POD_ROUTES`,
-//!   `WEFT_NODES`, `WEFT_CONFIG`). Loading reuses maps already pinned there,
+//!   `WEFT_NODES`, `WEFT_CONFIG`, `WEFT_IPCACHE`, `WEFT_POLICY`,
+//!   `WEFT_CONNTRACK`, `WEFT_POLICY_REV`). The connection tracker is per
+//!   node: every pod veth of the node shares it, which is what lets a
+//!   flow between two of its pods be checked once. Loading reuses maps already pinned there,
 //!   so the entries a previous agent wrote stay in force while the new one
 //!   starts, and counters keep counting. A pinned map whose layout differs
 //!   from this build's is refused ([`BpfError::IncompatiblePinnedMap`])
@@ -57,10 +65,13 @@ use aya::programs::tc::{
 };
 use aya::{Ebpf, EbpfLoader};
 use ipnetwork::Ipv4Network;
+use weft_common::conntrack::{CONNTRACK_MAP, CONNTRACK_MAX_ENTRIES, ConntrackEntry, FlowKey};
 use weft_common::maps::{
     CONFIG_MAP, COUNTERS_MAP, ENDPOINTS_MAP, ENDPOINTS_MAX_ENTRIES, EndpointInfo, EndpointKey,
-    NODES_MAP, NODES_MAX_ENTRIES, NodeConfig, NodeEntry, NodeKey, POD_INGRESS_PROGRAM,
-    POD_ROUTES_MAP, POD_ROUTES_MAX_ENTRIES, PodCidrKey, RemoteNode, UPLINK_EGRESS_PROGRAM,
+    IPCACHE_MAP, IPCACHE_MAX_ENTRIES, IdentityEntry, IpcacheKey, NODES_MAP, NODES_MAX_ENTRIES,
+    NodeConfig, NodeEntry, NodeKey, POD_EGRESS_PROGRAM, POD_INGRESS_PROGRAM, POD_ROUTES_MAP,
+    POD_ROUTES_MAX_ENTRIES, POLICY_MAP, POLICY_MAX_ENTRIES, POLICY_REVISION_MAP, PodCidrKey,
+    PolicyEntry, PolicyKey, PolicyRevision, RemoteNode, UPLINK_EGRESS_PROGRAM,
     UPLINK_INGRESS_PROGRAM,
 };
 use weft_common::verdict::{COUNTER_COUNT, Counter};
@@ -207,22 +218,52 @@ fn expected_layout(name: &str) -> Option<MapLayout> {
             NODES_MAX_ENTRIES,
         ),
         CONFIG_MAP => layout(MapType::Array, size_of::<u32>(), size_of::<NodeConfig>(), 1),
+        IPCACHE_MAP => layout(
+            MapType::LpmTrie,
+            size_of::<IpcacheKey>(),
+            size_of::<IdentityEntry>(),
+            IPCACHE_MAX_ENTRIES,
+        ),
+        POLICY_MAP => layout(
+            MapType::LpmTrie,
+            size_of::<PolicyKey>(),
+            size_of::<PolicyEntry>(),
+            POLICY_MAX_ENTRIES,
+        ),
+        CONNTRACK_MAP => layout(
+            MapType::LruHash,
+            size_of::<FlowKey>(),
+            size_of::<ConntrackEntry>(),
+            CONNTRACK_MAX_ENTRIES,
+        ),
+        POLICY_REVISION_MAP => layout(
+            MapType::Array,
+            size_of::<u32>(),
+            size_of::<PolicyRevision>(),
+            1,
+        ),
         _ => return None,
     })
 }
 
 /// Every map of the object, by pin name.
-const MAP_NAMES: [&str; 5] = [
+const MAP_NAMES: [&str; 9] = [
     ENDPOINTS_MAP,
     COUNTERS_MAP,
     POD_ROUTES_MAP,
     NODES_MAP,
     CONFIG_MAP,
+    IPCACHE_MAP,
+    POLICY_MAP,
+    CONNTRACK_MAP,
+    POLICY_REVISION_MAP,
 ];
 
 // aya's LPM key and Weft's are the same bytes: the key written by
 // `set_pod_route` is read back as a `PodCidrKey` by `read_pinned_maps`.
 const _: () = assert!(size_of::<LpmKey<[u8; 4]>>() == size_of::<PodCidrKey>());
+// ... and the policy map's: a prefix length, then `PolicyKey::data()`.
+const _: () = assert!(size_of::<LpmKey<[u8; 12]>>() == size_of::<PolicyKey>());
 
 /// The direction of a tc attachment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -268,7 +309,7 @@ impl PodGuard {
     /// ([`ensure_bpffs_mounted`]); anywhere else it must already be bpffs
     /// ([`BpfError::NotBpffs`]).
     pub fn load(pin_dir: &Path) -> Result<PodGuard, BpfError> {
-        let ebpf = load_object(pin_dir, &[POD_INGRESS_PROGRAM])?;
+        let ebpf = load_object(pin_dir, &[POD_INGRESS_PROGRAM, POD_EGRESS_PROGRAM])?;
         Ok(PodGuard {
             ebpf,
             pin_dir: pin_dir.to_owned(),
@@ -321,7 +362,19 @@ impl PodGuard {
     /// no gap and there is never a second filter; otherwise a netlink
     /// (cls_bpf) filter is added at [`GUARD_FILTER_PRIORITY`], which
     /// outlives this process.
+    ///
+    /// The policy program goes beside it at tc egress, the same way: the
+    /// pod's ingress policy is checked on what the node sends to it
+    /// (`weft_common::policy`). Egress first, so the pod is never guarded
+    /// on the way out and open on the way in.
     pub fn attach(&mut self, ifname: &str) -> Result<(), BpfError> {
+        ensure_filter(
+            &mut self.ebpf,
+            POD_EGRESS_PROGRAM,
+            ifname,
+            Direction::Egress,
+            GUARD_FILTER_PRIORITY,
+        )?;
         ensure_filter(
             &mut self.ebpf,
             POD_INGRESS_PROGRAM,
@@ -329,6 +382,11 @@ impl PodGuard {
             Direction::Ingress,
             GUARD_FILTER_PRIORITY,
         )
+    }
+
+    /// Whether Weft's policy filter is at tc egress of `ifname`.
+    pub fn is_policy_attached(&self, ifname: &str) -> Result<bool, BpfError> {
+        Ok(!weft_filters(ifname, Direction::Egress, POD_EGRESS_PROGRAM)?.is_empty())
     }
 
     /// Whether a Weft guard filter is at tc ingress of `ifname` (in the
@@ -687,6 +745,131 @@ pub fn detach_uplink(uplink: &str) -> Result<bool, BpfError> {
     Ok(removed)
 }
 
+/// The node's policy maps, for the agent to write what the policy
+/// compiler computes: the ipcache ([`IPCACHE_MAP`]), the policy map
+/// ([`POLICY_MAP`]) and the policy revision ([`POLICY_REVISION_MAP`]),
+/// which tells tracked connections to be checked again; the connection
+/// tracker ([`CONNTRACK_MAP`]) is readable for operators.
+///
+/// Loaded from the same object and pin directory as [`PodGuard`], so all
+/// share the pinned maps. The order of a change is the caller's: new
+/// entries first, then removals, then [`PolicyMaps::set_revision`] with a
+/// higher revision (see `weft_calc::policy::plan`).
+pub struct PolicyMaps {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+}
+
+impl std::fmt::Debug for PolicyMaps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyMaps")
+            .field("pin_dir", &self.pin_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PolicyMaps {
+    /// Opens (creating and pinning if missing) the maps under `pin_dir`;
+    /// loads no program.
+    pub fn load(pin_dir: &Path) -> Result<PolicyMaps, BpfError> {
+        let ebpf = load_object(pin_dir, &[])?;
+        Ok(PolicyMaps {
+            ebpf,
+            pin_dir: pin_dir.to_owned(),
+        })
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Gives the prefix `key` the identity `entry` (upsert).
+    pub fn set_ipcache(&mut self, key: IpcacheKey, entry: IdentityEntry) -> Result<(), BpfError> {
+        let mut map =
+            typed_map_mut::<LpmTrie<_, [u8; 4], IdentityEntry>>(&mut self.ebpf, IPCACHE_MAP)?;
+        map.insert(&LpmKey::new(key.prefix_len, key.addr), entry, 0)
+            .map_err(|source| BpfError::Map {
+                name: IPCACHE_MAP,
+                source,
+            })
+    }
+
+    /// Idempotent: removing an absent prefix succeeds.
+    pub fn remove_ipcache(&mut self, key: IpcacheKey) -> Result<(), BpfError> {
+        let mut map =
+            typed_map_mut::<LpmTrie<_, [u8; 4], IdentityEntry>>(&mut self.ebpf, IPCACHE_MAP)?;
+        absent_is_ok(
+            map.remove(&LpmKey::new(key.prefix_len, key.addr)),
+            IPCACHE_MAP,
+        )
+    }
+
+    /// The ipcache, sorted by key.
+    pub fn ipcache(&self) -> Result<Vec<(IpcacheKey, IdentityEntry)>, BpfError> {
+        let map = typed_map::<LpmTrie<_, [u8; 4], IdentityEntry>>(&self.ebpf, IPCACHE_MAP)?;
+        collect_ipcache(&map)
+    }
+
+    /// Stores a policy entry (upsert).
+    pub fn set_policy(&mut self, key: PolicyKey, entry: PolicyEntry) -> Result<(), BpfError> {
+        let mut map =
+            typed_map_mut::<LpmTrie<_, [u8; 12], PolicyEntry>>(&mut self.ebpf, POLICY_MAP)?;
+        map.insert(&LpmKey::new(key.prefix_len, key.data()), entry, 0)
+            .map_err(|source| BpfError::Map {
+                name: POLICY_MAP,
+                source,
+            })
+    }
+
+    /// Idempotent: removing an absent entry succeeds.
+    pub fn remove_policy(&mut self, key: PolicyKey) -> Result<(), BpfError> {
+        let mut map =
+            typed_map_mut::<LpmTrie<_, [u8; 12], PolicyEntry>>(&mut self.ebpf, POLICY_MAP)?;
+        absent_is_ok(
+            map.remove(&LpmKey::new(key.prefix_len, key.data())),
+            POLICY_MAP,
+        )
+    }
+
+    /// The policy map, sorted by key.
+    pub fn policy(&self) -> Result<Vec<(PolicyKey, PolicyEntry)>, BpfError> {
+        let map = typed_map::<LpmTrie<_, [u8; 12], PolicyEntry>>(&self.ebpf, POLICY_MAP)?;
+        collect_policy(&map)
+    }
+
+    /// The node's policy revision (0 until first set).
+    pub fn revision(&self) -> Result<PolicyRevision, BpfError> {
+        let map = typed_map::<BpfArray<_, PolicyRevision>>(&self.ebpf, POLICY_REVISION_MAP)?;
+        map.get(&0, 0).map_err(|source| BpfError::Map {
+            name: POLICY_REVISION_MAP,
+            source,
+        })
+    }
+
+    /// Sets the policy revision: every tracked connection is checked
+    /// against the maps as they are now at its next packet.
+    pub fn set_revision(&mut self, revision: PolicyRevision) -> Result<(), BpfError> {
+        let mut map =
+            typed_map_mut::<BpfArray<_, PolicyRevision>>(&mut self.ebpf, POLICY_REVISION_MAP)?;
+        map.set(0, revision, 0).map_err(|source| BpfError::Map {
+            name: POLICY_REVISION_MAP,
+            source,
+        })
+    }
+
+    /// The tracked connections (unordered: an LRU map's iteration races
+    /// with the programs).
+    pub fn conntrack(&self) -> Result<Vec<(FlowKey, ConntrackEntry)>, BpfError> {
+        let map = typed_map::<BpfHashMap<_, FlowKey, ConntrackEntry>>(&self.ebpf, CONNTRACK_MAP)?;
+        collect_conntrack(&map)
+    }
+
+    /// Packets per verdict, totalled over CPUs (the node's one counter map).
+    pub fn counters(&self) -> Result<Vec<(&'static str, u64)>, BpfError> {
+        read_counters(&self.ebpf)
+    }
+}
+
 /// A read-only view of a node's pinned maps, read without loading any
 /// program (for `weftctl trace`, which replays packets through the twin).
 /// A map that is not pinned reads as empty (or `None` for the config).
@@ -700,6 +883,14 @@ pub struct PinnedMaps {
     pub nodes: Vec<[u8; 4]>,
     /// This node's config, `None` when the config map is not pinned.
     pub config: Option<NodeConfig>,
+    /// Address prefix → identity, sorted by key.
+    pub ipcache: Vec<(IpcacheKey, IdentityEntry)>,
+    /// Policy entries, sorted by key.
+    pub policy: Vec<(PolicyKey, PolicyEntry)>,
+    /// The policy revision (0 when not pinned or never written).
+    pub revision: PolicyRevision,
+    /// Tracked connections, sorted by key bytes.
+    pub conntrack: Vec<(FlowKey, ConntrackEntry)>,
 }
 
 /// Reads the maps pinned under `pin_dir` (see [`PinnedMaps`]). Fails if the
@@ -741,6 +932,27 @@ pub fn read_pinned_maps(pin_dir: &Path) -> Result<PinnedMaps, BpfError> {
             name: CONFIG_MAP,
             source,
         })?);
+    }
+    if let Some(map) = open_pinned(pin_dir, IPCACHE_MAP)? {
+        let map = typed_owned::<LpmTrie<_, [u8; 4], IdentityEntry>>(map, IPCACHE_MAP)?;
+        maps.ipcache = collect_ipcache(&map)?;
+    }
+    if let Some(map) = open_pinned(pin_dir, POLICY_MAP)? {
+        let map = typed_owned::<LpmTrie<_, [u8; 12], PolicyEntry>>(map, POLICY_MAP)?;
+        maps.policy = collect_policy(&map)?;
+    }
+    if let Some(map) = open_pinned(pin_dir, POLICY_REVISION_MAP)? {
+        let map = typed_owned::<BpfArray<_, PolicyRevision>>(map, POLICY_REVISION_MAP)?;
+        maps.revision = map.get(&0, 0).map_err(|source| BpfError::Map {
+            name: POLICY_REVISION_MAP,
+            source,
+        })?;
+    }
+    if let Some(map) = open_pinned(pin_dir, CONNTRACK_MAP)? {
+        let map = typed_owned::<BpfHashMap<_, FlowKey, ConntrackEntry>>(map, CONNTRACK_MAP)?;
+        maps.conntrack = collect_conntrack(&map)?;
+        maps.conntrack
+            .sort_unstable_by_key(|(k, _)| (k.a_addr, k.b_addr, k.a_port, k.b_port, k.protocol));
     }
     Ok(maps)
 }
@@ -1027,6 +1239,49 @@ fn collect_pod_routes<T: std::borrow::Borrow<MapData>>(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|source| BpfError::Map {
             name: POD_ROUTES_MAP,
+            source,
+        })
+}
+
+fn collect_ipcache<T: std::borrow::Borrow<MapData>>(
+    map: &LpmTrie<T, [u8; 4], IdentityEntry>,
+) -> Result<Vec<(IpcacheKey, IdentityEntry)>, BpfError> {
+    let mut entries = map
+        .iter()
+        .map(|entry| entry.map(|(key, id)| (IpcacheKey::new(key.data(), key.prefix_len()), id)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| BpfError::Map {
+            name: IPCACHE_MAP,
+            source,
+        })?;
+    entries.sort_unstable();
+    Ok(entries)
+}
+
+fn collect_policy<T: std::borrow::Borrow<MapData>>(
+    map: &LpmTrie<T, [u8; 12], PolicyEntry>,
+) -> Result<Vec<(PolicyKey, PolicyEntry)>, BpfError> {
+    let mut entries = map
+        .iter()
+        .map(|entry| {
+            entry.map(|(key, value)| (PolicyKey::from_lpm(key.prefix_len(), key.data()), value))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| BpfError::Map {
+            name: POLICY_MAP,
+            source,
+        })?;
+    entries.sort_unstable();
+    Ok(entries)
+}
+
+fn collect_conntrack<T: std::borrow::Borrow<MapData>>(
+    map: &BpfHashMap<T, FlowKey, ConntrackEntry>,
+) -> Result<Vec<(FlowKey, ConntrackEntry)>, BpfError> {
+    map.iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| BpfError::Map {
+            name: CONNTRACK_MAP,
             source,
         })
 }

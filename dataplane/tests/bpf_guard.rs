@@ -18,8 +18,11 @@ use std::time::Duration;
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use weft_common::guard::pod_egress_verdict;
-use weft_common::maps::EndpointInfo;
-use weft_dataplane::bpf::{BpfError, PodGuard, remove_pins};
+use weft_common::maps::{
+    EndpointInfo, IdentityEntry, IpcacheKey, POLICY_EGRESS, POLICY_INGRESS, POLICY_PREFIX_FULL,
+    PolicyEntry, PolicyKey,
+};
+use weft_dataplane::bpf::{BpfError, PodGuard, PolicyMaps, remove_pins};
 
 mod support;
 use support::{in_netns, ip};
@@ -317,13 +320,29 @@ fn verdicts_through_prog_test_run() {
             "{what} bumps {counter_name}"
         );
     }
-    let total: u64 = guard.counters().unwrap().iter().map(|(_, v)| v).sum();
+    // The guard counts each packet once; the one it passed as the pod's
+    // own IPv4 went on to the policy decision (empty maps: a new flow,
+    // nothing isolated), which counts it once more.
+    let counters = guard.counters().unwrap();
+    let is_policy = |name: &str| name.starts_with("conntrack_") || name.starts_with("policy_");
+    let total = |policy: bool| -> u64 {
+        counters
+            .iter()
+            .filter(|(n, _)| is_policy(n) == policy)
+            .map(|(_, v)| v)
+            .sum()
+    };
     assert_eq!(
-        total,
+        total(false),
         7,
-        "exactly one count per packet: {:?}",
-        guard.counters().unwrap()
+        "exactly one guard count per packet: {counters:?}"
     );
+    assert_eq!(
+        total(true),
+        1,
+        "one policy count for the passed packet: {counters:?}"
+    );
+    assert_eq!(counter(&guard, "conntrack_new"), 1);
 
     // Removing the endpoint fails the interface closed.
     guard.remove_endpoint(ifindex).expect("remove_endpoint");
@@ -337,15 +356,22 @@ fn verdicts_through_prog_test_run() {
     assert!(guard.endpoints().unwrap().is_empty());
 }
 
-#[test]
-fn real_traffic_from_the_pod_is_guarded() {
-    let lab = Lab::new("traffic");
+/// A lab with addresses for real traffic, its guard loaded and attached,
+/// the pod's endpoint registered.
+fn guarded_pod(name: &str) -> (Lab, PodGuard) {
+    let lab = Lab::new(name);
     lab.address();
     let mut guard = PodGuard::load(&lab.pin_dir).expect("load");
     in_netns(&lab.host_ns, || guard.attach(HOST_VETH)).expect("attach");
     guard
         .set_endpoint(lab.host_ifindex(), POD_IP)
         .expect("set_endpoint");
+    (lab, guard)
+}
+
+#[test]
+fn real_traffic_from_the_pod_is_guarded() {
+    let (lab, guard) = guarded_pod("traffic");
 
     let receiver = in_netns(&lab.host_ns, || {
         UdpSocket::bind(SocketAddrV4::new(GATEWAY_IP, 5555))
@@ -387,6 +413,88 @@ fn real_traffic_from_the_pod_is_guarded() {
     assert_eq!(counter(&guard, "drop_spoofed_source"), 1);
 }
 
+/// Policy in the kernel, on real datagrams: the pod isolated both ways,
+/// UDP 7000 allowed in from the host side's address. What the host sends
+/// to 7000 arrives (weft_pod_egress), to 7001 not; the pod's reply passes
+/// as a reply though its egress allows nothing, what it starts itself is
+/// dropped (weft_pod_ingress); a revision bump without the rule cuts the
+/// flow at its next datagram.
+#[test]
+fn policy_isolates_the_pod_in_both_directions() {
+    let (lab, guard) = guarded_pod("policy");
+    let mut maps = PolicyMaps::load(&lab.pin_dir).expect("policy maps");
+    let host_id = IdentityEntry { identity: 300 };
+    let pod = POD_IP.octets();
+    let allow_7000 = PolicyKey::new(POLICY_PREFIX_FULL, pod, POLICY_INGRESS, 300, 17, 7000);
+    maps.set_ipcache(IpcacheKey::host(GATEWAY_IP.octets()), host_id)
+        .unwrap();
+    maps.set_policy(PolicyKey::isolation(pod, POLICY_INGRESS), PolicyEntry::DENY)
+        .unwrap();
+    maps.set_policy(PolicyKey::isolation(pod, POLICY_EGRESS), PolicyEntry::DENY)
+        .unwrap();
+    maps.set_policy(allow_7000, PolicyEntry::ALLOW).unwrap();
+    maps.set_revision(1).unwrap();
+    assert_eq!(maps.revision().unwrap(), 1);
+    assert_eq!(maps.policy().unwrap().len(), 3);
+
+    let bind = |ns: &str, addr: Ipv4Addr, port: u16| {
+        let socket = in_netns(ns, || UdpSocket::bind(SocketAddrV4::new(addr, port))).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        socket
+    };
+    let open = bind(&lab.pod_ns, POD_IP, 7000);
+    let closed = bind(&lab.pod_ns, POD_IP, 7001);
+    let host = bind(&lab.host_ns, GATEWAY_IP, 6000);
+    let mut buffer = [0u8; 64];
+    host.send_to(b"closed", SocketAddrV4::new(POD_IP, 7001))
+        .unwrap();
+    host.send_to(b"open", SocketAddrV4::new(POD_IP, 7000))
+        .unwrap();
+    let (n, from) = open.recv_from(&mut buffer).expect("allowed in");
+    assert_eq!(&buffer[..n], b"open");
+    assert!(
+        closed.recv_from(&mut buffer).is_err(),
+        "7001 is not allowed"
+    );
+
+    open.send_to(b"reply", from).unwrap();
+    let (n, _) = host.recv_from(&mut buffer).expect("the reply passes");
+    assert_eq!(&buffer[..n], b"reply");
+    let started = bind(&lab.pod_ns, POD_IP, 0);
+    started
+        .send_to(b"new", SocketAddrV4::new(GATEWAY_IP, 6000))
+        .unwrap();
+    assert!(
+        host.recv_from(&mut buffer).is_err(),
+        "the pod's egress allows nothing new"
+    );
+
+    maps.remove_policy(allow_7000).unwrap();
+    maps.set_revision(2).unwrap();
+    host.send_to(b"after", SocketAddrV4::new(POD_IP, 7000))
+        .unwrap();
+    assert!(
+        open.recv_from(&mut buffer).is_err(),
+        "the bump cut the flow"
+    );
+
+    for (name, at_least) in [
+        ("policy_ingress_allowed", 1),
+        ("policy_ingress_denied", 2),
+        ("policy_egress_denied", 1),
+        ("conntrack_established", 1),
+        ("conntrack_new", 3),
+    ] {
+        assert!(
+            counter(&guard, name) >= at_least,
+            "{name}: {:?}",
+            guard.counters().unwrap()
+        );
+    }
+}
+
 #[test]
 fn restart_adopts_pins_and_keeps_the_filter() {
     let lab = Lab::new("restart");
@@ -410,6 +518,10 @@ fn restart_adopts_pins_and_keeps_the_filter() {
         "entries survive the restart"
     );
     assert!(in_netns(&lab.host_ns, || second.is_attached(HOST_VETH)).unwrap());
+    assert!(
+        in_netns(&lab.host_ns, || second.is_policy_attached(HOST_VETH)).unwrap(),
+        "the policy program sits at tc egress beside the guard"
+    );
     in_netns(&lab.host_ns, || second.attach(HOST_VETH)).expect("attach again");
     in_netns(&lab.host_ns, || second.attach(HOST_VETH)).expect("and again");
     assert_eq!(

@@ -1024,9 +1024,14 @@ fn an_older_counter_map_is_replaced_other_layouts_are_refused() {
     // The 6 counters of the build before the uplink programs.
     pin_old_counter_map(&lab.n1.pin_dir.join("WEFT_COUNTERS"), 6);
     let p = UplinkPrograms::load(&lab.n1.pin_dir).expect("an old counter map is upgraded");
-    assert_eq!(p.counters().unwrap().len(), 15);
+    let count = weft_common::verdict::COUNTER_COUNT;
+    assert_eq!(p.counters().unwrap().len(), count);
     let info = aya::maps::MapInfo::from_pin(lab.n1.pin_dir.join("WEFT_COUNTERS")).unwrap();
-    assert_eq!(info.max_entries(), 15, "the new counter map is pinned");
+    assert_eq!(
+        info.max_entries() as usize,
+        count,
+        "the new counter map is pinned"
+    );
     drop(p);
 
     // A node map of another shape is never replaced: it holds state.
@@ -1044,7 +1049,10 @@ fn an_older_counter_map_is_replaced_other_layouts_are_refused() {
     // A counter map with more counters than this build knows is a newer
     // build's: refused, not shrunk.
     std::fs::create_dir_all(lab.pin_root.join("n3")).unwrap();
-    pin_old_counter_map(&lab.pin_root.join("n3").join("WEFT_COUNTERS"), 20);
+    pin_old_counter_map(
+        &lab.pin_root.join("n3").join("WEFT_COUNTERS"),
+        count as u32 + 5,
+    );
     assert!(matches!(
         UplinkPrograms::load(&lab.pin_root.join("n3")).unwrap_err(),
         BpfError::IncompatiblePinnedMap { .. }

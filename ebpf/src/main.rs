@@ -1,5 +1,8 @@
-//! Weft's tc programs. Each is a thin shell: read the map entries the
-//! decision needs, call the decision in `weft-common`, carry it out (the
+//! Weft's tc programs: the pod veths' guard and policy hooks
+//! (`weft_pod_ingress`, `weft_pod_egress`) and the uplink's IP-in-IP
+//! (`weft_uplink_egress`, `weft_uplink_ingress`). Each is a thin shell:
+//! read the map entries the decision needs, call the decision in
+//! `weft-common`, carry it out (the
 //! only packet rewrites are IP-in-IP's `bpf_skb_adjust_room` and
 //! `bpf_skb_store_bytes` of an outer header or of a redirected packet's
 //! first bytes), count the outcome and turn it into a tc action.
@@ -17,18 +20,21 @@ use aya_ebpf::bindings::{
 use aya_ebpf::helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect_peer};
 use aya_ebpf::macros::{classifier, map};
 use aya_ebpf::maps::lpm_trie::Key;
-use aya_ebpf::maps::{Array, HashMap, LpmTrie, PerCpuArray};
+use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray};
 use aya_ebpf::programs::TcContext;
+use weft_common::conntrack::{CONNTRACK_MAX_ENTRIES, ConntrackEntry, FlowKey};
 use weft_common::guard::pod_egress_verdict;
-use weft_common::lookup::{Endpoints, Fib, NodeSet, RouteLookup};
+use weft_common::lookup::{ConntrackTable, Endpoints, Fib, Ipcache, NodeSet, PolicyLookup, RouteLookup};
 use weft_common::maps::{
-    ENDPOINTS_MAX_ENTRIES, EndpointInfo, EndpointKey, NODES_MAX_ENTRIES, NodeConfig, NodeEntry,
-    NodeKey, POD_ROUTES_MAX_ENTRIES, RemoteNode,
+    ENDPOINTS_MAX_ENTRIES, EndpointInfo, EndpointKey, IDENTITY_WORLD, IPCACHE_MAX_ENTRIES,
+    FoundAction, IdentityEntry, NODES_MAX_ENTRIES, NodeConfig, NodeEntry, NodeKey, POD_ROUTES_MAX_ENTRIES,
+    POLICY_MAX_ENTRIES, POLICY_NOT_FOUND, PolicyEntry, PolicyKey, PolicyRevision, RemoteNode,
 };
+use weft_common::policy::{enforce, may_skip_pod_egress};
 use weft_common::packet::{PacketReader, ethernet};
 use weft_common::redirect::{FibQuery, FibResult, direct_redirect};
 use weft_common::uplink::{uplink_egress, uplink_ingress};
-use weft_common::verdict::{COUNTER_COUNT, Counter, UplinkVerdict, Verdict};
+use weft_common::verdict::{COUNTER_COUNT, Counter, PassReason, UplinkVerdict, Verdict};
 
 /// Host veth ifindex → the pod endpoint behind it. Pinned by name under the
 /// node's pin directory so entries survive agent restarts.
@@ -56,6 +62,26 @@ static WEFT_NODES: HashMap<NodeKey, NodeEntry> = HashMap::pinned(NODES_MAX_ENTRI
 /// as all zeroes: mode `none`, so the uplink programs pass everything.
 #[map(name = "WEFT_CONFIG")]
 static WEFT_CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
+
+/// Address prefix → identity, for policy (LPM trie, key laid out as
+/// `weft_common::maps::IpcacheKey`).
+#[map(name = "WEFT_IPCACHE")]
+static WEFT_IPCACHE: LpmTrie<[u8; 4], IdentityEntry> = LpmTrie::pinned(IPCACHE_MAX_ENTRIES, 0);
+
+/// Endpoint · direction · identity · protocol · port prefixes → allow or
+/// the isolation marker (LPM trie over `PolicyKey::data()`).
+#[map(name = "WEFT_POLICY")]
+static WEFT_POLICY: LpmTrie<[u8; 12], PolicyEntry> = LpmTrie::pinned(POLICY_MAX_ENTRIES, 0);
+
+/// The connection tracker's entries, one per flow of this node (LRU: a
+/// full map evicts, and an evicted flow is checked again, never trusted).
+#[map(name = "WEFT_CONNTRACK")]
+static WEFT_CONNTRACK: LruHashMap<FlowKey, ConntrackEntry> =
+    LruHashMap::pinned(CONNTRACK_MAX_ENTRIES, 0);
+
+/// The node's policy revision, one entry (index 0); 0 until written.
+#[map(name = "WEFT_POLICY_REV")]
+static WEFT_POLICY_REV: Array<PolicyRevision> = Array::pinned(1, 0);
 
 /// Reads the frame with `bpf_skb_load_bytes`: copies into the stack, works on
 /// non-linear skbs, and needs no packet-pointer bounds proofs.
@@ -104,6 +130,83 @@ impl Endpoints for PodEndpoints {
         // SAFETY: copied out at once (see `weft_pod_ingress`).
         unsafe { WEFT_ENDPOINTS.get(&ifindex) }.copied()
     }
+}
+
+/// [`Ipcache`] over [`WEFT_IPCACHE`]: a /32 lookup, the trie finds the
+/// longest prefix.
+struct IpcacheMap;
+
+impl Ipcache for IpcacheMap {
+    #[inline(always)]
+    fn identity_of(&self, addr: [u8; 4]) -> u32 {
+        match WEFT_IPCACHE.get(Key::new(32, addr)) {
+            Some(entry) => entry.identity,
+            None => IDENTITY_WORLD,
+        }
+    }
+}
+
+/// [`PolicyLookup`] over [`WEFT_POLICY`].
+struct PolicyMap;
+
+impl PolicyLookup for PolicyMap {
+    #[inline(always)]
+    fn policy_action(&self, key: &PolicyKey) -> FoundAction {
+        match WEFT_POLICY.get(Key::new(key.prefix_len, key.data())) {
+            Some(entry) => 0x100 | entry.action as u16,
+            None => POLICY_NOT_FOUND,
+        }
+    }
+}
+
+/// [`ConntrackTable`] over [`WEFT_CONNTRACK`]. A failed write (the map
+/// cannot fail one but for memory) leaves the flow untracked: its next
+/// packet is checked again.
+struct ConntrackMap;
+
+impl ConntrackTable for ConntrackMap {
+    #[inline(always)]
+    fn entry(&self, key: &FlowKey) -> Option<ConntrackEntry> {
+        // SAFETY: copied out at once; a concurrent update of the same
+        // flow on another CPU can at worst be read half-written, which the
+        // tracker reads as some state of that flow.
+        unsafe { WEFT_CONNTRACK.get(key) }.copied()
+    }
+
+    #[inline(always)]
+    fn write(&mut self, key: &FlowKey, entry: &ConntrackEntry) {
+        let _ = WEFT_CONNTRACK.insert(key, entry, 0);
+    }
+
+    #[inline(always)]
+    fn remove(&mut self, key: &FlowKey) {
+        let _ = WEFT_CONNTRACK.remove(key);
+    }
+}
+
+/// Runs the policy decision on the packet in `ctx` and counts it; the tc
+/// action.
+#[inline(always)]
+fn enforce_policy(ctx: &TcContext) -> i32 {
+    let revision = WEFT_POLICY_REV.get(0).copied().unwrap_or(0);
+    // SAFETY: a plain helper call.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    let outcome = enforce(
+        &SkbReader(ctx),
+        &IpcacheMap,
+        &PolicyMap,
+        &mut ConntrackMap,
+        now,
+        revision,
+    );
+    count(outcome.conntrack);
+    if let Some(counter) = outcome.egress {
+        count(counter);
+    }
+    if let Some(counter) = outcome.ingress {
+        count(counter);
+    }
+    if outcome.pass { TC_ACT_OK } else { TC_ACT_SHOT }
 }
 
 /// `AF_INET`, the family of a `bpf_fib_lookup` query.
@@ -166,9 +269,20 @@ pub fn weft_pod_ingress(ctx: TcContext) -> i32 {
     let verdict = pod_egress_verdict(&SkbReader(&ctx), endpoint.as_ref());
     count(verdict.counter());
     match verdict {
+        // The pod's own IPv4: its egress policy (and a local receiver's
+        // ingress policy), see `weft_common::policy`.
+        Verdict::Pass(PassReason::OwnSource) => enforce_policy(&ctx),
         Verdict::Pass(_) => TC_ACT_OK,
         Verdict::Drop(_) => TC_ACT_SHOT,
     }
+}
+
+/// Attached at tc egress of a pod's host-side veth: sees what the node
+/// sends to the pod, after routing and kube-proxy's DNAT, and checks the
+/// pod's ingress policy there.
+#[classifier]
+pub fn weft_pod_egress(ctx: TcContext) -> i32 {
+    enforce_policy(&ctx)
 }
 
 /// Attached at tc egress of the node's uplink: encapsulates pod traffic
@@ -249,10 +363,14 @@ fn carry_out(ctx: &TcContext, verdict: UplinkVerdict, config: &NodeConfig) -> i3
 /// are rewritten in one store (the MACs from the FIB, TTL and checksum)
 /// and the packet is redirected into the pod veth's peer; the helper's
 /// action is returned. `None`: the stack takes the packet as it is (the
-/// decision declined, or the store failed and changed nothing).
+/// decision declined, the pod's ingress is isolated by policy and must be
+/// checked at its veth's egress, or the store failed and changed nothing).
 #[inline(always)]
 fn hand_to_pod(ctx: &TcContext, config: &NodeConfig) -> Option<i32> {
     let redirect = direct_redirect(&SkbReader(ctx), config, &KernelFib(ctx), &PodEndpoints).ok()?;
+    if !may_skip_pod_egress(&SkbReader(ctx), &PolicyMap) {
+        return None;
+    }
     ctx.store(0, &redirect.head, 0).ok()?;
     // SAFETY: a plain helper call; flags 0.
     Some(unsafe { bpf_redirect_peer(redirect.ifindex, 0) } as i32)

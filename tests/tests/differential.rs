@@ -35,17 +35,21 @@ use nix::sched::{CloneFlags, setns};
 use weft_common::ipv4;
 use weft_common::lookup::{Fib, NodeSet, RouteLookup};
 use weft_common::maps::{
-    Encap, EndpointInfo, NodeConfig, POD_INGRESS_PROGRAM, PodCidrKey, RemoteNode,
-    UPLINK_EGRESS_PROGRAM, UPLINK_INGRESS_PROGRAM, prefix_contains,
+    Encap, EndpointInfo, IDENTITY_ANY, IdentityEntry, IpcacheKey, NodeConfig, POD_EGRESS_PROGRAM,
+    POD_INGRESS_PROGRAM, POLICY_EGRESS, POLICY_INGRESS, POLICY_PREFIX_FULL, POLICY_PREFIX_IDENTITY,
+    POLICY_PREFIX_PROTOCOL, PodCidrKey, PolicyEntry, PolicyKey, RemoteNode, UPLINK_EGRESS_PROGRAM,
+    UPLINK_INGRESS_PROGRAM, prefix_contains,
 };
+use weft_common::policy::may_skip_pod_egress;
 use weft_common::redirect::{FibQuery, FibResult, ToStack, direct_redirect};
 use weft_common::uplink::{uplink_egress, uplink_ingress, write_decapsulated};
 use weft_common::verdict::{Counter, UplinkVerdict};
-use weft_dataplane::bpf::{PodGuard, UplinkPrograms, read_pinned_maps, remove_pins};
-use weft_tests::framegen::{Addresses, Frame, FrameGen, Ipv4Spec, Kind, ethernet, hex};
+use weft_dataplane::bpf::{PodGuard, PolicyMaps, UplinkPrograms, read_pinned_maps, remove_pins};
+use weft_tests::framegen::{Addresses, Frame, FrameGen, Ipv4Spec, Kind, Rng, ethernet, hex};
 use weft_tests::{Namespaces, require_root};
 use weft_twin::hooks::{self, HookOutcome};
 use weft_twin::wire;
+use weft_twin::{Conntrack, PolicyTables};
 
 // The cluster. This node is N1.
 const N1: [u8; 4] = [198, 18, 0, 1];
@@ -479,6 +483,7 @@ fn ingress_verdict_name(
     config: &NodeConfig,
     fib: &TestFib,
     endpoints: &[(u32, EndpointInfo)],
+    policy: &[(PolicyKey, PolicyEntry)],
 ) -> String {
     let verdict = uplink_ingress(frame, nodes, config);
     let name = verdict_name(&verdict);
@@ -491,6 +496,9 @@ fn ingress_verdict_name(
     let mut inner = vec![0; frame.len()];
     let len = write_decapsulated(frame, outer_header_len, &mut inner).unwrap();
     match direct_redirect(&inner[..len], config, fib, endpoints) {
+        Ok(_) if !may_skip_pod_egress(&inner[..len], policy) => {
+            format!("{name}+ToStack(IngressIsolated)")
+        }
         Ok(_) => format!("{name}+Redirect"),
         Err(ToStack::Disabled) => name,
         Err(why) => format!("{name}+ToStack({why:?})"),
@@ -512,7 +520,7 @@ fn run_batch(
     program: &SchedClassifier,
     ctx: Option<&[u8]>,
     frames: &[Frame],
-    twin: impl Fn(&[u8]) -> HookOutcome,
+    mut twin: impl FnMut(&[u8]) -> HookOutcome,
     verdict: impl Fn(&[u8]) -> Option<String>,
 ) {
     let before = counters_now(guard);
@@ -539,8 +547,10 @@ fn run_batch(
                     frame.bytes.len()
                 );
                 tally.runs += 1;
-                *twin_counts.entry(expected.counter.name()).or_default() += 1;
-                *tally.counters.entry(expected.counter.name()).or_default() += 1;
+                for counter in expected.counters() {
+                    *twin_counts.entry(counter.name()).or_default() += 1;
+                    *tally.counters.entry(counter.name()).or_default() += 1;
+                }
                 if let Some(v) = verdict(&frame.bytes) {
                     *tally.verdicts.entry(v).or_default() += 1;
                 }
@@ -668,7 +678,9 @@ fn run_all(pin_dir: &Path, frames: &[Frame]) {
     let egress_program = program(UPLINK_EGRESS_PROGRAM);
     let ingress_program = program(UPLINK_INGRESS_PROGRAM);
 
-    // --- weft_pod_ingress ------------------------------------------------------
+    // --- weft_pod_ingress, with empty policy maps (nothing isolated) -----------
+    let mut conntrack = Conntrack::default();
+    let no_policy = PolicyTables::default();
     let mut pod = Tally::default();
     for (context, ifindex) in [
         ("endpoint on lo", ENDPOINT_IFINDEX),
@@ -684,12 +696,36 @@ fn run_all(pin_dir: &Path, frames: &[Frame]) {
             &pod_program,
             Some(&ctx),
             frames,
-            |f| hooks::pod_ingress(f, endpoint.as_ref()),
+            |f| {
+                hooks::pod_ingress(
+                    f,
+                    endpoint.as_ref(),
+                    &no_policy,
+                    &mut conntrack,
+                    monotonic_ns(),
+                )
+            },
             |_| None,
         );
     }
+    let policy = run_policy(pin_dir, &guard, frames, &mut conntrack, &program);
 
     // --- weft_uplink_egress and weft_uplink_ingress, per node config ----------
+    // The uplink programs run under a policy isolating one redirect
+    // target (10.244.4.10) for ingress: its packets go to the stack.
+    let mut maps = PolicyMaps::load(pin_dir).expect("load the policy maps");
+    for (key, _) in maps.policy().unwrap() {
+        maps.remove_policy(key).unwrap();
+    }
+    maps.set_policy(
+        PolicyKey::isolation([10, 244, 4, 10], POLICY_INGRESS),
+        PolicyEntry::DENY,
+    )
+    .unwrap();
+    maps.set_revision(3).unwrap();
+    let isolating = read_pinned_maps(pin_dir).unwrap().policy;
+    assert_eq!(isolating.len(), 1);
+    let isolating: &[(PolicyKey, PolicyEntry)] = &isolating;
     let mut egress = Tally::default();
     let mut ingress = Tally::default();
     for (context, config) in configs() {
@@ -721,20 +757,25 @@ fn run_all(pin_dir: &Path, frames: &[Frame]) {
             &ingress_program,
             None,
             frames,
-            |f| hooks::uplink_ingress(f, nodes, &config, &fib, endpoints),
-            |f| Some(ingress_verdict_name(f, nodes, &config, &fib, endpoints)),
+            |f| hooks::uplink_ingress(f, nodes, &config, &fib, endpoints, isolating),
+            |f| {
+                Some(ingress_verdict_name(
+                    f, nodes, &config, &fib, endpoints, isolating,
+                ))
+            },
         );
     }
 
     pod.print(POD_INGRESS_PROGRAM);
+    policy.print("weft_pod_ingress and weft_pod_egress under generated policy");
     egress.print(UPLINK_EGRESS_PROGRAM);
     ingress.print(UPLINK_INGRESS_PROGRAM);
 
-    let mismatches: Vec<&String> = [&pod, &egress, &ingress]
+    let mismatches: Vec<&String> = [&pod, &policy, &egress, &ingress]
         .iter()
         .flat_map(|t| t.mismatches.iter())
         .collect();
-    let total: usize = [&pod, &egress, &ingress]
+    let total: usize = [&pod, &policy, &egress, &ingress]
         .iter()
         .map(|t| t.mismatch_count)
         .sum();
@@ -762,6 +803,21 @@ fn run_all(pin_dir: &Path, frames: &[Frame]) {
                 Counter::DropSpoofedSource,
                 Counter::DropMalformed,
                 Counter::DropUnsupportedProtocol,
+            ][..],
+        ),
+        (
+            &policy,
+            POD_EGRESS_PROGRAM,
+            &[
+                Counter::ConntrackNew,
+                Counter::ConntrackEstablished,
+                Counter::ConntrackInvalid,
+                Counter::ConntrackUntracked,
+                Counter::PolicyEgressAllowed,
+                Counter::PolicyEgressDenied,
+                Counter::PolicyIngressAllowed,
+                Counter::PolicyIngressDenied,
+                Counter::PolicyNotIpv4,
             ][..],
         ),
         (
@@ -830,6 +886,7 @@ fn run_all(pin_dir: &Path, frames: &[Frame]) {
                 "Decapsulate+ToStack(NoNeighbour)",
                 "Decapsulate+ToStack(NotAPodVeth)",
                 "Decapsulate+ToStack(NotThatPod)",
+                "Decapsulate+ToStack(IngressIsolated)",
             ][..],
         ),
     ] {
@@ -849,4 +906,194 @@ fn run_all(pin_dir: &Path, frames: &[Frame]) {
     );
     drop(uplink);
     drop(guard);
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock `bpf_ktime_get_ns` reads, so
+/// the twin's tracker ages entries as the kernel's does.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a live timespec to fill.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    assert_eq!(rc, 0, "clock_gettime");
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// Policy maps generated from `rng` over the frames' addresses: every pod
+/// address its own identity, ipBlock-like prefixes sharing some; each pod
+/// address isolated or not per direction, with allow entries at every
+/// prefix length the compiler writes (all of a peer, all of a protocol,
+/// one port, a port range), some for every peer.
+fn generated_policy(rng: &mut Rng) -> PolicyTables {
+    let plan = addresses();
+    let mut ipcache = Vec::new();
+    for (i, pod) in plan.pods.iter().enumerate() {
+        ipcache.push((
+            IpcacheKey::host(*pod),
+            IdentityEntry {
+                identity: 256 + i as u32,
+            },
+        ));
+    }
+    for (i, (addr, prefix)) in [
+        ([8, 8, 8, 0], 24),
+        ([10, 244, 4, 0], 24),
+        ([192, 168, 0, 0], 16),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if rng.percent(70) {
+            ipcache.push((
+                IpcacheKey::new(addr, prefix),
+                IdentityEntry {
+                    identity: 400 + i as u32,
+                },
+            ));
+        }
+    }
+    let identities: Vec<u32> = ipcache
+        .iter()
+        .map(|(_, e)| e.identity)
+        .chain([0, IDENTITY_ANY])
+        .collect();
+    let mut policy = Vec::new();
+    for pod in &plan.pods {
+        for direction in [POLICY_INGRESS, POLICY_EGRESS] {
+            if rng.percent(35) {
+                continue;
+            }
+            policy.push((PolicyKey::isolation(*pod, direction), PolicyEntry::DENY));
+            for _ in 0..rng.range(0, 6) {
+                let identity = rng.pick(&identities);
+                let protocol = rng.pick(&[6u8, 17, 1, 132]);
+                let any_port = rng.u16();
+                let port = rng.pick(&[53u16, 80, 443, 8080, any_port]);
+                let prefix = rng.pick(&[
+                    POLICY_PREFIX_IDENTITY,
+                    POLICY_PREFIX_PROTOCOL,
+                    POLICY_PREFIX_PROTOCOL + 4,
+                    POLICY_PREFIX_FULL - 6,
+                    POLICY_PREFIX_FULL,
+                ]);
+                policy.push((
+                    PolicyKey::new(prefix, *pod, direction, identity, protocol, port),
+                    PolicyEntry::ALLOW,
+                ));
+            }
+        }
+    }
+    // The trie holds one entry per key: the last written wins, as below.
+    policy.sort_by_key(|(k, _)| *k);
+    policy.dedup_by_key(|(k, _)| *k);
+    PolicyTables {
+        ipcache,
+        policy,
+        revision: 0,
+    }
+}
+
+/// Both policy hooks under generated policy maps, over two revisions:
+/// the second policy re-checks (and cuts) what the first let through. The
+/// twin reads the maps back from the pins and keeps its own tracker, which
+/// must end up holding the kernel's connections.
+fn run_policy(
+    pin_dir: &Path,
+    guard: &PodGuard,
+    frames: &[Frame],
+    conntrack: &mut Conntrack,
+    program: &impl Fn(&str) -> SchedClassifier,
+) -> Tally {
+    let mut maps = PolicyMaps::load(pin_dir).expect("load the policy maps");
+    let ingress_program = program(POD_INGRESS_PROGRAM);
+    let egress_program = program(POD_EGRESS_PROGRAM);
+    let ctx = skb_ctx_on(ENDPOINT_IFINDEX);
+    let endpoint = Some(EndpointInfo::new(ENDPOINT_IP));
+    let mut rng = Rng::new(env_or("WEFT_DIFF_SEED", 0x5eed_4e77) ^ 0x9011c);
+    let mut tally = Tally::default();
+    for revision in [1u32, 2] {
+        let PolicyTables {
+            ipcache, policy, ..
+        } = generated_policy(&mut rng);
+        // New entries first, then what the new policy no longer has.
+        for (key, entry) in &ipcache {
+            maps.set_ipcache(*key, *entry).unwrap();
+        }
+        for (key, entry) in &policy {
+            maps.set_policy(*key, *entry).unwrap();
+        }
+        for old in maps.ipcache().unwrap() {
+            if !ipcache.iter().any(|(k, _)| *k == old.0) {
+                maps.remove_ipcache(old.0).unwrap();
+            }
+        }
+        for old in maps.policy().unwrap() {
+            if !policy.iter().any(|(k, _)| *k == old.0) {
+                maps.remove_policy(old.0).unwrap();
+            }
+        }
+        maps.set_revision(revision).unwrap();
+        assert_eq!(maps.revision().unwrap(), revision);
+        let pinned = read_pinned_maps(pin_dir).expect("read the pinned maps");
+        let mut sorted = ipcache.clone();
+        sorted.sort_unstable();
+        assert_eq!(pinned.ipcache, sorted, "the ipcache reads back as written");
+        assert_eq!(
+            pinned.policy, policy,
+            "the policy map reads back as written"
+        );
+        let tables = PolicyTables {
+            ipcache: pinned.ipcache,
+            policy: pinned.policy,
+            revision: pinned.revision,
+        };
+        let context = format!("revision {revision}, {} policy entries", policy.len());
+        run_batch(
+            guard,
+            &mut tally,
+            POD_INGRESS_PROGRAM,
+            &context,
+            &ingress_program,
+            Some(&ctx),
+            frames,
+            |f| hooks::pod_ingress(f, endpoint.as_ref(), &tables, conntrack, monotonic_ns()),
+            |_| None,
+        );
+        run_batch(
+            guard,
+            &mut tally,
+            POD_EGRESS_PROGRAM,
+            &context,
+            &egress_program,
+            Some(&ctx),
+            frames,
+            |f| hooks::pod_egress(f, &tables, conntrack, monotonic_ns()),
+            |_| None,
+        );
+    }
+    // The two trackers hold the same connections (times aside).
+    let strip = |e: &weft_common::conntrack::ConntrackEntry| {
+        (e.policy_revision, e.state, e.opener, e.flags)
+    };
+    let mut kernel: Vec<_> = maps
+        .conntrack()
+        .unwrap()
+        .iter()
+        .map(|(k, e)| (format!("{k:?}"), strip(e)))
+        .collect();
+    let mut twin: Vec<_> = conntrack
+        .0
+        .iter()
+        .map(|(k, e)| (format!("{k:?}"), strip(e)))
+        .collect();
+    kernel.sort();
+    twin.sort();
+    assert!(!kernel.is_empty(), "the policy hooks tracked no connection");
+    assert_eq!(
+        kernel, twin,
+        "the kernel's and the twin's connection trackers"
+    );
+    tally
 }

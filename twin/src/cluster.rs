@@ -542,6 +542,7 @@ impl Cluster {
                 } => {
                     let mut io = Io {
                         record: self.recording,
+                        now_ns: self.now.total_micros() as u64 * 1000,
                         ..Io::default()
                     };
                     self.nodes[node].receive_from_pod(ifindex, &frame, &mut io);
@@ -614,6 +615,7 @@ impl Cluster {
                 WirePort::Node(i) => {
                     let mut io = Io {
                         record: self.recording,
+                        now_ns: self.now.total_micros() as u64 * 1000,
                         ..Io::default()
                     };
                     self.nodes[i].receive_from_uplink(&frame, &mut io);

@@ -7,11 +7,14 @@
 //! bumped. The differential tests hold the two to be identical.
 
 use weft_common::guard::pod_egress_verdict;
-use weft_common::lookup::{Endpoints, Fib, NodeSet, RouteLookup};
+use weft_common::lookup::{Endpoints, Fib, NodeSet, PolicyLookup, RouteLookup};
 use weft_common::maps::{EndpointInfo, NodeConfig};
+use weft_common::policy::{enforce, may_skip_pod_egress};
 use weft_common::redirect::{direct_redirect, write_redirected};
 use weft_common::uplink::{self, write_decapsulated, write_encapsulated};
-use weft_common::verdict::{Counter, UplinkVerdict, Verdict};
+use weft_common::verdict::{Counter, PassReason, UplinkVerdict, Verdict};
+
+use crate::policy::{Conntrack, PolicyTables};
 
 /// `TC_ACT_OK`: the kernel carries on with the (possibly rewritten) packet.
 pub const TC_ACT_OK: i32 = 0;
@@ -37,8 +40,11 @@ pub fn action_name(action: i32) -> &'static str {
 pub struct HookOutcome {
     /// The tc action code the program returned.
     pub action: i32,
-    /// The counter the program bumped.
+    /// The counter the program bumped (for the policy hooks, the first).
     pub counter: Counter,
+    /// The policy counters it bumped besides (conntrack, policy by
+    /// direction), in the order the eBPF shell bumps them.
+    pub also: Vec<Counter>,
     /// The frame after the program: rewritten when it encapsulated or
     /// decapsulated, else the input unchanged (also when dropped, as
     /// `BPF_PROG_TEST_RUN` reports it).
@@ -54,6 +60,7 @@ impl HookOutcome {
         HookOutcome {
             action,
             counter,
+            also: Vec::new(),
             frame: frame.to_vec(),
             redirect: None,
         }
@@ -63,6 +70,7 @@ impl HookOutcome {
         HookOutcome {
             action: TC_ACT_OK,
             counter,
+            also: Vec::new(),
             frame,
             redirect: None,
         }
@@ -72,17 +80,59 @@ impl HookOutcome {
     pub fn passes(&self) -> bool {
         self.action == TC_ACT_OK
     }
+
+    /// Every counter the program bumped.
+    pub fn counters(&self) -> impl Iterator<Item = Counter> + '_ {
+        std::iter::once(self.counter).chain(self.also.iter().copied())
+    }
 }
 
 /// `weft_pod_ingress`: tc ingress of a pod's host veth, whose endpoint
-/// entry is `endpoint` (`None`: the veth has none).
-pub fn pod_ingress(frame: &[u8], endpoint: Option<&EndpointInfo>) -> HookOutcome {
+/// entry is `endpoint` (`None`: the veth has none): the guard, then for
+/// the pod's own IPv4 the policy decision over `policy` and `conntrack`
+/// at `now_ns`.
+pub fn pod_ingress(
+    frame: &[u8],
+    endpoint: Option<&EndpointInfo>,
+    policy: &PolicyTables,
+    conntrack: &mut Conntrack,
+    now_ns: u64,
+) -> HookOutcome {
     let verdict = pod_egress_verdict(frame, endpoint);
-    let action = match verdict {
-        Verdict::Pass(_) => TC_ACT_OK,
-        Verdict::Drop(_) => TC_ACT_SHOT,
-    };
-    HookOutcome::unchanged(action, verdict.counter(), frame)
+    match verdict {
+        Verdict::Pass(PassReason::OwnSource) => {
+            let mut outcome = pod_egress(frame, policy, conntrack, now_ns);
+            outcome.also.insert(0, outcome.counter);
+            outcome.counter = verdict.counter();
+            outcome
+        }
+        Verdict::Pass(_) => HookOutcome::unchanged(TC_ACT_OK, verdict.counter(), frame),
+        Verdict::Drop(_) => HookOutcome::unchanged(TC_ACT_SHOT, verdict.counter(), frame),
+    }
+}
+
+/// `weft_pod_egress`: tc egress of a pod's host veth, what the node sends
+/// to the pod: the policy decision over `policy` and `conntrack` at
+/// `now_ns`.
+pub fn pod_egress(
+    frame: &[u8],
+    policy: &PolicyTables,
+    conntrack: &mut Conntrack,
+    now_ns: u64,
+) -> HookOutcome {
+    let outcome = enforce(
+        frame,
+        policy.ipcache.as_slice(),
+        policy.policy.as_slice(),
+        conntrack,
+        now_ns,
+        policy.revision,
+    );
+    let action = if outcome.pass { TC_ACT_OK } else { TC_ACT_SHOT };
+    let mut hook = HookOutcome::unchanged(action, outcome.conntrack, frame);
+    hook.also.extend(outcome.egress);
+    hook.also.extend(outcome.ingress);
+    hook
 }
 
 /// `weft_uplink_egress`: tc egress of the uplink, for a frame that is not
@@ -100,18 +150,21 @@ pub fn uplink_egress<T: RouteLookup + ?Sized>(
 /// `weft_uplink_ingress`: tc ingress of the uplink, on a node whose FIB
 /// (route and neighbour tables, as `bpf_fib_lookup` answers from the
 /// uplink) is `fib` and whose endpoint map is `endpoints`; both matter
-/// only with the config's direct redirect on.
-pub fn uplink_ingress<N, F, E>(
+/// only with the config's direct redirect on, as does its policy map
+/// `policy` (a pod isolated for ingress is not redirected to).
+pub fn uplink_ingress<N, F, E, P>(
     frame: &[u8],
     nodes: &N,
     config: &NodeConfig,
     fib: &F,
     endpoints: &E,
+    policy: &P,
 ) -> HookOutcome
 where
     N: NodeSet + ?Sized,
     F: Fib + ?Sized,
     E: Endpoints + ?Sized,
+    P: PolicyLookup + ?Sized,
 {
     let verdict = uplink::uplink_ingress(frame, nodes, config);
     let outcome = uplink_outcome(frame, verdict);
@@ -122,11 +175,15 @@ where
     let Ok(redirect) = direct_redirect(&outcome.frame[..], config, fib, endpoints) else {
         return outcome;
     };
+    if !may_skip_pod_egress(&outcome.frame[..], policy) {
+        return outcome;
+    }
     let mut out = vec![0; outcome.frame.len()];
     match write_redirected(&outcome.frame, &redirect, &mut out) {
         Some(_) => HookOutcome {
             action: TC_ACT_REDIRECT,
             counter: Counter::Redirect,
+            also: Vec::new(),
             frame: out,
             redirect: Some(redirect.ifindex),
         },

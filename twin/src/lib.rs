@@ -9,6 +9,7 @@
 //! - [`node`]: a node's tables as plain data ([`NodeTables`]: the eBPF maps
 //!   and the kernel routes) and the engine that plays the node's kernel
 //!   around the hooks: routing, MTU and ICMP, fragmentation, ARP, vxlan.
+//! - [`policy`]: a node's policy maps and connection tracker as tables.
 //! - [`cluster`]: nodes joined by a simulated underlay, pods that are
 //!   smoltcp interfaces holding real TCP and UDP conversations, on a
 //!   virtual clock ([`Cluster`]).
@@ -22,12 +23,14 @@
 pub mod cluster;
 pub mod hooks;
 pub mod node;
+pub mod policy;
 pub mod step;
 pub mod trace;
 pub mod wire;
 
 pub use cluster::{Captured, Cluster, ClusterConfig, Pod, PodId};
 pub use node::{Counters, KernelRoute, KernelStats, NodeTables, Via, VxlanDevice, VxlanPeer};
+pub use policy::{Conntrack, PolicyTables};
 /// The smoltcp the pods are built with, for their sockets.
 pub use smoltcp;
 pub use step::{RouteDecision, Step, VxlanDecision};

@@ -23,6 +23,7 @@ use etherparse::UdpHeader;
 use smoltcp::wire::Ipv4Packet;
 
 use crate::hooks::{self, HookOutcome};
+use crate::policy::{Conntrack, PolicyTables};
 use crate::step::{RouteDecision, Step, VxlanDecision};
 use crate::wire::{self, Arp, IcmpErrorKind, Ipv4Fields, Mac, PacketSummary};
 
@@ -111,6 +112,9 @@ pub struct NodeTables {
     /// The MTU of the pods' veths (both ends).
     pub pod_mtu: u16,
     pub vxlan: Option<VxlanDevice>,
+    /// `WEFT_IPCACHE`, `WEFT_POLICY`, `WEFT_POLICY_REV`: empty, nothing is
+    /// isolated.
+    pub policy: PolicyTables,
 }
 
 impl NodeTables {
@@ -127,6 +131,7 @@ impl NodeTables {
             local_addrs: vec![config.underlay_ip],
             pod_mtu: 0,
             vxlan: None,
+            policy: PolicyTables::default(),
         };
         tables.pod_mtu = tables.uplink_mtu();
         tables.routes.push(KernelRoute::new(
@@ -297,6 +302,9 @@ pub(crate) struct Io {
     pub out: Vec<(Port, Vec<u8>)>,
     pub steps: Vec<Step>,
     pub record: bool,
+    /// The cluster's clock, as `bpf_ktime_get_ns` reads it, for the
+    /// connection tracker.
+    pub now_ns: u64,
 }
 
 impl Io {
@@ -317,6 +325,8 @@ pub(crate) struct Node {
     pub counters: Counters,
     pub stats: KernelStats,
     pub uplink_mac: Mac,
+    /// `WEFT_CONNTRACK`, written by the policy hooks.
+    pub conntrack: Conntrack,
     /// The uplink's ARP cache (entries never expire in the twin).
     neighbors: BTreeMap<[u8; 4], Mac>,
     /// Frames waiting for their next hop's ARP answer: (next hop, frame
@@ -334,6 +344,7 @@ impl Node {
             counters: Counters::default(),
             stats: KernelStats::default(),
             uplink_mac,
+            conntrack: Conntrack::default(),
             neighbors: BTreeMap::new(),
             pending: Vec::new(),
             ident: 1,
@@ -368,8 +379,16 @@ impl Node {
             });
             return;
         }
-        let outcome = hooks::pod_ingress(frame, self.tables.endpoint(ifindex));
-        self.counters.bump(outcome.counter);
+        let outcome = hooks::pod_ingress(
+            frame,
+            self.tables.endpoint(ifindex),
+            &self.tables.policy,
+            &mut self.conntrack,
+            io.now_ns,
+        );
+        for counter in outcome.counters() {
+            self.counters.bump(counter);
+        }
         io.step(|| Step::PodVeth {
             node: self.name(),
             ifindex,
@@ -410,6 +429,7 @@ impl Node {
             &self.tables.config,
             &self.tables,
             self.tables.endpoints.as_slice(),
+            self.tables.policy.policy.as_slice(),
         );
         self.counters.bump(outcome.counter);
         if let Some(packet) = PacketSummary::of_frame(frame) {
@@ -595,6 +615,15 @@ impl Node {
                     wire::ETHERTYPE_IPV4,
                     &packet,
                 );
+                // weft_pod_egress on the host veth: the pod's ingress policy.
+                let outcome =
+                    hooks::pod_egress(&frame, &self.tables.policy, &mut self.conntrack, io.now_ns);
+                for counter in outcome.counters() {
+                    self.counters.bump(counter);
+                }
+                if !outcome.passes() {
+                    return;
+                }
                 io.out.push((Port::Pod(ifindex), frame));
             }
             Via::Uplink { gateway } => {

@@ -190,6 +190,11 @@ pub fn node_tables(node: &NodeFacts) -> NodeTables {
         local_addrs,
         pod_mtu,
         vxlan,
+        policy: crate::policy::PolicyTables {
+            ipcache: node.maps.ipcache.clone(),
+            policy: node.maps.policy.clone(),
+            revision: node.maps.revision,
+        },
     }
 }
 

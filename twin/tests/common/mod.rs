@@ -3,6 +3,7 @@
 
 use std::net::Ipv4Addr;
 
+use weft_twin::smoltcp::iface::SocketHandle;
 use weft_twin::smoltcp::socket::{tcp, udp};
 use weft_twin::smoltcp::wire::{IpAddress, IpEndpoint};
 use weft_twin::{Cluster, ClusterConfig, Encap, PodId};
@@ -24,11 +25,11 @@ pub fn pattern(n: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-fn endpoint(ip: Ipv4Addr, port: u16) -> IpEndpoint {
+pub fn endpoint(ip: Ipv4Addr, port: u16) -> IpEndpoint {
     IpEndpoint::new(IpAddress::Ipv4(ip), port)
 }
 
-fn tcp_socket() -> tcp::Socket<'static> {
+pub fn tcp_socket() -> tcp::Socket<'static> {
     tcp::Socket::new(
         tcp::SocketBuffer::new(vec![0; 64 * 1024]),
         tcp::SocketBuffer::new(vec![0; 64 * 1024]),
@@ -50,11 +51,15 @@ fn pump(socket: &mut tcp::Socket<'static>, data: &[u8], sent: &mut usize, got: &
     }
 }
 
-/// A TCP connection from `client` to `server` (port `port`) carrying `n`
-/// bytes each way; asserts every byte arrived intact, in order.
-pub fn tcp_both_ways(c: &mut Cluster, client: PodId, server: PodId, port: u16, n: usize) {
-    let to_server = pattern(n, port as u8);
-    let to_client = pattern(n, !(port as u8));
+/// A listening socket on `server:port` and a socket on `client` (from
+/// `local_port`) connecting to it: (client socket, server socket).
+pub fn tcp_start(
+    c: &mut Cluster,
+    client: PodId,
+    server: PodId,
+    port: u16,
+    local_port: u16,
+) -> (SocketHandle, SocketHandle) {
     let hs = c.pod_mut(server).add_socket(tcp_socket());
     c.pod_mut(server)
         .sockets()
@@ -63,13 +68,21 @@ pub fn tcp_both_ways(c: &mut Cluster, client: PodId, server: PodId, port: u16, n
         .unwrap();
     let hc = c.pod_mut(client).add_socket(tcp_socket());
     let server_ip = c.pod_ip(server);
-    {
-        let (iface, sockets) = c.pod_mut(client).parts();
-        sockets
-            .get_mut::<tcp::Socket>(hc)
-            .connect(iface.context(), endpoint(server_ip, port), 49152)
-            .unwrap();
-    }
+    let (iface, sockets) = c.pod_mut(client).parts();
+    sockets
+        .get_mut::<tcp::Socket>(hc)
+        .connect(iface.context(), endpoint(server_ip, port), local_port)
+        .unwrap();
+    (hc, hs)
+}
+
+/// A TCP connection from `client` to `server` (port `port`) carrying `n`
+/// bytes each way; asserts every byte arrived intact, in order.
+pub fn tcp_both_ways(c: &mut Cluster, client: PodId, server: PodId, port: u16, n: usize) {
+    let to_server = pattern(n, port as u8);
+    let to_client = pattern(n, !(port as u8));
+    let (hc, hs) = tcp_start(c, client, server, port, 49152);
+    let server_ip = c.pod_ip(server);
     let (mut sent_c, mut sent_s) = (0, 0);
     let (mut got_c, mut got_s) = (Vec::new(), Vec::new());
     let done = c.run_until(200_000, |c| {

@@ -1,0 +1,531 @@
+//! NetworkPolicy enforcement for one packet at one pod veth hook: the
+//! transport header, the connection tracker and the policy maps together.
+//!
+//! # Hooks
+//!
+//! Both policy hooks run [`enforce`]: `weft_pod_ingress` (tc ingress of a
+//! pod's host veth, after the anti-spoofing guard: what the pod sends) and
+//! `weft_pod_egress` (tc egress of the host veth: what the node sends to
+//! the pod, after its routing and kube-proxy's DNAT, so the destination is
+//! the backend pod and its port).
+//!
+//! A packet with no live connection entry (or the first one after a
+//! policy change) is asked against the whole policy this node holds for
+//! it, as [`crate::conntrack`] requires of an entry shared by every hook of
+//! the node: the egress policy of its source endpoint and the ingress
+//! policy of its destination endpoint, both must allow. Which of them are
+//! local needs no map of its own: the agent writes policy entries only for
+//! its own node's endpoints, so an endpoint without entries here is either
+//! remote or not isolated, and [`policy_decision`] answers "not isolated"
+//! for both (see [`crate::maps::policy_decision`]). So:
+//!
+//! - pod to pod across nodes: the sender's egress is checked at the
+//!   sender's veth ingress on its node, the receiver's ingress at the
+//!   receiver's veth egress on its node; each node tracks the connection
+//!   in its own map;
+//! - pod to pod on one node: both at the sender's veth ingress, the first
+//!   hook the packet meets; the entry it writes lets the packet (and the
+//!   replies) through the other veth without asking again;
+//! - a packet the uplink decapsulates and redirects straight into a pod
+//!   skips the pod veth's egress: only pods that no policy isolates for
+//!   ingress get that shortcut ([`may_skip_pod_egress`]);
+//! - a connection allowed at a revision passes every later packet, either
+//!   way, with one conntrack lookup until the revision changes.
+//!
+//! Per packet: one conntrack lookup, and when policy is asked, two ipcache
+//! lookups and at most four policy lookups, whatever the number of rules.
+//! With empty policy maps nothing is isolated, and every packet passes
+//! but those the tracker refuses on its own (TCP flags no stack sends).
+
+use crate::conntrack::{
+    CheckReason, ConntrackDrop, ConntrackVerdict, EntryUpdate, FlowPacket, PolicyQuery,
+    TrackedPass, track,
+};
+use crate::ipv4::Ipv4Header;
+use crate::l4::Transport;
+use crate::lookup::{ConntrackTable, Ipcache, PolicyLookup};
+use crate::maps::{
+    POLICY_EGRESS, POLICY_INGRESS, POLICY_NOT_FOUND, PolicyDecision, PolicyKey,
+    policy_decision_found,
+};
+use crate::packet::{PacketReader, ethernet};
+use crate::verdict::Counter;
+
+/// What [`enforce`] decided for one packet, and the counters it bumps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyOutcome {
+    pub pass: bool,
+    /// The tracker's counter (`conntrack_*`), or [`Counter::PolicyNotIpv4`].
+    pub conntrack: Counter,
+    /// `policy_egress_*` when the source endpoint's egress was asked and
+    /// isolates it.
+    pub egress: Option<Counter>,
+    /// `policy_ingress_*` when the destination endpoint's ingress was
+    /// asked and isolates it.
+    pub ingress: Option<Counter>,
+}
+
+impl PolicyOutcome {
+    /// Every counter the hook bumps, in a fixed order.
+    #[inline(always)]
+    pub const fn counters(&self) -> [Option<Counter>; 3] {
+        [Some(self.conntrack), self.egress, self.ingress]
+    }
+
+    #[inline(always)]
+    const fn unasked(pass: bool, conntrack: Counter) -> PolicyOutcome {
+        PolicyOutcome {
+            pass,
+            conntrack,
+            egress: None,
+            ingress: None,
+        }
+    }
+}
+
+/// Policy's answer to one [`PolicyQuery`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyAnswer {
+    pub allowed: bool,
+    pub egress: Option<Counter>,
+    pub ingress: Option<Counter>,
+}
+
+/// Asks the policy maps whether `query` is allowed: the source endpoint's
+/// egress towards the destination's identity and the destination
+/// endpoint's ingress from the source's identity. A port-less query looks
+/// port 0 up, which only rules for every port of the protocol cover.
+#[inline(always)]
+pub fn ask<I, P>(query: &PolicyQuery, ipcache: &I, policy: &P) -> PolicyAnswer
+where
+    I: Ipcache + ?Sized,
+    P: PolicyLookup + ?Sized,
+{
+    let port = query.dst_port.unwrap_or_default();
+    let lookup = |key: &_| policy.policy_action(key);
+    let egress = policy_decision_found(
+        lookup,
+        query.src,
+        POLICY_EGRESS,
+        ipcache.identity_of(query.dst),
+        query.protocol,
+        port,
+    );
+    let ingress = policy_decision_found(
+        lookup,
+        query.dst,
+        POLICY_INGRESS,
+        ipcache.identity_of(query.src),
+        query.protocol,
+        port,
+    );
+    PolicyAnswer {
+        allowed: !matches!(egress, PolicyDecision::Denied)
+            && !matches!(ingress, PolicyDecision::Denied),
+        egress: decision_counter(
+            egress,
+            Counter::PolicyEgressAllowed,
+            Counter::PolicyEgressDenied,
+        ),
+        ingress: decision_counter(
+            ingress,
+            Counter::PolicyIngressAllowed,
+            Counter::PolicyIngressDenied,
+        ),
+    }
+}
+
+#[inline(always)]
+const fn decision_counter(
+    decision: PolicyDecision,
+    allowed: Counter,
+    denied: Counter,
+) -> Option<Counter> {
+    match decision {
+        PolicyDecision::NotIsolated => None,
+        PolicyDecision::Allowed => Some(allowed),
+        PolicyDecision::Denied => Some(denied),
+    }
+}
+
+/// The policy decision for `frame` (Ethernet) at a pod veth hook, at
+/// `now_ns` (`bpf_ktime_get_ns`) under the node's policy `revision`
+/// (read before any policy lookup); applies the tracker's update to
+/// `conntrack`.
+#[inline(always)]
+pub fn enforce<R, I, P, C>(
+    frame: &R,
+    ipcache: &I,
+    policy: &P,
+    conntrack: &mut C,
+    now_ns: u64,
+    revision: u32,
+) -> PolicyOutcome
+where
+    R: PacketReader + ?Sized,
+    I: Ipcache + ?Sized,
+    P: PolicyLookup + ?Sized,
+    C: ConntrackTable + ?Sized,
+{
+    if crate::packet::ethertype(frame) != Some(ethernet::ETHERTYPE_IPV4) {
+        return PolicyOutcome::unasked(true, Counter::PolicyNotIpv4);
+    }
+    let Ok(ip) = Ipv4Header::new_checked(frame, ethernet::HEADER_LEN) else {
+        return unreadable(frame, ipcache, policy);
+    };
+    let Ok(transport) = Transport::read(frame, &ip) else {
+        return unreadable(frame, ipcache, policy);
+    };
+    let packet = FlowPacket {
+        src: ip.src(),
+        dst: ip.dst(),
+        transport,
+    };
+    let flow = packet.flow();
+    let existing = match flow {
+        Some(flow) => conntrack.entry(&flow.key),
+        None => None,
+    };
+    let tracked = track(&packet, existing.as_ref(), now_ns, revision);
+    let (counter, answer) = match tracked.verdict {
+        ConntrackVerdict::Pass(TrackedPass::Original | TrackedPass::Reply) => {
+            (Counter::ConntrackEstablished, None)
+        }
+        ConntrackVerdict::Pass(TrackedPass::Related) => (Counter::ConntrackRelated, None),
+        ConntrackVerdict::Drop(ConntrackDrop::InvalidTcpFlags) => (Counter::ConntrackInvalid, None),
+        ConntrackVerdict::Drop(ConntrackDrop::DeniedConnection) => (Counter::ConntrackDenied, None),
+        ConntrackVerdict::CheckPolicy(check) => {
+            let counter = match check.reason {
+                CheckReason::New => Counter::ConntrackNew,
+                CheckReason::Recheck => Counter::ConntrackEstablished,
+                CheckReason::Untracked => Counter::ConntrackUntracked,
+            };
+            (counter, Some(ask(&check.query, ipcache, policy)))
+        }
+    };
+    let allowed = match answer {
+        Some(answer) => answer.allowed,
+        None => true,
+    };
+    let (pass, update) = tracked.after_policy(allowed);
+    if let Some(flow) = flow {
+        match update {
+            EntryUpdate::Keep => {}
+            EntryUpdate::Write(entry) => conntrack.write(&flow.key, &entry),
+            EntryUpdate::Delete => conntrack.remove(&flow.key),
+        }
+    }
+    match answer {
+        Some(answer) => PolicyOutcome {
+            pass,
+            conntrack: counter,
+            egress: answer.egress,
+            ingress: answer.ingress,
+        },
+        None => PolicyOutcome::unasked(pass, counter),
+    }
+}
+
+/// Whether a packet the uplink has just decapsulated (Ethernet, then
+/// IPv4) may be redirected straight into its pod (`bpf_redirect_peer`,
+/// see [`crate::redirect`]): such a packet never passes the pod veth's tc
+/// egress, where the pod's ingress policy is checked, so only a pod that
+/// no policy isolates for ingress takes the shortcut; the others' packets
+/// go through the stack and that hook. One policy lookup: an isolated
+/// direction always has its marker, which covers every key of it.
+#[inline(always)]
+pub fn may_skip_pod_egress<R, P>(frame: &R, policy: &P) -> bool
+where
+    R: PacketReader + ?Sized,
+    P: PolicyLookup + ?Sized,
+{
+    let Some(dst) = frame.read::<4>(IPV4_DESTINATION_OFFSET) else {
+        return false;
+    };
+    policy.policy_action(&PolicyKey::lookup(dst, POLICY_INGRESS, 0, 0, 0)) == POLICY_NOT_FOUND
+}
+
+/// Where the offset of a field of the IPv4 header after Ethernet is.
+const IPV4_PROTOCOL_OFFSET: usize = ethernet::HEADER_LEN + 9;
+const IPV4_SOURCE_OFFSET: usize = ethernet::HEADER_LEN + 12;
+const IPV4_DESTINATION_OFFSET: usize = ethernet::HEADER_LEN + 16;
+
+/// An IPv4 packet whose headers the tracker cannot read (a total length
+/// past the frame, a truncated transport header): nothing is tracked, and
+/// policy judges its addresses and protocol without ports, so it passes
+/// only where nothing isolates either end or the peer is allowed on every
+/// port. Unreadable addresses are dropped.
+#[inline(always)]
+fn unreadable<R, I, P>(frame: &R, ipcache: &I, policy: &P) -> PolicyOutcome
+where
+    R: PacketReader + ?Sized,
+    I: Ipcache + ?Sized,
+    P: PolicyLookup + ?Sized,
+{
+    let (Some(src), Some(dst), Some([protocol])) = (
+        frame.read::<4>(IPV4_SOURCE_OFFSET),
+        frame.read::<4>(IPV4_DESTINATION_OFFSET),
+        frame.read::<1>(IPV4_PROTOCOL_OFFSET),
+    ) else {
+        return PolicyOutcome::unasked(false, Counter::ConntrackInvalid);
+    };
+    let query = PolicyQuery {
+        src,
+        dst,
+        protocol,
+        dst_port: None,
+    };
+    let answer = ask(&query, ipcache, policy);
+    PolicyOutcome {
+        pass: answer.allowed,
+        conntrack: Counter::ConntrackInvalid,
+        egress: answer.egress,
+        ingress: answer.ingress,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conntrack::{ConntrackEntry, FlowKey};
+    use crate::ipv4::PROTOCOL_TCP;
+    use crate::l4::TcpFlags;
+    use crate::maps::{
+        IdentityEntry, IpcacheKey, POLICY_PREFIX_FULL, POLICY_PREFIX_IDENTITY, PolicyEntry,
+    };
+
+    const CLIENT: [u8; 4] = [10, 244, 1, 5];
+    const SERVER: [u8; 4] = [10, 244, 2, 7];
+    const CLIENT_ID: u32 = 300;
+    const SERVER_ID: u32 = 301;
+
+    /// A table of flows, as the twin keeps one.
+    #[derive(Default)]
+    struct Table(Vec<(FlowKey, ConntrackEntry)>);
+
+    impl ConntrackTable for Table {
+        fn entry(&self, key: &FlowKey) -> Option<ConntrackEntry> {
+            self.0.iter().find(|(k, _)| k == key).map(|(_, e)| *e)
+        }
+        fn write(&mut self, key: &FlowKey, entry: &ConntrackEntry) {
+            self.remove(key);
+            self.0.push((*key, *entry));
+        }
+        fn remove(&mut self, key: &FlowKey) {
+            self.0.retain(|(k, _)| k != key);
+        }
+    }
+
+    /// Ethernet + IPv4 (no options, checksum unchecked here) + `l4`.
+    fn ipv4(src: [u8; 4], dst: [u8; 4], protocol: u8, l4: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0x02; 12];
+        frame.extend_from_slice(&[0x08, 0x00]);
+        let total = (20 + l4.len()) as u16;
+        frame.extend_from_slice(&[0x45, 0, total.to_be_bytes()[0], total.to_be_bytes()[1]]);
+        frame.extend_from_slice(&[0, 1, 0x40, 0, 64, protocol, 0, 0]);
+        frame.extend_from_slice(&src);
+        frame.extend_from_slice(&dst);
+        frame.extend_from_slice(l4);
+        frame
+    }
+
+    fn tcp(src: [u8; 4], sp: u16, dst: [u8; 4], dp: u16, flags: u8) -> Vec<u8> {
+        let mut h = [0u8; 20];
+        h[0..2].copy_from_slice(&sp.to_be_bytes());
+        h[2..4].copy_from_slice(&dp.to_be_bytes());
+        h[12] = 5 << 4;
+        h[13] = flags;
+        ipv4(src, dst, PROTOCOL_TCP, &h)
+    }
+
+    fn ipcache() -> [(IpcacheKey, IdentityEntry); 2] {
+        [
+            (
+                IpcacheKey::host(CLIENT),
+                IdentityEntry {
+                    identity: CLIENT_ID,
+                },
+            ),
+            (
+                IpcacheKey::host(SERVER),
+                IdentityEntry {
+                    identity: SERVER_ID,
+                },
+            ),
+        ]
+    }
+
+    /// The server isolated for ingress, TCP 80 allowed from the client.
+    fn server_allows_web() -> [(PolicyKey, PolicyEntry); 2] {
+        [
+            (
+                PolicyKey::isolation(SERVER, POLICY_INGRESS),
+                PolicyEntry::DENY,
+            ),
+            (
+                PolicyKey::new(
+                    POLICY_PREFIX_FULL,
+                    SERVER,
+                    POLICY_INGRESS,
+                    CLIENT_ID,
+                    PROTOCOL_TCP,
+                    80,
+                ),
+                PolicyEntry::ALLOW,
+            ),
+        ]
+    }
+
+    fn run(
+        frame: &[u8],
+        policy: &[(PolicyKey, PolicyEntry)],
+        table: &mut Table,
+        revision: u32,
+    ) -> PolicyOutcome {
+        enforce(frame, &ipcache()[..], policy, table, 1_000, revision)
+    }
+
+    const SYN: u8 = TcpFlags::SYN;
+    const SYN_ACK: u8 = TcpFlags::SYN | TcpFlags::ACK;
+    const ACK: u8 = TcpFlags::ACK;
+
+    #[test]
+    fn empty_maps_isolate_nothing_and_track_the_connection() {
+        let mut table = Table::default();
+        let syn = run(&tcp(CLIENT, 4000, SERVER, 80, SYN), &[], &mut table, 0);
+        assert_eq!(syn, PolicyOutcome::unasked(true, Counter::ConntrackNew));
+        let reply = run(&tcp(SERVER, 80, CLIENT, 4000, SYN_ACK), &[], &mut table, 0);
+        assert_eq!(
+            reply,
+            PolicyOutcome::unasked(true, Counter::ConntrackEstablished)
+        );
+        assert_eq!(table.0.len(), 1);
+        let arp = [0u8; 12]
+            .into_iter()
+            .chain([0x08, 0x06])
+            .chain([0; 28])
+            .collect::<Vec<_>>();
+        assert_eq!(
+            run(&arp, &[], &mut table, 0),
+            PolicyOutcome::unasked(true, Counter::PolicyNotIpv4)
+        );
+    }
+
+    #[test]
+    fn the_receivers_ingress_decides_and_replies_pass_without_a_rule() {
+        let policy = server_allows_web();
+        let mut table = Table::default();
+        let denied = run(&tcp(CLIENT, 4000, SERVER, 81, SYN), &policy, &mut table, 1);
+        assert!(!denied.pass);
+        assert_eq!(denied.ingress, Some(Counter::PolicyIngressDenied));
+        assert_eq!(denied.egress, None, "the client is not isolated");
+        assert!(table.0.is_empty(), "a denied packet opens nothing");
+        let allowed = run(&tcp(CLIENT, 4000, SERVER, 80, SYN), &policy, &mut table, 1);
+        assert!(allowed.pass);
+        assert_eq!(allowed.ingress, Some(Counter::PolicyIngressAllowed));
+        // The reply goes to the client's port 4000, which no rule names.
+        let reply = run(
+            &tcp(SERVER, 80, CLIENT, 4000, SYN_ACK),
+            &policy,
+            &mut table,
+            1,
+        );
+        assert_eq!(
+            reply,
+            PolicyOutcome::unasked(true, Counter::ConntrackEstablished)
+        );
+    }
+
+    #[test]
+    fn both_ends_must_allow() {
+        let mut policy = server_allows_web().to_vec();
+        // The client may send only to identity SERVER_ID on UDP.
+        policy.push((
+            PolicyKey::isolation(CLIENT, POLICY_EGRESS),
+            PolicyEntry::DENY,
+        ));
+        policy.push((
+            PolicyKey::new(
+                POLICY_PREFIX_IDENTITY + 8,
+                CLIENT,
+                POLICY_EGRESS,
+                SERVER_ID,
+                17,
+                0,
+            ),
+            PolicyEntry::ALLOW,
+        ));
+        let mut table = Table::default();
+        let out = run(&tcp(CLIENT, 4000, SERVER, 80, SYN), &policy, &mut table, 1);
+        assert!(!out.pass);
+        assert_eq!(out.egress, Some(Counter::PolicyEgressDenied));
+        assert_eq!(out.ingress, Some(Counter::PolicyIngressAllowed));
+    }
+
+    #[test]
+    fn a_revision_bump_cuts_a_connection_policy_no_longer_allows() {
+        let policy = server_allows_web();
+        let mut table = Table::default();
+        for (frame, _) in [
+            (tcp(CLIENT, 4000, SERVER, 80, SYN), ()),
+            (tcp(SERVER, 80, CLIENT, 4000, SYN_ACK), ()),
+            (tcp(CLIENT, 4000, SERVER, 80, ACK), ()),
+        ] {
+            assert!(run(&frame, &policy, &mut table, 1).pass);
+        }
+        // Same policy, new revision: checked again, allowed, no drop.
+        let same = run(&tcp(SERVER, 80, CLIENT, 4000, ACK), &policy, &mut table, 2);
+        assert!(same.pass);
+        assert_eq!(same.ingress, Some(Counter::PolicyIngressAllowed));
+        // The rule goes: the next packet, either way, is dropped, and so
+        // is every later one without a lookup.
+        let marker_only = &policy[..1];
+        let cut = run(
+            &tcp(SERVER, 80, CLIENT, 4000, ACK),
+            marker_only,
+            &mut table,
+            3,
+        );
+        assert!(!cut.pass);
+        assert_eq!(cut.conntrack, Counter::ConntrackEstablished);
+        assert_eq!(cut.ingress, Some(Counter::PolicyIngressDenied));
+        let after = run(
+            &tcp(CLIENT, 4000, SERVER, 80, ACK),
+            marker_only,
+            &mut table,
+            3,
+        );
+        assert_eq!(
+            after,
+            PolicyOutcome::unasked(false, Counter::ConntrackDenied)
+        );
+    }
+
+    #[test]
+    fn only_pods_open_for_ingress_skip_their_veth_egress() {
+        let to_server = tcp(CLIENT, 4000, SERVER, 80, SYN);
+        let to_client = tcp(SERVER, 80, CLIENT, 4000, SYN);
+        let policy = server_allows_web();
+        assert!(!may_skip_pod_egress(&to_server[..], &policy[..]));
+        assert!(may_skip_pod_egress(&to_client[..], &policy[..]));
+        assert!(!may_skip_pod_egress(&to_server[..20], &policy[..]));
+    }
+
+    #[test]
+    fn unreadable_transport_headers_are_judged_without_ports() {
+        let mut frame = tcp(CLIENT, 4000, SERVER, 80, SYN);
+        frame.truncate(14 + 20 + 10);
+        frame[16..18].copy_from_slice(&30u16.to_be_bytes());
+        let mut table = Table::default();
+        let open = run(&frame, &[], &mut table, 0);
+        assert_eq!(
+            open,
+            PolicyOutcome::unasked(true, Counter::ConntrackInvalid)
+        );
+        // Port 80 is allowed, but a packet without ports is not on port 80.
+        let isolated = run(&frame, &server_allows_web(), &mut table, 0);
+        assert!(!isolated.pass);
+        assert_eq!(isolated.ingress, Some(Counter::PolicyIngressDenied));
+        assert!(table.0.is_empty());
+    }
+}
