@@ -11,9 +11,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
+use weft_calc::policy::plan::PolicyMapOp;
+use weft_calc::policy::{self, CompiledPolicy, PolicyPlan};
 use weft_calc::{DesiredState, FLUSH_ORDER, Slice, Slices};
 use weft_common::maps::NodeConfig;
-use weft_dataplane::bpf::{self, GuardPlan, PodGuard, UplinkPlan, UplinkPrograms, UplinkState};
+use weft_dataplane::bpf::{
+    self, GuardPlan, PodGuard, PolicyMaps, UplinkPlan, UplinkPrograms, UplinkState,
+};
 use weft_dataplane::link::Netlink;
 use weft_dataplane::route::{self, Route, RoutePlan, RouteTable};
 use weft_dataplane::vxlan;
@@ -33,6 +37,9 @@ pub struct Flushed {
     pub uplink_entries_written: usize,
     pub uplink_entries_removed: usize,
     pub links_removed: Vec<String>,
+    /// Policy and ipcache map entries written and removed.
+    pub policy_entries_written: usize,
+    pub policy_entries_removed: usize,
 }
 
 /// The drivers of every slice, as [`flush`] drives them.
@@ -77,6 +84,7 @@ pub async fn flush<D: Drivers>(
 
 /// The kernel's drivers.
 pub struct KernelDrivers {
+    pub policy: PolicyDriver,
     pub endpoints: EndpointsDriver,
     pub tunnel: TunnelDriver,
     pub vxlan: VxlanDriver,
@@ -93,7 +101,7 @@ impl Drivers for KernelDrivers {
     ) -> Result<(), ReconcileError> {
         match slice {
             // No policy driver yet: the compiler is not wired in (issue #10).
-            Slice::Policy => Ok(()),
+            Slice::Policy => self.policy.write(desired, full, out),
             Slice::Endpoints => self.endpoints.write(desired, full, out),
             Slice::Tunnel => self.tunnel.write(desired, full, out),
             Slice::Vxlan => self.vxlan.write(desired).await,
@@ -108,13 +116,88 @@ impl Drivers for KernelDrivers {
         out: &mut Flushed,
     ) -> Result<(), ReconcileError> {
         match slice {
-            Slice::Policy => Ok(()),
+            Slice::Policy => self.policy.remove(out),
             Slice::Endpoints => self.endpoints.remove(desired, out).await,
             Slice::Tunnel => self.tunnel.remove(out).await,
             // The FDB and neighbour sync removes as it writes.
             Slice::Vxlan => Ok(()),
             Slice::Routes => self.routes.remove(out).await,
         }
+    }
+}
+
+/// [`Slice::Policy`]: the ipcache and policy maps, written in the order
+/// [`weft_calc::policy::plan`] gives (nothing both the old and the new
+/// policy allow is dropped in between), then the revision bumped so that
+/// every tracked connection is checked against the new maps at its next
+/// packet.
+pub struct PolicyDriver {
+    pub maps: PolicyMaps,
+    /// The maps as last written; `None`: read them first.
+    applied: Option<CompiledPolicy>,
+    /// Between the two phases: the plan and the maps' state so far.
+    plan: Option<(PolicyPlan, CompiledPolicy)>,
+}
+
+impl PolicyDriver {
+    pub fn new(maps: PolicyMaps) -> PolicyDriver {
+        PolicyDriver {
+            maps,
+            applied: None,
+            plan: None,
+        }
+    }
+
+    fn write(
+        &mut self,
+        desired: &DesiredState,
+        full: bool,
+        out: &mut Flushed,
+    ) -> Result<(), ReconcileError> {
+        let mut state = match self.applied.take() {
+            Some(applied) if !full => applied,
+            _ => CompiledPolicy {
+                ipcache: self.maps.ipcache()?.into_iter().collect(),
+                policy: self.maps.policy()?.into_iter().collect(),
+                ..CompiledPolicy::default()
+            },
+        };
+        let plan = policy::plan(&state, &desired.policy);
+        for op in plan.ops.iter().filter(|op| op.writes()) {
+            self.apply(op)?;
+            policy::plan::apply(&mut state, op);
+            out.policy_entries_written += 1;
+        }
+        self.plan = Some((plan, state));
+        Ok(())
+    }
+
+    fn remove(&mut self, out: &mut Flushed) -> Result<(), ReconcileError> {
+        let Some((plan, mut state)) = self.plan.take() else {
+            return Ok(());
+        };
+        for op in plan.ops.iter().filter(|op| !op.writes()) {
+            self.apply(op)?;
+            policy::plan::apply(&mut state, op);
+            out.policy_entries_removed += 1;
+        }
+        if !plan.is_empty() {
+            let revision = self.maps.revision()?.wrapping_add(1);
+            self.maps.set_revision(revision)?;
+            tracing::info!(revision, ops = plan.ops.len(), "policy maps updated");
+        }
+        self.applied = Some(state);
+        Ok(())
+    }
+
+    fn apply(&mut self, op: &PolicyMapOp) -> Result<(), ReconcileError> {
+        match *op {
+            PolicyMapOp::WriteIpcache(k, v) => self.maps.set_ipcache(k, v)?,
+            PolicyMapOp::WritePolicy(k, v) => self.maps.set_policy(k, v)?,
+            PolicyMapOp::RemoveIpcache(k) => self.maps.remove_ipcache(k)?,
+            PolicyMapOp::RemovePolicy(k) => self.maps.remove_policy(k)?,
+        }
+        Ok(())
     }
 }
 

@@ -88,7 +88,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
         cross_subnet: config.cross_subnet,
         direct_redirect: config.direct_redirect,
     };
+    let policy_maps =
+        weft_dataplane::bpf::PolicyMaps::load(&config.bpffs_dir).with_context(|| {
+            format!(
+                "eBPF policy maps (pins under {})",
+                config.bpffs_dir.display()
+            )
+        })?;
     let drivers = KernelDrivers {
+        policy: drivers::PolicyDriver::new(policy_maps),
         endpoints: EndpointsDriver::new(guard, Netlink::current()?),
         tunnel: TunnelDriver::new(
             tunnel,

@@ -79,6 +79,9 @@ pub struct PassState {
     bgp_problems: Vec<Problem>,
     kept: Vec<route::Route>,
     underlay_next_hops: BTreeMap<Ipv4Addr, Ipv4Addr>,
+    /// The last policy compilation's problems, and its identities (kept
+    /// for the same peers by the next compilation).
+    policy_problems_and_identities: (Vec<Problem>, Option<weft_calc::policy::Identities>),
     /// What the source holds of this node's endpoints, as far as this
     /// agent knows (read at every full pass, kept as it publishes).
     published: BTreeMap<String, EndpointRecord>,
@@ -174,6 +177,7 @@ impl Node {
                 underlay_next_hops: BTreeMap::new(),
                 problems: Vec::new(),
                 published: BTreeMap::new(),
+                policy_problems_and_identities: (Vec::new(), None),
             }),
             bgp,
             ready: AtomicBool::new(false),
@@ -390,7 +394,7 @@ impl Node {
         } else {
             Remote::NodeRecords
         };
-        let desired = weft_calc::desired_state(&ClusterView {
+        let mut desired = weft_calc::desired_state(&ClusterView {
             me: &self.me,
             uplink_ifindex: self.uplink.ifindex,
             uplink_subnet: self.uplink.address,
@@ -406,8 +410,23 @@ impl Node {
             vxlan_ifindex: st.drivers.vxlan.ifindex,
             kept: &st.kept,
         });
+        // Policy reads the whole cluster: compiled only when it is flushed.
+        if slices.contains(Slice::Policy) {
+            desired.policy = weft_calc::policy::compile_cluster(
+                &st.cluster,
+                &self.me,
+                st.policy_problems_and_identities.1.as_ref(),
+            );
+            st.policy_problems_and_identities = (
+                desired.policy.problems.clone(),
+                Some(desired.policy.identities.clone()),
+            );
+        }
         report.problems = desired.problems.clone();
         report.problems.extend(st.bgp_problems.iter().cloned());
+        report
+            .problems
+            .extend(st.policy_problems_and_identities.0.iter().cloned());
         st.problems = report.problems.clone();
 
         report.flushed = drivers::flush(&mut st.drivers, &desired, slices, full).await?;

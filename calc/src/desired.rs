@@ -61,6 +61,10 @@ pub enum Remote<'a> {
 /// The node's desired dataplane.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct DesiredState {
+    /// The node's policy maps ([`crate::policy::compile`]); filled by the
+    /// caller when the policy slice is flushed (it reads the whole
+    /// cluster, not what `desired_state` sees).
+    pub policy: crate::policy::CompiledPolicy,
     pub routes: Vec<Route>,
     /// Anti-spoofing entries: host veth ifindex → the pod's only source address.
     pub guard: BTreeMap<u32, Ipv4Addr>,

@@ -5,7 +5,7 @@
 //! servers on their TCP and UDP ports. Real agents, weft-cni and weftctl,
 //! a real kernel. Needs root.
 
-use std::net::{SocketAddrV4, UdpSocket};
+use std::net::SocketAddrV4;
 use std::path::Path;
 use std::time::Duration;
 
@@ -80,26 +80,6 @@ fn alive(pid: u64) -> bool {
         stat.rsplit_once(')')
             .is_some_and(|(_, s)| !s.trim_start().starts_with('Z'))
     })
-}
-
-/// Sends one datagram from inside `netns` to `dst` and waits for its echo.
-fn udp_echo(netns: &str, dst: SocketAddrV4) -> Result<Vec<u8>, String> {
-    let netns = weft_lab::topology::netns_path(netns);
-    weft_dataplane::netns::run_in(&netns, move || {
-        let socket = UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
-        socket
-            .set_read_timeout(Some(Duration::from_millis(500)))
-            .map_err(|e| e.to_string())?;
-        let mut buf = [0u8; 64];
-        for _ in 0..10 {
-            socket.send_to(b"ping", dst).map_err(|e| e.to_string())?;
-            if let Ok((n, _)) = socket.recv_from(&mut buf) {
-                return Ok(buf[..n].to_vec());
-            }
-        }
-        Err(format!("no UDP echo from {dst}"))
-    })
-    .map_err(|e| e.to_string())?
 }
 
 #[test]

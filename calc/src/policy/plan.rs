@@ -26,6 +26,17 @@ pub enum PolicyMapOp {
     RemovePolicy(PolicyKey),
 }
 
+impl PolicyMapOp {
+    /// Whether the operation writes (the flush's write phase) rather than
+    /// removes (its removal phase); [`plan`] lists every write first.
+    pub fn writes(&self) -> bool {
+        matches!(
+            self,
+            PolicyMapOp::WriteIpcache(..) | PolicyMapOp::WritePolicy(..)
+        )
+    }
+}
+
 /// The operations from `old` to `new`, in the order to apply them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PolicyPlan {
