@@ -79,9 +79,11 @@ pub struct PassState {
     bgp_problems: Vec<Problem>,
     kept: Vec<route::Route>,
     underlay_next_hops: BTreeMap<Ipv4Addr, Ipv4Addr>,
-    /// The last policy compilation's problems, and its identities (kept
-    /// for the same peers by the next compilation).
-    policy_problems_and_identities: (Vec<Problem>, Option<weft_calc::policy::Identities>),
+    /// The last policy compilation's problems, reported by every pass.
+    policy_problems: Vec<Problem>,
+    /// The last policy compilation's identities, kept for the same peers
+    /// by the next one.
+    policy_identities: Option<weft_calc::policy::Identities>,
     /// What the source holds of this node's endpoints, as far as this
     /// agent knows (read at every full pass, kept as it publishes).
     published: BTreeMap<String, EndpointRecord>,
@@ -177,7 +179,8 @@ impl Node {
                 underlay_next_hops: BTreeMap::new(),
                 problems: Vec::new(),
                 published: BTreeMap::new(),
-                policy_problems_and_identities: (Vec::new(), None),
+                policy_problems: Vec::new(),
+                policy_identities: None,
             }),
             bgp,
             ready: AtomicBool::new(false),
@@ -415,18 +418,14 @@ impl Node {
             desired.policy = weft_calc::policy::compile_cluster(
                 &st.cluster,
                 &self.me,
-                st.policy_problems_and_identities.1.as_ref(),
+                st.policy_identities.as_ref(),
             );
-            st.policy_problems_and_identities = (
-                desired.policy.problems.clone(),
-                Some(desired.policy.identities.clone()),
-            );
+            st.policy_problems = desired.policy.problems.clone();
+            st.policy_identities = Some(desired.policy.identities.clone());
         }
         report.problems = desired.problems.clone();
         report.problems.extend(st.bgp_problems.iter().cloned());
-        report
-            .problems
-            .extend(st.policy_problems_and_identities.0.iter().cloned());
+        report.problems.extend(st.policy_problems.iter().cloned());
         st.problems = report.problems.clone();
 
         report.flushed = drivers::flush(&mut st.drivers, &desired, slices, full).await?;
