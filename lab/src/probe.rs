@@ -48,6 +48,12 @@ pub enum ProbeError {
         size: u16,
         mtu: Option<u32>,
     },
+    #[error("no UDP echo from {dst} after {tries} tries of {} ms", timeout.as_millis())]
+    NoUdpEcho {
+        dst: SocketAddrV4,
+        tries: u32,
+        timeout: Duration,
+    },
     #[error("{dst} answered {got:?} instead of echoing {sent:?}")]
     WrongEcho {
         dst: SocketAddrV4,
@@ -514,6 +520,48 @@ pub fn tcp_exchange(
     let message = message.to_string();
     run_in(netns, move || {
         tcp_exchange_here(dst, &message, timeout, tries)
+    })?
+}
+
+/// Sends `message` in one datagram from inside `netns` to `dst` until a
+/// reply comes within `timeout` (at most `tries` times), and requires the
+/// reply to echo it: a pod's UDP echo server, or a policy letting it through.
+pub fn udp_exchange(
+    netns: &Path,
+    dst: SocketAddrV4,
+    message: &str,
+    timeout: Duration,
+    tries: u32,
+) -> Result<(), ProbeError> {
+    let message = message.to_string();
+    run_in(netns, move || {
+        let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+            .map_err(io("binding a UDP socket"))?;
+        socket
+            .set_read_timeout(Some(timeout))
+            .map_err(io("setting a read timeout"))?;
+        let mut buf = [0u8; 256];
+        for _ in 0..tries.max(1) {
+            socket
+                .send_to(message.as_bytes(), dst)
+                .map_err(io(format!("send to {dst}")))?;
+            if let Ok((n, _)) = socket.recv_from(&mut buf) {
+                let got = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if got != message {
+                    return Err(ProbeError::WrongEcho {
+                        dst,
+                        sent: message,
+                        got,
+                    });
+                }
+                return Ok(());
+            }
+        }
+        Err(ProbeError::NoUdpEcho {
+            dst,
+            tries: tries.max(1),
+            timeout,
+        })
     })?
 }
 

@@ -517,23 +517,3 @@ pub fn df_echoes_stop_at(from: &PodView, to: std::net::Ipv4Addr, mtu: u32) {
         ),
     }
 }
-
-/// Sends one datagram from inside `netns` to `dst` and waits for its echo.
-pub fn udp_echo(netns: &str, dst: std::net::SocketAddrV4) -> Result<Vec<u8>, String> {
-    let netns = weft_lab::topology::netns_path(netns);
-    weft_dataplane::netns::run_in(&netns, move || {
-        let socket = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
-        socket
-            .set_read_timeout(Some(std::time::Duration::from_millis(500)))
-            .map_err(|e| e.to_string())?;
-        let mut buf = [0u8; 64];
-        for _ in 0..10 {
-            socket.send_to(b"ping", dst).map_err(|e| e.to_string())?;
-            if let Ok((n, _)) = socket.recv_from(&mut buf) {
-                return Ok(buf[..n].to_vec());
-            }
-        }
-        Err(format!("no UDP echo from {dst}"))
-    })
-    .map_err(|e| e.to_string())?
-}

@@ -47,7 +47,14 @@ fn tcp(lab: &Lab, from: &str, to: &str, port: u16) -> bool {
 /// Whether `to`'s UDP echo server on `port` answers `from`.
 fn udp(lab: &Lab, from: &str, to: &str, port: u16) -> bool {
     let (from, to) = (lab.pod(from), lab.pod(to));
-    udp_echo(&from.netns, SocketAddrV4::new(to.address().unwrap(), port)).is_ok()
+    weft_lab::probe::udp_exchange(
+        &weft_lab::topology::netns_path(&from.netns),
+        SocketAddrV4::new(to.address().unwrap(), port),
+        "ping",
+        Duration::from_millis(500),
+        10,
+    )
+    .is_ok()
 }
 
 fn pod_add(lab: &Lab, node: &str, name: &str, namespace: &str, labels: &str) {

@@ -178,10 +178,14 @@ fn policy_objects_pod_ports_labels_and_servers_on_a_running_lab() {
         5,
     )
     .unwrap_or_else(|e| panic!("TCP to web:8080: {e}"));
-    assert_eq!(
-        udp_echo(&client.netns, SocketAddrV4::new(ip, 5353)).unwrap(),
-        b"ping"
-    );
+    weft_lab::probe::udp_exchange(
+        &weft_lab::topology::netns_path(&client.netns),
+        SocketAddrV4::new(ip, 5353),
+        "ping",
+        Duration::from_millis(500),
+        10,
+    )
+    .unwrap_or_else(|e| panic!("UDP to web:5353: {e}"));
 
     // Relabelling a pod rewrites its endpoint, and the datastore sees it.
     let out = lab.ctl_ok(&["lab", "label", "pod", "web", "tier-", "app=api", "zone=z1"]);
