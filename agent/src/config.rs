@@ -26,7 +26,8 @@ pub enum Routing {
     version,
     about = "Weft's per-node daemon: IPAM, routes, tunnels and eBPF programs, served to weft-cni over gRPC",
     long_about = "Weft's per-node daemon. It hands out pod addresses from the node's pod CIDR, \
-programs a host route and the eBPF anti-spoofing guard for every local pod, routes other nodes' \
+programs a host route, the eBPF anti-spoofing guard and the pod's NetworkPolicy (compiled into \
+eBPF maps, enforced statefully on the pod's veth) for every local pod, routes other nodes' \
 pod CIDRs via their underlay addresses (encapsulated in IP-in-IP by its eBPF uplink programs, \
 through a kernel VXLAN device, or natively: --encap), and publishes its node and endpoints to \
 the datastore. \
