@@ -17,6 +17,7 @@ pub mod bgp_peer;
 pub mod manifest;
 pub mod namespace;
 pub mod policy;
+pub mod policy_case;
 pub mod selector;
 
 pub use bgp_peer::BgpPeer;

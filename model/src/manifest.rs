@@ -94,6 +94,15 @@ impl FieldError {
             reason: reason.into(),
         }
     }
+
+    /// The same error with its path inside `parent` (`parent.path`), for
+    /// an object checked inside a larger document.
+    pub fn within(self, parent: &str) -> FieldError {
+        FieldError {
+            path: format!("{parent}.{}", self.path),
+            ..self
+        }
+    }
 }
 
 /// One object of a policy manifest file.
