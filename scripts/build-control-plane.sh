@@ -58,7 +58,9 @@ if [ "${1:-}" = "--regen" ]; then
 fi
 
 BINARIES=(kube-apiserver kube-controller-manager kubectl etcd)
-if [ -f "$OUT/stamp" ] && [ "$(cat "$OUT/stamp")" = "$(sha256sum "$MODULE/go.mod" "$MODULE/go.sum" | sha256sum)" ]; then
+# What the binaries were built from: the module's pins and Go's version.
+stamp() { (cd "$MODULE" && { cat go.mod go.sum; go version; } | sha256sum); }
+if [ -f "$OUT/stamp" ] && [ "$(cat "$OUT/stamp")" = "$(stamp)" ]; then
     echo "build-control-plane: reusing $OUT/bin (Kubernetes $KUBE_VERSION)"
     exit 0
 fi
@@ -75,5 +77,5 @@ for bin in kube-apiserver kube-controller-manager kubectl; do
     go build -trimpath -ldflags "$LDFLAGS" -o "$OUT/bin/$bin" "k8s.io/kubernetes/cmd/$bin"
 done
 go build -trimpath -ldflags "-s -w" -o "$OUT/bin/etcd" go.etcd.io/etcd/server/v3
-sha256sum go.mod go.sum | sha256sum >"$OUT/stamp"
+stamp >"$OUT/stamp"
 echo "build-control-plane: built in $(( $(date +%s) - start )) s: $(du -sh "$OUT/bin" | cut -f1) in $OUT/bin"
