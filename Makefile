@@ -8,7 +8,7 @@ RELEASE := target/release
 WEFTCTL := $(RELEASE)/weftctl
 export WEFT_BIN_DIR := $(CURDIR)/$(RELEASE)
 
-.PHONY: all deps ebpf build test demo demo-down bench clean
+.PHONY: all deps ebpf build control-plane test demo demo-down bench clean
 
 all: build
 
@@ -22,9 +22,15 @@ ebpf: deps
 build: ebpf
 	$(CARGO) build --release --workspace --bins
 
+# The Kubernetes control plane the tests run against (etcd, kube-apiserver,
+# kube-controller-manager, kubectl), built with Go into .tools once per version.
+control-plane:
+	@bash scripts/build-control-plane.sh
+
 # The whole suite: unit tests of the pure logic, then the root-only
-# integration tests (network namespaces, the real binaries, podman).
-test: build
+# integration tests (network namespaces, the real binaries, podman, the
+# control plane).
+test: build control-plane
 	@CARGO=$(CARGO) bash scripts/test.sh
 
 # The main job: a 3-node lab with 2 pods per node, and traffic between all pods.

@@ -15,6 +15,8 @@ PACKAGES=(
   podman containernetworking-plugins runc busybox-static
   # real BGP peers for the route distributor's tests
   bird2 gobgpd
+  # the test control plane's certificates (lab/src/control_plane.rs)
+  openssl
 )
 
 missing=()

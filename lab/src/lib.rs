@@ -24,6 +24,7 @@
 pub mod agent;
 pub mod agent_api;
 pub mod cni;
+pub mod control_plane;
 pub mod matrix;
 pub mod objects;
 pub mod plan;
