@@ -22,8 +22,12 @@
 //!    whole packet path both ways), which bulk TCP hides behind GSO and
 //!    GRO. A mode whose lab or measurement fails prints the error in its
 //!    rows; the others go on.
+//! 4. NetworkPolicy (`policy`, `policy-apply`, `policy-memory`; the module
+//!    `policy`): the cost of 0 to 10,000 rules beside as many iptables
+//!    rules, the time from `lab apply` to the first denied packet, and the
+//!    maps' memory at 1,000 policies and 10,000 remote pods.
 //!
-//! `weft-bench [cni|bgp|throughput|all]... [--seconds N] [--rounds N]
+//! `weft-bench [cni|bgp|throughput|policy|policy-apply|policy-memory|all]... [--seconds N] [--rounds N]
 //! [--modes ipip,ipip-redirect,vxlan,none]` (no section: all; `--help` for the
 //! environment twins and the other knobs). Every lab it makes is
 //! named `wbench-*` and torn down afterwards, also when a section fails.
@@ -83,7 +87,8 @@ const USAGE: &str = "usage: weft-bench [cni|bgp|throughput|policy|policy-apply|p
   environment: WEFT_BENCH_SECTIONS (comma-separated sections), WEFT_BENCH_ROUNDS (CNI pods, 100),
                WEFT_BENCH_BGP_NODES (10), WEFT_BENCH_BGP_ROUNDS (3),
                WEFT_BENCH_LAB_FLAGS (more `lab up` flags for the cni, bgp, policy-apply and policy-memory labs,
-               e.g. \"--encap none\"), WEFT_BENCH_POLICY_SECONDS (seconds per policy measurement, 3),
+               e.g. \"--encap none\"), WEFT_BENCH_POLICY_SECONDS (seconds per policy measurement, 2),
+               WEFT_BENCH_POLICY_ROUNDS (2),
                WEFT_BENCH_POLICY_CHANGES (policy-apply changes, 50), WEFT_BENCH_POLICIES (policy-memory, 1000),
                WEFT_BENCH_REMOTE_PODS (policy-memory, at most 10000; 10000)";
 
@@ -197,9 +202,10 @@ fn main() {
         let run = std::panic::AssertUnwindSafe(|| match section.as_str() {
             "cni" => cni_latency(),
             "bgp" => bgp_convergence(),
-            "policy" => {
-                policy::rule_scaling(env_or("WEFT_BENCH_POLICY_SECONDS", policy::POLICY_SECONDS))
-            }
+            "policy" => policy::rule_scaling(
+                env_or("WEFT_BENCH_POLICY_SECONDS", policy::POLICY_SECONDS),
+                env_or("WEFT_BENCH_POLICY_ROUNDS", policy::POLICY_ROUNDS),
+            ),
             "policy-apply" => {
                 policy::apply_latency(env_or("WEFT_BENCH_POLICY_CHANGES", policy::CHANGES))
             }

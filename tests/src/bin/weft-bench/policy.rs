@@ -36,7 +36,9 @@ pub const RULE_COUNTS: [usize; 4] = [0, 100, 1_000, 10_000];
 /// Rules per NetworkPolicy object (so 10,000 rules are 100 policies).
 const RULES_PER_POLICY: usize = 100;
 /// Seconds per measurement of the `policy` section.
-pub const POLICY_SECONDS: u32 = 3;
+pub const POLICY_SECONDS: u32 = 2;
+/// Rounds of the `policy` section (each row is their median).
+pub const POLICY_ROUNDS: u32 = 2;
 /// Policy changes the `policy-apply` section times.
 pub const CHANGES: u32 = 50;
 /// Policies and remote pods of the `policy-memory` section.
@@ -45,6 +47,8 @@ pub const MEMORY_REMOTE_PODS: u32 = 10_000;
 
 /// The TCP port of the connect-rate server (iperf3 has 5201, request/response 5299).
 const CONNECT_PORT: u16 = 5298;
+/// Threads writing the `policy-memory` section's store.
+const WRITERS: u32 = 16;
 /// The UDP port of the `policy-apply` receiver.
 const DATAGRAM_PORT: u16 = 5300;
 /// How long a measurement waits for the agent to program its maps.
@@ -145,17 +149,38 @@ fn iptables_rules(rules: usize, server: Ipv4Addr, client: Ipv4Addr) -> String {
     out
 }
 
-/// What one configuration of the `policy` section measured.
+/// One measurement of a configuration of the `policy` section.
 struct Row {
-    label: String,
     /// Thousands of transactions per second (request/response).
     rr: Result<f64, String>,
     /// New connections per second.
     connects: Result<f64, String>,
     /// Gbit/s.
     stream: Result<f64, String>,
-    /// How the packets were judged during the row, e.g. counters.
+    /// How the packets were judged, e.g. counters.
     note: String,
+}
+
+impl Row {
+    fn failed(e: String) -> Row {
+        Row {
+            rr: Err(e.clone()),
+            connects: Err(e.clone()),
+            stream: Err(e),
+            note: String::new(),
+        }
+    }
+
+    fn metrics(&self) -> [&Result<f64, String>; 3] {
+        [&self.rr, &self.connects, &self.stream]
+    }
+}
+
+/// Who judges the traffic in a configuration.
+#[derive(Clone, Copy, PartialEq)]
+enum Judge {
+    Weft,
+    Iptables,
 }
 
 /// The ends of the `policy` section's traffic, and the node whose policy
@@ -169,7 +194,7 @@ struct Ends {
     pin_dir: PathBuf,
 }
 
-pub fn rule_scaling(seconds: u32) {
+pub fn rule_scaling(seconds: u32, rounds: u32) {
     println!(
         "Policy rule count: pod -> pod across nodes (node1-a -> node2-a, ipip, --direct-redirect false), \
          the destination selected by N ingress rules that do not match the client (each one ipBlock /28 \
@@ -177,7 +202,8 @@ pub fn rule_scaling(seconds: u32) {
          allowing the client pod by label; then, Weft's policy deleted, the same N as iptables rules \
          (-s BLOCK -p tcp --dport PORT -j ACCEPT) in one chain that every forwarded packet to the \
          destination walks in node2 (FORWARD -d SERVER -j WBENCH, no conntrack shortcut in front), \
-         ending in the allowing rule. {seconds} s per measurement, one round."
+         ending in the allowing rule. {seconds} s per measurement; {rounds} rounds, every other one in \
+         the reverse order (iptables first, counts falling), so a drift of the machine weighs on all alike."
     );
     println!(
         "What is measured: Weft's connection tracker passes the packets of an established connection \
@@ -186,103 +212,144 @@ pub fn rule_scaling(seconds: u32) {
          connection each time, closed with RST) shows the policy lookup path itself (ipcache + policy map \
          for every SYN). The iptables chain judges every packet, of new and established connections alike."
     );
+    let load_before = super::load_average();
     let flags = ["--encap", "ipip", "--direct-redirect", "false"];
     let lab = bench_lab("wbench-policy", 2, 2, &flags).unwrap_or_else(|e| panic!("{e}"));
     let ends = policy_ends(&lab).unwrap_or_else(|e| panic!("{e}"));
     lab.ctl_ok(&["lab", "label", "pod", "node1-a", "role=bench-client"]);
     lab.ctl_ok(&["lab", "label", "pod", "node2-a", "role=bench-server"]);
 
-    let mut rows = vec![measure_row(&lab, &ends, "no policy, no chain", seconds, "")];
-    // Weft: the filler policies grow in place; the allowing one stays.
-    let mut weft = Vec::new();
-    for rules in RULE_COUNTS {
-        let label = format!("Weft policy, {rules} rules");
-        let programmed = program_weft(&lab, &ends, rules);
-        weft.push(match programmed {
-            Ok(entries) => measure_row(&lab, &ends, &label, seconds, &entries),
-            Err(e) => failed_row(label, e),
-        });
-    }
-    if let Err(e) = remove_weft(&lab, &ends) {
-        println!(
-            "(Weft's policy did not go away: {e}; the iptables rows below are not without it)"
-        );
-    }
-    let mut iptables = Vec::new();
-    for rules in RULE_COUNTS {
-        let label = format!("iptables chain, {rules} rules");
-        iptables.push(match install_chain(&ends, rules) {
-            Ok(()) => {
-                let mut row = measure_row(&lab, &ends, &label, seconds, "");
-                let hits = chain_hits(&ends).unwrap_or_else(|e| e);
-                row.note = format!("{hits}; {}", row.note);
-                row
+    let open_before = measure_row(&lab, &ends, seconds, "");
+    // [judge][count] -> one row per round.
+    let mut rows: [Vec<Vec<Row>>; 2] = [
+        RULE_COUNTS.iter().map(|_| Vec::new()).collect(),
+        RULE_COUNTS.iter().map(|_| Vec::new()).collect(),
+    ];
+    for round in 0..rounds {
+        let forward = round % 2 == 0;
+        let judges = if forward {
+            [Judge::Weft, Judge::Iptables]
+        } else {
+            [Judge::Iptables, Judge::Weft]
+        };
+        for judge in judges {
+            let mut order: Vec<usize> = (0..RULE_COUNTS.len()).collect();
+            if !forward {
+                order.reverse();
             }
-            Err(e) => failed_row(label, e),
-        });
+            for i in order {
+                let rules = RULE_COUNTS[i];
+                let row = match judge {
+                    Judge::Weft => match program_weft(&lab, &ends, rules) {
+                        Ok(programmed) => measure_row(&lab, &ends, seconds, &programmed),
+                        Err(e) => Row::failed(e),
+                    },
+                    Judge::Iptables => match install_chain(&ends, rules) {
+                        Ok(()) => {
+                            let mut row = measure_row(&lab, &ends, seconds, "");
+                            let hits = chain_hits(&ends).unwrap_or_else(|e| e);
+                            row.note = format!("{hits}; {}", row.note);
+                            row
+                        }
+                        Err(e) => Row::failed(e),
+                    },
+                };
+                rows[judge as usize][i].push(row);
+            }
+            let removed = match judge {
+                Judge::Weft => remove_weft(&lab, &ends),
+                Judge::Iptables => remove_chain(&ends),
+            };
+            if let Err(e) = removed {
+                println!(
+                    "(round {}: the policy or chain did not go away: {e})",
+                    round + 1
+                );
+            }
+        }
     }
-    let _ = remove_chain(&ends);
-    rows.push(measure_row(
-        &lab,
-        &ends,
-        "no policy, no chain (again)",
-        seconds,
-        "",
-    ));
+    let open_after = measure_row(&lab, &ends, seconds, "");
     drop(lab);
 
     println!(
-        "{:<32} {:>9} {:>6} {:>11} {:>6} {:>8} {:>6}  {}",
-        "configuration", "RR kT/s", "x", "connects/s", "x", "Gbit/s", "x", "how judged"
+        "{:<30} {:>9} {:>6} {:>11} {:>6} {:>8} {:>6}  how judged (last round)",
+        "configuration", "RR kT/s", "x", "connects/s", "x", "Gbit/s", "x"
     );
-    let print = |row: &Row, base: Option<&Row>| {
-        let ratio = |v: &Result<f64, String>, b: Option<&Result<f64, String>>| match (v, b) {
-            (Ok(v), Some(Ok(b))) if *b > 0.0 => format!("{:.2}", v / b),
-            _ => "-".into(),
-        };
-        let value = |v: &Result<f64, String>, digits: usize| {
-            v.as_ref()
-                .map_or("error".into(), |v| format!("{v:.digits$}"))
-        };
+    // Each metric: the median over the rounds, and the median over the
+    // rounds of the ratio to the same round's baseline.
+    let print = |label: &str, samples: &[&Row], base: &[&Row]| {
+        let mut cells = Vec::new();
+        for m in 0..3 {
+            let values: Vec<f64> = samples
+                .iter()
+                .filter_map(|r| r.metrics()[m].as_ref().ok().copied())
+                .collect();
+            let ratios: Vec<f64> = samples
+                .iter()
+                .zip(base)
+                .filter_map(|(r, b)| match (r.metrics()[m], b.metrics()[m]) {
+                    (Ok(v), Ok(b)) if *b > 0.0 => Some(v / b),
+                    _ => None,
+                })
+                .collect();
+            let digits = if m == 1 { 0 } else { 2 };
+            cells.push(median(values).map_or("error".into(), |v| format!("{v:.digits$}")));
+            cells.push(median(ratios).map_or("-".into(), |r| format!("{r:.2}")));
+        }
         println!(
-            "{:<32} {:>9} {:>6} {:>11} {:>6} {:>8} {:>6}  {}",
-            row.label,
-            value(&row.rr, 2),
-            ratio(&row.rr, base.map(|b| &b.rr)),
-            value(&row.connects, 0),
-            ratio(&row.connects, base.map(|b| &b.connects)),
-            value(&row.stream, 2),
-            ratio(&row.stream, base.map(|b| &b.stream)),
-            row.note
+            "{:<30} {:>9} {:>6} {:>11} {:>6} {:>8} {:>6}  {}",
+            label,
+            cells[0],
+            cells[1],
+            cells[2],
+            cells[3],
+            cells[4],
+            cells[5],
+            samples.last().map_or("", |r| r.note.as_str())
         );
-        for e in [&row.rr, &row.connects, &row.stream]
-            .into_iter()
+        let mut errors: Vec<&str> = Vec::new();
+        for e in samples
+            .iter()
+            .flat_map(|r| r.metrics())
             .filter_map(|r| r.as_ref().err())
         {
+            if !errors.contains(&e.as_str()) {
+                errors.push(e);
+            }
+        }
+        for e in errors {
             print_error(e);
         }
     };
-    print(&rows[0], None);
-    for group in [&weft, &iptables] {
-        for row in group.iter() {
-            print(row, group.first());
+    print("no policy, no chain", &[&open_before], &[]);
+    for (judge, name) in [
+        (Judge::Weft, "Weft policy"),
+        (Judge::Iptables, "iptables chain"),
+    ] {
+        let by_count = &rows[judge as usize];
+        let base: Vec<&Row> = by_count[0].iter().collect();
+        for (i, rules) in RULE_COUNTS.iter().enumerate() {
+            let samples: Vec<&Row> = by_count[i].iter().collect();
+            print(&format!("{name}, {rules} rules"), &samples, &base);
         }
     }
-    print(&rows[1], Some(&rows[0]));
-    println!(
-        "x = the ratio to the same kind's 0 rules (Weft: isolated by the allowing rule alone; iptables: \
-         the chain holding only it); the last row's to the first: the run's own drift."
+    print(
+        "no policy, no chain (again)",
+        &[&open_after],
+        &[&open_before],
     );
-}
-
-fn failed_row(label: String, e: String) -> Row {
-    Row {
-        label,
-        rr: Err(e.clone()),
-        connects: Err(e.clone()),
-        stream: Err(e),
-        note: String::new(),
-    }
+    println!(
+        "x = the median over the rounds of the ratio to the same round's 0 rules of the same kind (Weft: \
+         isolated by the allowing rule alone; iptables: the chain holding only it); the last row's to the \
+         first: the run's own drift. Packets \"by policy lookup\" / \"by conntrack\": node2's \
+         policy_ingress_allowed and conntrack_established counters over the row."
+    );
+    println!(
+        "load average (1 min) {load_before} before, {} after, on {} CPUs: other work on the machine \
+         scatters these figures (compare the two open rows)",
+        super::load_average(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
 }
 
 fn policy_ends(lab: &Lab) -> Result<Ends, String> {
@@ -312,7 +379,7 @@ fn policy_ends(lab: &Lab) -> Result<Ends, String> {
 }
 
 /// One row: request/response, connect rate and one iperf3 stream.
-fn measure_row(lab: &Lab, ends: &Ends, label: &str, seconds: u32, note: &str) -> Row {
+fn measure_row(lab: &Lab, ends: &Ends, seconds: u32, note: &str) -> Row {
     let counters = |name| counter(lab, "node2", name);
     let before = (
         counters("policy_ingress_allowed"),
@@ -342,7 +409,6 @@ fn measure_row(lab: &Lab, ends: &Ends, label: &str, seconds: u32, note: &str) ->
         ));
     }
     Row {
-        label: label.to_string(),
         rr,
         connects,
         stream,
@@ -379,6 +445,9 @@ fn program_weft(lab: &Lab, ends: &Ends, rules: usize) -> Result<String, String> 
     // block identity and one port; the allowing rule and the node's own
     // entries have no port).
     let deadline = started + PROGRAMMED_WITHIN;
+    // The agent may take the new policies in several passes: done when
+    // two reads 200 ms apart agree.
+    let mut last = None;
     loop {
         let maps = weft_dataplane::bpf::read_pinned_maps(&ends.pin_dir)
             .map_err(|e| format!("reading node2's maps: {e}"))?;
@@ -394,7 +463,8 @@ fn program_weft(lab: &Lab, ends: &Ends, rules: usize) -> Result<String, String> 
                 k.endpoint == server && k.direction == POLICY_INGRESS && k.port != [0, 0]
             })
             .count();
-        if isolated && filler == rules {
+        let now = (maps.policy.len(), maps.ipcache.len());
+        if isolated && filler == rules && last.replace(now) == Some(now) {
             return Ok(format!(
                 "programmed {:.1} s after apply; node2 maps: policy {} entries, ipcache {}",
                 started.elapsed().as_secs_f64(),
@@ -931,16 +1001,40 @@ pub fn map_memory(policies: u32, remote_pods: u32) {
     lab.ctl_ok(&["lab", "agent", "stop", "node1"]);
     let state = lab.lab().load().expect("the lab's record");
     let store = weft_datastore::Datastore::open(&state.datastore_dir()).expect("the lab's store");
+    // The store fsyncs every record and its directory: written from
+    // several threads, so the disk's flushes overlap.
     let written = Instant::now();
-    for k in 0..remote_pods {
-        store
-            .put_endpoint(&remote_endpoint(k))
-            .unwrap_or_else(|e| panic!("writing remote endpoint {k}: {e}"));
-    }
-    let docs: Vec<Value> = (0..policies).map(memory_policy).collect();
-    weft_lab::apply(&state, &manifest(&docs)).unwrap_or_else(|e| panic!("lab apply: {e:#}"));
+    std::thread::scope(|scope| {
+        for t in 0..WRITERS {
+            let store = &store;
+            scope.spawn(move || {
+                for k in (t..remote_pods).step_by(WRITERS as usize) {
+                    store
+                        .put_endpoint(&remote_endpoint(k))
+                        .unwrap_or_else(|e| panic!("writing remote endpoint {k}: {e}"));
+                }
+            });
+        }
+    });
+    let endpoints_took = written.elapsed();
+    let written = Instant::now();
+    std::thread::scope(|scope| {
+        for t in 0..WRITERS {
+            let state = &state;
+            scope.spawn(move || {
+                let docs: Vec<Value> = (t..policies)
+                    .step_by(WRITERS as usize)
+                    .map(memory_policy)
+                    .collect();
+                weft_lab::apply(state, &manifest(&docs))
+                    .unwrap_or_else(|e| panic!("lab apply: {e:#}"));
+            });
+        }
+    });
     println!(
-        "store written in {:.1} s ({remote_pods} endpoint records, {policies} policies through the lab's apply)",
+        "store written: {remote_pods} endpoint records in {:.1} s, {policies} policies (through the lab's apply) \
+         in {:.1} s, {WRITERS} writers (each record fsynced with its directory)",
+        endpoints_took.as_secs_f64(),
         written.elapsed().as_secs_f64()
     );
 
@@ -1028,7 +1122,13 @@ pub fn map_memory(policies: u32, remote_pods: u32) {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let passes = pass_times(&log, log_offset, false);
+    // The pass's own line follows the revision's bump: give it a moment.
+    let mut passes = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while changed.is_some() && passes.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        passes = pass_times(&log, log_offset, false);
+    }
     println!(
         "one more policy applied with the agent running: maps updated (revision bumped) after {}; \
          the agent's passes for it {} (each compiles the whole cluster's policy for the node)",
@@ -1070,35 +1170,76 @@ struct MapMemory {
     memlock: u64,
 }
 
-/// Every map pinned in `pin_dir` (programs and others skipped).
+/// Every map pinned in `pin_dir`, read from the fdinfo of the fd that
+/// BPF_OBJ_GET gives for its pin (pinned programs have no `map_type` there
+/// and are skipped).
 fn pinned_maps_memory(pin_dir: &Path) -> Result<Vec<MapMemory>, String> {
     let mut out = Vec::new();
     let entries = std::fs::read_dir(pin_dir).map_err(|e| format!("{}: {e}", pin_dir.display()))?;
     for entry in entries.flatten() {
         let path = entry.path();
-        let Ok(info) = aya::maps::MapInfo::from_pin(&path) else {
+        let fdinfo = pinned_fdinfo(&path)?;
+        let Some(map_type) = fdinfo_field(&fdinfo, "map_type") else {
             continue;
         };
-        let fd = info.fd().map_err(|e| format!("{}: {e}", path.display()))?;
-        let fdinfo = {
-            use std::os::fd::{AsFd, AsRawFd};
-            let raw = fd.as_fd().as_raw_fd();
-            std::fs::read_to_string(format!("/proc/self/fdinfo/{raw}"))
-                .map_err(|e| format!("fdinfo of {}: {e}", path.display()))?
+        let field = |key| {
+            fdinfo_field(&fdinfo, key)
+                .ok_or_else(|| format!("no {key} in the fdinfo of {}", path.display()))
         };
         out.push(MapMemory {
             name: entry.file_name().to_string_lossy().into_owned(),
-            map_type: fdinfo_field(&fdinfo, "map_type")
-                .map(map_type_name)
-                .unwrap_or("?")
-                .to_string(),
-            max_entries: info.max_entries(),
-            memlock: fdinfo_field(&fdinfo, "memlock")
-                .ok_or_else(|| format!("no memlock in the fdinfo of {}", path.display()))?,
+            map_type: map_type_name(map_type).to_string(),
+            max_entries: field("max_entries")? as u32,
+            memlock: field("memlock")?,
         });
     }
-    out.sort_by(|a, b| b.memlock.cmp(&a.memlock));
+    out.sort_by_key(|m| std::cmp::Reverse(m.memlock));
     Ok(out)
+}
+
+/// The /proc fdinfo of the object pinned at `path` (BPF_OBJ_GET, read-only).
+fn pinned_fdinfo(path: &Path) -> Result<String, String> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| format!("{} has a NUL byte", path.display()))?;
+    /// `union bpf_attr` for BPF_OBJ_GET: pathname, bpf_fd, file_flags (+ path_fd).
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+    }
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_F_RDONLY: u32 = 1 << 3;
+    let attr = ObjGet {
+        pathname: name.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: BPF_F_RDONLY,
+        path_fd: 0,
+    };
+    // SAFETY: a valid bpf_attr prefix of the size given, its path alive.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &raw const attr,
+            std::mem::size_of::<ObjGet>(),
+        )
+    };
+    if fd < 0 {
+        return Err(format!(
+            "BPF_OBJ_GET {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: a new fd the syscall gave us; closed when dropped.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    use std::os::fd::AsRawFd;
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
+        .map_err(|e| format!("fdinfo of {}: {e}", path.display()))
 }
 
 fn fdinfo_field(fdinfo: &str, key: &str) -> Option<u64> {
@@ -1163,9 +1304,9 @@ fn parse_pass_times(text: &str, full: bool) -> Vec<u64> {
         .collect()
 }
 
-/// The agent's own compiler on the store's snapshot, timed in this
-/// process: from scratch (a start) and with the previous identities (a
-/// change), median of 3 each.
+/// The agent's own compiler on the store's snapshot, from scratch (as at
+/// the agent's start), timed in this process: the compile's share of the
+/// agent's pass (which also plans and writes the maps).
 fn compile_times(state: &weft_lab::LabState, node: &str) {
     use weft_datastore::ClusterSource;
     let store = weft_datastore::Datastore::open(&state.datastore_dir()).expect("the lab's store");
@@ -1179,31 +1320,13 @@ fn compile_times(state: &weft_lab::LabState, node: &str) {
     let (endpoints, policies) = (snapshot.endpoints.len(), snapshot.network_policies.len());
     let mut cluster = weft_calc::Cluster::default();
     cluster.reset(snapshot);
-    let time = |previous: Option<&weft_calc::policy::Identities>| {
-        let t = Instant::now();
-        let compiled = weft_calc::policy::compile_cluster(&cluster, &me, previous);
-        (t.elapsed(), compiled)
-    };
-    let (first, compiled) = time(None);
-    let mut scratch = vec![first];
-    let mut again = Vec::new();
-    for _ in 0..2 {
-        scratch.push(time(None).0);
-    }
-    for _ in 0..3 {
-        again.push(time(Some(&compiled.identities)).0);
-    }
-    let med = |v: &[Duration]| {
-        median(v.iter().map(Duration::as_secs_f64).collect())
-            .map_or("?".into(), |s| ms(Duration::from_secs_f64(s)))
-    };
+    let t = Instant::now();
+    let compiled = weft_calc::policy::compile_cluster(&cluster, &me, None);
     println!(
         "the agent's compiler (weft_calc::policy::compile_cluster) on this store ({endpoints} endpoints, \
-         {policies} policies), in this process: {} from scratch, {} with the previous identities \
-         (what every policy-relevant change costs), median of 3; {} policy and {} ipcache entries, \
+         {policies} policies), in this process, from scratch: {}; {} policy and {} ipcache entries, \
          {} problems",
-        med(&scratch),
-        med(&again),
+        ms(t.elapsed()),
         compiled.policy.len(),
         compiled.ipcache.len(),
         compiled.problems.len()
