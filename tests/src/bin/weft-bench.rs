@@ -203,8 +203,8 @@ fn main() {
             "cni" => cni_latency(),
             "bgp" => bgp_convergence(),
             "policy" => policy::rule_scaling(
-                env_or("WEFT_BENCH_POLICY_SECONDS", policy::POLICY_SECONDS),
-                env_or("WEFT_BENCH_POLICY_ROUNDS", policy::POLICY_ROUNDS),
+                env_or("WEFT_BENCH_POLICY_SECONDS", policy::POLICY_SECONDS).max(1),
+                env_or("WEFT_BENCH_POLICY_ROUNDS", policy::POLICY_ROUNDS).max(1),
             ),
             "policy-apply" => {
                 policy::apply_latency(env_or("WEFT_BENCH_POLICY_CHANGES", policy::CHANGES))
