@@ -22,8 +22,12 @@
 //!    whole packet path both ways), which bulk TCP hides behind GSO and
 //!    GRO. A mode whose lab or measurement fails prints the error in its
 //!    rows; the others go on.
+//! 4. NetworkPolicy (`policy`, `policy-apply`, `policy-memory`; the module
+//!    `policy`): the cost of 0 to 10,000 rules beside as many iptables
+//!    rules, the time from `lab apply` to the first denied packet, and the
+//!    maps' memory at 1,000 policies and 10,000 remote pods.
 //!
-//! `weft-bench [cni|bgp|throughput|all]... [--seconds N] [--rounds N]
+//! `weft-bench [cni|bgp|throughput|policy|policy-apply|policy-memory|all]... [--seconds N] [--rounds N]
 //! [--modes ipip,ipip-redirect,vxlan,none]` (no section: all; `--help` for the
 //! environment twins and the other knobs). Every lab it makes is
 //! named `wbench-*` and torn down afterwards, also when a section fails.
@@ -36,6 +40,10 @@ use std::time::{Duration, Instant};
 
 use weft_tests::*;
 
+/// The NetworkPolicy sections (issue #10).
+#[path = "weft-bench/policy.rs"]
+mod policy;
+
 const ROUNDS: usize = 100;
 const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
 
@@ -46,7 +54,14 @@ struct Plugin<'a> {
     config: String,
 }
 
-const SECTIONS: [&str; 3] = ["cni", "bgp", "throughput"];
+const SECTIONS: [&str; 6] = [
+    "cni",
+    "bgp",
+    "throughput",
+    "policy",
+    "policy-apply",
+    "policy-memory",
+];
 /// The throughput section's modes: the agents' `--encap`, and for ipip
 /// both settings of `--direct-redirect` (see [`lab_up_flags`]).
 const MODES: [&str; 4] = ["ipip", "ipip-redirect", "vxlan", "none"];
@@ -56,16 +71,26 @@ const SECONDS: u32 = 5;
 /// Rounds of the three streams per mode; each row is their median.
 const THROUGHPUT_ROUNDS: u32 = 3;
 
-const USAGE: &str = "usage: weft-bench [cni|bgp|throughput|all]... [--seconds N] [--rounds N] [--modes ipip,ipip-redirect,vxlan,none]
+const USAGE: &str = "usage: weft-bench [cni|bgp|throughput|policy|policy-apply|policy-memory|all]... [--seconds N] [--rounds N] [--modes ipip,ipip-redirect,vxlan,none]
   sections (default all): cni = CNI ADD/DEL latency, bgp = BGP convergence,
-                          throughput = iperf3 and TCP request/response in a lab per encapsulation mode
+                          throughput = iperf3 and TCP request/response in a lab per encapsulation mode,
+                          policy = TCP request/response, connect rate and iperf3 across nodes with the
+                            destination behind 0/100/1,000/10,000 NetworkPolicy rules, beside the same
+                            counts as iptables rules in one chain,
+                          policy-apply = `lab apply` of a deny to the first denied UDP datagram (median, p99),
+                          policy-memory = the pinned maps' kernel memory and entries at 1,000 policies and
+                            10,000 remote pods, and the agent's compile time for them
   --seconds N   seconds per iperf3 stream (WEFT_BENCH_SECONDS, default 5)
   --rounds N    rounds of the throughput streams, median reported (WEFT_BENCH_THROUGHPUT_ROUNDS, default 3)
   --modes LIST  encapsulation modes to measure (WEFT_BENCH_MODES, default ipip,ipip-redirect,vxlan,none;
                 ipip = --direct-redirect false, ipip-redirect = --direct-redirect true)
   environment: WEFT_BENCH_SECTIONS (comma-separated sections), WEFT_BENCH_ROUNDS (CNI pods, 100),
                WEFT_BENCH_BGP_NODES (10), WEFT_BENCH_BGP_ROUNDS (3),
-               WEFT_BENCH_LAB_FLAGS (more `lab up` flags for the cni and bgp labs, e.g. \"--encap none\")";
+               WEFT_BENCH_LAB_FLAGS (more `lab up` flags for the cni, bgp, policy-apply and policy-memory labs,
+               e.g. \"--encap none\"), WEFT_BENCH_POLICY_SECONDS (seconds per policy measurement, 2),
+               WEFT_BENCH_POLICY_ROUNDS (2),
+               WEFT_BENCH_POLICY_CHANGES (policy-apply changes, 50), WEFT_BENCH_POLICIES (policy-memory, 1000),
+               WEFT_BENCH_REMOTE_PODS (policy-memory, at most 10000; 10000)";
 
 #[derive(Debug, PartialEq)]
 struct Options {
@@ -177,6 +202,17 @@ fn main() {
         let run = std::panic::AssertUnwindSafe(|| match section.as_str() {
             "cni" => cni_latency(),
             "bgp" => bgp_convergence(),
+            "policy" => policy::rule_scaling(
+                env_or("WEFT_BENCH_POLICY_SECONDS", policy::POLICY_SECONDS).max(1),
+                env_or("WEFT_BENCH_POLICY_ROUNDS", policy::POLICY_ROUNDS).max(1),
+            ),
+            "policy-apply" => {
+                policy::apply_latency(env_or("WEFT_BENCH_POLICY_CHANGES", policy::CHANGES))
+            }
+            "policy-memory" => policy::map_memory(
+                env_or("WEFT_BENCH_POLICIES", policy::MEMORY_POLICIES),
+                env_or("WEFT_BENCH_REMOTE_PODS", policy::MEMORY_REMOTE_PODS),
+            ),
             _ => throughput(options.seconds, options.rounds, &options.modes),
         });
         if std::panic::catch_unwind(run).is_err() {
@@ -407,7 +443,7 @@ fn bgp_convergence() {
     );
 }
 
-/// `WEFT_BENCH_LAB_FLAGS`: more `lab up` flags for the cni and bgp labs
+/// `WEFT_BENCH_LAB_FLAGS`: more `lab up` flags for the cni, bgp, policy-apply and policy-memory labs
 /// (the throughput labs set their own `--encap`).
 fn lab_flags() -> Vec<String> {
     std::env::var("WEFT_BENCH_LAB_FLAGS")
@@ -1366,7 +1402,7 @@ mod tests {
     fn arguments_then_environment_then_defaults() {
         let none = |_: &str| None;
         let all = parse_args(&[], none).unwrap();
-        assert_eq!(all.sections, ["cni", "bgp", "throughput"]);
+        assert_eq!(all.sections, SECTIONS);
         assert_eq!((all.seconds, all.rounds), (SECONDS, THROUGHPUT_ROUNDS));
         assert_eq!(all.modes, ["ipip", "ipip-redirect", "vxlan", "none"]);
         assert_eq!(
