@@ -15,7 +15,9 @@
 //!   the TCP and UDP ones); a pod on the wrong node or with other ports is
 //!   made again, one with other labels relabelled, and pods the case does
 //!   not have are deleted. Addresses are the lab's, not the case's `ip`;
-//! - namespaces and policies: the datastore holds exactly the case's.
+//! - namespaces and policies: the datastore holds exactly the case's,
+//!   with an ipBlock that names a pod's case address (a /32) moved to
+//!   its lab address ([`lab_policies`]).
 //!
 //! Then it waits until every node's agent reports that its maps are
 //! programmed from exactly these inputs (the digest of
@@ -39,7 +41,7 @@ use weft_datastore::Datastore;
 use weft_model::namespace::{NAME_LABEL, Namespace};
 use weft_model::policy::Protocol;
 use weft_model::policy_case::{CasePod, CaseResults, PolicyCase, Probe, ProbeResult};
-use weft_model::{ContainerPort, PolicyPod};
+use weft_model::{ContainerPort, NetworkPolicy, PolicyPod};
 
 use crate::objects::{LabelChange, label_namespace, label_pod};
 use crate::probe::{self, ProbeError};
@@ -114,10 +116,10 @@ fn run_on(
     options: &NetpolOptions,
 ) -> Result<NetpolRun> {
     let started = Instant::now();
-    let placement = reconcile(state, case, names, options)?;
+    let applied = reconcile(state, case, names, options)?;
     let reconcile_took = started.elapsed();
     let started = Instant::now();
-    wait_programmed(state, case, &placement, options.converge_timeout)?;
+    wait_programmed(state, case, &applied, options.converge_timeout)?;
     let converge = started.elapsed();
     let started = Instant::now();
     let results = run_probes(state, case, names)?;
@@ -221,6 +223,13 @@ impl Placement {
     }
 }
 
+/// What the lab was made to hold.
+struct Applied {
+    placement: Placement,
+    /// The case's policies as written to the store ([`lab_policies`]).
+    policies: Vec<NetworkPolicy>,
+}
+
 /// Makes the lab hold exactly the case: agents running on its nodes,
 /// pods, namespaces, policies.
 fn reconcile(
@@ -228,7 +237,7 @@ fn reconcile(
     case: &PolicyCase,
     names: &BTreeMap<String, String>,
     options: &NetpolOptions,
-) -> Result<Placement> {
+) -> Result<Applied> {
     let mut lab_nodes: Vec<(u32, String)> = state
         .nodes
         .iter()
@@ -311,8 +320,13 @@ fn reconcile(
         }
     }
 
-    let wanted: BTreeMap<(&str, &str), &weft_model::NetworkPolicy> = case
-        .policies
+    let addresses: BTreeMap<Ipv4Addr, Ipv4Addr> = case
+        .pods
+        .iter()
+        .filter_map(|pod| Some((pod.ip, state.pod(&names[&pod.id()]).ok()?.ip?)))
+        .collect();
+    let policies = lab_policies(case, &addresses)?;
+    let wanted: BTreeMap<(&str, &str), &NetworkPolicy> = policies
         .iter()
         .map(|p| ((p.namespace(), p.name()), p))
         .collect();
@@ -321,7 +335,7 @@ fn reconcile(
             store.delete_network_policy(policy.namespace(), policy.name())?;
         }
     }
-    let stored: BTreeMap<(String, String), weft_model::NetworkPolicy> = store
+    let stored: BTreeMap<(String, String), NetworkPolicy> = store
         .network_policies()?
         .into_iter()
         .map(|p| ((p.namespace().to_string(), p.name().to_string()), p))
@@ -331,7 +345,70 @@ fn reconcile(
             store.put_network_policy(policy)?;
         }
     }
-    Ok(placement)
+    Ok(Applied {
+        placement,
+        policies,
+    })
+}
+
+/// The case's policies as the lab runs them: an ipBlock naming a pod's
+/// case address alone (a /32, as upstream's tests write them) names its
+/// lab address instead. Any other block must hold the same pods at
+/// their lab addresses as at their case addresses, or the case is
+/// refused: the lab cannot give pods the case's addresses.
+fn lab_policies(
+    case: &PolicyCase,
+    addresses: &BTreeMap<Ipv4Addr, Ipv4Addr>,
+) -> Result<Vec<NetworkPolicy>> {
+    let mut policies = case.policies.clone();
+    for (i, policy) in policies.iter_mut().enumerate() {
+        let id = format!("policies[{i}] ({}/{})", policy.namespace(), policy.name());
+        let spec = &mut policy.spec;
+        let peers = (spec.ingress.iter_mut().flat_map(|r| r.from.iter_mut()))
+            .chain(spec.egress.iter_mut().flat_map(|r| r.to.iter_mut()));
+        for block in peers.filter_map(|peer| peer.ip_block.as_mut()) {
+            for text in std::iter::once(&mut block.cidr).chain(block.except.iter_mut()) {
+                *text = lab_cidr(text, case, addresses).with_context(|| id.clone())?;
+            }
+        }
+    }
+    Ok(policies)
+}
+
+/// One CIDR of an ipBlock on the lab (see [`lab_policies`]).
+fn lab_cidr(
+    text: &str,
+    case: &PolicyCase,
+    addresses: &BTreeMap<Ipv4Addr, Ipv4Addr>,
+) -> Result<String> {
+    let Ok(ipnetwork::IpNetwork::V4(net)) = text.parse::<ipnetwork::IpNetwork>() else {
+        return Ok(text.to_string()); // IPv6 holds no lab pod
+    };
+    if net.prefix() == 32
+        && let Some(lab) = addresses.get(&net.ip())
+    {
+        return Ok(format!("{lab}/32"));
+    }
+    for pod in &case.pods {
+        let Some(&lab) = addresses.get(&pod.ip) else {
+            continue;
+        };
+        if net.contains(pod.ip) != net.contains(lab) {
+            bail!(
+                "ipBlock CIDR {text} holds pod {} at {} {} but not at {}: the lab gives pods \
+                 its own addresses and moves only a pod's /32 to them",
+                pod.id(),
+                if net.contains(pod.ip) {
+                    "its case address"
+                } else {
+                    "its lab address"
+                },
+                if net.contains(pod.ip) { pod.ip } else { lab },
+                if net.contains(pod.ip) { lab } else { pod.ip },
+            );
+        }
+    }
+    Ok(text.to_string())
 }
 
 fn sorted(ports: &[ContainerPort]) -> Vec<ContainerPort> {
@@ -361,18 +438,19 @@ const POLL: Duration = Duration::from_millis(20);
 
 /// Waits until the agent of every node of the case reports the digest of
 /// the case's inputs as the lab holds them (its pods at the lab's
-/// addresses); fails naming the first node that does not within `timeout`.
+/// addresses, its policies as written); fails naming the first node that does not within `timeout`.
 fn wait_programmed(
     state: &LabState,
     case: &PolicyCase,
-    placement: &Placement,
+    applied: &Applied,
     timeout: Duration,
 ) -> Result<()> {
     let pods: Vec<PolicyPod> = state.pods.iter().map(policy_pod).collect();
-    let want = weft_calc::policy::digest::digest(&case.namespace_objects(), &pods, &case.policies);
+    let want =
+        weft_calc::policy::digest::digest(&case.namespace_objects(), &pods, &applied.policies);
     let deadline = Instant::now() + timeout;
     agent_api::block_on(async {
-        for name in placement.nodes.values() {
+        for name in applied.placement.nodes.values() {
             let node = state.node(name)?;
             loop {
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -746,6 +824,38 @@ mod tests {
         let changes = label_changes(&have, &want);
         assert_eq!(crate::objects::relabel(&have, &changes), want);
         assert!(label_changes(&want, &want).is_empty());
+    }
+
+    #[test]
+    fn ip_blocks_follow_pods_to_their_lab_addresses() {
+        let case = weft_model::policy_case::parse_case(
+            r#"{"pods": [
+              {"namespace": "x", "name": "a", "ip": "10.244.1.10"},
+              {"namespace": "x", "name": "b", "ip": "10.244.2.11"}],
+            "policies": [{"metadata": {"name": "p", "namespace": "x"},
+              "spec": {"podSelector": {}, "egress": [{"to": [
+                {"ipBlock": {"cidr": "0.0.0.0/4", "except": ["10.244.2.11/32"]}},
+                {"ipBlock": {"cidr": "10.244.1.10/32"}}]}]}}]}"#,
+        )
+        .unwrap();
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let addresses = BTreeMap::from([
+            (ip("10.244.1.10"), ip("10.244.1.3")),
+            (ip("10.244.2.11"), ip("10.244.2.7")),
+        ]);
+        let policies = lab_policies(&case, &addresses).unwrap();
+        let to = &policies[0].spec.egress[0].to;
+        let block = |i: usize| to[i].ip_block.clone().unwrap();
+        assert_eq!(block(0).cidr, "0.0.0.0/4");
+        assert_eq!(block(0).except, ["10.244.2.7/32"]);
+        assert_eq!(block(1).cidr, "10.244.1.3/32");
+        // A /24 holding a pod at its case address but not at its lab one.
+        let moved = BTreeMap::from([(ip("10.244.1.10"), ip("10.244.3.3"))]);
+        let e = format!(
+            "{:#}",
+            lab_cidr("10.244.1.0/24", &case, &moved).unwrap_err()
+        );
+        assert!(e.contains("x/a") && e.contains("10.244.3.3"), "{e}");
     }
 
     const CASE: &str = r#"{"pods": [

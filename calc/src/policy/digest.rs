@@ -149,7 +149,11 @@ mod tests {
         }
         assert_ne!(
             base,
-            digest(&[ns.clone()], &[a.clone(), b.clone()], &[policy("p")])
+            digest(
+                std::slice::from_ref(&ns),
+                &[a.clone(), b.clone()],
+                &[policy("p")]
+            )
         );
         let relabelled_ns = Namespace::new("x", labels([("ns", "y")]));
         assert_ne!(
