@@ -42,6 +42,7 @@ use weft_model::namespace::{NAME_LABEL, Namespace};
 use weft_model::policy::Protocol;
 use weft_model::policy_case::{CasePod, CaseResults, PolicyCase, Probe, ProbeResult};
 use weft_model::{ContainerPort, NetworkPolicy, PolicyPod};
+use weft_twin::wire::{SctpCommonHeader, SctpInit};
 
 use crate::objects::{LabelChange, label_namespace, label_pod};
 use crate::probe::{self, ProbeError};
@@ -566,7 +567,7 @@ fn run_probe(
     }
 }
 
-/// Sends an SCTP INIT from namespace `from` (whose pod address is
+/// Sends an SCTP INIT (the twin's, [`SctpInit`]) from namespace `from` (whose pod address is
 /// `from_ip`) to `dst` on a raw IP socket, up to `tries` times, and says
 /// whether it arrived in namespace `to`: a packet capture there sees an
 /// INIT with these addresses, ports and initiate tag. Nothing has to
@@ -589,7 +590,12 @@ pub fn sctp_init_seen(
     let random = random_u64()?;
     let source_port = 32768 + (random % 28000) as u16;
     let tag = ((random >> 32) as u32).max(1);
-    let init = sctp_init(source_port, dst.port(), tag);
+    let init = SctpInit {
+        src_port: source_port,
+        dst_port: dst.port(),
+        initiate_tag: tag,
+    }
+    .bytes();
     let addr = probe::sockaddr(*dst.ip());
     let mut buf = [0u8; 2048];
     for _ in 0..tries.max(1) {
@@ -662,42 +668,6 @@ fn random_u64() -> Result<u64> {
     Ok(u64::from_ne_bytes(bytes))
 }
 
-/// An SCTP packet holding one INIT chunk (RFC 9260 3.3.2): verification
-/// tag 0, the initiate tag `tag`, a window, one stream each way, and the
-/// CRC32c checksum over it all.
-pub fn sctp_init(source_port: u16, destination_port: u16, tag: u32) -> Vec<u8> {
-    let mut packet = Vec::with_capacity(32);
-    packet.extend_from_slice(&source_port.to_be_bytes());
-    packet.extend_from_slice(&destination_port.to_be_bytes());
-    packet.extend_from_slice(&0u32.to_be_bytes()); // verification tag: 0 in an INIT
-    packet.extend_from_slice(&0u32.to_be_bytes()); // checksum, filled below
-    packet.push(1); // chunk type INIT
-    packet.push(0); // flags
-    packet.extend_from_slice(&20u16.to_be_bytes()); // chunk length
-    packet.extend_from_slice(&tag.to_be_bytes()); // initiate tag
-    packet.extend_from_slice(&65535u32.to_be_bytes()); // a_rwnd
-    packet.extend_from_slice(&1u16.to_be_bytes()); // outbound streams
-    packet.extend_from_slice(&1u16.to_be_bytes()); // inbound streams
-    packet.extend_from_slice(&tag.to_be_bytes()); // initial TSN
-    let crc = crc32c(&packet);
-    // The checksum goes in as the CRC's bytes in little-endian order
-    // (RFC 9260 appendix A).
-    packet[8..12].copy_from_slice(&crc.to_le_bytes());
-    packet
-}
-
-/// CRC32c (Castagnoli), bit by bit: a few dozen bytes per probe.
-pub fn crc32c(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in bytes {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = (crc >> 1) ^ (0x82F6_3B78 & (crc & 1).wrapping_neg());
-        }
-    }
-    !crc
-}
-
 /// Whether `packet` (IPv4, from the capture) is the INIT this probe sent.
 fn is_our_init(
     packet: &[u8],
@@ -711,23 +681,21 @@ fn is_our_init(
     else {
         return false;
     };
-    let be16 = |at: usize| u16::from_be_bytes([payload[at], payload[at + 1]]);
-    let be32 = |at: usize| {
-        u32::from_be_bytes([
-            payload[at],
-            payload[at + 1],
-            payload[at + 2],
-            payload[at + 3],
-        ])
+    let Some(header) = SctpCommonHeader::parse(&payload) else {
+        return false;
     };
+    // The INIT chunk: type 1, flags, length, then the initiate tag.
+    let initiate_tag = payload
+        .get(16..20)
+        .map(|t| u32::from_be_bytes(t.try_into().expect("four bytes")));
     ip.protocol.0 == libc::IPPROTO_SCTP as u8
         && Ipv4Addr::from(ip.source) == from
         && Ipv4Addr::from(ip.destination) == *dst.ip()
-        && payload.len() >= 20
-        && be16(0) == source_port
-        && be16(2) == dst.port()
-        && payload[12] == 1
-        && be32(16) == tag
+        && header.src_port == source_port
+        && header.dst_port == dst.port()
+        && header.verification_tag == 0
+        && payload.get(12) == Some(&1)
+        && initiate_tag == Some(tag)
 }
 
 /// The answer as a table: one row per probe, with what the case expected
@@ -784,21 +752,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn crc32c_is_castagnoli() {
-        // RFC 3720 B.4 test vectors.
-        assert_eq!(crc32c(&[0u8; 32]), 0x8A91_36AA);
-        assert_eq!(crc32c(&[0xffu8; 32]), 0x62A8_AB43);
-        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
-    }
-
-    #[test]
-    fn an_init_is_read_back_by_etherparse_and_recognised() {
-        let init = sctp_init(40000, 80, 0xdead_beef);
-        assert_eq!(init.len(), 32);
-        let stored = u32::from_le_bytes(init[8..12].try_into().unwrap());
-        let mut zeroed = init.clone();
-        zeroed[8..12].fill(0);
-        assert_eq!(stored, crc32c(&zeroed));
+    fn only_this_probes_init_is_recognised() {
+        let init = SctpInit {
+            src_port: 40000,
+            dst_port: 80,
+            initiate_tag: 0xdead_beef,
+        }
+        .bytes();
         let from = Ipv4Addr::new(10, 244, 1, 2);
         let dst = SocketAddrV4::new(Ipv4Addr::new(10, 244, 2, 3), 80);
         let header = etherparse::Ipv4Header::new(
