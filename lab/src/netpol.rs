@@ -80,6 +80,8 @@ pub struct NetpolRun {
     pub results: CaseResults,
     /// Whether this run brought the lab up.
     pub brought_up: bool,
+    /// Finding the lab, or bringing it up or adding nodes.
+    pub lab: Duration,
     /// Making the lab match the case (nodes, pods, namespaces, policies).
     pub reconcile: Duration,
     /// Until every agent had programmed the case's inputs.
@@ -94,7 +96,9 @@ pub fn run(lab: &LabRef, case: &PolicyCase, options: &NetpolOptions) -> Result<N
     let names = lab_pod_names(case)?;
     check_case(case)?;
     let groups = case.nodes().len().max(1) as u32;
+    let started = Instant::now();
     let (mut state, brought_up) = ensure_lab(lab, groups, options)?;
+    let lab_took = started.elapsed();
     let ran = run_on(&mut state, case, &names, options);
     if brought_up && !options.keep {
         let down = crate::down(lab);
@@ -104,9 +108,10 @@ pub fn run(lab: &LabRef, case: &PolicyCase, options: &NetpolOptions) -> Result<N
             (Err(_), Err(e)) => eprintln!("warning: tearing down lab {}: {e:#}", lab.lab),
         }
     }
-    ran.map(|mut run| {
-        run.brought_up = brought_up;
-        run
+    ran.map(|run| NetpolRun {
+        brought_up,
+        lab: lab_took,
+        ..run
     })
 }
 
@@ -127,6 +132,7 @@ fn run_on(
     Ok(NetpolRun {
         results,
         brought_up: false,
+        lab: Duration::ZERO,
         reconcile: reconcile_took,
         converge,
         probe: started.elapsed(),
@@ -463,9 +469,13 @@ fn wait_programmed(
                     }
                     Ok(status) => bail!(
                         "{name}'s agent has not programmed the case's policy inputs after {timeout:?}: \
-                         it reports digest {:?}, the case's is {want} ({} pods, {} namespaces, \
+                         it reports digest {}, the case's is {want} ({} pods, {} namespaces, \
                          {} policies); see its log {}",
-                        status.policy_digest,
+                        if status.policy_digest.is_empty() {
+                            "none (no policy programmed yet, or an agent without digests)"
+                        } else {
+                            &status.policy_digest
+                        },
                         pods.len(),
                         case.namespaces.len(),
                         case.policies.len(),

@@ -771,14 +771,14 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
             }
             let differing = lab::netpol::mismatches(&case, &run.results).len();
             eprintln!(
-                "{}: {}; lab {}{} in {:.2} s, programmed in {:.2} s, probed in {:.2} s{}",
+                "{}: {}; lab {}{} matched in {:.2} s, programmed in {:.2} s, probed in {:.2} s{}",
                 input.display(),
                 lab::netpol::summary(&case),
                 lab.lab,
                 if run.brought_up {
-                    " brought up and matched"
+                    format!(" brought up in {:.2} s,", run.lab.as_secs_f64())
                 } else {
-                    " matched"
+                    String::new()
                 },
                 run.reconcile.as_secs_f64(),
                 run.converge.as_secs_f64(),
