@@ -109,6 +109,9 @@ pub struct Node {
     /// `None` in routing mode `static`.
     pub bgp: Option<Bgp>,
     ready: AtomicBool,
+    /// The digest of the policy inputs whose maps are programmed (see
+    /// [`weft_calc::policy::digest`]); `None` before the first.
+    policy_digest: Mutex<Option<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -184,12 +187,21 @@ impl Node {
             }),
             bgp,
             ready: AtomicBool::new(false),
+            policy_digest: Mutex::new(None),
         })
     }
 
     /// Ready once a pass has succeeded: the kernel matches the state adopted at start.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// The digest of the policy inputs whose maps are programmed.
+    pub fn policy_digest(&self) -> Option<String> {
+        self.policy_digest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn local(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, EndpointRecord>> {
@@ -414,7 +426,9 @@ impl Node {
             kept: &st.kept,
         });
         // Policy reads the whole cluster: compiled only when it is flushed.
+        let mut policy_digest = None;
         if slices.contains(Slice::Policy) {
+            policy_digest = Some(weft_calc::policy::digest::cluster_digest(&st.cluster));
             desired.policy = weft_calc::policy::compile_cluster(
                 &st.cluster,
                 &self.me,
@@ -429,6 +443,10 @@ impl Node {
         st.problems = report.problems.clone();
 
         report.flushed = drivers::flush(&mut st.drivers, &desired, slices, full).await?;
+        if let Some(digest) = policy_digest {
+            // The maps hold that compilation now.
+            *self.policy_digest.lock().unwrap_or_else(|p| p.into_inner()) = Some(digest);
+        }
         for name in &report.flushed.links_removed {
             st.links.remove(name);
         }

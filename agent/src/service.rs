@@ -380,6 +380,7 @@ impl Agent for AgentService {
                 "starting: first reconcile pending".into()
             },
             endpoints,
+            policy_digest: self.node.policy_digest().unwrap_or_default(),
         }))
     }
 

@@ -43,6 +43,9 @@ pub struct AgentStatus {
     pub pod_cidr: String,
     pub message: String,
     pub endpoints: u32,
+    /// The digest of the policy inputs the node's maps are programmed
+    /// from (`weft_calc::policy::digest`); empty before the first.
+    pub policy_digest: String,
 }
 
 pub async fn status(socket: &Path, timeout: Duration) -> Result<AgentStatus> {
@@ -58,6 +61,7 @@ pub async fn status(socket: &Path, timeout: Duration) -> Result<AgentStatus> {
         pod_cidr: reply.pod_cidr,
         message: reply.message,
         endpoints: reply.endpoints,
+        policy_digest: reply.policy_digest,
     })
 }
 
@@ -266,6 +270,14 @@ pub fn render_status(status: &AgentStatus) -> String {
         vec!["pod CIDR:".to_string(), status.pod_cidr.clone()],
         vec!["endpoints:".to_string(), status.endpoints.to_string()],
         vec!["message:".to_string(), status.message.clone()],
+        vec![
+            "policy inputs:".to_string(),
+            if status.policy_digest.is_empty() {
+                "-".to_string()
+            } else {
+                status.policy_digest.clone()
+            },
+        ],
     ];
     render_table(&rows)
 }

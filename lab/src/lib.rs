@@ -18,6 +18,7 @@
 //! - [`objects`]: what `lab apply`, `lab delete` and `lab label` write
 //!   (BGPPeers, NetworkPolicies, Namespaces, pod and namespace labels);
 //!   [`serve`]: the echo server a pod runs on its TCP and UDP ports.
+//! - [`netpol`]: a policy case (`weftctl lab netpol`) run on the lab.
 //! - [`plan`], [`topology`], [`cni`], [`agent`], [`process`]: how a lab is
 //!   named, wired, and populated, and the processes it starts.
 
@@ -26,6 +27,7 @@ pub mod agent_api;
 pub mod cni;
 pub mod control_plane;
 pub mod matrix;
+pub mod netpol;
 pub mod objects;
 pub mod plan;
 pub mod probe;

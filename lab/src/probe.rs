@@ -265,7 +265,7 @@ pub fn icmp_echo_here(dst: Ipv4Addr, echo: Echo) -> Result<Duration, ProbeError>
     })
 }
 
-fn sockaddr(ip: Ipv4Addr) -> libc::sockaddr_in {
+pub(crate) fn sockaddr(ip: Ipv4Addr) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: 0,
@@ -333,7 +333,7 @@ fn path_mtu(dst: Ipv4Addr) -> Option<u32> {
     (rc == 0).then_some(mtu as u32)
 }
 
-fn wait_readable(socket: &OwnedFd, within: Duration) -> std::io::Result<bool> {
+pub(crate) fn wait_readable(socket: &OwnedFd, within: Duration) -> std::io::Result<bool> {
     let mut pfd = libc::pollfd {
         fd: socket.as_raw_fd(),
         events: libc::POLLIN,

@@ -29,7 +29,7 @@ enum Command {
     Status {
         #[command(flatten)]
         agent: AgentTarget,
-        /// Print JSON: {"ready","node_name","pod_cidr","message","endpoints"}.
+        /// Print JSON: {"ready","node_name","pod_cidr","message","endpoints","policy_digest"}.
         #[arg(long)]
         json: bool,
     },
@@ -264,6 +264,40 @@ enum LabCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Run a NetworkPolicy case (the input of `weftctl policy simulate`) on the lab: real
+    /// pods through weft-cni, real agents, real connections from inside the pods.
+    ///
+    /// Makes the lab match the case, changing only what differs: one node per /24 of the
+    /// pods' `ip` (in address order, node1 first; a lab is brought up, or nodes added, if
+    /// there are too few), the case's pods as lab pods <namespace>-<name> with their
+    /// namespace, labels and container ports (an echo server on the TCP and UDP ones; the
+    /// lab's own addresses, not the case's), other lab pods deleted, and exactly the case's
+    /// Namespace and NetworkPolicy objects in the datastore. Then waits until every node's
+    /// agent reports its maps programmed from exactly these inputs (a digest), and runs all
+    /// probes at once from inside the source pods: TCP an echo exchange, UDP a datagram
+    /// echoed back, SCTP a crafted INIT seen or not seen in the destination pod. A denied
+    /// probe takes about a second. Exits 1 when a probe's answer differs from its
+    /// `expected`.
+    Netpol {
+        /// The case file (JSON; YAML too), or - for standard input.
+        #[arg(long)]
+        input: PathBuf,
+        /// Print {"results":[{"from","to","port","protocol","allowed"},..]}, one per probe,
+        /// as `policy simulate --json` does.
+        #[arg(long)]
+        json: bool,
+        /// Leave a lab this command brought up in place afterwards (a lab that was already
+        /// running is always left up).
+        #[arg(long)]
+        keep: bool,
+        /// Where weft-agent and weft-cni are, for a lab this command brings up [default:
+        /// the directory of weftctl].
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// Seconds to wait for every agent to program the case's policy inputs.
+        #[arg(long, default_value_t = 30)]
+        converge_timeout: u64,
+    },
     /// Run a command inside a pod's network namespace.
     Exec {
         /// The pod's name.
@@ -430,6 +464,7 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
             | LabCommand::Apply { .. }
             | LabCommand::Delete { .. }
             | LabCommand::Label { .. }
+            | LabCommand::Netpol { .. }
     );
     let _lock = if mutates {
         Some(lab::LabLock::acquire(&lab)?)
@@ -703,6 +738,59 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
                 println!("{}", report.to_json());
             } else {
                 print!("{}", report.render());
+            }
+        }
+        LabCommand::Netpol {
+            input,
+            json,
+            keep,
+            bin_dir,
+            converge_timeout,
+        } => {
+            let text = if input.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+            } else {
+                std::fs::read_to_string(&input)
+                    .with_context(|| format!("reading {}", input.display()))?
+            };
+            let case = weft_model::policy_case::parse_case(&text)
+                .with_context(|| format!("{}", input.display()))?;
+            let options = lab::netpol::NetpolOptions {
+                keep,
+                converge_timeout: Duration::from_secs(converge_timeout),
+                ..lab::netpol::NetpolOptions::new(match bin_dir {
+                    Some(dir) => dir,
+                    None => lab::default_bin_dir()?,
+                })
+            };
+            let run = lab::netpol::run(&lab, &case, &options)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&run.results)?);
+            } else {
+                print!("{}", lab::netpol::render(&case, &run.results));
+            }
+            let differing = lab::netpol::mismatches(&case, &run.results).len();
+            eprintln!(
+                "{}: {}; lab {}{} matched in {:.2} s, programmed in {:.2} s, probed in {:.2} s{}",
+                input.display(),
+                lab::netpol::summary(&case),
+                lab.lab,
+                if run.brought_up {
+                    format!(" brought up in {:.2} s,", run.lab.as_secs_f64())
+                } else {
+                    String::new()
+                },
+                run.reconcile.as_secs_f64(),
+                run.converge.as_secs_f64(),
+                run.probe.as_secs_f64(),
+                if differing > 0 {
+                    format!("; {differing} answers differ from expected")
+                } else {
+                    String::new()
+                }
+            );
+            if differing > 0 {
+                return Ok(ExitCode::FAILURE);
             }
         }
         LabCommand::Exec { pod, command } => {

@@ -33,6 +33,7 @@
 //! change between two compilations so that no packet that both allow is
 //! ever dropped in between.
 
+pub mod digest;
 pub mod identity;
 pub mod plan;
 pub mod ports;
