@@ -458,6 +458,82 @@ pub fn crc32c(data: &[u8]) -> u32 {
 mod tests {
     use super::*;
 
+    use weft_model::policy_case::parse_case;
+
+    /// x/a and x/b on one node, y/a on another; x/a serves TCP and UDP 80
+    /// only; `policies` as given.
+    fn case(policies: &str, probes: &str) -> PolicyCase {
+        let serve = r#"[{"name": "serve-80-tcp", "containerPort": 80, "protocol": "TCP"},
+                        {"name": "serve-80-udp", "containerPort": 80, "protocol": "UDP"}]"#;
+        parse_case(&format!(
+            r#"{{"pods": [
+                {{"namespace": "x", "name": "a", "labels": {{"pod": "a"}}, "ip": "10.244.7.10", "ports": {serve}}},
+                {{"namespace": "x", "name": "b", "labels": {{"pod": "b"}}, "ip": "10.244.7.11", "ports": {serve}}},
+                {{"namespace": "y", "name": "a", "labels": {{"pod": "a"}}, "ip": "10.244.9.10"}}],
+              "policies": [{policies}], "probes": [{probes}]}}"#
+        ))
+        .unwrap()
+    }
+
+    fn verdicts(case: &PolicyCase) -> Vec<bool> {
+        simulate(case)
+            .unwrap()
+            .results
+            .iter()
+            .map(|r| r.allowed)
+            .collect()
+    }
+
+    const TO_XA: &str = r#"{"from": "y/a", "to": "x/a", "port": 80, "protocol": "TCP"},
+        {"from": "x/b", "to": "x/a", "port": 80, "protocol": "TCP"},
+        {"from": "y/a", "to": "x/a", "port": 80, "protocol": "UDP"},
+        {"from": "x/b", "to": "x/a", "port": 80, "protocol": "UDP"},
+        {"from": "y/a", "to": "x/a", "port": 80, "protocol": "SCTP"},
+        {"from": "x/b", "to": "x/a", "port": 80, "protocol": "SCTP"}"#;
+
+    #[test]
+    fn without_policy_served_ports_answer_and_others_do_not() {
+        let probes = format!(
+            r#"{TO_XA},
+            {{"from": "x/b", "to": "x/a", "port": 81, "protocol": "TCP"}},
+            {{"from": "x/b", "to": "x/a", "port": 81, "protocol": "UDP"}},
+            {{"from": "x/a", "to": "y/a", "port": 80, "protocol": "TCP"}},
+            {{"from": "x/a", "to": "y/a", "port": 80, "protocol": "SCTP"}}"#
+        );
+        let results = simulate(&case("", &probes)).unwrap();
+        let allowed: Vec<bool> = results.results.iter().map(|r| r.allowed).collect();
+        // Served: all pass, across nodes and on one. Unserved TCP is
+        // refused, unserved UDP unanswered; SCTP only has to arrive.
+        assert_eq!(
+            allowed,
+            [
+                true, true, true, true, true, true, false, false, false, true
+            ]
+        );
+        assert_eq!(results.results[6].port, 81, "results in the probes' order");
+    }
+
+    #[test]
+    fn a_policy_decides_each_protocol_on_its_own() {
+        // x/a lets in UDP from x/b only, and SCTP from anyone: TCP is denied.
+        let policy = r#"{"metadata": {"name": "p", "namespace": "x"},
+            "spec": {"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [
+              {"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}], "ports": [{"protocol": "UDP"}]},
+              {"ports": [{"protocol": "SCTP", "port": 80}]}]}}"#;
+        assert_eq!(
+            verdicts(&case(policy, TO_XA)),
+            [false, false, false, true, true, true]
+        );
+    }
+
+    #[test]
+    fn an_address_that_is_no_host_of_its_24_is_refused() {
+        let mut bad = case("", "");
+        bad.pods[2].ip = Ipv4Addr::new(10, 244, 9, 255);
+        let e = simulate(&bad).unwrap_err().to_string();
+        assert!(e.contains("pods[2] (y/a)"), "{e}");
+    }
+
     #[test]
     fn crc32c_matches_the_standard_check_value() {
         // The CRC catalogue's check value for CRC-32/ISCSI.
