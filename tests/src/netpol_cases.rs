@@ -269,6 +269,15 @@ pub fn peer_namespaces_pods(namespaces: LabelSelector, pods: LabelSelector) -> P
     }
 }
 
+/// The peer upstream writes for one pod of another namespace: namespace
+/// name label AND `pod` label, in one peer.
+pub fn peer_ns_pod(ns: &str, pod: &str) -> Peer {
+    peer_namespaces_pods(
+        selector_labels(&[("kubernetes.io/metadata.name", ns)]),
+        selector_labels(&[("pod", pod)]),
+    )
+}
+
 /// `NetworkPolicyPeer{IPBlock: {CIDR, Except}}`.
 pub fn peer_ip_block(cidr: &str, except: &[&str]) -> Peer {
     Peer {
@@ -728,13 +737,7 @@ const TCP_TESTS: &[Test] = &[
     (
         "should enforce policy to allow traffic only from a pod in a different namespace based on PodSelector and NamespaceSelector",
         |k| {
-            let rule = ingress_from(
-                vec![peer_namespaces_pods(
-                    selector_labels(&[(NS_LABEL, "y")]),
-                    selector_labels(&[("pod", "a")]),
-                )],
-                vec![],
-            );
+            let rule = ingress_from(vec![peer_ns_pod("y", "a")], vec![]);
             let policy = ingress_rules(
                 gen_with_pod_match_label(
                     "allow-ns-y-pod-a-via-namespace-pod-selector",
@@ -960,25 +963,13 @@ const TCP_TESTS: &[Test] = &[
     (
         "should support denying of egress traffic on the client side (even if the server explicitly allows this traffic)",
         |k| {
-            let rule = egress_to(
-                vec![peer_namespaces_pods(
-                    selector_labels(&[(NS_LABEL, "y")]),
-                    selector_labels(&[("pod", "a")]),
-                )],
-                vec![],
-            );
+            let rule = egress_to(vec![peer_ns_pod("y", "a")], vec![]);
             let egress = egress_rules(
                 gen_with_pod_match_label("allow-to-ns-y-pod-a", &[("pod", "a")]),
                 vec![rule],
             );
             k.create_policy(egress, "x");
-            let rule = ingress_from(
-                vec![peer_namespaces_pods(
-                    selector_labels(&[(NS_LABEL, "x")]),
-                    selector_labels(&[("pod", "a")]),
-                )],
-                vec![],
-            );
+            let rule = ingress_from(vec![peer_ns_pod("x", "a")], vec![]);
             let on_a = ingress_rules(
                 gen_with_pod_match_label("allow-from-xa-on-ya-match-selector", &[("pod", "a")]),
                 vec![rule.clone()],
@@ -1000,13 +991,7 @@ const TCP_TESTS: &[Test] = &[
     (
         "should enforce egress policy allowing traffic to a server in a different namespace based on PodSelector and NamespaceSelector",
         |k| {
-            let rule = egress_to(
-                vec![peer_namespaces_pods(
-                    selector_labels(&[(NS_LABEL, "y")]),
-                    selector_labels(&[("pod", "a")]),
-                )],
-                vec![],
-            );
+            let rule = egress_to(vec![peer_ns_pod("y", "a")], vec![]);
             let policy = egress_rules(
                 gen_with_pod_match_label("allow-to-ns-y-pod-a", &[("pod", "a")]),
                 vec![rule],
@@ -1323,13 +1308,7 @@ fn ports_81_from_y(k: &mut Scenario, protocol: Protocol) {
 /// The UDP and SCTP groups' "... only from a pod in a different namespace
 /// based on PodSelector and NamespaceSelector".
 fn only_y_a(k: &mut Scenario, protocol: Protocol) {
-    let rule = ingress_from(
-        vec![peer_namespaces_pods(
-            selector_labels(&[(NS_LABEL, "y")]),
-            selector_labels(&[("pod", "a")]),
-        )],
-        vec![],
-    );
+    let rule = ingress_from(vec![peer_ns_pod("y", "a")], vec![]);
     let policy = ingress_rules(
         gen_with_pod_match_label(
             "allow-ns-y-pod-a-via-namespace-pod-selector",

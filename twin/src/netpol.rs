@@ -12,10 +12,10 @@
 //!   destination pod, which echoes it; allowed = the echo arrives (the
 //!   request is sent up to [`UDP_ATTEMPTS`] times: smoltcp drops a
 //!   datagram that waits for ARP, as a resolver would retry).
-//! - SCTP: neither smoltcp nor etherparse speak it, so [`sctp_init`] builds
-//!   an INIT (RFC 9260 §3.3.2, CRC32c checksum) sent from the source pod
-//!   as a raw socket would; allowed = it reaches the destination pod's
-//!   eth0. The kernel lab can only do the same (no SCTP sockets there).
+//! - SCTP: neither smoltcp nor etherparse speak it, so the source pod
+//!   sends a [`wire::SctpInit`] (CRC32c included) as a raw socket would;
+//!   allowed = it reaches the destination pod's eth0. The kernel lab can
+//!   only do the same (no SCTP sockets there).
 //!
 //! A destination pod serves exactly the TCP and UDP ports the case lists
 //! for it: a TCP probe elsewhere is refused, a UDP one gets a port
@@ -33,6 +33,7 @@ use weft_model::policy::Protocol;
 use weft_model::policy_case::{CaseResults, PolicyCase, Probe, ProbeResult};
 
 use crate::cluster::{Cluster, ClusterConfig, PodId};
+use crate::wire;
 
 /// How long a TCP probe may take, on the twin's virtual clock: the SYN,
 /// a retransmission after a first SYN lost to ARP, and the echo.
@@ -400,58 +401,22 @@ fn echo_udp(socket: &mut udp::Socket<'static>) {
     }
 }
 
-/// SCTP's protocol number.
-const IPPROTO_SCTP: u8 = 132;
-
-/// An IPv4 packet holding an SCTP INIT from `src:source` to `dst:port`:
-/// the common header (verification tag 0, as RFC 9260 §8.5.1 requires of
-/// an INIT; CRC32c checksum) and one INIT chunk with initiate tag `tag`.
-pub fn sctp_init(src: Ipv4Addr, dst: Ipv4Addr, source: u16, port: u16, tag: u32) -> Vec<u8> {
-    let mut sctp = Vec::with_capacity(32);
-    sctp.extend_from_slice(&source.to_be_bytes());
-    sctp.extend_from_slice(&port.to_be_bytes());
-    sctp.extend_from_slice(&0u32.to_be_bytes()); // verification tag
-    sctp.extend_from_slice(&0u32.to_be_bytes()); // checksum, set below
-    // INIT: type 1, flags 0, length 20.
-    sctp.extend_from_slice(&[1, 0, 0, 20]);
-    sctp.extend_from_slice(&tag.to_be_bytes()); // initiate tag
-    sctp.extend_from_slice(&65_535u32.to_be_bytes()); // a_rwnd
-    sctp.extend_from_slice(&10u16.to_be_bytes()); // outbound streams
-    sctp.extend_from_slice(&65_535u16.to_be_bytes()); // max inbound streams
-    sctp.extend_from_slice(&tag.to_be_bytes()); // initial TSN
-    // RFC 9260 appendix A: the CRC32c goes out least significant byte first.
-    let checksum = crc32c(&sctp);
-    sctp[8..12].copy_from_slice(&checksum.to_le_bytes());
-
-    let mut header = etherparse::Ipv4Header::new(
-        sctp.len() as u16,
-        64,
-        etherparse::IpNumber(IPPROTO_SCTP),
+/// An IPv4 packet holding an SCTP INIT from `src:source` to `dst:port`
+/// with initiate tag `tag`, as a client pod's raw socket sends it.
+fn sctp_init(src: Ipv4Addr, dst: Ipv4Addr, source: u16, port: u16, tag: u32) -> Vec<u8> {
+    let init = wire::SctpInit {
+        src_port: source,
+        dst_port: port,
+        initiate_tag: tag,
+    };
+    let repr = wire::host_repr(
         src.octets(),
         dst.octets(),
-    )
-    .expect("an INIT fits an IPv4 packet");
-    header.header_checksum = header.calc_header_checksum();
-    let mut packet = header.to_bytes().to_vec();
-    packet.extend_from_slice(&sctp);
-    packet
-}
-
-/// CRC32c (Castagnoli, reflected, as SCTP uses it), bit by bit: a probe
-/// is a few dozen bytes.
-pub fn crc32c(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in data {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0x82F6_3B78
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
+        wire::PROTOCOL_SCTP,
+        source,
+        true,
+    );
+    wire::ipv4_packet(repr, &init.bytes())
 }
 
 #[cfg(test)]
@@ -535,27 +500,17 @@ mod tests {
     }
 
     #[test]
-    fn crc32c_matches_the_standard_check_value() {
-        // The CRC catalogue's check value for CRC-32/ISCSI.
-        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
-    }
-
-    #[test]
     fn an_init_is_a_valid_ipv4_sctp_packet() {
         let src = Ipv4Addr::new(10, 244, 1, 10);
         let dst = Ipv4Addr::new(10, 244, 2, 10);
         let packet = sctp_init(src, dst, 20_001, 80, 7);
         let (ip, sctp) = etherparse::Ipv4Header::from_slice(&packet).unwrap();
-        assert_eq!(ip.protocol, etherparse::IpNumber(IPPROTO_SCTP));
+        assert_eq!(ip.protocol, etherparse::IpNumber(wire::PROTOCOL_SCTP));
         assert_eq!(ip.header_checksum, ip.calc_header_checksum());
         assert_eq!((ip.source, ip.destination), (src.octets(), dst.octets()));
         assert_eq!(sctp.len(), 32);
         assert_eq!(&sctp[..4], &[0x4e, 0x21, 0, 80]);
         assert_eq!(sctp[12], 1, "an INIT chunk");
-        // Recomputed over the packet with the field zeroed, the checksum
-        // is the one carried.
-        let mut zeroed = sctp.to_vec();
-        zeroed[8..12].fill(0);
-        assert_eq!(crc32c(&zeroed).to_le_bytes(), sctp[8..12]);
+        assert!(wire::sctp_checksum_ok(sctp));
     }
 }
