@@ -32,9 +32,15 @@
 //! - The ipBlock tests use the case's fixed pod addresses for the pod IP
 //!   upstream reads from the API (`makeLargeCIDRForIP`: the /4 around it).
 //!
-//! Not translatable: none of the current groups' tests. (Upstream's
-//! Service-based and node-address tests live elsewhere, outside these
-//! groups.)
+//! Not translated, because the case format cannot express them:
+//! - every test of network_legacy.go ("NetworkPolicyLegacy", whose context
+//!   is also named "NetworkPolicy between server and client", removed
+//!   upstream since): each probes a server through its Service (a
+//!   ClusterIP and kube-proxy's DNAT), and a case has no Service; the same
+//!   semantics are the tests here, probed pod to pod.
+//! - none of network_policy.go's three groups: each of their tests is
+//!   here. (Its other files, network_policy_api.go, test the API server's
+//!   validation, not connectivity.)
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
