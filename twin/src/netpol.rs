@@ -63,6 +63,15 @@ pub enum SimulateError {
         subnet: String,
         problems: String,
     },
+    #[error(
+        "pods[{index}] ({pod}): {ip} is in {reserved}, which the twin keeps for its underlay and gateway"
+    )]
+    Reserved {
+        index: usize,
+        pod: String,
+        ip: Ipv4Addr,
+        reserved: &'static str,
+    },
     #[error("the case has more nodes (/24s) than the twin can build ({0}, at most 250)")]
     TooManyNodes(usize),
 }
@@ -83,6 +92,23 @@ pub fn simulate(case: &PolicyCase) -> Result<CaseResults, SimulateError> {
 
     let mut pods: BTreeMap<String, PodId> = BTreeMap::new();
     for (index, pod) in case.pods.iter().enumerate() {
+        let reserved = [
+            ("198.18.0.0/15", [198, 18], 15),
+            ("169.254.0.0/16", [169, 254], 16),
+        ]
+        .into_iter()
+        .find(|(_, net, len)| {
+            u32::from(pod.ip) >> (32 - len)
+                == u32::from_be_bytes([net[0], net[1], 0, 0]) >> (32 - len)
+        });
+        if let Some((reserved, _, _)) = reserved {
+            return Err(SimulateError::Reserved {
+                index,
+                pod: pod.id(),
+                ip: pod.ip,
+                reserved,
+            });
+        }
         let node = subnets
             .iter()
             .position(|s| *s == pod.node_subnet())
@@ -497,6 +523,12 @@ mod tests {
         bad.pods[2].ip = Ipv4Addr::new(10, 244, 9, 255);
         let e = simulate(&bad).unwrap_err().to_string();
         assert!(e.contains("pods[2] (y/a)"), "{e}");
+        bad.pods[2].ip = Ipv4Addr::new(198, 19, 4, 5);
+        let e = simulate(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("pods[2] (y/a): 198.19.4.5 is in 198.18.0.0/15"),
+            "{e}"
+        );
     }
 
     #[test]
