@@ -224,6 +224,18 @@ pub fn render(case: &PolicyCase, results: &CaseResults) -> String {
     out
 }
 
+/// One probe as the runner sends it.
+struct Attempt {
+    from: PodId,
+    to: PodId,
+    port: u16,
+    /// A port no earlier probe used.
+    source: u16,
+    /// Whether the destination pod lists the port and protocol.
+    serves: bool,
+    payload: Vec<u8>,
+}
+
 struct Runner {
     cluster: Cluster,
     next_port: u16,
@@ -244,25 +256,26 @@ impl Runner {
 
     fn probe(&mut self, probe: &Probe, from: PodId, to: PodId, serves: bool) -> bool {
         let source = self.source_port();
-        // The payload names the probe, so an answer to another cannot pass.
-        let payload = format!("probe {} -> {} {}", probe.from, probe.to, source).into_bytes();
+        let attempt = Attempt {
+            from,
+            to,
+            port: probe.port,
+            source,
+            serves,
+            // The payload names the probe, so an answer to another cannot pass.
+            payload: format!("probe {} -> {} {}", probe.from, probe.to, source).into_bytes(),
+        };
         match probe.protocol {
-            Protocol::Tcp => self.tcp(from, to, probe.port, source, serves, &payload),
-            Protocol::Udp => self.udp(from, to, probe.port, source, serves, &payload),
-            Protocol::Sctp => self.sctp(from, to, probe.port, source),
+            Protocol::Tcp => self.tcp(&attempt),
+            Protocol::Udp => self.udp(&attempt),
+            Protocol::Sctp => self.sctp(&attempt),
             Protocol::Unknown(_) => false,
         }
     }
 
-    fn tcp(
-        &mut self,
-        from: PodId,
-        to: PodId,
-        port: u16,
-        source: u16,
-        serves: bool,
-        payload: &[u8],
-    ) -> bool {
+    fn tcp(&mut self, attempt: &Attempt) -> bool {
+        let (from, to, port, source) = (attempt.from, attempt.to, attempt.port, attempt.source);
+        let (serves, payload) = (attempt.serves, &attempt.payload);
         let c = &mut self.cluster;
         let server = serves.then(|| {
             let mut socket = tcp_socket();
@@ -299,23 +312,14 @@ impl Runner {
             closed = s.state() == tcp::State::Closed;
             echoed.len() >= payload.len() || closed || c.now() >= deadline
         });
-        let allowed = echoed == payload;
-        self.remove(from, client);
-        if let Some(server) = server {
-            self.remove(to, server);
-        }
+        let allowed = echoed == *payload;
+        self.remove(attempt, client, server);
         allowed
     }
 
-    fn udp(
-        &mut self,
-        from: PodId,
-        to: PodId,
-        port: u16,
-        source: u16,
-        serves: bool,
-        payload: &[u8],
-    ) -> bool {
+    fn udp(&mut self, attempt: &Attempt) -> bool {
+        let (from, to, port, source) = (attempt.from, attempt.to, attempt.port, attempt.source);
+        let (serves, payload) = (attempt.serves, &attempt.payload);
         let c = &mut self.cluster;
         let server = serves.then(|| c.pod_mut(to).add_socket(udp_socket(port)));
         let client = c.pod_mut(from).add_socket(udp_socket(source));
@@ -342,14 +346,12 @@ impl Runner {
                 break;
             }
         }
-        self.remove(from, client);
-        if let Some(server) = server {
-            self.remove(to, server);
-        }
+        self.remove(attempt, client, server);
         allowed
     }
 
-    fn sctp(&mut self, from: PodId, to: PodId, port: u16, source: u16) -> bool {
+    fn sctp(&mut self, attempt: &Attempt) -> bool {
+        let (from, to, port, source) = (attempt.from, attempt.to, attempt.port, attempt.source);
         let c = &mut self.cluster;
         let (src, dst) = (c.pod_ip(from), c.pod_ip(to));
         // The INIT's initiate tag tells this probe's packet from others.
@@ -375,10 +377,13 @@ impl Runner {
         })
     }
 
-    /// Drops a probe's socket (its connection with it: the peer's socket
-    /// goes too, and the next probe uses another port).
-    fn remove(&mut self, pod: PodId, socket: SocketHandle) {
-        self.cluster.pod_mut(pod).sockets().remove(socket);
+    /// Drops a probe's sockets, and with them its connection (the next
+    /// probe uses another port).
+    fn remove(&mut self, attempt: &Attempt, client: SocketHandle, server: Option<SocketHandle>) {
+        self.cluster.pod_mut(attempt.from).sockets().remove(client);
+        if let Some(server) = server {
+            self.cluster.pod_mut(attempt.to).sockets().remove(server);
+        }
     }
 }
 
