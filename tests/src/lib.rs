@@ -13,6 +13,7 @@ use std::process::{Command, Output, Stdio};
 
 pub mod capture;
 pub mod framegen;
+pub mod netpol_cases;
 pub mod peers;
 
 pub use weft_lab::UpOptions;

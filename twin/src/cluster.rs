@@ -254,6 +254,8 @@ pub struct Cluster {
     recording: bool,
     steps: Vec<Step>,
     queue: VecDeque<Event>,
+    /// Each node's pod CIDR (a /24), by node.
+    pod_cidrs: Vec<[u8; 4]>,
 }
 
 /// Rounds of "poll every pod, carry every frame" within one step before
@@ -266,8 +268,23 @@ impl Cluster {
     /// mode, the pod MTU on IP-in-IP routes, the uplink programs' maps,
     /// the vxlan device and its peers.
     pub fn new(config: ClusterConfig) -> Cluster {
-        let mut cluster =
-            Cluster::from_tables((0..config.nodes).map(|i| node_tables(&config, i)).collect());
+        Cluster::with_pod_cidrs(config, (0..config.nodes).map(pod_cidr).collect())
+    }
+
+    /// [`Cluster::new`] with the given pod CIDRs (/24s, one per node, in
+    /// node order; `config.nodes` is ignored): the policy case runner
+    /// gives each /24 of a case its node.
+    pub fn with_pod_cidrs(config: ClusterConfig, pod_cidrs: Vec<[u8; 4]>) -> Cluster {
+        let config = ClusterConfig {
+            nodes: pod_cidrs.len(),
+            ..config
+        };
+        let mut cluster = Cluster::from_tables(
+            (0..config.nodes)
+                .map(|i| node_tables(&config, &pod_cidrs, i))
+                .collect(),
+        );
+        cluster.pod_cidrs = pod_cidrs;
         if config.far_nodes > 0 {
             let hosts = cluster
                 .nodes
@@ -287,6 +304,7 @@ impl Cluster {
     /// underlay segment: what [`crate::trace()`] walks packets through.
     pub fn from_tables(tables: Vec<NodeTables>) -> Cluster {
         Cluster {
+            pod_cidrs: (0..tables.len()).map(pod_cidr).collect(),
             now: Instant::from_millis(0),
             nodes: tables.into_iter().map(Node::new).collect(),
             pods: Vec::new(),
@@ -309,11 +327,29 @@ impl Cluster {
     /// its own MTU; the host veth keeps the pod MTU).
     pub fn add_pod_with_mtu(&mut self, node: usize, mtu: u16) -> PodId {
         let local = self.pods.iter().filter(|p| p.node == node).count();
-        let tables = &mut self.nodes[node].tables;
-        let cidr = pod_cidr(node);
+        let cidr = self.pod_cidrs[node];
         let ip = [cidr[0], cidr[1], cidr[2], 2 + local as u8];
+        self.attach_pod(node, ip, mtu)
+    }
+
+    /// Adds a pod on `node` at `ip`, with the node's pod MTU: a pod whose
+    /// address is given (a policy case's). `None` if `ip` is not a host
+    /// address of the node's pod CIDR or another pod has it.
+    pub fn add_pod_at(&mut self, node: usize, ip: Ipv4Addr) -> Option<PodId> {
+        let ip = ip.octets();
+        let usable = ip[..3] == self.pod_cidrs[node][..3] && ip[3] != 0 && ip[3] != 255;
+        if !usable || self.pods.iter().any(|p| p.ip == ip) {
+            return None;
+        }
+        let mtu = self.nodes[node].tables.pod_mtu;
+        Some(self.attach_pod(node, ip, mtu))
+    }
+
+    /// A pod at `ip` behind the node's next host veth.
+    fn attach_pod(&mut self, node: usize, ip: [u8; 4], mtu: u16) -> PodId {
+        let local = self.pods.iter().filter(|p| p.node == node).count();
         let ifindex = 101 + local as u32;
-        tables.add_pod(ifindex, ip);
+        self.nodes[node].tables.add_pod(ifindex, ip);
 
         let mut dev = VethDevice {
             rx: VecDeque::new(),
@@ -657,7 +693,8 @@ fn underlay_ip(config: &ClusterConfig, i: usize) -> [u8; 4] {
 /// underlay router instead, with the node in the uplink programs' map as
 /// usual, so that encapsulation across subnets can be shown; `none`
 /// keeps the agent's behaviour (no route).
-fn node_tables(config: &ClusterConfig, i: usize) -> NodeTables {
+fn node_tables(config: &ClusterConfig, pod_cidrs: &[[u8; 4]], i: usize) -> NodeTables {
+    let pod_cidr = |j: usize| pod_cidrs[j];
     let me = underlay_ip(config, i);
     let subnet = [me[0], me[1], me[2], 0];
     let router = if subnet == SUBNET_NEAR {

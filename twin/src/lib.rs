@@ -9,6 +9,8 @@
 //! - [`node`]: a node's tables as plain data ([`NodeTables`]: the eBPF maps
 //!   and the kernel routes) and the engine that plays the node's kernel
 //!   around the hooks: routing, MTU and ICMP, fragmentation, ARP, vxlan.
+//! - [`netpol`]: a policy case run on a cluster built for it, every probe
+//!   real traffic (`weftctl policy simulate`).
 //! - [`policy`]: a node's policy maps and connection tracker as tables.
 //! - [`cluster`]: nodes joined by a simulated underlay, pods that are
 //!   smoltcp interfaces holding real TCP and UDP conversations, on a
@@ -22,6 +24,7 @@
 
 pub mod cluster;
 pub mod hooks;
+pub mod netpol;
 pub mod node;
 pub mod policy;
 pub mod step;

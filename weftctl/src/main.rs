@@ -54,6 +54,26 @@ enum Command {
     Bgp(BgpCommand),
     /// Build, inspect and check a cluster of network namespaces on this machine.
     Lab(LabArgs),
+    /// NetworkPolicy: run policy cases.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Run a policy case on the userspace twin: one node per /24 of the
+    /// pods' addresses, the policies compiled by the agent's compiler into
+    /// each node's maps, every probe real traffic through the twin (TCP
+    /// connect and echo, UDP echo, an SCTP INIT that must arrive).
+    Simulate {
+        /// The case: {"namespaces", "pods", "policies", "probes"} (JSON or YAML).
+        #[arg(long)]
+        input: PathBuf,
+        /// Print {"results": [{"from","to","port","protocol","allowed"}, ...]},
+        /// one per probe in the probes' order.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -448,6 +468,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             print_as(&peers, json, agent_api::render_bgp_peers)?;
         }
         Command::Lab(args) => return run_lab(args),
+        Command::Policy(PolicyCommand::Simulate { input, json }) => {
+            let text = std::fs::read_to_string(&input)
+                .with_context(|| format!("reading {}", input.display()))?;
+            let case = weft_model::policy_case::parse_case(&text)
+                .with_context(|| format!("{}", input.display()))?;
+            let results = weft_twin::netpol::simulate(&case)
+                .with_context(|| format!("simulating {}", input.display()))?;
+            print_as(&results, json, |r| weft_twin::netpol::render(&case, r))?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

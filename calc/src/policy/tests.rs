@@ -649,6 +649,54 @@ fn policy_types_default_from_the_rules() {
 }
 
 #[test]
+fn an_empty_egress_rule_allows_everything_and_an_empty_list_nothing() {
+    let none = in_x("podSelector: {matchLabels: {pod: a}}\npolicyTypes: [Egress]\negress: []");
+    let all = in_x("podSelector: {matchLabels: {pod: a}}\npolicyTypes: [Egress]\negress: [{}]");
+    // Explicitly empty `to` and `ports` lists are the same as absent ones.
+    let lists = in_x(
+        "podSelector: {matchLabels: {pod: a}}\npolicyTypes: [Egress]\negress: [{to: [], ports: []}]",
+    );
+    for (to, proto, port) in [
+        ("x/b", TCP, 80),
+        ("z/c", SCTP, 82),
+        ("8.8.8.8", UDP, 53),
+        ("203.0.113.9", ICMP, 0),
+    ] {
+        assert!(!none.can("x/a", to, proto, port), "{to}");
+        assert!(all.can("x/a", to, proto, port), "{to}");
+        assert!(lists.can("x/a", to, proto, port), "{to}");
+    }
+    let from_list = in_x("podSelector: {}\ningress: [{from: [], ports: []}]");
+    assert!(from_list.can("203.0.113.9", "x/a", TCP, 1));
+    assert!(from_list.can("z/c", "x/b", UDP, 53));
+}
+
+#[test]
+fn empty_pod_and_namespace_selectors_in_one_peer_are_every_pod_but_no_address() {
+    let f =
+        in_x("podSelector: {}\ningress:\n- from:\n  - {podSelector: {}, namespaceSelector: {}}");
+    for from in ["x/b", "y/a", "z/c"] {
+        assert!(f.can(from, "x/a", TCP, 80), "{from}");
+    }
+    assert!(!f.can("203.0.113.9", "x/a", TCP, 80));
+}
+
+#[test]
+fn end_port_ranges_apply_on_egress_too() {
+    let f = in_x(
+        "podSelector: {matchLabels: {pod: a}}\negress:\n- ports: [{protocol: SCTP, port: 5000, endPort: 5003}]",
+    );
+    for port in 4998..5006 {
+        assert_eq!(
+            f.can("x/a", "y/b", SCTP, port),
+            (5000..=5003).contains(&port),
+            "{port}"
+        );
+        assert!(!f.can("x/a", "y/b", TCP, port), "SCTP's range is not TCP's");
+    }
+}
+
+#[test]
 fn policies_add_up() {
     let f = Fixture::netpol()
         .with(&policy("x", "from-b", "podSelector: {matchLabels: {pod: a}}\ningress: [{from: [{podSelector: {matchLabels: {pod: b}}}], ports: [{port: 80}]}]"))
