@@ -708,42 +708,6 @@ fn is_our_init(
         && initiate_tag == Some(tag)
 }
 
-/// The answer as a table: one row per probe, with what the case expected
-/// and a mark where they differ.
-pub fn render(case: &PolicyCase, results: &CaseResults) -> String {
-    let mut rows = vec![
-        ["FROM", "TO", "PORT", "PROTOCOL", "ALLOWED", "EXPECTED"]
-            .map(String::from)
-            .to_vec(),
-    ];
-    for (probe, result) in case.probes.iter().zip(&results.results) {
-        let expected = match probe.expected {
-            Some(e) if e != result.allowed => format!("{e} (differs)"),
-            Some(e) => e.to_string(),
-            None => "-".into(),
-        };
-        rows.push(vec![
-            result.from.clone(),
-            result.to.clone(),
-            result.port.to_string(),
-            result.protocol.name().to_string(),
-            result.allowed.to_string(),
-            expected,
-        ]);
-    }
-    crate::matrix::render_table(&rows)
-}
-
-/// The probes whose answer differs from their `expected`.
-pub fn mismatches<'a>(case: &'a PolicyCase, results: &'a CaseResults) -> Vec<&'a ProbeResult> {
-    case.probes
-        .iter()
-        .zip(&results.results)
-        .filter(|(p, r)| p.expected.is_some_and(|e| e != r.allowed))
-        .map(|(_, r)| r)
-        .collect()
-}
-
 /// The namespaces and nodes a case needs, for the one-line summary.
 pub fn summary(case: &PolicyCase) -> String {
     let namespaces: BTreeSet<&str> = case.pods.iter().map(|p| p.namespace.as_str()).collect();

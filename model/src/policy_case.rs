@@ -239,6 +239,67 @@ impl PolicyCase {
         Ok(())
     }
 
+    /// The probes whose answer in `results` differs from their
+    /// `expected`, with that answer.
+    pub fn mismatches<'a>(&'a self, results: &'a CaseResults) -> Vec<(&'a Probe, &'a ProbeResult)> {
+        self.probes
+            .iter()
+            .zip(&results.results)
+            .filter(|(p, r)| p.expected.is_some_and(|e| e != r.allowed))
+            .collect()
+    }
+
+    /// Both runners' answer as a table, one line per probe, with the
+    /// probe's `expected` beside the verdict when the case has one and a
+    /// mark where they differ, then a count.
+    pub fn render(&self, results: &CaseResults) -> String {
+        let with_expected = self.probes.iter().any(|p| p.expected.is_some());
+        let width = |f: fn(&ProbeResult) -> usize| results.results.iter().map(f).max().unwrap_or(0);
+        let (from_w, to_w) = (width(|r| r.from.len()).max(4), width(|r| r.to.len()).max(2));
+        let mut out = format!(
+            "{:from_w$}  {:to_w$}  {:11}  {:7}",
+            "FROM", "TO", "PORT", "VERDICT"
+        );
+        if with_expected {
+            out.push_str("  EXPECTED");
+        }
+        out.push('\n');
+        let verdict = |allowed: bool| if allowed { "allowed" } else { "denied" };
+        for (result, probe) in results.results.iter().zip(&self.probes) {
+            let port = format!("{}/{}", result.port, result.protocol.name());
+            let mut line = format!(
+                "{:from_w$}  {:to_w$}  {port:11}  {:7}",
+                result.from,
+                result.to,
+                verdict(result.allowed)
+            );
+            if let Some(expected) = probe.expected {
+                let mark = if expected == result.allowed {
+                    ""
+                } else {
+                    "  <- differs"
+                };
+                line.push_str(&format!("  {:8}{mark}", verdict(expected)));
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        let allowed = results.results.iter().filter(|r| r.allowed).count();
+        out.push_str(&format!(
+            "{} probes: {allowed} allowed, {} denied",
+            results.results.len(),
+            results.results.len() - allowed
+        ));
+        if with_expected {
+            out.push_str(&format!(
+                "; {} differ from expected",
+                self.mismatches(results).len()
+            ));
+        }
+        out.push('\n');
+        out
+    }
+
     /// The pod named `namespace/name`.
     pub fn pod(&self, id: &str) -> Option<&CasePod> {
         self.pods.iter().find(|p| p.id() == id)

@@ -33,8 +33,9 @@ fn every_case_gets_its_expected_verdicts_from_the_twin() {
         let case = parse_case(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
         let input = file.to_string_lossy();
         let out = weftctl(&["policy", "simulate", "--input", &input, "--json"]);
+        // Exit status 1: it ran, and some answer differs from `expected`.
         assert!(
-            out.status.success(),
+            matches!(out.status.code(), Some(0 | 1)),
             "{name}: weftctl policy simulate failed ({}): {}",
             out.status,
             String::from_utf8_lossy(&out.stderr)

@@ -174,56 +174,6 @@ pub fn simulate(case: &PolicyCase) -> Result<CaseResults, SimulateError> {
     Ok(CaseResults { results })
 }
 
-/// The results as a table, one line per probe; with the case's
-/// `expected` beside each verdict when it has one, and a mark where they
-/// differ.
-pub fn render(case: &PolicyCase, results: &CaseResults) -> String {
-    let with_expected = case.probes.iter().any(|p| p.expected.is_some());
-    let width = |f: fn(&ProbeResult) -> usize| results.results.iter().map(f).max().unwrap_or(0);
-    let (from_w, to_w) = (width(|r| r.from.len()).max(4), width(|r| r.to.len()).max(2));
-    let mut out = format!(
-        "{:from_w$}  {:to_w$}  {:11}  {:7}",
-        "FROM", "TO", "PORT", "VERDICT"
-    );
-    if with_expected {
-        out.push_str("  EXPECTED");
-    }
-    out.push('\n');
-    let verdict = |allowed: bool| if allowed { "allowed" } else { "denied" };
-    let mut differ = 0;
-    for (result, probe) in results.results.iter().zip(&case.probes) {
-        let port = format!("{}/{}", result.port, result.protocol.name());
-        out.push_str(&format!(
-            "{:from_w$}  {:to_w$}  {port:11}  {:7}",
-            result.from,
-            result.to,
-            verdict(result.allowed)
-        ));
-        if let Some(expected) = probe.expected {
-            let mark = if expected == result.allowed {
-                ""
-            } else {
-                differ += 1;
-                "  <- differs"
-            };
-            out.push_str(&format!("  {:8}{mark}", verdict(expected)));
-        }
-        out = out.trim_end().to_string();
-        out.push('\n');
-    }
-    let allowed = results.results.iter().filter(|r| r.allowed).count();
-    out.push_str(&format!(
-        "{} probes: {allowed} allowed, {} denied",
-        results.results.len(),
-        results.results.len() - allowed
-    ));
-    if with_expected {
-        out.push_str(&format!("; {differ} differ from expected"));
-    }
-    out.push('\n');
-    out
-}
-
 /// One probe as the runner sends it.
 struct Attempt {
     from: PodId,

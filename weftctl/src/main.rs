@@ -64,7 +64,8 @@ enum PolicyCommand {
     /// Run a policy case on the userspace twin: one node per /24 of the
     /// pods' addresses, the policies compiled by the agent's compiler into
     /// each node's maps, every probe real traffic through the twin (TCP
-    /// connect and echo, UDP echo, an SCTP INIT that must arrive).
+    /// connect and echo, UDP echo, an SCTP INIT that must arrive). Exits 1
+    /// when a probe's answer differs from its `expected`.
     Simulate {
         /// The case: {"namespaces", "pods", "policies", "probes"} (JSON or YAML).
         #[arg(long)]
@@ -475,7 +476,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .with_context(|| format!("{}", input.display()))?;
             let results = weft_twin::netpol::simulate(&case)
                 .with_context(|| format!("simulating {}", input.display()))?;
-            print_as(&results, json, |r| weft_twin::netpol::render(&case, r))?;
+            print_as(&results, json, |r| case.render(r))?;
+            if !case.mismatches(&results).is_empty() {
+                return Ok(ExitCode::FAILURE);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -796,9 +800,9 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&run.results)?);
             } else {
-                print!("{}", lab::netpol::render(&case, &run.results));
+                print!("{}", case.render(&run.results));
             }
-            let differing = lab::netpol::mismatches(&case, &run.results).len();
+            let differing = case.mismatches(&run.results).len();
             eprintln!(
                 "{}: {}; lab {}{} matched in {:.2} s, programmed in {:.2} s, probed in {:.2} s{}",
                 input.display(),
