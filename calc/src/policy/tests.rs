@@ -912,3 +912,5 @@ fn the_cluster_indexes_feed_the_compiler() {
     let from_cluster = compile_cluster(&cluster, &n1, None);
     assert_eq!(from_cluster, f.compile_node(NODES[0], None));
 }
+
+mod scale;
