@@ -913,4 +913,6 @@ fn the_cluster_indexes_feed_the_compiler() {
     assert_eq!(from_cluster, f.compile_node(NODES[0], None));
 }
 
+mod random;
+mod reference;
 mod scale;
