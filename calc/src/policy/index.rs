@@ -6,10 +6,11 @@
 //! (see [`MemberIndex::selected`], [`MemberIndex::in_block`]); the indexes
 //! only narrow the candidates, the definition still decides each one.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 
 use weft_model::policy::Peer;
-use weft_model::selector::Labels;
+use weft_model::selector::{LabelSelector, Labels, Operator};
 
 use super::Member;
 use super::identity::{Block, block_contains};
@@ -89,16 +90,10 @@ impl<'a> MemberIndex<'a> {
         let pod_ok = |i: usize| {
             (peer.pod_selector.as_ref()).is_none_or(|sel| sel.matches(&self.members[i].pod.labels))
         };
-        // With matchLabels, only the pods with the rarest of its labels
-        // can match.
-        if let Some(sel) = &peer.pod_selector
-            && !sel.match_labels.is_empty()
-        {
-            let rarest = (sel.match_labels.iter())
-                .map(|(k, v)| self.with_label(k, v))
-                .min_by_key(|members| members.len())
-                .unwrap_or_default();
-            return (rarest.iter().copied())
+        // With matchLabels or an `In`, only the pods with the rarest of
+        // the labels they require can match.
+        if let Some(candidates) = peer.pod_selector.as_ref().and_then(|s| self.candidates(s)) {
+            return (candidates.iter().copied())
                 .filter(|&i| namespace_ok[self.namespace_of[i]] && pod_ok(i))
                 .collect();
         }
@@ -125,6 +120,27 @@ impl<'a> MemberIndex<'a> {
             .collect();
         out.sort_unstable();
         out
+    }
+
+    /// The fewest members (ascending) among which all those `selector`
+    /// matches are: the members with one of its `matchLabels`, or with
+    /// one of the values of one of its `In` requirements; `None` when it
+    /// requires neither (every member is a candidate).
+    fn candidates(&self, selector: &LabelSelector) -> Option<Cow<'_, [usize]>> {
+        let labels =
+            (selector.match_labels.iter()).map(|(k, v)| Cow::Borrowed(self.with_label(k, v)));
+        let ins = (selector.match_expressions.iter())
+            .filter(|r| r.operator == Operator::In)
+            .map(|r| {
+                let mut any: Vec<usize> = (r.values.iter())
+                    .flat_map(|v| self.with_label(&r.key, v))
+                    .copied()
+                    .collect();
+                any.sort_unstable();
+                any.dedup();
+                Cow::Owned(any)
+            });
+        labels.chain(ins).min_by_key(|c| c.len())
     }
 
     fn with_label(&self, key: &str, value: &str) -> &[usize] {
