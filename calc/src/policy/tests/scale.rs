@@ -151,7 +151,8 @@ fn bench_sizes() {
     }
     // As the agent and the bench call it: through the cluster's indexes.
     let (policies, pods) = (1_000, 10_000);
-    let cluster = cluster_of(
+    let cluster = super::cluster_of(
+        &[],
         &bench_pods(pods),
         &(0..policies).map(bench_policy).collect::<Vec<_>>(),
     );
@@ -175,28 +176,4 @@ fn bench_sizes() {
         c.policy.len(),
         c.ipcache.len()
     );
-}
-
-/// The cluster's indexes holding these pods (as endpoints) and policies.
-fn cluster_of(pods: &[PolicyPod], policies: &[NetworkPolicy]) -> crate::Cluster {
-    use weft_model::{Change, EndpointRecord, Object};
-    let mut cluster = crate::Cluster::default();
-    for p in policies {
-        cluster.apply(Change::Upsert(Object::NetworkPolicy(Box::new(p.clone()))));
-    }
-    for p in pods {
-        cluster.apply(Change::Upsert(Object::Endpoint(EndpointRecord {
-            container_id: format!("{}-{}", p.namespace, p.name),
-            ifname: "eth0".into(),
-            node: p.node.clone(),
-            pod_name: p.name.clone(),
-            pod_namespace: p.namespace.clone(),
-            labels: p.labels.clone(),
-            address: p.address.expect("bench pods have addresses"),
-            host_ifname: String::new(),
-            netns: String::new(),
-            ports: p.ports.clone(),
-        })));
-    }
-    cluster
 }
