@@ -169,6 +169,27 @@ fn bench_sizes() {
         c.policy.len(),
         c.ipcache.len()
     );
+    // One more policy: the rest of an agent's pass for a change (its
+    // input digest, the compile keeping identities, the plan).
+    let mut more = cluster.clone();
+    let change = weft_model::Change::Upsert(weft_model::Object::NetworkPolicy(Box::new(
+        bench_policy(policies),
+    )));
+    more.apply(change);
+    let t = Instant::now();
+    let _ = super::super::digest::cluster_digest(&more);
+    let digest_took = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let next = compile_cluster(&more, &node, Some(&c.identities));
+    let compile_took = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let plan = plan(&c, &next);
+    println!(
+        "one more policy: cluster_digest {digest_took:.3} s, compile_cluster {compile_took:.3} s, \
+         plan {:.3} s ({} map operations)",
+        t.elapsed().as_secs_f64(),
+        plan.ops.len()
+    );
     let fillers: Vec<NetworkPolicy> = (0..100).map(filler_policy).collect();
     let (c, took) = timed_with(&fillers, 1_000);
     println!(
