@@ -16,7 +16,7 @@
 //! membership, and new ones are never reused, so a change rewrites only
 //! what it changes and no stale reference can ever name a new peer.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
@@ -88,24 +88,39 @@ impl Identities {
 }
 
 /// Every prefix of the blocks (plus 0.0.0.0/0) with its membership.
+///
+/// A block can hold a prefix only if its CIDR is one of the prefix's at
+/// most 33 ancestors (itself included), so each prefix looks those up
+/// instead of testing every block.
 pub(crate) fn block_prefixes(blocks: &BTreeSet<Block>) -> BTreeMap<Ipv4Network, BTreeSet<Block>> {
     let mut prefixes: BTreeSet<Ipv4Network> = BTreeSet::new();
     prefixes.insert(Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("/0"));
-    for (cidr, except) in blocks {
+    let mut by_cidr: HashMap<Ipv4Network, Vec<&Block>> = HashMap::new();
+    for block in blocks {
+        let (cidr, except) = block;
         prefixes.insert(*cidr);
         prefixes.extend(except.iter().copied());
+        by_cidr.entry(*cidr).or_default().push(block);
     }
     prefixes
         .into_iter()
         .map(|p| {
-            let members = blocks
-                .iter()
-                .filter(|(cidr, except)| covers(cidr, &p) && !except.iter().any(|e| covers(e, &p)))
-                .cloned()
+            let members = (0..=p.prefix())
+                .filter_map(|len| by_cidr.get(&ancestor(&p, len)))
+                .flatten()
+                .filter(|(_, except)| !except.iter().any(|e| covers(e, &p)))
+                .map(|&block| block.clone())
                 .collect();
             (p, members)
         })
         .collect()
+}
+
+/// The network of length `len` (at most `net`'s) that holds `net`.
+fn ancestor(net: &Ipv4Network, len: u8) -> Ipv4Network {
+    let mask = u32::MAX.checked_shl(u32::from(32 - len)).unwrap_or(0);
+    let ip = Ipv4Addr::from(u32::from(net.network()) & mask);
+    Ipv4Network::new(ip, len).expect("a length of at most 32")
 }
 
 /// `outer` holds all of `inner`.

@@ -35,6 +35,7 @@
 
 pub mod digest;
 pub mod identity;
+mod index;
 pub mod plan;
 pub mod ports;
 
@@ -60,6 +61,7 @@ pub use plan::{PolicyPlan, plan};
 
 use crate::problem::Problem;
 use identity::{Block, block_contains, block_prefixes};
+use index::MemberIndex;
 
 /// What one node's policy maps are computed from.
 #[derive(Clone, Copy, Debug)]
@@ -190,8 +192,8 @@ pub fn compile(input: &PolicyInput) -> CompiledPolicy {
 
     let ctx = Context {
         input,
-        namespaces: &namespaces,
         members: &members,
+        index: MemberIndex::new(&namespaces, &members),
         block_identities: &block_identities,
     };
     // Each policy's peers once, not once per endpoint it selects.
@@ -260,8 +262,9 @@ fn selects_endpoint(policy: &NetworkPolicy, pod: &PolicyPod) -> bool {
 /// What rule compilation reads.
 struct Context<'a> {
     input: &'a PolicyInput<'a>,
-    namespaces: &'a BTreeMap<&'a str, Labels>,
     members: &'a [Member<'a>],
+    /// The members by namespace, label and address, for [`Context::peers`].
+    index: MemberIndex<'a>,
     block_identities: &'a BTreeMap<Block, BTreeSet<u32>>,
 }
 
@@ -319,11 +322,8 @@ impl Context<'_> {
                 for id in self.block_identities.get(&block).into_iter().flatten() {
                     out.insert(*id, None);
                 }
-                for m in self
-                    .members
-                    .iter()
-                    .filter(|m| block_contains(&block, m.address))
-                {
+                for i in self.index.in_block(&block) {
+                    let m = &self.members[i];
                     out.insert(m.identity, Some(m.pod));
                 }
                 if block_contains(&block, self.input.node_address) {
@@ -331,31 +331,12 @@ impl Context<'_> {
                 }
                 continue;
             }
-            for m in self.members {
-                if self.selects(policy, peer, m.pod) {
-                    out.insert(m.identity, Some(m.pod));
-                }
+            for i in self.index.selected(policy.namespace(), peer) {
+                let m = &self.members[i];
+                out.insert(m.identity, Some(m.pod));
             }
         }
         Peers::Some(out)
-    }
-
-    /// A selector peer holds `pod`: a namespace selector picks namespaces
-    /// (without one, the policy's own), a pod selector pods in them (without
-    /// one, all); both present must both hold.
-    fn selects(&self, policy: &NetworkPolicy, peer: &Peer, pod: &PolicyPod) -> bool {
-        let namespace_ok = match &peer.namespace_selector {
-            Some(sel) => self
-                .namespaces
-                .get(pod.namespace.as_str())
-                .is_some_and(|labels| sel.matches(labels)),
-            None => pod.namespace == policy.namespace(),
-        };
-        namespace_ok
-            && peer
-                .pod_selector
-                .as_ref()
-                .is_none_or(|sel| sel.matches(&pod.labels))
     }
 
     /// Allow entries for one rule at endpoint `ep`.

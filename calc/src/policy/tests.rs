@@ -929,29 +929,9 @@ fn ipv6_blocks_hold_no_ipv4_peer_and_host_bits_are_ignored() {
 
 #[test]
 fn the_cluster_indexes_feed_the_compiler() {
-    use weft_model::{Change, EndpointRecord, NodeRecord, Object};
+    use weft_model::NodeRecord;
     let f = in_x("podSelector: {}\ningress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]");
-    let mut cluster = crate::Cluster::default();
-    for ns in &f.namespaces {
-        cluster.apply(Change::Upsert(Object::Namespace(ns.clone())));
-    }
-    for p in &f.policies {
-        cluster.apply(Change::Upsert(Object::NetworkPolicy(Box::new(p.clone()))));
-    }
-    for p in &f.pods {
-        cluster.apply(Change::Upsert(Object::Endpoint(EndpointRecord {
-            container_id: format!("{}-{}", p.namespace, p.name),
-            ifname: "eth0".into(),
-            node: p.node.clone(),
-            pod_name: p.name.clone(),
-            pod_namespace: p.namespace.clone(),
-            labels: p.labels.clone(),
-            address: p.address.unwrap(),
-            host_ifname: String::new(),
-            netns: String::new(),
-            ports: p.ports.clone(),
-        })));
-    }
+    let cluster = cluster_of(&f.namespaces, &f.pods, &f.policies);
     let n1 = NodeRecord {
         name: "n1".into(),
         underlay_ip: NODES[0].1,
@@ -960,3 +940,39 @@ fn the_cluster_indexes_feed_the_compiler() {
     let from_cluster = compile_cluster(&cluster, &n1, None);
     assert_eq!(from_cluster, f.compile_node(NODES[0], None));
 }
+
+/// The cluster's indexes holding these namespaces, policies and pods (as
+/// endpoints): what [`compile_cluster`] reads.
+fn cluster_of(
+    namespaces: &[Namespace],
+    pods: &[PolicyPod],
+    policies: &[NetworkPolicy],
+) -> crate::Cluster {
+    use weft_model::{Change, EndpointRecord, Object};
+    let mut cluster = crate::Cluster::default();
+    for ns in namespaces {
+        cluster.apply(Change::Upsert(Object::Namespace(ns.clone())));
+    }
+    for p in policies {
+        cluster.apply(Change::Upsert(Object::NetworkPolicy(Box::new(p.clone()))));
+    }
+    for p in pods {
+        cluster.apply(Change::Upsert(Object::Endpoint(EndpointRecord {
+            container_id: format!("{}-{}", p.namespace, p.name),
+            ifname: "eth0".into(),
+            node: p.node.clone(),
+            pod_name: p.name.clone(),
+            pod_namespace: p.namespace.clone(),
+            labels: p.labels.clone(),
+            address: p.address.expect("a pod with an address"),
+            host_ifname: String::new(),
+            netns: String::new(),
+            ports: p.ports.clone(),
+        })));
+    }
+    cluster
+}
+
+mod random;
+mod reference;
+mod scale;
