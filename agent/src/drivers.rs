@@ -361,6 +361,12 @@ impl TunnelDriver {
         out.uplink_entries_written += plan.writes();
         if !self.attached {
             self.programs.attach(&self.uplink)?;
+            // Mode vxlan: pod traffic leaves through the vxlan device (made
+            // earlier in the pass), where the uplink sees only its outer
+            // packets; the deferred egress policy runs there.
+            if self.encap == Encap::Vxlan {
+                self.programs.attach_tunnel(vxlan::DEVICE_NAME)?;
+            }
             self.attached = true;
         }
         self.plan = Some(plan);

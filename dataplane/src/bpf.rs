@@ -71,7 +71,7 @@ use weft_common::maps::{
     IPCACHE_MAP, IPCACHE_MAX_ENTRIES, IdentityEntry, IpcacheKey, NODES_MAP, NODES_MAX_ENTRIES,
     NodeConfig, NodeEntry, NodeKey, POD_EGRESS_PROGRAM, POD_INGRESS_PROGRAM, POD_ROUTES_MAP,
     POD_ROUTES_MAX_ENTRIES, POLICY_MAP, POLICY_MAX_ENTRIES, POLICY_REVISION_MAP, PodCidrKey,
-    PolicyEntry, PolicyKey, PolicyRevision, RemoteNode, UPLINK_EGRESS_PROGRAM,
+    PolicyEntry, PolicyKey, PolicyRevision, RemoteNode, TUNNEL_EGRESS_PROGRAM, UPLINK_EGRESS_PROGRAM,
     UPLINK_INGRESS_PROGRAM,
 };
 use weft_common::verdict::{COUNTER_COUNT, Counter};
@@ -433,7 +433,14 @@ impl UplinkPrograms {
     /// maps pinned under `pin_dir` (creating and pinning missing ones) and
     /// pinning both programs there. `pin_dir` as for [`PodGuard::load`].
     pub fn load(pin_dir: &Path) -> Result<UplinkPrograms, BpfError> {
-        let ebpf = load_object(pin_dir, &[UPLINK_EGRESS_PROGRAM, UPLINK_INGRESS_PROGRAM])?;
+        let ebpf = load_object(
+            pin_dir,
+            &[
+                UPLINK_EGRESS_PROGRAM,
+                UPLINK_INGRESS_PROGRAM,
+                TUNNEL_EGRESS_PROGRAM,
+            ],
+        )?;
         Ok(UplinkPrograms {
             ebpf,
             pin_dir: pin_dir.to_owned(),
@@ -548,6 +555,21 @@ impl UplinkPrograms {
             &mut self.ebpf,
             UPLINK_EGRESS_PROGRAM,
             uplink,
+            Direction::Egress,
+            UPLINK_FILTER_PRIORITY,
+        )
+    }
+
+    /// Ensures `clsact` and `weft_tunnel_egress` at tc egress of the vxlan
+    /// device `device` (mode `vxlan`), at [`UPLINK_FILTER_PRIORITY`]: the
+    /// node's way out to other nodes there, where a pod's egress policy
+    /// deferred for a Service address is judged. Idempotent and adopting,
+    /// as [`UplinkPrograms::attach`].
+    pub fn attach_tunnel(&mut self, device: &str) -> Result<(), BpfError> {
+        ensure_filter(
+            &mut self.ebpf,
+            TUNNEL_EGRESS_PROGRAM,
+            device,
             Direction::Egress,
             UPLINK_FILTER_PRIORITY,
         )
