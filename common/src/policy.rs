@@ -296,43 +296,52 @@ where
     if policy.policy_action(&isolated) == POLICY_NOT_FOUND {
         return None;
     }
-    let judge_here = NodeConfig::default();
     let dst = frame.read::<4>(IPV4_DESTINATION_OFFSET)?;
-    if config.is_service(dst) {
-        return Some(enforce(
-            frame,
-            ipcache,
-            policy,
-            &mut Untracked,
-            now_ns,
-            revision,
-            &judge_here,
-        ));
-    }
+    let mut table = Tracker {
+        table: conntrack,
+        tracked: !config.is_service(dst),
+    };
+    // Nothing deferred here: this is where the deferred check happens.
     Some(enforce(
         frame,
         ipcache,
         policy,
-        conntrack,
+        &mut table,
         now_ns,
         revision,
-        &judge_here,
+        &NodeConfig::default(),
     ))
 }
 
-/// A tracker that knows no flow and keeps none: every packet is judged by
-/// policy on its own.
-struct Untracked;
+/// `table`, or (not `tracked`) a tracker that knows no flow and keeps
+/// none, so that every packet is judged by policy on its own. One type
+/// for both, so that [`enforce`] is inlined once into the eBPF program.
+struct Tracker<'a, C: ?Sized> {
+    table: &'a mut C,
+    tracked: bool,
+}
 
-impl ConntrackTable for Untracked {
+impl<C: ConntrackTable + ?Sized> ConntrackTable for Tracker<'_, C> {
     #[inline(always)]
-    fn entry(&self, _: &crate::conntrack::FlowKey) -> Option<crate::conntrack::ConntrackEntry> {
-        None
+    fn entry(&self, key: &crate::conntrack::FlowKey) -> Option<crate::conntrack::ConntrackEntry> {
+        if self.tracked {
+            self.table.entry(key)
+        } else {
+            None
+        }
     }
     #[inline(always)]
-    fn write(&mut self, _: &crate::conntrack::FlowKey, _: &crate::conntrack::ConntrackEntry) {}
+    fn write(&mut self, key: &crate::conntrack::FlowKey, entry: &crate::conntrack::ConntrackEntry) {
+        if self.tracked {
+            self.table.write(key, entry);
+        }
+    }
     #[inline(always)]
-    fn remove(&mut self, _: &crate::conntrack::FlowKey) {}
+    fn remove(&mut self, key: &crate::conntrack::FlowKey) {
+        if self.tracked {
+            self.table.remove(key);
+        }
+    }
 }
 
 /// Whether a packet the uplink has just decapsulated (Ethernet, then

@@ -38,8 +38,7 @@ use weft_common::maps::{
     Encap, EndpointInfo, IDENTITY_ANY, IdentityEntry, IpcacheKey, NodeConfig, POD_EGRESS_PROGRAM,
     POD_INGRESS_PROGRAM, POLICY_EGRESS, POLICY_INGRESS, POLICY_PREFIX_FULL, POLICY_PREFIX_IDENTITY,
     POLICY_PREFIX_PROTOCOL, PodCidrKey, PolicyEntry, PolicyKey, RemoteNode, TUNNEL_EGRESS_PROGRAM,
-    UPLINK_EGRESS_PROGRAM,
-    UPLINK_INGRESS_PROGRAM, prefix_contains,
+    UPLINK_EGRESS_PROGRAM, UPLINK_INGRESS_PROGRAM, prefix_contains,
 };
 use weft_common::policy::may_skip_pod_egress;
 use weft_common::redirect::{FibQuery, FibResult, ToStack, direct_redirect};
@@ -299,7 +298,10 @@ fn configs() -> Vec<(&'static str, NodeConfig)> {
             if i == last {
                 (name, config)
             } else {
-                (name, config.with_service_range(SERVICE_RANGE.0, SERVICE_RANGE.1))
+                (
+                    name,
+                    config.with_service_range(SERVICE_RANGE.0, SERVICE_RANGE.1),
+                )
             }
         })
         .collect()
@@ -858,9 +860,9 @@ fn run_all(pin_dir: &Path, frames: &[Frame]) {
                 ))
             },
         );
-        // weft_tunnel_egress (the vxlan device's) reads only the Service
-        // range of the config.
-        if config.encap() == Some(Encap::Vxlan) {
+        // weft_tunnel_egress (the vxlan device's, attached in mode vxlan
+        // only) reads nothing of the config but the Service range.
+        {
             run_batch(
                 &guard,
                 &mut tunnel,
@@ -1202,7 +1204,15 @@ fn run_policy(
             &egress_program,
             Some(&ctx),
             frames,
-            |f| Some(hooks::pod_egress(f, &tables, conntrack, monotonic_ns(), config)),
+            |f| {
+                Some(hooks::pod_egress(
+                    f,
+                    &tables,
+                    conntrack,
+                    monotonic_ns(),
+                    config,
+                ))
+            },
             |_| None,
         );
     }
