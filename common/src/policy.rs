@@ -363,8 +363,7 @@ where
         return false;
     };
     policy.policy_action(&PolicyKey::lookup(dst, POLICY_INGRESS, 0, 0, 0)) == POLICY_NOT_FOUND
-        && policy.policy_action(&PolicyKey::lookup(dst, POLICY_EGRESS, 0, 0, 0))
-            == POLICY_NOT_FOUND
+        && policy.policy_action(&PolicyKey::lookup(dst, POLICY_EGRESS, 0, 0, 0)) == POLICY_NOT_FOUND
 }
 
 /// Where the offset of a field of the IPv4 header after Ethernet is.

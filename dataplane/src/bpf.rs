@@ -71,8 +71,8 @@ use weft_common::maps::{
     IPCACHE_MAP, IPCACHE_MAX_ENTRIES, IdentityEntry, IpcacheKey, NODES_MAP, NODES_MAX_ENTRIES,
     NodeConfig, NodeEntry, NodeKey, POD_EGRESS_PROGRAM, POD_INGRESS_PROGRAM, POD_ROUTES_MAP,
     POD_ROUTES_MAX_ENTRIES, POLICY_MAP, POLICY_MAX_ENTRIES, POLICY_REVISION_MAP, PodCidrKey,
-    PolicyEntry, PolicyKey, PolicyRevision, RemoteNode, TUNNEL_EGRESS_PROGRAM, UPLINK_EGRESS_PROGRAM,
-    UPLINK_INGRESS_PROGRAM,
+    PolicyEntry, PolicyKey, PolicyRevision, RemoteNode, TUNNEL_EGRESS_PROGRAM,
+    UPLINK_EGRESS_PROGRAM, UPLINK_INGRESS_PROGRAM,
 };
 use weft_common::verdict::{COUNTER_COUNT, Counter};
 

@@ -104,7 +104,10 @@ fn wire_pod_configures_both_ends() {
             .expect("wire_pod")
     };
     assert_eq!(wired.host.name, host_ifname);
-    assert!(!wired.host.up, "the agent brings the host end up, once guarded");
+    assert!(
+        !wired.host.up,
+        "the agent brings the host end up, once guarded"
+    );
     assert_eq!(wired.host.mtu, Some(MTU));
     assert_eq!(wired.pod.name, "eth0");
     assert_eq!(wired.pod.mtu, Some(MTU));
@@ -158,7 +161,9 @@ fn wire_pod_configures_both_ends() {
         "{neigh}"
     );
 
-    // Traffic: the node routes the pod's /32 to the host end and answers.
+    // Traffic: the agent brings the host end up (once guarded), the node
+    // routes the pod's /32 to it and answers.
+    ip(&["-n", &ns.node, "link", "set", &host_ifname, "up"]);
     ip(&[
         "-n",
         &ns.node,

@@ -523,7 +523,7 @@ fn ingress_verdict_name(
     let len = write_decapsulated(frame, outer_header_len, &mut inner).unwrap();
     match direct_redirect(&inner[..len], config, fib, endpoints) {
         Ok(_) if !may_skip_pod_egress(&inner[..len], policy) => {
-            format!("{name}+ToStack(IngressIsolated)")
+            format!("{name}+ToStack(Isolated)")
         }
         Ok(_) => format!("{name}+Redirect"),
         Err(ToStack::Disabled) => name,
@@ -766,8 +766,9 @@ fn run_all(pin_dir: &Path, frames: &[Frame]) {
         PolicyEntry::DENY,
     )
     .unwrap();
-    // Where the node's way out judges deferred egress: the endpoint may
-    // send TCP to N2_POD's identity only, 10.244.1.6 nothing.
+    // Where the node's way out judges deferred egress: 10.244.1.6 may
+    // send TCP to N2_POD's identity and UDP anywhere, 10.244.250.1
+    // nothing. (So neither is a redirect target; the endpoint stays one.)
     let n2_pod_identity = maps
         .ipcache()
         .unwrap()
@@ -775,15 +776,16 @@ fn run_all(pin_dir: &Path, frames: &[Frame]) {
         .find(|(k, _)| k.prefix_len == 32 && k.addr == N2_POD)
         .map(|(_, e)| e.identity)
         .expect("the generated ipcache names every pod");
+    let sender = [10, 244, 1, 6];
     for (key, entry) in [
         (
-            PolicyKey::isolation(ENDPOINT_IP, POLICY_EGRESS),
+            PolicyKey::isolation(sender, POLICY_EGRESS),
             PolicyEntry::DENY,
         ),
         (
             PolicyKey::new(
                 POLICY_PREFIX_PROTOCOL,
-                ENDPOINT_IP,
+                sender,
                 POLICY_EGRESS,
                 n2_pod_identity,
                 ipv4::PROTOCOL_TCP,
@@ -792,7 +794,18 @@ fn run_all(pin_dir: &Path, frames: &[Frame]) {
             PolicyEntry::ALLOW,
         ),
         (
-            PolicyKey::isolation([10, 244, 1, 6], POLICY_EGRESS),
+            PolicyKey::new(
+                POLICY_PREFIX_PROTOCOL,
+                sender,
+                POLICY_EGRESS,
+                IDENTITY_ANY,
+                ipv4::PROTOCOL_UDP,
+                0,
+            ),
+            PolicyEntry::ALLOW,
+        ),
+        (
+            PolicyKey::isolation([10, 244, 250, 1], POLICY_EGRESS),
             PolicyEntry::DENY,
         ),
     ] {
@@ -800,7 +813,7 @@ fn run_all(pin_dir: &Path, frames: &[Frame]) {
     }
     maps.set_revision(3).unwrap();
     let pinned = read_pinned_maps(pin_dir).unwrap();
-    assert_eq!(pinned.policy.len(), 4);
+    assert_eq!(pinned.policy.len(), 5);
     let exit_policy = PolicyTables {
         ipcache: pinned.ipcache,
         policy: pinned.policy,
@@ -1011,7 +1024,7 @@ fn run_all(pin_dir: &Path, frames: &[Frame]) {
                 "Decapsulate+ToStack(NoNeighbour)",
                 "Decapsulate+ToStack(NotAPodVeth)",
                 "Decapsulate+ToStack(NotThatPod)",
-                "Decapsulate+ToStack(IngressIsolated)",
+                "Decapsulate+ToStack(Isolated)",
             ][..],
         ),
     ] {

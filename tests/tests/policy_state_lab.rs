@@ -337,9 +337,7 @@ spec:
         .map(|w| w[1] - w[0])
         .max()
         .unwrap_or_default();
-    let unanswered = cut
-        .unanswered
-        .map(|t| t.saturating_duration_since(applied));
+    let unanswered = cut.unanswered.map(|t| t.saturating_duration_since(applied));
     println!(
         "lab apply took {apply_took:?}; denied connection: last reply {cut_after:?} after the \
          apply began ({} replies after it), first unanswered request sent {unanswered:?} after \
@@ -784,7 +782,19 @@ spec:
 
 #[test]
 fn kube_proxy_dnat_is_judged_against_the_backend_pod_and_its_ports() {
-    let lab = Lab::up("st-svc", 2, 0);
+    kube_proxy_dnat(Lab::up("st-svc", 2, 0));
+}
+
+/// The same in mode vxlan: a remote backend's traffic leaves through the
+/// vxlan device, where `weft_tunnel_egress` judges the deferred egress.
+#[test]
+fn kube_proxy_dnat_is_judged_after_the_dnat_in_vxlan_mode() {
+    let mut options = up_options(2, 0);
+    options.encap = weft_lab::state::Encap::Vxlan;
+    kube_proxy_dnat(Lab::build("st-svcvx", options));
+}
+
+fn kube_proxy_dnat(lab: Lab) {
     pod_add(&lab, "node1", "c", "x", "app=client", "");
     // The named port `web` is a different number on each backend.
     pod_add(
