@@ -431,7 +431,7 @@ fn capture(
                     &mut from_len,
                 )
             };
-            if n <= 0 || from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+            if n <= 0 || from.sll_pkttype == libc::PACKET_OUTGOING {
                 continue;
             }
             if let Ok(packet) = etherparse::SlicedPacket::from_ethernet(&buf[..n as usize])
