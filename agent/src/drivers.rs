@@ -102,7 +102,7 @@ impl Drivers for KernelDrivers {
         match slice {
             // No policy driver yet: the compiler is not wired in (issue #10).
             Slice::Policy => self.policy.write(desired, full, out),
-            Slice::Endpoints => self.endpoints.write(desired, full, out),
+            Slice::Endpoints => self.endpoints.write(desired, full, out).await,
             Slice::Tunnel => self.tunnel.write(desired, full, out),
             Slice::Vxlan => self.vxlan.write(desired).await,
             Slice::Routes => self.routes.write(desired, full, out).await,
@@ -225,7 +225,7 @@ impl EndpointsDriver {
         }
     }
 
-    fn write(
+    async fn write(
         &mut self,
         desired: &DesiredState,
         full: bool,
@@ -253,6 +253,10 @@ impl EndpointsDriver {
                 continue;
             }
             self.guard.attach(&link.0)?;
+            // The plugin wires the host end down: no packet crosses the
+            // veth before its programs are on it and the pod's guard entry
+            // and policy (flushed before this slice) are in the maps.
+            self.netlink.set_up(&link.0).await?;
             self.attached.insert(link.clone());
         }
         self.plan = Some(plan);
@@ -361,6 +365,12 @@ impl TunnelDriver {
         out.uplink_entries_written += plan.writes();
         if !self.attached {
             self.programs.attach(&self.uplink)?;
+            // Mode vxlan: pod traffic leaves through the vxlan device (made
+            // earlier in the pass), where the uplink sees only its outer
+            // packets; the deferred egress policy runs there.
+            if self.encap == Encap::Vxlan {
+                self.programs.attach_tunnel(vxlan::DEVICE_NAME)?;
+            }
             self.attached = true;
         }
         self.plan = Some(plan);

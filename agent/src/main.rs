@@ -87,6 +87,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         encap: config.encap,
         cross_subnet: config.cross_subnet,
         direct_redirect: config.direct_redirect,
+        service_range: config.service_cluster_ip_range,
     };
     let policy_maps =
         weft_dataplane::bpf::PolicyMaps::load(&config.bpffs_dir).with_context(|| {

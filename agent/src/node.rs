@@ -60,6 +60,9 @@ pub struct TunnelOptions {
     /// `--direct-redirect`: decapsulated packets for local pods go straight
     /// into the pod.
     pub direct_redirect: bool,
+    /// `--service-cluster-ip-range`: where kube-proxy DNATs, so where the
+    /// pod veths defer a sender's egress policy to after the DNAT.
+    pub service_range: ipnetwork::Ipv4Network,
 }
 
 /// What passes read and write, one pass at a time.
@@ -653,7 +656,10 @@ pub fn tunnel_config(underlay: Ipv4Addr, uplink: &Uplink, options: TunnelOptions
     if options.direct_redirect {
         config = config.with_direct_redirect();
     }
-    config
+    config.with_service_range(
+        options.service_range.network().octets(),
+        options.service_range.prefix(),
+    )
 }
 
 #[cfg(test)]
@@ -674,9 +680,12 @@ mod tests {
             encap: Encap::Ipip,
             cross_subnet: false,
             direct_redirect: false,
+            service_range: "10.96.0.0/12".parse().unwrap(),
         };
         let plain = tunnel_config(underlay, &uplink, options);
         assert_eq!(plain.encap(), Some(weft_common::maps::Encap::Ipip));
+        assert!(plain.is_service([10, 96, 0, 10]) && plain.is_service([10, 111, 255, 255]));
+        assert!(!plain.is_service([10, 112, 0, 0]) && !plain.is_service([10, 244, 1, 2]));
         assert_eq!(plain.uplink_mtu, 1500);
         assert_eq!(plain.flags, 0);
         let redirect = tunnel_config(

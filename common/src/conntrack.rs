@@ -135,16 +135,23 @@
 //! uplink). The policy programs must track a Service flow there, where
 //! its destination is the backend (so named ports and ipBlocks apply to
 //! it); a hook on the other side of netfilter sees the Service address
-//! and would make an unrelated second entry. ICMP errors are rewritten
-//! together with the datagram they quote, so they stay consistent in
-//! either view.
+//! and would make a second entry: the client's veth does (client ·
+//! ClusterIP), with the client's egress deferred to the post-DNAT hook
+//! (see `crate::policy`, "Services"), and that entry is what lets the
+//! reverse-NATed replies (from the ClusterIP) back in to a client isolated
+//! for ingress. ICMP errors are rewritten together with the datagram they
+//! quote, so they stay consistent in either view.
 //!
 //! # Fragments
 //!
 //! A fragment after the first has no ports: it is not tracked
 //! ([`CheckReason::Untracked`], with no destination port), so policy
-//! allows it only where it allows the peer on every port. Tracking the
-//! first fragment's ports by IP identifier is not done yet.
+//! allows it only where it allows the peer on every port of the protocol
+//! (or isolates neither end). So a fragmented UDP datagram of a flow that
+//! policy allows only on its port loses its later fragments, and the
+//! receiver's reassembly drops the whole datagram; an unfragmented flow,
+//! and TCP (whose segments fit the path MTU), are not affected. Tracking
+//! the first fragment's ports by IP identifier is not done yet.
 
 use crate::ipv4::{PROTOCOL_ICMP, PROTOCOL_TCP, PROTOCOL_UDP};
 use crate::l4::{Icmp, PROTOCOL_SCTP, QuotedFlow, TcpFlags, Transport, sctp_chunk};

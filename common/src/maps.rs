@@ -61,6 +61,10 @@ const _: () = assert!(core::mem::size_of::<EndpointKey>() == 4);
 pub const UPLINK_EGRESS_PROGRAM: &str = "weft_uplink_egress";
 /// Name of the tc classifier on the uplink's ingress (IP-in-IP decapsulation).
 pub const UPLINK_INGRESS_PROGRAM: &str = "weft_uplink_ingress";
+/// Name of the tc classifier on the vxlan device's egress (mode `vxlan`):
+/// the node's way out there, where a pod's egress policy deferred for a
+/// Service address is judged (see [`crate::policy`]).
+pub const TUNNEL_EGRESS_PROGRAM: &str = "weft_tunnel_egress";
 
 /// Name (and pin file name) of the LPM trie from a remote node's pod CIDR
 /// ([`PodCidrKey`]) to that node ([`RemoteNode`]). Map names stay within the
@@ -284,6 +288,17 @@ pub struct NodeConfig {
     pub uplink_mtu: u16,
     /// Reserved; writers set 0.
     pub reserved: u16,
+    /// The cluster's Service range (kube-apiserver's
+    /// `--service-cluster-ip-range`): where kube-proxy DNATs, so the pod
+    /// veth hooks defer a sender's egress policy to after the DNAT (see
+    /// [`crate::policy`]). Its network address, with
+    /// [`NodeConfig::service_prefix_len`].
+    pub service_network: [u8; 4],
+    /// The Service range's prefix length; 0: no Service range known (no
+    /// address is a Service, egress is judged where the pod sends).
+    pub service_prefix_len: u8,
+    /// Reserved; writers set 0.
+    pub reserved2: [u8; 3],
 }
 
 impl NodeConfig {
@@ -300,7 +315,25 @@ impl NodeConfig {
             outer_ttl: 0,
             uplink_mtu: 0,
             reserved: 0,
+            service_network: [0; 4],
+            service_prefix_len: 0,
+            reserved2: [0; 3],
         }
+    }
+
+    /// The same config with the cluster's Service range `network/prefix_len`
+    /// (prefix length 1..=32; 0 means none).
+    pub const fn with_service_range(mut self, network: [u8; 4], prefix_len: u8) -> Self {
+        self.service_network = network;
+        self.service_prefix_len = prefix_len;
+        self
+    }
+
+    /// `addr` is in the Service range (never, when none is configured).
+    #[inline(always)]
+    pub const fn is_service(&self, addr: [u8; 4]) -> bool {
+        self.service_prefix_len != 0
+            && prefix_contains(self.service_network, self.service_prefix_len as u32, addr)
     }
 
     /// The same config with the uplink's MTU.
@@ -376,7 +409,7 @@ unsafe impl aya::Pod for NodeConfig {}
 const _: () = assert!(core::mem::size_of::<PodCidrKey>() == 8);
 const _: () = assert!(core::mem::size_of::<RemoteNode>() == 8);
 const _: () = assert!(core::mem::size_of::<NodeEntry>() == 4);
-const _: () = assert!(core::mem::size_of::<NodeConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 24);
 const _: () = assert!(core::mem::align_of::<NodeConfig>() == 2);
 
 // ---------------------------------------------------------------------------

@@ -32,6 +32,35 @@
 //! - a connection allowed at a revision passes every later packet, either
 //!   way, with one conntrack lookup until the revision changes.
 //!
+//! # Services (kube-proxy's DNAT)
+//!
+//! kube-proxy (iptables mode) rewrites a Service address to a backend pod
+//! in the node's PREROUTING, which runs *after* tc ingress of the client's
+//! veth: there the destination is still the ClusterIP, and judging the
+//! sender's egress policy against it would judge the wrong peer (a policy
+//! allowing `app=backend` would drop the Service connection, and named
+//! ports could not resolve). So a packet to an address in the node's
+//! Service range ([`NodeConfig::is_service`], the agent's
+//! `--service-cluster-ip-range`) has its sender's egress *deferred* at
+//! the pod veth: [`ask`] does not judge it there. The entry the tracker
+//! writes for the client · ClusterIP tuple then only carries the replies,
+//! which netfilter has turned back into ClusterIP → client before the
+//! client's veth egress sees them, so an ingress-isolated client gets
+//! them. The deferred check happens where the packet next meets a Weft
+//! hook, after the DNAT, with the backend as destination:
+//!
+//! - a backend on this node: tc egress of its veth ([`enforce`] asks the
+//!   client's egress and the backend's ingress, both local);
+//! - a backend on another node: the node's way out ([`enforce_leaving`]
+//!   at tc egress of the uplink for native routing and IP-in-IP, of the
+//!   vxlan device for VXLAN), for a source that a policy isolates for
+//!   egress; a packet still addressed to a Service there (no DNAT
+//!   happened) is judged against that address, untracked, so the
+//!   client · ClusterIP entry can never carry it out.
+//!
+//! Not covered: a backend calling its own Service (hairpin): kube-proxy
+//! masquerades it to a node address, so its egress is never judged.
+//!
 //! Per packet: one conntrack lookup, and when policy is asked, two ipcache
 //! lookups and at most four policy lookups, whatever the number of rules.
 //! With empty policy maps nothing is isolated, and every packet passes
@@ -45,7 +74,7 @@ use crate::ipv4::Ipv4Header;
 use crate::l4::Transport;
 use crate::lookup::{ConntrackTable, Ipcache, PolicyLookup};
 use crate::maps::{
-    POLICY_EGRESS, POLICY_INGRESS, POLICY_NOT_FOUND, PolicyDecision, PolicyKey,
+    NodeConfig, POLICY_EGRESS, POLICY_INGRESS, POLICY_NOT_FOUND, PolicyDecision, PolicyKey,
     policy_decision_found,
 };
 use crate::packet::{PacketReader, ethernet};
@@ -94,23 +123,29 @@ pub struct PolicyAnswer {
 /// Asks the policy maps whether `query` is allowed: the source endpoint's
 /// egress towards the destination's identity and the destination
 /// endpoint's ingress from the source's identity. A port-less query looks
-/// port 0 up, which only rules for every port of the protocol cover.
+/// port 0 up, which only rules for every port of the protocol cover. A
+/// destination in `config`'s Service range defers the egress question
+/// (see "Services" above): pass [`NodeConfig::default`] to judge it here.
 #[inline(always)]
-pub fn ask<I, P>(query: &PolicyQuery, ipcache: &I, policy: &P) -> PolicyAnswer
+pub fn ask<I, P>(query: &PolicyQuery, ipcache: &I, policy: &P, config: &NodeConfig) -> PolicyAnswer
 where
     I: Ipcache + ?Sized,
     P: PolicyLookup + ?Sized,
 {
     let port = query.dst_port.unwrap_or_default();
     let lookup = |key: &_| policy.policy_action(key);
-    let egress = policy_decision_found(
-        lookup,
-        query.src,
-        POLICY_EGRESS,
-        ipcache.identity_of(query.dst),
-        query.protocol,
-        port,
-    );
+    let egress = if config.is_service(query.dst) {
+        PolicyDecision::NotIsolated
+    } else {
+        policy_decision_found(
+            lookup,
+            query.src,
+            POLICY_EGRESS,
+            ipcache.identity_of(query.dst),
+            query.protocol,
+            port,
+        )
+    };
     let ingress = policy_decision_found(
         lookup,
         query.dst,
@@ -150,8 +185,8 @@ const fn decision_counter(
 
 /// The policy decision for `frame` (Ethernet) at a pod veth hook, at
 /// `now_ns` (`bpf_ktime_get_ns`) under the node's policy `revision`
-/// (read before any policy lookup); applies the tracker's update to
-/// `conntrack`.
+/// (read before any policy lookup), on the node whose config is `config`
+/// (its Service range); applies the tracker's update to `conntrack`.
 #[inline(always)]
 pub fn enforce<R, I, P, C>(
     frame: &R,
@@ -160,6 +195,7 @@ pub fn enforce<R, I, P, C>(
     conntrack: &mut C,
     now_ns: u64,
     revision: u32,
+    config: &NodeConfig,
 ) -> PolicyOutcome
 where
     R: PacketReader + ?Sized,
@@ -171,10 +207,10 @@ where
         return PolicyOutcome::unasked(true, Counter::PolicyNotIpv4);
     }
     let Ok(ip) = Ipv4Header::new_checked(frame, ethernet::HEADER_LEN) else {
-        return unreadable(frame, ipcache, policy);
+        return unreadable(frame, ipcache, policy, config);
     };
     let Ok(transport) = Transport::read(frame, &ip) else {
-        return unreadable(frame, ipcache, policy);
+        return unreadable(frame, ipcache, policy, config);
     };
     let packet = FlowPacket {
         src: ip.src(),
@@ -200,7 +236,7 @@ where
                 CheckReason::Recheck => Counter::ConntrackEstablished,
                 CheckReason::Untracked => Counter::ConntrackUntracked,
             };
-            (counter, Some(ask(&check.query, ipcache, policy)))
+            (counter, Some(ask(&check.query, ipcache, policy, config)))
         }
     };
     let allowed = match answer {
@@ -226,13 +262,97 @@ where
     }
 }
 
+/// The deferred egress check of a packet leaving the node towards another
+/// node (tc egress of the uplink, or of the vxlan device; Ethernet, then
+/// IPv4, before any encapsulation): `None` when policy has nothing to say
+/// (not IPv4, or a source no policy isolates for egress: one policy
+/// lookup), else [`enforce`]'s outcome with nothing deferred. A flow the
+/// sender's veth already judged (pod to pod) finds its entry and passes
+/// with no policy lookup; a Service flow, now DNATed to a remote backend,
+/// is new here and judged against the backend. A packet still addressed to
+/// a Service is judged against that address without the tracker, so that
+/// the entry its veth wrote without asking cannot let it out.
+#[inline(always)]
+pub fn enforce_leaving<R, I, P, C>(
+    frame: &R,
+    ipcache: &I,
+    policy: &P,
+    conntrack: &mut C,
+    now_ns: u64,
+    revision: u32,
+    config: &NodeConfig,
+) -> Option<PolicyOutcome>
+where
+    R: PacketReader + ?Sized,
+    I: Ipcache + ?Sized,
+    P: PolicyLookup + ?Sized,
+    C: ConntrackTable + ?Sized,
+{
+    if crate::packet::ethertype(frame) != Some(ethernet::ETHERTYPE_IPV4) {
+        return None;
+    }
+    let src = frame.read::<4>(IPV4_SOURCE_OFFSET)?;
+    let isolated = PolicyKey::lookup(src, POLICY_EGRESS, 0, 0, 0);
+    if policy.policy_action(&isolated) == POLICY_NOT_FOUND {
+        return None;
+    }
+    let dst = frame.read::<4>(IPV4_DESTINATION_OFFSET)?;
+    let mut table = Tracker {
+        table: conntrack,
+        tracked: !config.is_service(dst),
+    };
+    // Nothing deferred here: this is where the deferred check happens.
+    Some(enforce(
+        frame,
+        ipcache,
+        policy,
+        &mut table,
+        now_ns,
+        revision,
+        &NodeConfig::default(),
+    ))
+}
+
+/// `table`, or (not `tracked`) a tracker that knows no flow and keeps
+/// none, so that every packet is judged by policy on its own. One type
+/// for both, so that [`enforce`] is inlined once into the eBPF program.
+struct Tracker<'a, C: ?Sized> {
+    table: &'a mut C,
+    tracked: bool,
+}
+
+impl<C: ConntrackTable + ?Sized> ConntrackTable for Tracker<'_, C> {
+    #[inline(always)]
+    fn entry(&self, key: &crate::conntrack::FlowKey) -> Option<crate::conntrack::ConntrackEntry> {
+        if self.tracked {
+            self.table.entry(key)
+        } else {
+            None
+        }
+    }
+    #[inline(always)]
+    fn write(&mut self, key: &crate::conntrack::FlowKey, entry: &crate::conntrack::ConntrackEntry) {
+        if self.tracked {
+            self.table.write(key, entry);
+        }
+    }
+    #[inline(always)]
+    fn remove(&mut self, key: &crate::conntrack::FlowKey) {
+        if self.tracked {
+            self.table.remove(key);
+        }
+    }
+}
+
 /// Whether a packet the uplink has just decapsulated (Ethernet, then
 /// IPv4) may be redirected straight into its pod (`bpf_redirect_peer`,
 /// see [`crate::redirect`]): such a packet never passes the pod veth's tc
-/// egress, where the pod's ingress policy is checked, so only a pod that
-/// no policy isolates for ingress takes the shortcut; the others' packets
-/// go through the stack and that hook. One policy lookup: an isolated
-/// direction always has its marker, which covers every key of it.
+/// egress, where the pod's ingress policy is checked and where the tracker
+/// records the connection, so only a pod that no policy isolates in either
+/// direction takes the shortcut (an egress-isolated pod's replies need the
+/// entry the request would have written). The others' packets go through
+/// the stack and that hook. Two policy lookups: an isolated direction
+/// always has its marker, which covers every key of it.
 #[inline(always)]
 pub fn may_skip_pod_egress<R, P>(frame: &R, policy: &P) -> bool
 where
@@ -243,6 +363,7 @@ where
         return false;
     };
     policy.policy_action(&PolicyKey::lookup(dst, POLICY_INGRESS, 0, 0, 0)) == POLICY_NOT_FOUND
+        && policy.policy_action(&PolicyKey::lookup(dst, POLICY_EGRESS, 0, 0, 0)) == POLICY_NOT_FOUND
 }
 
 /// Where the offset of a field of the IPv4 header after Ethernet is.
@@ -256,7 +377,7 @@ const IPV4_DESTINATION_OFFSET: usize = ethernet::HEADER_LEN + 16;
 /// only where nothing isolates either end or the peer is allowed on every
 /// port. Unreadable addresses are dropped.
 #[inline(always)]
-fn unreadable<R, I, P>(frame: &R, ipcache: &I, policy: &P) -> PolicyOutcome
+fn unreadable<R, I, P>(frame: &R, ipcache: &I, policy: &P, config: &NodeConfig) -> PolicyOutcome
 where
     R: PacketReader + ?Sized,
     I: Ipcache + ?Sized,
@@ -275,7 +396,7 @@ where
         protocol,
         dst_port: None,
     };
-    let answer = ask(&query, ipcache, policy);
+    let answer = ask(&query, ipcache, policy, config);
     PolicyOutcome {
         pass: answer.allowed,
         conntrack: Counter::ConntrackInvalid,
@@ -382,7 +503,15 @@ mod tests {
         table: &mut Table,
         revision: u32,
     ) -> PolicyOutcome {
-        enforce(frame, &ipcache()[..], policy, table, 1_000, revision)
+        enforce(
+            frame,
+            &ipcache()[..],
+            policy,
+            table,
+            1_000,
+            revision,
+            &NodeConfig::default(),
+        )
     }
 
     const SYN: u8 = TcpFlags::SYN;
@@ -498,6 +627,170 @@ mod tests {
         assert_eq!(
             after,
             PolicyOutcome::unasked(false, Counter::ConntrackDenied)
+        );
+    }
+
+    /// A ClusterIP inside the cluster's Service range.
+    const SERVICE: [u8; 4] = [10, 96, 0, 10];
+
+    fn with_services() -> NodeConfig {
+        NodeConfig::default().with_service_range([10, 96, 0, 0], 12)
+    }
+
+    /// The client isolated both ways: egress only to the server's
+    /// identity on TCP 80, ingress from nobody.
+    fn client_egress_to_server_only() -> Vec<(PolicyKey, PolicyEntry)> {
+        vec![
+            (
+                PolicyKey::isolation(CLIENT, POLICY_EGRESS),
+                PolicyEntry::DENY,
+            ),
+            (
+                PolicyKey::isolation(CLIENT, POLICY_INGRESS),
+                PolicyEntry::DENY,
+            ),
+            (
+                PolicyKey::new(
+                    POLICY_PREFIX_FULL,
+                    CLIENT,
+                    POLICY_EGRESS,
+                    SERVER_ID,
+                    PROTOCOL_TCP,
+                    80,
+                ),
+                PolicyEntry::ALLOW,
+            ),
+        ]
+    }
+
+    fn at_veth(
+        frame: &[u8],
+        policy: &[(PolicyKey, PolicyEntry)],
+        table: &mut Table,
+        config: &NodeConfig,
+    ) -> PolicyOutcome {
+        enforce(frame, &ipcache()[..], policy, table, 1_000, 1, config)
+    }
+
+    fn leaving(
+        frame: &[u8],
+        policy: &[(PolicyKey, PolicyEntry)],
+        table: &mut Table,
+    ) -> Option<PolicyOutcome> {
+        enforce_leaving(
+            frame,
+            &ipcache()[..],
+            policy,
+            table,
+            1_000,
+            1,
+            &with_services(),
+        )
+    }
+
+    #[test]
+    fn a_service_address_defers_the_senders_egress_and_carries_the_replies() {
+        let policy = client_egress_to_server_only();
+        let mut table = Table::default();
+        // Judged against the ClusterIP (world), the egress rule would drop it.
+        let before_dnat = tcp(CLIENT, 4000, SERVICE, 80, SYN);
+        let judged_here = at_veth(&before_dnat, &policy, &mut table, &NodeConfig::default());
+        assert!(!judged_here.pass);
+        assert_eq!(judged_here.egress, Some(Counter::PolicyEgressDenied));
+        // With the Service range known, the egress is left to after the DNAT.
+        let deferred = at_veth(&before_dnat, &policy, &mut table, &with_services());
+        assert_eq!(
+            deferred,
+            PolicyOutcome::unasked(true, Counter::ConntrackNew)
+        );
+        // kube-proxy's DNAT: the backend's veth egress judges the client's
+        // egress against the backend and its port.
+        let after_dnat = at_veth(
+            &tcp(CLIENT, 4000, SERVER, 80, SYN),
+            &policy,
+            &mut table,
+            &with_services(),
+        );
+        assert!(after_dnat.pass);
+        assert_eq!(after_dnat.egress, Some(Counter::PolicyEgressAllowed));
+        let wrong_port = at_veth(
+            &tcp(CLIENT, 4001, SERVER, 81, SYN),
+            &policy,
+            &mut table,
+            &with_services(),
+        );
+        assert!(!wrong_port.pass);
+        assert_eq!(wrong_port.egress, Some(Counter::PolicyEgressDenied));
+        // The backend's reply before the reverse NAT, and after it (from
+        // the ClusterIP) to the ingress-isolated client: both replies.
+        for reply in [
+            tcp(SERVER, 80, CLIENT, 4000, SYN_ACK),
+            tcp(SERVICE, 80, CLIENT, 4000, SYN_ACK),
+        ] {
+            assert_eq!(
+                at_veth(&reply, &policy, &mut table, &with_services()),
+                PolicyOutcome::unasked(true, Counter::ConntrackEstablished)
+            );
+        }
+        // Something else from the ClusterIP is no reply: the client's
+        // ingress isolation drops it.
+        let unsolicited = at_veth(
+            &tcp(SERVICE, 80, CLIENT, 4999, SYN),
+            &policy,
+            &mut table,
+            &with_services(),
+        );
+        assert!(!unsolicited.pass);
+        assert_eq!(unsolicited.ingress, Some(Counter::PolicyIngressDenied));
+    }
+
+    #[test]
+    fn leaving_the_node_judges_what_the_veth_deferred() {
+        let policy = client_egress_to_server_only();
+        let mut table = Table::default();
+        // A sender no policy isolates for egress: nothing to say.
+        assert_eq!(
+            leaving(&tcp(SERVER, 80, CLIENT, 4000, SYN), &policy, &mut table),
+            None
+        );
+        let arp = [0u8; 12].into_iter().chain([0x08, 0x06]).chain([0; 28]);
+        assert_eq!(leaving(&arp.collect::<Vec<_>>(), &policy, &mut table), None);
+        // The veth deferred the egress and wrote the client · ClusterIP
+        // entry; still addressed to the ClusterIP (no DNAT), the packet is
+        // judged against it without that entry, and dropped.
+        let to_service = tcp(CLIENT, 4000, SERVICE, 80, SYN);
+        assert!(at_veth(&to_service, &policy, &mut table, &with_services()).pass);
+        let undnatted = leaving(&to_service, &policy, &mut table).unwrap();
+        assert!(!undnatted.pass);
+        assert_eq!(undnatted.egress, Some(Counter::PolicyEgressDenied));
+        assert_eq!(table.0.len(), 1, "nothing written for it");
+        // DNATed to a remote backend: new here, judged against the backend.
+        let allowed = leaving(&tcp(CLIENT, 4000, SERVER, 80, SYN), &policy, &mut table).unwrap();
+        assert!(allowed.pass);
+        assert_eq!(allowed.conntrack, Counter::ConntrackNew);
+        assert_eq!(allowed.egress, Some(Counter::PolicyEgressAllowed));
+        let denied = leaving(&tcp(CLIENT, 4001, SERVER, 443, SYN), &policy, &mut table).unwrap();
+        assert!(!denied.pass);
+        // A flow the veth already judged finds its entry: no policy lookup.
+        let again = leaving(&tcp(CLIENT, 4000, SERVER, 80, ACK), &policy, &mut table).unwrap();
+        assert_eq!(
+            again,
+            PolicyOutcome::unasked(true, Counter::ConntrackEstablished)
+        );
+    }
+
+    #[test]
+    fn only_pods_isolated_in_neither_direction_skip_their_veth_egress() {
+        let mut policy = server_allows_web().to_vec();
+        let to_client = tcp(SERVER, 80, CLIENT, 4000, SYN);
+        assert!(may_skip_pod_egress(&to_client[..], &policy[..]));
+        policy.push((
+            PolicyKey::isolation(CLIENT, POLICY_EGRESS),
+            PolicyEntry::DENY,
+        ));
+        assert!(
+            !may_skip_pod_egress(&to_client[..], &policy[..]),
+            "an egress-isolated pod's replies need the request's entry"
         );
     }
 

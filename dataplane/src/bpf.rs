@@ -71,8 +71,8 @@ use weft_common::maps::{
     IPCACHE_MAP, IPCACHE_MAX_ENTRIES, IdentityEntry, IpcacheKey, NODES_MAP, NODES_MAX_ENTRIES,
     NodeConfig, NodeEntry, NodeKey, POD_EGRESS_PROGRAM, POD_INGRESS_PROGRAM, POD_ROUTES_MAP,
     POD_ROUTES_MAX_ENTRIES, POLICY_MAP, POLICY_MAX_ENTRIES, POLICY_REVISION_MAP, PodCidrKey,
-    PolicyEntry, PolicyKey, PolicyRevision, RemoteNode, UPLINK_EGRESS_PROGRAM,
-    UPLINK_INGRESS_PROGRAM,
+    PolicyEntry, PolicyKey, PolicyRevision, RemoteNode, TUNNEL_EGRESS_PROGRAM,
+    UPLINK_EGRESS_PROGRAM, UPLINK_INGRESS_PROGRAM,
 };
 use weft_common::verdict::{COUNTER_COUNT, Counter};
 
@@ -433,7 +433,14 @@ impl UplinkPrograms {
     /// maps pinned under `pin_dir` (creating and pinning missing ones) and
     /// pinning both programs there. `pin_dir` as for [`PodGuard::load`].
     pub fn load(pin_dir: &Path) -> Result<UplinkPrograms, BpfError> {
-        let ebpf = load_object(pin_dir, &[UPLINK_EGRESS_PROGRAM, UPLINK_INGRESS_PROGRAM])?;
+        let ebpf = load_object(
+            pin_dir,
+            &[
+                UPLINK_EGRESS_PROGRAM,
+                UPLINK_INGRESS_PROGRAM,
+                TUNNEL_EGRESS_PROGRAM,
+            ],
+        )?;
         Ok(UplinkPrograms {
             ebpf,
             pin_dir: pin_dir.to_owned(),
@@ -548,6 +555,21 @@ impl UplinkPrograms {
             &mut self.ebpf,
             UPLINK_EGRESS_PROGRAM,
             uplink,
+            Direction::Egress,
+            UPLINK_FILTER_PRIORITY,
+        )
+    }
+
+    /// Ensures `clsact` and `weft_tunnel_egress` at tc egress of the vxlan
+    /// device `device` (mode `vxlan`), at [`UPLINK_FILTER_PRIORITY`]: the
+    /// node's way out to other nodes there, where a pod's egress policy
+    /// deferred for a Service address is judged. Idempotent and adopting,
+    /// as [`UplinkPrograms::attach`].
+    pub fn attach_tunnel(&mut self, device: &str) -> Result<(), BpfError> {
+        ensure_filter(
+            &mut self.ebpf,
+            TUNNEL_EGRESS_PROGRAM,
+            device,
             Direction::Egress,
             UPLINK_FILTER_PRIORITY,
         )
@@ -1132,7 +1154,8 @@ fn pinned_layout(path: &Path) -> Result<Option<MapLayout>, BpfError> {
 /// Refuses pinned maps whose kernel layout differs from what this build's
 /// programs expect (aya would adopt them unchecked), before changing
 /// anything; then replaces a counter map that only lacks the counters this
-/// build added (see [`counters_upgradable`]).
+/// build added (see [`counters_upgradable`]) and a config map of an older,
+/// shorter config (see [`config_upgradable`]).
 fn prepare_pinned_maps(pin_dir: &Path) -> Result<(), BpfError> {
     let mut replace = Vec::new();
     for name in MAP_NAMES {
@@ -1144,7 +1167,9 @@ fn prepare_pinned_maps(pin_dir: &Path) -> Result<(), BpfError> {
         if found == expected {
             continue;
         }
-        if name == COUNTERS_MAP && counters_upgradable(&found, &expected) {
+        if (name == COUNTERS_MAP && counters_upgradable(&found, &expected))
+            || (name == CONFIG_MAP && config_upgradable(&found, &expected))
+        {
             replace.push((path, found));
             continue;
         }
@@ -1158,11 +1183,25 @@ fn prepare_pinned_maps(pin_dir: &Path) -> Result<(), BpfError> {
         tracing::warn!(
             path = %path.display(),
             found = %found,
-            "replacing the pinned counter map of an older build: counts restart from zero"
+            "replacing a pinned map of an older build (counters restart from zero; \
+             the config is written again before the programs are attached)"
         );
         fs::remove_file(&path).map_err(|source| BpfError::PinDir { path, source })?;
     }
     Ok(())
+}
+
+/// A config map of an older build: the same one-entry array with a
+/// shorter [`NodeConfig`] (fields are only appended; the Service range came
+/// with issue #10). The agent writes the whole config on its first pass,
+/// before it attaches this build's uplink programs, so it is replaced
+/// rather than refused (pod programs attached before that read no Service
+/// range, and judge egress at the veth until it is written).
+fn config_upgradable(found: &MapLayout, expected: &MapLayout) -> bool {
+    found.map_type == expected.map_type
+        && found.key_size == expected.key_size
+        && found.value_size < expected.value_size
+        && found.max_entries == expected.max_entries
 }
 
 /// A counter map of an older build: the same kind of map with fewer
@@ -1605,6 +1644,34 @@ mod tests {
 
     fn net(s: &str) -> Ipv4Network {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn only_a_shorter_config_of_the_same_array_is_upgraded() {
+        let expected = expected_layout(CONFIG_MAP).unwrap();
+        assert_eq!(expected.value_size as usize, size_of::<NodeConfig>());
+        let older = MapLayout {
+            value_size: 16,
+            ..expected
+        };
+        assert!(config_upgradable(&older, &expected));
+        assert!(!config_upgradable(&expected, &expected), "nothing to do");
+        for bad in [
+            MapLayout {
+                value_size: 32,
+                ..expected
+            },
+            MapLayout {
+                max_entries: 2,
+                ..older
+            },
+            MapLayout {
+                key_size: 8,
+                ..older
+            },
+        ] {
+            assert!(!config_upgradable(&bad, &expected), "{bad}");
+        }
     }
 
     /// A node with two peers, each owning one pod CIDR, in mode `ipip`.

@@ -541,8 +541,12 @@ pub fn enable_proxy_arp(ifname: &str) -> Result<(), LinkError> {
 }
 
 /// Wires one attachment end to end, from the node's namespace: veth pair,
-/// host end up with proxy ARP, pod side configured. On failure the veth is
-/// deleted again, so nothing is left behind.
+/// host end with proxy ARP, pod side configured. The host end stays down:
+/// the agent brings it up once its tc programs are attached and the pod's
+/// guard entry and policy are in their maps, so that not even the pod's
+/// first packet crosses the veth unguarded (issue #10: no gap at pod
+/// start). On failure the veth is deleted again, so nothing is left
+/// behind.
 ///
 /// Fails with [`LinkError::AlreadyExists`] if `pod_ifname` already exists in
 /// the pod. A host end left over from an earlier failed attempt for the same
@@ -576,7 +580,7 @@ async fn finish_wiring(
     pod: &Netlink,
     spec: &PodNetwork,
 ) -> Result<WiredPod, LinkError> {
-    let host = node.set_up(&spec.host_ifname).await?;
+    let host = node.require_link(&spec.host_ifname).await?;
     let host_mac = host.mac.ok_or_else(|| LinkError::NoMacAddress {
         name: spec.host_ifname.clone(),
     })?;

@@ -981,14 +981,20 @@ fn map_entries_are_upserts_and_removals_are_idempotent() {
 /// `bpf(BPF_MAP_CREATE)` of a per-CPU array of `entries` u64 counters, then
 /// `bpf(BPF_OBJ_PIN)` at `path`: the counter map an older build pinned.
 fn pin_old_counter_map(path: &Path, entries: u32) {
+    const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+    pin_array(path, BPF_MAP_TYPE_PERCPU_ARRAY, 8, entries);
+}
+
+/// `bpf(BPF_MAP_CREATE)` of an array of `map_type` (4-byte keys) with
+/// `entries` values of `value_size` bytes, then `bpf(BPF_OBJ_PIN)` at `path`.
+fn pin_array(path: &Path, map_type: u32, value_size: u32, entries: u32) {
     use std::os::unix::ffi::OsStrExt;
     const BPF_MAP_CREATE: libc::c_long = 0;
     const BPF_OBJ_PIN: libc::c_long = 6;
-    const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
     let mut attr = [0u8; 128];
-    attr[0..4].copy_from_slice(&BPF_MAP_TYPE_PERCPU_ARRAY.to_ne_bytes());
+    attr[0..4].copy_from_slice(&map_type.to_ne_bytes());
     attr[4..8].copy_from_slice(&4u32.to_ne_bytes());
-    attr[8..12].copy_from_slice(&8u32.to_ne_bytes());
+    attr[8..12].copy_from_slice(&value_size.to_ne_bytes());
     attr[12..16].copy_from_slice(&entries.to_ne_bytes());
     // SAFETY: a zeroed `union bpf_attr` prefix with the map-create fields set.
     let fd = unsafe {
@@ -1032,6 +1038,23 @@ fn an_older_counter_map_is_replaced_other_layouts_are_refused() {
         count,
         "the new counter map is pinned"
     );
+    drop(p);
+
+    // The 16-byte config of the build before the Service range: replaced
+    // (the agent writes the whole config again), and written as this one.
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+    std::fs::create_dir_all(lab.pin_root.join("n4")).unwrap();
+    pin_array(
+        &lab.pin_root.join("n4").join("WEFT_CONFIG"),
+        BPF_MAP_TYPE_ARRAY,
+        16,
+        1,
+    );
+    let mut p = UplinkPrograms::load(&lab.pin_root.join("n4")).expect("an old config is upgraded");
+    let config =
+        NodeConfig::new([198, 18, 0, 4], Encap::Ipip).with_service_range([10, 96, 0, 0], 12);
+    p.set_config(&config).unwrap();
+    assert_eq!(p.config().unwrap(), config);
     drop(p);
 
     // A node map of another shape is never replaced: it holds state.

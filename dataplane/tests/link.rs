@@ -104,13 +104,17 @@ fn wire_pod_configures_both_ends() {
             .expect("wire_pod")
     };
     assert_eq!(wired.host.name, host_ifname);
-    assert!(wired.host.up);
+    assert!(
+        !wired.host.up,
+        "the agent brings the host end up, once guarded"
+    );
     assert_eq!(wired.host.mtu, Some(MTU));
     assert_eq!(wired.pod.name, "eth0");
     assert_eq!(wired.pod.mtu, Some(MTU));
     let host_mac = wired.host.mac.expect("host mac").to_string();
 
-    // Host end: up, right MTU, no address, proxy ARP on.
+    // Host end: down until the agent has guarded it, right MTU, no
+    // address, proxy ARP on.
     let host = ip(&["-n", &ns.node, "-o", "addr", "show", "dev", &host_ifname]);
     assert!(
         !host.contains("inet "),
@@ -118,7 +122,7 @@ fn wire_pod_configures_both_ends() {
     );
     let link = ip(&["-n", &ns.node, "-o", "link", "show", "dev", &host_ifname]);
     assert!(
-        link.contains(&format!("mtu {MTU}")) && link.contains("UP"),
+        link.contains(&format!("mtu {MTU}")) && link.contains("state DOWN"),
         "{link}"
     );
     let proxy_arp = Command::new("ip")
@@ -139,7 +143,7 @@ fn wire_pod_configures_both_ends() {
     assert!(addr.contains(&format!("inet {POD_ADDRESS}/32")), "{addr}");
     let link = ip(&["-n", &ns.pod, "-o", "link", "show", "dev", "eth0"]);
     assert!(
-        link.contains(&format!("mtu {MTU}")) && link.contains("UP"),
+        link.contains(&format!("mtu {MTU}")) && link.contains("state DOWN"),
         "{link}"
     );
     let routes = ip(&["-n", &ns.pod, "-4", "route", "show"]);
@@ -157,7 +161,9 @@ fn wire_pod_configures_both_ends() {
         "{neigh}"
     );
 
-    // Traffic: the node routes the pod's /32 to the host end and answers.
+    // Traffic: the agent brings the host end up (once guarded), the node
+    // routes the pod's /32 to it and answers.
+    ip(&["-n", &ns.node, "link", "set", &host_ifname, "up"]);
     ip(&[
         "-n",
         &ns.node,
@@ -298,7 +304,7 @@ fn wire_pod_replaces_a_stale_host_end() {
     let wired = ns
         .in_node(async move |node| link::wire_pod(&node, &spec).await)
         .expect("wire_pod");
-    assert!(wired.host.up);
+    assert!(!wired.host.up);
     let node_links = ip(&["-n", &ns.node, "-o", "link", "show"]);
     assert!(
         !node_links.contains("leftover"),

@@ -148,11 +148,10 @@ impl Lab {
                 .unwrap()
                 .block_on(async move {
                     let node = Netlink::current().expect("netlink in node netns");
-                    link::wire_pod(&node, &spec)
-                        .await
-                        .expect("wire_pod")
-                        .host
-                        .index
+                    let wired = link::wire_pod(&node, &spec).await.expect("wire_pod");
+                    // What the agent does once the host end is guarded.
+                    node.set_up(&wired.host.name).await.expect("host end up");
+                    wired.host.index
                 })
         })
         .expect("run in node netns")

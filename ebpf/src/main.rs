@@ -30,7 +30,7 @@ use weft_common::maps::{
     FoundAction, IdentityEntry, NODES_MAX_ENTRIES, NodeConfig, NodeEntry, NodeKey, POD_ROUTES_MAX_ENTRIES,
     POLICY_MAX_ENTRIES, POLICY_NOT_FOUND, PolicyEntry, PolicyKey, PolicyRevision, RemoteNode,
 };
-use weft_common::policy::{enforce, may_skip_pod_egress};
+use weft_common::policy::{PolicyOutcome, enforce, enforce_leaving, may_skip_pod_egress};
 use weft_common::packet::{PacketReader, ethernet};
 use weft_common::redirect::{FibQuery, FibResult, direct_redirect};
 use weft_common::uplink::{uplink_egress, uplink_ingress};
@@ -198,7 +198,14 @@ fn enforce_policy(ctx: &TcContext) -> i32 {
         &mut ConntrackMap,
         now,
         revision,
+        &node_config(),
     );
+    count_policy(&outcome)
+}
+
+/// Counts a policy outcome; its tc action.
+#[inline(always)]
+fn count_policy(outcome: &PolicyOutcome) -> i32 {
     count(outcome.conntrack);
     if let Some(counter) = outcome.egress {
         count(counter);
@@ -290,6 +297,12 @@ pub fn weft_pod_egress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn weft_uplink_egress(ctx: TcContext) -> i32 {
     let config = node_config();
+    // The node's way out: the egress policy a pod veth deferred for a
+    // Service address, now judged against the backend (see
+    // `weft_common::policy`, "Services").
+    if leaving_denied(&ctx, &config) {
+        return TC_ACT_SHOT;
+    }
     // A GSO packet is segmented after tc, and each segment gets the outer
     // header (`SKB_GSO_IPXIP4`): its length here is that of all segments
     // together, so only the kernel can check it (against `gso_size`). The
@@ -305,6 +318,39 @@ pub fn weft_uplink_egress(ctx: TcContext) -> i32 {
     };
     let verdict = uplink_egress(&SkbReader(&ctx), &PodRoutes, &config, mtu);
     carry_out(&ctx, verdict, &config)
+}
+
+/// Attached at tc egress of the vxlan device (mode `vxlan`): the node's
+/// way out to other nodes there, where the uplink sees only the outer
+/// packets; the same deferred egress check as `weft_uplink_egress`.
+#[classifier]
+pub fn weft_tunnel_egress(ctx: TcContext) -> i32 {
+    if leaving_denied(&ctx, &node_config()) {
+        TC_ACT_SHOT
+    } else {
+        TC_ACT_OK
+    }
+}
+
+/// Runs `enforce_leaving` on the packet in `ctx` and counts it: whether
+/// it must be dropped.
+#[inline(always)]
+fn leaving_denied(ctx: &TcContext, config: &NodeConfig) -> bool {
+    let revision = WEFT_POLICY_REV.get(0).copied().unwrap_or(0);
+    // SAFETY: a plain helper call.
+    let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+    match enforce_leaving(
+        &SkbReader(ctx),
+        &IpcacheMap,
+        &PolicyMap,
+        &mut ConntrackMap,
+        now,
+        revision,
+        config,
+    ) {
+        Some(outcome) => count_policy(&outcome) == TC_ACT_SHOT,
+        None => false,
+    }
 }
 
 /// Attached at tc ingress of the node's uplink: decapsulates IP-in-IP from

@@ -37,8 +37,8 @@ use weft_common::lookup::{Fib, NodeSet, RouteLookup};
 use weft_common::maps::{
     Encap, EndpointInfo, IDENTITY_ANY, IdentityEntry, IpcacheKey, NodeConfig, POD_EGRESS_PROGRAM,
     POD_INGRESS_PROGRAM, POLICY_EGRESS, POLICY_INGRESS, POLICY_PREFIX_FULL, POLICY_PREFIX_IDENTITY,
-    POLICY_PREFIX_PROTOCOL, PodCidrKey, PolicyEntry, PolicyKey, RemoteNode, UPLINK_EGRESS_PROGRAM,
-    UPLINK_INGRESS_PROGRAM, prefix_contains,
+    POLICY_PREFIX_PROTOCOL, PodCidrKey, PolicyEntry, PolicyKey, RemoteNode, TUNNEL_EGRESS_PROGRAM,
+    UPLINK_EGRESS_PROGRAM, UPLINK_INGRESS_PROGRAM, prefix_contains,
 };
 use weft_common::policy::may_skip_pod_egress;
 use weft_common::redirect::{FibQuery, FibResult, ToStack, direct_redirect};
@@ -273,6 +273,9 @@ fn addresses() -> Addresses {
         ],
         others: vec![
             [8, 8, 8, 8],
+            // A ClusterIP: the pod hooks defer the sender's egress, the
+            // node's way out judges it.
+            [10, 96, 0, 10],
             [198, 18, 0, 9],
             [192, 168, 1, 1],
             [127, 0, 0, 1],
@@ -280,8 +283,31 @@ fn addresses() -> Addresses {
     }
 }
 
-/// The node configurations the uplink programs run under.
+/// The cluster's Service range (kube-apiserver's default).
+const SERVICE_RANGE: ([u8; 4], u8) = ([10, 96, 0, 0], 12);
+
+/// The node configurations the uplink programs run under (the Service
+/// range in all but the last, as the agent always writes one).
 fn configs() -> Vec<(&'static str, NodeConfig)> {
+    let configs = configs_without_services();
+    let last = configs.len() - 1;
+    configs
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, config))| {
+            if i == last {
+                (name, config)
+            } else {
+                (
+                    name,
+                    config.with_service_range(SERVICE_RANGE.0, SERVICE_RANGE.1),
+                )
+            }
+        })
+        .collect()
+}
+
+fn configs_without_services() -> Vec<(&'static str, NodeConfig)> {
     let ipip = NodeConfig::new(N1, Encap::Ipip).with_uplink_mtu(1500);
     vec![
         ("ipip, mtu 1500", ipip),
@@ -497,7 +523,7 @@ fn ingress_verdict_name(
     let len = write_decapsulated(frame, outer_header_len, &mut inner).unwrap();
     match direct_redirect(&inner[..len], config, fib, endpoints) {
         Ok(_) if !may_skip_pod_egress(&inner[..len], policy) => {
-            format!("{name}+ToStack(IngressIsolated)")
+            format!("{name}+ToStack(Isolated)")
         }
         Ok(_) => format!("{name}+Redirect"),
         Err(ToStack::Disabled) => name,
@@ -520,13 +546,19 @@ fn run_batch(
     program: &SchedClassifier,
     ctx: Option<&[u8]>,
     frames: &[Frame],
-    mut twin: impl FnMut(&[u8]) -> HookOutcome,
+    mut twin: impl FnMut(&[u8]) -> Option<HookOutcome>,
     verdict: impl Fn(&[u8]) -> Option<String>,
 ) {
     let before = counters_now(guard);
     let mut twin_counts: BTreeMap<&'static str, u64> = BTreeMap::new();
     for frame in frames {
+        // `None`: the twin passes the frame unchanged and counts nothing.
         let expected = twin(&frame.bytes);
+        let counters: Vec<Counter> = expected.iter().flat_map(|e| e.counters()).collect();
+        let (expected_action, expected_frame) = match &expected {
+            Some(e) => (e.action, e.frame.clone()),
+            None => (hooks::TC_ACT_OK, frame.bytes.clone()),
+        };
         let kernel = test_run(program, &frame.bytes, ctx);
         match kernel {
             KernelRun::Refused(error) => {
@@ -547,29 +579,28 @@ fn run_batch(
                     frame.bytes.len()
                 );
                 tally.runs += 1;
-                for counter in expected.counters() {
+                for counter in &counters {
                     *twin_counts.entry(counter.name()).or_default() += 1;
                     *tally.counters.entry(counter.name()).or_default() += 1;
                 }
                 if let Some(v) = verdict(&frame.bytes) {
                     *tally.verdicts.entry(v).or_default() += 1;
                 }
-                if action != expected.action || out != expected.frame {
+                if action != expected_action || out != expected_frame {
                     tally.mismatch_count += 1;
                     if tally.mismatches.len() < 10 {
                         tally.mismatches.push(format!(
                             "{program_name} ({context}): {}\ninput ({} B):\n{}\n\
                              eBPF: action {action}, output ({} B):\n{}\n\
-                             twin: action {}, counter {}, output ({} B):\n{}",
+                             twin: action {expected_action}, counters {:?}, output ({} B):\n{}",
                             frame.what,
                             frame.bytes.len(),
                             hex(&frame.bytes),
                             out.len(),
                             hex(&out),
-                            expected.action,
-                            expected.counter.name(),
-                            expected.frame.len(),
-                            hex(&expected.frame),
+                            counters.iter().map(|c| c.name()).collect::<Vec<_>>(),
+                            expected_frame.len(),
+                            hex(&expected_frame),
                         ));
                     }
                 }
@@ -697,18 +728,31 @@ fn run_all(pin_dir: &Path, frames: &[Frame]) {
             Some(&ctx),
             frames,
             |f| {
-                hooks::pod_ingress(
+                Some(hooks::pod_ingress(
                     f,
                     endpoint.as_ref(),
                     &no_policy,
                     &mut conntrack,
                     monotonic_ns(),
-                )
+                    &NodeConfig::default(),
+                ))
             },
             |_| None,
         );
     }
-    let policy = run_policy(pin_dir, &guard, frames, &mut conntrack, &program);
+    // The pod programs read the node's Service range from its config.
+    let with_services = NodeConfig::new(N1, Encap::Ipip)
+        .with_uplink_mtu(1500)
+        .with_service_range(SERVICE_RANGE.0, SERVICE_RANGE.1);
+    uplink.set_config(&with_services).unwrap();
+    let policy = run_policy(
+        pin_dir,
+        &guard,
+        frames,
+        &mut conntrack,
+        &program,
+        &with_services,
+    );
 
     // --- weft_uplink_egress and weft_uplink_ingress, per node config ----------
     // The uplink programs run under a policy isolating one redirect
@@ -722,12 +766,64 @@ fn run_all(pin_dir: &Path, frames: &[Frame]) {
         PolicyEntry::DENY,
     )
     .unwrap();
+    // Where the node's way out judges deferred egress: 10.244.1.6 may
+    // send TCP to N2_POD's identity and UDP anywhere, 10.244.250.1
+    // nothing. (So neither is a redirect target; the endpoint stays one.)
+    let n2_pod_identity = maps
+        .ipcache()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| k.prefix_len == 32 && k.addr == N2_POD)
+        .map(|(_, e)| e.identity)
+        .expect("the generated ipcache names every pod");
+    let sender = [10, 244, 1, 6];
+    for (key, entry) in [
+        (
+            PolicyKey::isolation(sender, POLICY_EGRESS),
+            PolicyEntry::DENY,
+        ),
+        (
+            PolicyKey::new(
+                POLICY_PREFIX_PROTOCOL,
+                sender,
+                POLICY_EGRESS,
+                n2_pod_identity,
+                ipv4::PROTOCOL_TCP,
+                0,
+            ),
+            PolicyEntry::ALLOW,
+        ),
+        (
+            PolicyKey::new(
+                POLICY_PREFIX_PROTOCOL,
+                sender,
+                POLICY_EGRESS,
+                IDENTITY_ANY,
+                ipv4::PROTOCOL_UDP,
+                0,
+            ),
+            PolicyEntry::ALLOW,
+        ),
+        (
+            PolicyKey::isolation([10, 244, 250, 1], POLICY_EGRESS),
+            PolicyEntry::DENY,
+        ),
+    ] {
+        maps.set_policy(key, entry).unwrap();
+    }
     maps.set_revision(3).unwrap();
-    let isolating = read_pinned_maps(pin_dir).unwrap().policy;
-    assert_eq!(isolating.len(), 1);
-    let isolating: &[(PolicyKey, PolicyEntry)] = &isolating;
+    let pinned = read_pinned_maps(pin_dir).unwrap();
+    assert_eq!(pinned.policy.len(), 5);
+    let exit_policy = PolicyTables {
+        ipcache: pinned.ipcache,
+        policy: pinned.policy,
+        revision: pinned.revision,
+    };
+    let isolating: &[(PolicyKey, PolicyEntry)] = &exit_policy.policy;
+    let tunnel_program = program(TUNNEL_EGRESS_PROGRAM);
     let mut egress = Tally::default();
     let mut ingress = Tally::default();
+    let mut tunnel = Tally::default();
     for (context, config) in configs() {
         uplink.set_config(&config).unwrap();
         assert_eq!(read_pinned_maps(pin_dir).unwrap().config, Some(config));
@@ -739,7 +835,16 @@ fn run_all(pin_dir: &Path, frames: &[Frame]) {
             &egress_program,
             None,
             frames,
-            |f| hooks::uplink_egress(f, routes, &config),
+            |f| {
+                Some(hooks::uplink_egress(
+                    f,
+                    routes,
+                    &config,
+                    &exit_policy,
+                    &mut conntrack,
+                    monotonic_ns(),
+                ))
+            },
             |f| {
                 Some(verdict_name(&uplink_egress(
                     f,
@@ -757,25 +862,45 @@ fn run_all(pin_dir: &Path, frames: &[Frame]) {
             &ingress_program,
             None,
             frames,
-            |f| hooks::uplink_ingress(f, nodes, &config, &fib, endpoints, isolating),
+            |f| {
+                Some(hooks::uplink_ingress(
+                    f, nodes, &config, &fib, endpoints, isolating,
+                ))
+            },
             |f| {
                 Some(ingress_verdict_name(
                     f, nodes, &config, &fib, endpoints, isolating,
                 ))
             },
         );
+        // weft_tunnel_egress (the vxlan device's, attached in mode vxlan
+        // only) reads nothing of the config but the Service range.
+        {
+            run_batch(
+                &guard,
+                &mut tunnel,
+                TUNNEL_EGRESS_PROGRAM,
+                context,
+                &tunnel_program,
+                None,
+                frames,
+                |f| hooks::tunnel_egress(f, &exit_policy, &mut conntrack, monotonic_ns(), &config),
+                |_| None,
+            );
+        }
     }
 
     pod.print(POD_INGRESS_PROGRAM);
     policy.print("weft_pod_ingress and weft_pod_egress under generated policy");
     egress.print(UPLINK_EGRESS_PROGRAM);
     ingress.print(UPLINK_INGRESS_PROGRAM);
+    tunnel.print(TUNNEL_EGRESS_PROGRAM);
 
-    let mismatches: Vec<&String> = [&pod, &policy, &egress, &ingress]
+    let mismatches: Vec<&String> = [&pod, &policy, &egress, &ingress, &tunnel]
         .iter()
         .flat_map(|t| t.mismatches.iter())
         .collect();
-    let total: usize = [&pod, &policy, &egress, &ingress]
+    let total: usize = [&pod, &policy, &egress, &ingress, &tunnel]
         .iter()
         .map(|t| t.mismatch_count)
         .sum();
@@ -829,6 +954,19 @@ fn run_all(pin_dir: &Path, frames: &[Frame]) {
                 Counter::DropTooBig,
                 Counter::DropMalformed,
                 Counter::DropBadConfig,
+                Counter::ConntrackNew,
+                Counter::ConntrackEstablished,
+                Counter::PolicyEgressAllowed,
+                Counter::PolicyEgressDenied,
+            ][..],
+        ),
+        (
+            &tunnel,
+            TUNNEL_EGRESS_PROGRAM,
+            &[
+                Counter::ConntrackNew,
+                Counter::PolicyEgressAllowed,
+                Counter::PolicyEgressDenied,
             ][..],
         ),
         (
@@ -886,7 +1024,7 @@ fn run_all(pin_dir: &Path, frames: &[Frame]) {
                 "Decapsulate+ToStack(NoNeighbour)",
                 "Decapsulate+ToStack(NotAPodVeth)",
                 "Decapsulate+ToStack(NotThatPod)",
-                "Decapsulate+ToStack(IngressIsolated)",
+                "Decapsulate+ToStack(Isolated)",
             ][..],
         ),
     ] {
@@ -1005,6 +1143,7 @@ fn run_policy(
     frames: &[Frame],
     conntrack: &mut Conntrack,
     program: &impl Fn(&str) -> SchedClassifier,
+    config: &NodeConfig,
 ) -> Tally {
     let mut maps = PolicyMaps::load(pin_dir).expect("load the policy maps");
     let ingress_program = program(POD_INGRESS_PROGRAM);
@@ -1058,7 +1197,16 @@ fn run_policy(
             &ingress_program,
             Some(&ctx),
             frames,
-            |f| hooks::pod_ingress(f, endpoint.as_ref(), &tables, conntrack, monotonic_ns()),
+            |f| {
+                Some(hooks::pod_ingress(
+                    f,
+                    endpoint.as_ref(),
+                    &tables,
+                    conntrack,
+                    monotonic_ns(),
+                    config,
+                ))
+            },
             |_| None,
         );
         run_batch(
@@ -1069,7 +1217,15 @@ fn run_policy(
             &egress_program,
             Some(&ctx),
             frames,
-            |f| hooks::pod_egress(f, &tables, conntrack, monotonic_ns()),
+            |f| {
+                Some(hooks::pod_egress(
+                    f,
+                    &tables,
+                    conntrack,
+                    monotonic_ns(),
+                    config,
+                ))
+            },
             |_| None,
         );
     }

@@ -9,7 +9,7 @@
 use weft_common::guard::pod_egress_verdict;
 use weft_common::lookup::{Endpoints, Fib, NodeSet, PolicyLookup, RouteLookup};
 use weft_common::maps::{EndpointInfo, NodeConfig};
-use weft_common::policy::{enforce, may_skip_pod_egress};
+use weft_common::policy::{PolicyOutcome, enforce, enforce_leaving, may_skip_pod_egress};
 use weft_common::redirect::{direct_redirect, write_redirected};
 use weft_common::uplink::{self, write_decapsulated, write_encapsulated};
 use weft_common::verdict::{Counter, PassReason, UplinkVerdict, Verdict};
@@ -90,18 +90,19 @@ impl HookOutcome {
 /// `weft_pod_ingress`: tc ingress of a pod's host veth, whose endpoint
 /// entry is `endpoint` (`None`: the veth has none): the guard, then for
 /// the pod's own IPv4 the policy decision over `policy` and `conntrack`
-/// at `now_ns`.
+/// at `now_ns`, on a node whose config (Service range) is `config`.
 pub fn pod_ingress(
     frame: &[u8],
     endpoint: Option<&EndpointInfo>,
     policy: &PolicyTables,
     conntrack: &mut Conntrack,
     now_ns: u64,
+    config: &NodeConfig,
 ) -> HookOutcome {
     let verdict = pod_egress_verdict(frame, endpoint);
     match verdict {
         Verdict::Pass(PassReason::OwnSource) => {
-            let mut outcome = pod_egress(frame, policy, conntrack, now_ns);
+            let mut outcome = pod_egress(frame, policy, conntrack, now_ns, config);
             outcome.also.insert(0, outcome.counter);
             outcome.counter = verdict.counter();
             outcome
@@ -113,12 +114,13 @@ pub fn pod_ingress(
 
 /// `weft_pod_egress`: tc egress of a pod's host veth, what the node sends
 /// to the pod: the policy decision over `policy` and `conntrack` at
-/// `now_ns`.
+/// `now_ns`, on a node whose config (Service range) is `config`.
 pub fn pod_egress(
     frame: &[u8],
     policy: &PolicyTables,
     conntrack: &mut Conntrack,
     now_ns: u64,
+    config: &NodeConfig,
 ) -> HookOutcome {
     let outcome = enforce(
         frame,
@@ -127,7 +129,14 @@ pub fn pod_egress(
         conntrack,
         now_ns,
         policy.revision,
+        config,
     );
+    policy_outcome(frame, &outcome)
+}
+
+/// A policy outcome as the eBPF shell carries it out: its counters
+/// (conntrack, then egress, then ingress) and the frame unchanged.
+fn policy_outcome(frame: &[u8], outcome: &PolicyOutcome) -> HookOutcome {
     let action = if outcome.pass { TC_ACT_OK } else { TC_ACT_SHOT };
     let mut hook = HookOutcome::unchanged(action, outcome.conntrack, frame);
     hook.also.extend(outcome.egress);
@@ -135,16 +144,67 @@ pub fn pod_egress(
     hook
 }
 
+/// The deferred egress check at the node's way out (`enforce_leaving`),
+/// as `weft_uplink_egress` and `weft_tunnel_egress` run it first: `Some`
+/// when policy judged the frame.
+fn leaving(
+    frame: &[u8],
+    policy: &PolicyTables,
+    conntrack: &mut Conntrack,
+    now_ns: u64,
+    config: &NodeConfig,
+) -> Option<HookOutcome> {
+    let outcome = enforce_leaving(
+        frame,
+        policy.ipcache.as_slice(),
+        policy.policy.as_slice(),
+        conntrack,
+        now_ns,
+        policy.revision,
+        config,
+    )?;
+    Some(policy_outcome(frame, &outcome))
+}
+
 /// `weft_uplink_egress`: tc egress of the uplink, for a frame that is not
 /// GSO (the eBPF shell checks a GSO packet's segments against no MTU of its
-/// own, the kernel does): the MTU is the config's.
+/// own, the kernel does): the MTU is the config's. First the deferred
+/// egress policy over `policy` and `conntrack` at `now_ns`: a frame it
+/// drops is returned as that outcome; one it passes goes on to the uplink
+/// decision, whose outcome gets the policy counters in `also`.
 pub fn uplink_egress<T: RouteLookup + ?Sized>(
     frame: &[u8],
     routes: &T,
     config: &NodeConfig,
+    policy: &PolicyTables,
+    conntrack: &mut Conntrack,
+    now_ns: u64,
 ) -> HookOutcome {
+    let judged = leaving(frame, policy, conntrack, now_ns, config);
+    if let Some(judged) = &judged
+        && !judged.passes()
+    {
+        return judged.clone();
+    }
     let verdict = uplink::uplink_egress(frame, routes, config, config.egress_mtu());
-    uplink_outcome(frame, verdict)
+    let mut outcome = uplink_outcome(frame, verdict);
+    if let Some(judged) = judged {
+        outcome.also = judged.counters().collect();
+    }
+    outcome
+}
+
+/// `weft_tunnel_egress`: tc egress of the vxlan device, the deferred
+/// egress policy alone. `None`: policy has nothing to say about the frame,
+/// which passes with no counter bumped.
+pub fn tunnel_egress(
+    frame: &[u8],
+    policy: &PolicyTables,
+    conntrack: &mut Conntrack,
+    now_ns: u64,
+    config: &NodeConfig,
+) -> Option<HookOutcome> {
+    leaving(frame, policy, conntrack, now_ns, config)
 }
 
 /// `weft_uplink_ingress`: tc ingress of the uplink, on a node whose FIB

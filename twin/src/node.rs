@@ -385,6 +385,7 @@ impl Node {
             &self.tables.policy,
             &mut self.conntrack,
             io.now_ns,
+            &self.tables.config,
         );
         for counter in outcome.counters() {
             self.counters.bump(counter);
@@ -616,8 +617,13 @@ impl Node {
                     &packet,
                 );
                 // weft_pod_egress on the host veth: the pod's ingress policy.
-                let outcome =
-                    hooks::pod_egress(&frame, &self.tables.policy, &mut self.conntrack, io.now_ns);
+                let outcome = hooks::pod_egress(
+                    &frame,
+                    &self.tables.policy,
+                    &mut self.conntrack,
+                    io.now_ns,
+                    &self.tables.config,
+                );
                 for counter in outcome.counters() {
                     self.counters.bump(counter);
                 }
@@ -672,8 +678,13 @@ impl Node {
             &frame,
             self.tables.pod_routes.as_slice(),
             &self.tables.config,
+            &self.tables.policy,
+            &mut self.conntrack,
+            io.now_ns,
         );
-        self.counters.bump(outcome.counter);
+        for counter in outcome.counters() {
+            self.counters.bump(counter);
+        }
         if let Some(packet) = PacketSummary::of_frame(&frame) {
             io.step(|| Step::UplinkEgress {
                 node: self.name(),
@@ -701,6 +712,21 @@ impl Node {
         };
         let (vni, mac) = (device.vni, device.mac);
         let inner = wire::ethernet_frame(peer.mac, mac, wire::ETHERTYPE_IPV4, packet);
+        // weft_tunnel_egress on the vxlan device: the deferred egress policy.
+        if let Some(outcome) = hooks::tunnel_egress(
+            &inner,
+            &self.tables.policy,
+            &mut self.conntrack,
+            io.now_ns,
+            &self.tables.config,
+        ) {
+            for counter in outcome.counters() {
+                self.counters.bump(counter);
+            }
+            if !outcome.passes() {
+                return;
+            }
+        }
         let src_port = wire::flow_src_port(packet);
         let mut payload = wire::vxlan_header(vni).to_vec();
         payload.extend_from_slice(&inner);

@@ -310,3 +310,150 @@ fn a_revision_bump_cuts_an_established_connection_policy_no_longer_allows() {
         "later packets are dropped without a lookup"
     );
 }
+
+/// kube-proxy's DNAT at the hooks of the client's node (the twin has no
+/// netfilter, so the test hands each hook the packet as the kernel would
+/// at that point): the client may send only to app=server on TCP 80 and
+/// UDP 53, and receives nothing. To a ClusterIP its veth defers the
+/// egress; after the DNAT the node's way out (uplink or vxlan device)
+/// judges it against the backend; the reverse-NATed reply from the
+/// ClusterIP gets in as a reply.
+#[test]
+fn egress_to_a_service_is_judged_after_the_dnat() {
+    use weft_common::maps::EndpointInfo;
+    use weft_twin::Conntrack;
+    use weft_twin::hooks::{self, TC_ACT_OK, TC_ACT_SHOT};
+    use weft_twin::wire::{self, Mac, Probe, ProbeKind};
+
+    let (mut c, pods) = two_nodes();
+    apply(
+        &mut c,
+        &pods,
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: client, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Ingress, Egress]
+  egress:
+  - to:
+    - podSelector: {matchLabels: {app: server}}
+    ports: [{port: 80}, {protocol: UDP, port: 53}]
+",
+    );
+    let [client, server, other] =
+        [pods.client, pods.server, pods.other].map(|p| c.pod_ip(p).octets());
+    let service = [10, 96, 0, 10];
+    let tables = c.tables(0).clone();
+    let without_range = tables.config;
+    let config = without_range.with_service_range([10, 96, 0, 0], 12);
+    let endpoint = EndpointInfo::new(client);
+    let frame = |probe: Probe| {
+        wire::ethernet_frame(
+            Mac::HOST_VETH,
+            Mac::pod(probe.src),
+            wire::ETHERTYPE_IPV4,
+            &probe.packet(),
+        )
+    };
+    let mut conntrack = Conntrack::default();
+    let now = 1_000_000;
+
+    // At the client's veth, before the DNAT.
+    let to_service = frame(Probe::udp(client, service, 53));
+    let judged_here = hooks::pod_ingress(
+        &to_service,
+        Some(&endpoint),
+        &tables.policy,
+        &mut conntrack,
+        now,
+        &without_range,
+    );
+    assert_eq!(
+        judged_here.action, TC_ACT_SHOT,
+        "against the ClusterIP: denied"
+    );
+    let deferred = hooks::pod_ingress(
+        &to_service,
+        Some(&endpoint),
+        &tables.policy,
+        &mut conntrack,
+        now,
+        &config,
+    );
+    assert_eq!(deferred.action, TC_ACT_OK, "deferred to after the DNAT");
+    assert!(
+        !deferred
+            .counters()
+            .any(|c| c == Counter::PolicyEgressDenied)
+    );
+
+    // After the DNAT, leaving for the backend's node.
+    let routes = tables.pod_routes.as_slice();
+    let to_server = frame(Probe::udp(client, server, 53));
+    let out = hooks::uplink_egress(
+        &to_server,
+        routes,
+        &config,
+        &tables.policy,
+        &mut conntrack,
+        now,
+    );
+    assert_eq!(out.action, TC_ACT_OK);
+    assert!(out.counters().any(|c| c == Counter::PolicyEgressAllowed));
+    let to_other = frame(Probe::udp(client, other, 53));
+    let out = hooks::uplink_egress(
+        &to_other,
+        routes,
+        &config,
+        &tables.policy,
+        &mut conntrack,
+        now,
+    );
+    assert_eq!(
+        out.action, TC_ACT_SHOT,
+        "a backend the client may not reach"
+    );
+    assert!(out.counters().any(|c| c == Counter::PolicyEgressDenied));
+    let tunnel = hooks::tunnel_egress(&to_other, &tables.policy, &mut conntrack, now, &config);
+    assert_eq!(
+        tunnel.map(|o| o.action),
+        Some(TC_ACT_SHOT),
+        "so does the vxlan device"
+    );
+    // No DNAT happened: judged against the ClusterIP, whatever the veth wrote.
+    let out = hooks::uplink_egress(
+        &to_service,
+        routes,
+        &config,
+        &tables.policy,
+        &mut conntrack,
+        now,
+    );
+    assert_eq!(out.action, TC_ACT_SHOT);
+    // The server's node's traffic and the node's own: nothing to judge.
+    let from_server = frame(Probe::udp(server, client, 53));
+    assert_eq!(
+        hooks::tunnel_egress(&from_server, &tables.policy, &mut conntrack, now, &config),
+        None
+    );
+
+    // The reply, reverse-NATed (from the ClusterIP), into the client that
+    // takes nothing in.
+    let reply = Probe {
+        kind: ProbeKind::Udp {
+            src_port: 53,
+            dst_port: 40000,
+        },
+        ..Probe::udp(service, client, 40000)
+    };
+    let reply = wire::ethernet_frame(
+        Mac::pod(client),
+        Mac::HOST_VETH,
+        wire::ETHERTYPE_IPV4,
+        &reply.packet(),
+    );
+    let back = hooks::pod_egress(&reply, &tables.policy, &mut conntrack, now, &config);
+    assert_eq!(back.action, TC_ACT_OK, "the reply gets in");
+    assert_eq!(back.counter, Counter::ConntrackEstablished);
+}
