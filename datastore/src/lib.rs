@@ -4,9 +4,9 @@
 //! object at a time; the agent's calculation never knows which backend
 //! it reads.
 //!
-//! - [`local`]: the embedded directory store (one machine: the lab, the demo).
-//!
-//! The Kubernetes API becomes a second module beside it.
+//! - [`local`]: the embedded directory store (one machine: the lab, the demo);
+//! - [`kubernetes`]: the API server's Nodes, Pods, Namespaces and
+//!   NetworkPolicies through reflectors (not yet selectable in the agent).
 
 use std::path::PathBuf;
 
@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use weft_model::{Change, EndpointRecord, NodeRecord, Snapshot};
 
 pub mod fsutil;
+pub mod kubernetes;
 pub mod local;
 
 pub use local::{Datastore, read_records};
@@ -31,6 +32,10 @@ pub enum DatastoreError {
         path: PathBuf,
         source: notify::Error,
     },
+    /// The Kubernetes source has not listed every kind yet: a snapshot now
+    /// would be partial, and a partial list is not "the rest was deleted".
+    #[error("the Kubernetes API has not been listed completely yet")]
+    NotSynced,
 }
 
 /// What a source reports while watched.

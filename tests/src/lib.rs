@@ -518,3 +518,86 @@ pub fn df_echoes_stop_at(from: &PodView, to: std::net::Ipv4Addr, mtu: u32) {
         ),
     }
 }
+
+/// A Kubernetes control plane (weft_lab::control_plane) in a network
+/// namespace of the test's own, `<tag>-<pid>`, serving on 198.18.250.1
+/// there (a veth pair inside it carries the address: the API server
+/// refuses to advertise loopback, and this kernel has no dummy device).
+/// Its processes, directory and namespace go when it drops.
+pub struct TestControlPlane {
+    pub plane: weft_lab::control_plane::ControlPlane,
+    pub netns: String,
+    _dir: tempfile::TempDir,
+    // Dropped last: the processes are ended before their namespace goes.
+    _namespaces: Namespaces,
+}
+
+impl TestControlPlane {
+    pub const ADDRESS: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 18, 250, 1);
+
+    pub fn start(tag: &str) -> TestControlPlane {
+        use weft_lab::control_plane::{ControlPlane, ControlPlaneConfig, find_bin_dir};
+        let mut namespaces = Namespaces::default();
+        let netns = format!("{tag}-{}", std::process::id());
+        namespaces.add(&netns);
+        let address = format!("{}/24", Self::ADDRESS);
+        for args in [
+            &["link", "set", "lo", "up"][..],
+            &["link", "add", "cp0", "type", "veth", "peer", "name", "cp1"],
+            &["link", "set", "cp0", "up"],
+            &["addr", "add", &address, "dev", "cp0"],
+        ] {
+            let out = Command::new("ip")
+                .args(["-n", &netns])
+                .args(args)
+                .output()
+                .expect("ip runs");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let bin_dir = find_bin_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")))
+            .expect("the control plane is built by `make test` (scripts/build-control-plane.sh)");
+        let plane = ControlPlane::start(ControlPlaneConfig {
+            dir: dir.path().to_path_buf(),
+            netns: netns.clone(),
+            address: Self::ADDRESS,
+            bin_dir,
+        })
+        .expect("the control plane starts");
+        println!("{netns}: API server ready after {:?}", plane.ready_after);
+        TestControlPlane {
+            plane,
+            netns,
+            _dir: dir,
+            _namespaces: namespaces,
+        }
+    }
+
+    /// `kubectl apply -f -` of `manifest`, retried for up to 10 s while the
+    /// controllers create what it needs (a namespace's default
+    /// ServiceAccount, which a Pod must have).
+    pub fn apply(&self, manifest: &str) {
+        let started = std::time::Instant::now();
+        loop {
+            match self
+                .plane
+                .kubectl_with_input(&["apply", "-f", "-"], Some(manifest))
+            {
+                Ok(_) => return,
+                Err(e) if started.elapsed() < std::time::Duration::from_secs(10) => {
+                    eprintln!("kubectl apply (retrying): {e}");
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                Err(e) => panic!("kubectl apply: {e}\n{manifest}"),
+            }
+        }
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        self.plane.kubectl(args).unwrap_or_else(|e| panic!("{e}"))
+    }
+}

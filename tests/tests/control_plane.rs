@@ -9,8 +9,7 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use weft_lab::control_plane::{ControlPlane, ControlPlaneConfig, find_bin_dir};
-use weft_tests::{Namespaces, require_root};
+use weft_tests::{TestControlPlane, require_root};
 
 const NODE: &str = "\
 apiVersion: v1
@@ -25,41 +24,8 @@ status:
 #[test]
 fn control_plane_serves_rbac_and_node_ipam() {
     require_root();
-    let mut namespaces = Namespaces::default();
-    let netns = format!("wcp-{}", std::process::id());
-    namespaces.add(&netns);
-    // The API server refuses to advertise a loopback address: a veth pair
-    // inside the namespace (this kernel has no dummy device) carries a lab
-    // underlay address.
-    for args in [
-        &["link", "set", "lo", "up"][..],
-        &["link", "add", "cp0", "type", "veth", "peer", "name", "cp1"],
-        &["link", "set", "cp0", "up"],
-        &["addr", "add", "198.18.250.1/24", "dev", "cp0"],
-    ] {
-        let out = std::process::Command::new("ip")
-            .args(["-n", &netns])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "ip {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let bin_dir = find_bin_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")))
-        .expect("the control plane is built by `make test` (scripts/build-control-plane.sh)");
-
-    let plane = ControlPlane::start(ControlPlaneConfig {
-        dir: dir.path().to_path_buf(),
-        netns: netns.clone(),
-        address: Ipv4Addr::new(198, 18, 250, 1),
-        bin_dir,
-    })
-    .unwrap();
-    println!("API server ready after {:?}", plane.ready_after);
+    let cp = TestControlPlane::start("wcp");
+    let plane = &cp.plane;
 
     let version = plane.kubectl(&["version", "-o", "json"]).unwrap();
     assert!(version.contains("\"serverVersion\""), "{version}");
@@ -108,5 +74,4 @@ fn control_plane_serves_rbac_and_node_ipam() {
     assert_eq!(len, "24");
     let network: Ipv4Addr = network.parse().unwrap();
     assert_eq!(network.octets()[..2], [10, 244]);
-    drop(plane);
 }
