@@ -48,14 +48,18 @@ pub struct Metadata {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BgpPeerSpec {
+    /// The router's address, on the nodes' underlay.
     #[serde(rename = "peerIP")]
     pub peer_ip: IpAddr,
+    /// The router's AS number (1 to 4294967295; not 23456, AS_TRANS).
     pub as_number: u32,
     /// The node that peers; every node when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// A TCP MD5 signature key (RFC 2385), at most 80 bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
 }

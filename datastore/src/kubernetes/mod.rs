@@ -18,6 +18,7 @@
 //! by the agent, so the publish calls do nothing here.
 
 pub mod convert;
+pub mod crd;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
