@@ -33,7 +33,9 @@
 //!   way, with one conntrack lookup until the revision changes.
 //!
 //! Per packet: one conntrack lookup, and when policy is asked, two ipcache
-//! lookups and at most four policy lookups, whatever the number of rules.
+//! lookups and at most four policy lookups, whatever the number of rules,
+//! and one per-endpoint counter update per direction that isolates
+//! ([`PolicyOutcome::endpoint_counters`]).
 //! With empty policy maps nothing is isolated, and every packet passes
 //! but those the tracker refuses on its own (TCP flags no stack sends).
 
@@ -45,7 +47,7 @@ use crate::ipv4::Ipv4Header;
 use crate::l4::Transport;
 use crate::lookup::{ConntrackTable, Ipcache, PolicyLookup};
 use crate::maps::{
-    POLICY_EGRESS, POLICY_INGRESS, POLICY_NOT_FOUND, PolicyDecision, PolicyKey,
+    EndpointCounterKey, POLICY_EGRESS, POLICY_INGRESS, POLICY_NOT_FOUND, PolicyDecision, PolicyKey,
     policy_decision_found,
 };
 use crate::packet::{PacketReader, ethernet};
@@ -63,13 +65,32 @@ pub struct PolicyOutcome {
     /// `policy_ingress_*` when the destination endpoint's ingress was
     /// asked and isolates it.
     pub ingress: Option<Counter>,
+    /// The per-endpoint counters of the two decisions: the source
+    /// endpoint's egress, the destination endpoint's ingress. Always
+    /// defined (zeroed when policy was not asked), so the eBPF shell can
+    /// pass them without a branch on an `Option`'s payload; each counts
+    /// only when its direction's counter above is `Some`.
+    pub endpoint_keys: [EndpointCounterKey; 2],
 }
+
+/// [`PolicyOutcome::endpoint_keys`] when policy was not asked.
+const NO_ENDPOINT_KEYS: [EndpointCounterKey; 2] = [EndpointCounterKey::new([0; 4], 0, false); 2];
 
 impl PolicyOutcome {
     /// Every counter the hook bumps, in a fixed order.
     #[inline(always)]
     pub const fn counters(&self) -> [Option<Counter>; 3] {
         [Some(self.conntrack), self.egress, self.ingress]
+    }
+
+    /// The per-endpoint counters the hook bumps (the
+    /// `WEFT_EP_COUNTS` map): one per direction policy decided for an
+    /// endpoint it isolates, egress first.
+    pub fn endpoint_counters(&self) -> impl Iterator<Item = EndpointCounterKey> + '_ {
+        [self.egress, self.ingress]
+            .into_iter()
+            .zip(self.endpoint_keys)
+            .filter_map(|(counter, key)| counter.map(|_| key))
     }
 
     #[inline(always)]
@@ -79,6 +100,18 @@ impl PolicyOutcome {
             conntrack,
             egress: None,
             ingress: None,
+            endpoint_keys: NO_ENDPOINT_KEYS,
+        }
+    }
+
+    #[inline(always)]
+    const fn answered(pass: bool, conntrack: Counter, answer: &PolicyAnswer) -> PolicyOutcome {
+        PolicyOutcome {
+            pass,
+            conntrack,
+            egress: answer.egress,
+            ingress: answer.ingress,
+            endpoint_keys: answer.endpoint_keys,
         }
     }
 }
@@ -89,6 +122,8 @@ pub struct PolicyAnswer {
     pub allowed: bool,
     pub egress: Option<Counter>,
     pub ingress: Option<Counter>,
+    /// As [`PolicyOutcome::endpoint_keys`].
+    pub endpoint_keys: [EndpointCounterKey; 2],
 }
 
 /// Asks the policy maps whether `query` is allowed: the source endpoint's
@@ -132,6 +167,26 @@ where
             Counter::PolicyIngressAllowed,
             Counter::PolicyIngressDenied,
         ),
+        endpoint_keys: [
+            endpoint_key(query.src, POLICY_EGRESS, egress),
+            endpoint_key(query.dst, POLICY_INGRESS, ingress),
+        ],
+    }
+}
+
+/// The per-endpoint counter of one direction's decision; zeroed when the
+/// endpoint is not isolated there (nothing counts, and outcomes compare
+/// equal however they were reached).
+#[inline(always)]
+const fn endpoint_key(
+    endpoint: [u8; 4],
+    direction: u8,
+    decision: PolicyDecision,
+) -> EndpointCounterKey {
+    match decision {
+        PolicyDecision::NotIsolated => NO_ENDPOINT_KEYS[0],
+        PolicyDecision::Allowed => EndpointCounterKey::new(endpoint, direction, true),
+        PolicyDecision::Denied => EndpointCounterKey::new(endpoint, direction, false),
     }
 }
 
@@ -216,12 +271,7 @@ where
         }
     }
     match answer {
-        Some(answer) => PolicyOutcome {
-            pass,
-            conntrack: counter,
-            egress: answer.egress,
-            ingress: answer.ingress,
-        },
+        Some(answer) => PolicyOutcome::answered(pass, counter, &answer),
         None => PolicyOutcome::unasked(pass, counter),
     }
 }
@@ -276,12 +326,7 @@ where
         dst_port: None,
     };
     let answer = ask(&query, ipcache, policy);
-    PolicyOutcome {
-        pass: answer.allowed,
-        conntrack: Counter::ConntrackInvalid,
-        egress: answer.egress,
-        ingress: answer.ingress,
-    }
+    PolicyOutcome::answered(answer.allowed, Counter::ConntrackInvalid, &answer)
 }
 
 #[cfg(test)]
@@ -419,10 +464,19 @@ mod tests {
         assert!(!denied.pass);
         assert_eq!(denied.ingress, Some(Counter::PolicyIngressDenied));
         assert_eq!(denied.egress, None, "the client is not isolated");
+        assert_eq!(
+            denied.endpoint_counters().collect::<Vec<_>>(),
+            [EndpointCounterKey::new(SERVER, POLICY_INGRESS, false)],
+            "only the isolated end counts"
+        );
         assert!(table.0.is_empty(), "a denied packet opens nothing");
         let allowed = run(&tcp(CLIENT, 4000, SERVER, 80, SYN), &policy, &mut table, 1);
         assert!(allowed.pass);
         assert_eq!(allowed.ingress, Some(Counter::PolicyIngressAllowed));
+        assert_eq!(
+            allowed.endpoint_counters().collect::<Vec<_>>(),
+            [EndpointCounterKey::new(SERVER, POLICY_INGRESS, true)]
+        );
         // The reply goes to the client's port 4000, which no rule names.
         let reply = run(
             &tcp(SERVER, 80, CLIENT, 4000, SYN_ACK),
@@ -434,6 +488,7 @@ mod tests {
             reply,
             PolicyOutcome::unasked(true, Counter::ConntrackEstablished)
         );
+        assert_eq!(reply.endpoint_counters().count(), 0, "no policy asked");
     }
 
     #[test]
@@ -460,6 +515,14 @@ mod tests {
         assert!(!out.pass);
         assert_eq!(out.egress, Some(Counter::PolicyEgressDenied));
         assert_eq!(out.ingress, Some(Counter::PolicyIngressAllowed));
+        // Each end counts its own direction's decision, egress first.
+        assert_eq!(
+            out.endpoint_counters().collect::<Vec<_>>(),
+            [
+                EndpointCounterKey::new(CLIENT, POLICY_EGRESS, false),
+                EndpointCounterKey::new(SERVER, POLICY_INGRESS, true),
+            ]
+        );
     }
 
     #[test]
@@ -526,6 +589,10 @@ mod tests {
         let isolated = run(&frame, &server_allows_web(), &mut table, 0);
         assert!(!isolated.pass);
         assert_eq!(isolated.ingress, Some(Counter::PolicyIngressDenied));
+        assert_eq!(
+            isolated.endpoint_counters().collect::<Vec<_>>(),
+            [EndpointCounterKey::new(SERVER, POLICY_INGRESS, false)]
+        );
         assert!(table.0.is_empty());
     }
 }

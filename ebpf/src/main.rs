@@ -20,18 +20,21 @@ use aya_ebpf::bindings::{
 use aya_ebpf::helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect_peer};
 use aya_ebpf::macros::{classifier, map};
 use aya_ebpf::maps::lpm_trie::Key;
-use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray};
+use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap};
 use aya_ebpf::programs::TcContext;
 use weft_common::conntrack::{CONNTRACK_MAX_ENTRIES, ConntrackEntry, FlowKey};
 use weft_common::guard::pod_egress_verdict;
-use weft_common::lookup::{ConntrackTable, Endpoints, Fib, Ipcache, NodeSet, PolicyLookup, RouteLookup};
-use weft_common::maps::{
-    ENDPOINTS_MAX_ENTRIES, EndpointInfo, EndpointKey, IDENTITY_WORLD, IPCACHE_MAX_ENTRIES,
-    FoundAction, IdentityEntry, NODES_MAX_ENTRIES, NodeConfig, NodeEntry, NodeKey, POD_ROUTES_MAX_ENTRIES,
-    POLICY_MAX_ENTRIES, POLICY_NOT_FOUND, PolicyEntry, PolicyKey, PolicyRevision, RemoteNode,
+use weft_common::lookup::{
+    ConntrackTable, Endpoints, Fib, Ipcache, NodeSet, PolicyLookup, RouteLookup,
 };
-use weft_common::policy::{enforce, may_skip_pod_egress};
+use weft_common::maps::{
+    ENDPOINT_COUNTERS_MAX_ENTRIES, ENDPOINTS_MAX_ENTRIES, EndpointCounterKey, EndpointInfo,
+    EndpointKey, FoundAction, IDENTITY_WORLD, IPCACHE_MAX_ENTRIES, IdentityEntry,
+    NODES_MAX_ENTRIES, NodeConfig, NodeEntry, NodeKey, POD_ROUTES_MAX_ENTRIES, POLICY_MAX_ENTRIES,
+    POLICY_NOT_FOUND, PolicyEntry, PolicyKey, PolicyRevision, RemoteNode,
+};
 use weft_common::packet::{PacketReader, ethernet};
+use weft_common::policy::{enforce, may_skip_pod_egress};
 use weft_common::redirect::{FibQuery, FibResult, direct_redirect};
 use weft_common::uplink::{uplink_egress, uplink_ingress};
 use weft_common::verdict::{COUNTER_COUNT, Counter, PassReason, UplinkVerdict, Verdict};
@@ -82,6 +85,12 @@ static WEFT_CONNTRACK: LruHashMap<FlowKey, ConntrackEntry> =
 /// The node's policy revision, one entry (index 0); 0 until written.
 #[map(name = "WEFT_POLICY_REV")]
 static WEFT_POLICY_REV: Array<PolicyRevision> = Array::pinned(1, 0);
+
+/// Packets policy allowed and denied per local endpoint and direction,
+/// per CPU (see `weft_common::maps::ENDPOINT_COUNTERS_MAP`).
+#[map(name = "WEFT_EP_COUNTS")]
+static WEFT_EP_COUNTS: PerCpuHashMap<EndpointCounterKey, u64> =
+    PerCpuHashMap::pinned(ENDPOINT_COUNTERS_MAX_ENTRIES, 0);
 
 /// Reads the frame with `bpf_skb_load_bytes`: copies into the stack, works on
 /// non-linear skbs, and needs no packet-pointer bounds proofs.
@@ -205,6 +214,12 @@ fn enforce_policy(ctx: &TcContext) -> i32 {
     }
     if let Some(counter) = outcome.ingress {
         count(counter);
+    }
+    if outcome.egress.is_some() {
+        count_endpoint(&outcome.endpoint_keys[0]);
+    }
+    if outcome.ingress.is_some() {
+        count_endpoint(&outcome.endpoint_keys[1]);
     }
     if outcome.pass { TC_ACT_OK } else { TC_ACT_SHOT }
 }
@@ -413,6 +428,22 @@ fn count(counter: Counter) {
     if let Some(slot) = WEFT_COUNTERS.get_ptr_mut(counter.index()) {
         // SAFETY: per-CPU slot, and tc programs do not preempt each other on a CPU.
         unsafe { *slot += 1 };
+    }
+}
+
+/// Bumps an endpoint's policy counter: in place when this CPU's slot
+/// exists, else by inserting 1. An insert from a program sets only this
+/// CPU's slot of a per-CPU hash (the others start at zero, or keep what
+/// a concurrent insert on another CPU wrote), so nothing is lost. A full
+/// map (more endpoints than it holds) counts nothing.
+#[inline(always)]
+fn count_endpoint(key: &EndpointCounterKey) {
+    match WEFT_EP_COUNTS.get_ptr_mut(key) {
+        // SAFETY: this CPU's slot; tc programs do not preempt each other on a CPU.
+        Some(slot) => unsafe { *slot += 1 },
+        None => {
+            let _ = WEFT_EP_COUNTS.insert(key, &1, 0);
+        }
     }
 }
 

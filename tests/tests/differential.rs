@@ -35,10 +35,10 @@ use nix::sched::{CloneFlags, setns};
 use weft_common::ipv4;
 use weft_common::lookup::{Fib, NodeSet, RouteLookup};
 use weft_common::maps::{
-    Encap, EndpointInfo, IDENTITY_ANY, IdentityEntry, IpcacheKey, NodeConfig, POD_EGRESS_PROGRAM,
-    POD_INGRESS_PROGRAM, POLICY_EGRESS, POLICY_INGRESS, POLICY_PREFIX_FULL, POLICY_PREFIX_IDENTITY,
-    POLICY_PREFIX_PROTOCOL, PodCidrKey, PolicyEntry, PolicyKey, RemoteNode, UPLINK_EGRESS_PROGRAM,
-    UPLINK_INGRESS_PROGRAM, prefix_contains,
+    Encap, EndpointCounterKey, EndpointInfo, IDENTITY_ANY, IdentityEntry, IpcacheKey, NodeConfig,
+    POD_EGRESS_PROGRAM, POD_INGRESS_PROGRAM, POLICY_EGRESS, POLICY_INGRESS, POLICY_PREFIX_FULL,
+    POLICY_PREFIX_IDENTITY, POLICY_PREFIX_PROTOCOL, PodCidrKey, PolicyEntry, PolicyKey, RemoteNode,
+    UPLINK_EGRESS_PROGRAM, UPLINK_INGRESS_PROGRAM, prefix_contains,
 };
 use weft_common::policy::may_skip_pod_egress;
 use weft_common::redirect::{FibQuery, FibResult, ToStack, direct_redirect};
@@ -427,6 +427,9 @@ struct Tally {
     runs: usize,
     refused: usize,
     counters: BTreeMap<&'static str, u64>,
+    /// The per-endpoint policy counters the twin bumped on frames the
+    /// kernel ran.
+    endpoint_counters: BTreeMap<EndpointCounterKey, u64>,
     verdicts: BTreeMap<String, u64>,
     mismatches: Vec<String>,
     mismatch_count: usize,
@@ -550,6 +553,9 @@ fn run_batch(
                 for counter in expected.counters() {
                     *twin_counts.entry(counter.name()).or_default() += 1;
                     *tally.counters.entry(counter.name()).or_default() += 1;
+                }
+                for key in &expected.endpoint_counters {
+                    *tally.endpoint_counters.entry(*key).or_default() += 1;
                 }
                 if let Some(v) = verdict(&frame.bytes) {
                     *tally.verdicts.entry(v).or_default() += 1;
@@ -1013,6 +1019,8 @@ fn run_policy(
     let endpoint = Some(EndpointInfo::new(ENDPOINT_IP));
     let mut rng = Rng::new(env_or("WEFT_DIFF_SEED", 0x5eed_4e77) ^ 0x9011c);
     let mut tally = Tally::default();
+    let endpoint_counters_before: BTreeMap<_, _> =
+        maps.endpoint_counters().unwrap().into_iter().collect();
     for revision in [1u32, 2] {
         let PolicyTables {
             ipcache, policy, ..
@@ -1073,6 +1081,32 @@ fn run_policy(
             |_| None,
         );
     }
+    // The per-endpoint counters moved by what the twin counted.
+    let kernel_endpoint_counters: BTreeMap<EndpointCounterKey, u64> = maps
+        .endpoint_counters()
+        .unwrap()
+        .into_iter()
+        .map(|(k, n)| {
+            (
+                k,
+                n - endpoint_counters_before.get(&k).copied().unwrap_or(0),
+            )
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert!(
+        !tally.endpoint_counters.is_empty(),
+        "generated policy decided nothing for an isolated endpoint"
+    );
+    assert_eq!(
+        kernel_endpoint_counters, tally.endpoint_counters,
+        "the kernel's and the twin's per-endpoint policy counters"
+    );
+    println!(
+        "  endpoint counters: {} keys, {} packets",
+        tally.endpoint_counters.len(),
+        tally.endpoint_counters.values().sum::<u64>()
+    );
     // The two trackers hold the same connections (times aside).
     let strip = |e: &weft_common::conntrack::ConntrackEntry| {
         (e.policy_revision, e.state, e.opener, e.flags)

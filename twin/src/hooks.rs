@@ -8,7 +8,7 @@
 
 use weft_common::guard::pod_egress_verdict;
 use weft_common::lookup::{Endpoints, Fib, NodeSet, PolicyLookup, RouteLookup};
-use weft_common::maps::{EndpointInfo, NodeConfig};
+use weft_common::maps::{EndpointCounterKey, EndpointInfo, NodeConfig};
 use weft_common::policy::{enforce, may_skip_pod_egress};
 use weft_common::redirect::{direct_redirect, write_redirected};
 use weft_common::uplink::{self, write_decapsulated, write_encapsulated};
@@ -45,6 +45,9 @@ pub struct HookOutcome {
     /// The policy counters it bumped besides (conntrack, policy by
     /// direction), in the order the eBPF shell bumps them.
     pub also: Vec<Counter>,
+    /// The per-endpoint policy counters (`WEFT_EP_COUNTS`) it bumped, in
+    /// the eBPF shell's order (egress, then ingress).
+    pub endpoint_counters: Vec<EndpointCounterKey>,
     /// The frame after the program: rewritten when it encapsulated or
     /// decapsulated, else the input unchanged (also when dropped, as
     /// `BPF_PROG_TEST_RUN` reports it).
@@ -61,6 +64,7 @@ impl HookOutcome {
             action,
             counter,
             also: Vec::new(),
+            endpoint_counters: Vec::new(),
             frame: frame.to_vec(),
             redirect: None,
         }
@@ -71,6 +75,7 @@ impl HookOutcome {
             action: TC_ACT_OK,
             counter,
             also: Vec::new(),
+            endpoint_counters: Vec::new(),
             frame,
             redirect: None,
         }
@@ -132,6 +137,7 @@ pub fn pod_egress(
     let mut hook = HookOutcome::unchanged(action, outcome.conntrack, frame);
     hook.also.extend(outcome.egress);
     hook.also.extend(outcome.ingress);
+    hook.endpoint_counters.extend(outcome.endpoint_counters());
     hook
 }
 
@@ -184,6 +190,7 @@ where
             action: TC_ACT_REDIRECT,
             counter: Counter::Redirect,
             also: Vec::new(),
+            endpoint_counters: Vec::new(),
             frame: out,
             redirect: Some(redirect.ifindex),
         },

@@ -15,7 +15,9 @@ use std::fmt;
 
 use weft_common::ipv4::{self, Ipv4Repr};
 use weft_common::lookup::Fib;
-use weft_common::maps::{EndpointInfo, NodeConfig, PodCidrKey, RemoteNode, prefix_contains};
+use weft_common::maps::{
+    EndpointCounterKey, EndpointInfo, NodeConfig, PodCidrKey, RemoteNode, prefix_contains,
+};
 use weft_common::redirect::{FibQuery, FibResult};
 use weft_common::verdict::{COUNTER_COUNT, Counter};
 
@@ -222,17 +224,41 @@ impl Fib for NodeTables {
     }
 }
 
-/// The node's eBPF counters (the `WEFT_COUNTERS` map, summed over CPUs).
+/// The node's eBPF counters (the `WEFT_COUNTERS` map, summed over CPUs),
+/// and its per-endpoint policy counters (`WEFT_EP_COUNTS`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Counters([u64; COUNTER_COUNT]);
+pub struct Counters {
+    by_verdict: [u64; COUNTER_COUNT],
+    endpoints: BTreeMap<EndpointCounterKey, u64>,
+}
 
 impl Counters {
     pub fn get(&self, counter: Counter) -> u64 {
-        self.0[counter.index() as usize]
+        self.by_verdict[counter.index() as usize]
     }
 
     pub(crate) fn bump(&mut self, counter: Counter) {
-        self.0[counter.index() as usize] += 1;
+        self.by_verdict[counter.index() as usize] += 1;
+    }
+
+    /// Every counter a hook bumped.
+    pub(crate) fn bump_hook(&mut self, outcome: &HookOutcome) {
+        for counter in outcome.counters() {
+            self.bump(counter);
+        }
+        for key in &outcome.endpoint_counters {
+            *self.endpoints.entry(*key).or_default() += 1;
+        }
+    }
+
+    /// An endpoint's policy counter (0 when never bumped).
+    pub fn endpoint(&self, key: &EndpointCounterKey) -> u64 {
+        self.endpoints.get(key).copied().unwrap_or(0)
+    }
+
+    /// The per-endpoint policy counters bumped so far, by key.
+    pub fn endpoints(&self) -> &BTreeMap<EndpointCounterKey, u64> {
+        &self.endpoints
     }
 
     /// Every counter with its value, in index order.
@@ -386,9 +412,7 @@ impl Node {
             &mut self.conntrack,
             io.now_ns,
         );
-        for counter in outcome.counters() {
-            self.counters.bump(counter);
-        }
+        self.counters.bump_hook(&outcome);
         io.step(|| Step::PodVeth {
             node: self.name(),
             ifindex,
@@ -618,9 +642,7 @@ impl Node {
                 // weft_pod_egress on the host veth: the pod's ingress policy.
                 let outcome =
                     hooks::pod_egress(&frame, &self.tables.policy, &mut self.conntrack, io.now_ns);
-                for counter in outcome.counters() {
-                    self.counters.bump(counter);
-                }
+                self.counters.bump_hook(&outcome);
                 if !outcome.passes() {
                     return;
                 }
