@@ -24,17 +24,15 @@ use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHas
 use aya_ebpf::programs::TcContext;
 use weft_common::conntrack::{CONNTRACK_MAX_ENTRIES, ConntrackEntry, FlowKey};
 use weft_common::guard::pod_egress_verdict;
-use weft_common::lookup::{
-    ConntrackTable, Endpoints, Fib, Ipcache, NodeSet, PolicyLookup, RouteLookup,
-};
+use weft_common::lookup::{ConntrackTable, Endpoints, Fib, Ipcache, NodeSet, PolicyLookup, RouteLookup};
 use weft_common::maps::{
     ENDPOINT_COUNTERS_MAX_ENTRIES, ENDPOINTS_MAX_ENTRIES, EndpointCounterKey, EndpointInfo,
     EndpointKey, FoundAction, IDENTITY_WORLD, IPCACHE_MAX_ENTRIES, IdentityEntry,
     NODES_MAX_ENTRIES, NodeConfig, NodeEntry, NodeKey, POD_ROUTES_MAX_ENTRIES, POLICY_MAX_ENTRIES,
     POLICY_NOT_FOUND, PolicyEntry, PolicyKey, PolicyRevision, RemoteNode,
 };
-use weft_common::packet::{PacketReader, ethernet};
 use weft_common::policy::{enforce, may_skip_pod_egress};
+use weft_common::packet::{PacketReader, ethernet};
 use weft_common::redirect::{FibQuery, FibResult, direct_redirect};
 use weft_common::uplink::{uplink_egress, uplink_ingress};
 use weft_common::verdict::{COUNTER_COUNT, Counter, PassReason, UplinkVerdict, Verdict};
