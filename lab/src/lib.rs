@@ -27,6 +27,7 @@ pub mod cni;
 pub mod matrix;
 pub mod objects;
 pub mod plan;
+pub mod policy_show;
 pub mod probe;
 pub mod process;
 pub mod serve;

@@ -29,7 +29,8 @@ enum Command {
     Status {
         #[command(flatten)]
         agent: AgentTarget,
-        /// Print JSON: {"ready","node_name","pod_cidr","message","endpoints"}.
+        /// Print JSON: {"ready","node_name","pod_cidr","message","endpoints",
+        /// "policy_endpoints_failed_closed"}.
         #[arg(long)]
         json: bool,
     },
@@ -52,6 +53,9 @@ enum Command {
     /// The agent's BGP speaker (routing mode bgp).
     #[command(subcommand)]
     Bgp(BgpCommand),
+    /// The node's NetworkPolicy as its agent programmed it.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Build, inspect and check a cluster of network namespaces on this machine.
     Lab(LabArgs),
 }
@@ -63,6 +67,25 @@ enum BgpCommand {
         #[command(flatten)]
         agent: AgentTarget,
         /// Print JSON: {"enabled","local_as","router_id","peers":[..]}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Print each local endpoint's compiled rules (gRPC GetPolicy): per direction whether
+    /// it is isolated, each allow rule's peer (pods as namespace/name, ipBlocks with their
+    /// excepts, any, the node itself), protocol and ports, the packets policy allowed and
+    /// denied, and whether the endpoint fails closed (denied everything because its policy
+    /// could not be programmed) and why.
+    Show {
+        #[command(flatten)]
+        agent: AgentTarget,
+        /// Only this pod: NAME or NAMESPACE/NAME.
+        #[arg(long)]
+        pod: Option<String>,
+        /// Print JSON: {"revision","endpoints":[{"pod","address","failed_closed","ingress","egress"}]}.
         #[arg(long)]
         json: bool,
     },
@@ -412,6 +435,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bgp(BgpCommand::Peers { agent, json }) => {
             let peers = block_on(agent_api::bgp_peers(&agent.socket()?, agent.timeout()))?;
             print_as(&peers, json, agent_api::render_bgp_peers)?;
+        }
+        Command::Policy(PolicyCommand::Show { agent, pod, json }) => {
+            let show = block_on(lab::policy_show::policy_show(
+                &agent.socket()?,
+                agent.timeout(),
+                pod.as_deref(),
+            ))?;
+            print_as(&show, json, lab::policy_show::PolicyShow::render)?;
         }
         Command::Lab(args) => return run_lab(args),
     }

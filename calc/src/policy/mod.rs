@@ -67,7 +67,7 @@ use weft_model::policy::{NetworkPolicyPort, Peer, PortRef, Protocol, resolve_nam
 use weft_model::selector::Labels;
 use weft_model::{Namespace, NetworkPolicy, PolicyPod};
 
-pub use identity::Identities;
+pub use identity::{Identities, IdentityPeer};
 pub use plan::{PolicyPlan, plan};
 
 use crate::problem::Problem;
