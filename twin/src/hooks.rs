@@ -14,7 +14,7 @@ use weft_common::redirect::{direct_redirect, write_redirected};
 use weft_common::uplink::{self, write_decapsulated, write_encapsulated};
 use weft_common::verdict::{Counter, PassReason, UplinkVerdict, Verdict};
 
-use crate::policy::{Conntrack, PolicyTables};
+use crate::policy::{Conntrack, PolicyTables, PolicyVerdict, RecordingPolicy};
 
 /// `TC_ACT_OK`: the kernel carries on with the (possibly rewritten) packet.
 pub const TC_ACT_OK: i32 = 0;
@@ -48,6 +48,10 @@ pub struct HookOutcome {
     /// The per-endpoint policy counters (`WEFT_EP_COUNTS`) it bumped, in
     /// the eBPF shell's order (egress, then ingress).
     pub endpoint_counters: Vec<EndpointCounterKey>,
+    /// For the policy hooks, on the pod's own IPv4: what policy decided
+    /// and which map entry decided it (the twin's own account; the eBPF
+    /// shell reports only the action and counters).
+    pub policy: Option<PolicyVerdict>,
     /// The frame after the program: rewritten when it encapsulated or
     /// decapsulated, else the input unchanged (also when dropped, as
     /// `BPF_PROG_TEST_RUN` reports it).
@@ -65,6 +69,7 @@ impl HookOutcome {
             counter,
             also: Vec::new(),
             endpoint_counters: Vec::new(),
+            policy: None,
             frame: frame.to_vec(),
             redirect: None,
         }
@@ -76,6 +81,7 @@ impl HookOutcome {
             counter,
             also: Vec::new(),
             endpoint_counters: Vec::new(),
+            policy: None,
             frame,
             redirect: None,
         }
@@ -125,16 +131,18 @@ pub fn pod_egress(
     conntrack: &mut Conntrack,
     now_ns: u64,
 ) -> HookOutcome {
+    let lookups = RecordingPolicy::new(policy.policy.as_slice());
     let outcome = enforce(
         frame,
         policy.ipcache.as_slice(),
-        policy.policy.as_slice(),
+        &lookups,
         conntrack,
         now_ns,
         policy.revision,
     );
     let action = if outcome.pass { TC_ACT_OK } else { TC_ACT_SHOT };
     let mut hook = HookOutcome::unchanged(action, outcome.conntrack, frame);
+    hook.policy = Some(PolicyVerdict::explain(&outcome, &lookups.lookups.borrow()));
     hook.also.extend(outcome.egress);
     hook.also.extend(outcome.ingress);
     hook.endpoint_counters.extend(outcome.endpoint_counters());
@@ -191,6 +199,7 @@ where
             counter: Counter::Redirect,
             also: Vec::new(),
             endpoint_counters: Vec::new(),
+            policy: None,
             frame: out,
             redirect: Some(redirect.ifindex),
         },

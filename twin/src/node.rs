@@ -25,8 +25,8 @@ use etherparse::UdpHeader;
 use smoltcp::wire::Ipv4Packet;
 
 use crate::hooks::{self, HookOutcome};
-use crate::policy::{Conntrack, PolicyTables};
-use crate::step::{RouteDecision, Step, VxlanDecision};
+use crate::policy::{Conntrack, PolicyTables, PolicyVerdictText};
+use crate::step::{RouteDecision, Step, VethHook, VxlanDecision};
 use crate::wire::{self, Arp, IcmpErrorKind, Ipv4Fields, Mac, PacketSummary};
 
 /// How a kernel route leaves the node.
@@ -381,6 +381,17 @@ impl Node {
         self.tables.name.clone()
     }
 
+    /// A policy hook's verdict in words, identities named by this node's
+    /// ipcache.
+    fn policy_text(&self, outcome: &HookOutcome) -> Option<String> {
+        let verdict = outcome.policy.as_ref()?;
+        let text = PolicyVerdictText {
+            verdict,
+            ipcache: &self.tables.policy.ipcache,
+        };
+        Some(text.to_string())
+    }
+
     /// The packets still waiting for an ARP answer, with their next hop.
     pub fn unresolved(&self) -> Vec<([u8; 4], PacketSummary)> {
         self.pending
@@ -416,9 +427,11 @@ impl Node {
         io.step(|| Step::PodVeth {
             node: self.name(),
             ifindex,
+            hook: VethHook::TcIngress,
             packet: PacketSummary::of_frame(frame),
             action: outcome.action,
             counter: outcome.counter,
+            policy: self.policy_text(&outcome),
         });
         if !outcome.passes() {
             return;
@@ -643,6 +656,15 @@ impl Node {
                 let outcome =
                     hooks::pod_egress(&frame, &self.tables.policy, &mut self.conntrack, io.now_ns);
                 self.counters.bump_hook(&outcome);
+                io.step(|| Step::PodVeth {
+                    node: self.name(),
+                    ifindex,
+                    hook: VethHook::TcEgress,
+                    packet: PacketSummary::of_frame(&frame),
+                    action: outcome.action,
+                    counter: outcome.counter,
+                    policy: self.policy_text(&outcome),
+                });
                 if !outcome.passes() {
                     return;
                 }
