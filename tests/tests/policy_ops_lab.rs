@@ -143,3 +143,99 @@ fn policy_show_prints_an_endpoints_rules_and_its_counters_move() {
     );
     assert_eq!(lab.counter("node2", "policy_endpoints_failed_closed"), 0);
 }
+
+/// A policy the API server would refuse (an unknown protocol) reaches the
+/// agent through its store: the endpoints it selects fail closed, denied
+/// everything, and the agent says so in its log, its status, its counters
+/// and `policy show`; once the policy is gone they are open again.
+#[test]
+fn an_endpoint_with_a_malformed_policy_fails_closed_and_says_so() {
+    let lab = Lab::up("pfail", 2, 0);
+    pod_add(&lab, "node1", "a", "x", "app=a");
+    pod_add(&lab, "node2", "b", "y", "app=b");
+    lab.apply(ALLOW_X_TO_HTTP);
+    lab.apply(
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: broken, namespace: y}
+spec:
+  podSelector: {matchLabels: {app: b}}
+  ingress:
+  - ports: [{protocol: UDP, port: 53}]
+",
+    );
+    eventually("b's rules programmed", Duration::from_secs(5), || {
+        let ep = show(&lab, "node2", "b");
+        let udp = ep["ingress"]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["protocol"] == "UDP");
+        if udp && tcp(&lab, "a", "b") {
+            Ok(())
+        } else {
+            Err(ep.to_string())
+        }
+    });
+
+    // Break the stored object as no validated write could.
+    let state = lab.lab().load().unwrap();
+    let path = state.datastore_dir().join("networkpolicies/y/broken.json");
+    let stored = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(stored.matches("\"UDP\"").count(), 1, "{stored}");
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, stored.replace("\"UDP\"", "\"ICMP\"")).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+
+    let ep = eventually("b fails closed", Duration::from_secs(15), || {
+        let ep = show(&lab, "node2", "b");
+        if ep["failed_closed"].is_string() {
+            Ok(ep)
+        } else {
+            Err(ep.to_string())
+        }
+    });
+    assert_eq!(
+        ep["failed_closed"],
+        "policy y/broken is malformed: unknown protocol \"ICMP\""
+    );
+    for direction in ["ingress", "egress"] {
+        assert_eq!(ep[direction]["isolated"], true, "{ep}");
+        assert_eq!(ep[direction]["rules"], serde_json::json!([]), "{ep}");
+    }
+    assert!(
+        !tcp(&lab, "a", "b"),
+        "x/a is denied too, though a policy allows it"
+    );
+    let text = lab.ctl_ok(&["policy", "show", "--node", "node2", "--pod", "b"]);
+    assert!(
+        text.contains("FAILS CLOSED: denied everything both ways"),
+        "{text}"
+    );
+    let status = lab.ctl_ok(&["status", "--node", "node2", "--json"]);
+    assert!(
+        status.contains("\"policy_endpoints_failed_closed\": 1"),
+        "{status}"
+    );
+    assert_eq!(lab.counter("node2", "policy_endpoints_failed_closed"), 1);
+    let log =
+        std::fs::read_to_string(weft_lab::agent::log_path(state.node("node2").unwrap())).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("fails closed") && l.contains("y/broken")),
+        "the agent's log says so:\n{log}"
+    );
+    // a's endpoint, on node1, is untouched.
+    assert_eq!(lab.counter("node1", "policy_endpoints_failed_closed"), 0);
+
+    lab.ctl_ok(&["lab", "delete", "networkpolicy", "y/broken"]);
+    eventually("b open to x again", Duration::from_secs(5), || {
+        if tcp(&lab, "a", "b") {
+            Ok(())
+        } else {
+            Err(show(&lab, "node2", "b").to_string())
+        }
+    });
+    assert_eq!(show(&lab, "node2", "b")["failed_closed"], Value::Null);
+    assert_eq!(lab.counter("node2", "policy_endpoints_failed_closed"), 0);
+}
