@@ -181,7 +181,7 @@ fn protocol_name(protocol: u32) -> String {
 /// and protocol, the port prefixes merged back into ranges.
 fn rules(entries: &[&v1::PolicyMapEntry], peers: &BTreeMap<u32, String>) -> Vec<Rule> {
     // (identity, protocol or None for every protocol) → port ranges (None: every port).
-    let mut grouped: BTreeMap<(u32, Option<u32>), Vec<Option<(u32, u32)>>> = BTreeMap::new();
+    let mut grouped: BTreeMap<(u32, Option<u32>), Vec<Option<PortRange>>> = BTreeMap::new();
     for e in entries.iter().filter(|e| e.allow) {
         let (protocol, ports) = match e.prefix_len {
             POLICY_PREFIX_IDENTITY => (None, None),
@@ -208,8 +208,11 @@ fn rules(entries: &[&v1::PolicyMapEntry], peers: &BTreeMap<u32, String>) -> Vec<
         .collect()
 }
 
+/// First and last port, inclusive.
+type PortRange = (u32, u32);
+
 /// Ranges joined where they touch; `any` if one covers every port.
-fn port_ranges(ports: Vec<Option<(u32, u32)>>) -> String {
+fn port_ranges(ports: Vec<Option<PortRange>>) -> String {
     let Some(mut ranges) = ports.into_iter().collect::<Option<Vec<_>>>() else {
         return "any".into();
     };
