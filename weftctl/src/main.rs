@@ -267,9 +267,12 @@ enum LabCommand {
     /// Like Antrea's Traceflow, but no packet is sent: the nodes' pinned eBPF maps, routes,
     /// links and vxlan FDB/neighbour entries are read, and the userspace twin (the same
     /// decisions as the tc programs, around a model of the kernel) walks a synthetic packet
-    /// through them. Prints one line per step (node, hook, packet, decision, counter), then
-    /// a verdict: delivered to which pod, or dropped where and why, and any ICMP error sent
-    /// back. Exits 0 whenever the trace ran, whatever the verdict.
+    /// through them. Prints one line per step (node, hook, packet, decision, counter; at each
+    /// pod veth hook, tc ingress and tc egress, the policy verdict and the policy map entry
+    /// that decided it: allow rule, isolation marker, not isolated, or the connection
+    /// tracker's reason for asking none), then a verdict: delivered to which pod, or dropped
+    /// where and why, and any ICMP error sent back. Exits 0 whenever the trace ran, whatever
+    /// the verdict.
     Trace {
         /// The pod the packet leaves from (a lab pod's name, e.g. node1-a).
         #[arg(long)]
@@ -283,7 +286,8 @@ enum LabCommand {
         /// Set the Don't Fragment bit.
         #[arg(long)]
         df: bool,
-        /// Print JSON: {"lab","encap","from","to","packet","notes","steps":[..],"verdict","summary"}.
+        /// Print JSON: {"lab","encap","from","to","packet","notes","steps":[..],"verdict","summary"};
+        /// a pod veth step has "policy".
         #[arg(long)]
         json: bool,
     },
