@@ -1127,3 +1127,32 @@ fn a_malformed_policy_fails_the_endpoints_it_selects_closed() {
         assert_deny_all(&f, &c, "x/a");
     }
 }
+
+#[test]
+fn identities_name_their_pods_and_ipblocks_for_operators() {
+    let f = in_x(
+        "podSelector: {}\ningress:\n- from:\n  - ipBlock:\n      cidr: 10.0.0.0/8\n      except: [10.244.2.0/24]",
+    );
+    let c = &f.compiled()[0];
+    let peers = c.identities.peers();
+    let a = c.identities.of_pod("x", "a", f.address("x/a")).unwrap();
+    assert_eq!(
+        peers[&a],
+        IdentityPeer::Pod {
+            namespace: "x".into(),
+            name: "a".into(),
+            address: f.address("x/a")
+        }
+    );
+    let blocks: Vec<&Vec<String>> = peers
+        .values()
+        .filter_map(|p| match p {
+            IdentityPeer::Blocks(b) => Some(b),
+            IdentityPeer::Pod { .. } => None,
+        })
+        .collect();
+    assert_eq!(
+        blocks,
+        [&vec!["10.0.0.0/8 except 10.244.2.0/24".to_string()]]
+    );
+}
