@@ -65,16 +65,15 @@ pub struct PolicyOutcome {
     /// `policy_ingress_*` when the destination endpoint's ingress was
     /// asked and isolates it.
     pub ingress: Option<Counter>,
-    /// The per-endpoint counters of the two decisions: the source
-    /// endpoint's egress, the destination endpoint's ingress. Always
-    /// defined (zeroed when policy was not asked), so the eBPF shell can
-    /// pass them without a branch on an `Option`'s payload; each counts
-    /// only when its direction's counter above is `Some`.
-    pub endpoint_keys: [EndpointCounterKey; 2],
+    /// The endpoints policy judged: the source (whose egress it asked)
+    /// and the destination (whose ingress it asked); zeroes when policy
+    /// was not asked. Plain addresses, so the eBPF shell builds each
+    /// per-endpoint counter key ([`endpoint_counter_key`]) from runtime
+    /// values only, with no constant key the compiler could place in
+    /// `.rodata` (which aya would load as a map of its own, new at every
+    /// load, so a restarted agent could not adopt its programs).
+    pub endpoints: [[u8; 4]; 2],
 }
-
-/// [`PolicyOutcome::endpoint_keys`] when policy was not asked.
-const NO_ENDPOINT_KEYS: [EndpointCounterKey; 2] = [EndpointCounterKey::new([0; 4], 0, false); 2];
 
 impl PolicyOutcome {
     /// Every counter the hook bumps, in a fixed order.
@@ -89,8 +88,8 @@ impl PolicyOutcome {
     pub fn endpoint_counters(&self) -> impl Iterator<Item = EndpointCounterKey> + '_ {
         [self.egress, self.ingress]
             .into_iter()
-            .zip(self.endpoint_keys)
-            .filter_map(|(counter, key)| counter.map(|_| key))
+            .zip(self.endpoints)
+            .filter_map(|(counter, endpoint)| Some(endpoint_counter_key(endpoint, counter?)))
     }
 
     #[inline(always)]
@@ -100,7 +99,7 @@ impl PolicyOutcome {
             conntrack,
             egress: None,
             ingress: None,
-            endpoint_keys: NO_ENDPOINT_KEYS,
+            endpoints: [[0; 4]; 2],
         }
     }
 
@@ -111,7 +110,7 @@ impl PolicyOutcome {
             conntrack,
             egress: answer.egress,
             ingress: answer.ingress,
-            endpoint_keys: answer.endpoint_keys,
+            endpoints: answer.endpoints,
         }
     }
 }
@@ -122,8 +121,21 @@ pub struct PolicyAnswer {
     pub allowed: bool,
     pub egress: Option<Counter>,
     pub ingress: Option<Counter>,
-    /// As [`PolicyOutcome::endpoint_keys`].
-    pub endpoint_keys: [EndpointCounterKey; 2],
+    /// As [`PolicyOutcome::endpoints`].
+    pub endpoints: [[u8; 4]; 2],
+}
+
+impl PolicyAnswer {
+    /// What a packet policy was not asked about carries: allowed, nothing
+    /// counted. A value rather than an `Option<PolicyAnswer>`, whose
+    /// `None` would leave the payload undefined for LLVM to carry in a
+    /// register the eBPF verifier refuses to read.
+    const UNASKED: PolicyAnswer = PolicyAnswer {
+        allowed: true,
+        egress: None,
+        ingress: None,
+        endpoints: [[0; 4]; 2],
+    };
 }
 
 /// Asks the policy maps whether `query` is allowed: the source endpoint's
@@ -167,27 +179,33 @@ where
             Counter::PolicyIngressAllowed,
             Counter::PolicyIngressDenied,
         ),
-        endpoint_keys: [
-            endpoint_key(query.src, POLICY_EGRESS, egress),
-            endpoint_key(query.dst, POLICY_INGRESS, ingress),
-        ],
+        endpoints: [judged(egress, query.src), judged(ingress, query.dst)],
     }
 }
 
-/// The per-endpoint counter of one direction's decision; zeroed when the
-/// endpoint is not isolated there (nothing counts, and outcomes compare
-/// equal however they were reached).
+/// `endpoint` if policy decided for it, zeroes when it is not isolated
+/// (outcomes then compare equal however they were reached).
 #[inline(always)]
-const fn endpoint_key(
-    endpoint: [u8; 4],
-    direction: u8,
-    decision: PolicyDecision,
-) -> EndpointCounterKey {
+const fn judged(decision: PolicyDecision, endpoint: [u8; 4]) -> [u8; 4] {
     match decision {
-        PolicyDecision::NotIsolated => NO_ENDPOINT_KEYS[0],
-        PolicyDecision::Allowed => EndpointCounterKey::new(endpoint, direction, true),
-        PolicyDecision::Denied => EndpointCounterKey::new(endpoint, direction, false),
+        PolicyDecision::NotIsolated => [0; 4],
+        _ => endpoint,
     }
+}
+
+/// The per-endpoint counter (`WEFT_EP_COUNTS`) that goes with a policy
+/// counter (`policy_{egress,ingress}_{allowed,denied}`) of `endpoint`.
+#[inline(always)]
+pub const fn endpoint_counter_key(endpoint: [u8; 4], counter: Counter) -> EndpointCounterKey {
+    let direction = match counter {
+        Counter::PolicyEgressAllowed | Counter::PolicyEgressDenied => POLICY_EGRESS,
+        _ => POLICY_INGRESS,
+    };
+    let allowed = matches!(
+        counter,
+        Counter::PolicyEgressAllowed | Counter::PolicyIngressAllowed
+    );
+    EndpointCounterKey::new(endpoint, direction, allowed)
 }
 
 #[inline(always)]
@@ -244,25 +262,27 @@ where
     let tracked = track(&packet, existing.as_ref(), now_ns, revision);
     let (counter, answer) = match tracked.verdict {
         ConntrackVerdict::Pass(TrackedPass::Original | TrackedPass::Reply) => {
-            (Counter::ConntrackEstablished, None)
+            (Counter::ConntrackEstablished, PolicyAnswer::UNASKED)
         }
-        ConntrackVerdict::Pass(TrackedPass::Related) => (Counter::ConntrackRelated, None),
-        ConntrackVerdict::Drop(ConntrackDrop::InvalidTcpFlags) => (Counter::ConntrackInvalid, None),
-        ConntrackVerdict::Drop(ConntrackDrop::DeniedConnection) => (Counter::ConntrackDenied, None),
+        ConntrackVerdict::Pass(TrackedPass::Related) => {
+            (Counter::ConntrackRelated, PolicyAnswer::UNASKED)
+        }
+        ConntrackVerdict::Drop(ConntrackDrop::InvalidTcpFlags) => {
+            (Counter::ConntrackInvalid, PolicyAnswer::UNASKED)
+        }
+        ConntrackVerdict::Drop(ConntrackDrop::DeniedConnection) => {
+            (Counter::ConntrackDenied, PolicyAnswer::UNASKED)
+        }
         ConntrackVerdict::CheckPolicy(check) => {
             let counter = match check.reason {
                 CheckReason::New => Counter::ConntrackNew,
                 CheckReason::Recheck => Counter::ConntrackEstablished,
                 CheckReason::Untracked => Counter::ConntrackUntracked,
             };
-            (counter, Some(ask(&check.query, ipcache, policy)))
+            (counter, ask(&check.query, ipcache, policy))
         }
     };
-    let allowed = match answer {
-        Some(answer) => answer.allowed,
-        None => true,
-    };
-    let (pass, update) = tracked.after_policy(allowed);
+    let (pass, update) = tracked.after_policy(answer.allowed);
     if let Some(flow) = flow {
         match update {
             EntryUpdate::Keep => {}
@@ -270,10 +290,7 @@ where
             EntryUpdate::Delete => conntrack.remove(&flow.key),
         }
     }
-    match answer {
-        Some(answer) => PolicyOutcome::answered(pass, counter, &answer),
-        None => PolicyOutcome::unasked(pass, counter),
-    }
+    PolicyOutcome::answered(pass, counter, &answer)
 }
 
 /// Whether a packet the uplink has just decapsulated (Ethernet, then

@@ -31,7 +31,7 @@ use weft_common::maps::{
     NODES_MAX_ENTRIES, NodeConfig, NodeEntry, NodeKey, POD_ROUTES_MAX_ENTRIES, POLICY_MAX_ENTRIES,
     POLICY_NOT_FOUND, PolicyEntry, PolicyKey, PolicyRevision, RemoteNode,
 };
-use weft_common::policy::{enforce, may_skip_pod_egress};
+use weft_common::policy::{endpoint_counter_key, enforce, may_skip_pod_egress};
 use weft_common::packet::{PacketReader, ethernet};
 use weft_common::redirect::{FibQuery, FibResult, direct_redirect};
 use weft_common::uplink::{uplink_egress, uplink_ingress};
@@ -177,7 +177,14 @@ impl ConntrackTable for ConntrackMap {
         // SAFETY: copied out at once; a concurrent update of the same
         // flow on another CPU can at worst be read half-written, which the
         // tracker reads as some state of that flow.
-        unsafe { WEFT_CONNTRACK.get(key) }.copied()
+        match unsafe { WEFT_CONNTRACK.get(key) } {
+            Some(entry) => Some(*entry),
+            // All bits defined (asserted below to be `None`): a `None`
+            // built the usual way leaves its payload undefined, and LLVM
+            // may carry that in a register the verifier refuses to read.
+            // SAFETY: an all-zero `Option<ConntrackEntry>` is valid.
+            None => unsafe { core::mem::zeroed() },
+        }
     }
 
     #[inline(always)]
@@ -190,6 +197,11 @@ impl ConntrackTable for ConntrackMap {
         let _ = WEFT_CONNTRACK.remove(key);
     }
 }
+
+// ConntrackEntry has only integer fields, so its `Option` is tagged and
+// all zeroes is `None`.
+// SAFETY: integers and a tag; every bit pattern of the payload is valid.
+const _: () = assert!(unsafe { core::mem::zeroed::<Option<ConntrackEntry>>() }.is_none());
 
 /// Runs the policy decision on the packet in `ctx` and counts it; the tc
 /// action.
@@ -209,15 +221,11 @@ fn enforce_policy(ctx: &TcContext) -> i32 {
     count(outcome.conntrack);
     if let Some(counter) = outcome.egress {
         count(counter);
+        count_endpoint(&endpoint_counter_key(outcome.endpoints[0], counter));
     }
     if let Some(counter) = outcome.ingress {
         count(counter);
-    }
-    if outcome.egress.is_some() {
-        count_endpoint(&outcome.endpoint_keys[0]);
-    }
-    if outcome.ingress.is_some() {
-        count_endpoint(&outcome.endpoint_keys[1]);
+        count_endpoint(&endpoint_counter_key(outcome.endpoints[1], counter));
     }
     if outcome.pass { TC_ACT_OK } else { TC_ACT_SHOT }
 }
@@ -440,7 +448,10 @@ fn count_endpoint(key: &EndpointCounterKey) {
         // SAFETY: this CPU's slot; tc programs do not preempt each other on a CPU.
         Some(slot) => unsafe { *slot += 1 },
         None => {
-            let _ = WEFT_EP_COUNTS.insert(key, &1, 0);
+            // A local, not `&1`: a promoted constant would live in
+            // `.rodata` (see `PolicyOutcome::endpoints`).
+            let one: u64 = 1;
+            let _ = WEFT_EP_COUNTS.insert(key, &one, 0);
         }
     }
 }
