@@ -307,6 +307,13 @@ impl weft_proto::Agent for TestAgent {
     ) -> Result<Response<BgpPeersReply>, Status> {
         Err(Status::unimplemented("the plugin never asks for BGP peers"))
     }
+
+    async fn get_policy(
+        &self,
+        _: Request<GetPolicyRequest>,
+    ) -> Result<Response<GetPolicyReply>, Status> {
+        Err(Status::unimplemented("the plugin never asks for policy"))
+    }
 }
 
 // ------------------------------------------------------------------- lab
