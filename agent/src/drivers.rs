@@ -185,8 +185,22 @@ impl PolicyDriver {
             let revision = self.maps.revision()?.wrapping_add(1);
             self.maps.set_revision(revision)?;
             tracing::info!(revision, ops = plan.ops.len(), "policy maps updated");
+            self.forget_counters(&state)?;
         }
         self.applied = Some(state);
+        Ok(())
+    }
+
+    /// Removes the per-endpoint policy counters of endpoints that no
+    /// longer have policy entries (gone, or no longer isolated), so a pod
+    /// given the address later starts from zero.
+    fn forget_counters(&mut self, state: &CompiledPolicy) -> Result<(), ReconcileError> {
+        let programmed: BTreeSet<[u8; 4]> = state.policy.keys().map(|k| k.endpoint).collect();
+        for (key, _) in self.maps.endpoint_counters()? {
+            if !programmed.contains(&key.endpoint) {
+                self.maps.remove_endpoint_counter(&key)?;
+            }
+        }
         Ok(())
     }
 

@@ -87,6 +87,8 @@ pub struct PassState {
     /// The last policy compilation's identities, kept for the same peers
     /// by the next one.
     policy_identities: Option<weft_calc::policy::Identities>,
+    /// Local endpoints the last compilation failed closed, with why.
+    policy_failed_closed: BTreeMap<Ipv4Addr, String>,
     /// What the source holds of this node's endpoints, as far as this
     /// agent knows (read at every full pass, kept as it publishes).
     published: BTreeMap<String, EndpointRecord>,
@@ -94,6 +96,18 @@ pub struct PassState {
     /// with nothing to flush: a concurrent CNI call's pass may have done
     /// this call's work, and its verdict must still reach this call.
     problems: Vec<Problem>,
+}
+
+impl PassState {
+    /// The identities the last policy compilation handed out.
+    pub fn policy_identities(&self) -> Option<&weft_calc::policy::Identities> {
+        self.policy_identities.as_ref()
+    }
+
+    /// Local endpoints the last policy compilation failed closed, with why.
+    pub fn policy_failed_closed(&self) -> &BTreeMap<Ipv4Addr, String> {
+        &self.policy_failed_closed
+    }
 }
 
 pub struct Node {
@@ -187,6 +201,7 @@ impl Node {
                 published: BTreeMap::new(),
                 policy_problems: Vec::new(),
                 policy_identities: None,
+                policy_failed_closed: BTreeMap::new(),
             }),
             bgp,
             ready: AtomicBool::new(false),
@@ -439,6 +454,14 @@ impl Node {
             );
             st.policy_problems = desired.policy.problems.clone();
             st.policy_identities = Some(desired.policy.identities.clone());
+            for (address, why) in &desired.policy.failed_closed {
+                if !st.policy_failed_closed.contains_key(address) {
+                    tracing::error!(%address, "endpoint fails closed, denied everything: {why}");
+                }
+            }
+            st.policy_failed_closed = (desired.policy.failed_closed.iter())
+                .map(|(address, why)| (*address, why.to_string()))
+                .collect();
         }
         report.problems = desired.problems.clone();
         report.problems.extend(st.bgp_problems.iter().cloned());

@@ -15,6 +15,7 @@ use weft_proto::v1::{self, *};
 use crate::ipam::{self, IpamError};
 use crate::node::{Node, ReconcileError};
 use weft_calc::lifecycle::{self, Step};
+use weft_calc::policy::IdentityPeer;
 use weft_model::policy::{Protocol, validate_container_ports};
 use weft_model::selector::{check_label_key, check_label_value};
 use weft_model::{ContainerPort, EndpointRecord, endpoint_key};
@@ -136,6 +137,29 @@ fn to_proto(ep: &EndpointRecord) -> v1::Endpoint {
         node: ep.node.clone(),
         netns: ep.netns.clone(),
         ports: ep.ports.iter().map(port_to_proto).collect(),
+    }
+}
+
+/// The name `GetCounters` gives the number of endpoints failing closed.
+pub const POLICY_FAILED_CLOSED_COUNTER: &str = "policy_endpoints_failed_closed";
+
+fn identity_to_proto(identity: u32, peer: IdentityPeer) -> PolicyIdentity {
+    match peer {
+        IdentityPeer::Pod {
+            namespace,
+            name,
+            address,
+        } => PolicyIdentity {
+            identity,
+            pod: format!("{namespace}/{name}"),
+            pod_address: address.to_string(),
+            blocks: Vec::new(),
+        },
+        IdentityPeer::Blocks(blocks) => PolicyIdentity {
+            identity,
+            blocks,
+            ..PolicyIdentity::default()
+        },
     }
 }
 
@@ -370,6 +394,7 @@ impl Agent for AgentService {
     ) -> Result<Response<StatusReply>, Status> {
         let ready = self.node.is_ready();
         let endpoints = self.node.local_endpoints().len() as u32;
+        let failed_closed = self.node.state.lock().await.policy_failed_closed().len() as u32;
         Ok(Response::new(StatusReply {
             ready,
             node_name: self.node.me.name.clone(),
@@ -381,6 +406,7 @@ impl Agent for AgentService {
             },
             endpoints,
             policy_digest: self.node.policy_digest().unwrap_or_default(),
+            policy_endpoints_failed_closed: failed_closed,
         }))
     }
 
@@ -412,14 +438,79 @@ impl Agent for AgentService {
             .guard
             .counters()
             .map_err(|e| Status::internal(e.to_string()))?;
+        // The agent's own: endpoints denied everything because their
+        // policy could not be programmed (a gauge, not a packet count).
+        let failed_closed = (
+            POLICY_FAILED_CLOSED_COUNTER,
+            st.policy_failed_closed().len() as u64,
+        );
         Ok(Response::new(GetCountersReply {
             counters: counters
                 .into_iter()
+                .chain([failed_closed])
                 .map(|(name, value)| Counter {
                     name: name.to_string(),
                     value,
                 })
                 .collect(),
+        }))
+    }
+
+    async fn get_policy(
+        &self,
+        _request: Request<GetPolicyRequest>,
+    ) -> Result<Response<GetPolicyReply>, Status> {
+        self.ready()?;
+        let st = self.node.state.lock().await;
+        let maps = &st.drivers.policy.maps;
+        let bpf = |e: weft_dataplane::bpf::BpfError| Status::internal(e.to_string());
+        let entries = maps.policy().map_err(bpf)?;
+        let counters = maps.endpoint_counters().map_err(bpf)?;
+        let revision = maps.revision().map_err(bpf)?;
+        let identities = st
+            .policy_identities()
+            .map(|ids| ids.peers())
+            .unwrap_or_default();
+        let failed_closed = st.policy_failed_closed();
+        let endpoints = self
+            .node
+            .local_endpoints()
+            .iter()
+            .map(|ep| PolicyEndpoint {
+                address: ep.address.to_string(),
+                pod_namespace: ep.pod_namespace.clone(),
+                pod_name: ep.pod_name.clone(),
+                failed_closed: failed_closed.get(&ep.address).cloned().unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(GetPolicyReply {
+            entries: entries
+                .into_iter()
+                .map(|(key, entry)| PolicyMapEntry {
+                    prefix_len: key.prefix_len,
+                    endpoint: Ipv4Addr::from(key.endpoint).to_string(),
+                    direction: key.direction.into(),
+                    identity: key.identity(),
+                    protocol: key.protocol.into(),
+                    port: key.port().into(),
+                    allow: entry.allows(),
+                })
+                .collect(),
+            identities: identities
+                .into_iter()
+                .map(|(identity, peer)| identity_to_proto(identity, peer))
+                .collect(),
+            endpoints,
+            counters: counters
+                .into_iter()
+                .map(|(key, packets)| PolicyEndpointCounter {
+                    endpoint: Ipv4Addr::from(key.endpoint).to_string(),
+                    direction: key.direction.into(),
+                    allowed: key.allowed(),
+                    packets,
+                })
+                .collect(),
+            revision,
         }))
     }
 }

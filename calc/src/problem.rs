@@ -71,6 +71,17 @@ pub enum Problem {
         pod: String,
         holder: String,
     },
+    /// A local endpoint's policy could not be programmed: it is denied
+    /// everything both ways instead.
+    #[error(
+        "pod {namespace}/{pod} ({address}) fails closed, denied everything both ways: {reason}"
+    )]
+    PolicyFailedClosed {
+        namespace: String,
+        pod: String,
+        address: Ipv4Addr,
+        reason: String,
+    },
 }
 
 impl Problem {

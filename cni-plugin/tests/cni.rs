@@ -307,6 +307,13 @@ impl weft_proto::Agent for TestAgent {
     ) -> Result<Response<BgpPeersReply>, Status> {
         Err(Status::unimplemented("the plugin never asks for BGP peers"))
     }
+
+    async fn get_policy(
+        &self,
+        _: Request<GetPolicyRequest>,
+    ) -> Result<Response<GetPolicyReply>, Status> {
+        Err(Status::unimplemented("the plugin never asks for policy"))
+    }
 }
 
 // ------------------------------------------------------------------- lab
@@ -508,6 +515,12 @@ fn add_check_del_roundtrip_per_version() {
             assert_eq!(ports, [("http", 8080, ""), ("", 53, "UDP")]);
             assert_eq!(reg.netns, lab.netns_path());
         }
+
+        // The plugin leaves the host end down; the real agent brings it up
+        // once the guard is attached (this recording agent does not).
+        let host_link = ip(&["-n", &lab.node, "-o", "link", "show", "dev", &host_ifname]);
+        assert!(!host_link.contains(",UP"), "{host_link}");
+        ip(&["-n", &lab.node, "link", "set", &host_ifname, "up"]);
 
         // CHECK against the previous result passes, prints nothing.
         let with_prev = lab.conf(version, json!({"prevResult": result}));

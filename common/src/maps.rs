@@ -770,6 +770,63 @@ pub type PolicyRevision = u32;
 
 const _: () = assert!(POLICY_REVISION_MAP.len() <= 15);
 
+// ---------------------------------------------------------------------------
+// Per-endpoint policy counters (issue #10, item 8).
+
+/// Name (and pin file name) of the per-CPU hash from an
+/// [`EndpointCounterKey`] to a packet count (`u64`): what policy decided
+/// for each local endpoint, by direction. Bumped once per direction policy
+/// was asked about and isolates, never on a tracked connection's packets.
+pub const ENDPOINT_COUNTERS_MAP: &str = "WEFT_EP_COUNTS";
+/// Capacity of [`ENDPOINT_COUNTERS_MAP`]: every endpoint of the node, both
+/// directions, allowed and denied.
+pub const ENDPOINT_COUNTERS_MAX_ENTRIES: u32 = 4 * ENDPOINTS_MAX_ENTRIES;
+
+/// [`EndpointCounterKey::verdict`]: policy allowed the packet.
+pub const ENDPOINT_COUNTER_ALLOWED: u8 = 1;
+/// [`EndpointCounterKey::verdict`]: policy denied the packet.
+pub const ENDPOINT_COUNTER_DENIED: u8 = 2;
+
+/// Key of [`ENDPOINT_COUNTERS_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EndpointCounterKey {
+    /// The local endpoint's (pod's) address, wire order.
+    pub endpoint: [u8; 4],
+    /// [`POLICY_INGRESS`] or [`POLICY_EGRESS`].
+    pub direction: u8,
+    /// [`ENDPOINT_COUNTER_ALLOWED`] or [`ENDPOINT_COUNTER_DENIED`].
+    pub verdict: u8,
+    /// Writers set 0.
+    pub reserved: [u8; 2],
+}
+
+impl EndpointCounterKey {
+    pub const fn new(endpoint: [u8; 4], direction: u8, allowed: bool) -> Self {
+        Self {
+            endpoint,
+            direction,
+            verdict: if allowed {
+                ENDPOINT_COUNTER_ALLOWED
+            } else {
+                ENDPOINT_COUNTER_DENIED
+            },
+            reserved: [0; 2],
+        }
+    }
+
+    pub const fn allowed(&self) -> bool {
+        self.verdict == ENDPOINT_COUNTER_ALLOWED
+    }
+}
+
+// SAFETY: `#[repr(C)]`, byte fields only, no padding (size asserted).
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for EndpointCounterKey {}
+
+const _: () = assert!(core::mem::size_of::<EndpointCounterKey>() == 8);
+const _: () = assert!(ENDPOINT_COUNTERS_MAP.len() <= 15);
+
 #[cfg(test)]
 mod tests {
     use super::*;

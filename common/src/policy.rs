@@ -62,7 +62,9 @@
 //! masquerades it to a node address, so its egress is never judged.
 //!
 //! Per packet: one conntrack lookup, and when policy is asked, two ipcache
-//! lookups and at most four policy lookups, whatever the number of rules.
+//! lookups and at most four policy lookups, whatever the number of rules,
+//! and one per-endpoint counter update per direction that isolates
+//! ([`PolicyOutcome::endpoint_counters`]).
 //! With empty policy maps nothing is isolated, and every packet passes
 //! but those the tracker refuses on its own (TCP flags no stack sends).
 
@@ -74,8 +76,8 @@ use crate::ipv4::Ipv4Header;
 use crate::l4::Transport;
 use crate::lookup::{ConntrackTable, Ipcache, PolicyLookup};
 use crate::maps::{
-    NodeConfig, POLICY_EGRESS, POLICY_INGRESS, POLICY_NOT_FOUND, PolicyDecision, PolicyKey,
-    policy_decision_found,
+    EndpointCounterKey, NodeConfig, POLICY_EGRESS, POLICY_INGRESS, POLICY_NOT_FOUND,
+    PolicyDecision, PolicyKey, policy_decision_found,
 };
 use crate::packet::{PacketReader, ethernet};
 use crate::verdict::Counter;
@@ -92,6 +94,14 @@ pub struct PolicyOutcome {
     /// `policy_ingress_*` when the destination endpoint's ingress was
     /// asked and isolates it.
     pub ingress: Option<Counter>,
+    /// The endpoints policy judged: the source (whose egress it asked)
+    /// and the destination (whose ingress it asked); zeroes when policy
+    /// was not asked. Plain addresses, so the eBPF shell builds each
+    /// per-endpoint counter key ([`endpoint_counter_key`]) from runtime
+    /// values only, with no constant key the compiler could place in
+    /// `.rodata` (which aya would load as a map of its own, new at every
+    /// load, so a restarted agent could not adopt its programs).
+    pub endpoints: [[u8; 4]; 2],
 }
 
 impl PolicyOutcome {
@@ -101,6 +111,16 @@ impl PolicyOutcome {
         [Some(self.conntrack), self.egress, self.ingress]
     }
 
+    /// The per-endpoint counters the hook bumps (the
+    /// `WEFT_EP_COUNTS` map): one per direction policy decided for an
+    /// endpoint it isolates, egress first.
+    pub fn endpoint_counters(&self) -> impl Iterator<Item = EndpointCounterKey> + '_ {
+        [self.egress, self.ingress]
+            .into_iter()
+            .zip(self.endpoints)
+            .filter_map(|(counter, endpoint)| Some(endpoint_counter_key(endpoint, counter?)))
+    }
+
     #[inline(always)]
     const fn unasked(pass: bool, conntrack: Counter) -> PolicyOutcome {
         PolicyOutcome {
@@ -108,6 +128,18 @@ impl PolicyOutcome {
             conntrack,
             egress: None,
             ingress: None,
+            endpoints: [[0; 4]; 2],
+        }
+    }
+
+    #[inline(always)]
+    const fn answered(pass: bool, conntrack: Counter, answer: &PolicyAnswer) -> PolicyOutcome {
+        PolicyOutcome {
+            pass,
+            conntrack,
+            egress: answer.egress,
+            ingress: answer.ingress,
+            endpoints: answer.endpoints,
         }
     }
 }
@@ -118,6 +150,21 @@ pub struct PolicyAnswer {
     pub allowed: bool,
     pub egress: Option<Counter>,
     pub ingress: Option<Counter>,
+    /// As [`PolicyOutcome::endpoints`].
+    pub endpoints: [[u8; 4]; 2],
+}
+
+impl PolicyAnswer {
+    /// What a packet policy was not asked about carries: allowed, nothing
+    /// counted. A value rather than an `Option<PolicyAnswer>`, whose
+    /// `None` would leave the payload undefined for LLVM to carry in a
+    /// register the eBPF verifier refuses to read.
+    const UNASKED: PolicyAnswer = PolicyAnswer {
+        allowed: true,
+        egress: None,
+        ingress: None,
+        endpoints: [[0; 4]; 2],
+    };
 }
 
 /// Asks the policy maps whether `query` is allowed: the source endpoint's
@@ -167,7 +214,33 @@ where
             Counter::PolicyIngressAllowed,
             Counter::PolicyIngressDenied,
         ),
+        endpoints: [judged(egress, query.src), judged(ingress, query.dst)],
     }
+}
+
+/// `endpoint` if policy decided for it, zeroes when it is not isolated
+/// (outcomes then compare equal however they were reached).
+#[inline(always)]
+const fn judged(decision: PolicyDecision, endpoint: [u8; 4]) -> [u8; 4] {
+    match decision {
+        PolicyDecision::NotIsolated => [0; 4],
+        _ => endpoint,
+    }
+}
+
+/// The per-endpoint counter (`WEFT_EP_COUNTS`) that goes with a policy
+/// counter (`policy_{egress,ingress}_{allowed,denied}`) of `endpoint`.
+#[inline(always)]
+pub const fn endpoint_counter_key(endpoint: [u8; 4], counter: Counter) -> EndpointCounterKey {
+    let direction = match counter {
+        Counter::PolicyEgressAllowed | Counter::PolicyEgressDenied => POLICY_EGRESS,
+        _ => POLICY_INGRESS,
+    };
+    let allowed = matches!(
+        counter,
+        Counter::PolicyEgressAllowed | Counter::PolicyIngressAllowed
+    );
+    EndpointCounterKey::new(endpoint, direction, allowed)
 }
 
 #[inline(always)]
@@ -225,25 +298,27 @@ where
     let tracked = track(&packet, existing.as_ref(), now_ns, revision);
     let (counter, answer) = match tracked.verdict {
         ConntrackVerdict::Pass(TrackedPass::Original | TrackedPass::Reply) => {
-            (Counter::ConntrackEstablished, None)
+            (Counter::ConntrackEstablished, PolicyAnswer::UNASKED)
         }
-        ConntrackVerdict::Pass(TrackedPass::Related) => (Counter::ConntrackRelated, None),
-        ConntrackVerdict::Drop(ConntrackDrop::InvalidTcpFlags) => (Counter::ConntrackInvalid, None),
-        ConntrackVerdict::Drop(ConntrackDrop::DeniedConnection) => (Counter::ConntrackDenied, None),
+        ConntrackVerdict::Pass(TrackedPass::Related) => {
+            (Counter::ConntrackRelated, PolicyAnswer::UNASKED)
+        }
+        ConntrackVerdict::Drop(ConntrackDrop::InvalidTcpFlags) => {
+            (Counter::ConntrackInvalid, PolicyAnswer::UNASKED)
+        }
+        ConntrackVerdict::Drop(ConntrackDrop::DeniedConnection) => {
+            (Counter::ConntrackDenied, PolicyAnswer::UNASKED)
+        }
         ConntrackVerdict::CheckPolicy(check) => {
             let counter = match check.reason {
                 CheckReason::New => Counter::ConntrackNew,
                 CheckReason::Recheck => Counter::ConntrackEstablished,
                 CheckReason::Untracked => Counter::ConntrackUntracked,
             };
-            (counter, Some(ask(&check.query, ipcache, policy, config)))
+            (counter, ask(&check.query, ipcache, policy, config))
         }
     };
-    let allowed = match answer {
-        Some(answer) => answer.allowed,
-        None => true,
-    };
-    let (pass, update) = tracked.after_policy(allowed);
+    let (pass, update) = tracked.after_policy(answer.allowed);
     if let Some(flow) = flow {
         match update {
             EntryUpdate::Keep => {}
@@ -251,15 +326,7 @@ where
             EntryUpdate::Delete => conntrack.remove(&flow.key),
         }
     }
-    match answer {
-        Some(answer) => PolicyOutcome {
-            pass,
-            conntrack: counter,
-            egress: answer.egress,
-            ingress: answer.ingress,
-        },
-        None => PolicyOutcome::unasked(pass, counter),
-    }
+    PolicyOutcome::answered(pass, counter, &answer)
 }
 
 /// The deferred egress check of a packet leaving the node towards another
@@ -397,12 +464,7 @@ where
         dst_port: None,
     };
     let answer = ask(&query, ipcache, policy, config);
-    PolicyOutcome {
-        pass: answer.allowed,
-        conntrack: Counter::ConntrackInvalid,
-        egress: answer.egress,
-        ingress: answer.ingress,
-    }
+    PolicyOutcome::answered(answer.allowed, Counter::ConntrackInvalid, &answer)
 }
 
 #[cfg(test)]
@@ -548,10 +610,19 @@ mod tests {
         assert!(!denied.pass);
         assert_eq!(denied.ingress, Some(Counter::PolicyIngressDenied));
         assert_eq!(denied.egress, None, "the client is not isolated");
+        assert_eq!(
+            denied.endpoint_counters().collect::<Vec<_>>(),
+            [EndpointCounterKey::new(SERVER, POLICY_INGRESS, false)],
+            "only the isolated end counts"
+        );
         assert!(table.0.is_empty(), "a denied packet opens nothing");
         let allowed = run(&tcp(CLIENT, 4000, SERVER, 80, SYN), &policy, &mut table, 1);
         assert!(allowed.pass);
         assert_eq!(allowed.ingress, Some(Counter::PolicyIngressAllowed));
+        assert_eq!(
+            allowed.endpoint_counters().collect::<Vec<_>>(),
+            [EndpointCounterKey::new(SERVER, POLICY_INGRESS, true)]
+        );
         // The reply goes to the client's port 4000, which no rule names.
         let reply = run(
             &tcp(SERVER, 80, CLIENT, 4000, SYN_ACK),
@@ -563,6 +634,7 @@ mod tests {
             reply,
             PolicyOutcome::unasked(true, Counter::ConntrackEstablished)
         );
+        assert_eq!(reply.endpoint_counters().count(), 0, "no policy asked");
     }
 
     #[test]
@@ -589,6 +661,14 @@ mod tests {
         assert!(!out.pass);
         assert_eq!(out.egress, Some(Counter::PolicyEgressDenied));
         assert_eq!(out.ingress, Some(Counter::PolicyIngressAllowed));
+        // Each end counts its own direction's decision, egress first.
+        assert_eq!(
+            out.endpoint_counters().collect::<Vec<_>>(),
+            [
+                EndpointCounterKey::new(CLIENT, POLICY_EGRESS, false),
+                EndpointCounterKey::new(SERVER, POLICY_INGRESS, true),
+            ]
+        );
     }
 
     #[test]
@@ -703,6 +783,11 @@ mod tests {
             deferred,
             PolicyOutcome::unasked(true, Counter::ConntrackNew)
         );
+        assert_eq!(
+            deferred.endpoint_counters().count(),
+            0,
+            "nothing judged yet"
+        );
         // kube-proxy's DNAT: the backend's veth egress judges the client's
         // egress against the backend and its port.
         let after_dnat = at_veth(
@@ -769,8 +854,17 @@ mod tests {
         assert!(allowed.pass);
         assert_eq!(allowed.conntrack, Counter::ConntrackNew);
         assert_eq!(allowed.egress, Some(Counter::PolicyEgressAllowed));
+        assert_eq!(
+            allowed.endpoint_counters().collect::<Vec<_>>(),
+            [EndpointCounterKey::new(CLIENT, POLICY_EGRESS, true)],
+            "the way out counts the sender's egress as its veth would"
+        );
         let denied = leaving(&tcp(CLIENT, 4001, SERVER, 443, SYN), &policy, &mut table).unwrap();
         assert!(!denied.pass);
+        assert_eq!(
+            denied.endpoint_counters().collect::<Vec<_>>(),
+            [EndpointCounterKey::new(CLIENT, POLICY_EGRESS, false)]
+        );
         // A flow the veth already judged finds its entry: no policy lookup.
         let again = leaving(&tcp(CLIENT, 4000, SERVER, 80, ACK), &policy, &mut table).unwrap();
         assert_eq!(
@@ -819,6 +913,10 @@ mod tests {
         let isolated = run(&frame, &server_allows_web(), &mut table, 0);
         assert!(!isolated.pass);
         assert_eq!(isolated.ingress, Some(Counter::PolicyIngressDenied));
+        assert_eq!(
+            isolated.endpoint_counters().collect::<Vec<_>>(),
+            [EndpointCounterKey::new(SERVER, POLICY_INGRESS, false)]
+        );
         assert!(table.0.is_empty());
     }
 }

@@ -55,7 +55,8 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{
-    Array as BpfArray, HashMap as BpfHashMap, Map, MapData, MapError, MapInfo, MapType, PerCpuArray,
+    Array as BpfArray, HashMap as BpfHashMap, Map, MapData, MapError, MapInfo, MapType,
+    PerCpuArray, PerCpuHashMap,
 };
 use aya::programs::ProgramError;
 use aya::programs::links::Link as _;
@@ -67,9 +68,10 @@ use aya::{Ebpf, EbpfLoader};
 use ipnetwork::Ipv4Network;
 use weft_common::conntrack::{CONNTRACK_MAP, CONNTRACK_MAX_ENTRIES, ConntrackEntry, FlowKey};
 use weft_common::maps::{
-    CONFIG_MAP, COUNTERS_MAP, ENDPOINTS_MAP, ENDPOINTS_MAX_ENTRIES, EndpointInfo, EndpointKey,
-    IPCACHE_MAP, IPCACHE_MAX_ENTRIES, IdentityEntry, IpcacheKey, NODES_MAP, NODES_MAX_ENTRIES,
-    NodeConfig, NodeEntry, NodeKey, POD_EGRESS_PROGRAM, POD_INGRESS_PROGRAM, POD_ROUTES_MAP,
+    CONFIG_MAP, COUNTERS_MAP, ENDPOINT_COUNTERS_MAP, ENDPOINT_COUNTERS_MAX_ENTRIES, ENDPOINTS_MAP,
+    ENDPOINTS_MAX_ENTRIES, EndpointCounterKey, EndpointInfo, EndpointKey, IPCACHE_MAP,
+    IPCACHE_MAX_ENTRIES, IdentityEntry, IpcacheKey, NODES_MAP, NODES_MAX_ENTRIES, NodeConfig,
+    NodeEntry, NodeKey, POD_EGRESS_PROGRAM, POD_INGRESS_PROGRAM, POD_ROUTES_MAP,
     POD_ROUTES_MAX_ENTRIES, POLICY_MAP, POLICY_MAX_ENTRIES, POLICY_REVISION_MAP, PodCidrKey,
     PolicyEntry, PolicyKey, PolicyRevision, RemoteNode, TUNNEL_EGRESS_PROGRAM,
     UPLINK_EGRESS_PROGRAM, UPLINK_INGRESS_PROGRAM,
@@ -242,12 +244,18 @@ fn expected_layout(name: &str) -> Option<MapLayout> {
             size_of::<PolicyRevision>(),
             1,
         ),
+        ENDPOINT_COUNTERS_MAP => layout(
+            MapType::PerCpuHash,
+            size_of::<EndpointCounterKey>(),
+            size_of::<u64>(),
+            ENDPOINT_COUNTERS_MAX_ENTRIES,
+        ),
         _ => return None,
     })
 }
 
 /// Every map of the object, by pin name.
-const MAP_NAMES: [&str; 9] = [
+const MAP_NAMES: [&str; 10] = [
     ENDPOINTS_MAP,
     COUNTERS_MAP,
     POD_ROUTES_MAP,
@@ -257,6 +265,7 @@ const MAP_NAMES: [&str; 9] = [
     POLICY_MAP,
     CONNTRACK_MAP,
     POLICY_REVISION_MAP,
+    ENDPOINT_COUNTERS_MAP,
 ];
 
 // aya's LPM key and Weft's are the same bytes: the key written by
@@ -889,6 +898,36 @@ impl PolicyMaps {
     /// Packets per verdict, totalled over CPUs (the node's one counter map).
     pub fn counters(&self) -> Result<Vec<(&'static str, u64)>, BpfError> {
         read_counters(&self.ebpf)
+    }
+
+    /// Packets policy allowed and denied per endpoint and direction,
+    /// totalled over CPUs, sorted by key; only what was counted since the
+    /// entries were last removed.
+    pub fn endpoint_counters(&self) -> Result<Vec<(EndpointCounterKey, u64)>, BpfError> {
+        let map = typed_map::<PerCpuHashMap<_, EndpointCounterKey, u64>>(
+            &self.ebpf,
+            ENDPOINT_COUNTERS_MAP,
+        )?;
+        let mut counts = map
+            .iter()
+            .map(|entry| entry.map(|(key, per_cpu)| (key, per_cpu.iter().sum())))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| BpfError::Map {
+                name: ENDPOINT_COUNTERS_MAP,
+                source,
+            })?;
+        counts.sort_unstable_by_key(|(key, _)| *key);
+        Ok(counts)
+    }
+
+    /// Forgets an endpoint counter (an endpoint gone, so that a pod given
+    /// its address later starts from zero). Idempotent.
+    pub fn remove_endpoint_counter(&mut self, key: &EndpointCounterKey) -> Result<(), BpfError> {
+        let mut map = typed_map_mut::<PerCpuHashMap<_, EndpointCounterKey, u64>>(
+            &mut self.ebpf,
+            ENDPOINT_COUNTERS_MAP,
+        )?;
+        absent_is_ok(map.remove(key), ENDPOINT_COUNTERS_MAP)
     }
 }
 

@@ -20,17 +20,20 @@ use aya_ebpf::bindings::{
 use aya_ebpf::helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_redirect_peer};
 use aya_ebpf::macros::{classifier, map};
 use aya_ebpf::maps::lpm_trie::Key;
-use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray};
+use aya_ebpf::maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap};
 use aya_ebpf::programs::TcContext;
 use weft_common::conntrack::{CONNTRACK_MAX_ENTRIES, ConntrackEntry, FlowKey};
 use weft_common::guard::pod_egress_verdict;
 use weft_common::lookup::{ConntrackTable, Endpoints, Fib, Ipcache, NodeSet, PolicyLookup, RouteLookup};
 use weft_common::maps::{
-    ENDPOINTS_MAX_ENTRIES, EndpointInfo, EndpointKey, IDENTITY_WORLD, IPCACHE_MAX_ENTRIES,
-    FoundAction, IdentityEntry, NODES_MAX_ENTRIES, NodeConfig, NodeEntry, NodeKey, POD_ROUTES_MAX_ENTRIES,
-    POLICY_MAX_ENTRIES, POLICY_NOT_FOUND, PolicyEntry, PolicyKey, PolicyRevision, RemoteNode,
+    ENDPOINT_COUNTERS_MAX_ENTRIES, ENDPOINTS_MAX_ENTRIES, EndpointCounterKey, EndpointInfo,
+    EndpointKey, FoundAction, IDENTITY_WORLD, IPCACHE_MAX_ENTRIES, IdentityEntry,
+    NODES_MAX_ENTRIES, NodeConfig, NodeEntry, NodeKey, POD_ROUTES_MAX_ENTRIES, POLICY_MAX_ENTRIES,
+    POLICY_NOT_FOUND, PolicyEntry, PolicyKey, PolicyRevision, RemoteNode,
 };
-use weft_common::policy::{PolicyOutcome, enforce, enforce_leaving, may_skip_pod_egress};
+use weft_common::policy::{
+    PolicyOutcome, endpoint_counter_key, enforce, enforce_leaving, may_skip_pod_egress,
+};
 use weft_common::packet::{PacketReader, ethernet};
 use weft_common::redirect::{FibQuery, FibResult, direct_redirect};
 use weft_common::uplink::{uplink_egress, uplink_ingress};
@@ -82,6 +85,12 @@ static WEFT_CONNTRACK: LruHashMap<FlowKey, ConntrackEntry> =
 /// The node's policy revision, one entry (index 0); 0 until written.
 #[map(name = "WEFT_POLICY_REV")]
 static WEFT_POLICY_REV: Array<PolicyRevision> = Array::pinned(1, 0);
+
+/// Packets policy allowed and denied per local endpoint and direction,
+/// per CPU (see `weft_common::maps::ENDPOINT_COUNTERS_MAP`).
+#[map(name = "WEFT_EP_COUNTS")]
+static WEFT_EP_COUNTS: PerCpuHashMap<EndpointCounterKey, u64> =
+    PerCpuHashMap::pinned(ENDPOINT_COUNTERS_MAX_ENTRIES, 0);
 
 /// Reads the frame with `bpf_skb_load_bytes`: copies into the stack, works on
 /// non-linear skbs, and needs no packet-pointer bounds proofs.
@@ -170,7 +179,14 @@ impl ConntrackTable for ConntrackMap {
         // SAFETY: copied out at once; a concurrent update of the same
         // flow on another CPU can at worst be read half-written, which the
         // tracker reads as some state of that flow.
-        unsafe { WEFT_CONNTRACK.get(key) }.copied()
+        match unsafe { WEFT_CONNTRACK.get(key) } {
+            Some(entry) => Some(*entry),
+            // All bits defined (asserted below to be `None`): a `None`
+            // built the usual way leaves its payload undefined, and LLVM
+            // may carry that in a register the verifier refuses to read.
+            // SAFETY: an all-zero `Option<ConntrackEntry>` is valid.
+            None => unsafe { core::mem::zeroed() },
+        }
     }
 
     #[inline(always)]
@@ -183,6 +199,11 @@ impl ConntrackTable for ConntrackMap {
         let _ = WEFT_CONNTRACK.remove(key);
     }
 }
+
+// ConntrackEntry has only integer fields, so its `Option` is tagged and
+// all zeroes is `None`.
+// SAFETY: integers and a tag; every bit pattern of the payload is valid.
+const _: () = assert!(unsafe { core::mem::zeroed::<Option<ConntrackEntry>>() }.is_none());
 
 /// Runs the policy decision on the packet in `ctx` and counts it; the tc
 /// action.
@@ -209,9 +230,11 @@ fn count_policy(outcome: &PolicyOutcome) -> i32 {
     count(outcome.conntrack);
     if let Some(counter) = outcome.egress {
         count(counter);
+        count_endpoint(&endpoint_counter_key(outcome.endpoints[0], counter));
     }
     if let Some(counter) = outcome.ingress {
         count(counter);
+        count_endpoint(&endpoint_counter_key(outcome.endpoints[1], counter));
     }
     if outcome.pass { TC_ACT_OK } else { TC_ACT_SHOT }
 }
@@ -459,6 +482,25 @@ fn count(counter: Counter) {
     if let Some(slot) = WEFT_COUNTERS.get_ptr_mut(counter.index()) {
         // SAFETY: per-CPU slot, and tc programs do not preempt each other on a CPU.
         unsafe { *slot += 1 };
+    }
+}
+
+/// Bumps an endpoint's policy counter: in place when this CPU's slot
+/// exists, else by inserting 1. An insert from a program sets only this
+/// CPU's slot of a per-CPU hash (the others start at zero, or keep what
+/// a concurrent insert on another CPU wrote), so nothing is lost. A full
+/// map (more endpoints than it holds) counts nothing.
+#[inline(always)]
+fn count_endpoint(key: &EndpointCounterKey) {
+    match WEFT_EP_COUNTS.get_ptr_mut(key) {
+        // SAFETY: this CPU's slot; tc programs do not preempt each other on a CPU.
+        Some(slot) => unsafe { *slot += 1 },
+        None => {
+            // A local, not `&1`: a promoted constant would live in
+            // `.rodata` (see `PolicyOutcome::endpoints`).
+            let one: u64 = 1;
+            let _ = WEFT_EP_COUNTS.insert(key, &one, 0);
+        }
     }
 }
 

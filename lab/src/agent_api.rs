@@ -22,7 +22,7 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
         .block_on(future)
 }
 
-async fn client(
+pub(crate) async fn client(
     socket: &Path,
     timeout: Duration,
 ) -> Result<weft_proto::AgentClient<tonic::transport::Channel>> {
@@ -31,7 +31,7 @@ async fn client(
         .with_context(|| format!("connecting to the agent at {}", socket.display()))
 }
 
-fn rpc_error(call: &str, socket: &Path) -> impl FnOnce(tonic::Status) -> anyhow::Error {
+pub(crate) fn rpc_error(call: &str, socket: &Path) -> impl FnOnce(tonic::Status) -> anyhow::Error {
     let what = format!("{call} on the agent at {}", socket.display());
     move |status| anyhow::anyhow!("{what} failed: {}: {}", status.code(), status.message())
 }
@@ -46,6 +46,9 @@ pub struct AgentStatus {
     /// The digest of the policy inputs the node's maps are programmed
     /// from (`weft_calc::policy::digest`); empty before the first.
     pub policy_digest: String,
+    /// Local endpoints denied everything because their policy could not
+    /// be programmed (`weftctl policy show` says why).
+    pub policy_endpoints_failed_closed: u32,
 }
 
 pub async fn status(socket: &Path, timeout: Duration) -> Result<AgentStatus> {
@@ -62,6 +65,7 @@ pub async fn status(socket: &Path, timeout: Duration) -> Result<AgentStatus> {
         message: reply.message,
         endpoints: reply.endpoints,
         policy_digest: reply.policy_digest,
+        policy_endpoints_failed_closed: reply.policy_endpoints_failed_closed,
     })
 }
 
@@ -269,6 +273,13 @@ pub fn render_status(status: &AgentStatus) -> String {
         vec!["ready:".to_string(), status.ready.to_string()],
         vec!["pod CIDR:".to_string(), status.pod_cidr.clone()],
         vec!["endpoints:".to_string(), status.endpoints.to_string()],
+        vec![
+            "policy failed closed:".to_string(),
+            match status.policy_endpoints_failed_closed {
+                0 => "0".to_string(),
+                n => format!("{n} endpoints denied everything (see `weftctl policy show`)"),
+            },
+        ],
         vec!["message:".to_string(), status.message.clone()],
         vec![
             "policy inputs:".to_string(),

@@ -30,6 +30,7 @@ pub mod matrix;
 pub mod netpol;
 pub mod objects;
 pub mod plan;
+pub mod policy_show;
 pub mod probe;
 pub mod process;
 pub mod serve;

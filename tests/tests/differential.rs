@@ -35,10 +35,10 @@ use nix::sched::{CloneFlags, setns};
 use weft_common::ipv4;
 use weft_common::lookup::{Fib, NodeSet, RouteLookup};
 use weft_common::maps::{
-    Encap, EndpointInfo, IDENTITY_ANY, IdentityEntry, IpcacheKey, NodeConfig, POD_EGRESS_PROGRAM,
-    POD_INGRESS_PROGRAM, POLICY_EGRESS, POLICY_INGRESS, POLICY_PREFIX_FULL, POLICY_PREFIX_IDENTITY,
-    POLICY_PREFIX_PROTOCOL, PodCidrKey, PolicyEntry, PolicyKey, RemoteNode, TUNNEL_EGRESS_PROGRAM,
-    UPLINK_EGRESS_PROGRAM, UPLINK_INGRESS_PROGRAM, prefix_contains,
+    Encap, EndpointCounterKey, EndpointInfo, IDENTITY_ANY, IdentityEntry, IpcacheKey, NodeConfig,
+    POD_EGRESS_PROGRAM, POD_INGRESS_PROGRAM, POLICY_EGRESS, POLICY_INGRESS, POLICY_PREFIX_FULL,
+    POLICY_PREFIX_IDENTITY, POLICY_PREFIX_PROTOCOL, PodCidrKey, PolicyEntry, PolicyKey, RemoteNode,
+    TUNNEL_EGRESS_PROGRAM, UPLINK_EGRESS_PROGRAM, UPLINK_INGRESS_PROGRAM, prefix_contains,
 };
 use weft_common::policy::may_skip_pod_egress;
 use weft_common::redirect::{FibQuery, FibResult, ToStack, direct_redirect};
@@ -453,6 +453,9 @@ struct Tally {
     runs: usize,
     refused: usize,
     counters: BTreeMap<&'static str, u64>,
+    /// The per-endpoint policy counters the twin bumped on frames the
+    /// kernel ran.
+    endpoint_counters: BTreeMap<EndpointCounterKey, u64>,
     verdicts: BTreeMap<String, u64>,
     mismatches: Vec<String>,
     mismatch_count: usize,
@@ -535,6 +538,35 @@ fn counters_now(guard: &PodGuard) -> BTreeMap<&'static str, u64> {
     guard.counters().expect("counters").into_iter().collect()
 }
 
+/// Checks that the kernel's per-endpoint policy counters (`WEFT_EP_COUNTS`)
+/// moved since `before` by exactly what the twin counted in `tallies`.
+fn assert_endpoint_counters_moved(
+    maps: &PolicyMaps,
+    before: &BTreeMap<EndpointCounterKey, u64>,
+    tallies: &[&Tally],
+) {
+    let kernel: BTreeMap<EndpointCounterKey, u64> = maps
+        .endpoint_counters()
+        .unwrap()
+        .into_iter()
+        .map(|(k, n)| (k, n - before.get(&k).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    let mut twin: BTreeMap<EndpointCounterKey, u64> = BTreeMap::new();
+    for (key, n) in tallies.iter().flat_map(|t| &t.endpoint_counters) {
+        *twin.entry(*key).or_default() += n;
+    }
+    assert_eq!(
+        kernel, twin,
+        "the kernel's and the twin's per-endpoint policy counters"
+    );
+    println!(
+        "  endpoint counters: {} keys, {} packets",
+        twin.len(),
+        twin.values().sum::<u64>()
+    );
+}
+
 /// Runs `frames` through `program` and through `twin`, recording the
 /// outcome of each in `tally`; checks the batch's counter deltas.
 #[allow(clippy::too_many_arguments)]
@@ -582,6 +614,9 @@ fn run_batch(
                 for counter in &counters {
                     *twin_counts.entry(counter.name()).or_default() += 1;
                     *tally.counters.entry(counter.name()).or_default() += 1;
+                }
+                for key in expected.iter().flat_map(|e| &e.endpoint_counters) {
+                    *tally.endpoint_counters.entry(*key).or_default() += 1;
                 }
                 if let Some(v) = verdict(&frame.bytes) {
                     *tally.verdicts.entry(v).or_default() += 1;
@@ -821,6 +856,8 @@ fn run_all(pin_dir: &Path, frames: &[Frame]) {
     };
     let isolating: &[(PolicyKey, PolicyEntry)] = &exit_policy.policy;
     let tunnel_program = program(TUNNEL_EGRESS_PROGRAM);
+    let endpoint_counters_before: BTreeMap<_, _> =
+        maps.endpoint_counters().unwrap().into_iter().collect();
     let mut egress = Tally::default();
     let mut ingress = Tally::default();
     let mut tunnel = Tally::default();
@@ -889,6 +926,14 @@ fn run_all(pin_dir: &Path, frames: &[Frame]) {
             );
         }
     }
+
+    // The way out bumps the per-endpoint counters of the egress it judged,
+    // as the pod hooks do.
+    assert!(
+        !egress.endpoint_counters.is_empty() && !tunnel.endpoint_counters.is_empty(),
+        "the node's way out judged no egress-isolated sender"
+    );
+    assert_endpoint_counters_moved(&maps, &endpoint_counters_before, &[&egress, &tunnel]);
 
     pod.print(POD_INGRESS_PROGRAM);
     policy.print("weft_pod_ingress and weft_pod_egress under generated policy");
@@ -1152,6 +1197,8 @@ fn run_policy(
     let endpoint = Some(EndpointInfo::new(ENDPOINT_IP));
     let mut rng = Rng::new(env_or("WEFT_DIFF_SEED", 0x5eed_4e77) ^ 0x9011c);
     let mut tally = Tally::default();
+    let endpoint_counters_before: BTreeMap<_, _> =
+        maps.endpoint_counters().unwrap().into_iter().collect();
     for revision in [1u32, 2] {
         let PolicyTables {
             ipcache, policy, ..
@@ -1229,6 +1276,11 @@ fn run_policy(
             |_| None,
         );
     }
+    assert!(
+        !tally.endpoint_counters.is_empty(),
+        "generated policy decided nothing for an isolated endpoint"
+    );
+    assert_endpoint_counters_moved(&maps, &endpoint_counters_before, &[&tally]);
     // The two trackers hold the same connections (times aside).
     let strip = |e: &weft_common::conntrack::ConntrackEntry| {
         (e.policy_revision, e.state, e.opener, e.flags)

@@ -290,10 +290,79 @@ fn check_mode(encap: &str) -> Lab {
     lab
 }
 
+/// Under a policy, each pod veth step says what policy decided and which
+/// policy map entry decided it: the allow rule of the destination's
+/// ingress, or its isolation marker, where the probe is dropped.
+fn policy_decides(lab: &Lab) {
+    lab.apply(
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-80, namespace: default}
+spec:
+  podSelector: {}
+  ingress:
+  - from: [podSelector: {}]
+    ports: [port: 80]
+",
+    );
+    let status = lab.status();
+    let (a, b) = (status.pod_on("node1"), status.pod_on("node2"));
+    let (a_ip, b_ip) = (a.address().unwrap(), b.address().unwrap());
+    let veth_policy = |v: &Value, node: &str| -> String {
+        steps(v)
+            .iter()
+            .filter(|s| s["node"] == node && s["hook"] == "pod veth")
+            .map(|s| s["policy"].as_str().unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    };
+    let allowed = eventually("the policy in node2's maps", Duration::from_secs(5), || {
+        let v = trace(lab, &a.name, &format!("{b_ip}:80/tcp"), &[]);
+        let policy = veth_policy(&v, "node2");
+        if policy.contains("allowed by rule") {
+            Ok(v)
+        } else {
+            Err(shown(&v))
+        }
+    });
+    let text = shown(&allowed);
+    println!("policy, allowed:\n{text}");
+    assert!(
+        veth_policy(&allowed, "node2").contains(&format!(
+            "ingress of {b_ip}: allowed by rule [ingress peer identity "
+        )) && veth_policy(&allowed, "node2").contains(&format!("({a_ip}/32), TCP, port 80]")),
+        "{text}"
+    );
+    // node1 holds b's rules nowhere, and a's egress is not isolated.
+    assert!(
+        veth_policy(&allowed, "node1").contains("neither end isolated"),
+        "{text}"
+    );
+    assert_eq!(allowed["verdict"]["outcome"], "delivered", "{text}");
+
+    let denied = trace(lab, &a.name, &format!("{b_ip}:81/tcp"), &[]);
+    let text = shown(&denied);
+    println!("policy, denied:\n{text}");
+    assert_eq!(denied["verdict"]["outcome"], "dropped", "{text}");
+    assert_eq!(denied["verdict"]["node"], "node2", "{text}");
+    assert_eq!(denied["verdict"]["hook"], "pod veth", "{text}");
+    assert!(
+        denied["verdict"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!(
+                "ingress of {b_ip}: DENIED by the isolation marker: no rule allows peer identity"
+            )),
+        "{text}"
+    );
+    lab.ctl_ok(&["lab", "delete", "networkpolicy", "default/web-80"]);
+}
+
 #[test]
 fn trace_ipip() {
     let lab = check_mode("ipip");
     bad_input(&lab);
+    policy_decides(&lab);
 }
 
 #[test]

@@ -8,13 +8,13 @@
 
 use weft_common::guard::pod_egress_verdict;
 use weft_common::lookup::{Endpoints, Fib, NodeSet, PolicyLookup, RouteLookup};
-use weft_common::maps::{EndpointInfo, NodeConfig};
+use weft_common::maps::{EndpointCounterKey, EndpointInfo, NodeConfig};
 use weft_common::policy::{PolicyOutcome, enforce, enforce_leaving, may_skip_pod_egress};
 use weft_common::redirect::{direct_redirect, write_redirected};
 use weft_common::uplink::{self, write_decapsulated, write_encapsulated};
 use weft_common::verdict::{Counter, PassReason, UplinkVerdict, Verdict};
 
-use crate::policy::{Conntrack, PolicyTables};
+use crate::policy::{Conntrack, PolicyTables, PolicyVerdict, RecordingPolicy};
 
 /// `TC_ACT_OK`: the kernel carries on with the (possibly rewritten) packet.
 pub const TC_ACT_OK: i32 = 0;
@@ -45,6 +45,13 @@ pub struct HookOutcome {
     /// The policy counters it bumped besides (conntrack, policy by
     /// direction), in the order the eBPF shell bumps them.
     pub also: Vec<Counter>,
+    /// The per-endpoint policy counters (`WEFT_EP_COUNTS`) it bumped, in
+    /// the eBPF shell's order (egress, then ingress).
+    pub endpoint_counters: Vec<EndpointCounterKey>,
+    /// For the policy hooks, on the pod's own IPv4: what policy decided
+    /// and which map entry decided it (the twin's own account; the eBPF
+    /// shell reports only the action and counters).
+    pub policy: Option<PolicyVerdict>,
     /// The frame after the program: rewritten when it encapsulated or
     /// decapsulated, else the input unchanged (also when dropped, as
     /// `BPF_PROG_TEST_RUN` reports it).
@@ -61,6 +68,8 @@ impl HookOutcome {
             action,
             counter,
             also: Vec::new(),
+            endpoint_counters: Vec::new(),
+            policy: None,
             frame: frame.to_vec(),
             redirect: None,
         }
@@ -71,6 +80,8 @@ impl HookOutcome {
             action: TC_ACT_OK,
             counter,
             also: Vec::new(),
+            endpoint_counters: Vec::new(),
+            policy: None,
             frame,
             redirect: None,
         }
@@ -122,25 +133,30 @@ pub fn pod_egress(
     now_ns: u64,
     config: &NodeConfig,
 ) -> HookOutcome {
+    let lookups = RecordingPolicy::new(policy.policy.as_slice());
     let outcome = enforce(
         frame,
         policy.ipcache.as_slice(),
-        policy.policy.as_slice(),
+        &lookups,
         conntrack,
         now_ns,
         policy.revision,
         config,
     );
-    policy_outcome(frame, &outcome)
+    let mut hook = policy_outcome(frame, &outcome);
+    hook.policy = Some(PolicyVerdict::explain(&outcome, &lookups.lookups.borrow()));
+    hook
 }
 
-/// A policy outcome as the eBPF shell carries it out: its counters
-/// (conntrack, then egress, then ingress) and the frame unchanged.
+/// A policy outcome as the eBPF shell carries it out (`count_policy`):
+/// its counters (conntrack, then egress, then ingress), its per-endpoint
+/// counters, and the frame unchanged.
 fn policy_outcome(frame: &[u8], outcome: &PolicyOutcome) -> HookOutcome {
     let action = if outcome.pass { TC_ACT_OK } else { TC_ACT_SHOT };
     let mut hook = HookOutcome::unchanged(action, outcome.conntrack, frame);
     hook.also.extend(outcome.egress);
     hook.also.extend(outcome.ingress);
+    hook.endpoint_counters.extend(outcome.endpoint_counters());
     hook
 }
 
@@ -171,7 +187,8 @@ fn leaving(
 /// own, the kernel does): the MTU is the config's. First the deferred
 /// egress policy over `policy` and `conntrack` at `now_ns`: a frame it
 /// drops is returned as that outcome; one it passes goes on to the uplink
-/// decision, whose outcome gets the policy counters in `also`.
+/// decision, whose outcome gets the policy counters in `also` and the
+/// per-endpoint counters policy bumped.
 pub fn uplink_egress<T: RouteLookup + ?Sized>(
     frame: &[u8],
     routes: &T,
@@ -190,6 +207,7 @@ pub fn uplink_egress<T: RouteLookup + ?Sized>(
     let mut outcome = uplink_outcome(frame, verdict);
     if let Some(judged) = judged {
         outcome.also = judged.counters().collect();
+        outcome.endpoint_counters = judged.endpoint_counters;
     }
     outcome
 }
@@ -244,6 +262,8 @@ where
             action: TC_ACT_REDIRECT,
             counter: Counter::Redirect,
             also: Vec::new(),
+            endpoint_counters: Vec::new(),
+            policy: None,
             frame: out,
             redirect: Some(redirect.ifindex),
         },

@@ -33,9 +33,9 @@ pub mod wire;
 
 pub use cluster::{Captured, Cluster, ClusterConfig, Pod, PodId};
 pub use node::{Counters, KernelRoute, KernelStats, NodeTables, Via, VxlanDevice, VxlanPeer};
-pub use policy::{Conntrack, PolicyTables};
+pub use policy::{Conntrack, DirectionVerdict, PolicyTables, PolicyVerdict};
 /// The smoltcp the pods are built with, for their sockets.
 pub use smoltcp;
-pub use step::{RouteDecision, Step, VxlanDecision};
+pub use step::{RouteDecision, Step, VethHook, VxlanDecision};
 pub use trace::{TraceError, trace};
 pub use weft_common::maps::Encap;

@@ -15,7 +15,9 @@ use std::fmt;
 
 use weft_common::ipv4::{self, Ipv4Repr};
 use weft_common::lookup::Fib;
-use weft_common::maps::{EndpointInfo, NodeConfig, PodCidrKey, RemoteNode, prefix_contains};
+use weft_common::maps::{
+    EndpointCounterKey, EndpointInfo, NodeConfig, PodCidrKey, RemoteNode, prefix_contains,
+};
 use weft_common::redirect::{FibQuery, FibResult};
 use weft_common::verdict::{COUNTER_COUNT, Counter};
 
@@ -23,8 +25,8 @@ use etherparse::UdpHeader;
 use smoltcp::wire::Ipv4Packet;
 
 use crate::hooks::{self, HookOutcome};
-use crate::policy::{Conntrack, PolicyTables};
-use crate::step::{RouteDecision, Step, VxlanDecision};
+use crate::policy::{Conntrack, PolicyTables, PolicyVerdictText};
+use crate::step::{RouteDecision, Step, VethHook, VxlanDecision};
 use crate::wire::{self, Arp, IcmpErrorKind, Ipv4Fields, Mac, PacketSummary};
 
 /// How a kernel route leaves the node.
@@ -222,17 +224,41 @@ impl Fib for NodeTables {
     }
 }
 
-/// The node's eBPF counters (the `WEFT_COUNTERS` map, summed over CPUs).
+/// The node's eBPF counters (the `WEFT_COUNTERS` map, summed over CPUs),
+/// and its per-endpoint policy counters (`WEFT_EP_COUNTS`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Counters([u64; COUNTER_COUNT]);
+pub struct Counters {
+    by_verdict: [u64; COUNTER_COUNT],
+    endpoints: BTreeMap<EndpointCounterKey, u64>,
+}
 
 impl Counters {
     pub fn get(&self, counter: Counter) -> u64 {
-        self.0[counter.index() as usize]
+        self.by_verdict[counter.index() as usize]
     }
 
     pub(crate) fn bump(&mut self, counter: Counter) {
-        self.0[counter.index() as usize] += 1;
+        self.by_verdict[counter.index() as usize] += 1;
+    }
+
+    /// Every counter a hook bumped.
+    pub(crate) fn bump_hook(&mut self, outcome: &HookOutcome) {
+        for counter in outcome.counters() {
+            self.bump(counter);
+        }
+        for key in &outcome.endpoint_counters {
+            *self.endpoints.entry(*key).or_default() += 1;
+        }
+    }
+
+    /// An endpoint's policy counter (0 when never bumped).
+    pub fn endpoint(&self, key: &EndpointCounterKey) -> u64 {
+        self.endpoints.get(key).copied().unwrap_or(0)
+    }
+
+    /// The per-endpoint policy counters bumped so far, by key.
+    pub fn endpoints(&self) -> &BTreeMap<EndpointCounterKey, u64> {
+        &self.endpoints
     }
 
     /// Every counter with its value, in index order.
@@ -355,6 +381,17 @@ impl Node {
         self.tables.name.clone()
     }
 
+    /// A policy hook's verdict in words, identities named by this node's
+    /// ipcache.
+    fn policy_text(&self, outcome: &HookOutcome) -> Option<String> {
+        let verdict = outcome.policy.as_ref()?;
+        let text = PolicyVerdictText {
+            verdict,
+            ipcache: &self.tables.policy.ipcache,
+        };
+        Some(text.to_string())
+    }
+
     /// The packets still waiting for an ARP answer, with their next hop.
     pub fn unresolved(&self) -> Vec<([u8; 4], PacketSummary)> {
         self.pending
@@ -387,15 +424,15 @@ impl Node {
             io.now_ns,
             &self.tables.config,
         );
-        for counter in outcome.counters() {
-            self.counters.bump(counter);
-        }
+        self.counters.bump_hook(&outcome);
         io.step(|| Step::PodVeth {
             node: self.name(),
             ifindex,
+            hook: VethHook::TcIngress,
             packet: PacketSummary::of_frame(frame),
             action: outcome.action,
             counter: outcome.counter,
+            policy: self.policy_text(&outcome),
         });
         if !outcome.passes() {
             return;
@@ -624,9 +661,16 @@ impl Node {
                     io.now_ns,
                     &self.tables.config,
                 );
-                for counter in outcome.counters() {
-                    self.counters.bump(counter);
-                }
+                self.counters.bump_hook(&outcome);
+                io.step(|| Step::PodVeth {
+                    node: self.name(),
+                    ifindex,
+                    hook: VethHook::TcEgress,
+                    packet: PacketSummary::of_frame(&frame),
+                    action: outcome.action,
+                    counter: outcome.counter,
+                    policy: self.policy_text(&outcome),
+                });
                 if !outcome.passes() {
                     return;
                 }
@@ -682,9 +726,7 @@ impl Node {
             &mut self.conntrack,
             io.now_ns,
         );
-        for counter in outcome.counters() {
-            self.counters.bump(counter);
-        }
+        self.counters.bump_hook(&outcome);
         if let Some(packet) = PacketSummary::of_frame(&frame) {
             io.step(|| Step::UplinkEgress {
                 node: self.name(),
@@ -720,9 +762,7 @@ impl Node {
             io.now_ns,
             &self.tables.config,
         ) {
-            for counter in outcome.counters() {
-                self.counters.bump(counter);
-            }
+            self.counters.bump_hook(&outcome);
             if !outcome.passes() {
                 return;
             }

@@ -49,16 +49,40 @@ pub enum VxlanDecision {
     NotForThisVtep,
 }
 
+/// Which of a pod veth's two tc hooks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VethHook {
+    /// tc ingress of the host veth: what the pod sends.
+    TcIngress,
+    /// tc egress of the host veth: what the node sends to the pod.
+    TcEgress,
+}
+
+impl VethHook {
+    pub fn name(self) -> &'static str {
+        match self {
+            VethHook::TcIngress => "tc ingress",
+            VethHook::TcEgress => "tc egress",
+        }
+    }
+}
+
 /// One decision on a packet's way through the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
-    /// `weft_pod_ingress` at tc ingress of a pod's host veth.
+    /// A pod's host veth: `weft_pod_ingress` at its tc ingress (what the
+    /// pod sends), or `weft_pod_egress` at its tc egress (what the node
+    /// sends to the pod).
     PodVeth {
         node: String,
         ifindex: u32,
+        hook: VethHook,
         packet: Option<PacketSummary>,
         action: i32,
         counter: Counter,
+        /// What policy decided and the entry that decided it, in words
+        /// (absent for what the guard alone decided).
+        policy: Option<String>,
     },
     /// The veth refused a frame larger than its peer's MTU (before tc).
     VethTooBig {
@@ -205,15 +229,20 @@ impl fmt::Display for Step {
             Step::PodVeth {
                 node,
                 ifindex,
+                hook,
                 packet,
                 action,
                 counter,
+                policy,
             } => {
                 let packet = packet.map_or_else(|| "non-IPv4 frame".into(), |p| p.to_string());
+                let policy = policy
+                    .as_ref()
+                    .map_or_else(String::new, |p| format!("  policy: {p}"));
                 (
                     node,
-                    format!("pod veth if{ifindex} tc ingress"),
-                    format!("{packet}  => {}", verdict(*action, *counter)),
+                    format!("pod veth if{ifindex} {}", hook.name()),
+                    format!("{packet}  => {}{policy}", verdict(*action, *counter)),
                 )
             }
             Step::VethTooBig {

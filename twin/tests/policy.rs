@@ -14,6 +14,7 @@ mod common;
 
 use common::{endpoint, tcp_both_ways, tcp_start, udp_request_reply, udp_socket};
 use weft_calc::policy::{PolicyInput, compile};
+use weft_common::maps::{EndpointCounterKey, POLICY_EGRESS, POLICY_INGRESS};
 use weft_common::verdict::Counter;
 use weft_model::manifest::{PolicyManifest, parse_policy_manifests};
 use weft_model::policy::labels;
@@ -230,6 +231,62 @@ fn tcp_connect_is_allowed_or_denied_by_the_servers_ingress_policy() {
     tcp_both_ways(&mut c, pods.server, pods.other, 7000, 2000);
     assert!(connect(&mut c, pods.server, pods.client, 7001, 3000).is_none());
     assert!(counter(&c, 0, Counter::PolicyIngressDenied) >= 1);
+}
+
+/// A pod's policy counter on its node: `direction`, allowed or denied.
+fn endpoint_counter(c: &Cluster, pod: PodId, direction: u8, allowed: bool) -> u64 {
+    let key = EndpointCounterKey::new(c.pod_ip(pod).octets(), direction, allowed);
+    c.counters(c.pod(pod).node()).endpoint(&key)
+}
+
+#[test]
+fn each_endpoint_counts_what_its_policy_allowed_and_denied() {
+    let (mut c, pods) = two_nodes();
+    apply(&mut c, &pods, &server_open_to_clients());
+    tcp_both_ways(&mut c, pods.client, pods.server, 80, 20_000);
+    let allowed = endpoint_counter(&c, pods.server, POLICY_INGRESS, true);
+    assert!(allowed >= 1, "the server's ingress allowed the client");
+    assert_eq!(endpoint_counter(&c, pods.server, POLICY_INGRESS, false), 0);
+    assert!(connect(&mut c, pods.other, pods.server, 80, 3000).is_none());
+    assert!(endpoint_counter(&c, pods.server, POLICY_INGRESS, false) >= 1);
+    assert_eq!(
+        endpoint_counter(&c, pods.server, POLICY_INGRESS, true),
+        allowed,
+        "a denied SYN counts as denied only"
+    );
+    // Nothing isolates the server's egress, nor anyone's on node 1: no
+    // egress counter, and the other pod (not isolated) has none at all.
+    for pod in [pods.server, pods.other, pods.client] {
+        assert_eq!(endpoint_counter(&c, pod, POLICY_EGRESS, true), 0);
+        assert_eq!(endpoint_counter(&c, pod, POLICY_EGRESS, false), 0);
+    }
+    assert_eq!(endpoint_counter(&c, pods.other, POLICY_INGRESS, true), 0);
+    // A client accepts nothing it did not ask for: its own ingress denies.
+    assert!(connect(&mut c, pods.server, pods.client, 7001, 3000).is_none());
+    assert!(endpoint_counter(&c, pods.client, POLICY_INGRESS, false) >= 1);
+    // Per node, the endpoint counters add up to the node's policy counters.
+    for node in 0..2 {
+        let sum = |direction: u8, allowed: bool| -> u64 {
+            c.counters(node)
+                .endpoints()
+                .iter()
+                .filter(|(k, _)| k.direction == direction && k.allowed() == allowed)
+                .map(|(_, n)| n)
+                .sum()
+        };
+        assert_eq!(
+            sum(POLICY_INGRESS, true),
+            counter(&c, node, Counter::PolicyIngressAllowed)
+        );
+        assert_eq!(
+            sum(POLICY_INGRESS, false),
+            counter(&c, node, Counter::PolicyIngressDenied)
+        );
+        assert_eq!(
+            sum(POLICY_EGRESS, false),
+            counter(&c, node, Counter::PolicyEgressDenied)
+        );
+    }
 }
 
 #[test]

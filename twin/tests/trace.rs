@@ -78,6 +78,7 @@ fn a_udp_probe_crosses_two_ipip_nodes_hop_by_hop() {
             "underlay",
             "uplink ingress",
             "routing",
+            "pod veth",
             "delivered"
         ],
         "{text}"
@@ -85,7 +86,12 @@ fn a_udp_probe_crosses_two_ipip_nodes_hop_by_hop() {
     let counters: Vec<Counter> = steps.iter().filter_map(Step::counter).collect();
     assert_eq!(
         counters,
-        [Counter::Pass, Counter::Encapsulate, Counter::Decapsulate]
+        [
+            Counter::Pass,
+            Counter::Encapsulate,
+            Counter::Decapsulate,
+            Counter::ConntrackNew
+        ]
     );
     assert_eq!(
         steps[1].route(),
@@ -95,7 +101,11 @@ fn a_udp_probe_crosses_two_ipip_nodes_hop_by_hop() {
         })
     );
     assert_eq!(steps[5].route(), Some(RouteDecision::ToPod { ifindex: 7 }));
-    assert_eq!(steps[6].node(), Some("node2"));
+    assert!(matches!(
+        &steps[6],
+        Step::PodVeth { node, ifindex: 7, hook: weft_twin::VethHook::TcEgress, .. } if node == "node2"
+    ));
+    assert_eq!(steps[7].node(), Some("node2"));
     assert!(text.contains("TC_ACT_OK (encapsulate)"), "{text}");
     assert!(
         text.contains(
@@ -242,4 +252,100 @@ fn a_probe_from_an_unknown_pod_is_refused() {
     let err = trace(&ipip_tables(Some(1480)), Ipv4Addr::new(10, 244, 9, 9), &[]).unwrap_err();
     assert_eq!(err, TraceError::UnknownPod(Ipv4Addr::new(10, 244, 9, 9)));
     assert_eq!(err.to_string(), "no node has a local pod 10.244.9.9");
+}
+
+/// node2 isolates POD2's ingress and allows POD1 (identity 300) on UDP 53
+/// and TCP 8000-8007 (one /93 prefix).
+fn policy_tables() -> Vec<NodeTables> {
+    use weft_common::maps::{
+        IdentityEntry, IpcacheKey, POLICY_INGRESS, POLICY_PREFIX_FULL, PolicyEntry, PolicyKey,
+    };
+    let mut tables = ipip_tables(Some(1480));
+    tables[1].policy.load(
+        [(IpcacheKey::host(POD1), IdentityEntry { identity: 300 })],
+        [
+            (
+                PolicyKey::isolation(POD2, POLICY_INGRESS),
+                PolicyEntry::DENY,
+            ),
+            (
+                PolicyKey::new(POLICY_PREFIX_FULL, POD2, POLICY_INGRESS, 300, 17, 53),
+                PolicyEntry::ALLOW,
+            ),
+            (
+                PolicyKey::new(93, POD2, POLICY_INGRESS, 300, 6, 8000),
+                PolicyEntry::ALLOW,
+            ),
+        ],
+    );
+    tables
+}
+
+/// The pod veth steps' texts.
+fn veth_steps(steps: &[Step]) -> Vec<String> {
+    steps
+        .iter()
+        .filter(|s| matches!(s, Step::PodVeth { .. }))
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[test]
+fn a_trace_names_the_policy_entry_that_decided_at_each_pod_veth() {
+    let tables = policy_tables();
+    // Allowed by the UDP 53 rule, at node2's pod veth egress.
+    let steps = trace(&tables, POD1.into(), &Probe::udp(POD1, POD2, 53).packet()).unwrap();
+    let veth = veth_steps(&steps);
+    assert_eq!(veth.len(), 2, "{}", show(&steps));
+    assert!(
+        veth[0].contains("tc ingress") && veth[0].contains("neither end isolated"),
+        "{}",
+        veth[0]
+    );
+    assert!(veth[1].contains("pod veth if7 tc egress"), "{}", veth[1]);
+    assert!(
+        veth[1].contains(
+            "ingress of 10.244.2.7: allowed by rule [ingress peer identity 300 (10.244.1.5/32), UDP, port 53]"
+        ),
+        "{}",
+        veth[1]
+    );
+    assert!(
+        matches!(steps.last(), Some(Step::Delivered { .. })),
+        "{}",
+        show(&steps)
+    );
+
+    // A port range's prefix.
+    let steps = trace(&tables, POD1.into(), &Probe::tcp(POD1, POD2, 8005).packet()).unwrap();
+    let veth = veth_steps(&steps);
+    assert!(
+        veth[1].contains("TCP, ports 8000-8007 (/93 prefix)"),
+        "{}",
+        veth[1]
+    );
+
+    // Denied by the isolation marker: dropped at node2's pod veth egress.
+    let steps = trace(&tables, POD1.into(), &Probe::udp(POD1, POD2, 54).packet()).unwrap();
+    let last = steps.last().unwrap();
+    assert!(
+        matches!(
+            last,
+            Step::PodVeth {
+                action: TC_ACT_SHOT,
+                hook: weft_twin::VethHook::TcEgress,
+                ..
+            }
+        ),
+        "{}",
+        show(&steps)
+    );
+    assert!(
+        last.to_string().contains(
+            "ingress of 10.244.2.7: DENIED by the isolation marker: no rule allows peer identity 300 (10.244.1.5/32)"
+        ),
+        "{last}"
+    );
+    let reason = weft_twin::trace::drop_reason(last).unwrap();
+    assert!(reason.contains("policy: "), "{reason}");
 }

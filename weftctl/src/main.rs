@@ -29,7 +29,8 @@ enum Command {
     Status {
         #[command(flatten)]
         agent: AgentTarget,
-        /// Print JSON: {"ready","node_name","pod_cidr","message","endpoints","policy_digest"}.
+        /// Print JSON: {"ready","node_name","pod_cidr","message","endpoints","policy_digest",
+        /// "policy_endpoints_failed_closed"}.
         #[arg(long)]
         json: bool,
     },
@@ -52,11 +53,11 @@ enum Command {
     /// The agent's BGP speaker (routing mode bgp).
     #[command(subcommand)]
     Bgp(BgpCommand),
-    /// Build, inspect and check a cluster of network namespaces on this machine.
-    Lab(LabArgs),
-    /// NetworkPolicy: run policy cases.
+    /// NetworkPolicy: run policy cases; show the node's policy as its agent programmed it.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Build, inspect and check a cluster of network namespaces on this machine.
+    Lab(LabArgs),
 }
 
 #[derive(Subcommand)]
@@ -75,15 +76,18 @@ enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
-}
-
-#[derive(Subcommand)]
-enum BgpCommand {
-    /// List the BGP sessions: peer, AS, state, uptime, prefixes received and advertised, last error.
-    Peers {
+    /// Print each local endpoint's compiled rules (gRPC GetPolicy): per direction whether
+    /// it is isolated, each allow rule's peer (pods as namespace/name, ipBlocks with their
+    /// excepts, any, the node itself), protocol and ports, the packets policy allowed and
+    /// denied, and whether the endpoint fails closed (denied everything because its policy
+    /// could not be programmed) and why.
+    Show {
         #[command(flatten)]
         agent: AgentTarget,
-        /// Print JSON: {"enabled","local_as","router_id","peers":[..]}.
+        /// Only this pod: NAME or NAMESPACE/NAME.
+        #[arg(long)]
+        pod: Option<String>,
+        /// Print JSON: {"revision","endpoints":[{"pod","address","failed_closed","ingress","egress"}]}.
         #[arg(long)]
         json: bool,
     },
@@ -125,6 +129,18 @@ impl AgentTarget {
     fn timeout(&self) -> Duration {
         Duration::from_secs(self.timeout)
     }
+}
+
+#[derive(Subcommand)]
+enum BgpCommand {
+    /// List the BGP sessions: peer, AS, state, uptime, prefixes received and advertised, last error.
+    Peers {
+        #[command(flatten)]
+        agent: AgentTarget,
+        /// Print JSON: {"enabled","local_as","router_id","peers":[..]}.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -265,9 +281,12 @@ enum LabCommand {
     /// Like Antrea's Traceflow, but no packet is sent: the nodes' pinned eBPF maps, routes,
     /// links and vxlan FDB/neighbour entries are read, and the userspace twin (the same
     /// decisions as the tc programs, around a model of the kernel) walks a synthetic packet
-    /// through them. Prints one line per step (node, hook, packet, decision, counter), then
-    /// a verdict: delivered to which pod, or dropped where and why, and any ICMP error sent
-    /// back. Exits 0 whenever the trace ran, whatever the verdict.
+    /// through them. Prints one line per step (node, hook, packet, decision, counter; at each
+    /// pod veth hook, tc ingress and tc egress, the policy verdict and the policy map entry
+    /// that decided it: allow rule, isolation marker, not isolated, or the connection
+    /// tracker's reason for asking none), then a verdict: delivered to which pod, or dropped
+    /// where and why, and any ICMP error sent back. Exits 0 whenever the trace ran, whatever
+    /// the verdict.
     Trace {
         /// The pod the packet leaves from (a lab pod's name, e.g. node1-a).
         #[arg(long)]
@@ -281,7 +300,8 @@ enum LabCommand {
         /// Set the Don't Fragment bit.
         #[arg(long)]
         df: bool,
-        /// Print JSON: {"lab","encap","from","to","packet","notes","steps":[..],"verdict","summary"}.
+        /// Print JSON: {"lab","encap","from","to","packet","notes","steps":[..],"verdict","summary"};
+        /// a pod veth step has "policy".
         #[arg(long)]
         json: bool,
     },
@@ -467,6 +487,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bgp(BgpCommand::Peers { agent, json }) => {
             let peers = block_on(agent_api::bgp_peers(&agent.socket()?, agent.timeout()))?;
             print_as(&peers, json, agent_api::render_bgp_peers)?;
+        }
+        Command::Policy(PolicyCommand::Show { agent, pod, json }) => {
+            let show = block_on(lab::policy_show::policy_show(
+                &agent.socket()?,
+                agent.timeout(),
+                pod.as_deref(),
+            ))?;
+            print_as(&show, json, lab::policy_show::PolicyShow::render)?;
         }
         Command::Lab(args) => return run_lab(args),
         Command::Policy(PolicyCommand::Simulate { input, json }) => {

@@ -79,6 +79,24 @@ impl Identities {
         id
     }
 
+    /// What each allocated identity stands for, for operators: the pod it
+    /// was given to, or the ipBlocks its addresses are in.
+    pub fn peers(&self) -> BTreeMap<u32, IdentityPeer> {
+        let pods = self.pods.iter().map(|((namespace, name, address), id)| {
+            let peer = IdentityPeer::Pod {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                address: *address,
+            };
+            (*id, peer)
+        });
+        let blocks = self.memberships.iter().map(|(members, id)| {
+            let blocks = members.iter().map(describe_block).collect();
+            (*id, IdentityPeer::Blocks(blocks))
+        });
+        pods.chain(blocks).collect()
+    }
+
     /// The identity of the pod `(namespace, name, address)`, if it has one.
     pub fn of_pod(&self, namespace: &str, name: &str, address: Ipv4Addr) -> Option<u32> {
         self.pods
@@ -131,4 +149,26 @@ fn covers(outer: &Ipv4Network, inner: &Ipv4Network) -> bool {
 /// `address` is in the block: in its CIDR and in none of its excepts.
 pub(crate) fn block_contains((cidr, except): &Block, address: Ipv4Addr) -> bool {
     cidr.contains(address) && !except.iter().any(|e| e.contains(address))
+}
+
+/// What an allocated identity stands for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdentityPeer {
+    Pod {
+        namespace: String,
+        name: String,
+        address: Ipv4Addr,
+    },
+    /// Addresses in exactly these ipBlocks (each `CIDR` or `CIDR except
+    /// A, B`), and in no other.
+    Blocks(Vec<String>),
+}
+
+/// An ipBlock as operators write it.
+fn describe_block((cidr, except): &Block) -> String {
+    if except.is_empty() {
+        return cidr.to_string();
+    }
+    let except: Vec<String> = except.iter().map(ToString::to_string).collect();
+    format!("{cidr} except {}", except.join(", "))
 }

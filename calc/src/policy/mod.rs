@@ -32,6 +32,19 @@
 //! [`compile`] is a pure function of its input; [`plan()`] orders the
 //! change between two compilations so that no packet that both allow is
 //! ever dropped in between.
+//!
+//! # Failing closed
+//!
+//! An endpoint whose policy cannot be programmed gets no open window: it
+//! is denied everything both ways (an isolation marker per direction, no
+//! allow entry, so not even the node's probes pass) and the compilation
+//! says so in [`CompiledPolicy::failed_closed`] and its problems. That
+//! happens when a policy selecting it is malformed (an ipBlock, protocol
+//! or port the API server would refuse), or when its entries do not fit
+//! the maps' capacities ([`MapCapacity`]), checked here before anything is
+//! written: endpoints keep their rules in namespace/name order while the
+//! rest still fit with two markers each; when the ipcache, shared by all,
+//! does not fit, every isolated endpoint fails closed.
 
 pub mod digest;
 pub mod identity;
@@ -47,16 +60,16 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::{IpNetwork, Ipv4Network};
 use weft_common::maps::{
-    IDENTITY_ANY, IDENTITY_HOST, IDENTITY_WORLD, IdentityEntry, IpcacheKey, POLICY_EGRESS,
-    POLICY_INGRESS, POLICY_PREFIX_FULL, POLICY_PREFIX_IDENTITY, POLICY_PREFIX_PROTOCOL,
-    PolicyEntry, PolicyKey,
+    IDENTITY_ANY, IDENTITY_HOST, IDENTITY_WORLD, IPCACHE_MAX_ENTRIES, IdentityEntry, IpcacheKey,
+    POLICY_EGRESS, POLICY_INGRESS, POLICY_MAX_ENTRIES, POLICY_PREFIX_FULL, POLICY_PREFIX_IDENTITY,
+    POLICY_PREFIX_PROTOCOL, PolicyEntry, PolicyKey,
 };
 use weft_model::namespace::labels_of;
-use weft_model::policy::{NetworkPolicyPort, Peer, PortRef, resolve_named_port};
+use weft_model::policy::{NetworkPolicyPort, Peer, PortRef, Protocol, resolve_named_port};
 use weft_model::selector::Labels;
 use weft_model::{Namespace, NetworkPolicy, PolicyPod};
 
-pub use identity::Identities;
+pub use identity::{Identities, IdentityPeer};
 pub use plan::{PolicyPlan, plan};
 
 use crate::problem::Problem;
@@ -88,6 +101,47 @@ pub struct CompiledPolicy {
     pub identities: Identities,
     /// What could not be compiled.
     pub problems: Vec<Problem>,
+    /// Local endpoints denied everything both ways because their policy
+    /// could not be programmed, with why.
+    pub failed_closed: BTreeMap<Ipv4Addr, FailClosed>,
+}
+
+/// How many entries the maps hold: what a compilation must fit in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapCapacity {
+    pub policy: usize,
+    pub ipcache: usize,
+}
+
+impl MapCapacity {
+    /// The capacities the eBPF object declares (`weft_common::maps`).
+    pub const KERNEL: MapCapacity = MapCapacity {
+        policy: POLICY_MAX_ENTRIES as usize,
+        ipcache: IPCACHE_MAX_ENTRIES as usize,
+    };
+}
+
+impl Default for MapCapacity {
+    fn default() -> MapCapacity {
+        MapCapacity::KERNEL
+    }
+}
+
+/// Why an endpoint's policy could not be programmed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FailClosed {
+    #[error("policy {policy} is malformed: {reason}")]
+    Malformed { policy: String, reason: String },
+    #[error(
+        "its {needed} policy map entries do not fit: {free} of the policy map's {capacity} are left"
+    )]
+    PolicyMapFull {
+        needed: usize,
+        free: usize,
+        capacity: usize,
+    },
+    #[error("the ipcache needs {needed} entries, above its capacity of {capacity}")]
+    IpcacheFull { needed: usize, capacity: usize },
 }
 
 impl CompiledPolicy {
@@ -113,8 +167,15 @@ enum Peers<'a> {
     Some(BTreeMap<u32, Option<&'a PolicyPod>>),
 }
 
-/// Compiles the policy maps of `input.node`.
+/// Compiles the policy maps of `input.node`, within the kernel maps'
+/// capacities.
 pub fn compile(input: &PolicyInput) -> CompiledPolicy {
+    compile_within(input, MapCapacity::KERNEL)
+}
+
+/// Compiles the policy maps of `input.node` to fit `capacity` (see the
+/// module doc, "Failing closed").
+pub fn compile_within(input: &PolicyInput, capacity: MapCapacity) -> CompiledPolicy {
     let mut problems = Vec::new();
     let mut identities = Identities::continuing(input.previous);
 
@@ -207,6 +268,7 @@ pub fn compile(input: &PolicyInput) -> CompiledPolicy {
         .filter(|p| local.iter().any(|ep| selects_endpoint(p, ep.pod)))
         .map(|policy| ResolvedPolicy {
             policy,
+            malformed: malformed(policy),
             ingress: (policy.spec.ingress.iter())
                 .map(|r| ctx.peers(policy, &r.from))
                 .collect(),
@@ -215,16 +277,143 @@ pub fn compile(input: &PolicyInput) -> CompiledPolicy {
                 .collect(),
         })
         .collect();
-    let mut policy = BTreeMap::new();
-    for endpoint in local {
-        ctx.endpoint_entries(endpoint, &resolved, &mut policy);
+    // Each endpoint's entries apart, to fail closed one by one.
+    let endpoints: Vec<Endpoint> = local
+        .iter()
+        .map(|ep| {
+            let mut entries = BTreeMap::new();
+            ctx.endpoint_entries(ep, &resolved, &mut entries);
+            let malformed = resolved
+                .iter()
+                .filter(|r| selects_endpoint(r.policy, ep.pod))
+                .find_map(|r| {
+                    r.malformed.clone().map(|reason| FailClosed::Malformed {
+                        policy: format!("{}/{}", r.policy.namespace(), r.policy.name()),
+                        reason,
+                    })
+                });
+            Endpoint {
+                member: ep,
+                entries,
+                failed: malformed,
+            }
+        })
+        .collect();
+    let (ipcache, policy, failed_closed) = fit(ipcache, endpoints, capacity);
+    for (address, why) in &failed_closed {
+        let pod = members[by_address[address]].pod;
+        problems.push(Problem::PolicyFailedClosed {
+            namespace: pod.namespace.clone(),
+            pod: pod.name.clone(),
+            address: *address,
+            reason: why.to_string(),
+        });
     }
     CompiledPolicy {
         ipcache,
         policy,
         identities,
         problems,
+        failed_closed,
     }
+}
+
+/// One local endpoint's compiled entries, and why it already fails
+/// closed, if it does.
+struct Endpoint<'a> {
+    member: &'a Member<'a>,
+    entries: BTreeMap<PolicyKey, PolicyEntry>,
+    failed: Option<FailClosed>,
+}
+
+/// The two maps as written, within `capacity`: endpoints that cannot be
+/// programmed get deny-all (see the module doc).
+#[allow(clippy::type_complexity)]
+fn fit(
+    mut ipcache: BTreeMap<IpcacheKey, IdentityEntry>,
+    mut endpoints: Vec<Endpoint>,
+    capacity: MapCapacity,
+) -> (
+    BTreeMap<IpcacheKey, IdentityEntry>,
+    BTreeMap<PolicyKey, PolicyEntry>,
+    BTreeMap<Ipv4Addr, FailClosed>,
+) {
+    // Endpoints no policy selects have no entries, and stay open.
+    endpoints.retain(|ep| !ep.entries.is_empty() || ep.failed.is_some());
+    if ipcache.len() > capacity.ipcache {
+        let why = FailClosed::IpcacheFull {
+            needed: ipcache.len(),
+            capacity: capacity.ipcache,
+        };
+        for ep in endpoints.iter_mut().filter(|ep| ep.failed.is_none()) {
+            ep.failed = Some(why.clone());
+        }
+        // Nothing consults identities once every isolated endpoint
+        // denies all.
+        ipcache.clear();
+    }
+    // In namespace/name order (`members` is sorted so), each endpoint
+    // keeps its entries if the rest still get their two markers.
+    let mut policy = BTreeMap::new();
+    let mut failed = BTreeMap::new();
+    let deny_all = |at: [u8; 4]| {
+        [POLICY_INGRESS, POLICY_EGRESS].map(|d| (PolicyKey::isolation(at, d), PolicyEntry::DENY))
+    };
+    let count = endpoints.len();
+    for (i, ep) in endpoints.into_iter().enumerate() {
+        let reserved = DENY_ALL_ENTRIES * (count - i - 1);
+        let free = capacity.policy.saturating_sub(policy.len() + reserved);
+        let why = ep.failed.or_else(|| {
+            (ep.entries.len() > free).then_some(FailClosed::PolicyMapFull {
+                needed: ep.entries.len(),
+                free,
+                capacity: capacity.policy,
+            })
+        });
+        match why {
+            None => policy.extend(ep.entries),
+            Some(why) => {
+                policy.extend(deny_all(ep.member.address.octets()));
+                failed.insert(ep.member.address, why);
+            }
+        }
+    }
+    (ipcache, policy, failed)
+}
+
+/// Entries of an endpoint that fails closed: a marker per direction.
+const DENY_ALL_ENTRIES: usize = 2;
+
+/// What makes a policy impossible to program as written: anything the
+/// API server's validation refuses that the compiler would otherwise have
+/// to skip (an ipBlock that does not parse, an unknown protocol, a port
+/// outside 1-65535 or a range ending before it starts). IPv6 blocks are
+/// well formed (they hold no IPv4 peer). `None`: well formed.
+fn malformed(policy: &NetworkPolicy) -> Option<String> {
+    for peer in peers_of(policy) {
+        if let Some(block) = &peer.ip_block
+            && block.parsed().is_none()
+        {
+            return Some(format!(
+                "ipBlock {} except {:?} does not parse",
+                block.cidr, block.except
+            ));
+        }
+    }
+    let ingress = policy.spec.ingress.iter().flat_map(|r| &r.ports);
+    let egress = policy.spec.egress.iter().flat_map(|r| &r.ports);
+    for port in ingress.chain(egress) {
+        if let Some(Protocol::Unknown(name)) = &port.protocol {
+            return Some(format!("unknown protocol {name:?}"));
+        }
+        if let Some(PortRef::Number(first)) = &port.port {
+            let last = port.end_port.unwrap_or(*first);
+            if !(1..=65535).contains(first) || !(1..=65535).contains(&last) || last < *first {
+                return Some(format!("port {first} to {last} is not a range of 1-65535"));
+            }
+        }
+    }
+    None
 }
 
 /// Compiles `node`'s policy maps from the cluster's indexes: the seam
@@ -250,6 +439,8 @@ pub fn compile_cluster(
 /// A policy with every rule's peers resolved.
 struct ResolvedPolicy<'a> {
     policy: &'a NetworkPolicy,
+    /// Why it cannot be programmed: its endpoints fail closed.
+    malformed: Option<String>,
     ingress: Vec<Peers<'a>>,
     egress: Vec<Peers<'a>>,
 }

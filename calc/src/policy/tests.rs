@@ -14,7 +14,7 @@ use weft_common::maps::{
     policy_decision,
 };
 use weft_model::manifest::{PolicyManifest, parse_policy_manifests};
-use weft_model::policy::{ContainerPort, Protocol, labels};
+use weft_model::policy::{ContainerPort, PortRef, Protocol, labels};
 use weft_model::{Namespace, NetworkPolicy, PolicyPod};
 
 use super::plan::apply;
@@ -971,6 +971,250 @@ fn cluster_of(
         })));
     }
     cluster
+}
+
+// --- Failing closed: capacities and malformed policies ---------------------
+
+/// x's pods accept TCP 80 from namespace y: on n1, x/a and x/b are
+/// isolated with the same rules; y's and z's pods are not.
+fn x_open_to_y() -> Fixture {
+    in_x(
+        "podSelector: {}\ningress:\n- from:\n  - namespaceSelector:\n      matchLabels:\n        ns: y\n  ports:\n  - port: 80",
+    )
+}
+
+fn n1_within(f: &Fixture, capacity: MapCapacity) -> CompiledPolicy {
+    let (node, node_address) = NODES[0];
+    compile_within(
+        &PolicyInput {
+            node,
+            node_address,
+            namespaces: &f.namespaces,
+            pods: &f.pods,
+            policies: &f.policies,
+            previous: None,
+        },
+        capacity,
+    )
+}
+
+fn entries_of(c: &CompiledPolicy, endpoint: Ipv4Addr) -> usize {
+    c.policy
+        .keys()
+        .filter(|k| k.endpoint == endpoint.octets())
+        .count()
+}
+
+/// `endpoint` is denied everything both ways, the node's probes too.
+fn assert_deny_all(f: &Fixture, c: &CompiledPolicy, endpoint: &str) {
+    let at = f.address(endpoint);
+    assert_eq!(entries_of(c, at), 2, "{endpoint}: the two markers only");
+    for peer in ["y/a", "x/a", "198.18.0.1", "8.8.8.8"] {
+        let peer = f.address(peer);
+        for direction in [POLICY_INGRESS, POLICY_EGRESS] {
+            assert_eq!(
+                decide(c, at, direction, peer, TCP, 80),
+                PolicyDecision::Denied,
+                "{endpoint} {direction} {peer}"
+            );
+        }
+    }
+}
+
+#[test]
+fn within_capacity_nothing_fails_closed() {
+    let f = x_open_to_y();
+    let full = n1_within(&f, MapCapacity::KERNEL);
+    assert!(full.failed_closed.is_empty());
+    let exact = n1_within(
+        &f,
+        MapCapacity {
+            policy: full.policy.len(),
+            ipcache: full.ipcache.len(),
+        },
+    );
+    assert_eq!(exact, full, "a compilation that fits exactly is unchanged");
+}
+
+#[test]
+fn an_endpoint_whose_entries_do_not_fit_fails_closed_and_the_others_keep_theirs() {
+    let f = x_open_to_y();
+    let full = n1_within(&f, MapCapacity::KERNEL);
+    let (a, b) = (f.address("x/a"), f.address("x/b"));
+    let (per_a, per_b) = (entries_of(&full, a), entries_of(&full, b));
+    assert_eq!(per_a + per_b, full.policy.len());
+    let capacity = MapCapacity {
+        policy: full.policy.len() - 1,
+        ..MapCapacity::KERNEL
+    };
+    let c = n1_within(&f, capacity);
+    assert!(c.policy.len() <= capacity.policy);
+    // x/a comes first and keeps its rules; x/b no longer fits.
+    assert_eq!(entries_of(&c, a), per_a);
+    assert_eq!(
+        decide(&c, a, POLICY_INGRESS, f.address("y/a"), TCP, 80),
+        PolicyDecision::Allowed
+    );
+    assert_eq!(c.failed_closed.keys().copied().collect::<Vec<_>>(), [b]);
+    assert_eq!(
+        c.failed_closed[&b],
+        FailClosed::PolicyMapFull {
+            needed: per_b,
+            free: per_b - 1,
+            capacity: capacity.policy
+        }
+    );
+    assert_deny_all(&f, &c, "x/b");
+    assert!(c.problems.iter().any(|p| matches!(
+        p,
+        Problem::PolicyFailedClosed { namespace, pod, .. } if namespace == "x" && pod == "b"
+    )));
+    let text = c
+        .problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        text.contains("pod x/b (10.244.1.12) fails closed"),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_endpoint_that_fits_alone_fails_closed_when_later_ones_would_get_no_markers() {
+    let f = x_open_to_y();
+    let full = n1_within(&f, MapCapacity::KERNEL);
+    let per_a = entries_of(&full, f.address("x/a"));
+    // x/a's entries fit, but then x/b could not even be denied.
+    let capacity = MapCapacity {
+        policy: per_a + 1,
+        ..MapCapacity::KERNEL
+    };
+    let c = n1_within(&f, capacity);
+    assert_eq!(c.failed_closed.len(), 2);
+    assert!(c.policy.len() <= capacity.policy);
+    assert_deny_all(&f, &c, "x/a");
+    assert_deny_all(&f, &c, "x/b");
+}
+
+#[test]
+fn an_ipcache_that_does_not_fit_fails_every_isolated_endpoint_closed() {
+    let f = x_open_to_y();
+    let full = n1_within(&f, MapCapacity::KERNEL);
+    let capacity = MapCapacity {
+        ipcache: full.ipcache.len() - 1,
+        ..MapCapacity::KERNEL
+    };
+    let c = n1_within(&f, capacity);
+    assert!(c.ipcache.is_empty());
+    assert_eq!(c.failed_closed.len(), 2);
+    assert!(matches!(
+        c.failed_closed[&f.address("x/a")],
+        FailClosed::IpcacheFull { capacity: cap, .. } if cap == capacity.ipcache
+    ));
+    assert_deny_all(&f, &c, "x/a");
+    assert_deny_all(&f, &c, "x/b");
+    // Pods no policy selects stay open.
+    let (y_a, z_a) = (f.address("y/a"), f.address("z/a"));
+    assert_eq!(
+        decide(&c, y_a, POLICY_EGRESS, z_a, TCP, 80),
+        PolicyDecision::NotIsolated
+    );
+    assert_eq!(
+        decide(&c, z_a, POLICY_INGRESS, y_a, TCP, 80),
+        PolicyDecision::NotIsolated
+    );
+}
+
+#[test]
+fn a_malformed_policy_fails_the_endpoints_it_selects_closed() {
+    let mut f = x_open_to_y().with(&policy(
+        "y",
+        "q",
+        "podSelector: {}\ningress:\n- ports:\n  - port: 53\n    protocol: UDP",
+    ));
+    let x = f
+        .policies
+        .iter_mut()
+        .find(|p| p.namespace() == "x")
+        .unwrap();
+    x.spec.ingress[0].ports[0].protocol = Some(Protocol::Unknown("ICMP".into()));
+    let c = n1_within(&f, MapCapacity::KERNEL);
+    assert_eq!(
+        c.failed_closed.get(&f.address("x/a")),
+        Some(&FailClosed::Malformed {
+            policy: "x/p".into(),
+            reason: "unknown protocol \"ICMP\"".into()
+        })
+    );
+    assert_deny_all(&f, &c, "x/b");
+    // y's policy is well formed: its pods keep their rules.
+    let (y_a, z_a) = (f.address("y/a"), f.address("z/a"));
+    assert_eq!(
+        decide(&c, y_a, POLICY_INGRESS, z_a, UDP, 53),
+        PolicyDecision::Allowed
+    );
+    assert_eq!(
+        decide(&c, y_a, POLICY_INGRESS, z_a, TCP, 80),
+        PolicyDecision::Denied
+    );
+    // A range ending before it starts, and an ipBlock that does not parse
+    // (the manifest parser refuses both, so they are made by hand).
+    let backwards = |f: &mut Fixture| {
+        let port = &mut f.policies[0].spec.ingress[0].ports[0];
+        port.port = Some(PortRef::Number(90));
+        port.end_port = Some(80);
+    };
+    let unparsable = |f: &mut Fixture| {
+        let block = f.policies[0].spec.ingress[0].from[0]
+            .ip_block
+            .as_mut()
+            .unwrap();
+        block.except = vec!["nonsense".into()];
+    };
+    let ingress = "podSelector: {}\ningress:\n- from:\n  - ipBlock:\n      cidr: 10.0.0.0/8\n  ports:\n  - port: 80";
+    for (what, break_it) in [
+        ("port 90 to 80", &backwards as &dyn Fn(&mut Fixture)),
+        ("ipBlock 10.0.0.0/8", &unparsable),
+    ] {
+        let mut f = in_x(ingress);
+        break_it(&mut f);
+        let c = n1_within(&f, MapCapacity::KERNEL);
+        assert_eq!(c.failed_closed.len(), 2, "{what}");
+        let why = c.failed_closed[&f.address("x/a")].to_string();
+        assert!(why.contains(what), "{why}");
+        assert_deny_all(&f, &c, "x/a");
+    }
+}
+
+#[test]
+fn identities_name_their_pods_and_ipblocks_for_operators() {
+    let f = in_x(
+        "podSelector: {}\ningress:\n- from:\n  - ipBlock:\n      cidr: 10.0.0.0/8\n      except: [10.244.2.0/24]",
+    );
+    let c = &f.compiled()[0];
+    let peers = c.identities.peers();
+    let a = c.identities.of_pod("x", "a", f.address("x/a")).unwrap();
+    assert_eq!(
+        peers[&a],
+        IdentityPeer::Pod {
+            namespace: "x".into(),
+            name: "a".into(),
+            address: f.address("x/a")
+        }
+    );
+    let blocks: Vec<&Vec<String>> = peers
+        .values()
+        .filter_map(|p| match p {
+            IdentityPeer::Blocks(b) => Some(b),
+            IdentityPeer::Pod { .. } => None,
+        })
+        .collect();
+    assert_eq!(
+        blocks,
+        [&vec!["10.0.0.0/8 except 10.244.2.0/24".to_string()]]
+    );
 }
 
 mod random;

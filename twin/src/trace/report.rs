@@ -115,6 +115,10 @@ pub struct StepView {
     pub dropped: bool,
     /// The pod behind the veth of a pod veth step or a delivery.
     pub pod: Option<String>,
+    /// At a pod veth's policy hook: what policy decided and the policy
+    /// map entry that decided it (or the tracker's reason for asking
+    /// none).
+    pub policy: Option<String>,
     /// The step as the text output prints it.
     pub text: String,
 }
@@ -182,6 +186,10 @@ pub fn step_view(step: &Step, pods: &[PodAt]) -> StepView {
             | Step::Delivered { node, ifindex, .. } => {
                 pod_name(pods, node, *ifindex).map(|p| p.pod.clone())
             }
+            _ => None,
+        },
+        policy: match step {
+            Step::PodVeth { policy, .. } => policy.clone(),
             _ => None,
         },
         text: step.to_string(),

@@ -297,7 +297,13 @@ fn ipip_pod_to_pod_is_encapsulated_and_delivered() {
     let counters: Vec<Counter> = steps.iter().filter_map(Step::counter).collect();
     assert_eq!(
         counters,
-        [Counter::Pass, Counter::Encapsulate, Counter::Decapsulate],
+        [
+            Counter::Pass,
+            Counter::Encapsulate,
+            Counter::Decapsulate,
+            // The receiving pod veth's policy hook: a flow new to node2.
+            Counter::ConntrackNew
+        ],
         "{text}"
     );
     assert_eq!(

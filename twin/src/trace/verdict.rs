@@ -133,6 +133,15 @@ pub fn hook_name(step: &Step) -> &'static str {
 pub fn drop_reason(step: &Step) -> Option<String> {
     match step {
         Step::PodVeth {
+            action,
+            counter,
+            policy: Some(policy),
+            ..
+        } if *action == TC_ACT_SHOT => Some(format!(
+            "TC_ACT_SHOT ({}), policy: {policy}",
+            counter.name()
+        )),
+        Step::PodVeth {
             action, counter, ..
         }
         | Step::UplinkEgress {
