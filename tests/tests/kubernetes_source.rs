@@ -33,6 +33,13 @@ spec:
     ports: [{port: http}]
 ";
 
+const PEER: &str = "\
+apiVersion: weft.dev/v1alpha1
+kind: BGPPeer
+metadata: {name: tor-a}
+spec: {peerIP: 198.18.0.200, asNumber: 64600, node: node-a}
+";
+
 const POD: &str = "\
 apiVersion: v1
 kind: Pod
@@ -67,7 +74,19 @@ async fn next_matching(
 fn api_objects_become_model_objects_and_changes() {
     require_root();
     let cp = TestControlPlane::start("wks");
+    cp.kubectl(&[
+        "apply",
+        "-f",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/crds.yaml"),
+    ]);
+    cp.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/bgppeers.weft.dev",
+        "--timeout=30s",
+    ]);
     cp.apply(OBJECTS);
+    cp.apply(PEER);
     cp.apply(POD);
     // kubelet's part: the pod's address, written into its status.
     cp.kubectl(&[
@@ -140,6 +159,9 @@ fn api_objects_become_model_objects_and_changes() {
         let x = snapshot.namespaces.iter().find(|n| n.name() == "x").unwrap();
         assert_eq!(x.labels()["team"], "blue");
         assert_eq!(x.labels()["kubernetes.io/metadata.name"], "x");
+        let peer = snapshot.bgp_peers.iter().find(|p| p.metadata.name == "tor-a").unwrap();
+        assert_eq!(peer.spec.as_number, 64600);
+        assert!(peer.applies_to("node-a"));
         let policy = &snapshot.network_policies;
         assert!(policy.iter().any(|p| p.namespace() == "x" && p.name() == "web-in"));
 
@@ -163,6 +185,11 @@ fn api_objects_become_model_objects_and_changes() {
         cp.kubectl(&["-n", "x", "delete", "pod", "web", "--grace-period=0", "--force"]);
         next_matching(&mut rx, "the deleted pod's endpoint", |e| {
             matches!(e, SourceEvent::Changed(Change::Delete(ObjectId::Endpoint { key: k, .. })) if *k == key)
+        })
+        .await;
+        cp.kubectl(&["delete", "bgppeer", "tor-a"]);
+        next_matching(&mut rx, "the deleted BGPPeer", |e| {
+            *e == SourceEvent::Changed(Change::Delete(ObjectId::BgpPeer("tor-a".into())))
         })
         .await;
     });

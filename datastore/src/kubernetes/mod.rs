@@ -1,5 +1,6 @@
 //! The Kubernetes API server as a cluster source (issue #11): a reflector
-//! per kind (Nodes, Pods cluster-wide, Namespaces, NetworkPolicies) keeps
+//! per kind (Nodes, Pods cluster-wide, Namespaces, NetworkPolicies, Weft's
+//! BGPPeers; the CRD must be installed, `deploy/crds.yaml`) keeps
 //! the last listed state, and each watch event becomes the [`Change`] of
 //! the one object it carries, converted by [`convert`].
 //!
@@ -17,6 +18,7 @@
 //! Nodes and endpoints are published by kubelet and the API server, not
 //! by the agent, so the publish calls do nothing here.
 
+pub mod bgp_peer;
 pub mod convert;
 pub mod crd;
 
@@ -61,6 +63,7 @@ pub struct KubernetesSource {
     pods: Store<core::Pod>,
     namespaces: Store<core::Namespace>,
     policies: Store<networking::NetworkPolicy>,
+    peers: Store<bgp_peer::BgpPeerObject>,
     /// One flag per kind: listed completely at least once.
     synced: Vec<Arc<AtomicBool>>,
     subscribers: Subscribers,
@@ -79,13 +82,15 @@ impl KubernetesSource {
             subscribers.clone(),
             namespace_change,
         );
-        let (policies, np) = reflect(Api::all(client), subscribers.clone(), policy_change);
-        let (synced, tasks) = [n, p, ns, np].into_iter().unzip();
+        let (policies, np) = reflect(Api::all(client.clone()), subscribers.clone(), policy_change);
+        let (peers, bp) = reflect(Api::all(client), subscribers.clone(), peer_change);
+        let (synced, tasks) = [n, p, ns, np, bp].into_iter().unzip();
         KubernetesSource {
             nodes,
             pods,
             namespaces,
             policies,
+            peers,
             synced,
             subscribers,
             tasks,
@@ -232,6 +237,20 @@ fn policy_change(policy: &networking::NetworkPolicy, applied: bool) -> Option<Ch
     })
 }
 
+fn peer_change(peer: &bgp_peer::BgpPeerObject, applied: bool) -> Option<Change> {
+    let id = ObjectId::BgpPeer(peer.metadata.name.clone()?);
+    if !applied {
+        return Some(Change::Delete(id));
+    }
+    Some(match bgp_peer::to_model(peer) {
+        Ok(model) => Change::Upsert(Object::BgpPeer(model)),
+        Err(e) => {
+            skipped(&e);
+            Change::Delete(id)
+        }
+    })
+}
+
 /// Every object of `store` that converts, the others logged and left out.
 fn converted<K, T>(store: &Store<K>, convert: impl Fn(&K) -> Result<Option<T>, Refused>) -> Vec<T>
 where
@@ -259,7 +278,7 @@ impl ClusterSource for KubernetesSource {
         Ok(Snapshot {
             nodes: converted(&self.nodes, convert::node_record),
             endpoints: converted(&self.pods, convert::endpoint_record),
-            bgp_peers: Vec::new(),
+            bgp_peers: converted(&self.peers, |p| bgp_peer::to_model(p).map(Some)),
             network_policies: converted(&self.policies, |p| convert::network_policy(p).map(Some)),
             namespaces: converted(&self.namespaces, |n| Ok(Some(convert::namespace(n)))),
         })
