@@ -226,7 +226,7 @@ impl ClusterSource for Datastore {
                     }
                 };
                 for path in &event.paths {
-                    if let Some(change) = change_at(&dir, path) {
+                    for change in changes_at(&dir, path) {
                         let _ = tx.send(SourceEvent::Changed(change));
                     }
                 }
@@ -273,6 +273,24 @@ fn object_at(dir: &Path, path: &Path) -> Option<ObjectId> {
         ["namespaces", file] => Some(ObjectId::Namespace(stem(file)?.to_string())),
         _ => None,
     }
+}
+
+/// The changes an event at `path` means: a record file's own, or, for a
+/// directory, those of every record under it. inotify watches a new
+/// directory only once told of it, so records written into a directory
+/// just made (a namespace's first policy, a node's first endpoint) or
+/// moved in with it raise no event of their own: reading the directory
+/// is how they are not lost. A record also seen by its own event is
+/// reported twice, which a level-triggered change makes harmless.
+fn changes_at(dir: &Path, path: &Path) -> Vec<Change> {
+    if !path.is_dir() {
+        return change_at(dir, path).into_iter().collect();
+    }
+    let mut out = Vec::new();
+    for entry in entries(path).unwrap_or_default() {
+        out.extend(changes_at(dir, &entry.path()));
+    }
+    out
 }
 
 /// The change a file event at `path` means: the record there now, or its
@@ -488,6 +506,29 @@ mod tests {
                 "{event:?}"
             );
         }
+    }
+
+    #[test]
+    fn records_in_a_directory_that_appears_whole_are_reported() {
+        // A directory moved into the store with its record already inside
+        // raises one event, for the directory: the deterministic form of
+        // a namespace's first policy written before the new directory is
+        // watched.
+        let dir = tempfile::tempdir().unwrap();
+        let ds = Datastore::open(dir.path()).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let _watch = ds.watch(tx).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let outside = tempfile::tempdir().unwrap();
+        let staged = outside.path().join("y");
+        fs::create_dir(&staged).unwrap();
+        let web = policy("y", "web");
+        fs::write(staged.join("web.json"), serde_json::to_vec(&web).unwrap()).unwrap();
+        fs::rename(&staged, dir.path().join("networkpolicies/y")).unwrap();
+        assert!(reported(
+            &mut rx,
+            Change::Upsert(Object::NetworkPolicy(Box::new(web)))
+        ));
     }
 
     /// The next event within a second, if any.
