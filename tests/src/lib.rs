@@ -171,6 +171,27 @@ impl Lab {
         weftctl_ok(&full)
     }
 
+    /// Adds pod `name` on `node` through `weftctl lab pod add`, in
+    /// `namespace` with `labels` (`k=v,...`) and container `ports`
+    /// (`name:port/proto,...`, each served in the pod; empty: none).
+    pub fn pod_add(&self, node: &str, name: &str, namespace: &str, labels: &str, ports: &str) {
+        self.ctl_ok(&[
+            "lab",
+            "pod",
+            "add",
+            "--node",
+            node,
+            "--name",
+            name,
+            "--namespace",
+            namespace,
+            "--labels",
+            labels,
+            "--ports",
+            ports,
+        ]);
+    }
+
     /// The lab as `weftctl lab status` shows it.
     pub fn status(&self) -> StatusView {
         self.lab()

@@ -57,29 +57,11 @@ fn udp(lab: &Lab, from: &str, to: &str, port: u16) -> bool {
     .is_ok()
 }
 
-fn pod_add(lab: &Lab, node: &str, name: &str, namespace: &str, labels: &str) {
-    lab.ctl_ok(&[
-        "lab",
-        "pod",
-        "add",
-        "--node",
-        node,
-        "--name",
-        name,
-        "--namespace",
-        namespace,
-        "--labels",
-        labels,
-        "--ports",
-        "http:80/tcp,dns:53/udp",
-    ]);
-}
-
 #[test]
 fn policies_isolate_allow_by_namespace_and_named_port_and_go_away() {
     let lab = Lab::up("pol", 2, 0);
-    pod_add(&lab, "node1", "a", "x", "app=a");
-    pod_add(&lab, "node2", "b", "y", "app=b");
+    lab.pod_add("node1", "a", "x", "app=a", "http:80/tcp,dns:53/udp");
+    lab.pod_add("node2", "b", "y", "app=b", "http:80/tcp,dns:53/udp");
     // Nothing selects b: open.
     assert!(tcp(&lab, "a", "b", 80), "TCP before any policy");
     assert!(udp(&lab, "a", "b", 53), "UDP before any policy");
@@ -111,7 +93,7 @@ fn policies_isolate_allow_by_namespace_and_named_port_and_go_away() {
 
     // A pod started in y is isolated from its first packet: its ADD
     // returned after its policy was in the maps.
-    pod_add(&lab, "node2", "new", "y", "app=new");
+    lab.pod_add("node2", "new", "y", "app=new", "http:80/tcp,dns:53/udp");
     assert!(
         !tcp(&lab, "a", "new", 80),
         "a new pod in y is isolated at once"

@@ -23,24 +23,6 @@ spec:
     - port: http
 ";
 
-fn pod_add(lab: &Lab, node: &str, name: &str, namespace: &str, labels: &str) {
-    lab.ctl_ok(&[
-        "lab",
-        "pod",
-        "add",
-        "--node",
-        node,
-        "--name",
-        name,
-        "--namespace",
-        namespace,
-        "--labels",
-        labels,
-        "--ports",
-        "http:80/tcp",
-    ]);
-}
-
 /// Whether one TCP exchange with `to`'s echo server on port 80 succeeds
 /// from `from` (one try: a denied SYN and its retransmissions count).
 fn tcp(lab: &Lab, from: &str, to: &str) -> bool {
@@ -71,9 +53,9 @@ fn count(ep: &Value, direction: &str, what: &str) -> u64 {
 #[test]
 fn policy_show_prints_an_endpoints_rules_and_its_counters_move() {
     let lab = Lab::up("pops", 2, 0);
-    pod_add(&lab, "node1", "a", "x", "app=a");
-    pod_add(&lab, "node1", "c", "z", "app=c");
-    pod_add(&lab, "node2", "b", "y", "app=b");
+    lab.pod_add("node1", "a", "x", "app=a", "http:80/tcp");
+    lab.pod_add("node1", "c", "z", "app=c", "http:80/tcp");
+    lab.pod_add("node2", "b", "y", "app=b", "http:80/tcp");
     lab.apply(ALLOW_X_TO_HTTP);
     eventually("TCP from x to b allowed", Duration::from_secs(5), || {
         let ep = show(&lab, "node2", "b");
@@ -151,8 +133,8 @@ fn policy_show_prints_an_endpoints_rules_and_its_counters_move() {
 #[test]
 fn an_endpoint_with_a_malformed_policy_fails_closed_and_says_so() {
     let lab = Lab::up("pfail", 2, 0);
-    pod_add(&lab, "node1", "a", "x", "app=a");
-    pod_add(&lab, "node2", "b", "y", "app=b");
+    lab.pod_add("node1", "a", "x", "app=a", "http:80/tcp");
+    lab.pod_add("node2", "b", "y", "app=b", "http:80/tcp");
     lab.apply(ALLOW_X_TO_HTTP);
     lab.apply(
         "apiVersion: networking.k8s.io/v1

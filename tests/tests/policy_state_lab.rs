@@ -20,26 +20,6 @@ use weft_lab::probe::{Echo, icmp_echo, tcp_exchange, udp_exchange};
 use weft_lab::topology::netns_path;
 use weft_tests::*;
 
-/// Adds pod `name` on `node` in `namespace` with `labels` (`k=v,...`) and
-/// container `ports` (`name:port/proto,...`), each served in the pod.
-fn pod_add(lab: &Lab, node: &str, name: &str, namespace: &str, labels: &str, ports: &str) {
-    lab.ctl_ok(&[
-        "lab",
-        "pod",
-        "add",
-        "--node",
-        node,
-        "--name",
-        name,
-        "--namespace",
-        namespace,
-        "--labels",
-        labels,
-        "--ports",
-        ports,
-    ]);
-}
-
 fn netns_of(lab: &Lab, pod: &str) -> PathBuf {
     netns_path(&lab.pod(pod).netns)
 }
@@ -137,9 +117,9 @@ spec:
 fn client_and_servers(tag: &str) -> Lab {
     let lab = Lab::up(tag, 2, 0);
     let ports = "http:80/tcp,dns:53/udp";
-    pod_add(&lab, "node1", "c", "x", "app=client", ports);
-    pod_add(&lab, "node1", "near", "y", "app=server", ports);
-    pod_add(&lab, "node2", "far", "y", "app=server", ports);
+    lab.pod_add("node1", "c", "x", "app=client", ports);
+    lab.pod_add("node1", "near", "y", "app=server", ports);
+    lab.pod_add("node2", "far", "y", "app=server", ports);
     lab
 }
 
@@ -290,9 +270,9 @@ fn request_loop(dst: SocketAddrV4, stop: Arc<AtomicBool>) -> Loop {
 #[test]
 fn a_policy_change_cuts_a_denied_connection_within_a_second_and_spares_the_allowed() {
     let lab = Lab::up("st-cut", 2, 0);
-    pod_add(&lab, "node2", "s", "y", "app=server", "http:80/tcp");
-    pod_add(&lab, "node1", "keep", "x", "app=keep", "");
-    pod_add(&lab, "node1", "cut", "x", "app=cut", "");
+    lab.pod_add("node2", "s", "y", "app=server", "http:80/tcp");
+    lab.pod_add("node1", "keep", "x", "app=keep", "");
+    lab.pod_add("node1", "cut", "x", "app=cut", "");
     let dst = SocketAddrV4::new(ip_of(&lab, "s"), 80);
     let stop = Arc::new(AtomicBool::new(false));
     let loops = ["keep", "cut"].map(|client| {
@@ -493,12 +473,12 @@ spec:
 fn a_pod_isolated_by_policy_never_sees_a_denied_packet_from_its_first_moment() {
     let lab = Lab::up("st-start", 2, 0);
     let dns = "dns:53/udp";
-    pod_add(&lab, "node1", "friend", "x", "app=friend", dns);
-    pod_add(&lab, "node1", "foe-far", "x", "app=foe", dns);
-    pod_add(&lab, "node2", "foe-near", "x", "app=foe", dns);
+    lab.pod_add("node1", "friend", "x", "app=friend", dns);
+    lab.pod_add("node1", "foe-far", "x", "app=foe", dns);
+    lab.pod_add("node2", "foe-near", "x", "app=foe", dns);
     lab.apply(ONLY_FRIENDS);
     // The policy is in node2's maps once it isolates a pod there.
-    pod_add(&lab, "node2", "old", "y", "app=new", dns);
+    lab.pod_add("node2", "old", "y", "app=new", dns);
     until("foe-near -> old denied", false, || {
         udp(&lab, "foe-near", "old", 53)
     });
@@ -579,7 +559,7 @@ fn a_pod_isolated_by_policy_never_sees_a_denied_packet_from_its_first_moment() {
         })
     };
     let added = Instant::now();
-    pod_add(&lab, "node2", "new", "y", "app=new", dns);
+    lab.pod_add("node2", "new", "y", "app=new", dns);
     let add_took = added.elapsed();
     let had_eth0 = ready_rx.recv().unwrap();
     thread::sleep(Duration::from_millis(1500));
@@ -795,18 +775,16 @@ fn kube_proxy_dnat_is_judged_after_the_dnat_in_vxlan_mode() {
 }
 
 fn kube_proxy_dnat(lab: Lab) {
-    pod_add(&lab, "node1", "c", "x", "app=client", "");
+    lab.pod_add("node1", "c", "x", "app=client", "");
     // The named port `web` is a different number on each backend.
-    pod_add(
-        &lab,
+    lab.pod_add(
         "node1",
         "local",
         "y",
         "app=backend",
         "web:8080/tcp,alt:8081/tcp,dns:5353/udp",
     );
-    pod_add(
-        &lab,
+    lab.pod_add(
         "node2",
         "remote",
         "y",
