@@ -74,9 +74,8 @@ impl CasePod {
 
     /// The /24 its address is in: its node.
     pub fn node_subnet(&self) -> Ipv4Network {
-        Ipv4Network::new(self.ip, NODE_PREFIX)
-            .map(|n| Ipv4Network::new(n.network(), NODE_PREFIX).expect("valid prefix"))
-            .expect("24 is a valid prefix length")
+        let host = Ipv4Network::new(self.ip, NODE_PREFIX).expect("24 is a valid prefix length");
+        Ipv4Network::new(host.network(), NODE_PREFIX).expect("24 is a valid prefix length")
     }
 }
 

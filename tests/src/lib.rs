@@ -618,6 +618,23 @@ impl TestControlPlane {
         }
     }
 
+    /// `kubectl auth can-i VERB RESOURCE` in every namespace, as `user`
+    /// (None: the administrator). `resource` may name a subresource
+    /// (`nodes/status`). `auth can-i` says "no" with exit status 1.
+    pub fn can_i(&self, verb: &str, resource: &str, user: Option<&str>) -> bool {
+        let (resource, sub) = match resource.split_once('/') {
+            Some((resource, sub)) => (resource, Some(format!("--subresource={sub}"))),
+            None => (resource, None),
+        };
+        let user = user.map(|u| format!("--as={u}"));
+        let mut args = vec!["auth", "can-i", verb, resource, "--all-namespaces"];
+        args.extend(sub.as_deref());
+        args.extend(user.as_deref());
+        self.plane
+            .kubectl(&args)
+            .is_ok_and(|out| out.trim() == "yes")
+    }
+
     pub fn kubectl(&self, args: &[&str]) -> String {
         self.plane.kubectl(args).unwrap_or_else(|e| panic!("{e}"))
     }

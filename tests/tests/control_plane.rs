@@ -37,17 +37,16 @@ fn control_plane_serves_rbac_and_node_ipam() {
     plane
         .kubectl(&["-n", "weft-test", "create", "serviceaccount", "nobody"])
         .unwrap();
-    let can = |extra: &[&str]| {
-        // `auth can-i` answers "no" with exit status 1.
-        let args = [&["auth", "can-i", "list", "pods", "-A"], extra].concat();
-        plane
-            .kubectl(&args)
-            .map(|out| out.trim() == "yes")
-            .unwrap_or(false)
-    };
-    assert!(can(&[]), "the administrator may list pods");
     assert!(
-        !can(&["--as=system:serviceaccount:weft-test:nobody"]),
+        cp.can_i("list", "pods", None),
+        "the administrator may list pods"
+    );
+    assert!(
+        !cp.can_i(
+            "list",
+            "pods",
+            Some("system:serviceaccount:weft-test:nobody")
+        ),
         "a ServiceAccount without a binding may not list pods"
     );
 

@@ -40,20 +40,7 @@ fn deploy_manifests_are_accepted_and_least_privilege() {
     let e = bad.expect_err("a string AS number is refused").to_string();
     assert!(e.contains("spec.asNumber"), "{e}");
 
-    // `resource` or `resource/subresource`.
-    let can = |verb: &str, resource: &str| {
-        let (resource, sub) = resource.split_once('/').unwrap_or((resource, ""));
-        let (sub, who) = (format!("--subresource={sub}"), format!("--as={AGENT}"));
-        let mut args = vec!["auth", "can-i", verb, resource, "--all-namespaces", &who];
-        if !sub.ends_with('=') {
-            args.push(&sub);
-        }
-        cp.plane
-            .kubectl(&args)
-            .map(|out| out.trim() == "yes")
-            // `auth can-i` says "no" with exit status 1.
-            .unwrap_or(false)
-    };
+    let can = |verb: &str, resource: &str| cp.can_i(verb, resource, Some(AGENT));
     let mut wrong = Vec::new();
     for resource in [
         "nodes",
