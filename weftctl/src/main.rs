@@ -30,7 +30,7 @@ enum Command {
         #[command(flatten)]
         agent: AgentTarget,
         /// Print JSON: {"ready","node_name","pod_cidr","message","endpoints","policy_digest",
-        /// "policy_endpoints_failed_closed"}.
+        /// "policy_endpoints_failed_closed","datastore","node_address","node_address_reason"}.
         #[arg(long)]
         json: bool,
     },
