@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 pub mod capture;
+pub mod deploy;
 pub mod framegen;
 pub mod netpol_cases;
 pub mod peers;
