@@ -1,0 +1,200 @@
+//! `make image`'s script: the archive it saves holds exactly the three
+//! binaries and the glibc files they load, under the name the DaemonSet
+//! runs, and loaded into a container engine (podman, with a storage of the
+//! test's own, removed afterwards) each binary runs with no network and
+//! answers as the one built here does. Needs root (podman).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use weft_tests::deploy::makefile_var;
+use weft_tests::{bin, bin_dir, require_root, show, stdout};
+
+const BINARIES: [&str; 3] = ["weft-agent", "weft-cni", "weftctl"];
+
+/// podman on a storage in a temporary directory of its own.
+struct Store {
+    dir: tempfile::TempDir,
+}
+
+impl Store {
+    fn new() -> Store {
+        let dir = tempfile::Builder::new()
+            .prefix("weft-image-test-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        std::fs::write(
+            dir.path().join("containers.conf"),
+            "[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+        )
+        .unwrap();
+        Store { dir }
+    }
+
+    fn podman(&self, args: &[&str]) -> Output {
+        let root = self.dir.path();
+        Command::new("podman")
+            .arg("--root")
+            .arg(root.join("storage"))
+            .arg("--runroot")
+            .arg(root.join("run"))
+            .args(["--storage-driver", "vfs"])
+            .args(args)
+            .env("CONTAINERS_CONF", root.join("containers.conf"))
+            .env("TMPDIR", root)
+            .stdin(Stdio::null())
+            .output()
+            .expect("podman runs")
+    }
+
+    /// `podman run` of `command` in `image`: no network, the ulimits these
+    /// machines allow, `env` set.
+    fn run(&self, image: &str, env: &[&str], command: &[&str]) -> Output {
+        let mut args = vec![
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1000:1000",
+        ];
+        for e in env {
+            args.extend(["--env", e]);
+        }
+        args.push(image);
+        args.extend(command);
+        self.podman(&args)
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let _ = self.podman(&["rm", "--all", "--force"]);
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg(self.dir.path().join("storage"))
+            .output();
+    }
+}
+
+/// The files a binary loads, as ldd resolves them (the loader included).
+fn ldd(binary: &Path) -> BTreeSet<String> {
+    let out = Command::new("ldd").arg(binary).output().expect("ldd runs");
+    assert!(
+        out.status.success(),
+        "ldd {}: {}",
+        binary.display(),
+        show(&out)
+    );
+    stdout(&out)
+        .lines()
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            match words.as_slice() {
+                [_, "=>", path, ..] if path.starts_with('/') => Some(path.to_string()),
+                [path, ..] if path.starts_with('/') => Some(path.to_string()),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// `path`'s bytes inside the tar archive `archive`.
+fn tar_member(archive: &Path, member: &str) -> Vec<u8> {
+    let out = Command::new("tar")
+        .arg("-xOf")
+        .arg(archive)
+        .arg(member)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{member}: {}", show(&out));
+    out.stdout
+}
+
+/// The regular files of the archive's one layer.
+fn layer_files(archive: &Path, dir: &Path) -> BTreeSet<String> {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&tar_member(archive, "manifest.json")).unwrap();
+    let layers = manifest[0]["Layers"].as_array().expect("Layers");
+    assert_eq!(layers.len(), 1, "one layer, from scratch: {manifest}");
+    let layer = dir.join("layer.tar");
+    std::fs::write(&layer, tar_member(archive, layers[0].as_str().unwrap())).unwrap();
+    let out = Command::new("tar")
+        .arg("-tvf")
+        .arg(&layer)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    stdout(&out)
+        .lines()
+        .filter(|l| l.starts_with('-'))
+        .map(|l| format!("/{}", l.split_whitespace().last().unwrap()))
+        .collect()
+}
+
+#[test]
+fn image_holds_the_three_binaries_and_runs_each() {
+    require_root();
+    let image = makefile_var("IMAGE");
+    let dir = tempfile::tempdir().unwrap();
+    let archive: PathBuf = dir.path().join("weft-image.tar");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-image.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(&archive)
+        .env("IMAGE", &image)
+        .env("WEFT_BIN_DIR", bin_dir())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "build-image.sh: {}", show(&out));
+
+    // Under the name the DaemonSet runs (what kind and ctr import keep).
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&tar_member(&archive, "manifest.json")).unwrap();
+    assert_eq!(manifest[0]["RepoTags"], serde_json::json!([image]));
+
+    // Nothing but the binaries and what they load: no base image.
+    let mut want: BTreeSet<String> = BINARIES
+        .iter()
+        .map(|b| format!("/usr/local/bin/{b}"))
+        .collect();
+    for b in BINARIES {
+        want.extend(ldd(&bin(b)));
+    }
+    assert_eq!(layer_files(&archive, dir.path()), want);
+
+    let store = Store::new();
+    let out = store.podman(&["load", "--input", archive.to_str().unwrap()]);
+    assert!(out.status.success(), "podman load: {}", show(&out));
+
+    let host = |b: &str, env: &[(&str, &str)], args: &[&str]| {
+        let out = Command::new(bin(b))
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{b} here: {}", show(&out));
+        stdout(&out)
+    };
+    let inside = |env: &[&str], command: &[&str]| {
+        let out = store.run(&image, env, command);
+        assert!(
+            out.status.success(),
+            "{command:?} in the image: {}",
+            show(&out)
+        );
+        stdout(&out)
+    };
+    let version = inside(&[], &["/usr/local/bin/weft-agent", "--version"]);
+    assert_eq!(version, host("weft-agent", &[], &["--version"]));
+    assert!(version.starts_with("weft-agent "), "{version}");
+    let cni = inside(&["CNI_COMMAND=VERSION"], &["/usr/local/bin/weft-cni"]);
+    assert_eq!(cni, host("weft-cni", &[("CNI_COMMAND", "VERSION")], &[]));
+    assert!(cni.contains("supportedVersions"), "{cni}");
+    let help = inside(&[], &["/usr/local/bin/weftctl", "--help"]);
+    assert_eq!(help, host("weftctl", &[], &["--help"]));
+    assert!(help.contains("install-cni"), "{help}");
+}
