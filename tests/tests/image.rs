@@ -1,8 +1,9 @@
 //! `make image`'s script: the archive it saves holds exactly the three
 //! binaries and the glibc files they load, under the name the DaemonSet
-//! runs, and loaded into a container engine (podman, with a storage of the
-//! test's own, removed afterwards) each binary runs with no network and
-//! answers as the one built here does. Needs root (podman).
+//! runs; loaded into podman, and imported into containerd as `kind load
+//! image-archive` imports it (each with a storage of the test's own,
+//! removed afterwards), each binary runs with no network and answers as the
+//! one built here does. Needs root, podman and containerd.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -76,6 +77,114 @@ impl Drop for Store {
         let _ = Command::new("umount")
             .arg("-R")
             .arg(self.dir.path().join("storage"))
+            .output();
+    }
+}
+
+/// A containerd of the test's own (root, state and socket in a temporary
+/// directory; no CRI), stopped by its pid when dropped.
+struct Containerd {
+    dir: tempfile::TempDir,
+    process: std::process::Child,
+}
+
+impl Containerd {
+    fn start() -> Containerd {
+        let dir = tempfile::Builder::new()
+            .prefix("weft-containerd-test-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let d = dir.path().display();
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{d}/containerd.sock\"\n\
+                 [ttrpc]\n  address = \"{d}/containerd-ttrpc.sock\"\n\
+                 [debug]\n  address = \"\"\n[metrics]\n  address = \"\"\n"
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("containerd.log")).unwrap();
+        let process = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("containerd starts (scripts/install-deps.sh installs it)");
+        let containerd = Containerd { dir, process };
+        weft_tests::eventually(
+            "containerd answers",
+            std::time::Duration::from_secs(20),
+            || {
+                let out = containerd.ctr(&["version"]);
+                if out.status.success() {
+                    Ok(())
+                } else {
+                    Err(show(&out))
+                }
+            },
+        );
+        containerd
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(self.dir.path().join("containerd.sock"))
+            .args(["--namespace", "k8s.io"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("ctr runs")
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.process.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.process.wait();
+        // Its runc shims (started with its address) leave once their
+        // container is gone; any still there after a while are ended.
+        let shims = || -> Vec<i32> {
+            let mark = self.dir.path().to_string_lossy().into_owned();
+            std::fs::read_dir("/proc")
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| {
+                    let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+                    let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+                    String::from_utf8_lossy(&cmdline)
+                        .contains(&mark)
+                        .then_some(pid)
+                })
+                .collect()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !shims().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        for pid in shims() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg(self.dir.path().join("root"))
+            .output();
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg(self.dir.path().join("state"))
             .output();
     }
 }
@@ -197,4 +306,39 @@ fn image_holds_the_three_binaries_and_runs_each() {
     let help = inside(&[], &["/usr/local/bin/weftctl", "--help"]);
     assert_eq!(help, host("weftctl", &[], &["--help"]));
     assert!(help.contains("install-cni"), "{help}");
+    drop(store);
+
+    // What `kind load image-archive` runs on each node, then the image's
+    // binaries under containerd's runc (a network namespace of their own).
+    let containerd = Containerd::start();
+    let archive = archive.to_str().unwrap();
+    let out = containerd.ctr(&[
+        "images",
+        "import",
+        "--all-platforms",
+        "--digests",
+        "--snapshotter=overlayfs",
+        archive,
+    ]);
+    assert!(out.status.success(), "ctr images import: {}", show(&out));
+    let images = stdout(&containerd.ctr(&["images", "list", "--quiet"]));
+    assert!(
+        images.lines().any(|l| l == image),
+        "{image} not in:\n{images}"
+    );
+    for (i, command) in [
+        &["/usr/local/bin/weft-agent", "--version"][..],
+        &["/usr/local/bin/weftctl", "--help"],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let id = format!("weft-image-test-{}-{i}", std::process::id());
+        let mut args = vec!["run", "--rm", "--snapshotter", "overlayfs", &image, &id];
+        args.extend(command.iter());
+        let out = containerd.ctr(&args);
+        assert!(out.status.success(), "ctr run {command:?}: {}", show(&out));
+        let name = Path::new(command[0]).file_name().unwrap().to_str().unwrap();
+        assert_eq!(stdout(&out), host(name, &[], &command[1..]));
+    }
 }
