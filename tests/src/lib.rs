@@ -16,6 +16,7 @@ pub mod deploy;
 pub mod framegen;
 pub mod netpol_cases;
 pub mod peers;
+pub mod podman;
 
 pub use weft_lab::UpOptions;
 pub use weft_lab::probe::{Echo, ProbeError};

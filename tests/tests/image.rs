@@ -10,75 +10,30 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use weft_tests::deploy::makefile_var;
+use weft_tests::podman::PodmanStore;
 use weft_tests::{bin, bin_dir, require_root, show, stdout};
 
 const BINARIES: [&str; 3] = ["weft-agent", "weft-cni", "weftctl"];
 
-/// podman on a storage in a temporary directory of its own.
-struct Store {
-    dir: tempfile::TempDir,
-}
-
-impl Store {
-    fn new() -> Store {
-        let dir = tempfile::Builder::new()
-            .prefix("weft-image-test-")
-            .tempdir_in("/tmp")
-            .unwrap();
-        std::fs::write(
-            dir.path().join("containers.conf"),
-            "[engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
-        )
-        .unwrap();
-        Store { dir }
+/// `podman run` of `command` in `image`: no network, the ulimits these
+/// machines allow, `env` set.
+fn podman_run(store: &PodmanStore, image: &str, env: &[&str], command: &[&str]) -> Output {
+    let mut args = vec![
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1000:1000",
+    ];
+    for e in env {
+        args.extend(["--env", e]);
     }
-
-    fn podman(&self, args: &[&str]) -> Output {
-        let root = self.dir.path();
-        Command::new("podman")
-            .arg("--root")
-            .arg(root.join("storage"))
-            .arg("--runroot")
-            .arg(root.join("run"))
-            .args(["--storage-driver", "vfs"])
-            .args(args)
-            .env("CONTAINERS_CONF", root.join("containers.conf"))
-            .env("TMPDIR", root)
-            .stdin(Stdio::null())
-            .output()
-            .expect("podman runs")
-    }
-
-    /// `podman run` of `command` in `image`: no network, the ulimits these
-    /// machines allow, `env` set.
-    fn run(&self, image: &str, env: &[&str], command: &[&str]) -> Output {
-        let mut args = vec![
-            "run",
-            "--rm",
-            "--network",
-            "none",
-            "--ulimit",
-            "nofile=1024:1024",
-            "--ulimit",
-            "nproc=1000:1000",
-        ];
-        for e in env {
-            args.extend(["--env", e]);
-        }
-        args.push(image);
-        args.extend(command);
-        self.podman(&args)
-    }
-}
-
-impl Drop for Store {
-    fn drop(&mut self) {
-        let _ = self.podman(&["rm", "--all", "--force"]);
-        let _ = Command::new("umount")
-            .arg("-R")
-            .arg(self.dir.path().join("storage"))
-            .output();
-    }
+    args.push(image);
+    args.extend(command);
+    store.podman(&args)
 }
 
 /// A containerd of the test's own (root, state and socket in a temporary
@@ -275,7 +230,7 @@ fn image_holds_the_three_binaries_and_runs_each() {
     }
     assert_eq!(layer_files(&archive, dir.path()), want);
 
-    let store = Store::new();
+    let store = PodmanStore::new("weft-image-test-", Vec::new(), |_| String::new());
     let out = store.podman(&["load", "--input", archive.to_str().unwrap()]);
     assert!(out.status.success(), "podman load: {}", show(&out));
 
@@ -289,7 +244,7 @@ fn image_holds_the_three_binaries_and_runs_each() {
         stdout(&out)
     };
     let inside = |env: &[&str], command: &[&str]| {
-        let out = store.run(&image, env, command);
+        let out = podman_run(&store, &image, env, command);
         assert!(
             out.status.success(),
             "{command:?} in the image: {}",
