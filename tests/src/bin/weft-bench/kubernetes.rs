@@ -209,16 +209,22 @@ pub fn agent_at_scale(scale: Scale) {
     };
     let (rss, hwm) = per(pods, &with_pods, &empty);
     println!(
-        "per pod ({nodes} Nodes, {pods} Pods - baseline) / {pods}: VmRSS {rss:.0} B, VmHWM {hwm:.0} B \
-         (the Nodes counted in; Cilium's agent is quoted at about 10 KiB per pod)"
+        "per pod ({nodes} Nodes, {pods} Pods - baseline) / {pods}: VmRSS {}, VmHWM {} \
+         (the Nodes counted in; Cilium's agent is quoted at about 10 KiB per pod)",
+        bytes(rss),
+        bytes(hwm)
     );
     let (rss, hwm) = per(pods, &loaded, &empty);
     println!(
-        "per pod, the policies counted in (all - baseline) / {pods}: VmRSS {rss:.0} B, VmHWM {hwm:.0} B"
+        "per pod, the policies counted in (all - baseline) / {pods}: VmRSS {}, VmHWM {}",
+        bytes(rss),
+        bytes(hwm)
     );
     let (rss, hwm) = per(policies, &loaded, &with_pods);
     println!(
-        "per NetworkPolicy (all - without them) / {policies}: VmRSS {rss:.0} B, VmHWM {hwm:.0} B"
+        "per NetworkPolicy (all - without them) / {policies}: VmRSS {}, VmHWM {}",
+        bytes(rss),
+        bytes(hwm)
     );
 }
 
@@ -226,6 +232,11 @@ fn print_created(created: &[(String, Duration)]) {
     for (what, took) in created {
         println!("created {what} in {:.1} s", took.as_secs_f64());
     }
+}
+
+/// Bytes, and KiB to compare with figures quoted in KiB.
+fn bytes(b: f64) -> String {
+    format!("{b:.0} B ({:.1} KiB)", b / 1024.0)
 }
 
 fn secs(d: Duration) -> String {
