@@ -199,6 +199,15 @@ impl ControlPlane {
             format!("--service-account-private-key-file={}", p(&pki.sa_private)),
             format!("--root-ca-file={}", p(&pki.ca_cert)),
             "--use-service-account-credentials=true".into(),
+            // No kubelet runs anywhere (the lab and the tests play its
+            // part): the node lifecycle controller would find no heartbeat
+            // on any Node, mark it NotReady, taint it NoExecute, and the
+            // taint eviction controller would then delete its pods. Every
+            // other default controller runs: node IPAM (pod CIDRs), the
+            // service-account and namespace controllers (a new namespace's
+            // `default` ServiceAccount, which a Pod needs), the garbage
+            // collector.
+            "--controllers=*,-node-lifecycle-controller,-taint-eviction-controller".into(),
             "--leader-elect=false".into(),
             "--profiling=false".into(),
         ]
@@ -262,36 +271,17 @@ impl ControlPlane {
 
     /// [`ControlPlane::kubectl`] with `input` on its stdin (`apply -f -`).
     pub fn kubectl_with_input(&self, args: &[&str], input: Option<&str>) -> Result<String> {
-        use std::io::Write;
-        let mut command = Command::new(self.config.bin_dir.join("kubectl"));
-        command
-            .arg(format!("--kubeconfig={}", self.admin_kubeconfig.display()))
-            .args(args)
-            .stdin(if input.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        in_netns(&mut command, &self.config.netns, false)?;
-        let mut child = command.spawn().context("starting kubectl")?;
-        if let Some(input) = input {
-            child
-                .stdin
-                .take()
-                .context("kubectl's stdin")?
-                .write_all(input.as_bytes())?;
+        kubectl(&self.kubectl_target(), args, input)
+    }
+
+    /// Where kubectl runs and with which identity, to reach this control
+    /// plane as the administrator after it is detached.
+    pub fn kubectl_target(&self) -> KubectlTarget {
+        KubectlTarget {
+            bin_dir: self.config.bin_dir.clone(),
+            kubeconfig: self.admin_kubeconfig.clone(),
+            netns: self.config.netns.clone(),
         }
-        let output = child.wait_with_output()?;
-        if !output.status.success() {
-            bail!(
-                "kubectl {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     /// The API server's URL.
@@ -327,6 +317,112 @@ impl ControlPlane {
             }
         }
     }
+}
+
+impl ControlPlane {
+    /// Leaves the processes running beyond this value (a lab's control
+    /// plane outlives the weftctl that started it) and returns them by name
+    /// and pid, in start order, for [`stop_detached`].
+    pub fn detach(mut self) -> Vec<(String, u32)> {
+        std::mem::take(&mut self.processes)
+            .into_iter()
+            .map(|(name, child)| (name.to_string(), child.id()))
+            .collect()
+    }
+}
+
+/// Whether `pid` is alive and is control-plane process `name` started
+/// with its files in `dir` (a recorded pid may have been reused since).
+pub fn is_process_of(pid: u32, name: &str, dir: &Path) -> bool {
+    if crate::process::is_zombie(pid) {
+        return false;
+    }
+    let Some(args) = crate::process::cmdline(pid) else {
+        return false;
+    };
+    let dir = dir.display().to_string();
+    args.first()
+        .is_some_and(|a| Path::new(a).file_name().is_some_and(|f| f == name))
+        && args.iter().skip(1).any(|a| a.contains(&dir))
+}
+
+/// Ends detached control-plane processes (`(name, pid)` in start order,
+/// as [`ControlPlane::detach`] gave them), the last started first: only
+/// those that still are that process of `dir`; SIGTERM, then SIGKILL after
+/// 5 s. Returns how many were running.
+pub fn stop_detached(processes: &[(String, u32)], dir: &Path) -> Result<usize> {
+    use nix::sys::signal::{Signal, kill};
+    let mut stopped = 0;
+    for (name, pid) in processes.iter().rev() {
+        if !is_process_of(*pid, name, dir) {
+            continue;
+        }
+        stopped += 1;
+        let target = nix::unistd::Pid::from_raw(*pid as i32);
+        let _ = kill(target, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while is_process_of(*pid, name, dir) {
+            if Instant::now() >= deadline {
+                eprintln!("control plane: {name} (pid {pid}) killed after 5 s");
+                let _ = kill(target, Signal::SIGKILL);
+                let gone = Instant::now() + Duration::from_secs(5);
+                while is_process_of(*pid, name, dir) {
+                    if Instant::now() >= gone {
+                        bail!("{name} (pid {pid}) is still alive 5 s after SIGKILL");
+                    }
+                    thread::sleep(Duration::from_millis(20));
+                }
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(stopped)
+}
+
+/// How to run kubectl against a control plane: the binary's directory,
+/// the kubeconfig, and the network namespace it runs in (where the API
+/// server's address is reachable).
+#[derive(Debug, Clone)]
+pub struct KubectlTarget {
+    pub bin_dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub netns: String,
+}
+
+/// Runs kubectl with `args` (and `input` on its stdin, for `-f -`); its
+/// stdout, or its stderr as the error.
+pub fn kubectl(target: &KubectlTarget, args: &[&str], input: Option<&str>) -> Result<String> {
+    use std::io::Write;
+    let mut command = Command::new(target.bin_dir.join("kubectl"));
+    command
+        .arg(format!("--kubeconfig={}", target.kubeconfig.display()))
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    in_netns(&mut command, &target.netns, false)?;
+    let mut child = command.spawn().context("starting kubectl")?;
+    if let Some(input) = input {
+        child
+            .stdin
+            .take()
+            .context("kubectl's stdin")?
+            .write_all(input.as_bytes())?;
+    }
+    let output = child.wait_with_output()?;
+    if !output.status.success() {
+        bail!(
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 impl Drop for ControlPlane {

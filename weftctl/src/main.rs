@@ -204,9 +204,24 @@ enum LabCommand {
         /// forwarded by the node's stack. Default: the agent's own default.
         #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
         direct_redirect: Option<bool>,
+        /// Run a Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager from
+        /// the repository's .tools/control-plane-*/bin, built by scripts/build-control-plane.sh)
+        /// in netns <lab>-kube on the underlay (198.18.0.250), and run the agents on it
+        /// (`--datastore kubernetes`, the weft-agent ServiceAccount's token and RBAC) instead of
+        /// the directory store. The lab plays the kubelet: it registers each Node (InternalIP:
+        /// its underlay address; pod CIDR: the controller manager's node IPAM), creates each
+        /// pod's Pod object before the CNI ADD and writes its status after. `lab apply`,
+        /// `delete` and `label` then go through kubectl; `lab kubeconfig` prints the
+        /// administrator's kubeconfig.
+        #[arg(long)]
+        kubernetes: bool,
     },
-    /// Tear the lab down: its agents, namespaces, bpffs pins and state directory. Idempotent.
+    /// Tear the lab down: its agents, control plane, namespaces, bpffs pins and state
+    /// directory. Idempotent.
     Down,
+    /// Print the path of a Kubernetes lab's administrator kubeconfig (for
+    /// `kubectl --kubeconfig`, run inside `ip netns exec <lab>-kube` or any lab node).
+    Kubeconfig,
     /// Show the lab's fabric (and route reflectors, if any), nodes (with live agent pids) and pods.
     Status {
         /// Print JSON: {"fabric":{..},"route_reflectors":[..],"nodes":[..],"pods":[..]}.
@@ -545,6 +560,7 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
             cross_subnet,
             direct_redirect,
             underlay_subnets,
+            kubernetes,
         } => {
             let started = Instant::now();
             let bin_dir = match bin_dir {
@@ -563,6 +579,7 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
                 cross_subnet,
                 direct_redirect,
                 underlay_subnets,
+                kubernetes,
             };
             let state = lab::up(&lab, &options)?;
             print!(
@@ -589,6 +606,10 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
                     ""
                 }
             );
+        }
+        LabCommand::Kubeconfig => {
+            let state = lab.load()?;
+            println!("{}", lab::kubernetes::admin_kubeconfig(&state)?.display());
         }
         LabCommand::Apply { file } => {
             let text = if file.as_os_str() == "-" {
