@@ -251,6 +251,26 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// kubectl as the administrator of a Kubernetes lab (`lab up
+    /// --kubernetes`), with `input` on its stdin; its stdout, or kubectl's
+    /// error.
+    pub fn try_kubectl(&self, args: &[&str], input: Option<&str>) -> Result<String, String> {
+        let state = self.lab().load().expect("the lab's record");
+        let kube = state
+            .kubernetes
+            .as_ref()
+            .unwrap_or_else(|| panic!("lab {} is not a Kubernetes lab", self.name));
+        weft_lab::kubernetes::kubectl(kube, args, input).map_err(|e| format!("{e:#}"))
+    }
+
+    /// [`Lab::try_kubectl`] that fails the test on an error.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        self.try_kubectl(args, None)
+            .unwrap_or_else(|e| panic!("lab {}: {e}", self.name))
+    }
+}
+
 /// Lines of each agent's log shown when a test fails on a lab.
 const FAILURE_LOG_LINES: usize = 60;
 
