@@ -120,13 +120,18 @@ impl ControlPlane {
         let pki = Pki::write(&config.dir.join("pki"), config.address)?;
         let server = format!("https://{}:{API_PORT}", config.address);
         let admin_kubeconfig = config.dir.join("admin.kubeconfig");
-        write_kubeconfig(&admin_kubeconfig, &server, &pki.ca_cert, &pki.admin)?;
+        write_kubeconfig(
+            &admin_kubeconfig,
+            &server,
+            &pki.ca_cert,
+            pki.admin.credentials(),
+        )?;
         let cm_kubeconfig = config.dir.join("controller-manager.kubeconfig");
         write_kubeconfig(
             &cm_kubeconfig,
             &server,
             &pki.ca_cert,
-            &pki.controller_manager,
+            pki.controller_manager.credentials(),
         )?;
 
         let mut plane = ControlPlane {
@@ -438,6 +443,15 @@ struct KeyPair {
     key: PathBuf,
 }
 
+impl KeyPair {
+    fn credentials(&self) -> Credentials<'_> {
+        Credentials::Certificate {
+            cert: &self.cert,
+            key: &self.key,
+        }
+    }
+}
+
 /// The cluster's certificates and the service-account signing key.
 struct Pki {
     ca_cert: PathBuf,
@@ -597,8 +611,33 @@ fn openssl(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// A kubeconfig for `user`'s client certificate against `server`.
-fn write_kubeconfig(path: &Path, server: &str, ca_cert: &Path, user: &KeyPair) -> Result<()> {
+/// Who a kubeconfig authenticates as.
+#[derive(Debug, Clone, Copy)]
+pub enum Credentials<'a> {
+    /// A client certificate and its key (the subject is the identity).
+    Certificate { cert: &'a Path, key: &'a Path },
+    /// A bearer token (a ServiceAccount's).
+    Token(&'a str),
+}
+
+/// A kubeconfig for `user` against `server`, trusting `ca_cert`; readable
+/// by its owner only, as it may hold a token.
+pub fn write_kubeconfig(
+    path: &Path,
+    server: &str,
+    ca_cert: &Path,
+    user: Credentials,
+) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let user = match user {
+        Credentials::Certificate { cert, key } => format!(
+            "client-certificate: {}\n    client-key: {}",
+            cert.display(),
+            key.display()
+        ),
+        Credentials::Token(token) => format!("token: {token}"),
+    };
     let text = format!(
         "apiVersion: v1
 kind: Config
@@ -610,16 +649,20 @@ clusters:
 users:
 - name: user
   user:
-    client-certificate: {cert}
-    client-key: {key}
+    {user}
 contexts:
 - name: weft-lab
   context: {{cluster: weft-lab, user: user}}
 current-context: weft-lab
 ",
         ca = ca_cert.display(),
-        cert = user.cert.display(),
-        key = user.key.display(),
     );
-    fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    let _ = fs::remove_file(path);
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))
 }

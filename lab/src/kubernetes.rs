@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
-use crate::control_plane::{self, ControlPlane, ControlPlaneConfig, KubectlTarget};
+use crate::control_plane::{self, ControlPlane, ControlPlaneConfig, Credentials, KubectlTarget};
 use crate::plan;
 use crate::state::{Kubernetes, LabState, Node, Pod};
 use crate::topology;
@@ -170,12 +170,8 @@ pub fn stop(state_dir: &Path, recorded: Option<&Kubernetes>) -> Result<usize> {
 
 /// The control-plane components running with their files in `dir`.
 fn running(dir: &Path) -> Vec<(String, u32)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    crate::process::pids()
+        .into_iter()
         .filter_map(|pid| {
             COMPONENTS
                 .iter()
@@ -286,10 +282,8 @@ fn wait_pod_cidr(
 }
 
 /// `<node state>/kubeconfig`: the API server, the cluster CA, and a token
-/// of the weft-agent ServiceAccount, readable by root only.
+/// of the weft-agent ServiceAccount.
 fn write_agent_kubeconfig(kube: &Kubernetes, node: &Node) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let token = kubectl(
         kube,
         &[
@@ -303,39 +297,14 @@ fn write_agent_kubeconfig(kube: &Kubernetes, node: &Node) -> Result<()> {
         None,
     )
     .with_context(|| format!("creating a token for {AGENT_NAMESPACE}/{AGENT_SERVICE_ACCOUNT}"))?;
-    let text = format!(
-        "apiVersion: v1
-kind: Config
-clusters:
-- name: weft-lab
-  cluster:
-    server: https://{address}:{port}
-    certificate-authority: {ca}
-users:
-- name: {AGENT_SERVICE_ACCOUNT}
-  user:
-    token: {token}
-contexts:
-- name: weft-lab
-  context: {{cluster: weft-lab, user: {AGENT_SERVICE_ACCOUNT}}}
-current-context: weft-lab
-",
-        address = kube.address,
-        port = control_plane::API_PORT,
-        ca = kube.dir.join("pki").join("ca.crt").display(),
-        token = token.trim(),
-    );
     std::fs::create_dir_all(&node.state_dir)
         .with_context(|| format!("creating {}", node.state_dir.display()))?;
-    let path = node.kubeconfig();
-    let _ = std::fs::remove_file(&path);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
-        .with_context(|| format!("writing {}", path.display()))
+    control_plane::write_kubeconfig(
+        &node.kubeconfig(),
+        &format!("https://{}:{}", kube.address, control_plane::API_PORT),
+        &kube.dir.join("pki").join("ca.crt"),
+        Credentials::Token(token.trim()),
+    )
 }
 
 /// Removes node `name`'s Node object (and with it, for the other agents,
