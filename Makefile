@@ -7,8 +7,12 @@ CARGO ?= $(shell command -v cargo 2>/dev/null || echo /usr/bin/cargo)
 RELEASE := target/release
 WEFTCTL := $(RELEASE)/weftctl
 export WEFT_BIN_DIR := $(CURDIR)/$(RELEASE)
+# The image `make image` builds and deploy/daemonset.yaml runs (a test keeps
+# them equal). "localhost/": the name podman gives a local image, which
+# containerd keeps as it is when the archive is loaded into a node.
+IMAGE := localhost/weft:dev
 
-.PHONY: all deps ebpf build control-plane test demo demo-down bench clean
+.PHONY: all deps ebpf build image control-plane test demo demo-down bench clean
 
 all: build
 
@@ -21,6 +25,12 @@ ebpf: deps
 # weft-agent, weft-cni and weftctl in target/release/ (the eBPF object is embedded in weft-agent).
 build: ebpf
 	$(CARGO) build --release --workspace --bins
+
+# An image holding weft-agent, weft-cni and weftctl, built from their files
+# and the shared libraries they load (no base image is pulled), saved as
+# target/weft-image.tar for `kind load image-archive` or `ctr images import`.
+image: build
+	@IMAGE=$(IMAGE) bash scripts/build-image.sh
 
 # The Kubernetes control plane the tests run against (etcd, kube-apiserver,
 # kube-controller-manager, kubectl), built with Go into .tools once per version.

@@ -13,6 +13,8 @@ PACKAGES=(
   iperf3
   # a real libcni runtime for the conformance test
   podman containernetworking-plugins runc busybox-static
+  # the image test imports `make image`'s archive as `kind load` does
+  containerd
   # real BGP peers for the route distributor's tests
   bird2 gobgpd
   # the test control plane's certificates (lab/src/control_plane.rs)

@@ -8,7 +8,20 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 use ipnetwork::Ipv4Network;
 
+use crate::node_ip::{NodeIpChoice, NodeIpMethod};
+
 pub use weft_model::Encap;
+
+/// Where the agent reads the cluster from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DatastoreKind {
+    /// The embedded directory store (`--datastore-dir`), shared by the
+    /// agents of one machine: the lab and the demo.
+    Local,
+    /// The Kubernetes API server: Nodes, Pods, Namespaces,
+    /// NetworkPolicies and Weft's BGPPeers.
+    Kubernetes,
+}
 
 /// How the agent learns the routes to other nodes' pod CIDRs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -35,19 +48,42 @@ State it finds in the kernel from a previous run (routes with Weft's protocol nu
 interfaces, pins under --bpffs-dir) is adopted, not flushed; only stale Weft-owned objects are removed."
 )]
 pub struct Config {
-    /// This node's name in the cluster.
+    /// This node's name in the cluster (the Node object's, in Kubernetes).
     #[arg(long, env = "WEFT_NODE_NAME")]
     pub node_name: String,
-    /// The node's pod CIDR (Node.spec.podCIDR in Kubernetes).
+    /// Where the cluster is read from.
+    #[arg(long, env = "WEFT_DATASTORE", value_enum, default_value = "local")]
+    pub datastore: DatastoreKind,
+    /// The kubeconfig file for `--datastore kubernetes` [default: the
+    /// pod's service account (in-cluster configuration)].
+    #[arg(long, env = "WEFT_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The node's pod CIDR. Required with `--datastore local`; with
+    /// `kubernetes` it is the Node's spec.podCIDR (the controller manager's
+    /// node IPAM), and this flag, if given, must equal it.
     #[arg(long, env = "WEFT_POD_CIDR")]
-    pub pod_cidr: Ipv4Network,
-    /// The interface towards the underlay.
-    #[arg(long, env = "WEFT_UPLINK", default_value = "eth0")]
-    pub uplink: String,
-    /// The node's underlay address [default: the uplink's first IPv4 address].
+    pub pod_cidr: Option<Ipv4Network>,
+    /// The interface towards the underlay [default: the interface holding
+    /// the node address; `eth0` with `--datastore local` and no --node-ip].
+    #[arg(long, env = "WEFT_UPLINK")]
+    pub uplink: Option<String>,
+    /// The node's underlay address, taken as given (overrides --node-ip).
     #[arg(long, env = "WEFT_UNDERLAY_IP")]
     pub underlay_ip: Option<Ipv4Addr>,
-    /// The datastore directory shared by the cluster's agents (local embedded store).
+    /// How the node's underlay address is found: `kubernetes-internal-ip`
+    /// (the Node's InternalIP), `first-found` (the first IPv4 address of an
+    /// interface that is not a container, tunnel or bridge device),
+    /// `interface=REGEX`, or `can-reach=IPV4` (the source address of the
+    /// route there). [default: kubernetes-internal-ip with `--datastore
+    /// kubernetes`; else the --uplink's first IPv4 address]
+    #[arg(long, env = "WEFT_NODE_IP", value_parser = crate::node_ip::parse_method, conflicts_with = "underlay_ip")]
+    pub node_ip: Option<NodeIpMethod>,
+    /// Where `/healthz` (the agent and its loops are alive) and `/readyz`
+    /// (first sync, first pass and every expected BGP session up) are
+    /// served over plain HTTP.
+    #[arg(long, env = "WEFT_HEALTH_ADDRESS", default_value = "127.0.0.1:9099")]
+    pub health_address: std::net::SocketAddr,
+    /// The datastore directory shared by the cluster's agents (`--datastore local`).
     #[arg(
         long,
         env = "WEFT_DATASTORE_DIR",
@@ -168,6 +204,20 @@ fn parse_asn(s: &str) -> Result<u32, String> {
 }
 
 impl Config {
+    /// How this run chooses the node address (see `--node-ip`).
+    pub fn node_ip_choice(&self) -> NodeIpChoice {
+        match (&self.underlay_ip, &self.node_ip, self.datastore) {
+            (Some(ip), _, _) => NodeIpChoice::Given(*ip),
+            (None, Some(method), _) => NodeIpChoice::Method(method.clone()),
+            (None, None, DatastoreKind::Kubernetes) => {
+                NodeIpChoice::Method(NodeIpMethod::KubernetesInternalIp)
+            }
+            (None, None, DatastoreKind::Local) => {
+                NodeIpChoice::UplinkFirst(self.uplink.clone().unwrap_or_else(|| "eth0".into()))
+            }
+        }
+    }
+
     /// The pod MTU: the flag if given, else what the uplink leaves after encapsulation.
     pub fn pod_mtu(&self, uplink_mtu: u32) -> u32 {
         self.mtu
@@ -194,7 +244,10 @@ mod tests {
     #[test]
     fn flags_parse_and_defaults_hold() {
         let c = parse(&[]).unwrap();
-        assert_eq!(c.uplink, "eth0");
+        assert_eq!(c.uplink, None);
+        assert_eq!(c.datastore, DatastoreKind::Local);
+        assert!(matches!(c.node_ip_choice(), NodeIpChoice::UplinkFirst(u) if u == "eth0"));
+        assert_eq!(c.health_address, "127.0.0.1:9099".parse().unwrap());
         assert_eq!(c.encap, Encap::Ipip);
         assert!(!c.cross_subnet);
         assert_eq!(c.pod_mtu(1500), 1480);
@@ -254,5 +307,36 @@ mod tests {
         );
         assert!(parse(&["--as-number", "23456"]).is_err());
         assert!(parse(&["--as-number", "0"]).is_err());
+        assert!(parse(&["--datastore", "etcd"]).is_err());
+        assert!(parse(&["--node-ip", "somewhere"]).is_err());
+        assert!(
+            parse(&["--node-ip", "first-found", "--underlay-ip", "198.18.0.1"]).is_err(),
+            "one way to choose the address"
+        );
+    }
+
+    #[test]
+    fn the_node_address_method_follows_the_flags_and_the_datastore() {
+        let k8s = Config::try_parse_from([
+            "weft-agent",
+            "--node-name",
+            "n1",
+            "--datastore",
+            "kubernetes",
+        ])
+        .unwrap();
+        assert_eq!(k8s.pod_cidr, None, "the Node's, in Kubernetes");
+        assert!(matches!(
+            k8s.node_ip_choice(),
+            NodeIpChoice::Method(NodeIpMethod::KubernetesInternalIp)
+        ));
+        let c = parse(&["--uplink", "ens5"]).unwrap();
+        assert!(matches!(c.node_ip_choice(), NodeIpChoice::UplinkFirst(u) if u == "ens5"));
+        let c = parse(&["--node-ip", "can-reach=198.18.0.1"]).unwrap();
+        assert_eq!(c.node_ip_choice().to_string(), "can-reach=198.18.0.1");
+        let c = parse(&["--underlay-ip", "198.18.0.7"]).unwrap();
+        assert!(
+            matches!(c.node_ip_choice(), NodeIpChoice::Given(ip) if ip == Ipv4Addr::new(198, 18, 0, 7))
+        );
     }
 }

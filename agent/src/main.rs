@@ -2,8 +2,10 @@
 
 mod config;
 mod drivers;
+mod health;
 mod ipam;
 mod node;
+mod node_ip;
 mod service;
 
 use std::path::Path;
@@ -17,13 +19,16 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnixListenerStream;
 
-use config::{Config, Routing};
+use clap::ValueEnum;
+use config::{Config, DatastoreKind, Routing};
 use drivers::{EndpointsDriver, KernelDrivers, RoutesDriver, TunnelDriver, VxlanDriver};
+use health::Health;
 use ipam::Ipam;
 use node::{Node, TunnelOptions};
 use weft_calc::restart::KeptRoutes;
 use weft_dataplane::link::Netlink;
-use weft_datastore::{Datastore, SourceEvent};
+use weft_datastore::kubernetes::{KubernetesSource, convert};
+use weft_datastore::{ClusterSource, Datastore, SourceEvent};
 use weft_model::NodeRecord;
 
 fn main() -> anyhow::Result<()> {
@@ -45,27 +50,51 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let uplink = weft_dataplane::uplink::lookup(&config.uplink)
+    // The probes answer from the start: a wait for the API server is not death.
+    let health = Health::new(liveness_limit(&config));
+    let health_listener = tokio::net::TcpListener::bind(config.health_address)
         .await
-        .with_context(|| format!("uplink {}", config.uplink))?;
-    let underlay_ip = match (config.underlay_ip, uplink.ip()) {
-        (Some(ip), _) | (None, Some(ip)) => ip,
+        .with_context(|| format!("health address {}", config.health_address))?;
+    let health_server = tokio::spawn(health::serve(health_listener, health.clone()));
+    let _health_server = AbortOnDrop(health_server);
+
+    let (source, kubernetes, pod_cidr, internal_ip) = open_source(&config, &health).await?;
+    let node_ip = node_ip::detect(&config.node_ip_choice(), internal_ip).await?;
+    let uplink_name = match (&config.uplink, &node_ip.interface) {
+        (Some(name), _) | (None, Some(name)) => name.clone(),
         (None, None) => bail!(
-            "uplink {} has no IPv4 address; give --underlay-ip",
-            uplink.name
+            "node address {}: no interface holds it; name the uplink with --uplink",
+            node_ip.address
         ),
     };
+    let uplink = weft_dataplane::uplink::lookup(&uplink_name, Some(node_ip.address))
+        .await
+        .with_context(|| format!("uplink {uplink_name}"))?;
+    if let Some(internal) = internal_ip.filter(|ip| *ip != node_ip.address) {
+        // Other nodes read this node's address from its Node object.
+        tracing::warn!(%internal, chosen = %node_ip.address, "the Node's InternalIP is not the chosen node address: other nodes reach this node at its InternalIP");
+    }
+    let underlay_ip = node_ip.address;
     let mtu = config.pod_mtu(uplink.mtu);
     let me = NodeRecord {
         name: config.node_name.clone(),
         underlay_ip,
-        pod_cidr: config.pod_cidr,
+        pod_cidr,
     };
-    tracing::info!(node = %me.name, %underlay_ip, pod_cidr = %me.pod_cidr, uplink = %uplink.name, mtu, encap = ?config.encap, cross_subnet = config.cross_subnet, direct_redirect = config.direct_redirect, "starting");
+    let datastore_name = config
+        .datastore
+        .to_possible_value()
+        .expect("every datastore has a name")
+        .get_name()
+        .to_string();
+    tracing::info!(node = %me.name, datastore = %datastore_name, %underlay_ip, why = %node_ip.reason, pod_cidr = %me.pod_cidr, uplink = %uplink.name, mtu, encap = ?config.encap, cross_subnet = config.cross_subnet, direct_redirect = config.direct_redirect, "starting");
+    let origin = node::Origin {
+        datastore: datastore_name,
+        address_reason: node_ip.reason.clone(),
+    };
 
     enable_forwarding().context("cannot enable IPv4 forwarding in this network namespace")?;
-    let ipam = Ipam::open(&config.state_dir.join("ipam"), config.pod_cidr)?;
-    let datastore = Datastore::open(&config.datastore_dir)?;
+    let ipam = Ipam::open(&config.state_dir.join("ipam"), pod_cidr)?;
     let guard = weft_dataplane::bpf::PodGuard::load(&config.bpffs_dir)
         .with_context(|| format!("eBPF pod guard (pins under {})", config.bpffs_dir.display()))?;
     let routes = weft_dataplane::route::RouteTable::open()?;
@@ -115,10 +144,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
         mtu,
         options,
         ipam,
-        Box::new(datastore),
+        Box::new(source),
         config.state_dir.join("endpoints"),
         drivers,
         bgp,
+        origin,
     )?);
 
     // Watch before the first pass's snapshot, so no change falls between.
@@ -128,6 +158,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // Adopt what a previous run left before serving anyone.
     let report = node.reconcile(true).await.context("first reconcile")?;
     tracing::info!(?report, "kernel state adopted");
+    health.node_started(node.clone());
+    let network_condition = kubernetes.map(|k| NetworkCondition::new(k, &node.me.name));
 
     let listener = bind(&config.socket)?;
     let service = weft_proto::AgentServer::new(service::AgentService::new(node.clone()));
@@ -146,6 +178,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     loop {
+        health.beat();
         let full = tokio::select! {
             _ = resync.tick() => true,
             Some(event) = source_rx.recv() => {
@@ -175,7 +208,11 @@ async fn run(config: Config) -> anyhow::Result<()> {
             _ = stop_rx.changed() => break,
         };
         match node.reconcile(full).await {
-            Ok(_) => {}
+            Ok(_) => {
+                if let Some(condition) = &network_condition {
+                    condition.ensure();
+                }
+            }
             // Without its speaker the node would quietly stop exchanging
             // routes: end, so the DaemonSet restarts the agent (peers keep
             // the routes meanwhile, graceful restart).
@@ -204,6 +241,125 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let _ = server.await;
     let _ = std::fs::remove_file(&config.socket);
     Ok(())
+}
+
+/// No heartbeat for this long is a dead agent: three resync periods and a
+/// minute, so a slow pass is not death.
+fn liveness_limit(config: &Config) -> Duration {
+    Duration::from_secs(3 * config.resync_seconds + 60)
+}
+
+/// Aborts a task when dropped (the health server ends with `run`).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What the datastore gives the start: the source, its typed handle in
+/// Kubernetes mode, this node's pod CIDR and (Kubernetes) its InternalIP.
+type Opened = (
+    Arc<dyn ClusterSource>,
+    Option<Arc<KubernetesSource>>,
+    ipnetwork::Ipv4Network,
+    Option<std::net::Ipv4Addr>,
+);
+
+/// Opens the datastore `--datastore` names. With Kubernetes it waits,
+/// as long as it takes, until every kind is listed and this node's Node
+/// has its pod CIDR: until then nothing is known, and the kernel state a
+/// previous run left stays as it is, forwarding.
+async fn open_source(config: &Config, health: &Health) -> anyhow::Result<Opened> {
+    match config.datastore {
+        DatastoreKind::Local => {
+            let pod_cidr = config
+                .pod_cidr
+                .context("--pod-cidr is required with --datastore local")?;
+            let store = Datastore::open(&config.datastore_dir)?;
+            Ok((Arc::new(store), None, pod_cidr, None))
+        }
+        DatastoreKind::Kubernetes => {
+            let client = weft_datastore::kubernetes::connect(config.kubeconfig.as_deref())
+                .await
+                .context("the Kubernetes API")?;
+            let source = Arc::new(KubernetesSource::start(client));
+            let name = &config.node_name;
+            let mut waited = 0u64;
+            let (pod_cidr, internal_ip) = loop {
+                let waiting = if !source.is_synced() {
+                    "the first complete list of the Kubernetes API".to_string()
+                } else {
+                    match source.node(name) {
+                        None => format!("Node {name} to exist"),
+                        Some(node) => match convert::pod_cidr(&node)? {
+                            Some(cidr) => break (cidr, convert::internal_ip(&node)),
+                            None => format!(
+                                "Node {name}'s spec.podCIDR (the controller manager's node IPAM)"
+                            ),
+                        },
+                    }
+                };
+                health.waiting_for(format!("waiting for {waiting}"));
+                if waited.is_multiple_of(100) {
+                    tracing::info!("waiting for {waiting}");
+                }
+                waited += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            if let Some(given) = config.pod_cidr.filter(|c| *c != pod_cidr) {
+                bail!("--pod-cidr {given} is not Node {name}'s spec.podCIDR {pod_cidr}");
+            }
+            Ok((source.clone(), Some(source), pod_cidr, internal_ip))
+        }
+    }
+}
+
+/// This node's `NetworkUnavailable=False`, kept so level-triggered: after
+/// a pass, if the Node does not say it, one patch is sent in the
+/// background (an API server that is away must not stall the loop).
+struct NetworkCondition {
+    source: Arc<KubernetesSource>,
+    node: String,
+    in_flight: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl NetworkCondition {
+    fn new(source: Arc<KubernetesSource>, node: &str) -> NetworkCondition {
+        NetworkCondition {
+            source,
+            node: node.to_string(),
+            in_flight: Arc::default(),
+        }
+    }
+
+    fn ensure(&self) {
+        use std::sync::atomic::Ordering;
+        if self.source.network_available(&self.node) || self.in_flight.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let (source, node, in_flight) = (
+            self.source.clone(),
+            self.node.clone(),
+            self.in_flight.clone(),
+        );
+        tokio::spawn(async move {
+            let patch = source.set_network_available(&node);
+            match tokio::time::timeout(Duration::from_secs(10), patch).await {
+                Ok(Ok(())) => tracing::info!(node, "Node condition NetworkUnavailable=False set"),
+                Ok(Err(e)) => {
+                    tracing::warn!(node, error = %e, "cannot set the Node's NetworkUnavailable condition; retrying after the next pass")
+                }
+                Err(_) => tracing::warn!(
+                    node,
+                    "the API server did not answer the Node condition patch; retrying after the next pass"
+                ),
+            }
+            in_flight.store(false, Ordering::Release);
+        });
+    }
 }
 
 type BgpEvents = tokio::sync::mpsc::UnboundedReceiver<weft_bgp::shell::ShellEvent>;

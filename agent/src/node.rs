@@ -65,6 +65,15 @@ pub struct TunnelOptions {
     pub service_range: ipnetwork::Ipv4Network,
 }
 
+/// Where the node's facts come from, as `weftctl status` shows them.
+#[derive(Clone, Debug, Default)]
+pub struct Origin {
+    /// `local` or `kubernetes`.
+    pub datastore: String,
+    /// Why the node address is the one it is.
+    pub address_reason: String,
+}
+
 /// What passes read and write, one pass at a time.
 pub struct PassState {
     pub drivers: KernelDrivers,
@@ -125,10 +134,31 @@ pub struct Node {
     pub state: tokio::sync::Mutex<PassState>,
     /// `None` in routing mode `static`.
     pub bgp: Option<Bgp>,
+    /// Where the cluster is read from and why the node address is what
+    /// it is, for operators.
+    pub origin: Origin,
     ready: AtomicBool,
     /// The digest of the policy inputs whose maps are programmed (see
     /// [`weft_calc::policy::digest`]); `None` before the first.
     policy_digest: Mutex<Option<String>>,
+}
+
+/// Why a local pod's labels and ports cannot be had from its Pod object.
+#[derive(Debug, thiserror::Error)]
+pub enum PodMetadataError {
+    #[error(
+        "CNI_ARGS names no pod (K8S_POD_NAMESPACE and K8S_POD_NAME): with --datastore \
+         kubernetes a pod's labels, which policies select it by, come from its Pod object"
+    )]
+    NotNamed,
+    #[error(
+        "Pod {pod} is not known to the agent's watch of the API server after {waited:?}: \
+         its labels, which policies select it by, are unknown"
+    )]
+    Unknown {
+        pod: String,
+        waited: std::time::Duration,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +203,7 @@ impl Node {
         endpoints_dir: PathBuf,
         drivers: KernelDrivers,
         bgp: Option<Bgp>,
+        origin: Origin,
     ) -> Result<Node, ReconcileError> {
         let local = datastore::read_records::<EndpointRecord>(&endpoints_dir)?
             .into_iter()
@@ -204,6 +235,7 @@ impl Node {
                 policy_failed_closed: BTreeMap::new(),
             }),
             bgp,
+            origin,
             ready: AtomicBool::new(false),
             policy_digest: Mutex::new(None),
         })
@@ -234,14 +266,11 @@ impl Node {
         self.local().get(key).cloned()
     }
 
-    /// Records a local endpoint (file, then memory) and marks what it
+    /// Records a local endpoint (file, then memory, under one lock so a
+    /// concurrent change cannot leave the two apart) and marks what it
     /// touches; its host veth is looked up by name, one link.
     pub async fn save_endpoint(&self, ep: &EndpointRecord) -> Result<(), ReconcileError> {
-        let path = self.endpoints_dir.join(format!("{}.json", ep.key()));
-        let body = serde_json::to_vec_pretty(ep).expect("records serialize");
-        fsutil::write_atomic(&path, &body)
-            .map_err(|source| ReconcileError::Record { path, source })?;
-        self.local().insert(ep.key(), ep.clone());
+        self.write_endpoint(&mut self.local(), ep)?;
         self.endpoint_touched(
             &ep.host_ifname,
             Change::Upsert(Object::Endpoint(ep.clone())),
@@ -249,12 +278,29 @@ impl Node {
         .await
     }
 
+    fn write_endpoint(
+        &self,
+        local: &mut BTreeMap<String, EndpointRecord>,
+        ep: &EndpointRecord,
+    ) -> Result<(), ReconcileError> {
+        let path = self.endpoints_dir.join(format!("{}.json", ep.key()));
+        let body = serde_json::to_vec_pretty(ep).expect("records serialize");
+        fsutil::write_atomic(&path, &body)
+            .map_err(|source| ReconcileError::Record { path, source })?;
+        local.insert(ep.key(), ep.clone());
+        Ok(())
+    }
+
     /// Forgets a local endpoint; `false` if there was none.
     pub async fn forget_endpoint(&self, key: &str) -> Result<bool, ReconcileError> {
-        let path = self.endpoints_dir.join(format!("{key}.json"));
-        fsutil::remove_if_exists(&path)
-            .map_err(|source| ReconcileError::Record { path, source })?;
-        let Some(ep) = self.local().remove(key) else {
+        let removed = {
+            let mut local = self.local();
+            let path = self.endpoints_dir.join(format!("{key}.json"));
+            fsutil::remove_if_exists(&path)
+                .map_err(|source| ReconcileError::Record { path, source })?;
+            local.remove(key)
+        };
+        let Some(ep) = removed else {
             return Ok(false);
         };
         let gone = Change::Delete(ObjectId::Endpoint {
@@ -263,6 +309,74 @@ impl Node {
         });
         self.endpoint_touched(&ep.host_ifname, gone).await?;
         Ok(true)
+    }
+
+    /// How long a CNI ADD waits for its Pod to reach this agent's watch:
+    /// kubelet creates the sandbox only after it has seen the Pod, so the
+    /// agent's own watch is rarely far behind.
+    const POD_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+    /// `ep` with the labels and ports its Pod object gives it, where the
+    /// source owns them (Kubernetes); as it is otherwise.
+    pub async fn with_pod_metadata(
+        &self,
+        mut ep: EndpointRecord,
+    ) -> Result<EndpointRecord, PodMetadataError> {
+        if !self.source.owns_pod_metadata() {
+            return Ok(ep);
+        }
+        if ep.pod_namespace.is_empty() || ep.pod_name.is_empty() {
+            return Err(PodMetadataError::NotNamed);
+        }
+        let deadline = Instant::now() + Self::POD_WAIT;
+        loop {
+            if let Some(meta) = self.source.pod_metadata(&ep.pod_namespace, &ep.pod_name) {
+                ep.labels = meta.labels;
+                ep.ports = meta.ports;
+                return Ok(ep);
+            }
+            if Instant::now() >= deadline {
+                return Err(PodMetadataError::Unknown {
+                    pod: format!("{}/{}", ep.pod_namespace, ep.pod_name),
+                    waited: Self::POD_WAIT,
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Where the source owns pods' labels and ports, takes them into this
+    /// node's endpoint records; returns the changes to the cluster. A pod
+    /// the source no longer knows keeps its last labels until its CNI DEL.
+    fn adopt_pod_metadata(&self) -> Vec<Change> {
+        if !self.source.owns_pod_metadata() {
+            return Vec::new();
+        }
+        let mut changes = Vec::new();
+        let mut local = self.local();
+        let stale: Vec<EndpointRecord> = local
+            .values()
+            .filter_map(|ep| {
+                let meta = self.source.pod_metadata(&ep.pod_namespace, &ep.pod_name)?;
+                (meta.labels != ep.labels || meta.ports != ep.ports).then(|| EndpointRecord {
+                    labels: meta.labels,
+                    ports: meta.ports,
+                    ..ep.clone()
+                })
+            })
+            .collect();
+        for ep in stale {
+            match self.write_endpoint(&mut local, &ep) {
+                Ok(()) => {
+                    tracing::info!(pod = %format!("{}/{}", ep.pod_namespace, ep.pod_name), labels = ?ep.labels, "endpoint labels and ports from its Pod");
+                    changes.push(Change::Upsert(Object::Endpoint(ep)));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot record the Pod's labels; retried on the next pass")
+                }
+            }
+        }
+        changes
     }
 
     /// A local endpoint or its veth changed (`change`): refresh that one
@@ -295,7 +409,15 @@ impl Node {
         let mut st = self.state.lock().await;
         for event in events {
             let touched = match event {
-                SourceEvent::Changed(change) if self.is_own_endpoint(&change) => continue,
+                // The source's own view of a local pod: only its labels
+                // and ports, where the source owns them, are news.
+                SourceEvent::Changed(change) if self.is_own_endpoint(&change) => {
+                    let mut touched = Touched::NOTHING;
+                    for change in self.adopt_pod_metadata() {
+                        touched = touched.union(st.cluster.apply(change));
+                    }
+                    touched
+                }
                 SourceEvent::Changed(change) => st.cluster.apply(change),
                 SourceEvent::Resync => {
                     let snapshot = self.source.snapshot()?;
@@ -327,6 +449,7 @@ impl Node {
             .partition(|e| e.node == self.me.name);
         st.published = own.into_iter().map(|e| (e.key(), e)).collect();
         snapshot.endpoints = others;
+        self.adopt_pod_metadata();
         snapshot.endpoints.extend(self.local_endpoints());
         st.cluster.reset(snapshot)
     }

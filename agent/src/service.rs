@@ -245,6 +245,8 @@ impl Agent for AgentService {
             netns: req.netns,
             ports,
         };
+        let ep = (self.node.with_pod_metadata(ep).await)
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
         self.node.save_endpoint(&ep).await.map_err(internal)?;
         let report = self.node.reconcile(false).await.map_err(internal)?;
         // The pass must have guarded and routed this pod; anything else is
@@ -266,6 +268,12 @@ impl Agent for AgentService {
         self.ready()?;
         let req = request.into_inner();
         let who = attachment(req.attachment.as_ref())?;
+        if self.node.source.owns_pod_metadata() {
+            return Err(Status::failed_precondition(
+                "a pod's labels come from its Pod object here (--datastore kubernetes): \
+                 change them there (kubectl label pod)",
+            ));
+        }
         let labels = labels(req.labels)?;
         let key = endpoint_key(&who.container_id, &who.ifname);
         let mut ep = self.node.local_endpoint(&key).ok_or_else(|| {
@@ -407,6 +415,9 @@ impl Agent for AgentService {
             endpoints,
             policy_digest: self.node.policy_digest().unwrap_or_default(),
             policy_endpoints_failed_closed: failed_closed,
+            datastore: self.node.origin.datastore.clone(),
+            node_address: self.node.me.underlay_ip.to_string(),
+            node_address_reason: self.node.origin.address_reason.clone(),
         }))
     }
 

@@ -14,6 +14,7 @@
 //! never needs ARP to leave.
 
 use crate::kernel::{KernelError, errno};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr};
@@ -21,6 +22,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
+use ipnetwork::Ipv4Network;
 use netlink_packet_route::AddressFamily;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage};
@@ -302,6 +304,34 @@ impl Netlink {
         addresses.sort();
         addresses.dedup();
         Ok(addresses)
+    }
+
+    /// Every IPv4 address with its prefix and the name of the link holding
+    /// it, in the kernel's order (by link, then as added): what node-address
+    /// detection chooses from.
+    pub async fn interface_addresses(&self) -> Result<Vec<(String, Ipv4Network)>, LinkError> {
+        let names: BTreeMap<u32, String> = self
+            .links()
+            .await?
+            .into_iter()
+            .map(|l| (l.index, l.name))
+            .collect();
+        let mut replies = self.handle.address().get().execute();
+        let mut out = Vec::new();
+        while let Some(msg) = replies
+            .try_next()
+            .await
+            .map_err(|e| KernelError::new("list addresses", "*", e))?
+        {
+            let (Some(ip), Some(name)) = (ipv4_address(&msg), names.get(&msg.header.index)) else {
+                continue;
+            };
+            if let Ok(net) = Ipv4Network::new(ip, msg.header.prefix_len) {
+                out.push((msg.header.index, name.clone(), net));
+            }
+        }
+        out.sort_by_key(|(index, _, _)| *index);
+        Ok(out.into_iter().map(|(_, name, net)| (name, net)).collect())
     }
 
     /// Deletes the link called `name`. Returns false if it was not there, so

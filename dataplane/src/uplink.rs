@@ -14,7 +14,8 @@ pub struct Uplink {
     pub name: String,
     pub ifindex: u32,
     pub mtu: u32,
-    /// The uplink's first IPv4 address with its subnet: the node's underlay address.
+    /// The node's underlay address on the uplink with its subnet (the
+    /// uplink's first IPv4 address when the node address is not its).
     pub address: Option<Ipv4Network>,
 }
 
@@ -32,17 +33,22 @@ pub enum UplinkError {
     },
 }
 
-/// Looks up the interface `name` in the calling task's network namespace.
-/// Must be called inside a tokio runtime.
-pub async fn lookup(name: &str) -> Result<Uplink, UplinkError> {
+/// Looks up the interface `name` in the calling task's network namespace;
+/// its [`Uplink::address`] is `node_ip`'s subnet when the interface holds
+/// it, else its first IPv4 address. Must be called inside a tokio runtime.
+pub async fn lookup(name: &str, node_ip: Option<Ipv4Addr>) -> Result<Uplink, UplinkError> {
     let (conn, handle, _) = rtnetlink::new_connection().map_err(UplinkError::Socket)?;
     let task = tokio::spawn(conn);
-    let result = lookup_with(&handle, name).await;
+    let result = lookup_with(&handle, name, node_ip).await;
     task.abort();
     result
 }
 
-async fn lookup_with(handle: &rtnetlink::Handle, name: &str) -> Result<Uplink, UplinkError> {
+async fn lookup_with(
+    handle: &rtnetlink::Handle,
+    name: &str,
+    node_ip: Option<Ipv4Addr>,
+) -> Result<Uplink, UplinkError> {
     let netlink = |source| UplinkError::Netlink {
         name: name.to_string(),
         source,
@@ -94,8 +100,12 @@ async fn lookup_with(handle: &rtnetlink::Handle, name: &str) -> Result<Uplink, U
             _ => None,
         });
         if let Some(ip) = ip {
-            address = Ipv4Network::new(ip, msg.header.prefix_len).ok();
-            break;
+            let net = Ipv4Network::new(ip, msg.header.prefix_len).ok();
+            if node_ip == Some(ip) {
+                address = net;
+                break;
+            }
+            address = address.or(net);
         }
     }
     Ok(Uplink {

@@ -5,13 +5,16 @@
 //! it reads.
 //!
 //! - [`local`]: the embedded directory store (one machine: the lab, the demo);
-//! - [`kubernetes`]: the API server's Nodes, Pods, Namespaces and
-//!   NetworkPolicies through reflectors (not yet selectable in the agent).
+//! - [`kubernetes`]: the API server's Nodes, Pods, Namespaces,
+//!   NetworkPolicies and BGPPeers through reflectors (`--datastore
+//!   kubernetes`).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
-use weft_model::{Change, EndpointRecord, NodeRecord, Snapshot};
+use weft_model::{Change, ContainerPort, EndpointRecord, NodeRecord, Snapshot};
 
 pub mod fsutil;
 pub mod kubernetes;
@@ -50,6 +53,14 @@ pub enum SourceEvent {
     Resync,
 }
 
+/// A pod's labels and container ports, as a source that is their
+/// authority holds them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodMetadata {
+    pub labels: BTreeMap<String, String>,
+    pub ports: Vec<ContainerPort>,
+}
+
 /// A running watch; dropping it stops it.
 pub struct Watch(#[allow(dead_code)] Box<dyn Send + Sync>);
 
@@ -72,4 +83,40 @@ pub trait ClusterSource: Send + Sync {
     fn publish_node(&self, node: &NodeRecord) -> Result<(), DatastoreError>;
     fn publish_endpoint(&self, ep: &EndpointRecord) -> Result<(), DatastoreError>;
     fn withdraw_endpoint(&self, node: &str, key: &str) -> Result<(), DatastoreError>;
+    /// Whether the source, not the CNI call, says which labels and ports
+    /// a node's own pods have (Kubernetes: the Pod object).
+    fn owns_pod_metadata(&self) -> bool {
+        false
+    }
+    /// Pod `namespace/name`'s labels and ports, where
+    /// [`ClusterSource::owns_pod_metadata`] and the pod is known.
+    fn pod_metadata(&self, _namespace: &str, _name: &str) -> Option<PodMetadata> {
+        None
+    }
+}
+
+/// A shared source is a source (the agent keeps a typed handle beside the
+/// node's).
+impl<T: ClusterSource + ?Sized> ClusterSource for Arc<T> {
+    fn snapshot(&self) -> Result<Snapshot, DatastoreError> {
+        (**self).snapshot()
+    }
+    fn watch(&self, tx: mpsc::UnboundedSender<SourceEvent>) -> Result<Watch, DatastoreError> {
+        (**self).watch(tx)
+    }
+    fn publish_node(&self, node: &NodeRecord) -> Result<(), DatastoreError> {
+        (**self).publish_node(node)
+    }
+    fn publish_endpoint(&self, ep: &EndpointRecord) -> Result<(), DatastoreError> {
+        (**self).publish_endpoint(ep)
+    }
+    fn withdraw_endpoint(&self, node: &str, key: &str) -> Result<(), DatastoreError> {
+        (**self).withdraw_endpoint(node, key)
+    }
+    fn owns_pod_metadata(&self) -> bool {
+        (**self).owns_pod_metadata()
+    }
+    fn pod_metadata(&self, namespace: &str, name: &str) -> Option<PodMetadata> {
+        (**self).pod_metadata(namespace, name)
+    }
 }

@@ -49,6 +49,11 @@ pub struct AgentStatus {
     /// Local endpoints denied everything because their policy could not
     /// be programmed (`weftctl policy show` says why).
     pub policy_endpoints_failed_closed: u32,
+    /// Where the agent reads the cluster from: `local` or `kubernetes`.
+    pub datastore: String,
+    /// The node's underlay address, and why it is that one.
+    pub node_address: String,
+    pub node_address_reason: String,
 }
 
 pub async fn status(socket: &Path, timeout: Duration) -> Result<AgentStatus> {
@@ -66,6 +71,9 @@ pub async fn status(socket: &Path, timeout: Duration) -> Result<AgentStatus> {
         endpoints: reply.endpoints,
         policy_digest: reply.policy_digest,
         policy_endpoints_failed_closed: reply.policy_endpoints_failed_closed,
+        datastore: reply.datastore,
+        node_address: reply.node_address,
+        node_address_reason: reply.node_address_reason,
     })
 }
 
@@ -272,6 +280,11 @@ pub fn render_status(status: &AgentStatus) -> String {
         vec!["node:".to_string(), status.node_name.clone()],
         vec!["ready:".to_string(), status.ready.to_string()],
         vec!["pod CIDR:".to_string(), status.pod_cidr.clone()],
+        vec!["datastore:".to_string(), status.datastore.clone()],
+        vec![
+            "node address:".to_string(),
+            format!("{} ({})", status.node_address, status.node_address_reason),
+        ],
         vec!["endpoints:".to_string(), status.endpoints.to_string()],
         vec![
             "policy failed closed:".to_string(),

@@ -61,6 +61,8 @@ pub struct ControlPlane {
     config: ControlPlaneConfig,
     /// The processes, in start order (stopped in reverse).
     processes: Vec<(&'static str, Child)>,
+    /// Each process's arguments, to start it again ([`ControlPlane::restart`]).
+    args: Vec<(&'static str, Vec<String>)>,
     /// An administrator's kubeconfig (group system:masters).
     pub admin_kubeconfig: PathBuf,
     /// How long it took until the API server was ready.
@@ -137,6 +139,7 @@ impl ControlPlane {
         let mut plane = ControlPlane {
             config,
             processes: Vec::new(),
+            args: Vec::new(),
             admin_kubeconfig,
             ready_after: Duration::ZERO,
         };
@@ -221,7 +224,10 @@ impl ControlPlane {
     /// Starts `name` in the namespace, logging to `<dir>/<name>.log`.
     fn spawn(&mut self, name: &'static str, args: Vec<String>) -> Result<()> {
         let log_path = self.log_path(name);
-        let log = fs::File::create(&log_path)
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
             .with_context(|| format!("creating {}", log_path.display()))?;
         let mut command = Command::new(self.config.bin_dir.join(name));
         command
@@ -234,6 +240,33 @@ impl ControlPlane {
             .spawn()
             .with_context(|| format!("starting {name} in {}", self.config.netns))?;
         self.processes.push((name, child));
+        self.args.retain(|(n, _)| *n != name);
+        self.args.push((name, args));
+        Ok(())
+    }
+
+    /// The process id of `name` (`kube-apiserver`, `etcd`, ...), to signal it.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        (self.processes.iter())
+            .find(|(n, _)| *n == name)
+            .map(|(_, child)| child.id())
+    }
+
+    /// Kills `name` (SIGKILL: a crash) and starts it again with the same
+    /// arguments; for the API server, waits until it is ready again.
+    pub fn restart(&mut self, name: &str) -> Result<()> {
+        let index = (self.processes.iter().position(|(n, _)| *n == name))
+            .with_context(|| format!("no control plane process {name}"))?;
+        let (name, mut child) = self.processes.remove(index);
+        let _ = child.kill();
+        child.wait()?;
+        let args = (self.args.iter().find(|(n, _)| *n == name))
+            .map(|(_, a)| a.clone())
+            .with_context(|| format!("{name}'s arguments"))?;
+        self.spawn(name, args)?;
+        if name == "kube-apiserver" {
+            self.wait_ready(Instant::now())?;
+        }
         Ok(())
     }
 
@@ -292,6 +325,26 @@ impl ControlPlane {
     /// The API server's URL.
     pub fn server(&self) -> String {
         format!("https://{}:{API_PORT}", self.config.address)
+    }
+
+    /// Writes a kubeconfig at `path` that authenticates as ServiceAccount
+    /// `namespace/name` with a token the API server issues for `hours`:
+    /// what a DaemonSet's pod is given, so its RBAC is exercised as is.
+    pub fn service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+        hours: u32,
+        path: &Path,
+    ) -> Result<()> {
+        let duration = format!("--duration={hours}h");
+        let token = self.kubectl(&["create", "token", name, "-n", namespace, &duration])?;
+        write_kubeconfig(
+            path,
+            &self.server(),
+            &self.ca_cert(),
+            Credentials::Token(token.trim()),
+        )
     }
 
     /// The cluster CA's certificate, for clients' kubeconfigs.

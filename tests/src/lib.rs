@@ -12,9 +12,11 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 pub mod capture;
+pub mod deploy;
 pub mod framegen;
 pub mod netpol_cases;
 pub mod peers;
+pub mod podman;
 
 pub use weft_lab::UpOptions;
 pub use weft_lab::probe::{Echo, ProbeError};

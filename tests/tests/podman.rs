@@ -4,78 +4,59 @@
 //! root, podman, runc and busybox-static (scripts/install-deps.sh).
 //!
 //! Podman runs under `nsenter --net` (not `ip netns exec`, which remounts
-//! /sys and hides the cgroup filesystem runc needs), with its own storage,
-//! run directory, containers.conf and network config directory, so the
-//! machine's own podman setup is neither used nor changed.
+//! /sys and hides the cgroup filesystem runc needs), on a store of the
+//! test's own ([`PodmanStore`]) with its own network config directory, so
+//! the machine's own podman setup is neither used nor changed.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
+
+use weft_tests::podman::PodmanStore;
 
 use weft_tests::*;
 
 struct Podman {
+    store: PodmanStore,
     node_netns: String,
-    dir: tempfile::TempDir,
 }
 
 impl Podman {
     fn new(lab: &Lab, node: &str) -> Podman {
-        let dir = tempfile::Builder::new()
-            .prefix("weft-podman-")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let root = dir.path();
-        std::fs::create_dir_all(root.join("net.d")).unwrap();
-        std::fs::write(
-            root.join("containers.conf"),
+        let node_netns = format!("/run/netns/{}", lab.node(node).netns);
+        let wrapper = vec!["nsenter".into(), format!("--net={node_netns}")];
+        let store = PodmanStore::new("weft-podman-", wrapper, |root| {
             format!(
-                "[network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{}\", \"/usr/lib/cni\"]\nnetwork_config_dir = \"{}\"\n\n\
-                 [engine]\nruntime = \"runc\"\ncgroup_manager = \"cgroupfs\"\nevents_logger = \"file\"\n",
+                "[network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{}\", \"/usr/lib/cni\"]\nnetwork_config_dir = \"{}\"\n",
                 bin_dir().display(),
                 root.join("net.d").display()
-            ),
-        )
-        .unwrap();
+            )
+        });
+        std::fs::create_dir_all(store.path().join("net.d")).unwrap();
         // libcni in podman 4.3 speaks CNI up to 1.0.0.
         let conflist = serde_json::json!({
             "cniVersion": "1.0.0",
             "name": "weft",
             "plugins": [{"type": "weft-cni", "agentSocket": lab.socket(node)}]
         });
-        std::fs::write(root.join("net.d/weft.conflist"), conflist.to_string()).unwrap();
-        Podman {
-            node_netns: format!("/run/netns/{}", lab.node(node).netns),
-            dir,
-        }
+        std::fs::write(
+            store.path().join("net.d/weft.conflist"),
+            conflist.to_string(),
+        )
+        .unwrap();
+        Podman { store, node_netns }
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        let root = self.dir.path();
-        Command::new("nsenter")
-            .arg(format!("--net={}", self.node_netns))
-            .arg("podman")
-            .arg("--root")
-            .arg(root.join("storage"))
-            .arg("--runroot")
-            .arg(root.join("run"))
-            .arg("--network-config-dir")
-            .arg(root.join("net.d"))
-            .args(["--runtime", "runc", "--cgroup-manager", "cgroupfs"])
-            .args(args)
-            .env("CONTAINERS_CONF", root.join("containers.conf"))
-            .env("TMPDIR", root)
-            .stdin(Stdio::null())
-            .output()
-            .expect("podman runs")
+        self.store.podman(args)
     }
 
     /// An image made offline from Debian's busybox-static.
     fn import_busybox(&self) {
-        let rootfs = self.dir.path().join("rootfs");
+        let rootfs = self.store.path().join("rootfs");
         std::fs::create_dir_all(rootfs.join("bin")).unwrap();
         std::fs::copy("/bin/busybox", rootfs.join("bin/busybox"))
             .expect("busybox-static is installed");
-        let tar = self.dir.path().join("busybox.tar");
+        let tar = self.store.path().join("busybox.tar");
         let out = Command::new("tar")
             .arg("-C")
             .arg(&rootfs)
@@ -91,17 +72,6 @@ impl Podman {
             "localhost/weft-busybox:test",
         ]);
         assert!(out.status.success(), "podman import: {}", show(&out));
-    }
-}
-
-impl Drop for Podman {
-    fn drop(&mut self) {
-        // Containers are --rm; this removes anything a failure left behind.
-        let _ = self.run(&["rm", "--all", "--force"]);
-        let _ = Command::new("umount")
-            .arg("-R")
-            .arg(self.dir.path().join("storage"))
-            .output();
     }
 }
 

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 
 use weft_lab::agent_api::{self, block_on};
 use weft_lab::{self as lab, LabRef, PodView, StatusView, cni, probe::ProbeConfig};
+use weftctl::install_cni;
 
 #[derive(Parser)]
 #[command(
@@ -30,7 +31,7 @@ enum Command {
         #[command(flatten)]
         agent: AgentTarget,
         /// Print JSON: {"ready","node_name","pod_cidr","message","endpoints","policy_digest",
-        /// "policy_endpoints_failed_closed"}.
+        /// "policy_endpoints_failed_closed","datastore","node_address","node_address_reason"}.
         #[arg(long)]
         json: bool,
     },
@@ -58,6 +59,31 @@ enum Command {
     Policy(PolicyCommand),
     /// Build, inspect and check a cluster of network namespaces on this machine.
     Lab(LabArgs),
+    /// Install weft-cni and its network config on this node (the DaemonSet's init container).
+    ///
+    /// Checks the config as weft-cni will read it (a .conflist whose first plugin is weft-cni,
+    /// or a single .conf/.json) and refuses a bad one, naming the field, before writing
+    /// anything. Each file goes through a temporary file in its directory and a rename, so
+    /// the runtime never reads half a config and a running weft-cni is never overwritten in
+    /// place; files already as wanted are left alone.
+    InstallCni(InstallCniArgs),
+}
+
+#[derive(Args)]
+struct InstallCniArgs {
+    /// The weft-cni binary to install [default: weft-cni next to weftctl].
+    #[arg(long)]
+    cni_bin: Option<PathBuf>,
+    /// The network config to install (the DaemonSet mounts its ConfigMap here); its file
+    /// name is kept.
+    #[arg(long, default_value = "/etc/weft/cni/10-weft.conflist")]
+    cni_config: PathBuf,
+    /// The node's CNI plugin directory, as mounted in the container.
+    #[arg(long, default_value = "/host/opt/cni/bin")]
+    cni_bin_dir: PathBuf,
+    /// The node's CNI config directory, as mounted in the container.
+    #[arg(long, default_value = "/host/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -512,6 +538,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             print_as(&show, json, lab::policy_show::PolicyShow::render)?;
         }
         Command::Lab(args) => return run_lab(args),
+        Command::InstallCni(args) => {
+            let installed = install_cni::install(&install_cni::Install {
+                cni_bin: match args.cni_bin {
+                    Some(bin) => bin,
+                    None => install_cni::default_cni_bin()?,
+                },
+                cni_config: args.cni_config,
+                cni_bin_dir: args.cni_bin_dir,
+                cni_conf_dir: args.cni_conf_dir,
+            })?;
+            print!("{}", installed.render());
+        }
         Command::Policy(PolicyCommand::Simulate { input, json }) => {
             let text = std::fs::read_to_string(&input)
                 .with_context(|| format!("reading {}", input.display()))?;

@@ -12,6 +12,8 @@ use k8s_openapi::api::networking::v1 as networking;
 use weft_model::policy::{ContainerPort, Protocol};
 use weft_model::{EndpointRecord, Namespace, NetworkPolicy, NodeRecord};
 
+use crate::PodMetadata;
+
 /// Why an object is skipped: `kind namespace/name: field: reason`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{kind} {name}: {field}: {reason}")]
@@ -39,6 +41,22 @@ pub const API_IFNAME: &str = "eth0";
 /// controller manager's node IPAM, as in kind) and its first IPv4
 /// InternalIP (kubelet's `--node-ip`). `None` until both are there.
 pub fn node_record(node: &core::Node) -> Result<Option<NodeRecord>, Refused> {
+    let Some(pod_cidr) = pod_cidr(node)? else {
+        return Ok(None);
+    };
+    let Some(underlay_ip) = internal_ip(node) else {
+        return Ok(None);
+    };
+    Ok(Some(NodeRecord {
+        name: node.metadata.name.clone().unwrap_or_default(),
+        underlay_ip,
+        pod_cidr,
+    }))
+}
+
+/// The Node's IPv4 pod CIDR from `spec.podCIDRs` (or the older
+/// `spec.podCIDR`); `None` until the controller manager has set it.
+pub fn pod_cidr(node: &core::Node) -> Result<Option<Ipv4Network>, Refused> {
     let name = node.metadata.name.clone().unwrap_or_default();
     let spec = node.spec.as_ref();
     // podCIDRs may list an IPv6 range too; Weft routes the IPv4 one.
@@ -47,29 +65,19 @@ pub fn node_record(node: &core::Node) -> Result<Option<NodeRecord>, Refused> {
         .filter(|c| !c.is_empty())
         .or_else(|| spec.and_then(|s| s.pod_cidr.clone()).map(|c| vec![c]))
         .unwrap_or_default();
-    let mut pod_cidr = None;
     for text in &cidrs {
         match text.parse::<ipnetwork::IpNetwork>() {
             Ok(ipnetwork::IpNetwork::V4(v4)) => {
-                pod_cidr = Some(v4);
-                break;
+                return Ok(Some(
+                    Ipv4Network::new(v4.network(), v4.prefix())
+                        .expect("a parsed prefix length is valid"),
+                ));
             }
             Ok(ipnetwork::IpNetwork::V6(_)) => {}
             Err(e) => return Err(refused("Node", &name, "spec.podCIDRs", e.to_string())),
         }
     }
-    let Some(pod_cidr) = pod_cidr else {
-        return Ok(None);
-    };
-    let Some(underlay_ip) = internal_ip(node) else {
-        return Ok(None);
-    };
-    Ok(Some(NodeRecord {
-        name,
-        underlay_ip,
-        pod_cidr: Ipv4Network::new(pod_cidr.network(), pod_cidr.prefix())
-            .expect("a parsed prefix length is valid"),
-    }))
+    Ok(None)
 }
 
 /// The Node's first IPv4 `InternalIP`.
@@ -122,8 +130,35 @@ pub fn endpoint_record(pod: &core::Pod) -> Result<Option<EndpointRecord>, Refuse
             ));
         }
     };
+    let PodMetadata { labels, ports } = pod_metadata(pod)?;
+    Ok(Some(EndpointRecord {
+        // The pod's UID: stable for the pod's life, unique in the cluster.
+        container_id: meta.uid.clone().unwrap_or_else(|| id.clone()),
+        ifname: API_IFNAME.into(),
+        node,
+        pod_name: name,
+        pod_namespace: namespace,
+        labels,
+        address,
+        host_ifname: String::new(),
+        netns: String::new(),
+        ports,
+    }))
+}
+
+/// A Pod's labels and container ports: what policies select it by and
+/// resolve named ports to. A node's own pods take these from their Pod
+/// object even before it has an address (the CNI call comes first).
+pub fn pod_metadata(pod: &core::Pod) -> Result<PodMetadata, Refused> {
+    let meta = &pod.metadata;
+    let id = format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or("default"),
+        meta.name.as_deref().unwrap_or_default()
+    );
     let mut ports = Vec::new();
-    for (c, container) in spec.containers.iter().enumerate() {
+    let containers = pod.spec.as_ref().map(|s| s.containers.as_slice());
+    for (c, container) in containers.unwrap_or_default().iter().enumerate() {
         for (p, port) in container.ports.iter().flatten().enumerate() {
             let field = || format!("spec.containers[{c}].ports[{p}]");
             let number = u16::try_from(port.container_port)
@@ -148,19 +183,10 @@ pub fn endpoint_record(pod: &core::Pod) -> Result<Option<EndpointRecord>, Refuse
             });
         }
     }
-    Ok(Some(EndpointRecord {
-        // The pod's UID: stable for the pod's life, unique in the cluster.
-        container_id: meta.uid.clone().unwrap_or_else(|| id.clone()),
-        ifname: API_IFNAME.into(),
-        node,
-        pod_name: name,
-        pod_namespace: namespace,
+    Ok(PodMetadata {
         labels: meta.labels.clone().unwrap_or_default(),
-        address,
-        host_ifname: String::new(),
-        netns: String::new(),
         ports,
-    }))
+    })
 }
 
 /// A Namespace's name and labels.

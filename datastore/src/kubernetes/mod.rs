@@ -16,7 +16,11 @@
 //!   (a refused object that was known before is reported deleted).
 //!
 //! Nodes and endpoints are published by kubelet and the API server, not
-//! by the agent, so the publish calls do nothing here.
+//! by the agent, so the publish calls do nothing here; the one thing the
+//! agent writes is its Node's `NetworkUnavailable` condition
+//! ([`KubernetesSource::set_network_available`]). A node's own pods take
+//! their labels and ports from their Pod objects
+//! ([`ClusterSource::pod_metadata`]).
 
 pub mod bgp_peer;
 pub mod convert;
@@ -28,7 +32,8 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as networking;
-use kube::runtime::reflector::{self, Store};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
@@ -36,7 +41,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use weft_model::{Change, EndpointRecord, NodeRecord, Object, ObjectId, Snapshot, endpoint_key};
 
-use crate::{ClusterSource, DatastoreError, SourceEvent, Watch};
+use crate::{ClusterSource, DatastoreError, PodMetadata, SourceEvent, Watch};
 use convert::Refused;
 
 /// Where changes go: every live [`ClusterSource::watch`], by its number.
@@ -68,7 +73,49 @@ pub struct KubernetesSource {
     synced: Vec<Arc<AtomicBool>>,
     subscribers: Subscribers,
     tasks: Vec<JoinHandle<()>>,
+    client: Client,
 }
+
+/// Why no client could be made for the API server.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: std::path::PathBuf,
+        source: kube::config::KubeconfigError,
+    },
+    #[error(
+        "no --kubeconfig and not in a pod (in-cluster configuration: {0}); \
+         give --kubeconfig or run the agent as the DaemonSet"
+    )]
+    InCluster(kube::config::InClusterError),
+    #[error("API client: {0}")]
+    Client(#[from] kube::Error),
+}
+
+/// A client for the API server: from the kubeconfig file when one is
+/// given, else the pod's own service account (in-cluster).
+pub async fn connect(kubeconfig: Option<&std::path::Path>) -> Result<Client, ConnectError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let bad = |source| ConnectError::Kubeconfig {
+                path: path.to_path_buf(),
+                source,
+            };
+            let file = kube::config::Kubeconfig::read_from(path).map_err(bad)?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(bad)?
+        }
+        None => kube::Config::incluster().map_err(ConnectError::InCluster)?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+/// The condition type the network plugin owns on a Node.
+pub const NETWORK_UNAVAILABLE: &str = "NetworkUnavailable";
+/// The reason Weft writes into it.
+pub const NETWORK_UP_REASON: &str = "WeftIsUp";
 
 impl KubernetesSource {
     /// Starts the reflectors on `client` (they run on the current tokio
@@ -83,7 +130,7 @@ impl KubernetesSource {
             namespace_change,
         );
         let (policies, np) = reflect(Api::all(client.clone()), subscribers.clone(), policy_change);
-        let (peers, bp) = reflect(Api::all(client), subscribers.clone(), peer_change);
+        let (peers, bp) = reflect(Api::all(client.clone()), subscribers.clone(), peer_change);
         let (synced, tasks) = [n, p, ns, np, bp].into_iter().unzip();
         KubernetesSource {
             nodes,
@@ -94,7 +141,48 @@ impl KubernetesSource {
             synced,
             subscribers,
             tasks,
+            client,
         }
+    }
+
+    /// Node `name` as last listed, whole.
+    pub fn node(&self, name: &str) -> Option<Arc<core::Node>> {
+        self.nodes.get(&ObjectRef::new(name))
+    }
+
+    /// Whether Node `name` says its network is available, as Weft says it.
+    pub fn network_available(&self, name: &str) -> bool {
+        let node = self.node(name);
+        let conditions = node
+            .as_ref()
+            .and_then(|n| n.status.as_ref())
+            .and_then(|s| s.conditions.as_ref());
+        conditions.into_iter().flatten().any(|c| {
+            c.type_ == NETWORK_UNAVAILABLE
+                && c.status == "False"
+                && c.reason.as_deref() == Some(NETWORK_UP_REASON)
+        })
+    }
+
+    /// Sets Node `name`'s `NetworkUnavailable` condition to False: its
+    /// pod network is programmed (what Calico and Flannel do; the
+    /// scheduler's `node.kubernetes.io/network-unavailable` taint follows
+    /// it). A strategic merge on the condition's type leaves kubelet's own
+    /// conditions alone.
+    pub async fn set_network_available(&self, name: &str) -> Result<(), kube::Error> {
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        let patch = serde_json::json!({"status": {"conditions": [{
+            "type": NETWORK_UNAVAILABLE,
+            "status": "False",
+            "reason": NETWORK_UP_REASON,
+            "message": "Weft's agent has programmed this node's pod network",
+            "lastTransitionTime": now,
+            "lastHeartbeatTime": now,
+        }]}});
+        Api::<core::Node>::all(self.client.clone())
+            .patch_status(name, &PatchParams::default(), &Patch::Strategic(&patch))
+            .await?;
+        Ok(())
     }
 
     /// Whether every kind has been listed completely.
@@ -307,5 +395,20 @@ impl ClusterSource for KubernetesSource {
 
     fn withdraw_endpoint(&self, _node: &str, _key: &str) -> Result<(), DatastoreError> {
         Ok(())
+    }
+
+    fn owns_pod_metadata(&self) -> bool {
+        true
+    }
+
+    fn pod_metadata(&self, namespace: &str, name: &str) -> Option<PodMetadata> {
+        let pod = self.pods.get(&ObjectRef::new(name).within(namespace))?;
+        match convert::pod_metadata(&pod) {
+            Ok(meta) => Some(meta),
+            Err(e) => {
+                skipped(&e);
+                None
+            }
+        }
     }
 }
