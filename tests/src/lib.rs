@@ -292,7 +292,8 @@ impl Drop for Lab {
 }
 
 impl Lab {
-    /// The last lines of every agent's log of the lab, on stderr.
+    /// The last lines of every agent's log of the lab (and of its control
+    /// plane's components, on Kubernetes), on stderr.
     pub fn print_agent_logs(&self) {
         let nodes = self.lab().state_dir.join("nodes");
         let Ok(entries) = std::fs::read_dir(&nodes) else {
@@ -304,6 +305,17 @@ impl Lab {
             .filter(|p| p.is_file())
             .collect();
         logs.sort();
+        // A Kubernetes lab's control plane: why the API server or the
+        // controller manager misbehaved.
+        if let Ok(entries) = std::fs::read_dir(self.lab().state_dir.join("kubernetes")) {
+            let mut components: Vec<PathBuf> = entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "log"))
+                .collect();
+            components.sort();
+            logs.extend(components);
+        }
         for log in logs {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();

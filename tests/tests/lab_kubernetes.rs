@@ -221,6 +221,35 @@ fn kubernetes_lab_commands_and_the_agents_identity() {
     let labels = lab.kubectl(&["get", "pod", "node2-a", "-o", "jsonpath={.metadata.labels}"]);
     assert_eq!(json(&labels), serde_json::json!({"tier": "db"}));
 
+    // `lab node add` registers the Node and waits for its pod CIDR before
+    // starting its agent; `lab node del` removes the Node.
+    lab.ctl_ok(&["lab", "node", "add"]);
+    let node3 = lab.node("node3");
+    let cidr = lab.kubectl(&["get", "node", "node3", "-o", "jsonpath={.spec.podCIDR}"]);
+    assert_eq!(cidr, node3.pod_cidr);
+    assert!(node3.agent_pid.is_some());
+    lab.ctl_ok(&["lab", "node", "del", "node3"]);
+    assert_eq!(
+        lab.kubectl(&["get", "nodes", "-o", "name"]).trim(),
+        "node/node1\nnode/node2"
+    );
+
+    // `lab netpol` refuses a Kubernetes lab rather than write a store no
+    // agent reads.
+    let case = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        case.path(),
+        r#"{"pods":[{"namespace":"a","name":"x","ip":"10.1.0.5"}],"policies":[],"probes":[]}"#,
+    )
+    .unwrap();
+    let out = lab.ctl(&["lab", "netpol", "--input", case.path().to_str().unwrap()]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("runs on Kubernetes"),
+        "{}",
+        show(&out)
+    );
+
     // `lab pod del`: CNI DEL, then the Pod object goes.
     lab.ctl_ok(&["lab", "pod", "del", "node2-a"]);
     assert_eq!(
