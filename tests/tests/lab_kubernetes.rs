@@ -308,3 +308,74 @@ fn bgp_with_bird_from_a_bgppeer_applied_with_kubectl() {
     lab.kubectl(&["delete", "bgppeer", "bird"]);
     lab.wait_bgp_route_everywhere("203.0.113.0/24", false);
 }
+
+/// Whether a TCP exchange from `from` reaches `to`'s echo server on `port`.
+fn tcp_reaches(from: &PodView, to: &PodView, port: u16) -> bool {
+    let dst = std::net::SocketAddrV4::new(to.address().unwrap(), port);
+    weft_lab::probe::tcp_exchange(
+        &std::path::Path::new("/run/netns").join(&from.netns),
+        dst,
+        "ping",
+        Duration::from_millis(300),
+        1,
+    )
+    .is_ok()
+}
+
+/// Waits until a TCP exchange from pod `from` to pod `to` on `port` is
+/// (or is no longer) answered.
+fn wait_tcp(lab: &Lab, from: &str, to: &str, port: u16, allowed: bool) {
+    eventually(
+        &format!(
+            "{from} -> {to}:{port} {}",
+            if allowed { "allowed" } else { "denied" }
+        ),
+        Duration::from_secs(20),
+        || {
+            let (from, to) = (lab.pod(from), lab.pod(to));
+            if tcp_reaches(&from, &to, port) == allowed {
+                Ok(())
+            } else {
+                Err(format!(
+                    "still {}",
+                    if allowed { "denied" } else { "allowed" }
+                ))
+            }
+        },
+    );
+}
+
+/// NetworkPolicy on Kubernetes: policies applied with kubectl (through `lab
+/// apply`) are enforced by the agents, and a Pod relabelled through the API
+/// (`lab label`) moves in and out of a policy's peers.
+#[test]
+fn network_policies_applied_with_kubectl_are_enforced() {
+    let lab = kubernetes_lab("k8s-pol", Encap::Ipip, 0);
+    lab.pod_add("node1", "web", "default", "app=web", "");
+    lab.pod_add("node3", "other", "default", "app=other", "");
+    lab.pod_add("node2", "db", "prod", "app=db", "sql:5432/tcp");
+    wait_tcp(&lab, "web", "db", 5432, true);
+    wait_tcp(&lab, "other", "db", 5432, true);
+
+    // Only pods labelled app=web, in namespace default, may reach app=db.
+    let policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+                  metadata: {name: db-from-web, namespace: prod}\n\
+                  spec:\n  podSelector: {matchLabels: {app: db}}\n  ingress:\n  - from:\n    \
+                  - namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: default}}\n      \
+                  podSelector: {matchLabels: {app: web}}\n    ports: [{port: sql}]\n";
+    lab.apply(policy);
+    let stored = lab.kubectl(&["get", "networkpolicy", "-n", "prod", "-o", "name"]);
+    assert_eq!(stored.trim(), "networkpolicy.networking.k8s.io/db-from-web");
+    wait_tcp(&lab, "other", "db", 5432, false);
+    wait_tcp(&lab, "web", "db", 5432, true);
+
+    // The Pod object's labels decide: relabelled, web loses, other gains.
+    lab.ctl_ok(&["lab", "label", "pod", "web", "app=old"]);
+    lab.ctl_ok(&["lab", "label", "pod", "other", "app=web"]);
+    wait_tcp(&lab, "web", "db", 5432, false);
+    wait_tcp(&lab, "other", "db", 5432, true);
+
+    // Deleted with kubectl: everyone again.
+    lab.ctl_ok(&["lab", "delete", "networkpolicy", "prod/db-from-web"]);
+    wait_tcp(&lab, "web", "db", 5432, true);
+}
