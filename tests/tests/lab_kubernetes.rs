@@ -379,3 +379,61 @@ fn network_policies_applied_with_kubectl_are_enforced() {
     lab.ctl_ok(&["lab", "delete", "networkpolicy", "prod/db-from-web"]);
     wait_tcp(&lab, "web", "db", 5432, true);
 }
+
+/// A `lab up --kubernetes` that fails after the control plane is up (here:
+/// an agent that exits at once) rolls back: no etcd, API server or
+/// controller manager of the lab is left running, no namespace of it left.
+#[test]
+fn a_failed_kubernetes_lab_up_ends_its_control_plane() {
+    require_root();
+    let bins = tempfile::tempdir().unwrap();
+    for bin in ["weft-cni", "weftctl"] {
+        std::os::unix::fs::symlink(bin_dir().join(bin), bins.path().join(bin)).unwrap();
+    }
+    let agent = bins.path().join("weft-agent");
+    std::fs::write(
+        &agent,
+        "#!/bin/sh\necho 'this agent refuses to start' >&2\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let lab = weft_lab::LabRef::new("weft-k8s-fail", None).unwrap();
+    let out = weftctl(&[
+        "lab",
+        "up",
+        "--lab",
+        &lab.lab,
+        "--nodes",
+        "1",
+        "--kubernetes",
+        "--bin-dir",
+        bins.path().to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("this agent refuses to start"),
+        "{}",
+        show(&out)
+    );
+    assert!(stderr.contains("rolled back"), "{}", show(&out));
+    let dir = lab.state_dir.join("kubernetes");
+    let left: Vec<u32> = weft_lab::process::pids()
+        .into_iter()
+        .filter(|&pid| {
+            ["etcd", "kube-apiserver", "kube-controller-manager"]
+                .iter()
+                .any(|name| weft_lab::control_plane::is_process_of(pid, name, &dir))
+        })
+        .collect();
+    assert!(left.is_empty(), "control plane processes left: {left:?}");
+    for netns in [
+        "weft-k8s-fail-kube",
+        "weft-k8s-fail-fabric",
+        "weft-k8s-fail-node1",
+    ] {
+        assert!(
+            !std::path::Path::new("/run/netns").join(netns).exists(),
+            "{netns} left behind"
+        );
+    }
+}
