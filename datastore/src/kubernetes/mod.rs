@@ -25,6 +25,7 @@
 pub mod bgp_peer;
 pub mod convert;
 pub mod crd;
+pub mod prune;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -122,15 +123,36 @@ impl KubernetesSource {
     /// runtime until the source is dropped).
     pub fn start(client: Client) -> KubernetesSource {
         let subscribers: Subscribers = Arc::default();
-        let (nodes, n) = reflect(Api::all(client.clone()), subscribers.clone(), node_change);
-        let (pods, p) = reflect(Api::all(client.clone()), subscribers.clone(), pod_change);
+        let (nodes, n) = reflect(
+            Api::all(client.clone()),
+            subscribers.clone(),
+            prune::node,
+            node_change,
+        );
+        let (pods, p) = reflect(
+            Api::all(client.clone()),
+            subscribers.clone(),
+            prune::pod,
+            pod_change,
+        );
         let (namespaces, ns) = reflect(
             Api::all(client.clone()),
             subscribers.clone(),
+            prune::namespace,
             namespace_change,
         );
-        let (policies, np) = reflect(Api::all(client.clone()), subscribers.clone(), policy_change);
-        let (peers, bp) = reflect(Api::all(client.clone()), subscribers.clone(), peer_change);
+        let (policies, np) = reflect(
+            Api::all(client.clone()),
+            subscribers.clone(),
+            prune::meta_of,
+            policy_change,
+        );
+        let (peers, bp) = reflect(
+            Api::all(client.clone()),
+            subscribers.clone(),
+            prune::meta_of,
+            peer_change,
+        );
         let (synced, tasks) = [n, p, ns, np, bp].into_iter().unzip();
         KubernetesSource {
             nodes,
@@ -206,11 +228,13 @@ impl Drop for KubernetesSource {
     }
 }
 
-/// Runs a reflector over `api`: every complete list marks the kind synced
-/// and asks for a resync, every single event becomes `change`'s answer.
+/// Runs a reflector over `api`: every object is pruned to what Weft reads
+/// before it is stored, every complete list marks the kind synced and
+/// asks for a resync, every single event becomes `change`'s answer.
 fn reflect<K>(
     api: Api<K>,
     subscribers: Subscribers,
+    prune: fn(&mut K),
     change: fn(&K, bool) -> Option<Change>,
 ) -> (Store<K>, (Arc<AtomicBool>, JoinHandle<()>))
 where
@@ -223,6 +247,7 @@ where
     let kind = K::kind(&K::DynamicType::default()).into_owned();
     let stream = watcher(api, watcher::Config::default())
         .default_backoff()
+        .modify(prune)
         .reflect(writer);
     let task = tokio::spawn(async move {
         futures::pin_mut!(stream);
