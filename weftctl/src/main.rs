@@ -248,9 +248,11 @@ enum LabCommand {
     /// Print the path of a Kubernetes lab's administrator kubeconfig (for
     /// `kubectl --kubeconfig`, run inside `ip netns exec <lab>-kube` or any lab node).
     Kubeconfig,
-    /// Show the lab's fabric (and route reflectors, if any), nodes (with live agent pids) and pods.
+    /// Show the lab's fabric (and route reflectors, if any), its control plane (in a Kubernetes lab),
+    /// nodes (with live agent pids) and pods.
     Status {
-        /// Print JSON: {"fabric":{..},"route_reflectors":[..],"nodes":[..],"pods":[..]}.
+        /// Print JSON: {"fabric":{..},"route_reflectors":[..],"nodes":[..],"pods":[..]}, and in a
+        /// Kubernetes lab "kubernetes":{"netns","api_server","kubeconfig","running":[..]}.
         #[arg(long)]
         json: bool,
     },
@@ -278,13 +280,14 @@ enum LabCommand {
     /// Takes weft.dev/v1alpha1 BGPPeer, networking.k8s.io/v1 NetworkPolicy and v1 Namespace,
     /// mixed, in YAML or JSON, several documents. The whole file is checked first: one
     /// invalid document (reported with its number and the field's path) refuses the file and
-    /// nothing is written.
+    /// nothing is written. In a Kubernetes lab the checked file goes to the API server
+    /// (kubectl apply).
     Apply {
         /// The manifest file, or - for standard input.
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
-    /// Remove an object from the lab's datastore.
+    /// Remove an object from the lab's datastore (in a Kubernetes lab: kubectl delete).
     Delete {
         /// The object's kind.
         #[arg(value_enum)]
@@ -295,7 +298,8 @@ enum LabCommand {
     },
     /// Change the labels of a pod (its endpoint record, through its node's agent) or of a
     /// namespace (its Namespace object in the datastore, created if the namespace so far
-    /// exists only through its pods), kubectl-style.
+    /// exists only through its pods), kubectl-style. In a Kubernetes lab: the Pod's or the
+    /// Namespace's object (kubectl label).
     Label {
         /// What to label.
         #[arg(value_enum)]
