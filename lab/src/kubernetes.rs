@@ -386,16 +386,29 @@ fn ensure_namespace(kube: &Kubernetes, namespace: &str) -> Result<()> {
 }
 
 /// Writes what a kubelet reports once the pod's sandbox is up: phase
-/// Running, its address from the CNI result, its node's address.
+/// Running, its address from the CNI result, its node's address, and its
+/// one container running and ready (so `kubectl get pods` reads 1/1).
 pub fn set_pod_running(state: &LabState, pod: &Pod, ip: Ipv4Addr) -> Result<()> {
     let kube = the(state)?;
     let host_ip = state.node(&pod.node)?.underlay_ip.to_string();
+    let conditions = ["PodScheduled", "Initialized", "ContainersReady", "Ready"]
+        .map(|kind| json!({"type": kind, "status": "True"}));
     let status = json!({"status": {
         "phase": "Running",
         "podIP": ip.to_string(),
         "podIPs": [{"ip": ip.to_string()}],
         "hostIP": host_ip,
         "hostIPs": [{"ip": host_ip}],
+        "conditions": conditions,
+        "containerStatuses": [{
+            "name": "main",
+            "image": PLACEHOLDER_IMAGE,
+            "imageID": "",
+            "ready": true,
+            "started": true,
+            "restartCount": 0,
+            "state": {"running": {}},
+        }],
     }});
     kubectl(
         kube,

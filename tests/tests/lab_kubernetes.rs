@@ -29,7 +29,7 @@ fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
-/// Every lab pod has its Pod object: bound to its node, Running, with the
+/// Every lab pod has its Pod object: bound to its node, Running and ready, with the
 /// CNI's address as status.podIP and podIPs and its node's as hostIP; and
 /// every Node carries its underlay address as InternalIP and the pod CIDR
 /// the lab records (node IPAM's), holding its pods' addresses.
@@ -61,6 +61,7 @@ fn objects_match_the_lab(lab: &Lab) {
         assert_eq!(object["status"]["podIP"], ip, "{}", pod.name);
         assert_eq!(object["status"]["podIPs"][0]["ip"], ip, "{}", pod.name);
         assert_eq!(object["status"]["hostIP"], node.underlay_ip.as_str());
+        assert_eq!(object["status"]["containerStatuses"][0]["ready"], true);
         let cidr: ipnetwork::Ipv4Network = node.pod_cidr.parse().unwrap();
         assert!(cidr.contains(ip.parse().unwrap()), "{ip} not in {cidr}");
     }
