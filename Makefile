@@ -50,7 +50,7 @@ demo: build
 demo-down:
 	$(WEFTCTL) lab down
 
-bench: build
+bench: build control-plane
 	@bash scripts/bench.sh
 
 clean:

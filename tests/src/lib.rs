@@ -673,3 +673,166 @@ impl TestControlPlane {
         self.plane.kubectl(args).unwrap_or_else(|e| panic!("{e}"))
     }
 }
+
+/// Where a [`ClusterAgent`] serves `/healthz` and `/readyz` (the agent's
+/// default `--health-address`), inside the control plane's namespace.
+pub const AGENT_HEALTH: std::net::SocketAddr = std::net::SocketAddr::V4(
+    std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9099),
+);
+
+/// weft-agent with `--datastore kubernetes` as a process in a
+/// [`TestControlPlane`]'s namespace (uplink: the API server's veth),
+/// killed by its pid and its bpffs pins removed when dropped.
+pub struct ClusterAgent {
+    pub child: std::process::Child,
+    pub bpffs: PathBuf,
+    pub log: PathBuf,
+    pub socket: PathBuf,
+}
+
+impl Drop for ClusterAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.bpffs);
+    }
+}
+
+impl ClusterAgent {
+    /// What the agent has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Its exit status and log if it has exited.
+    pub fn exited(&mut self) -> Option<String> {
+        let status = self.child.try_wait().expect("waiting on the agent")?;
+        Some(format!("the agent exited ({status}):\n{}", self.log()))
+    }
+
+    /// Panics with the agent's log if it has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(exited) = self.exited() {
+            panic!("{exited}");
+        }
+    }
+}
+
+impl TestControlPlane {
+    /// What an agent needs of the cluster: deploy/crds.yaml (established)
+    /// and deploy/rbac.yaml applied, and at `kubeconfig` a kubeconfig with
+    /// a token of the DaemonSet's ServiceAccount (kube-system/weft-agent),
+    /// so the agent has exactly those rights.
+    pub fn prepare_agent(&self, kubeconfig: &std::path::Path) {
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for file in ["deploy/crds.yaml", "deploy/rbac.yaml"] {
+            self.kubectl(&[
+                "apply",
+                "-f",
+                repo.join(file).to_str().expect("a UTF-8 path"),
+            ]);
+        }
+        self.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/bgppeers.weft.dev",
+            "--timeout=30s",
+        ]);
+        self.plane
+            .service_account_kubeconfig("kube-system", "weft-agent", 2, kubeconfig)
+            .expect("a token for the agent's ServiceAccount");
+    }
+
+    /// Starts weft-agent for Node `node` in this control plane's namespace,
+    /// authenticated by `kubeconfig`, its state, socket and log under
+    /// `dir`, with `RUST_LOG=rust_log` and `flags` added.
+    pub fn spawn_agent(
+        &self,
+        node: &str,
+        kubeconfig: &std::path::Path,
+        dir: &std::path::Path,
+        rust_log: &str,
+        flags: &[&str],
+    ) -> ClusterAgent {
+        let socket = dir.join("agent.sock");
+        let bpffs = PathBuf::from(format!("/sys/fs/bpf/weft-test-{}", self.netns));
+        let log = dir.join("agent.log");
+        let log_file = std::fs::File::create(&log).expect("the agent's log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.netns])
+            .arg(bin("weft-agent"))
+            .args([
+                "--datastore",
+                "kubernetes",
+                "--node-name",
+                node,
+                "--kubeconfig",
+            ])
+            .arg(kubeconfig)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--bpffs-dir")
+            .arg(&bpffs)
+            .args(flags)
+            .env("RUST_LOG", rust_log)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("the agent's log"))
+            .stderr(log_file)
+            .spawn()
+            .expect("weft-agent starts");
+        ClusterAgent {
+            child,
+            bpffs,
+            log,
+            socket,
+        }
+    }
+
+    /// `GET path` on [`AGENT_HEALTH`]: (status code, body), or (0, why)
+    /// when nothing answers there.
+    pub fn agent_health(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+        let timeout = std::time::Duration::from_secs(3);
+        let answer = weft_dataplane::netns::run_in(
+            &weft_lab::topology::netns_path(&self.netns),
+            move || -> std::io::Result<String> {
+                let mut stream = std::net::TcpStream::connect_timeout(&AGENT_HEALTH, timeout)?;
+                stream.set_read_timeout(Some(timeout))?;
+                stream.write_all(request.as_bytes())?;
+                let mut text = String::new();
+                stream.read_to_string(&mut text)?;
+                Ok(text)
+            },
+        );
+        match answer {
+            Ok(Ok(text)) => parse_http_answer(&text),
+            Ok(Err(e)) => (0, e.to_string()),
+            Err(e) => (0, e.to_string()),
+        }
+    }
+}
+
+/// (status code, trimmed body) of an HTTP/1.x answer; code 0 if it is not one.
+pub fn parse_http_answer(text: &str) -> (u16, String) {
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+    let code = head
+        .lines()
+        .next()
+        .and_then(|status| status.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (code, body.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn http_answers_are_read() {
+        let ok = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 9\r\n\r\nnot ready\n";
+        assert_eq!(super::parse_http_answer(ok), (503, "not ready".into()));
+        assert_eq!(super::parse_http_answer("garbage").0, 0);
+    }
+}

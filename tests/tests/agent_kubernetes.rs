@@ -14,8 +14,8 @@
 //! Needs root (network namespaces, bpffs, the agent's programs).
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use weft_tests::{
@@ -49,58 +49,6 @@ spec:
     ports: [{name: http, containerPort: 8080}]
 ";
 
-/// The agent as a process in the control plane's namespace, ended (and its
-/// pins removed) when dropped.
-struct Agent {
-    child: Child,
-    bpffs: PathBuf,
-    log: PathBuf,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.bpffs);
-    }
-}
-
-impl Agent {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Panics with the agent's log if it has exited.
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            panic!("the agent exited ({status}):\n{}", self.log());
-        }
-    }
-}
-
-/// `GET path` on the agent's health address, from inside `netns`:
-/// (status code, body).
-fn probe(netns: &str, path: &str) -> (u16, String) {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            netns,
-            "curl",
-            "-s",
-            "-m",
-            "3",
-            "-w",
-            "\n%{http_code}",
-        ])
-        .arg(format!("http://127.0.0.1:9099{path}"))
-        .output()
-        .expect("curl runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.trim().to_string())
-}
-
 fn node_condition(cp: &TestControlPlane, field: &str) -> String {
     cp.kubectl(&[
         "get",
@@ -127,46 +75,19 @@ fn endpoint_labels(socket: &Path) -> String {
 fn agent_runs_on_the_api_server() {
     require_root();
     let cp = TestControlPlane::start("wka");
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for file in ["deploy/crds.yaml", "deploy/rbac.yaml"] {
-        cp.kubectl(&["apply", "-f", repo.join(file).to_str().unwrap()]);
-    }
-    cp.apply(OBJECTS);
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("agent.kubeconfig");
-    cp.plane
-        .service_account_kubeconfig("kube-system", "weft-agent", 2, &kubeconfig)
-        .expect("a token for the agent's ServiceAccount");
+    cp.prepare_agent(&kubeconfig);
+    cp.apply(OBJECTS);
 
-    let socket = dir.path().join("agent.sock");
-    let bpffs = PathBuf::from(format!("/sys/fs/bpf/weft-test-wka-{}", std::process::id()));
-    let log = dir.path().join("agent.log");
-    let log_file = std::fs::File::create(&log).unwrap();
-    let child = Command::new("ip")
-        .args(["netns", "exec", &cp.netns])
-        .arg(bin("weft-agent"))
-        .args([
-            "--datastore",
-            "kubernetes",
-            "--node-name",
-            NODE,
-            "--kubeconfig",
-        ])
-        .arg(&kubeconfig)
-        .arg("--state-dir")
-        .arg(dir.path().join("state"))
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--bpffs-dir")
-        .arg(&bpffs)
-        .args(["--resync-seconds", "2"])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().unwrap())
-        .stderr(log_file)
-        .spawn()
-        .expect("weft-agent starts");
-    let mut agent = Agent { child, bpffs, log };
+    let mut agent = cp.spawn_agent(
+        NODE,
+        &kubeconfig,
+        dir.path(),
+        "info",
+        &["--resync-seconds", "2"],
+    );
+    let socket = agent.socket.clone();
 
     // Alive while it waits; the status says where the address came from.
     eventually(
@@ -185,7 +106,7 @@ fn agent_runs_on_the_api_server() {
                 .ok_or_else(|| show(&out))
         },
     );
-    assert_eq!(probe(&cp.netns, "/healthz").0, 200);
+    assert_eq!(cp.agent_health("/healthz").0, 200);
     let out = Command::new(bin("weftctl"))
         .args(["status", "--json", "--socket"])
         .arg(&socket)
@@ -200,7 +121,7 @@ fn agent_runs_on_the_api_server() {
     assert_eq!(status["pod_cidr"], cidr.trim(), "the Node's pod CIDR");
 
     // Not ready while the session with wk-n2 (nobody there) is down.
-    let (code, body) = probe(&cp.netns, "/readyz");
+    let (code, body) = cp.agent_health("/readyz");
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("198.18.250.2"), "{body}");
     eventually("NetworkUnavailable=False", Duration::from_secs(30), || {
@@ -210,7 +131,7 @@ fn agent_runs_on_the_api_server() {
     assert_eq!(node_condition(&cp, "reason"), "WeftIsUp");
     cp.kubectl(&["delete", "node", "wk-n2"]);
     eventually("ready without wk-n2", Duration::from_secs(30), || {
-        let (code, body) = probe(&cp.netns, "/readyz");
+        let (code, body) = cp.agent_health("/readyz");
         (code == 200).then_some(()).ok_or(body)
     });
 
@@ -285,7 +206,7 @@ fn agent_runs_on_the_api_server() {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
     let frozen = Instant::now();
     while frozen.elapsed() < Duration::from_secs(8) {
-        let (code, body) = probe(&cp.netns, "/healthz");
+        let (code, body) = cp.agent_health("/healthz");
         if code != 200 {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
             panic!("liveness failed with the API server frozen: {code} {body}");
@@ -320,7 +241,7 @@ fn agent_runs_on_the_api_server() {
                 .ok_or(labels)
         },
     );
-    assert_eq!(probe(&cp.netns, "/healthz").0, 200);
+    assert_eq!(cp.agent_health("/healthz").0, 200);
 
     let del = call(
         "DEL",

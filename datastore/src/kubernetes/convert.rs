@@ -12,6 +12,7 @@ use k8s_openapi::api::networking::v1 as networking;
 use weft_model::policy::{ContainerPort, Protocol};
 use weft_model::{EndpointRecord, Namespace, NetworkPolicy, NodeRecord};
 
+use super::pod::PodObject;
 use crate::PodMetadata;
 
 /// Why an object is skipped: `kind namespace/name: field: reason`.
@@ -94,28 +95,23 @@ pub fn internal_ip(node: &core::Node) -> Option<Ipv4Addr> {
 /// A Pod as a policy peer and a routed endpoint: scheduled, with an IPv4
 /// `status.podIP`, on the pod network (not hostNetwork) and not finished.
 /// Its labels and the container ports named ports resolve to.
-pub fn endpoint_record(pod: &core::Pod) -> Result<Option<EndpointRecord>, Refused> {
+pub fn endpoint_record(pod: &PodObject) -> Result<Option<EndpointRecord>, Refused> {
     let meta = &pod.metadata;
     let namespace = meta.namespace.clone().unwrap_or_else(|| "default".into());
     let name = meta.name.clone().unwrap_or_default();
     let id = format!("{namespace}/{name}");
-    let Some(spec) = pod.spec.as_ref() else {
-        return Ok(None);
-    };
+    let spec = &pod.spec;
     if spec.host_network == Some(true) {
         return Ok(None);
     }
     let Some(node) = spec.node_name.clone() else {
         return Ok(None);
     };
-    let status = pod.status.as_ref();
-    if matches!(
-        status.and_then(|s| s.phase.as_deref()),
-        Some("Succeeded" | "Failed")
-    ) {
+    let status = &pod.status;
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
         return Ok(None); // its address may already be someone else's
     }
-    let Some(ip) = status.and_then(|s| s.pod_ip.as_deref()) else {
+    let Some(ip) = status.pod_ip.as_deref() else {
         return Ok(None);
     };
     let address: Ipv4Addr = match ip.parse::<std::net::IpAddr>() {
@@ -149,7 +145,7 @@ pub fn endpoint_record(pod: &core::Pod) -> Result<Option<EndpointRecord>, Refuse
 /// A Pod's labels and container ports: what policies select it by and
 /// resolve named ports to. A node's own pods take these from their Pod
 /// object even before it has an address (the CNI call comes first).
-pub fn pod_metadata(pod: &core::Pod) -> Result<PodMetadata, Refused> {
+pub fn pod_metadata(pod: &PodObject) -> Result<PodMetadata, Refused> {
     let meta = &pod.metadata;
     let id = format!(
         "{}/{}",
@@ -157,9 +153,8 @@ pub fn pod_metadata(pod: &core::Pod) -> Result<PodMetadata, Refused> {
         meta.name.as_deref().unwrap_or_default()
     );
     let mut ports = Vec::new();
-    let containers = pod.spec.as_ref().map(|s| s.containers.as_slice());
-    for (c, container) in containers.unwrap_or_default().iter().enumerate() {
-        for (p, port) in container.ports.iter().flatten().enumerate() {
+    for (c, container) in pod.spec.containers.iter().enumerate() {
+        for (p, port) in container.ports.iter().enumerate() {
             let field = || format!("spec.containers[{c}].ports[{p}]");
             let number = u16::try_from(port.container_port)
                 .ok()
@@ -255,7 +250,7 @@ mod tests {
 
     #[test]
     fn a_pod_is_an_endpoint_once_scheduled_and_addressed() {
-        let pod: core::Pod = from_json(
+        let pod: PodObject = from_json(
             r#"{"metadata": {"name": "web", "namespace": "x", "uid": "0c1d", "labels": {"app": "web"}},
                 "spec": {"nodeName": "n1", "containers": [
                     {"name": "c", "ports": [{"name": "http", "containerPort": 8080},
@@ -290,7 +285,7 @@ mod tests {
             r#"{"metadata": {"name": "p"}, "spec": {"nodeName": "n1", "containers": []},
                 "status": {"phase": "Succeeded", "podIP": "10.244.3.8"}}"#,
         ] {
-            let pod: core::Pod = from_json(skipped);
+            let pod: PodObject = from_json(skipped);
             assert_eq!(endpoint_record(&pod).unwrap(), None, "{skipped}");
         }
     }

@@ -25,6 +25,7 @@
 pub mod bgp_peer;
 pub mod convert;
 pub mod crd;
+pub mod pod;
 pub mod prune;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,7 +67,7 @@ impl Drop for Subscription {
 /// The API server as a [`ClusterSource`].
 pub struct KubernetesSource {
     nodes: Store<core::Node>,
-    pods: Store<core::Pod>,
+    pods: Store<pod::PodObject>,
     namespaces: Store<core::Namespace>,
     policies: Store<networking::NetworkPolicy>,
     peers: Store<bgp_peer::BgpPeerObject>,
@@ -132,7 +133,7 @@ impl KubernetesSource {
         let (pods, p) = reflect(
             Api::all(client.clone()),
             subscribers.clone(),
-            prune::pod,
+            prune::meta_of,
             pod_change,
         );
         let (namespaces, ns) = reflect(
@@ -300,7 +301,7 @@ fn node_change(node: &core::Node, applied: bool) -> Option<Change> {
     })
 }
 
-fn pod_change(pod: &core::Pod, applied: bool) -> Option<Change> {
+fn pod_change(pod: &pod::PodObject, applied: bool) -> Option<Change> {
     let record = match convert::endpoint_record(pod) {
         Ok(record) => record,
         Err(e) => {
@@ -312,7 +313,7 @@ fn pod_change(pod: &core::Pod, applied: bool) -> Option<Change> {
         Some(record) if applied => Some(Change::Upsert(Object::Endpoint(record))),
         // Deleted, or no longer an endpoint (finished, address gone).
         _ => {
-            let node = pod.spec.as_ref()?.node_name.clone()?;
+            let node = pod.spec.node_name.clone()?;
             let uid = pod.metadata.uid.as_deref()?;
             Some(Change::Delete(ObjectId::Endpoint {
                 node,

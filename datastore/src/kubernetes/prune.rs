@@ -1,9 +1,10 @@
 //! What the agent keeps of each object: only the fields [`super::convert`]
-//! and the agent read. Every node's agent holds every Pod of the cluster,
-//! so a Pod's managed fields, annotations (kubectl's last-applied copy of
-//! the whole object), containers' images, environments and probes, and
-//! its status conditions would cost each node kilobytes per pod for
-//! nothing. Objects are pruned as they arrive, before they are stored.
+//! and the agent read. Managed fields and annotations (kubectl's
+//! last-applied copy of the whole object) would cost every node's agent
+//! kilobytes per object for nothing; a Node's images and info too. Objects
+//! are pruned as they arrive, before they are stored. Pods, the many, are
+//! decoded into a type of their own that has only what Weft reads
+//! ([`super::pod::PodObject`]) and then pruned like the others.
 
 use k8s_openapi::api::core::v1 as core;
 use kube::Resource;
@@ -21,33 +22,10 @@ pub fn meta(meta: &mut ObjectMeta) {
     };
 }
 
-/// [`meta`] of any object (NetworkPolicies and BGPPeers keep their specs:
-/// the compiler reads all of them).
+/// [`meta`] of any object (Pods are already slim; NetworkPolicies and
+/// BGPPeers keep their specs: the compiler reads all of them).
 pub fn meta_of<K: Resource>(obj: &mut K) {
     meta(obj.meta_mut());
-}
-
-/// A Pod as a policy peer and an endpoint: its node, whether it is on the
-/// host's network, its containers' ports, its phase and address.
-pub fn pod(pod: &mut core::Pod) {
-    meta(&mut pod.metadata);
-    pod.spec = pod.spec.take().map(|spec| core::PodSpec {
-        node_name: spec.node_name,
-        host_network: spec.host_network,
-        containers: (spec.containers.into_iter())
-            .map(|c| core::Container {
-                name: c.name,
-                ports: c.ports,
-                ..core::Container::default()
-            })
-            .collect(),
-        ..core::PodSpec::default()
-    });
-    pod.status = pod.status.take().map(|status| core::PodStatus {
-        phase: status.phase,
-        pod_ip: status.pod_ip,
-        ..core::PodStatus::default()
-    });
 }
 
 /// A Node: its pod CIDRs, addresses and the condition Weft owns.
@@ -80,6 +58,7 @@ pub fn namespace(ns: &mut core::Namespace) {
 mod tests {
     use super::*;
     use crate::kubernetes::convert;
+    use crate::kubernetes::pod::PodObject;
 
     /// A Pod as a real cluster has it: kubectl's annotation, managed
     /// fields, a container with everything, conditions.
@@ -111,28 +90,38 @@ mod tests {
     }"#;
 
     #[test]
-    fn a_pruned_pod_converts_as_the_whole_one_and_is_smaller() {
-        let whole: core::Pod = serde_json::from_str(POD).unwrap();
-        let mut pruned = whole.clone();
-        pod(&mut pruned);
+    fn a_slim_pod_keeps_what_weft_reads_of_a_real_one() {
+        let whole: serde_json::Value = serde_json::from_str(POD).unwrap();
+        let mut pod: PodObject = serde_json::from_str(POD).unwrap();
+        meta_of(&mut pod);
+        let ep = convert::endpoint_record(&pod).unwrap().unwrap();
         assert_eq!(
-            convert::endpoint_record(&pruned).unwrap(),
-            convert::endpoint_record(&whole).unwrap()
+            (ep.pod_namespace.as_str(), ep.pod_name.as_str()),
+            ("shop", "web-7d4b9")
         );
-        assert!(convert::endpoint_record(&pruned).unwrap().is_some());
         assert_eq!(
-            convert::pod_metadata(&pruned).unwrap(),
-            convert::pod_metadata(&whole).unwrap()
+            (ep.container_id.as_str(), ep.node.as_str()),
+            ("0c1d-77", "n1")
         );
-        let size = |p: &core::Pod| serde_json::to_vec(p).unwrap().len();
+        assert_eq!(ep.address.to_string(), "10.244.1.7");
+        assert_eq!(ep.labels.len(), 2);
+        assert_eq!(ep.ports.len(), 1);
+        assert_eq!(ep.ports[0].name.as_deref(), Some("http"));
+        let kept = serde_json::to_value(&pod).unwrap();
+        assert_eq!(kept["metadata"]["annotations"], serde_json::Value::Null);
+        assert_eq!(kept["metadata"]["managedFields"], serde_json::Value::Null);
+        let size = |v: &serde_json::Value| v.to_string().len();
         println!(
-            "pod JSON: {} bytes whole, {} pruned",
+            "pod JSON: {} bytes whole, {} kept",
             size(&whole),
-            size(&pruned)
+            size(&kept)
         );
+        assert!(size(&kept) * 4 < size(&whole), "a quarter at most is kept");
         assert!(
-            size(&pruned) * 4 < size(&whole),
-            "pruning keeps a quarter at most"
+            size_of::<PodObject>() * 4 < size_of::<core::Pod>(),
+            "the slim type is {} bytes, k8s-openapi's {}",
+            size_of::<PodObject>(),
+            size_of::<core::Pod>()
         );
     }
 

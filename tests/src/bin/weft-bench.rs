@@ -26,9 +26,14 @@
 //!    `policy`): the cost of 0 to 10,000 rules beside as many iptables
 //!    rules, the time from `lab apply` to the first denied packet, and the
 //!    maps' memory at 1,000 policies and 10,000 remote pods.
+//! 5. Kubernetes datastore (`kubernetes`; the module `kubernetes`): the
+//!    agent against a real API server holding 100 Nodes, 10,000 Pods and
+//!    1,000 NetworkPolicies: time to its first complete list and to ready,
+//!    and its memory against the same agent in a cluster of its own Node
+//!    only, in the same control plane.
 //!
-//! `weft-bench [cni|bgp|throughput|policy|policy-apply|policy-memory|all]... [--seconds N] [--rounds N]
-//! [--modes ipip,ipip-redirect,vxlan,none]` (no section: all; `--help` for the
+//! `weft-bench [cni|bgp|throughput|policy|policy-apply|policy-memory|kubernetes|all]... [--seconds N]
+//! [--rounds N] [--modes ipip,ipip-redirect,vxlan,none] [--k8s-nodes N] [--k8s-pods N] [--k8s-policies N]` (no section: all; `--help` for the
 //! environment twins and the other knobs). Every lab it makes is
 //! named `wbench-*` and torn down afterwards, also when a section fails.
 
@@ -40,6 +45,9 @@ use std::time::{Duration, Instant};
 
 use weft_tests::*;
 
+/// The Kubernetes datastore section (issue #11).
+#[path = "weft-bench/kubernetes.rs"]
+mod kubernetes;
 /// The NetworkPolicy sections (issue #10).
 #[path = "weft-bench/policy.rs"]
 mod policy;
@@ -54,13 +62,14 @@ struct Plugin<'a> {
     config: String,
 }
 
-const SECTIONS: [&str; 6] = [
+const SECTIONS: [&str; 7] = [
     "cni",
     "bgp",
     "throughput",
     "policy",
     "policy-apply",
     "policy-memory",
+    "kubernetes",
 ];
 /// The throughput section's modes: the agents' `--encap`, and for ipip
 /// both settings of `--direct-redirect` (see [`lab_up_flags`]).
@@ -71,7 +80,8 @@ const SECONDS: u32 = 5;
 /// Rounds of the three streams per mode; each row is their median.
 const THROUGHPUT_ROUNDS: u32 = 3;
 
-const USAGE: &str = "usage: weft-bench [cni|bgp|throughput|policy|policy-apply|policy-memory|all]... [--seconds N] [--rounds N] [--modes ipip,ipip-redirect,vxlan,none]
+const USAGE: &str = "usage: weft-bench [cni|bgp|throughput|policy|policy-apply|policy-memory|kubernetes|all]...
+       [--seconds N] [--rounds N] [--modes ipip,ipip-redirect,vxlan,none] [--k8s-nodes N] [--k8s-pods N] [--k8s-policies N]
   sections (default all): cni = CNI ADD/DEL latency, bgp = BGP convergence,
                           throughput = iperf3 and TCP request/response in a lab per encapsulation mode,
                           policy = TCP request/response, connect rate and iperf3 across nodes with the
@@ -79,11 +89,18 @@ const USAGE: &str = "usage: weft-bench [cni|bgp|throughput|policy|policy-apply|p
                             counts as iptables rules in one chain,
                           policy-apply = `lab apply` of a deny to the first denied UDP datagram (median, p99),
                           policy-memory = the pinned maps' kernel memory and entries at 1,000 policies and
-                            10,000 remote pods, and the agent's compile time for them
+                            10,000 remote pods, and the agent's compile time for them,
+                          kubernetes = the agent (--datastore kubernetes --routing static) against the test control
+                            plane holding only its Node, then N Nodes, Pods and NetworkPolicies: time to the first
+                            complete list and to ready, VmRSS/VmHWM, bytes per pod (needs the control plane built:
+                            scripts/build-control-plane.sh)
   --seconds N   seconds per iperf3 stream (WEFT_BENCH_SECONDS, default 5)
   --rounds N    rounds of the throughput streams, median reported (WEFT_BENCH_THROUGHPUT_ROUNDS, default 3)
   --modes LIST  encapsulation modes to measure (WEFT_BENCH_MODES, default ipip,ipip-redirect,vxlan,none;
                 ipip = --direct-redirect false, ipip-redirect = --direct-redirect true)
+  --k8s-nodes N     kubernetes: Nodes, the agent's included (WEFT_BENCH_K8S_NODES, default 100, at most 250)
+  --k8s-pods N      kubernetes: Pods, spread over the Nodes (WEFT_BENCH_K8S_PODS, default 10000, at most 250 per Node)
+  --k8s-policies N  kubernetes: NetworkPolicies (WEFT_BENCH_K8S_POLICIES, default 1000)
   environment: WEFT_BENCH_SECTIONS (comma-separated sections), WEFT_BENCH_ROUNDS (CNI pods, 100),
                WEFT_BENCH_BGP_NODES (10), WEFT_BENCH_BGP_ROUNDS (3),
                WEFT_BENCH_LAB_FLAGS (more `lab up` flags for the cni, bgp, policy-apply and policy-memory labs,
@@ -98,6 +115,7 @@ struct Options {
     seconds: u32,
     rounds: u32,
     modes: Vec<String>,
+    k8s: kubernetes::Scale,
 }
 
 /// Command line first, then the environment, then the defaults.
@@ -113,6 +131,9 @@ fn parse_args(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<O
     let mut seconds = env("WEFT_BENCH_SECONDS");
     let mut rounds = env("WEFT_BENCH_THROUGHPUT_ROUNDS");
     let mut modes = env("WEFT_BENCH_MODES");
+    let mut k8s_nodes = env("WEFT_BENCH_K8S_NODES");
+    let mut k8s_pods = env("WEFT_BENCH_K8S_PODS");
+    let mut k8s_policies = env("WEFT_BENCH_K8S_POLICIES");
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let (flag, inline) = match arg.split_once('=') {
@@ -124,6 +145,9 @@ fn parse_args(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<O
             "--seconds" => &mut seconds,
             "--rounds" => &mut rounds,
             "--modes" => &mut modes,
+            "--k8s-nodes" => &mut k8s_nodes,
+            "--k8s-pods" => &mut k8s_pods,
+            "--k8s-policies" => &mut k8s_policies,
             f if f.starts_with('-') => return Err(format!("unknown flag {f}")),
             section => {
                 sections.extend(list(section));
@@ -158,6 +182,12 @@ fn parse_args(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<O
     };
     let seconds = positive("--seconds", seconds, SECONDS)?;
     let rounds = positive("--rounds", rounds, THROUGHPUT_ROUNDS)?;
+    let k8s = kubernetes::Scale {
+        nodes: positive("--k8s-nodes", k8s_nodes, kubernetes::NODES)?,
+        pods: positive("--k8s-pods", k8s_pods, kubernetes::PODS)?,
+        policies: positive("--k8s-policies", k8s_policies, kubernetes::POLICIES)?,
+    }
+    .check()?;
     let modes = modes
         .map(|m| list(&m))
         .unwrap_or_else(|| MODES.iter().map(|m| m.to_string()).collect());
@@ -175,6 +205,7 @@ fn parse_args(args: &[String], env: impl Fn(&str) -> Option<String>) -> Result<O
         seconds,
         rounds,
         modes,
+        k8s,
     })
 }
 
@@ -213,6 +244,7 @@ fn main() {
                 env_or("WEFT_BENCH_POLICIES", policy::MEMORY_POLICIES),
                 env_or("WEFT_BENCH_REMOTE_PODS", policy::MEMORY_REMOTE_PODS),
             ),
+            "kubernetes" => kubernetes::agent_at_scale(options.k8s),
             _ => throughput(options.seconds, options.rounds, &options.modes),
         });
         if std::panic::catch_unwind(run).is_err() {
@@ -1368,6 +1400,18 @@ impl Stats {
     }
 }
 
+/// A `Name:   N kB` field of /proc/PID/status, in KiB.
+fn proc_status_kib(status: &str, name: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
@@ -1406,6 +1450,14 @@ mod tests {
         assert_eq!((all.seconds, all.rounds), (SECONDS, THROUGHPUT_ROUNDS));
         assert_eq!(all.modes, ["ipip", "ipip-redirect", "vxlan", "none"]);
         assert_eq!(
+            all.k8s,
+            kubernetes::Scale {
+                nodes: 100,
+                pods: 10_000,
+                policies: 1_000
+            }
+        );
+        assert_eq!(
             lab_up_flags("ipip-redirect"),
             ["--encap", "ipip", "--direct-redirect", "true"]
         );
@@ -1434,6 +1486,8 @@ mod tests {
             "WEFT_BENCH_SECTIONS" => Some("bgp".to_string()),
             "WEFT_BENCH_SECONDS" => Some("2".to_string()),
             "WEFT_BENCH_MODES" => Some("vxlan".to_string()),
+            "WEFT_BENCH_K8S_PODS" => Some("300".to_string()),
+            "WEFT_BENCH_K8S_POLICIES" => Some("20".to_string()),
             _ => None,
         };
         let o = parse_args(&[], env).unwrap();
@@ -1455,6 +1509,34 @@ mod tests {
         assert_eq!(o.sections, ["throughput"]);
         assert_eq!((o.seconds, o.rounds), (7, 1));
         assert_eq!(o.modes, ["none", "ipip"]);
+        assert_eq!((o.k8s.nodes, o.k8s.pods, o.k8s.policies), (100, 300, 20));
+        let o = parse_args(
+            &args(&[
+                "kubernetes",
+                "--k8s-nodes",
+                "3",
+                "--k8s-pods=600",
+                "--k8s-policies",
+                "5",
+            ]),
+            env,
+        )
+        .unwrap();
+        assert_eq!(o.sections, ["kubernetes"]);
+        assert_eq!(
+            o.k8s,
+            kubernetes::Scale {
+                nodes: 3,
+                pods: 600,
+                policies: 5
+            }
+        );
+        // 751 pods do not fit 3 nodes' /24s; 251 nodes not the InternalIPs.
+        let e = parse_args(&args(&["--k8s-nodes", "3", "--k8s-pods", "751"]), none).unwrap_err();
+        assert!(e.contains("250 per node"), "{e}");
+        assert!(parse_args(&args(&["--k8s-nodes", "251"]), none).is_err());
+        assert!(parse_args(&args(&["--k8s-pods", "0"]), none).is_err());
+        assert!(parse_args(&args(&["--k8s-policies"]), none).is_err());
 
         assert!(parse_args(&args(&["tput"]), none).is_err());
         assert!(parse_args(&args(&["--seconds", "0"]), none).is_err());
@@ -1462,6 +1544,14 @@ mod tests {
         assert!(parse_args(&args(&["--modes", "gre"]), none).is_err());
         assert!(parse_args(&args(&["--fast"]), none).is_err());
         assert_eq!(parse_args(&args(&["--help"]), none), Err(String::new()));
+    }
+
+    #[test]
+    fn proc_status_fields_are_read() {
+        let status = "Name:\tweft-agent\nVmHWM:\t   51200 kB\nVmRSS:\t   40960 kB\n";
+        assert_eq!(proc_status_kib(status, "VmRSS"), Some(40_960));
+        assert_eq!(proc_status_kib(status, "VmHWM"), Some(51_200));
+        assert_eq!(proc_status_kib(status, "VmSwap"), None);
     }
 
     #[test]

@@ -54,7 +54,7 @@ const DATAGRAM_PORT: u16 = 5300;
 /// How long a measurement waits for the agent to program its maps.
 const PROGRAMMED_WITHIN: Duration = Duration::from_secs(300);
 /// Kubernetes namespace of the bench's pods and policies (`lab up`'s).
-const NAMESPACE: &str = "default";
+pub const NAMESPACE: &str = "default";
 
 fn policy_doc(name: &str, spec: Value) -> Value {
     json!({
@@ -951,7 +951,7 @@ fn remote_endpoint(k: u32) -> weft_model::EndpointRecord {
 /// namespace `ns(i % 10)` on TCP 1000+i, and from one ipBlock (with an
 /// except) on 443; egress to the 100 pods `app=app((i + 50) % 100)` in any
 /// namespace on the named port `http`.
-fn memory_policy(i: u32) -> Value {
+pub fn memory_policy(i: u32) -> Value {
     let block = Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 16, 0, 0)) + i * 256);
     let except = Ipv4Addr::from(u32::from(block) + 128);
     policy_doc(
@@ -1263,22 +1263,14 @@ fn map_type_name(t: u64) -> &'static str {
     }
 }
 
-fn mib(bytes: u64) -> String {
+pub fn mib(bytes: u64) -> String {
     format!("{:.2} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
 /// VmRSS of `pid`, in bytes.
 fn resident_memory(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
+    Some(super::proc_status_kib(&status, "VmRSS")? * 1024)
 }
 
 /// The `took_us` of the agent's "pass done" lines (full passes or event
@@ -1289,7 +1281,7 @@ fn pass_times(log: &Path, offset: u64, full: bool) -> Vec<u64> {
     parse_pass_times(&text, full)
 }
 
-fn parse_pass_times(text: &str, full: bool) -> Vec<u64> {
+pub fn parse_pass_times(text: &str, full: bool) -> Vec<u64> {
     let want = format!("full={full}");
     text.lines()
         .filter(|l| l.contains("pass done") && l.contains(&want))
