@@ -122,13 +122,18 @@ impl ControlPlane {
         let pki = Pki::write(&config.dir.join("pki"), config.address)?;
         let server = format!("https://{}:{API_PORT}", config.address);
         let admin_kubeconfig = config.dir.join("admin.kubeconfig");
-        write_kubeconfig(&admin_kubeconfig, &server, &pki.ca_cert, &pki.admin)?;
+        write_kubeconfig(
+            &admin_kubeconfig,
+            &server,
+            &pki.ca_cert,
+            pki.admin.credentials(),
+        )?;
         let cm_kubeconfig = config.dir.join("controller-manager.kubeconfig");
         write_kubeconfig(
             &cm_kubeconfig,
             &server,
             &pki.ca_cert,
-            &pki.controller_manager,
+            pki.controller_manager.credentials(),
         )?;
 
         let mut plane = ControlPlane {
@@ -202,6 +207,15 @@ impl ControlPlane {
             format!("--service-account-private-key-file={}", p(&pki.sa_private)),
             format!("--root-ca-file={}", p(&pki.ca_cert)),
             "--use-service-account-credentials=true".into(),
+            // No kubelet runs anywhere (the lab and the tests play its
+            // part): the node lifecycle controller would find no heartbeat
+            // on any Node, mark it NotReady, taint it NoExecute, and the
+            // taint eviction controller would then delete its pods. Every
+            // other default controller runs: node IPAM (pod CIDRs), the
+            // service-account and namespace controllers (a new namespace's
+            // `default` ServiceAccount, which a Pod needs), the garbage
+            // collector.
+            "--controllers=*,-node-lifecycle-controller,-taint-eviction-controller".into(),
             "--leader-elect=false".into(),
             "--profiling=false".into(),
         ]
@@ -295,36 +309,17 @@ impl ControlPlane {
 
     /// [`ControlPlane::kubectl`] with `input` on its stdin (`apply -f -`).
     pub fn kubectl_with_input(&self, args: &[&str], input: Option<&str>) -> Result<String> {
-        use std::io::Write;
-        let mut command = Command::new(self.config.bin_dir.join("kubectl"));
-        command
-            .arg(format!("--kubeconfig={}", self.admin_kubeconfig.display()))
-            .args(args)
-            .stdin(if input.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        in_netns(&mut command, &self.config.netns, false)?;
-        let mut child = command.spawn().context("starting kubectl")?;
-        if let Some(input) = input {
-            child
-                .stdin
-                .take()
-                .context("kubectl's stdin")?
-                .write_all(input.as_bytes())?;
+        kubectl(&self.kubectl_target(), args, input)
+    }
+
+    /// Where kubectl runs and with which identity, to reach this control
+    /// plane as the administrator after it is detached.
+    pub fn kubectl_target(&self) -> KubectlTarget {
+        KubectlTarget {
+            bin_dir: self.config.bin_dir.clone(),
+            kubeconfig: self.admin_kubeconfig.clone(),
+            netns: self.config.netns.clone(),
         }
-        let output = child.wait_with_output()?;
-        if !output.status.success() {
-            bail!(
-                "kubectl {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     /// The API server's URL.
@@ -344,28 +339,12 @@ impl ControlPlane {
     ) -> Result<()> {
         let duration = format!("--duration={hours}h");
         let token = self.kubectl(&["create", "token", name, "-n", namespace, &duration])?;
-        let text = format!(
-            "apiVersion: v1
-kind: Config
-clusters:
-- name: weft-lab
-  cluster:
-    server: {server}
-    certificate-authority: {ca}
-users:
-- name: {namespace}-{name}
-  user:
-    token: {token}
-contexts:
-- name: weft-lab
-  context: {{cluster: weft-lab, user: {namespace}-{name}}}
-current-context: weft-lab
-",
-            server = self.server(),
-            ca = self.ca_cert().display(),
-            token = token.trim(),
-        );
-        fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+        write_kubeconfig(
+            path,
+            &self.server(),
+            &self.ca_cert(),
+            Credentials::Token(token.trim()),
+        )
     }
 
     /// The cluster CA's certificate, for clients' kubeconfigs.
@@ -398,6 +377,112 @@ current-context: weft-lab
     }
 }
 
+impl ControlPlane {
+    /// Leaves the processes running beyond this value (a lab's control
+    /// plane outlives the weftctl that started it) and returns them by name
+    /// and pid, in start order, for [`stop_detached`].
+    pub fn detach(mut self) -> Vec<(String, u32)> {
+        std::mem::take(&mut self.processes)
+            .into_iter()
+            .map(|(name, child)| (name.to_string(), child.id()))
+            .collect()
+    }
+}
+
+/// Whether `pid` is alive and is control-plane process `name` started
+/// with its files in `dir` (a recorded pid may have been reused since).
+pub fn is_process_of(pid: u32, name: &str, dir: &Path) -> bool {
+    if crate::process::is_zombie(pid) {
+        return false;
+    }
+    let Some(args) = crate::process::cmdline(pid) else {
+        return false;
+    };
+    let dir = dir.display().to_string();
+    args.first()
+        .is_some_and(|a| Path::new(a).file_name().is_some_and(|f| f == name))
+        && args.iter().skip(1).any(|a| a.contains(&dir))
+}
+
+/// Ends detached control-plane processes (`(name, pid)` in start order,
+/// as [`ControlPlane::detach`] gave them), the last started first: only
+/// those that still are that process of `dir`; SIGTERM, then SIGKILL after
+/// 5 s. Returns how many were running.
+pub fn stop_detached(processes: &[(String, u32)], dir: &Path) -> Result<usize> {
+    use nix::sys::signal::{Signal, kill};
+    let mut stopped = 0;
+    for (name, pid) in processes.iter().rev() {
+        if !is_process_of(*pid, name, dir) {
+            continue;
+        }
+        stopped += 1;
+        let target = nix::unistd::Pid::from_raw(*pid as i32);
+        let _ = kill(target, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while is_process_of(*pid, name, dir) {
+            if Instant::now() >= deadline {
+                eprintln!("control plane: {name} (pid {pid}) killed after 5 s");
+                let _ = kill(target, Signal::SIGKILL);
+                let gone = Instant::now() + Duration::from_secs(5);
+                while is_process_of(*pid, name, dir) {
+                    if Instant::now() >= gone {
+                        bail!("{name} (pid {pid}) is still alive 5 s after SIGKILL");
+                    }
+                    thread::sleep(Duration::from_millis(20));
+                }
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(stopped)
+}
+
+/// How to run kubectl against a control plane: the binary's directory,
+/// the kubeconfig, and the network namespace it runs in (where the API
+/// server's address is reachable).
+#[derive(Debug, Clone)]
+pub struct KubectlTarget {
+    pub bin_dir: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub netns: String,
+}
+
+/// Runs kubectl with `args` (and `input` on its stdin, for `-f -`); its
+/// stdout, or its stderr as the error.
+pub fn kubectl(target: &KubectlTarget, args: &[&str], input: Option<&str>) -> Result<String> {
+    use std::io::Write;
+    let mut command = Command::new(target.bin_dir.join("kubectl"));
+    command
+        .arg(format!("--kubeconfig={}", target.kubeconfig.display()))
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    in_netns(&mut command, &target.netns, false)?;
+    let mut child = command.spawn().context("starting kubectl")?;
+    if let Some(input) = input {
+        child
+            .stdin
+            .take()
+            .context("kubectl's stdin")?
+            .write_all(input.as_bytes())?;
+    }
+    let output = child.wait_with_output()?;
+    if !output.status.success() {
+        bail!(
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.stop();
@@ -409,6 +494,15 @@ impl Drop for ControlPlane {
 struct KeyPair {
     cert: PathBuf,
     key: PathBuf,
+}
+
+impl KeyPair {
+    fn credentials(&self) -> Credentials<'_> {
+        Credentials::Certificate {
+            cert: &self.cert,
+            key: &self.key,
+        }
+    }
 }
 
 /// The cluster's certificates and the service-account signing key.
@@ -570,8 +664,33 @@ fn openssl(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// A kubeconfig for `user`'s client certificate against `server`.
-fn write_kubeconfig(path: &Path, server: &str, ca_cert: &Path, user: &KeyPair) -> Result<()> {
+/// Who a kubeconfig authenticates as.
+#[derive(Debug, Clone, Copy)]
+pub enum Credentials<'a> {
+    /// A client certificate and its key (the subject is the identity).
+    Certificate { cert: &'a Path, key: &'a Path },
+    /// A bearer token (a ServiceAccount's).
+    Token(&'a str),
+}
+
+/// A kubeconfig for `user` against `server`, trusting `ca_cert`; readable
+/// by its owner only, as it may hold a token.
+pub fn write_kubeconfig(
+    path: &Path,
+    server: &str,
+    ca_cert: &Path,
+    user: Credentials,
+) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let user = match user {
+        Credentials::Certificate { cert, key } => format!(
+            "client-certificate: {}\n    client-key: {}",
+            cert.display(),
+            key.display()
+        ),
+        Credentials::Token(token) => format!("token: {token}"),
+    };
     let text = format!(
         "apiVersion: v1
 kind: Config
@@ -583,16 +702,20 @@ clusters:
 users:
 - name: user
   user:
-    client-certificate: {cert}
-    client-key: {key}
+    {user}
 contexts:
 - name: weft-lab
   context: {{cluster: weft-lab, user: user}}
 current-context: weft-lab
 ",
         ca = ca_cert.display(),
-        cert = user.cert.display(),
-        key = user.key.display(),
     );
-    fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+    let _ = fs::remove_file(path);
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))
 }

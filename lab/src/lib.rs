@@ -21,11 +21,14 @@
 //! - [`netpol`]: a policy case (`weftctl lab netpol`) run on the lab.
 //! - [`plan`], [`topology`], [`cni`], [`agent`], [`process`]: how a lab is
 //!   named, wired, and populated, and the processes it starts.
+//! - [`kubernetes`]: a lab on a real API server (`lab up --kubernetes`):
+//!   the [`control_plane`] on the underlay, the lab playing the kubelet.
 
 pub mod agent;
 pub mod agent_api;
 pub mod cni;
 pub mod control_plane;
+pub mod kubernetes;
 pub mod matrix;
 pub mod netpol;
 pub mod objects;
@@ -57,7 +60,7 @@ pub const STATE_ROOT: &str = "/run/weft-lab";
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf/weft-lab";
 /// Files and directories a lab's state directory may hold; `lab down`
 /// removes the directory only if it holds nothing else.
-const STATE_ENTRIES: &[&str] = &["lab.json", "nodes", "datastore"];
+const STATE_ENTRIES: &[&str] = &["lab.json", "nodes", "datastore", kubernetes::DIR];
 
 /// Which lab a command acts on.
 #[derive(Debug, Clone)]
@@ -167,6 +170,9 @@ pub struct UpOptions {
     pub direct_redirect: Option<bool>,
     /// How many underlay subnets the nodes alternate between (1: one segment).
     pub underlay_subnets: u32,
+    /// Run a Kubernetes control plane and have the agents read the cluster
+    /// from it (`--datastore kubernetes`) instead of the directory store.
+    pub kubernetes: bool,
 }
 
 impl UpOptions {
@@ -185,6 +191,7 @@ impl UpOptions {
             cross_subnet: false,
             direct_redirect: None,
             underlay_subnets: 1,
+            kubernetes: false,
         }
     }
 }
@@ -199,6 +206,10 @@ pub fn up(lab: &LabRef, options: &UpOptions) -> Result<LabState> {
     let route_reflectors = plan::validate_route_reflectors(&options.route_reflectors, &names)?;
     agent::agent_path(&options.bin_dir)?;
     cni::plugin_path(&options.bin_dir)?;
+    let control_plane_bins = options
+        .kubernetes
+        .then(|| kubernetes::find_bin_dir(&options.bin_dir))
+        .transpose()?;
     down(lab).context("tearing down the previous lab")?;
     let mut state = LabState::planned_on(
         &lab.lab,
@@ -213,6 +224,8 @@ pub fn up(lab: &LabRef, options: &UpOptions) -> Result<LabState> {
     state.encap = options.encap;
     state.cross_subnet = options.cross_subnet;
     state.direct_redirect = options.direct_redirect;
+    state.kubernetes =
+        control_plane_bins.map(|bins| kubernetes::planned(&lab.lab, &lab.state_dir, &bins));
     let built = state.save().and_then(|()| build(&mut state, options));
     match built {
         Ok(()) => Ok(state),
@@ -349,6 +362,10 @@ fn wait_routed(state: &LabState, nodes: &[state::Node], timeout: Duration) -> Re
 fn build(state: &mut LabState, options: &UpOptions) -> Result<()> {
     build_underlay(state)?;
     let all: Vec<usize> = (0..state.nodes.len()).collect();
+    if state.kubernetes.is_some() {
+        kubernetes::start(state)?;
+        kubernetes::join_nodes(state, &all, options.ready_timeout)?;
+    }
     start_agents(state, &all, options.ready_timeout)?;
     wait_converged(state, options.ready_timeout)?;
     let spec = PodSpec {
@@ -447,6 +464,13 @@ pub fn down(lab: &LabRef) -> Result<DownReport> {
         }
     }
 
+    if let Err(e) = kubernetes::stop(
+        &lab.state_dir,
+        recorded.as_ref().and_then(|s| s.kubernetes.as_ref()),
+    ) {
+        errors.push(format!("{e:#}"));
+    }
+
     let namespaces: Vec<String> = match &recorded {
         Some(state) => state
             .pods
@@ -454,6 +478,7 @@ pub fn down(lab: &LabRef) -> Result<DownReport> {
             .map(|p| p.netns.clone())
             .chain(state.nodes.iter().map(|n| n.netns.clone()))
             .chain(state.fabric.router_netns.clone())
+            .chain(state.kubernetes.as_ref().map(|k| k.netns.clone()))
             .chain(std::iter::once(state.fabric.netns.clone()))
             .collect(),
         None => {
@@ -585,25 +610,39 @@ pub fn add_pod(state: &mut LabState, node: &str, name: &str, spec: &PodSpec) -> 
     state.pods.push(pod.clone());
     state.save()?;
     let bin_dir = state.bin_dir.clone();
-    let attached = topology::create_netns(&pod.netns)
-        .and_then(|()| cni::add(&invocation(&bin_dir, &node, &pod)))
-        .and_then(|attached| {
-            pod.ip = Some(attached.ip);
-            pod.host_ifname = Some(attached.host_ifname);
-            if serves {
-                let mut server = serve::start(&bin_dir, &pod.netns, &pod.ports)?;
-                pod.server_pid = Some(server.id());
-                record_pod(state, &pod)?;
-                serve::wait_ready(&mut server)?;
-            }
-            Ok(())
-        });
+    let on_kubernetes = state.kubernetes.is_some();
+    // On Kubernetes the Pod object exists, bound to its node, before the
+    // kubelet calls the CNI, and the kubelet reports its address after.
+    let attached = if on_kubernetes {
+        kubernetes::create_pod(state, &pod)
+    } else {
+        Ok(())
+    }
+    .and_then(|()| topology::create_netns(&pod.netns))
+    .and_then(|()| cni::add(&invocation(&bin_dir, &node, &pod)))
+    .and_then(|attached| {
+        if on_kubernetes {
+            kubernetes::set_pod_running(state, &pod, attached.ip)?;
+        }
+        pod.ip = Some(attached.ip);
+        pod.host_ifname = Some(attached.host_ifname);
+        if serves {
+            let mut server = serve::start(&bin_dir, &pod.netns, &pod.ports)?;
+            pod.server_pid = Some(server.id());
+            record_pod(state, &pod)?;
+            serve::wait_ready(&mut server)?;
+        }
+        Ok(())
+    });
     if let Err(e) = attached {
         if let Some(pid) = pod.server_pid {
             let _ = serve::stop(pid, &pod.netns);
         }
         let _ = cni::del(&invocation(&bin_dir, &node, &pod));
         let _ = topology::delete_netns(&pod.netns);
+        if on_kubernetes && let Err(cleanup) = kubernetes::delete_pod(state, &pod) {
+            eprintln!("warning: {cleanup:#}");
+        }
         state.pods.retain(|p| p.name != pod.name);
         state.save()?;
         return Err(e.context(format!("adding pod {namespace}/{name} on {}", node.name)));
@@ -648,6 +687,9 @@ pub fn del_pod(state: &mut LabState, name: &str) -> Result<()> {
     }
     cni::del(&invocation(&state.bin_dir, &node, &pod))
         .with_context(|| format!("deleting pod {}/{name} on {}", pod.namespace, node.name))?;
+    if state.kubernetes.is_some() {
+        kubernetes::delete_pod(state, &pod)?;
+    }
     topology::delete_netns(&pod.netns)?;
     state.pods.retain(|p| p.name != name);
     state.save()
@@ -758,6 +800,10 @@ pub fn add_node(state: &mut LabState, options: NodeAddOptions) -> Result<state::
     state.save()?;
     let at = state.nodes.len() - 1;
     let added = build_node(state, &state.nodes[at])
+        .and_then(|()| match state.kubernetes {
+            Some(_) => kubernetes::join_nodes(state, &[at], options.ready_timeout),
+            None => Ok(()),
+        })
         .and_then(|()| start_agents(state, &[at], options.ready_timeout));
     if let Err(e) = added {
         if let Err(cleanup) = remove_node(state, &name) {
@@ -831,9 +877,13 @@ fn remove_node(state: &mut LabState, name: &str) -> Result<()> {
         process::stop_agent(pid, &node.socket, Duration::from_secs(2))?;
     }
     record_agent(state, index, None)?;
-    let datastore = state.datastore_dir();
-    remove_path(&datastore.join("nodes").join(format!("{name}.json")))?;
-    remove_path(&datastore.join("endpoints").join(name))?;
+    if state.kubernetes.is_some() {
+        kubernetes::delete_node(state, name)?;
+    } else {
+        let datastore = state.datastore_dir();
+        remove_path(&datastore.join("nodes").join(format!("{name}.json")))?;
+        remove_path(&datastore.join("endpoints").join(name))?;
+    }
     topology::detach_node(&state.fabric.netns, &node.fabric_port)?;
     topology::delete_netns(&node.netns)?;
     remove_path(&node.bpffs_dir)?;

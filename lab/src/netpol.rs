@@ -207,6 +207,16 @@ fn ensure_lab(lab: &LabRef, nodes: u32, options: &NetpolOptions) -> Result<(LabS
         };
         return Ok((crate::up(lab, &up)?, true));
     };
+    // The reconciler writes the directory store and predicts the agents'
+    // digest from what it wrote; an API server adds namespaces and
+    // defaults of its own that it cannot predict yet.
+    if state.kubernetes.is_some() {
+        bail!(
+            "lab {} runs on Kubernetes (lab up --kubernetes); lab netpol runs cases on a lab on the \
+             directory store only: apply the case's objects with `weftctl lab apply` instead",
+            lab.lab
+        );
+    }
     while (state.nodes.len() as u32) < nodes {
         crate::add_node(
             &mut state,

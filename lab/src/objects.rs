@@ -41,32 +41,45 @@ fn store(state: &LabState) -> Result<Datastore> {
 
 /// Writes a file of BGPPeer, NetworkPolicy and Namespace manifests into
 /// the lab's datastore, all or nothing (the whole file is checked first);
-/// returns what was written as `kind/name` (`networkpolicy/NS/NAME`).
+/// returns what was written as `kind/name` (`networkpolicy/NS/NAME`). In a
+/// Kubernetes lab the checked file goes to the API server with `kubectl
+/// apply`, as an operator would apply it.
 pub fn apply(state: &LabState, text: &str) -> Result<Vec<String>> {
     let objects = parse_store_manifests(text)?;
+    if state.kubernetes.is_some() {
+        crate::kubernetes::apply(state, text)?;
+        return Ok(objects.iter().map(manifest_name).collect());
+    }
     let store = store(state)?;
     let mut written = Vec::new();
     for object in &objects {
-        let name = match object {
-            StoreManifest::BgpPeer(peer) => {
-                store.put_bgp_peer(peer)?;
-                format!("bgppeer/{}", peer.metadata.name)
-            }
+        match object {
+            StoreManifest::BgpPeer(peer) => store.put_bgp_peer(peer)?,
             StoreManifest::Policy(PolicyManifest::NetworkPolicy(policy)) => {
-                store.put_network_policy(policy)?;
-                format!("networkpolicy/{}/{}", policy.namespace(), policy.name())
+                store.put_network_policy(policy)?
             }
             StoreManifest::Policy(PolicyManifest::Namespace(ns)) => {
                 // Stored as the API server stores it: with its name label.
                 let mut ns = ns.clone();
                 ns.metadata.labels = ns.labels();
                 store.put_namespace(&ns)?;
-                format!("namespace/{}", ns.name())
             }
-        };
-        written.push(name);
+        }
+        written.push(manifest_name(object));
     }
     Ok(written)
+}
+
+/// An applied object as `apply` reports it: `kind/name`
+/// (`networkpolicy/NS/NAME`).
+fn manifest_name(object: &StoreManifest) -> String {
+    match object {
+        StoreManifest::BgpPeer(peer) => format!("bgppeer/{}", peer.metadata.name),
+        StoreManifest::Policy(PolicyManifest::NetworkPolicy(policy)) => {
+            format!("networkpolicy/{}/{}", policy.namespace(), policy.name())
+        }
+        StoreManifest::Policy(PolicyManifest::Namespace(ns)) => format!("namespace/{}", ns.name()),
+    }
 }
 
 /// Removes an object from the lab's datastore; `false` if there was none.
@@ -79,6 +92,21 @@ pub fn delete(state: &LabState, kind: Kind, name: &str) -> Result<bool> {
         }
         Ok(())
     };
+    if state.kubernetes.is_some() {
+        let (namespace, name) = match kind {
+            Kind::Networkpolicy => {
+                let (namespace, name) = name.split_once('/').unwrap_or(("default", name));
+                check_namespace_name(namespace)?;
+                (Some(namespace), name)
+            }
+            _ => (None, name),
+        };
+        match kind {
+            Kind::Namespace => check_namespace_name(name)?,
+            _ => subdomain(name)?,
+        }
+        return crate::kubernetes::delete(state, kind.name(), namespace, name);
+    }
     let store = store(state)?;
     Ok(match kind {
         Kind::Bgppeer => {
@@ -140,6 +168,17 @@ pub fn parse_label_changes(args: &[String]) -> Result<Vec<LabelChange>> {
         .collect()
 }
 
+/// `changes` as `kubectl label` takes them.
+fn kubectl_changes(changes: &[LabelChange]) -> Vec<String> {
+    changes
+        .iter()
+        .map(|c| match c {
+            LabelChange::Set(k, v) => format!("{k}={v}"),
+            LabelChange::Remove(k) => format!("{k}-"),
+        })
+        .collect()
+}
+
 /// `labels` with `changes` applied in order.
 pub fn relabel(
     labels: &BTreeMap<String, String>,
@@ -160,14 +199,27 @@ pub fn relabel(
 pub fn label_pod(state: &mut LabState, name: &str, changes: &[LabelChange]) -> Result<Pod> {
     let pod = state.pod(name)?.clone();
     let socket = state.node(&pod.node)?.socket.clone();
-    let labels = relabel(&pod.labels, changes);
-    crate::agent_api::block_on(crate::agent_api::update_endpoint_labels(
-        &socket,
-        AGENT_TIMEOUT,
-        &pod.container_id,
-        &pod.ifname,
-        &labels,
-    ))
+    let mut labels = relabel(&pod.labels, changes);
+    if state.kubernetes.is_some() {
+        // The Pod object's labels, which its agent watches.
+        crate::kubernetes::label(
+            state,
+            "pod",
+            Some(&pod.namespace),
+            name,
+            &kubectl_changes(changes),
+        )
+        .map(|now| labels = now)
+    } else {
+        crate::agent_api::block_on(crate::agent_api::update_endpoint_labels(
+            &socket,
+            AGENT_TIMEOUT,
+            &pod.container_id,
+            &pod.ifname,
+            &labels,
+        ))
+        .map(|_| ())
+    }
     .with_context(|| format!("relabelling pod {}/{name}", pod.namespace))?;
     let recorded = state
         .pods
@@ -191,6 +243,11 @@ pub fn label_namespace(state: &LabState, name: &str, changes: &[LabelChange]) ->
         bail!("{NAME_LABEL} is the namespace's name ({name}); it cannot be changed or removed");
     }
     check_namespace_name(name)?;
+    if state.kubernetes.is_some() {
+        let labels =
+            crate::kubernetes::label(state, "namespace", None, name, &kubectl_changes(changes))?;
+        return Ok(Namespace::new(name, labels));
+    }
     let store = store(state)?;
     let mut ns = store
         .namespace(name)?

@@ -139,7 +139,12 @@ pub fn router_ifname(subnet: u32) -> String {
 /// The routes node `index` needs to the other underlay subnets: each via
 /// the router's address on the node's own subnet. None with one subnet.
 pub fn underlay_routes(index: u32, subnets: u32) -> Vec<(String, Ipv4Addr)> {
-    let own = node_subnet(index, subnets);
+    subnet_routes(node_subnet(index, subnets), subnets)
+}
+
+/// The routes a host on underlay subnet `own` needs to the other subnets:
+/// each via the router's address on `own`.
+pub fn subnet_routes(own: u32, subnets: u32) -> Vec<(String, Ipv4Addr)> {
     (0..subnets)
         .filter(|&s| s != own)
         .map(|s| (underlay_cidr(s), router_ip(own)))
@@ -181,10 +186,25 @@ pub fn pod_netns(lab: &str, pod: &str) -> String {
     format!("{lab}-pod-{pod}")
 }
 
+/// The namespace of a Kubernetes lab's control plane (etcd, the API
+/// server, the controller manager), plugged into the first underlay
+/// subnet like a node.
+pub fn control_plane_netns(lab: &str) -> String {
+    format!("{lab}-kube")
+}
+
+/// The control plane's address on the first underlay subnet: above every
+/// node's (198.18.0.(10+i), i at most [`MAX_NODES`]) and off the .1-.10 and
+/// .200/.201 that tests give routers and BGP peers.
+pub const CONTROL_PLANE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 250);
+/// The control plane's bridge port in the fabric namespace.
+pub const CONTROL_PLANE_PORT: &str = "fab-kube";
+
 /// Whether `netns` is a name this lab's plan can produce; used by
 /// `lab down` when lab.json is gone, so it deletes nothing else.
 pub fn is_lab_netns(lab: &str, netns: &str) -> bool {
-    if netns == fabric_netns(lab) || netns == router_netns(lab) {
+    if netns == fabric_netns(lab) || netns == router_netns(lab) || netns == control_plane_netns(lab)
+    {
         return true;
     }
     let Some(rest) = netns.strip_prefix(lab).and_then(|r| r.strip_prefix('-')) else {
@@ -280,9 +300,11 @@ mod tests {
             underlay_routes(4, 2),
             [("198.18.0.0/24".to_string(), Ipv4Addr::new(198, 18, 1, 1))]
         );
-        // Addresses stay distinct and off the routers' .1-.10.
+        // Addresses stay distinct and off the routers' .1-.10 and the
+        // control plane's.
         let all: std::collections::BTreeSet<Ipv4Addr> =
             (1..=MAX_NODES).map(|i| underlay_ip(i, 2)).collect();
+        assert!(!all.contains(&CONTROL_PLANE_IP));
         assert_eq!(all.len(), MAX_NODES as usize);
         assert!(all.iter().all(|a| a.octets()[3] > 10));
         for s in 0..MAX_UNDERLAY_SUBNETS {
@@ -312,6 +334,8 @@ mod tests {
     fn only_planned_namespaces_belong_to_the_lab() {
         assert!(is_lab_netns("weft", "weft-fabric"));
         assert!(is_lab_netns("weft", "weft-router"));
+        assert!(is_lab_netns("weft", "weft-kube"));
+        assert!(!is_lab_netns("weft", "weft2-kube"));
         assert!(!is_lab_netns("weft", "weft2-router"));
         assert!(is_lab_netns("weft", "weft-node1"));
         assert!(is_lab_netns("weft", "weft-node12"));

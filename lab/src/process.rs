@@ -41,6 +41,17 @@ pub fn in_netns(command: &mut Command, netns: &str, new_session: bool) -> Result
     Ok(())
 }
 
+/// The pids of every process now running (the numeric entries of /proc).
+pub fn pids() -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .collect()
+}
+
 /// The command line of `pid` as its arguments, None if it is gone.
 pub fn cmdline(pid: u32) -> Option<Vec<String>> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;

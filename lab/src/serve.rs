@@ -223,12 +223,8 @@ pub fn stop(pid: u32, netns: &str) -> Result<bool> {
 /// (pid, netns): how `lab down` finds servers whose pid was never
 /// recorded (a crash between start and record).
 pub fn running(is_ours: impl Fn(&str) -> bool) -> Vec<(u32, String)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    process::pids()
+        .into_iter()
         .filter_map(|pid| {
             let args = process::cmdline(pid)?;
             let netns = serves(&args)?.to_string();

@@ -48,8 +48,34 @@ pub struct LabState {
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub underlay_subnets: u32,
     pub fabric: Fabric,
+    /// A Kubernetes lab's control plane (`lab up --kubernetes`); `None`: the
+    /// agents share the directory store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<Kubernetes>,
     pub nodes: Vec<Node>,
     pub pods: Vec<Pod>,
+}
+
+/// The control plane of a Kubernetes lab: the agents read the cluster from
+/// its API server, and the lab plays the kubelet (Nodes, Pods, their status).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Kubernetes {
+    /// The namespace etcd, the API server and the controller manager run in.
+    pub netns: String,
+    /// The API server's address there, on the first underlay subnet.
+    pub address: Ipv4Addr,
+    /// Its bridge port in the fabric namespace.
+    pub fabric_port: String,
+    /// Certificates, kubeconfigs, etcd's data and the components' logs.
+    pub dir: PathBuf,
+    /// Where etcd, kube-apiserver, kube-controller-manager and kubectl are.
+    pub bin_dir: PathBuf,
+    /// The administrator's kubeconfig (`weftctl lab kubeconfig`).
+    pub admin_kubeconfig: PathBuf,
+    /// The running components by name and pid, in start order, recorded as
+    /// soon as they run; `lab down` ends exactly these.
+    #[serde(default)]
+    pub processes: Vec<(String, u32)>,
 }
 
 /// The agents' `--routing`.
@@ -159,6 +185,12 @@ pub struct Pod {
 }
 
 impl Node {
+    /// The kubeconfig the node's agent reads the API server with, in a
+    /// Kubernetes lab (the weft-agent ServiceAccount's token).
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.state_dir.join("kubeconfig")
+    }
+
     /// Node `index` of lab `lab` as the plan names and addresses it, with
     /// no agent; the one place a node's record is made (`lab up` and
     /// `lab node add`).
@@ -238,6 +270,7 @@ impl LabState {
             cross_subnet: false,
             direct_redirect: None,
             underlay_subnets,
+            kubernetes: None,
             fabric: Fabric {
                 netns: plan::fabric_netns(lab),
                 bridge: plan::BRIDGE.to_string(),
@@ -286,41 +319,56 @@ impl LabState {
     /// start, so a restarted agent adopts what its predecessor programmed.
     pub fn agent_args(&self, node: &Node) -> Vec<String> {
         let path = |p: &Path| p.display().to_string();
-        vec![
-            "--node-name".into(),
-            node.name.clone(),
-            "--pod-cidr".into(),
-            node.pod_cidr.clone(),
-            "--uplink".into(),
-            node.uplink.clone(),
-            "--datastore-dir".into(),
-            path(&self.datastore_dir()),
-            "--state-dir".into(),
-            path(&node.state_dir),
-            "--socket".into(),
-            path(&node.socket),
-            "--bpffs-dir".into(),
-            path(&node.bpffs_dir),
-            "--encap".into(),
-            self.encap.name().into(),
-            "--routing".into(),
-            self.routing.as_arg().into(),
-        ]
-        .into_iter()
-        .chain(self.cross_subnet.then(|| "--cross-subnet".to_string()))
-        .chain(
-            self.direct_redirect
-                .map(|on| ["--direct-redirect".into(), on.to_string()])
-                .into_iter()
-                .flatten(),
-        )
-        .chain(
-            (!self.route_reflectors.is_empty())
-                .then(|| ["--route-reflectors".into(), self.route_reflectors.join(",")])
-                .into_iter()
-                .flatten(),
-        )
-        .collect()
+        // In a Kubernetes lab the agent takes its pod CIDR from its Node
+        // (the controller manager's node IPAM) and reads the cluster with
+        // its ServiceAccount's kubeconfig.
+        let datastore: Vec<String> = match &self.kubernetes {
+            None => vec![
+                "--pod-cidr".into(),
+                node.pod_cidr.clone(),
+                "--uplink".into(),
+                node.uplink.clone(),
+                "--datastore-dir".into(),
+                path(&self.datastore_dir()),
+            ],
+            Some(_) => vec![
+                "--uplink".into(),
+                node.uplink.clone(),
+                "--datastore".into(),
+                "kubernetes".into(),
+                "--kubeconfig".into(),
+                path(&node.kubeconfig()),
+            ],
+        };
+        ["--node-name".into(), node.name.clone()]
+            .into_iter()
+            .chain(datastore)
+            .chain([
+                "--state-dir".into(),
+                path(&node.state_dir),
+                "--socket".into(),
+                path(&node.socket),
+                "--bpffs-dir".into(),
+                path(&node.bpffs_dir),
+                "--encap".into(),
+                self.encap.name().into(),
+                "--routing".into(),
+                self.routing.as_arg().into(),
+            ])
+            .chain(self.cross_subnet.then(|| "--cross-subnet".to_string()))
+            .chain(
+                self.direct_redirect
+                    .map(|on| ["--direct-redirect".into(), on.to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
+            .chain(
+                (!self.route_reflectors.is_empty())
+                    .then(|| ["--route-reflectors".into(), self.route_reflectors.join(",")])
+                    .into_iter()
+                    .flatten(),
+            )
+            .collect()
     }
 
     /// The index the next `lab node add` gets: one above the highest in
@@ -555,6 +603,36 @@ mod tests {
             args[args.len() - 2..],
             ["--route-reflectors", "node1,node2"]
         );
+    }
+
+    /// A Kubernetes lab's agents: the contract's flags (no --pod-cidr, no
+    /// directory store), every other flag kept; the record round-trips.
+    #[test]
+    fn kubernetes_agent_args_follow_the_contract() {
+        let mut state = sample();
+        state.kubernetes = Some(crate::kubernetes::planned(
+            "weft",
+            Path::new("/run/weft-lab/weft"),
+            Path::new("/repo/.tools/control-plane-v1/bin"),
+        ));
+        state.encap = Encap::Vxlan;
+        let args = state.agent_args(state.node("node2").unwrap());
+        assert_eq!(
+            args.join(" "),
+            "--node-name node2 --uplink eth0 --datastore kubernetes \
+             --kubeconfig /run/weft-lab/weft/nodes/node2/kubeconfig \
+             --state-dir /run/weft-lab/weft/nodes/node2 \
+             --socket /run/weft-lab/weft/nodes/node2/agent.sock \
+             --bpffs-dir /sys/fs/bpf/weft-lab/weft/node2 --encap vxlan --routing bgp"
+        );
+        let text = state.to_json();
+        assert_eq!(LabState::from_json(&text).unwrap(), state);
+        assert!(
+            text.contains(
+                "\"admin_kubeconfig\": \"/run/weft-lab/weft/kubernetes/admin.kubeconfig\""
+            )
+        );
+        assert!(!sample().to_json().contains("kubernetes"));
     }
 
     #[test]

@@ -23,8 +23,22 @@ pub struct StatusView {
     pub fabric: FabricView,
     /// `--route-reflectors` of `lab up`; empty for a full mesh.
     pub route_reflectors: Vec<String>,
+    /// A Kubernetes lab's control plane; absent on the directory store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesView>,
     pub nodes: Vec<NodeView>,
     pub pods: Vec<PodView>,
+}
+
+/// A Kubernetes lab's control plane: where it is, how to reach it, which
+/// of its components still run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KubernetesView {
+    pub netns: String,
+    pub api_server: String,
+    pub kubeconfig: String,
+    /// The components whose recorded process still runs.
+    pub running: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -132,6 +146,17 @@ impl StatusView {
                 }),
             },
             route_reflectors: state.route_reflectors.clone(),
+            kubernetes: state.kubernetes.as_ref().map(|k| KubernetesView {
+                netns: k.netns.clone(),
+                api_server: format!("https://{}:{}", k.address, crate::control_plane::API_PORT),
+                kubeconfig: k.admin_kubeconfig.display().to_string(),
+                running: k
+                    .processes
+                    .iter()
+                    .filter(|(name, pid)| crate::control_plane::is_process_of(*pid, name, &k.dir))
+                    .map(|(name, _)| name.clone())
+                    .collect(),
+            }),
             nodes: state
                 .nodes
                 .iter()
@@ -186,6 +211,15 @@ impl StatusView {
             out.push_str(&format!(
                 "  route reflectors {}",
                 self.route_reflectors.join(",")
+            ));
+        }
+        if let Some(k) = &self.kubernetes {
+            out.push_str(&format!(
+                "\nkubernetes {}  API server {}  running {}  kubeconfig {}",
+                k.netns,
+                k.api_server,
+                dash(Some(k.running.join(",")).filter(|s| !s.is_empty())),
+                k.kubeconfig
             ));
         }
         out.push_str("\n\n");

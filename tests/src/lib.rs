@@ -253,6 +253,26 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// kubectl as the administrator of a Kubernetes lab (`lab up
+    /// --kubernetes`), with `input` on its stdin; its stdout, or kubectl's
+    /// error.
+    pub fn try_kubectl(&self, args: &[&str], input: Option<&str>) -> Result<String, String> {
+        let state = self.lab().load().expect("the lab's record");
+        let kube = state
+            .kubernetes
+            .as_ref()
+            .unwrap_or_else(|| panic!("lab {} is not a Kubernetes lab", self.name));
+        weft_lab::kubernetes::kubectl(kube, args, input).map_err(|e| format!("{e:#}"))
+    }
+
+    /// [`Lab::try_kubectl`] that fails the test on an error.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        self.try_kubectl(args, None)
+            .unwrap_or_else(|e| panic!("lab {}: {e}", self.name))
+    }
+}
+
 /// Lines of each agent's log shown when a test fails on a lab.
 const FAILURE_LOG_LINES: usize = 60;
 
@@ -272,7 +292,8 @@ impl Drop for Lab {
 }
 
 impl Lab {
-    /// The last lines of every agent's log of the lab, on stderr.
+    /// The last lines of every agent's log of the lab (and of its control
+    /// plane's components, on Kubernetes), on stderr.
     pub fn print_agent_logs(&self) {
         let nodes = self.lab().state_dir.join("nodes");
         let Ok(entries) = std::fs::read_dir(&nodes) else {
@@ -284,6 +305,17 @@ impl Lab {
             .filter(|p| p.is_file())
             .collect();
         logs.sort();
+        // A Kubernetes lab's control plane: why the API server or the
+        // controller manager misbehaved.
+        if let Ok(entries) = std::fs::read_dir(self.lab().state_dir.join("kubernetes")) {
+            let mut components: Vec<PathBuf> = entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "log"))
+                .collect();
+            components.sort();
+            logs.extend(components);
+        }
         for log in logs {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();

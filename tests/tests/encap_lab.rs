@@ -321,6 +321,19 @@ fn check_mode(encap: &str, overhead: u32) {
     check_lab(&lab, encap, overhead);
 }
 
+/// [`check_mode`] with the agents on Kubernetes (`lab up --kubernetes`:
+/// the API server as their datastore, pod CIDRs from node IPAM): a mode
+/// must not behave differently with the datastore.
+fn check_mode_on_kubernetes(encap: &str, overhead: u32) {
+    let options = UpOptions {
+        encap: encap.parse().unwrap(),
+        kubernetes: true,
+        ..up_options(3, 2)
+    };
+    let lab = Lab::build(&format!("enc-k8s-{encap}"), options);
+    check_lab(&lab, encap, overhead);
+}
+
 /// Everything a mode must do, on `lab`, brought up in mode `encap`.
 fn check_lab(lab: &Lab, encap: &str, overhead: u32) {
     lab.check();
@@ -404,6 +417,21 @@ fn vxlan_mode() {
 #[test]
 fn none_mode() {
     check_mode("none", 0);
+}
+
+#[test]
+fn ipip_mode_on_kubernetes() {
+    check_mode_on_kubernetes("ipip", 20);
+}
+
+#[test]
+fn vxlan_mode_on_kubernetes() {
+    check_mode_on_kubernetes("vxlan", 50);
+}
+
+#[test]
+fn none_mode_on_kubernetes() {
+    check_mode_on_kubernetes("none", 0);
 }
 
 /// What is attached to the uplink, in both directions.

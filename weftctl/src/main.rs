@@ -230,12 +230,29 @@ enum LabCommand {
         /// forwarded by the node's stack. Default: the agent's own default.
         #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
         direct_redirect: Option<bool>,
+        /// Run a Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager from
+        /// the repository's .tools/control-plane-*/bin, built by scripts/build-control-plane.sh)
+        /// in netns <lab>-kube on the underlay (198.18.0.250), and run the agents on it
+        /// (`--datastore kubernetes`, the weft-agent ServiceAccount's token and RBAC) instead of
+        /// the directory store. The lab plays the kubelet: it registers each Node (InternalIP:
+        /// its underlay address; pod CIDR: the controller manager's node IPAM), creates each
+        /// pod's Pod object before the CNI ADD and writes its status after. `lab apply`,
+        /// `delete` and `label` then go through kubectl; `lab kubeconfig` prints the
+        /// administrator's kubeconfig.
+        #[arg(long)]
+        kubernetes: bool,
     },
-    /// Tear the lab down: its agents, namespaces, bpffs pins and state directory. Idempotent.
+    /// Tear the lab down: its agents, control plane, namespaces, bpffs pins and state
+    /// directory. Idempotent.
     Down,
-    /// Show the lab's fabric (and route reflectors, if any), nodes (with live agent pids) and pods.
+    /// Print the path of a Kubernetes lab's administrator kubeconfig (for
+    /// `kubectl --kubeconfig`, run inside `ip netns exec <lab>-kube` or any lab node).
+    Kubeconfig,
+    /// Show the lab's fabric (and route reflectors, if any), its control plane (in a Kubernetes lab),
+    /// nodes (with live agent pids) and pods.
     Status {
-        /// Print JSON: {"fabric":{..},"route_reflectors":[..],"nodes":[..],"pods":[..]}.
+        /// Print JSON: {"fabric":{..},"route_reflectors":[..],"nodes":[..],"pods":[..]}, and in a
+        /// Kubernetes lab "kubernetes":{"netns","api_server","kubeconfig","running":[..]}.
         #[arg(long)]
         json: bool,
     },
@@ -263,13 +280,14 @@ enum LabCommand {
     /// Takes weft.dev/v1alpha1 BGPPeer, networking.k8s.io/v1 NetworkPolicy and v1 Namespace,
     /// mixed, in YAML or JSON, several documents. The whole file is checked first: one
     /// invalid document (reported with its number and the field's path) refuses the file and
-    /// nothing is written.
+    /// nothing is written. In a Kubernetes lab the checked file goes to the API server
+    /// (kubectl apply).
     Apply {
         /// The manifest file, or - for standard input.
         #[arg(short = 'f', long = "filename")]
         file: PathBuf,
     },
-    /// Remove an object from the lab's datastore.
+    /// Remove an object from the lab's datastore (in a Kubernetes lab: kubectl delete).
     Delete {
         /// The object's kind.
         #[arg(value_enum)]
@@ -280,7 +298,8 @@ enum LabCommand {
     },
     /// Change the labels of a pod (its endpoint record, through its node's agent) or of a
     /// namespace (its Namespace object in the datastore, created if the namespace so far
-    /// exists only through its pods), kubectl-style.
+    /// exists only through its pods), kubectl-style. In a Kubernetes lab: the Pod's or the
+    /// Namespace's object (kubectl label).
     Label {
         /// What to label.
         #[arg(value_enum)]
@@ -583,6 +602,7 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
             cross_subnet,
             direct_redirect,
             underlay_subnets,
+            kubernetes,
         } => {
             let started = Instant::now();
             let bin_dir = match bin_dir {
@@ -601,6 +621,7 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
                 cross_subnet,
                 direct_redirect,
                 underlay_subnets,
+                kubernetes,
             };
             let state = lab::up(&lab, &options)?;
             print!(
@@ -627,6 +648,10 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
                     ""
                 }
             );
+        }
+        LabCommand::Kubeconfig => {
+            let state = lab.load()?;
+            println!("{}", lab::kubernetes::admin_kubeconfig(&state)?.display());
         }
         LabCommand::Apply { file } => {
             let text = if file.as_os_str() == "-" {
