@@ -404,6 +404,44 @@ pub fn is_process_of(pid: u32, name: &str, dir: &Path) -> bool {
         && args.iter().skip(1).any(|a| a.contains(&dir))
 }
 
+/// Kills detached control-plane process `name` (`pid`, started with its
+/// files in `dir`) with SIGKILL, as a crash would, and starts it again in
+/// `netns` with the same command line, appending to the same log. Returns
+/// the new pid; the process is detached like the first.
+pub fn respawn_detached(netns: &str, dir: &Path, name: &str, pid: u32) -> Result<u32> {
+    use nix::sys::signal::{Signal, kill};
+    if !is_process_of(pid, name, dir) {
+        bail!("{name} (pid {pid}) is not running");
+    }
+    let argv = crate::process::cmdline(pid).with_context(|| format!("{name}'s command line"))?;
+    let (program, args) = argv.split_first().context("an empty command line")?;
+    let _ = kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while is_process_of(pid, name, dir) {
+        if Instant::now() >= deadline {
+            bail!("{name} (pid {pid}) is still alive 5 s after SIGKILL");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let log_path = dir.join(format!("{name}.log"));
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    in_netns(&mut command, netns, true)?;
+    let child = command
+        .spawn()
+        .with_context(|| format!("starting {name} again in {netns}"))?;
+    Ok(child.id())
+}
+
 /// Ends detached control-plane processes (`(name, pid)` in start order,
 /// as [`ControlPlane::detach`] gave them), the last started first: only
 /// those that still are that process of `dir`; SIGTERM, then SIGKILL after

@@ -538,3 +538,39 @@ mod tests {
         )));
     }
 }
+
+/// Crashes control-plane component `name` (SIGKILL) and starts it again
+/// with the same command line, recording its new pid; for the API server,
+/// returns once it answers `/readyz` again. What the fault tests do to a
+/// running lab.
+pub fn restart_component(state: &mut LabState, name: &str) -> Result<()> {
+    let kube = state
+        .kubernetes
+        .as_mut()
+        .context("not a Kubernetes lab (lab up --kubernetes)")?;
+    let (_, pid) = (kube.processes.iter())
+        .find(|(n, _)| n == name)
+        .cloned()
+        .with_context(|| format!("no control-plane component {name} recorded"))?;
+    let new = control_plane::respawn_detached(&kube.netns, &kube.dir, name, pid)?;
+    for (n, p) in &mut kube.processes {
+        if n == name {
+            *p = new;
+        }
+    }
+    state.save()?;
+    if name == "kube-apiserver" {
+        let kube = state.kubernetes.as_ref().expect("checked above");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match kubectl(kube, &["get", "--raw", "/readyz"], None) {
+                Ok(out) if out.trim() == "ok" => break,
+                _ if Instant::now() >= deadline => {
+                    bail!("the API server is not ready 60 s after its restart")
+                }
+                _ => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+    Ok(())
+}
