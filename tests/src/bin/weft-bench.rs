@@ -22,17 +22,19 @@
 //!    whole packet path both ways), which bulk TCP hides behind GSO and
 //!    GRO. A mode whose lab or measurement fails prints the error in its
 //!    rows; the others go on.
-//! 4. NetworkPolicy (`policy`, `policy-apply`, `policy-memory`; the module
-//!    `policy`): the cost of 0 to 10,000 rules beside as many iptables
-//!    rules, the time from `lab apply` to the first denied packet, and the
-//!    maps' memory at 1,000 policies and 10,000 remote pods.
+//! 4. NetworkPolicy (`policy`, `policy-apply`, `policy-apply-k8s`,
+//!    `policy-memory`; the module `policy`): the cost of 0 to 10,000 rules
+//!    beside as many iptables rules, the time from `lab apply` (directory
+//!    store) and from `kubectl apply` (a Kubernetes lab, the agents on
+//!    their watches) to the first denied packet, and the maps' memory at
+//!    1,000 policies and 10,000 remote pods.
 //! 5. Kubernetes datastore (`kubernetes`; the module `kubernetes`): the
 //!    agent against a real API server holding 100 Nodes, 10,000 Pods and
 //!    1,000 NetworkPolicies: time to its first complete list and to ready,
 //!    and its memory against the same agent in a cluster of its own Node
 //!    only, in the same control plane.
 //!
-//! `weft-bench [cni|bgp|throughput|policy|policy-apply|policy-memory|kubernetes|all]... [--seconds N]
+//! `weft-bench [cni|bgp|throughput|policy|policy-apply|policy-apply-k8s|policy-memory|kubernetes|all]... [--seconds N]
 //! [--rounds N] [--modes ipip,ipip-redirect,vxlan,none] [--k8s-nodes N] [--k8s-pods N] [--k8s-policies N]` (no section: all; `--help` for the
 //! environment twins and the other knobs). Every lab it makes is
 //! named `wbench-*` and torn down afterwards, also when a section fails.
@@ -62,12 +64,13 @@ struct Plugin<'a> {
     config: String,
 }
 
-const SECTIONS: [&str; 7] = [
+const SECTIONS: [&str; 8] = [
     "cni",
     "bgp",
     "throughput",
     "policy",
     "policy-apply",
+    "policy-apply-k8s",
     "policy-memory",
     "kubernetes",
 ];
@@ -80,14 +83,17 @@ const SECONDS: u32 = 5;
 /// Rounds of the three streams per mode; each row is their median.
 const THROUGHPUT_ROUNDS: u32 = 3;
 
-const USAGE: &str = "usage: weft-bench [cni|bgp|throughput|policy|policy-apply|policy-memory|kubernetes|all]...
+const USAGE: &str = "usage: weft-bench [cni|bgp|throughput|policy|policy-apply|policy-apply-k8s|policy-memory|kubernetes|all]...
        [--seconds N] [--rounds N] [--modes ipip,ipip-redirect,vxlan,none] [--k8s-nodes N] [--k8s-pods N] [--k8s-policies N]
   sections (default all): cni = CNI ADD/DEL latency, bgp = BGP convergence,
                           throughput = iperf3 and TCP request/response in a lab per encapsulation mode,
                           policy = TCP request/response, connect rate and iperf3 across nodes with the
                             destination behind 0/100/1,000/10,000 NetworkPolicy rules, beside the same
                             counts as iptables rules in one chain,
-                          policy-apply = `lab apply` of a deny to the first denied UDP datagram (median, p99),
+                          policy-apply = `weftctl lab apply` of a deny to the first denied UDP datagram, and
+                            `lab delete` to the first one through again (median, p99), directory store,
+                          policy-apply-k8s = the same with `kubectl apply`/`kubectl delete` on a Kubernetes lab
+                            (`lab up --kubernetes`; needs the control plane built), and the kubectl run times,
                           policy-memory = the pinned maps' kernel memory and entries at 1,000 policies and
                             10,000 remote pods, and the agent's compile time for them,
                           kubernetes = the agent (--datastore kubernetes --routing static) against the test control
@@ -103,10 +109,10 @@ const USAGE: &str = "usage: weft-bench [cni|bgp|throughput|policy|policy-apply|p
   --k8s-policies N  kubernetes: NetworkPolicies (WEFT_BENCH_K8S_POLICIES, default 1000)
   environment: WEFT_BENCH_SECTIONS (comma-separated sections), WEFT_BENCH_ROUNDS (CNI pods, 100),
                WEFT_BENCH_BGP_NODES (10), WEFT_BENCH_BGP_ROUNDS (3),
-               WEFT_BENCH_LAB_FLAGS (more `lab up` flags for the cni, bgp, policy-apply and policy-memory labs,
+               WEFT_BENCH_LAB_FLAGS (more `lab up` flags for the cni, bgp, policy-apply(-k8s) and policy-memory labs,
                e.g. \"--encap none\"), WEFT_BENCH_POLICY_SECONDS (seconds per policy measurement, 2),
                WEFT_BENCH_POLICY_ROUNDS (2),
-               WEFT_BENCH_POLICY_CHANGES (policy-apply changes, 50), WEFT_BENCH_POLICIES (policy-memory, 1000),
+               WEFT_BENCH_POLICY_CHANGES (policy-apply and policy-apply-k8s changes, 50), WEFT_BENCH_POLICIES (policy-memory, 1000),
                WEFT_BENCH_REMOTE_PODS (policy-memory, at most 10000; 10000)";
 
 #[derive(Debug, PartialEq)]
@@ -237,9 +243,14 @@ fn main() {
                 env_or("WEFT_BENCH_POLICY_SECONDS", policy::POLICY_SECONDS).max(1),
                 env_or("WEFT_BENCH_POLICY_ROUNDS", policy::POLICY_ROUNDS).max(1),
             ),
-            "policy-apply" => {
-                policy::apply_latency(env_or("WEFT_BENCH_POLICY_CHANGES", policy::CHANGES))
-            }
+            "policy-apply" => policy::apply_latency(
+                policy::Store::Directory,
+                env_or("WEFT_BENCH_POLICY_CHANGES", policy::CHANGES),
+            ),
+            "policy-apply-k8s" => policy::apply_latency(
+                policy::Store::Kubernetes,
+                env_or("WEFT_BENCH_POLICY_CHANGES", policy::CHANGES),
+            ),
             "policy-memory" => policy::map_memory(
                 env_or("WEFT_BENCH_POLICIES", policy::MEMORY_POLICIES),
                 env_or("WEFT_BENCH_REMOTE_PODS", policy::MEMORY_REMOTE_PODS),
@@ -475,7 +486,7 @@ fn bgp_convergence() {
     );
 }
 
-/// `WEFT_BENCH_LAB_FLAGS`: more `lab up` flags for the cni, bgp, policy-apply and policy-memory labs
+/// `WEFT_BENCH_LAB_FLAGS`: more `lab up` flags for the cni, bgp, policy-apply(-k8s) and policy-memory labs
 /// (the throughput labs set their own `--encap`).
 fn lab_flags() -> Vec<String> {
     std::env::var("WEFT_BENCH_LAB_FLAGS")
@@ -1379,15 +1390,17 @@ fn parse_iperf3(json: &str) -> Result<Stream, String> {
     })
 }
 
-struct Stats {
-    median: Duration,
-    p99: Duration,
-    min: Duration,
-    max: Duration,
+/// Quantiles of samples: durations, or signed microseconds where a
+/// difference may be negative.
+struct Stats<T = Duration> {
+    median: T,
+    p99: T,
+    min: T,
+    max: T,
 }
 
-impl Stats {
-    fn of(samples: &[Duration]) -> Stats {
+impl<T: Ord + Copy> Stats<T> {
+    fn of(samples: &[T]) -> Stats<T> {
         let mut s = samples.to_vec();
         s.sort();
         let at = |q: f64| s[((s.len() - 1) as f64 * q).round() as usize];
@@ -1538,6 +1551,16 @@ mod tests {
         assert!(parse_args(&args(&["--k8s-pods", "0"]), none).is_err());
         assert!(parse_args(&args(&["--k8s-policies"]), none).is_err());
 
+        // The Kubernetes twin of policy-apply is a section of its own, run
+        // next to it by `all`, and asked for alone or beside it.
+        let o = parse_args(&args(&["policy-apply,policy-apply-k8s"]), none).unwrap();
+        assert_eq!(o.sections, ["policy-apply", "policy-apply-k8s"]);
+        let o = parse_args(&args(&["policy-apply-k8s"]), none).unwrap();
+        assert_eq!(o.sections, ["policy-apply-k8s"]);
+        let at = |s: &str| all.sections.iter().position(|x| x == s).unwrap();
+        assert_eq!(at("policy-apply-k8s"), at("policy-apply") + 1);
+        assert!(USAGE.contains("policy-apply-k8s ="), "{USAGE}");
+        assert!(parse_args(&args(&["policy-apply-kubernetes"]), none).is_err());
         assert!(parse_args(&args(&["tput"]), none).is_err());
         assert!(parse_args(&args(&["--seconds", "0"]), none).is_err());
         assert!(parse_args(&args(&["--seconds"]), none).is_err());

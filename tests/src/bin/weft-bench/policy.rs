@@ -8,9 +8,12 @@
 //!   them the same counts as iptables rules in one chain the forwarded
 //!   traffic traverses linearly (kube-router's and Calico's iptables
 //!   mode), Weft's policy absent, as a ratio to 0 iptables rules.
-//! - `policy-apply`: from the start of `weftctl lab apply -f` of a deny
-//!   to the send time of the first UDP datagram (one every ms, on an
-//!   established flow) that no longer arrives; median and p99 over 50.
+//! - `policy-apply`, `policy-apply-k8s`: from the start of `weftctl lab
+//!   apply -f` (directory store) or `kubectl apply -f` (a Kubernetes lab)
+//!   of a deny to the send time of the first UDP datagram (one every ms,
+//!   on an established flow) that no longer arrives, and from the delete
+//!   to the first one through again; median and p99 over 50, beside the
+//!   command's own run time.
 //! - `policy-memory`: a real agent whose store holds 10,000 remote
 //!   endpoints and 1,000 policies selecting its pods; each pinned map's
 //!   memory as the kernel reports it (`memlock` in the map fd's fdinfo)
@@ -692,6 +695,9 @@ struct Datagrams {
     sent: Mutex<Vec<Duration>>,
     /// The highest sequence number received, +1 (0: none yet).
     received_below: AtomicU32,
+    /// Each datagram received: its sequence number and arrival time from
+    /// `epoch`, in arrival order.
+    arrivals: Mutex<Vec<(u32, Duration)>>,
     epoch: Instant,
     stop: AtomicBool,
 }
@@ -704,6 +710,16 @@ impl Datagrams {
     fn sent_at(&self, seq: u32) -> Option<Instant> {
         let sent = self.sent.lock().expect("not poisoned");
         sent.get(seq as usize).map(|d| self.epoch + *d)
+    }
+
+    /// When the first datagram sent at or after `seq` arrived.
+    fn first_arrival_from(&self, seq: u32) -> Option<Instant> {
+        let arrivals = self.arrivals.lock().expect("not poisoned");
+        arrivals
+            .iter()
+            .filter(|(s, _)| *s >= seq)
+            .map(|(_, at)| self.epoch + *at)
+            .min()
     }
 
     /// Waits until a datagram sent at or after `seq` arrives.
@@ -744,6 +760,7 @@ fn start_datagrams(
     let shared = Arc::new(Datagrams {
         sent: Mutex::new(Vec::with_capacity(1 << 20)),
         received_below: AtomicU32::new(0),
+        arrivals: Mutex::new(Vec::with_capacity(1 << 20)),
         epoch: Instant::now(),
         stop: AtomicBool::new(false),
     });
@@ -754,6 +771,12 @@ fn start_datagrams(
             while !shared.stop.load(Ordering::Relaxed) {
                 if let Ok(4) = receiver.recv(&mut buf) {
                     let seq = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+                    let at = shared.epoch.elapsed();
+                    shared
+                        .arrivals
+                        .lock()
+                        .expect("not poisoned")
+                        .push((seq, at));
                     shared.received_below.fetch_max(seq + 1, Ordering::AcqRel);
                 }
             }
@@ -782,16 +805,183 @@ fn start_datagrams(
     Ok((shared, vec![rx, tx]))
 }
 
-pub fn apply_latency(changes: u32) {
+/// Where the `policy-apply` sections' lab keeps its objects, and so which
+/// command an operator changes a policy with.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Store {
+    /// The directory store: `weftctl lab apply -f` / `lab delete`.
+    Directory,
+    /// A Kubernetes lab (`lab up --kubernetes`): `kubectl apply -f` /
+    /// `kubectl delete` against its API server, the agents on their watches.
+    Kubernetes,
+}
+
+impl Store {
+    fn lab_name(self) -> &'static str {
+        match self {
+            Store::Directory => "wbench-papply",
+            Store::Kubernetes => "wbench-papply-k8s",
+        }
+    }
+
+    /// The `lab up` flags beyond `WEFT_BENCH_LAB_FLAGS`.
+    fn lab_flags(self) -> &'static [&'static str] {
+        match self {
+            Store::Directory => &[],
+            Store::Kubernetes => &["--kubernetes"],
+        }
+    }
+
+    fn apply_command(self) -> &'static str {
+        match self {
+            Store::Directory => "weftctl lab apply -f",
+            Store::Kubernetes => "kubectl apply -f",
+        }
+    }
+
+    fn delete_command(self) -> &'static str {
+        match self {
+            Store::Directory => "weftctl lab delete networkpolicy",
+            Store::Kubernetes => "kubectl delete networkpolicy",
+        }
+    }
+
+    /// The same binary run to do nothing: its start and exit alone.
+    fn idle_command(self) -> &'static str {
+        match self {
+            Store::Directory => "weftctl --version",
+            Store::Kubernetes => "kubectl version --client",
+        }
+    }
+}
+
+/// The process that changes the policy, ready to be spawned: everything
+/// it needs is read before the clock starts.
+enum Changer {
+    Weftctl { lab: String },
+    Kubectl(weft_lab::state::Kubernetes),
+}
+
+impl Changer {
+    fn of(store: Store, lab: &Lab) -> Changer {
+        match store {
+            Store::Directory => Changer::Weftctl {
+                lab: lab.name.clone(),
+            },
+            Store::Kubernetes => Changer::Kubectl(
+                lab.lab()
+                    .load()
+                    .expect("the lab's record")
+                    .kubernetes
+                    .expect("a Kubernetes lab"),
+            ),
+        }
+    }
+
+    /// Applies the manifest at `path`; returns when the process has exited.
+    fn apply(&self, path: &str) -> Result<(), String> {
+        match self {
+            Changer::Weftctl { lab } => weftctl_run(&["lab", "apply", "-f", path, "--lab", lab]),
+            Changer::Kubectl(kube) => kubectl_run(kube, &["apply", "-f", path]),
+        }
+    }
+
+    /// [`Store::idle_command`]: no request, no lab.
+    fn idle(&self) -> Result<(), String> {
+        match self {
+            Changer::Weftctl { .. } => weftctl_run(&["--version"]),
+            Changer::Kubectl(kube) => kubectl_run(kube, &["version", "--client"]),
+        }
+    }
+
+    /// Deletes NetworkPolicy `name` of [`NAMESPACE`].
+    fn delete(&self, name: &str) -> Result<(), String> {
+        match self {
+            Changer::Weftctl { lab } => {
+                let object = format!("{NAMESPACE}/{name}");
+                weftctl_run(&["lab", "delete", "networkpolicy", &object, "--lab", lab])
+            }
+            Changer::Kubectl(kube) => {
+                kubectl_run(kube, &["delete", "networkpolicy", name, "-n", NAMESPACE])
+            }
+        }
+    }
+}
+
+fn weftctl_run(args: &[&str]) -> Result<(), String> {
+    let out = Command::new(bin("weftctl"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("weftctl: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("weftctl {}: {}", args.join(" "), show(&out)))
+    }
+}
+
+/// kubectl as the lab's administrator, spawned at once (the lab's own
+/// runner: the kubectl of the tool directory, in the control plane's
+/// namespace).
+fn kubectl_run(kube: &weft_lab::state::Kubernetes, args: &[&str]) -> Result<(), String> {
+    weft_lab::kubernetes::kubectl(kube, args, None)
+        .map(drop)
+        .map_err(|e| format!("kubectl {}: {e:#}", args.join(" ")))
+}
+
+/// What one run of the `policy-apply` measurement saw.
+#[derive(Default)]
+struct ApplySamples {
+    /// Apply spawned -> send time of the first denied datagram.
+    denied: Vec<Duration>,
+    /// Apply spawned -> the process's exit.
+    applies: Vec<Duration>,
+    /// Delete spawned -> a datagram arrives again.
+    restored: Vec<Duration>,
+    /// Delete spawned -> the process's exit.
+    deletes: Vec<Duration>,
+    /// The idle command, spawn to exit.
+    idle: Vec<Duration>,
+    failures: Vec<String>,
+}
+
+/// `end - exit` per change (paired by index), in microseconds: negative
+/// when the change took effect before the process had exited.
+fn after_exit(ends: &[Duration], exits: &[Duration]) -> Vec<i64> {
+    let us = |d: &Duration| d.as_micros() as i64;
+    ends.iter()
+        .zip(exits)
+        .map(|(end, exit)| us(end) - us(exit))
+        .collect()
+}
+
+pub fn apply_latency(store: Store, changes: u32) {
     println!(
-        "Policy apply to first denied packet: node1-a sends a UDP datagram every 1 ms to node2-a on one \
-         flow (established in Weft's conntrack); `weftctl lab apply -f` of a NetworkPolicy denying \
-         node2-a's ingress; the figure is the send time of the first datagram that no longer arrives \
-         (the one after the last received), from the start of the apply (the weftctl process spawned). \
-         Then `weftctl lab delete networkpolicy` and wait until datagrams arrive again. {changes} changes."
+        "Policy apply to first denied packet ({}): node1-a sends a UDP datagram every 1 ms to node2-a on one \
+         flow (established in Weft's conntrack); `{}` of a NetworkPolicy denying node2-a's ingress; the \
+         figure is the send time of the first datagram that no longer arrives (the one after the last \
+         received), from the start of the apply (just before its process is spawned, so the process's \
+         start is included, as an operator sees it). Then `{}` and wait until datagrams arrive again. \
+         {changes} changes.",
+        match store {
+            Store::Directory => "directory store",
+            Store::Kubernetes => "Kubernetes: the API server and the agents' watches",
+        },
+        store.apply_command(),
+        store.delete_command(),
     );
-    let lab =
-        bench_lab("wbench-papply", 2, 1, &super::lab_flags()).unwrap_or_else(|e| panic!("{e}"));
+    let mut flags = super::lab_flags();
+    flags.extend(store.lab_flags().iter().map(|f| f.to_string()));
+    let lab = bench_lab(store.lab_name(), 2, 1, &flags).unwrap_or_else(|e| panic!("{e}"));
+    let samples = measure_applies(&lab, Changer::of(store, &lab), changes);
+    drop(lab);
+    print_applies(store, &samples);
+}
+
+/// The `policy-apply` measurement on `lab` (2 nodes, a pod each), the
+/// policy changed by `changer`.
+fn measure_applies(lab: &Lab, changer: Changer, changes: u32) -> ApplySamples {
     let status = lab.status();
     let pod = |name: &str| {
         status
@@ -816,30 +1006,23 @@ pub fn apply_latency(changes: u32) {
 
     let (traffic, threads) =
         start_datagrams(&client.netns, &server.netns, server_ip).unwrap_or_else(|e| panic!("{e}"));
-    let mut denied = Vec::new();
-    let mut applies = Vec::new();
-    let mut restored = Vec::new();
-    let mut failures = Vec::new();
+    let mut s = ApplySamples::default();
     for change in 1..=changes {
         let flowing = traffic.next_seq();
         if traffic
             .wait_flowing(flowing, Duration::from_secs(10))
             .is_none()
         {
-            failures.push(format!(
+            s.failures.push(format!(
                 "change {change}: datagrams do not arrive before the apply"
             ));
             break;
         }
         let t0 = Instant::now();
-        let out = Command::new(bin("weftctl"))
-            .args(["lab", "apply", "-f", &path, "--lab", &lab.name])
-            .stdin(Stdio::null())
-            .output()
-            .expect("weftctl runs");
-        applies.push(t0.elapsed());
-        if !out.status.success() {
-            failures.push(format!("change {change}: lab apply: {}", show(&out)));
+        let applied = changer.apply(&path);
+        let applied_at = t0.elapsed();
+        if let Err(e) = applied {
+            s.failures.push(format!("change {change}: {e}"));
             break;
         }
         // Stopped: nothing arrived of the last 200 sent.
@@ -855,70 +1038,119 @@ pub fn apply_latency(changes: u32) {
             }
         };
         match first_lost.and_then(|seq| traffic.sent_at(seq)) {
-            Some(at) => denied.push(at.saturating_duration_since(t0)),
-            None => failures.push(format!(
+            Some(at) => {
+                s.denied.push(at.saturating_duration_since(t0));
+                s.applies.push(applied_at);
+            }
+            None => s.failures.push(format!(
                 "change {change}: datagrams still arrive 10 s after the apply"
             )),
         }
+        // Every datagram from here on is denied until the delete takes
+        // effect, so the first to arrive shows it, also when that is
+        // before the deleting process has exited.
+        let seq = traffic.next_seq();
         let t1 = Instant::now();
-        let out = lab.ctl(&[
-            "lab",
-            "delete",
-            "networkpolicy",
-            &format!("{NAMESPACE}/bench-deny"),
-        ]);
-        if !out.status.success() {
-            failures.push(format!("change {change}: lab delete: {}", show(&out)));
+        let deleted = changer.delete("bench-deny");
+        let deleted_at = t1.elapsed();
+        if let Err(e) = deleted {
+            s.failures.push(format!("change {change}: {e}"));
             break;
         }
-        let seq = traffic.next_seq();
-        match traffic.wait_flowing(seq, Duration::from_secs(10)) {
-            Some(at) => restored.push(at - t1),
+        let arrived = traffic
+            .wait_flowing(seq, Duration::from_secs(10))
+            .and_then(|_| traffic.first_arrival_from(seq));
+        match arrived {
+            Some(at) => {
+                s.restored.push(at.saturating_duration_since(t1));
+                s.deletes.push(deleted_at);
+            }
             None => {
-                failures.push(format!(
+                s.failures.push(format!(
                     "change {change}: datagrams do not arrive again after the delete"
                 ));
                 break;
             }
+        }
+        let t2 = Instant::now();
+        match changer.idle() {
+            Ok(()) => s.idle.push(t2.elapsed()),
+            Err(e) => s.failures.push(format!("change {change}: {e}")),
         }
     }
     traffic.stop.store(true, Ordering::Relaxed);
     for t in threads {
         let _ = t.join();
     }
-    drop(lab);
+    s
+}
+
+fn print_applies(store: Store, s: &ApplySamples) {
     println!(
-        "{:<52} {:>10} {:>10} {:>10} {:>10} {:>4}",
+        "{:<58} {:>10} {:>10} {:>10} {:>10} {:>4}",
         "", "median", "p99", "min", "max", "n"
     );
-    let row = |what: &str, samples: &[Duration]| {
-        if samples.is_empty() {
-            println!("{what:<52} {:>10}", "no sample");
-            return;
+    let line = |what: &str, cells: Option<[String; 4]>, n: usize| match cells {
+        None => println!("{what:<58} {:>10}", "no sample"),
+        Some([median, p99, min, max]) => {
+            println!("{what:<58} {median:>10} {p99:>10} {min:>10} {max:>10} {n:>4}")
         }
-        let s = Stats::of(samples);
-        println!(
-            "{what:<52} {:>10} {:>10} {:>10} {:>10} {:>4}",
-            ms(s.median),
-            ms(s.p99),
-            ms(s.min),
-            ms(s.max),
-            samples.len()
-        );
     };
-    row("apply start -> first denied datagram sent", &denied);
+    let row = |what: &str, samples: &[Duration]| {
+        let cells = (!samples.is_empty()).then(|| {
+            let st = Stats::of(samples);
+            [st.median, st.p99, st.min, st.max].map(ms)
+        });
+        line(what, cells, samples.len());
+    };
+    let signed_row = |what: &str, us: &[i64]| {
+        let cells = (!us.is_empty()).then(|| {
+            let st = Stats::of(us);
+            [st.median, st.p99, st.min, st.max].map(|v| format!("{:+.2} ms", v as f64 / 1e3))
+        });
+        line(what, cells, us.len());
+    };
+    let apply_tool = store.apply_command().trim_end_matches(" -f");
+    let delete_tool = store.delete_command().trim_end_matches(" networkpolicy");
+    let watch = after_exit(&s.denied, &s.applies);
+    let watch_back = after_exit(&s.restored, &s.deletes);
+    row("apply start -> first denied datagram sent", &s.denied);
     row(
-        "  of which `weftctl lab apply` itself (to its exit)",
-        &applies,
+        &format!("  `{apply_tool}` process (spawn to exit)"),
+        &s.applies,
     );
-    row("delete start -> first datagram through again", &restored);
+    signed_row(
+        &format!("  `{apply_tool}` exit -> first denied sent"),
+        &watch,
+    );
+    row("delete start -> first datagram through again", &s.restored);
+    row(
+        &format!("  `{delete_tool}` process (spawn to exit)"),
+        &s.deletes,
+    );
+    signed_row(
+        &format!("  `{delete_tool}` exit -> first datagram through"),
+        &watch_back,
+    );
+    row(
+        &format!("the binary doing nothing (`{}`)", store.idle_command()),
+        &s.idle,
+    );
+    let early = |v: &[i64]| v.iter().filter(|us| **us < 0).count();
     println!(
-        "(datagrams are 1 ms apart: the first denied one is known to within 1 ms; p99 of {} samples is \
-         their {}th smallest)",
-        denied.len(),
-        (((denied.len().max(1) - 1) as f64 * 0.99).round() as usize) + 1
+        "(datagrams are 1 ms apart: the first denied one (its send time) and the first through again (its \
+         arrival) are known to within 1 ms; p99 of {} samples is their {}th smallest. \"exit ->\" rows, per change: \
+         negative = the dataplane had changed before the process exited ({} of {} applies, {} of {} \
+         deletes), i.e. the process's own run, not the store or the agent, is the wait; the last row: how much of \
+         that run is the binary's start and exit alone)",
+        s.denied.len(),
+        (((s.denied.len().max(1) - 1) as f64 * 0.99).round() as usize) + 1,
+        early(&watch),
+        watch.len(),
+        early(&watch_back),
+        watch_back.len(),
     );
-    for f in &failures {
+    for f in &s.failures {
         print_error(f);
     }
 }
@@ -1351,6 +1583,18 @@ mod tests {
         docs.push(memory_policy(7));
         let parsed = weft_model::manifest::parse_store_manifests(&manifest(&docs)).unwrap();
         assert_eq!(parsed.len(), 5);
+    }
+
+    #[test]
+    fn time_after_the_process_exit_is_paired_per_change_and_signed() {
+        let ms = Duration::from_millis;
+        let after = after_exit(&[ms(30), ms(5), ms(12)], &[ms(20), ms(8), ms(12)]);
+        assert_eq!(after, [10_000, -3_000, 0]);
+        assert!(after_exit(&[], &[]).is_empty());
+        let st = super::super::Stats::of(&after);
+        assert_eq!((st.min, st.median, st.max), (-3_000, 0, 10_000));
+        assert_eq!(Store::Kubernetes.lab_flags(), ["--kubernetes"]);
+        assert_ne!(Store::Kubernetes.lab_name(), Store::Directory.lab_name());
     }
 
     #[test]
