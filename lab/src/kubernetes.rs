@@ -504,6 +504,127 @@ pub fn label(
     Ok(serde_json::from_value(object["metadata"]["labels"].clone()).unwrap_or_default())
 }
 
+/// `kubectl apply -f -` of `objects` as one List (one process however
+/// many): the objects as the API server holds them afterwards, defaults
+/// filled in, in the order given.
+pub fn apply_objects(
+    state: &LabState,
+    objects: &[serde_json::Value],
+) -> Result<Vec<serde_json::Value>> {
+    if objects.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": objects}).to_string();
+    let out = kubectl(
+        the(state)?,
+        &["apply", "-f", "-", "-o", "json"],
+        Some(&list),
+    )?;
+    items(&out, "kubectl apply")
+}
+
+/// `kubectl delete -f -` of `objects` (kind, name and namespace are
+/// enough) as one List, without waiting for finalizers; gone ones are fine.
+pub fn delete_objects(state: &LabState, objects: &[serde_json::Value]) -> Result<()> {
+    if objects.is_empty() {
+        return Ok(());
+    }
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": objects}).to_string();
+    kubectl(
+        the(state)?,
+        &["delete", "-f", "-", "--ignore-not-found", "--wait=false"],
+        Some(&list),
+    )?;
+    Ok(())
+}
+
+/// Every object of `resources` (kubectl's comma-separated list) in every
+/// namespace.
+pub fn get_all(state: &LabState, resources: &str) -> Result<Vec<serde_json::Value>> {
+    let out = kubectl(the(state)?, &["get", resources, "-A", "-o", "json"], None)?;
+    items(&out, "kubectl get")
+}
+
+/// The objects of kubectl's JSON output: a List's items, or one object.
+fn items(out: &str, what: &str) -> Result<Vec<serde_json::Value>> {
+    let value: serde_json::Value =
+        serde_json::from_str(out).with_context(|| format!("{what} printed {out:?}"))?;
+    Ok(match value["items"].as_array() {
+        Some(items) if value["kind"] == "List" => items.clone(),
+        _ => vec![value],
+    })
+}
+
+/// A NetworkPolicy as the API server printed it, in the model's shape as
+/// Weft's cluster source makes it (pruned, converted, checked): what the
+/// source's snapshot holds once it has seen this version.
+pub fn model_policy(object: &serde_json::Value) -> Result<weft_model::NetworkPolicy> {
+    let id = format!(
+        "{}/{}",
+        object["metadata"]["namespace"].as_str().unwrap_or_default(),
+        object["metadata"]["name"].as_str().unwrap_or_default()
+    );
+    let mut policy: k8s_openapi::api::networking::v1::NetworkPolicy =
+        serde_json::from_value(object.clone())
+            .with_context(|| format!("NetworkPolicy {id} as the API server printed it"))?;
+    weft_datastore::kubernetes::prune::meta_of(&mut policy);
+    weft_datastore::kubernetes::convert::network_policy(&policy)
+        .map_err(|e| anyhow::anyhow!("NetworkPolicy {id} as the API server holds it: {e}"))
+}
+
+/// Weft's own cluster source ([`weft_datastore::kubernetes::KubernetesSource`],
+/// what every agent of the lab runs) on the lab's API server as its
+/// administrator: waits until it has listed everything and its snapshot
+/// passes `accept` (which says what is still missing otherwise), and
+/// returns that snapshot. It runs on a thread of its own that enters the
+/// control plane's network namespace, where the API server's address is.
+pub fn wait_snapshot(
+    state: &LabState,
+    timeout: Duration,
+    accept: impl Fn(&weft_model::Snapshot) -> std::result::Result<(), String> + Send,
+) -> Result<weft_model::Snapshot> {
+    let kube = the(state)?;
+    let netns = topology::netns_path(&kube.netns);
+    let kubeconfig = kube.admin_kubeconfig.clone();
+    let deadline = Instant::now() + timeout;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                weft_dataplane::netns::enter(&netns)
+                    .with_context(|| format!("entering {}", netns.display()))?;
+                crate::agent_api::block_on(async {
+                    let client = weft_datastore::kubernetes::connect(Some(&kubeconfig))
+                        .await
+                        .context("a client for the lab's API server")?;
+                    let source = weft_datastore::kubernetes::KubernetesSource::start(client);
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    tokio::time::timeout(left, source.wait_synced())
+                        .await
+                        .with_context(|| {
+                            format!("Weft's cluster source had not listed the lab's API server after {timeout:?}")
+                        })?;
+                    loop {
+                        use weft_datastore::ClusterSource;
+                        let snapshot = source.snapshot()?;
+                        let missing = match accept(&snapshot) {
+                            Ok(()) => return Ok(snapshot),
+                            Err(missing) => missing,
+                        };
+                        if Instant::now() >= deadline {
+                            bail!(
+                                "the lab's API server, as Weft's cluster source lists it, does not \
+                                 hold what was written after {timeout:?}: {missing}"
+                            );
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                })
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the cluster source's thread panicked"))?
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
