@@ -504,9 +504,15 @@ pub fn label(
     Ok(serde_json::from_value(object["metadata"]["labels"].clone()).unwrap_or_default())
 }
 
-/// `kubectl apply -f -` of `objects` as one List (one process however
-/// many): the objects as the API server holds them afterwards, defaults
-/// filled in, in the order given.
+/// The field manager of the lab's server-side applies.
+pub const FIELD_MANAGER: &str = "weft-lab";
+
+/// `kubectl apply --server-side` of `objects` as one List (one process
+/// however many; a server-side apply also spares kubectl the OpenAPI
+/// schema a client-side one fetches, 0.13 s instead of 0.34): the objects
+/// as the API server holds them afterwards, defaults filled in and their
+/// managed fields shown. A field the lab applied before and no longer
+/// does is removed; one another manager set stays (see [`foreign_fields`]).
 pub fn apply_objects(
     state: &LabState,
     objects: &[serde_json::Value],
@@ -515,12 +521,34 @@ pub fn apply_objects(
         return Ok(Vec::new());
     }
     let list = json!({"apiVersion": "v1", "kind": "List", "items": objects}).to_string();
+    let manager = format!("--field-manager={FIELD_MANAGER}");
     let out = kubectl(
         the(state)?,
-        &["apply", "-f", "-", "-o", "json"],
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            &manager,
+            "--show-managed-fields",
+            "-f",
+            "-",
+            "-o",
+            "json",
+        ],
         Some(&list),
     )?;
     items(&out, "kubectl apply")
+}
+
+/// Whether some manager other than the lab's applies owns fields of
+/// `object` (as [`apply_objects`] returns it): fields the lab's apply
+/// neither sets nor removes.
+pub fn foreign_fields(object: &serde_json::Value) -> bool {
+    (object["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten())
+    .any(|entry| entry["manager"] != FIELD_MANAGER)
 }
 
 /// `kubectl delete -f -` of `objects` (kind, name and namespace are

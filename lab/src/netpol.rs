@@ -444,8 +444,20 @@ fn apply_policies(
     let objects: Vec<serde_json::Value> = (policies.iter())
         .map(|p| serde_json::to_value(p).expect("a policy serializes to JSON"))
         .collect();
-    let held =
+    let mut held =
         kubernetes::apply_objects(state, &objects).context("applying the case's policies")?;
+    // A policy someone else wrote too (`lab apply`, kubectl) may keep
+    // fields of theirs the case does not have: made again as the case's.
+    let foreign: Vec<serde_json::Value> = (held.iter())
+        .filter(|object| kubernetes::foreign_fields(object))
+        .cloned()
+        .collect();
+    if !foreign.is_empty() {
+        kubernetes::delete_objects(state, &foreign)
+            .context("deleting policies others wrote fields of")?;
+        held =
+            kubernetes::apply_objects(state, &objects).context("applying the case's policies")?;
+    }
     let policies = (held.iter())
         .map(|object| {
             let policy = kubernetes::model_policy(object)?;
