@@ -653,41 +653,6 @@ pub fn wait_snapshot(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_a_kubernetes_lab_has_a_kubeconfig() {
-        let dir = Path::new("/run/weft-lab/k");
-        let mut state = LabState::planned("k", dir, Path::new("/bin"), Path::new("/bpf"), 1);
-        let err = admin_kubeconfig(&state).unwrap_err().to_string();
-        assert!(
-            err.contains("lab k is not a Kubernetes lab") && err.contains("--kubernetes"),
-            "{err}"
-        );
-        state.kubernetes = Some(planned("k", dir, Path::new("/tools/bin")));
-        assert_eq!(
-            admin_kubeconfig(&state).unwrap(),
-            Path::new("/run/weft-lab/k/kubernetes/admin.kubeconfig")
-        );
-        let kube = state.kubernetes.as_ref().unwrap();
-        assert_eq!(kube.netns, "k-kube");
-        assert!(plan::is_lab_netns("k", &kube.netns));
-        assert_eq!(kube.address, plan::CONTROL_PLANE_IP);
-    }
-
-    /// The manifests the lab applies are the repository's: the CRD the
-    /// agent watches and the role it runs with.
-    #[test]
-    fn the_lab_applies_the_repositorys_manifests() {
-        assert!(CRDS.contains("name: bgppeers.weft.dev"));
-        assert!(RBAC.contains(&format!(
-            "kind: ServiceAccount\nmetadata:\n  name: {AGENT_SERVICE_ACCOUNT}\n  namespace: {AGENT_NAMESPACE}"
-        )));
-    }
-}
-
 /// Crashes control-plane component `name` (SIGKILL) and starts it again
 /// with the same command line, recording its new pid; for the API server,
 /// returns once it answers `/readyz` again. What the fault tests do to a
@@ -722,4 +687,39 @@ pub fn restart_component(state: &mut LabState, name: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_kubernetes_lab_has_a_kubeconfig() {
+        let dir = Path::new("/run/weft-lab/k");
+        let mut state = LabState::planned("k", dir, Path::new("/bin"), Path::new("/bpf"), 1);
+        let err = admin_kubeconfig(&state).unwrap_err().to_string();
+        assert!(
+            err.contains("lab k is not a Kubernetes lab") && err.contains("--kubernetes"),
+            "{err}"
+        );
+        state.kubernetes = Some(planned("k", dir, Path::new("/tools/bin")));
+        assert_eq!(
+            admin_kubeconfig(&state).unwrap(),
+            Path::new("/run/weft-lab/k/kubernetes/admin.kubeconfig")
+        );
+        let kube = state.kubernetes.as_ref().unwrap();
+        assert_eq!(kube.netns, "k-kube");
+        assert!(plan::is_lab_netns("k", &kube.netns));
+        assert_eq!(kube.address, plan::CONTROL_PLANE_IP);
+    }
+
+    /// The manifests the lab applies are the repository's: the CRD the
+    /// agent watches and the role it runs with.
+    #[test]
+    fn the_lab_applies_the_repositorys_manifests() {
+        assert!(CRDS.contains("name: bgppeers.weft.dev"));
+        assert!(RBAC.contains(&format!(
+            "kind: ServiceAccount\nmetadata:\n  name: {AGENT_SERVICE_ACCOUNT}\n  namespace: {AGENT_NAMESPACE}"
+        )));
+    }
 }
