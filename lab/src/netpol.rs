@@ -17,12 +17,17 @@
 //!   not have are deleted. Addresses are the lab's, not the case's `ip`;
 //! - namespaces and policies: the datastore holds exactly the case's,
 //!   with an ipBlock that names a pod's case address (a /32) moved to
-//!   its lab address ([`lab_policies`]).
+//!   its lab address ([`lab_policies`]). On a Kubernetes lab that is the
+//!   API server: pods through the lab's kubelet part, namespaces and
+//!   policies each in one server-side `kubectl apply` of a List, what the
+//!   case lacks in one `kubectl delete` (the server's own namespaces stay).
 //!
 //! Then it waits until every node's agent reports that its maps are
 //! programmed from exactly these inputs (the digest of
 //! [`weft_calc::policy::digest`], computed here from what was written and
-//! the lab's addresses), and runs every probe at once, each on a thread:
+//! the lab's addresses; on Kubernetes from the cluster Weft's own source
+//! lists once the API server holds exactly what was written, since the
+//! server adds namespaces and defaults of its own), and runs every probe at once, each on a thread:
 //! TCP an exchange with the destination's echo server, UDP a datagram
 //! echoed back, SCTP a crafted INIT sent from the source pod on a raw
 //! socket and looked for at the destination pod (this kernel has no SCTP
