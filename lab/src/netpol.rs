@@ -971,6 +971,7 @@ pub fn summary(case: &PolicyCase) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weft_model::EndpointRecord;
 
     #[test]
     fn only_this_probes_init_is_recognised() {
@@ -1037,6 +1038,77 @@ mod tests {
             lab_cidr("10.244.1.0/24", &case, &moved).unwrap_err()
         );
         assert!(e.contains("x/a") && e.contains("10.244.3.3"), "{e}");
+    }
+
+    #[test]
+    fn a_snapshot_is_accepted_only_when_it_holds_exactly_what_was_written() {
+        let case = weft_model::policy_case::parse_case(
+            r#"{"namespaces": {"x": {"labels": {"ns": "x", "kubernetes.io/metadata.name": "x"}}},
+              "pods": [{"namespace": "x", "name": "a", "ip": "10.244.1.10"},
+                       {"namespace": "y", "name": "b", "ip": "10.244.2.10"}],
+              "policies": [{"metadata": {"name": "p", "namespace": "x"},
+                "spec": {"podSelector": {}}}]}"#,
+        )
+        .unwrap();
+        // Pods' namespaces the case does not declare get no labels; the
+        // name label is the server's.
+        let namespaces = case_namespaces(&case);
+        assert_eq!(
+            namespaces,
+            BTreeMap::from([
+                ("x".to_string(), weft_model::policy::labels([("ns", "x")])),
+                ("y".to_string(), Labels::new()),
+            ])
+        );
+        let written = ApiInputs {
+            namespaces: (namespaces.iter())
+                .map(|(n, l)| (n.clone(), Namespace::new(n, l.clone()).labels()))
+                .collect(),
+            policies: BTreeMap::from([(
+                ("x".to_string(), "p".to_string()),
+                case.policies[0].clone(),
+            )]),
+        };
+        let endpoint = EndpointRecord {
+            container_id: "uid".into(),
+            ifname: "eth0".into(),
+            node: "node1".into(),
+            pod_name: "x-a".into(),
+            pod_namespace: "x".into(),
+            labels: BTreeMap::new(),
+            address: Ipv4Addr::new(10, 244, 0, 3),
+            host_ifname: String::new(),
+            netns: String::new(),
+            ports: Vec::new(),
+        };
+        let lab_pods = [PolicyPod::from(&endpoint)];
+        let server_namespaces = ["default", "kube-system", "x", "y"]
+            .map(|n| Namespace::new(n, namespaces.get(n).cloned().unwrap_or_default()));
+        let snapshot = Snapshot {
+            nodes: Vec::new(),
+            endpoints: vec![endpoint.clone()],
+            bgp_peers: Vec::new(),
+            network_policies: case.policies.clone(),
+            namespaces: server_namespaces.to_vec(),
+        };
+        written.check(&snapshot, &lab_pods).unwrap();
+
+        let mut stale = snapshot.clone();
+        stale.namespaces.push(Namespace::new("z", Labels::new()));
+        let e = written.check(&stale, &lab_pods).unwrap_err();
+        assert!(e.contains("\"z\""), "a namespace being deleted: {e}");
+        let mut stale = snapshot.clone();
+        stale.network_policies[0].spec.policy_types = Some(Vec::new());
+        let e = written.check(&stale, &lab_pods).unwrap_err();
+        assert!(e.contains("x/p"), "an older version of a policy: {e}");
+        let mut stale = snapshot.clone();
+        stale.endpoints[0].address = Ipv4Addr::new(10, 244, 0, 9);
+        let e = written.check(&stale, &lab_pods).unwrap_err();
+        assert!(e.contains("x/x-a"), "a pod at another address: {e}");
+        let mut stale = snapshot;
+        stale.endpoints.clear();
+        let e = written.check(&stale, &lab_pods).unwrap_err();
+        assert!(e.contains("x/x-a"), "a pod not yet listed: {e}");
     }
 
     const CASE: &str = r#"{"pods": [
