@@ -17,12 +17,17 @@
 //!   not have are deleted. Addresses are the lab's, not the case's `ip`;
 //! - namespaces and policies: the datastore holds exactly the case's,
 //!   with an ipBlock that names a pod's case address (a /32) moved to
-//!   its lab address ([`lab_policies`]).
+//!   its lab address ([`lab_policies`]). On a Kubernetes lab that is the
+//!   API server: pods through the lab's kubelet part, namespaces and
+//!   policies each in one server-side `kubectl apply` of a List, what the
+//!   case lacks in one `kubectl delete` (the server's own namespaces stay).
 //!
 //! Then it waits until every node's agent reports that its maps are
 //! programmed from exactly these inputs (the digest of
 //! [`weft_calc::policy::digest`], computed here from what was written and
-//! the lab's addresses), and runs every probe at once, each on a thread:
+//! the lab's addresses; on Kubernetes from the cluster Weft's own source
+//! lists once the API server holds exactly what was written, since the
+//! server adds namespaces and defaults of its own), and runs every probe at once, each on a thread:
 //! TCP an exchange with the destination's echo server, UDP a datagram
 //! echoed back, SCTP a crafted INIT sent from the source pod on a raw
 //! socket and looked for at the destination pod (this kernel has no SCTP
@@ -41,13 +46,14 @@ use weft_datastore::Datastore;
 use weft_model::namespace::{NAME_LABEL, Namespace};
 use weft_model::policy::Protocol;
 use weft_model::policy_case::{CasePod, CaseResults, PolicyCase, Probe, ProbeResult};
-use weft_model::{ContainerPort, NetworkPolicy, PolicyPod};
+use weft_model::selector::Labels;
+use weft_model::{ContainerPort, NetworkPolicy, PolicyPod, Snapshot};
 use weft_twin::wire::{SctpCommonHeader, SctpInit};
 
 use crate::objects::{LabelChange, label_namespace, label_pod};
 use crate::probe::{self, ProbeError};
 use crate::state::{LabState, Pod};
-use crate::{LabRef, PodSpec, UpOptions, add_pod, agent_api, del_pod, topology};
+use crate::{LabRef, PodSpec, UpOptions, add_pod, agent_api, del_pod, kubernetes, topology};
 
 /// How `lab netpol` finds or makes its lab and how long it waits.
 #[derive(Debug, Clone)]
@@ -207,16 +213,6 @@ fn ensure_lab(lab: &LabRef, nodes: u32, options: &NetpolOptions) -> Result<(LabS
         };
         return Ok((crate::up(lab, &up)?, true));
     };
-    // The reconciler writes the directory store and predicts the agents'
-    // digest from what it wrote; an API server adds namespaces and
-    // defaults of its own that it cannot predict yet.
-    if state.kubernetes.is_some() {
-        bail!(
-            "lab {} runs on Kubernetes (lab up --kubernetes); lab netpol runs cases on a lab on the \
-             directory store only: apply the case's objects with `weftctl lab apply` instead",
-            lab.lab
-        );
-    }
     while (state.nodes.len() as u32) < nodes {
         crate::add_node(
             &mut state,
@@ -243,8 +239,27 @@ impl Placement {
 /// What the lab was made to hold.
 struct Applied {
     placement: Placement,
-    /// The case's policies as written to the store ([`lab_policies`]).
-    policies: Vec<NetworkPolicy>,
+    inputs: Inputs,
+}
+
+/// The policy inputs as written, by datastore.
+enum Inputs {
+    /// The case's policies as written to the directory store
+    /// ([`lab_policies`]); namespaces and pods are the case's and the lab's.
+    Store(Vec<NetworkPolicy>),
+    /// Written to the API server of a Kubernetes lab.
+    Api(ApiInputs),
+}
+
+/// What a Kubernetes lab's API server was made to hold, to recognise in
+/// Weft's cluster source's snapshot once it has seen all of it.
+struct ApiInputs {
+    /// Every namespace but the API server's own, with its labels as
+    /// selectors see them.
+    namespaces: BTreeMap<String, Labels>,
+    /// The policies as the API server returned them, converted as the
+    /// source converts them.
+    policies: BTreeMap<(String, String), NetworkPolicy>,
 }
 
 /// Makes the lab hold exactly the case: agents running on its nodes,
@@ -271,6 +286,16 @@ fn reconcile(
     for node in placement.nodes.values() {
         crate::start_agent(state, node, options.ready_timeout)?;
     }
+    let on_kubernetes = state.kubernetes.is_some();
+    let namespaces = case_namespaces(case);
+    // A Pod needs its namespace; one apply makes or relabels them all.
+    let listed = if on_kubernetes {
+        let listed = kubernetes::get_all(state, "namespaces,networkpolicies")?;
+        apply_namespaces(state, &namespaces)?;
+        listed
+    } else {
+        Vec::new()
+    };
 
     let desired: BTreeMap<&str, (&CasePod, &str)> = case
         .pods
@@ -314,6 +339,201 @@ fn reconcile(
         }
     }
 
+    let addresses: BTreeMap<Ipv4Addr, Ipv4Addr> = case
+        .pods
+        .iter()
+        .filter_map(|pod| Some((pod.ip, state.pod(&names[&pod.id()]).ok()?.ip?)))
+        .collect();
+    let policies = lab_policies(case, &addresses)?;
+    let inputs = if on_kubernetes {
+        Inputs::Api(apply_policies(state, &listed, namespaces, &policies)?)
+    } else {
+        write_store(state, case, &policies)?;
+        Inputs::Store(policies)
+    };
+    Ok(Applied { placement, inputs })
+}
+
+/// Every namespace a case needs, with the labels it gives it: its own
+/// and those only its pods name (no labels); the name label is the
+/// API server's to set.
+fn case_namespaces(case: &PolicyCase) -> BTreeMap<String, Labels> {
+    let mut namespaces: BTreeMap<String, Labels> = (case.pods.iter())
+        .map(|pod| (pod.namespace.clone(), Labels::new()))
+        .collect();
+    for (name, ns) in &case.namespaces {
+        let mut labels = ns.labels.clone();
+        labels.remove(NAME_LABEL);
+        namespaces.insert(name.clone(), labels);
+    }
+    namespaces
+}
+
+/// The namespaces of the API server's own, which a case neither needs
+/// nor may delete.
+fn is_system_namespace(name: &str) -> bool {
+    name == "default" || name.starts_with("kube-")
+}
+
+/// Makes (or relabels) every namespace the case needs on a Kubernetes
+/// lab in one apply; labels the apply cannot remove (set by someone
+/// else than an apply) are removed one namespace at a time.
+fn apply_namespaces(state: &LabState, namespaces: &BTreeMap<String, Labels>) -> Result<()> {
+    let objects: Vec<serde_json::Value> = (namespaces.iter())
+        .map(|(name, labels)| {
+            serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": name, "labels": labels},
+            })
+        })
+        .collect();
+    let held =
+        kubernetes::apply_objects(state, &objects).context("applying the case's namespaces")?;
+    for ns in held {
+        let name = ns["metadata"]["name"].as_str().unwrap_or_default();
+        let Some(want) = namespaces.get(name) else {
+            continue;
+        };
+        let have: Labels =
+            serde_json::from_value(ns["metadata"]["labels"].clone()).unwrap_or_default();
+        let extra: Vec<String> = (have.keys())
+            .filter(|k| !want.contains_key(*k) && *k != NAME_LABEL)
+            .map(|k| format!("{k}-"))
+            .collect();
+        if !extra.is_empty() {
+            kubernetes::label(state, "namespace", None, name, &extra)
+                .with_context(|| format!("removing labels {extra:?} of namespace {name}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes a Kubernetes lab's API server hold exactly the case's policies
+/// (one apply) and no namespace (with what is in it) that the case does
+/// not have, but the server's own (one delete); `listed` is what it held
+/// before. Returns what it then holds.
+fn apply_policies(
+    state: &LabState,
+    listed: &[serde_json::Value],
+    namespaces: BTreeMap<String, Labels>,
+    policies: &[NetworkPolicy],
+) -> Result<ApiInputs> {
+    let wanted: BTreeSet<(&str, &str)> =
+        policies.iter().map(|p| (p.namespace(), p.name())).collect();
+    let unwanted: Vec<serde_json::Value> = (listed.iter())
+        .filter(|object| {
+            let meta = &object["metadata"];
+            let name = meta["name"].as_str().unwrap_or_default();
+            match object["kind"].as_str() {
+                Some("Namespace") => !namespaces.contains_key(name) && !is_system_namespace(name),
+                Some("NetworkPolicy") => {
+                    !wanted.contains(&(meta["namespace"].as_str().unwrap_or_default(), name))
+                }
+                _ => false,
+            }
+        })
+        .map(|object| {
+            serde_json::json!({
+                "apiVersion": object["apiVersion"],
+                "kind": object["kind"],
+                "metadata": {
+                    "name": object["metadata"]["name"],
+                    "namespace": object["metadata"]["namespace"],
+                },
+            })
+        })
+        .collect();
+    kubernetes::delete_objects(state, &unwanted)
+        .context("deleting the namespaces and policies the case does not have")?;
+    let objects: Vec<serde_json::Value> = (policies.iter())
+        .map(|p| serde_json::to_value(p).expect("a policy serializes to JSON"))
+        .collect();
+    let mut held =
+        kubernetes::apply_objects(state, &objects).context("applying the case's policies")?;
+    // A policy someone else wrote too (`lab apply`, kubectl) may keep
+    // fields of theirs the case does not have: made again as the case's.
+    let foreign: Vec<serde_json::Value> = (held.iter())
+        .filter(|object| kubernetes::foreign_fields(object))
+        .cloned()
+        .collect();
+    if !foreign.is_empty() {
+        kubernetes::delete_objects(state, &foreign)
+            .context("deleting policies others wrote fields of")?;
+        held =
+            kubernetes::apply_objects(state, &objects).context("applying the case's policies")?;
+    }
+    let policies = (held.iter())
+        .map(|object| {
+            let policy = kubernetes::model_policy(object)?;
+            Ok((
+                (policy.namespace().to_string(), policy.name().to_string()),
+                policy,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let namespaces = (namespaces.into_iter())
+        .map(|(name, labels)| {
+            let labels = Namespace::new(&name, labels).labels();
+            (name, labels)
+        })
+        .collect();
+    Ok(ApiInputs {
+        namespaces,
+        policies,
+    })
+}
+
+impl ApiInputs {
+    /// Whether `snapshot` holds exactly what was written: these
+    /// namespaces (and the server's own), these policies, and the lab's
+    /// pods at their addresses; what differs first otherwise.
+    fn check(&self, snapshot: &Snapshot, pods: &[PolicyPod]) -> std::result::Result<(), String> {
+        let namespaces: BTreeMap<String, Labels> = (snapshot.namespaces.iter())
+            .filter(|ns| !is_system_namespace(ns.name()) || self.namespaces.contains_key(ns.name()))
+            .map(|ns| (ns.name().to_string(), ns.labels()))
+            .collect();
+        if namespaces != self.namespaces {
+            return Err(format!(
+                "namespaces {namespaces:?}, written {:?}",
+                self.namespaces
+            ));
+        }
+        let policies: BTreeMap<(String, String), NetworkPolicy> =
+            (snapshot.network_policies.iter())
+                .map(|p| ((p.namespace().to_string(), p.name().to_string()), p.clone()))
+                .collect();
+        if policies != self.policies {
+            let differ: Vec<String> = (policies.keys().chain(self.policies.keys()))
+                .filter(|id| policies.get(*id) != self.policies.get(*id))
+                .map(|(ns, name)| format!("{ns}/{name}"))
+                .collect();
+            return Err(format!("policies {differ:?} differ from what was written"));
+        }
+        let by_id =
+            |pods: &mut dyn Iterator<Item = PolicyPod>| -> BTreeMap<(String, String), PolicyPod> {
+                pods.map(|mut pod| {
+                    pod.ports.sort();
+                    ((pod.namespace.clone(), pod.name.clone()), pod)
+                })
+                .collect()
+            };
+        let listed = by_id(&mut snapshot.endpoints.iter().map(PolicyPod::from));
+        let lab = by_id(&mut pods.iter().cloned());
+        if listed != lab {
+            let differ: Vec<String> = (listed.keys().chain(lab.keys()))
+                .filter(|id| listed.get(*id) != lab.get(*id))
+                .map(|(ns, name)| format!("{ns}/{name}"))
+                .collect();
+            return Err(format!("pods {differ:?} differ from the lab's"));
+        }
+        Ok(())
+    }
+}
+
+/// Makes the directory store hold exactly the case's namespaces and
+/// `policies`.
+fn write_store(state: &LabState, case: &PolicyCase, policies: &[NetworkPolicy]) -> Result<()> {
     let store = Datastore::open(&state.datastore_dir())?;
     for ns in store.namespaces()? {
         if !case.namespaces.contains_key(ns.name()) {
@@ -337,12 +557,6 @@ fn reconcile(
         }
     }
 
-    let addresses: BTreeMap<Ipv4Addr, Ipv4Addr> = case
-        .pods
-        .iter()
-        .filter_map(|pod| Some((pod.ip, state.pod(&names[&pod.id()]).ok()?.ip?)))
-        .collect();
-    let policies = lab_policies(case, &addresses)?;
     let wanted: BTreeMap<(&str, &str), &NetworkPolicy> = policies
         .iter()
         .map(|p| ((p.namespace(), p.name()), p))
@@ -362,10 +576,7 @@ fn reconcile(
             store.put_network_policy(policy)?;
         }
     }
-    Ok(Applied {
-        placement,
-        policies,
-    })
+    Ok(())
 }
 
 /// The case's policies as the lab runs them: an ipBlock naming a pod's
@@ -453,19 +664,45 @@ fn label_changes(
 /// How often an agent is asked for its digest while waiting.
 const POLL: Duration = Duration::from_millis(20);
 
+/// The digest of the policy inputs as the lab holds them: on the
+/// directory store, of the case's namespaces, the lab's pods and the
+/// policies as written; on Kubernetes, of the cluster Weft's own source
+/// lists from the API server once it holds everything written (the
+/// server adds namespaces and defaults of its own), computed as the
+/// agents compute theirs.
+fn inputs_digest(
+    state: &LabState,
+    case: &PolicyCase,
+    inputs: &Inputs,
+    timeout: Duration,
+) -> Result<String> {
+    let pods: Vec<PolicyPod> = state.pods.iter().map(policy_pod).collect();
+    match inputs {
+        Inputs::Store(policies) => Ok(weft_calc::policy::digest::digest(
+            &case.namespace_objects(),
+            &pods,
+            policies,
+        )),
+        Inputs::Api(api) => {
+            let snapshot = kubernetes::wait_snapshot(state, timeout, |s| api.check(s, &pods))?;
+            let mut cluster = weft_calc::Cluster::default();
+            cluster.reset(snapshot);
+            Ok(weft_calc::policy::digest::cluster_digest(&cluster))
+        }
+    }
+}
+
 /// Waits until the agent of every node of the case reports the digest of
-/// the case's inputs as the lab holds them (its pods at the lab's
-/// addresses, its policies as written); fails naming the first node that does not within `timeout`.
+/// the case's inputs as the lab holds them ([`inputs_digest`]); fails
+/// naming the first node that does not within `timeout`.
 fn wait_programmed(
     state: &LabState,
     case: &PolicyCase,
     applied: &Applied,
     timeout: Duration,
 ) -> Result<()> {
-    let pods: Vec<PolicyPod> = state.pods.iter().map(policy_pod).collect();
-    let want =
-        weft_calc::policy::digest::digest(&case.namespace_objects(), &pods, &applied.policies);
     let deadline = Instant::now() + timeout;
+    let want = inputs_digest(state, case, &applied.inputs, timeout)?;
     agent_api::block_on(async {
         for name in applied.placement.nodes.values() {
             let node = state.node(name)?;
@@ -486,7 +723,7 @@ fn wait_programmed(
                         } else {
                             &status.policy_digest
                         },
-                        pods.len(),
+                        state.pods.len(),
                         case.namespaces.len(),
                         case.policies.len(),
                         node.state_dir.join("agent.log").display()
@@ -734,6 +971,7 @@ pub fn summary(case: &PolicyCase) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weft_model::EndpointRecord;
 
     #[test]
     fn only_this_probes_init_is_recognised() {
@@ -800,6 +1038,77 @@ mod tests {
             lab_cidr("10.244.1.0/24", &case, &moved).unwrap_err()
         );
         assert!(e.contains("x/a") && e.contains("10.244.3.3"), "{e}");
+    }
+
+    #[test]
+    fn a_snapshot_is_accepted_only_when_it_holds_exactly_what_was_written() {
+        let case = weft_model::policy_case::parse_case(
+            r#"{"namespaces": {"x": {"labels": {"ns": "x", "kubernetes.io/metadata.name": "x"}}},
+              "pods": [{"namespace": "x", "name": "a", "ip": "10.244.1.10"},
+                       {"namespace": "y", "name": "b", "ip": "10.244.2.10"}],
+              "policies": [{"metadata": {"name": "p", "namespace": "x"},
+                "spec": {"podSelector": {}}}]}"#,
+        )
+        .unwrap();
+        // Pods' namespaces the case does not declare get no labels; the
+        // name label is the server's.
+        let namespaces = case_namespaces(&case);
+        assert_eq!(
+            namespaces,
+            BTreeMap::from([
+                ("x".to_string(), weft_model::policy::labels([("ns", "x")])),
+                ("y".to_string(), Labels::new()),
+            ])
+        );
+        let written = ApiInputs {
+            namespaces: (namespaces.iter())
+                .map(|(n, l)| (n.clone(), Namespace::new(n, l.clone()).labels()))
+                .collect(),
+            policies: BTreeMap::from([(
+                ("x".to_string(), "p".to_string()),
+                case.policies[0].clone(),
+            )]),
+        };
+        let endpoint = EndpointRecord {
+            container_id: "uid".into(),
+            ifname: "eth0".into(),
+            node: "node1".into(),
+            pod_name: "x-a".into(),
+            pod_namespace: "x".into(),
+            labels: BTreeMap::new(),
+            address: Ipv4Addr::new(10, 244, 0, 3),
+            host_ifname: String::new(),
+            netns: String::new(),
+            ports: Vec::new(),
+        };
+        let lab_pods = [PolicyPod::from(&endpoint)];
+        let server_namespaces = ["default", "kube-system", "x", "y"]
+            .map(|n| Namespace::new(n, namespaces.get(n).cloned().unwrap_or_default()));
+        let snapshot = Snapshot {
+            nodes: Vec::new(),
+            endpoints: vec![endpoint.clone()],
+            bgp_peers: Vec::new(),
+            network_policies: case.policies.clone(),
+            namespaces: server_namespaces.to_vec(),
+        };
+        written.check(&snapshot, &lab_pods).unwrap();
+
+        let mut stale = snapshot.clone();
+        stale.namespaces.push(Namespace::new("z", Labels::new()));
+        let e = written.check(&stale, &lab_pods).unwrap_err();
+        assert!(e.contains("\"z\""), "a namespace being deleted: {e}");
+        let mut stale = snapshot.clone();
+        stale.network_policies[0].spec.policy_types = Some(Vec::new());
+        let e = written.check(&stale, &lab_pods).unwrap_err();
+        assert!(e.contains("x/p"), "an older version of a policy: {e}");
+        let mut stale = snapshot.clone();
+        stale.endpoints[0].address = Ipv4Addr::new(10, 244, 0, 9);
+        let e = written.check(&stale, &lab_pods).unwrap_err();
+        assert!(e.contains("x/x-a"), "a pod at another address: {e}");
+        let mut stale = snapshot;
+        stale.endpoints.clear();
+        let e = written.check(&stale, &lab_pods).unwrap_err();
+        assert!(e.contains("x/x-a"), "a pod not yet listed: {e}");
     }
 
     const CASE: &str = r#"{"pods": [

@@ -1,10 +1,12 @@
 //! Every NetworkPolicy case of tests/netpol/cases through `weftctl lab
-//! netpol` on one kernel lab: real pods wired by weft-cni, real agents
-//! compiling and programming the policies, real TCP, UDP and SCTP from
-//! inside the pods. Each probe's answer must be its `expected` (upstream's
-//! reachability matrix for the translated e2e tests, the author's for the
-//! hand-written smoke cases). All differences of all cases are reported
-//! together. Needs root.
+//! netpol` on one kernel lab, once on the directory store and once on
+//! Kubernetes (`lab up --kubernetes`: namespaces, Pods and policies
+//! applied with kubectl to a real API server, the agents reading it):
+//! real pods wired by weft-cni, real agents compiling and programming the
+//! policies, real TCP, UDP and SCTP from inside the pods. Each probe's
+//! answer must be its `expected` (upstream's reachability matrix for the
+//! translated e2e tests, the author's for the hand-written smoke cases).
+//! All differences of all cases are reported together. Needs root.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -65,10 +67,34 @@ fn judge(name: &str, case: &PolicyCase, out: &std::process::Output) -> Vec<Strin
 
 #[test]
 fn every_policy_case_gets_its_expected_answers_on_a_kernel_lab() {
-    let files = case_files();
     // Three nodes: the upstream cases' three /24s; the lab is reused by
     // every case and torn down when `lab` drops, also on failure.
-    let lab = Lab::up("netpol", 3, 0);
+    run_every_case(&Lab::up("netpol", 3, 0));
+}
+
+#[test]
+fn every_policy_case_gets_its_expected_answers_on_kubernetes() {
+    let options = UpOptions {
+        kubernetes: true,
+        ..up_options(3, 0)
+    };
+    let lab = Lab::build("netpolk", options);
+    run_every_case(&lab);
+    // What the agents enforced came through the API: the last case's
+    // policies are NetworkPolicy objects there.
+    let last = parse_case(&std::fs::read_to_string(case_files().last().unwrap()).unwrap()).unwrap();
+    let listed = lab.kubectl(&["get", "networkpolicies", "-A", "-o", "name"]);
+    assert_eq!(
+        listed.lines().count(),
+        last.policies.len(),
+        "the API server holds the last case's policies: {listed}"
+    );
+}
+
+/// Runs every case on `lab` with `lab netpol`, reports the time each
+/// took, and fails listing every answer that differs from its expected.
+fn run_every_case(lab: &Lab) {
+    let files = case_files();
     let mut wrong = Vec::new();
     let mut timings = Vec::new();
     for file in &files {

@@ -358,8 +358,10 @@ enum LabCommand {
     /// there are too few), the case's pods as lab pods <namespace>-<name> with their
     /// namespace, labels and container ports (an echo server on the TCP and UDP ones; the
     /// lab's own addresses, not the case's), other lab pods deleted, and exactly the case's
-    /// Namespace and NetworkPolicy objects in the datastore. Then waits until every node's
-    /// agent reports its maps programmed from exactly these inputs (a digest), and runs all
+    /// Namespace and NetworkPolicy objects in the datastore (on a lab up with --kubernetes:
+    /// applied with kubectl, the API server's own namespaces kept). Then waits until every
+    /// node's agent reports its maps programmed from exactly these inputs (a digest; on
+    /// Kubernetes computed from what Weft's cluster source lists from the API server), and runs all
     /// probes at once from inside the source pods: TCP an echo exchange, UDP a datagram
     /// echoed back, SCTP a crafted INIT seen or not seen in the destination pod. A denied
     /// probe takes about a second. Exits 1 when a probe's answer differs from its
