@@ -42,8 +42,10 @@ pub enum Routing {
 programs a host route, the eBPF anti-spoofing guard and the pod's NetworkPolicy (compiled into \
 eBPF maps, enforced statefully on the pod's veth) for every local pod, routes other nodes' \
 pod CIDRs via their underlay addresses (encapsulated in IP-in-IP by its eBPF uplink programs, \
-through a kernel VXLAN device, or natively: --encap), and publishes its node and endpoints to \
-the datastore. \
+through a kernel VXLAN device, or natively: --encap). It reads the cluster from the local \
+directory store, where it also publishes its node and endpoints, or with --datastore kubernetes \
+from the API server (Nodes, Pods, Namespaces, NetworkPolicies, BGPPeers), where it sets its \
+Node's NetworkUnavailable condition once the node is programmed. \
 State it finds in the kernel from a previous run (routes with Weft's protocol number, weft* \
 interfaces, pins under --bpffs-dir) is adopted, not flushed; only stale Weft-owned objects are removed."
 )]
