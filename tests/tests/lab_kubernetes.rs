@@ -224,22 +224,6 @@ fn kubernetes_lab_commands_and_the_agents_identity() {
         "node/node1\nnode/node2"
     );
 
-    // `lab netpol` refuses a Kubernetes lab rather than write a store no
-    // agent reads.
-    let case = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        case.path(),
-        r#"{"pods":[{"namespace":"a","name":"x","ip":"10.1.0.5"}],"policies":[],"probes":[]}"#,
-    )
-    .unwrap();
-    let out = lab.ctl(&["lab", "netpol", "--input", case.path().to_str().unwrap()]);
-    assert!(
-        !out.status.success()
-            && String::from_utf8_lossy(&out.stderr).contains("runs on Kubernetes"),
-        "{}",
-        show(&out)
-    );
-
     // `lab pod del`: CNI DEL, then the Pod object goes.
     lab.ctl_ok(&["lab", "pod", "del", "node2-a"]);
     assert_eq!(
