@@ -55,8 +55,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let health_listener = tokio::net::TcpListener::bind(config.health_address)
         .await
         .with_context(|| format!("health address {}", config.health_address))?;
-    let health_server = tokio::spawn(health::serve(health_listener, health.clone()));
-    let _health_server = AbortOnDrop(health_server);
+    // Ends with the runtime, when `run` returns.
+    tokio::spawn(health::serve(health_listener, health.clone()));
 
     let (source, kubernetes, pod_cidr, internal_ip) = open_source(&config, &health).await?;
     let node_ip = node_ip::detect(&config.node_ip_choice(), internal_ip).await?;
@@ -247,15 +247,6 @@ async fn run(config: Config) -> anyhow::Result<()> {
 /// minute, so a slow pass is not death.
 fn liveness_limit(config: &Config) -> Duration {
     Duration::from_secs(3 * config.resync_seconds + 60)
-}
-
-/// Aborts a task when dropped (the health server ends with `run`).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// What the datastore gives the start: the source, its typed handle in

@@ -223,22 +223,8 @@ impl ControlPlane {
 
     /// Starts `name` in the namespace, logging to `<dir>/<name>.log`.
     fn spawn(&mut self, name: &'static str, args: Vec<String>) -> Result<()> {
-        let log_path = self.log_path(name);
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .with_context(|| format!("creating {}", log_path.display()))?;
-        let mut command = Command::new(self.config.bin_dir.join(name));
-        command
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        in_netns(&mut command, &self.config.netns, true)?;
-        let child = command
-            .spawn()
-            .with_context(|| format!("starting {name} in {}", self.config.netns))?;
+        let program = self.config.bin_dir.join(name);
+        let child = spawn_logged(&self.config.netns, &self.config.dir, name, &program, &args)?;
         self.processes.push((name, child));
         self.args.retain(|(n, _)| *n != name);
         self.args.push((name, args));
@@ -409,20 +395,25 @@ pub fn is_process_of(pid: u32, name: &str, dir: &Path) -> bool {
 /// `netns` with the same command line, appending to the same log. Returns
 /// the new pid; the process is detached like the first.
 pub fn respawn_detached(netns: &str, dir: &Path, name: &str, pid: u32) -> Result<u32> {
-    use nix::sys::signal::{Signal, kill};
     if !is_process_of(pid, name, dir) {
         bail!("{name} (pid {pid}) is not running");
     }
     let argv = crate::process::cmdline(pid).with_context(|| format!("{name}'s command line"))?;
     let (program, args) = argv.split_first().context("an empty command line")?;
-    let _ = kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while is_process_of(pid, name, dir) {
-        if Instant::now() >= deadline {
-            bail!("{name} (pid {pid}) is still alive 5 s after SIGKILL");
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
+    kill_and_wait(pid, name, dir)?;
+    let child = spawn_logged(netns, dir, name, Path::new(program), args)?;
+    Ok(child.id())
+}
+
+/// Starts `program` as control-plane process `name` in `netns`, its output
+/// appended to `<dir>/<name>.log`.
+fn spawn_logged(
+    netns: &str,
+    dir: &Path,
+    name: &str,
+    program: &Path,
+    args: &[String],
+) -> Result<Child> {
     let log_path = dir.join(format!("{name}.log"));
     let log = fs::OpenOptions::new()
         .create(true)
@@ -436,10 +427,24 @@ pub fn respawn_detached(netns: &str, dir: &Path, name: &str, pid: u32) -> Result
         .stdout(log.try_clone()?)
         .stderr(log);
     in_netns(&mut command, netns, true)?;
-    let child = command
+    command
         .spawn()
-        .with_context(|| format!("starting {name} again in {netns}"))?;
-    Ok(child.id())
+        .with_context(|| format!("starting {name} in {netns}"))
+}
+
+/// SIGKILLs control-plane process `name` (`pid`, of `dir`) and waits up to
+/// 5 s until it is gone.
+fn kill_and_wait(pid: u32, name: &str, dir: &Path) -> Result<()> {
+    use nix::sys::signal::{Signal, kill};
+    let _ = kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while is_process_of(pid, name, dir) {
+        if Instant::now() >= deadline {
+            bail!("{name} (pid {pid}) is still alive 5 s after SIGKILL");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 /// Ends detached control-plane processes (`(name, pid)` in start order,
@@ -460,14 +465,7 @@ pub fn stop_detached(processes: &[(String, u32)], dir: &Path) -> Result<usize> {
         while is_process_of(*pid, name, dir) {
             if Instant::now() >= deadline {
                 eprintln!("control plane: {name} (pid {pid}) killed after 5 s");
-                let _ = kill(target, Signal::SIGKILL);
-                let gone = Instant::now() + Duration::from_secs(5);
-                while is_process_of(*pid, name, dir) {
-                    if Instant::now() >= gone {
-                        bail!("{name} (pid {pid}) is still alive 5 s after SIGKILL");
-                    }
-                    thread::sleep(Duration::from_millis(20));
-                }
+                kill_and_wait(*pid, name, dir)?;
                 break;
             }
             thread::sleep(Duration::from_millis(20));
