@@ -400,7 +400,7 @@ pub fn respawn_detached(netns: &str, dir: &Path, name: &str, pid: u32) -> Result
     }
     let argv = crate::process::cmdline(pid).with_context(|| format!("{name}'s command line"))?;
     let (program, args) = argv.split_first().context("an empty command line")?;
-    kill_and_wait(pid, name, dir)?;
+    kill_and_wait(pid, name)?;
     let child = spawn_logged(netns, dir, name, Path::new(program), args)?;
     Ok(child.id())
 }
@@ -432,13 +432,13 @@ fn spawn_logged(
         .with_context(|| format!("starting {name} in {netns}"))
 }
 
-/// SIGKILLs control-plane process `name` (`pid`, of `dir`) and waits up to
-/// 5 s until it is gone.
-fn kill_and_wait(pid: u32, name: &str, dir: &Path) -> Result<()> {
+/// SIGKILLs control-plane process `name` (`pid`) and waits up to 5 s
+/// until it has ended, its ports free again.
+fn kill_and_wait(pid: u32, name: &str) -> Result<()> {
     use nix::sys::signal::{Signal, kill};
     let _ = kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while is_process_of(pid, name, dir) {
+    while !crate::process::has_ended(pid) {
         if Instant::now() >= deadline {
             bail!("{name} (pid {pid}) is still alive 5 s after SIGKILL");
         }
@@ -462,10 +462,10 @@ pub fn stop_detached(processes: &[(String, u32)], dir: &Path) -> Result<usize> {
         let target = nix::unistd::Pid::from_raw(*pid as i32);
         let _ = kill(target, Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(5);
-        while is_process_of(*pid, name, dir) {
+        while !crate::process::has_ended(*pid) {
             if Instant::now() >= deadline {
                 eprintln!("control plane: {name} (pid {pid}) killed after 5 s");
-                kill_and_wait(*pid, name, dir)?;
+                kill_and_wait(*pid, name)?;
                 break;
             }
             thread::sleep(Duration::from_millis(20));

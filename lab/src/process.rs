@@ -97,6 +97,16 @@ pub(crate) fn is_zombie(pid: u32) -> bool {
         == Some('Z')
 }
 
+/// Whether `pid` has ended for good: reaped, or a zombie none of whose
+/// threads still runs. The leader of a multi-threaded process turns zombie
+/// as soon as its own thread exits, while its other threads may still hold
+/// the process's files open, listening sockets among them: a successor
+/// started then cannot bind them.
+pub(crate) fn has_ended(pid: u32) -> bool {
+    is_zombie(pid)
+        && std::fs::read_dir(format!("/proc/{pid}/task")).map_or(true, |tasks| tasks.count() <= 1)
+}
+
 /// How an agent was ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {
@@ -116,22 +126,23 @@ pub fn stop_agent(pid: u32, socket: &Path, grace: Duration) -> Result<Ended> {
     if !grace.is_zero() {
         nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGTERM)
             .with_context(|| format!("sending SIGTERM to weft-agent pid {pid}"))?;
-        if wait_gone(pid, socket, grace) {
+        if wait_gone(pid, grace) {
             return Ok(Ended::Terminated);
         }
     }
     nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL)
         .with_context(|| format!("sending SIGKILL to weft-agent pid {pid}"))?;
-    if !wait_gone(pid, socket, Duration::from_secs(5)) {
+    if !wait_gone(pid, Duration::from_secs(5)) {
         anyhow::bail!("weft-agent pid {pid} is still alive 5 s after SIGKILL");
     }
     Ok(Ended::Killed)
 }
 
-fn wait_gone(pid: u32, socket: &Path, within: Duration) -> bool {
+/// Waits until the signalled agent `pid` has ended (see [`has_ended`]).
+fn wait_gone(pid: u32, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     loop {
-        if !is_agent(pid, socket) {
+        if has_ended(pid) {
             return true;
         }
         if Instant::now() >= deadline {
@@ -192,6 +203,22 @@ fn strip_ansi(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_has_ended_once_reaped_or_a_zombie_with_no_threads_left() {
+        // This test's own process runs several threads (the test harness).
+        assert!(!has_ended(std::process::id()));
+        let mut child = Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !is_zombie(pid) {
+            assert!(Instant::now() < deadline, "`true` did not exit");
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert!(has_ended(pid), "an unreaped zombie with one thread");
+        child.wait().unwrap();
+        assert!(has_ended(pid), "a reaped process");
+    }
 
     #[test]
     fn log_tail_quotes_the_error_not_the_backtrace() {

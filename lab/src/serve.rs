@@ -211,7 +211,7 @@ pub fn stop(pid: u32, netns: &str) -> Result<bool> {
     )
     .with_context(|| format!("sending SIGKILL to the port server pid {pid} of {netns}"))?;
     for _ in 0..250 {
-        if !is_server(pid, netns) {
+        if process::has_ended(pid) {
             return Ok(true);
         }
         thread::sleep(Duration::from_millis(20));
