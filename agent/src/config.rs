@@ -45,7 +45,8 @@ pod CIDRs via their underlay addresses (encapsulated in IP-in-IP by its eBPF upl
 through a kernel VXLAN device, or natively: --encap). It reads the cluster from the local \
 directory store, where it also publishes its node and endpoints, or with --datastore kubernetes \
 from the API server (Nodes, Pods, Namespaces, NetworkPolicies, BGPPeers), where it sets its \
-Node's NetworkUnavailable condition once the node is programmed. \
+Node's NetworkUnavailable condition once the node is programmed and publishes its underlay \
+address (annotation weft.dev/underlay-address), which other nodes use in place of the InternalIP. \
 State it finds in the kernel from a previous run (routes with Weft's protocol number, weft* \
 interfaces, pins under --bpffs-dir) is adopted, not flushed; only stale Weft-owned objects are removed."
 )]

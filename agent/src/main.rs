@@ -71,8 +71,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("uplink {uplink_name}"))?;
     if let Some(internal) = internal_ip.filter(|ip| *ip != node_ip.address) {
-        // Other nodes read this node's address from its Node object.
-        tracing::warn!(%internal, chosen = %node_ip.address, "the Node's InternalIP is not the chosen node address: other nodes reach this node at its InternalIP");
+        // Until the publication lands, other nodes still use the InternalIP.
+        tracing::info!(%internal, chosen = %node_ip.address, "the Node's InternalIP is not the chosen node address: publishing the chosen one on the Node for the other nodes");
     }
     let underlay_ip = node_ip.address;
     let mtu = config.pod_mtu(uplink.mtu);
@@ -159,7 +159,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let report = node.reconcile(true).await.context("first reconcile")?;
     tracing::info!(?report, "kernel state adopted");
     health.node_started(node.clone());
-    let network_condition = kubernetes.map(|k| NetworkCondition::new(k, &node.me.name));
+    let publication = kubernetes.map(|k| NodePublication::new(k, &node.me));
 
     let listener = bind(&config.socket)?;
     let service = weft_proto::AgentServer::new(service::AgentService::new(node.clone()));
@@ -209,8 +209,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
         };
         match node.reconcile(full).await {
             Ok(_) => {
-                if let Some(condition) = &network_condition {
-                    condition.ensure();
+                if let Some(publication) = &publication {
+                    publication.ensure();
                 }
             }
             // Without its speaker the node would quietly stop exchanging
@@ -307,45 +307,54 @@ async fn open_source(config: &Config, health: &Health) -> anyhow::Result<Opened>
     }
 }
 
-/// This node's `NetworkUnavailable=False`, kept so level-triggered: after
-/// a pass, if the Node does not say it, one patch is sent in the
-/// background (an API server that is away must not stall the loop).
-struct NetworkCondition {
+/// What this node says on its Node object (`NetworkUnavailable=False`
+/// and its underlay address), kept so level-triggered: after a pass, if
+/// the Node does not say it, one patch is sent in the background (an API
+/// server that is away must not stall the loop).
+struct NodePublication {
     source: Arc<KubernetesSource>,
     node: String,
+    address: std::net::Ipv4Addr,
     in_flight: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl NetworkCondition {
-    fn new(source: Arc<KubernetesSource>, node: &str) -> NetworkCondition {
-        NetworkCondition {
+impl NodePublication {
+    fn new(source: Arc<KubernetesSource>, me: &NodeRecord) -> NodePublication {
+        NodePublication {
             source,
-            node: node.to_string(),
+            node: me.name.clone(),
+            address: me.underlay_ip,
             in_flight: Arc::default(),
         }
     }
 
     fn ensure(&self) {
         use std::sync::atomic::Ordering;
-        if self.source.network_available(&self.node) || self.in_flight.swap(true, Ordering::AcqRel)
+        if self.source.node_status_published(&self.node, self.address)
+            || self.in_flight.swap(true, Ordering::AcqRel)
         {
             return;
         }
-        let (source, node, in_flight) = (
+        let (source, node, address, in_flight) = (
             self.source.clone(),
             self.node.clone(),
+            self.address,
             self.in_flight.clone(),
         );
         tokio::spawn(async move {
-            let patch = source.set_network_available(&node);
+            let patch = source.publish_node_status(&node, address);
             match tokio::time::timeout(Duration::from_secs(10), patch).await {
-                Ok(Ok(())) => tracing::info!(node, "Node condition NetworkUnavailable=False set"),
+                Ok(Ok(())) => tracing::info!(
+                    node,
+                    %address,
+                    "Node status published: NetworkUnavailable=False, underlay address"
+                ),
                 Ok(Err(e)) => {
-                    tracing::warn!(node, error = %e, "cannot set the Node's NetworkUnavailable condition; retrying after the next pass")
+                    tracing::warn!(node, error = %e, "cannot publish the Node's status; retrying after the next pass")
                 }
                 Err(_) => tracing::warn!(
                     node,
-                    "the API server did not answer the Node condition patch; retrying after the next pass"
+                    "the API server did not answer the Node status patch; retrying after the next pass"
                 ),
             }
             in_flight.store(false, Ordering::Release);

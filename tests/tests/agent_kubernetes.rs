@@ -3,7 +3,8 @@
 //! ServiceAccount with deploy/rbac.yaml's rights only:
 //! - it waits for its Node's pod CIDR, takes its address from the Node's
 //!   InternalIP and says so in `weftctl status`;
-//! - it sets the Node's NetworkUnavailable=False;
+//! - it sets the Node's NetworkUnavailable=False and publishes its
+//!   underlay address (`weft.dev/underlay-address`) through nodes/status;
 //! - `/readyz` waits for every wanted BGP session, `/healthz` is up
 //!   throughout, also while the API server is frozen or restarting;
 //! - a pod wired through weft-cni takes its labels and ports from its Pod
@@ -129,6 +130,14 @@ fn agent_runs_on_the_api_server() {
         (status == "False").then_some(()).ok_or(status)
     });
     assert_eq!(node_condition(&cp, "reason"), "WeftIsUp");
+    let published = cp.kubectl(&[
+        "get",
+        "node",
+        NODE,
+        "-o",
+        "jsonpath={.metadata.annotations.weft\\.dev/underlay-address}",
+    ]);
+    assert_eq!(published.trim(), "198.18.250.1");
     cp.kubectl(&["delete", "node", "wk-n2"]);
     eventually("ready without wk-n2", Duration::from_secs(30), || {
         let (code, body) = cp.agent_health("/readyz");

@@ -124,6 +124,107 @@ fn the_lab_plays_the_kubelet() {
     nodes_report_the_network_up(&lab);
 }
 
+/// The BGP peer addresses `node`'s agent has, with their states.
+fn bgp_peers(lab: &Lab, node: &str) -> BTreeMap<String, String> {
+    let text = lab.ctl_ok(&["bgp", "peers", "--node", node, "--json"]);
+    json(&text)["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let field = |f: &str| p[f].as_str().unwrap().to_string();
+            (field("address"), field("state"))
+        })
+        .collect()
+}
+
+fn underlay_annotations(lab: &Lab) -> String {
+    lab.kubectl(&[
+        "get",
+        "nodes",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name}={.metadata.annotations.weft\\.dev/underlay-address}{\"\\n\"}{end}",
+    ])
+}
+
+/// Other nodes tunnel and peer to the underlay address a node's agent
+/// published on its Node (`weft.dev/underlay-address`), not to its
+/// InternalIP, so an address the agent found itself (`--node-ip
+/// first-found`, `can-reach`) is the one the cluster uses. The agent
+/// keeps its annotation level-triggered: one changed behind its back is
+/// put back.
+#[test]
+fn nodes_are_reached_at_the_address_their_agents_published() {
+    let lab = kubernetes_lab("k8s-addr", Encap::Ipip, 1);
+    let status = lab.status();
+    let published: String = (status.nodes.iter())
+        .map(|n| format!("{}={}\n", n.name, n.underlay_ip))
+        .collect();
+    eventually(
+        "every Node's underlay address published by its agent",
+        Duration::from_secs(30),
+        || {
+            let now = underlay_annotations(&lab);
+            if now == published { Ok(()) } else { Err(now) }
+        },
+    );
+    let node2 = status.node("node2").unwrap().underlay_ip.clone();
+    let node3 = status.node("node3").unwrap().underlay_ip.clone();
+
+    // node2's InternalIP turns wrong: its published address still holds.
+    lab.kubectl(&[
+        "patch",
+        "node",
+        "node2",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"addresses":[{"type":"InternalIP","address":"198.19.255.2"},{"type":"Hostname","address":"node2"}]}}"#,
+    ]);
+    // node3's annotation changes while its agent is away; node1 follows it,
+    // which also shows node1 has seen node2's change, made before.
+    lab.stop_agent("node3");
+    lab.kubectl(&[
+        "annotate",
+        "node",
+        "node3",
+        "--overwrite",
+        "weft.dev/underlay-address=198.19.255.3",
+    ]);
+    eventually(
+        "node1 peers with node3 at its new published address",
+        BGP_WAIT,
+        || {
+            let peers = bgp_peers(&lab, "node1");
+            if peers.contains_key("198.19.255.3") && !peers.contains_key(&node3) {
+                Ok(())
+            } else {
+                Err(format!("{peers:?}"))
+            }
+        },
+    );
+    let peers = bgp_peers(&lab, "node1");
+    assert_eq!(
+        peers.get(&node2).map(String::as_str),
+        Some("Established"),
+        "node2 is still reached at the address it published: {peers:?}"
+    );
+    assert!(!peers.contains_key("198.19.255.2"), "{peers:?}");
+
+    // node3's agent puts its address back; the cluster follows.
+    lab.start_agent("node3", None);
+    eventually(
+        "node3's agent publishes its address again",
+        Duration::from_secs(30),
+        || {
+            let now = underlay_annotations(&lab);
+            if now == published { Ok(()) } else { Err(now) }
+        },
+    );
+    lab.wait_bgp_mesh();
+    lab.check();
+}
+
 /// The command line of a Kubernetes lab: `lab kubeconfig`, kubectl with
 /// it from a node, the agents' least privilege, `lab pod del` deleting the
 /// Pod object, `lab apply`/`delete` through the API server, and `lab down`

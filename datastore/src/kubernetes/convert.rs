@@ -39,13 +39,15 @@ fn refused(kind: &'static str, name: &str, field: &str, reason: impl Into<String
 pub const API_IFNAME: &str = "eth0";
 
 /// A Node as the other nodes see it: its `spec.podCIDR` (set by the
-/// controller manager's node IPAM, as in kind) and its first IPv4
-/// InternalIP (kubelet's `--node-ip`). `None` until both are there.
+/// controller manager's node IPAM, as in kind) and its underlay address:
+/// the one its agent published ([`super::UNDERLAY_ADDRESS_ANNOTATION`]),
+/// else its first IPv4 InternalIP (kubelet's `--node-ip`). `None` until
+/// both are there.
 pub fn node_record(node: &core::Node) -> Result<Option<NodeRecord>, Refused> {
     let Some(pod_cidr) = pod_cidr(node)? else {
         return Ok(None);
     };
-    let Some(underlay_ip) = internal_ip(node) else {
+    let Some(underlay_ip) = underlay_annotation(node)?.or_else(|| internal_ip(node)) else {
         return Ok(None);
     };
     Ok(Some(NodeRecord {
@@ -79,6 +81,38 @@ pub fn pod_cidr(node: &core::Node) -> Result<Option<Ipv4Network>, Refused> {
         }
     }
     Ok(None)
+}
+
+/// The underlay address the Node's agent published, if it has. Only the
+/// agent writes it, so a value that is not an IPv4 address refuses the
+/// Node rather than falling back to an address the agent did not choose.
+pub fn underlay_annotation(node: &core::Node) -> Result<Option<Ipv4Addr>, Refused> {
+    let annotation = super::UNDERLAY_ADDRESS_ANNOTATION;
+    let Some(text) = (node.metadata.annotations.as_ref()).and_then(|a| a.get(annotation)) else {
+        return Ok(None);
+    };
+    match text.parse::<Ipv4Addr>() {
+        Ok(ip)
+            if !ip.is_unspecified()
+                && !ip.is_loopback()
+                && !ip.is_multicast()
+                && !ip.is_broadcast() =>
+        {
+            Ok(Some(ip))
+        }
+        Ok(_) => Err(refused(
+            "Node",
+            node.metadata.name.as_deref().unwrap_or_default(),
+            &format!("metadata.annotations[{annotation}]"),
+            format!("{text} cannot be a node's underlay address"),
+        )),
+        Err(e) => Err(refused(
+            "Node",
+            node.metadata.name.as_deref().unwrap_or_default(),
+            &format!("metadata.annotations[{annotation}]"),
+            format!("{text:?}: {e}"),
+        )),
+    }
 }
 
 /// The Node's first IPv4 `InternalIP`.
@@ -246,6 +280,50 @@ mod tests {
             from_json(r#"{"metadata": {"name": "n3"}, "spec": {"podCIDR": "10.244.3/x"}}"#);
         let e = node_record(&bad).unwrap_err();
         assert_eq!((e.kind, e.field.as_str()), ("Node", "spec.podCIDRs"));
+    }
+
+    #[test]
+    fn the_address_a_node_s_agent_published_comes_before_its_internal_ip() {
+        let node = |annotations: &str| -> core::Node {
+            from_json(&format!(
+                r#"{{"metadata": {{"name": "n1", "annotations": {annotations}}},
+                    "spec": {{"podCIDR": "10.244.3.0/24"}},
+                    "status": {{"addresses": [{{"type": "InternalIP", "address": "198.18.0.11"}}]}}}}"#
+            ))
+        };
+        let published = node(r#"{"weft.dev/underlay-address": "198.19.4.11"}"#);
+        let record = node_record(&published).unwrap().unwrap();
+        assert_eq!(record.underlay_ip, Ipv4Addr::new(198, 19, 4, 11));
+        let other = node(r#"{"node.alpha.kubernetes.io/ttl": "0"}"#);
+        let record = node_record(&other).unwrap().unwrap();
+        assert_eq!(
+            record.underlay_ip,
+            Ipv4Addr::new(198, 18, 0, 11),
+            "not published yet"
+        );
+
+        for bad in [
+            "198.19.4",
+            "fd00::1",
+            "0.0.0.0",
+            "127.0.0.1",
+            "224.0.0.5",
+            " 198.19.4.11",
+        ] {
+            let e = node_record(&node(&format!(
+                r#"{{"weft.dev/underlay-address": "{bad}"}}"#
+            )))
+            .unwrap_err();
+            assert_eq!(
+                e.field, "metadata.annotations[weft.dev/underlay-address]",
+                "{bad}: {e}"
+            );
+            assert!(e.to_string().contains(bad.trim()), "{e}");
+        }
+        let published_without_cidr: core::Node = from_json(
+            r#"{"metadata": {"name": "n1", "annotations": {"weft.dev/underlay-address": "198.19.4.11"}}}"#,
+        );
+        assert_eq!(node_record(&published_without_cidr).unwrap(), None);
     }
 
     #[test]

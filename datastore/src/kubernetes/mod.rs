@@ -17,8 +17,9 @@
 //!
 //! Nodes and endpoints are published by kubelet and the API server, not
 //! by the agent, so the publish calls do nothing here; the one thing the
-//! agent writes is its Node's `NetworkUnavailable` condition
-//! ([`KubernetesSource::set_network_available`]). A node's own pods take
+//! agent writes is its own Node's status: the `NetworkUnavailable`
+//! condition and the underlay address it chose
+//! ([`KubernetesSource::publish_node`]). A node's own pods take
 //! their labels and ports from their Pod objects
 //! ([`ClusterSource::pod_metadata`]).
 
@@ -28,6 +29,7 @@ pub mod crd;
 pub mod pod;
 pub mod prune;
 
+use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -118,6 +120,14 @@ pub async fn connect(kubeconfig: Option<&std::path::Path>) -> Result<Client, Con
 pub const NETWORK_UNAVAILABLE: &str = "NetworkUnavailable";
 /// The reason Weft writes into it.
 pub const NETWORK_UP_REASON: &str = "WeftIsUp";
+/// The Node annotation holding the underlay address its agent chose
+/// (`--node-ip`, `--underlay-ip`); other nodes use it in place of the
+/// InternalIP, so an address found by `first-found` or `can-reach` is the
+/// one the cluster tunnels and peers to (Calico keeps it in its own Node
+/// resource). Written through `nodes/status` with the condition, as
+/// Flannel writes its annotations: the agent needs no write access to
+/// Nodes.
+pub const UNDERLAY_ADDRESS_ANNOTATION: &str = "weft.dev/underlay-address";
 
 impl KubernetesSource {
     /// Starts the reflectors on `client` (they run on the current tokio
@@ -168,40 +178,51 @@ impl KubernetesSource {
         }
     }
 
-    /// Node `name` as last listed, whole.
+    /// Node `name` as last listed, pruned to what Weft reads ([`prune::node`]).
     pub fn node(&self, name: &str) -> Option<Arc<core::Node>> {
         self.nodes.get(&ObjectRef::new(name))
     }
 
-    /// Whether Node `name` says its network is available, as Weft says it.
-    pub fn network_available(&self, name: &str) -> bool {
-        let node = self.node(name);
-        let conditions = node
-            .as_ref()
-            .and_then(|n| n.status.as_ref())
-            .and_then(|s| s.conditions.as_ref());
-        conditions.into_iter().flatten().any(|c| {
+    /// Whether Node `name` says what [`KubernetesSource::publish_node`]
+    /// writes: `NetworkUnavailable=False` with Weft's reason, and
+    /// `address` as its underlay address.
+    pub fn node_status_published(&self, name: &str, address: Ipv4Addr) -> bool {
+        let Some(node) = self.node(name) else {
+            return false;
+        };
+        let conditions = node.status.as_ref().and_then(|s| s.conditions.as_ref());
+        let available = conditions.into_iter().flatten().any(|c| {
             c.type_ == NETWORK_UNAVAILABLE
                 && c.status == "False"
                 && c.reason.as_deref() == Some(NETWORK_UP_REASON)
-        })
+        });
+        available && convert::underlay_annotation(&node) == Ok(Some(address))
     }
 
-    /// Sets Node `name`'s `NetworkUnavailable` condition to False: its
-    /// pod network is programmed (what Calico and Flannel do; the
+    /// Publishes on Node `name` that its pod network is programmed
+    /// (`NetworkUnavailable=False`, as Calico and Flannel do; the
     /// scheduler's `node.kubernetes.io/network-unavailable` taint follows
-    /// it). A strategic merge on the condition's type leaves kubelet's own
-    /// conditions alone.
-    pub async fn set_network_available(&self, name: &str) -> Result<(), kube::Error> {
+    /// it) and that it is reached at underlay `address`
+    /// ([`UNDERLAY_ADDRESS_ANNOTATION`]). One strategic merge through
+    /// `nodes/status`: kubelet's own conditions and other annotations are
+    /// left alone.
+    pub async fn publish_node_status(
+        &self,
+        name: &str,
+        address: Ipv4Addr,
+    ) -> Result<(), kube::Error> {
         let now = k8s_openapi::jiff::Timestamp::now().to_string();
-        let patch = serde_json::json!({"status": {"conditions": [{
-            "type": NETWORK_UNAVAILABLE,
-            "status": "False",
-            "reason": NETWORK_UP_REASON,
-            "message": "Weft's agent has programmed this node's pod network",
-            "lastTransitionTime": now,
-            "lastHeartbeatTime": now,
-        }]}});
+        let patch = serde_json::json!({
+            "metadata": {"annotations": {UNDERLAY_ADDRESS_ANNOTATION: address.to_string()}},
+            "status": {"conditions": [{
+                "type": NETWORK_UNAVAILABLE,
+                "status": "False",
+                "reason": NETWORK_UP_REASON,
+                "message": "Weft's agent has programmed this node's pod network",
+                "lastTransitionTime": now,
+                "lastHeartbeatTime": now,
+            }]},
+        });
         Api::<core::Node>::all(self.client.clone())
             .patch_status(name, &PatchParams::default(), &Patch::Strategic(&patch))
             .await?;

@@ -28,9 +28,13 @@ pub fn meta_of<K: Resource>(obj: &mut K) {
     meta(obj.meta_mut());
 }
 
-/// A Node: its pod CIDRs, addresses and the condition Weft owns.
+/// A Node: its pod CIDRs, addresses, and the condition and annotation
+/// Weft owns.
 pub fn node(node: &mut core::Node) {
+    let underlay = (node.metadata.annotations.as_mut())
+        .and_then(|a| a.remove_entry(super::UNDERLAY_ADDRESS_ANNOTATION));
     meta(&mut node.metadata);
+    node.metadata.annotations = underlay.map(|entry| [entry].into());
     node.spec = node.spec.take().map(|spec| core::NodeSpec {
         pod_cidr: spec.pod_cidr,
         pod_cidrs: spec.pod_cidrs,
@@ -129,7 +133,7 @@ mod tests {
     fn a_pruned_node_keeps_its_record_and_weft_s_condition() {
         let whole: core::Node = serde_json::from_str(
             r#"{"metadata": {"name": "n1", "labels": {"kubernetes.io/hostname": "n1"},
-                 "annotations": {"node.alpha.kubernetes.io/ttl": "0"}},
+                 "annotations": {"node.alpha.kubernetes.io/ttl": "0", "weft.dev/underlay-address": "198.18.0.11"}},
                 "spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24"], "providerID": "kind://n1",
                   "taints": [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]},
                 "status": {"addresses": [{"type": "InternalIP", "address": "198.18.0.11"}],
@@ -146,6 +150,11 @@ mod tests {
         assert_eq!(
             convert::node_record(&pruned).unwrap(),
             convert::node_record(&whole).unwrap()
+        );
+        let annotations = pruned.metadata.annotations.clone().unwrap();
+        assert_eq!(
+            annotations.keys().collect::<Vec<_>>(),
+            ["weft.dev/underlay-address"]
         );
         let conditions = pruned.status.unwrap().conditions.unwrap();
         assert_eq!(conditions.len(), 1);
