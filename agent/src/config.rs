@@ -33,6 +33,20 @@ pub enum Routing {
     Static,
 }
 
+/// What the BGP speaker tells its peers when the agent is asked to stop
+/// (SIGTERM, SIGINT).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BgpOnStop {
+    /// Cease/Administrative Shutdown to every peer: they drop this node's
+    /// routes at once. For a node that goes away.
+    Cease,
+    /// Close the sessions without a NOTIFICATION, as a crash would: peers
+    /// that negotiated graceful restart keep this node's routes (stale) for
+    /// --graceful-restart-seconds while the next agent starts, and its
+    /// pods stay reachable. For restarts and rolling updates.
+    GracefulRestart,
+}
+
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "weft-agent",
@@ -168,6 +182,10 @@ pub struct Config {
     /// Seconds peers keep this node's routes while its agent restarts (graceful restart).
     #[arg(long, env = "WEFT_GRACEFUL_RESTART_SECONDS", default_value = "120", value_parser = clap::value_parser!(u16).range(1..=4095))]
     pub graceful_restart_seconds: u16,
+    /// What BGP peers are told when the agent stops on SIGTERM or SIGINT;
+    /// the dataplane stays either way.
+    #[arg(long, env = "WEFT_BGP_ON_STOP", value_enum, default_value = "cease")]
+    pub bgp_on_stop: BgpOnStop,
     /// Seconds between full resyncs (the safety net under the datastore watch).
     #[arg(long, env = "WEFT_RESYNC_SECONDS", default_value = "10", value_parser = clap::value_parser!(u64).range(1..))]
     pub resync_seconds: u64,
@@ -283,6 +301,14 @@ mod tests {
         assert!(!parse(&["--direct-redirect=false"]).unwrap().direct_redirect);
         assert_eq!(c.socket, PathBuf::from("/run/weft/agent.sock"));
         assert_eq!(c.routing, Routing::Bgp);
+        assert_eq!(c.bgp_on_stop, BgpOnStop::Cease);
+        assert_eq!(
+            parse(&["--bgp-on-stop", "graceful-restart"])
+                .unwrap()
+                .bgp_on_stop,
+            BgpOnStop::GracefulRestart
+        );
+        assert!(parse(&["--bgp-on-stop", "withdraw"]).is_err());
         assert_eq!(c.as_number, 64512);
         assert!(c.route_reflectors.is_empty());
         let c = parse(&["--route-reflectors", "node1,node2"]).unwrap();

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use clap::ValueEnum;
-use config::{Config, DatastoreKind, Routing};
+use config::{BgpOnStop, Config, DatastoreKind, Routing};
 use drivers::{EndpointsDriver, KernelDrivers, RoutesDriver, TunnelDriver, VxlanDriver};
 use health::Health;
 use ipam::Ipam;
@@ -228,11 +228,12 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }
     }
     // The dataplane stays as it is: pods keep their connectivity while no
-    // agent runs, and the next agent adopts it. BGP peers are told with a
-    // Cease, so they drop this node's routes at once (a SIGKILL instead
-    // leaves them to graceful restart).
-    tracing::info!("stopping; the dataplane is left in place");
+    // agent runs, and the next agent adopts it. BGP peers get a Cease and
+    // drop this node's routes at once, or (graceful restart) see the
+    // sessions close as after a crash and keep them until the next agent.
+    tracing::info!(bgp_on_stop = ?config.bgp_on_stop, "stopping; the dataplane is left in place");
     if let Some(bgp) = &node.bgp
+        && config.bgp_on_stop == BgpOnStop::Cease
         && let Err(e) = bgp.handle.shut_down().await
     {
         tracing::warn!(error = %e, "BGP shutdown");

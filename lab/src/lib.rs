@@ -168,6 +168,8 @@ pub struct UpOptions {
     pub cross_subnet: bool,
     /// The agents' `--direct-redirect`; `None`: the agent's default.
     pub direct_redirect: Option<bool>,
+    /// The agents' `--bgp-on-stop`; `None`: the agent's default.
+    pub bgp_on_stop: Option<String>,
     /// How many underlay subnets the nodes alternate between (1: one segment).
     pub underlay_subnets: u32,
     /// Run a Kubernetes control plane and have the agents read the cluster
@@ -190,6 +192,7 @@ impl UpOptions {
             encap: state::Encap::default(),
             cross_subnet: false,
             direct_redirect: None,
+            bgp_on_stop: None,
             underlay_subnets: 1,
             kubernetes: false,
         }
@@ -224,6 +227,7 @@ pub fn up(lab: &LabRef, options: &UpOptions) -> Result<LabState> {
     state.encap = options.encap;
     state.cross_subnet = options.cross_subnet;
     state.direct_redirect = options.direct_redirect;
+    state.bgp_on_stop = options.bgp_on_stop.clone();
     state.kubernetes =
         control_plane_bins.map(|bins| kubernetes::planned(&lab.lab, &lab.state_dir, &bins));
     let built = state.save().and_then(|()| build(&mut state, options));

@@ -43,6 +43,10 @@ pub struct LabState {
     /// default (the flag is not passed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direct_redirect: Option<bool>,
+    /// The agents' `--bgp-on-stop` (`cease` or `graceful-restart`); `None`
+    /// leaves it to the agent's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp_on_stop: Option<String>,
     /// How many underlay subnets the nodes alternate between
     /// (`--underlay-subnets`); with more than one, a router joins them.
     #[serde(default = "one", skip_serializing_if = "is_one")]
@@ -269,6 +273,7 @@ impl LabState {
             encap: Encap::default(),
             cross_subnet: false,
             direct_redirect: None,
+            bgp_on_stop: None,
             underlay_subnets,
             kubernetes: None,
             fabric: Fabric {
@@ -359,6 +364,12 @@ impl LabState {
             .chain(
                 self.direct_redirect
                     .map(|on| ["--direct-redirect".into(), on.to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
+            .chain(
+                (self.bgp_on_stop.clone())
+                    .map(|mode| ["--bgp-on-stop".into(), mode])
                     .into_iter()
                     .flatten(),
             )

@@ -74,10 +74,13 @@ pub fn makefile_var(name: &str) -> String {
 pub struct Flag {
     pub env: Option<String>,
     pub default: Option<String>,
+    /// The values clap accepts, when it lists them (`Possible values:`).
+    pub possible: Vec<String>,
 }
 
 /// The long flags of `program --help` (clap's long help: a `--name` line,
-/// its description, then `[env: NAME=]` and `[default: VALUE]` lines).
+/// its description, `- value: what it means` lines under `Possible
+/// values:`, then `[env: NAME=]` and `[default: VALUE]` lines).
 pub fn help_flags(program: &Path) -> BTreeMap<String, Flag> {
     let out = Command::new(program)
         .arg("--help")
@@ -109,6 +112,9 @@ fn parse_help(help: &str) -> BTreeMap<String, Flag> {
                 flag.env = env.split('=').next().map(str::to_string);
             } else if let Some(default) = trimmed.strip_prefix("[default: ") {
                 flag.default = default.strip_suffix(']').map(str::to_string);
+            } else if let Some(value) = trimmed.strip_prefix("- ") {
+                let value = value.split(':').next().unwrap_or_default().trim();
+                flag.possible.push(value.to_string());
             }
         }
     }
@@ -121,17 +127,19 @@ mod tests {
 
     #[test]
     fn clap_long_help_is_read() {
-        let help = "Usage: x\n\nOptions:\n      --node-name <NODE_NAME>\n          This node's name [default: not this]\n          \n          [env: WEFT_NODE_NAME=]\n\n      --state-dir <STATE_DIR>\n          Where\n          \n          [env: WEFT_STATE_DIR=]\n          [default: /var/lib/weft]\n\n  -h, --help\n          Print help\n";
+        let help = "Usage: x\n\nOptions:\n      --node-name <NODE_NAME>\n          This node's name [default: not this]\n          \n          [env: WEFT_NODE_NAME=]\n\n      --state-dir <STATE_DIR>\n          Where\n          \n          [env: WEFT_STATE_DIR=]\n          [default: /var/lib/weft]\n\n      --routing <ROUTING>\n          Where routes come from\n\n          Possible values:\n          - bgp:    Over BGP: every node\n          - static: From the node records\n          \n          [default: bgp]\n\n  -h, --help\n          Print help\n";
         let flags = parse_help(help);
         assert_eq!(
             flags["node-name"],
             Flag {
                 env: Some("WEFT_NODE_NAME".into()),
-                default: None
+                default: None,
+                possible: vec![],
             }
         );
         assert_eq!(flags["state-dir"].default.as_deref(), Some("/var/lib/weft"));
+        assert_eq!(flags["routing"].possible, ["bgp", "static"]);
         assert!(flags.contains_key("help"));
-        assert_eq!(flags.len(), 3);
+        assert_eq!(flags.len(), 4);
     }
 }

@@ -266,7 +266,48 @@ fn weft_routes(netns: &str) -> Vec<String> {
 
 #[test]
 fn graceful_restart_keeps_forwarding_and_routes_across_an_agent_sigkill() {
-    let lab = Lab::up("gr", 3, 1);
+    graceful_restart_across(Lab::up("gr", 3, 1), |lab| {
+        lab.ctl_ok(&["lab", "agent", "stop", "node2"]);
+    });
+}
+
+/// With `--bgp-on-stop graceful-restart` (the DaemonSet's, for rolling
+/// updates) a SIGTERM sends no Cease: the peers see the sessions close as
+/// after a crash and keep the routes, as for a SIGKILL. (Without it, a
+/// SIGTERM is a Cease: `sigterm_sends_a_cease_and_peers_drop_the_routes_at_once`.)
+#[test]
+fn graceful_restart_keeps_forwarding_and_routes_across_an_agent_sigterm_when_so_configured() {
+    let options = UpOptions {
+        bgp_on_stop: Some("graceful-restart".into()),
+        ..up_options(3, 1)
+    };
+    graceful_restart_across(Lab::build("grterm", options), |lab| {
+        let pid = lab.node("node2").agent_pid.expect("agent runs");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        eventually(
+            "node2's agent exits on SIGTERM",
+            Duration::from_secs(10),
+            || {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+                if state.is_none_or(|s| s.starts_with('Z')) {
+                    Ok(())
+                } else {
+                    Err(stat)
+                }
+            },
+        );
+    });
+}
+
+/// BIRD (graceful restart on) and every node keep node2's routes, and a
+/// pod on node1 keeps pinging a pod on node2, while `stop` ends node2's
+/// agent and it is started again; afterwards the tables are as before.
+fn graceful_restart_across(lab: Lab, stop: impl Fn(&Lab)) {
     let status = lab.status();
     let mut conf = bird_config(&lab, None).replace(
         "  local 198.18.0.200 as 64600;\n",
@@ -302,7 +343,7 @@ fn graceful_restart_keeps_forwarding_and_routes_across_an_agent_sigkill() {
         )
     });
     std::thread::sleep(Duration::from_millis(500));
-    lab.ctl_ok(&["lab", "agent", "stop", "node2"]);
+    stop(&lab);
     std::thread::sleep(Duration::from_secs(2));
     // While node2's agent is gone, BIRD and node1 keep its routes (stale).
     // (From the node2 session itself: node1 and node3 pass the prefix on too.)

@@ -264,6 +264,15 @@ fn daemonset_matches_the_agent_the_cni_config_and_the_image() {
         }
         match (&var.value, &var.value_from) {
             (Some(value), _) => {
+                let flag = flags.values().find(|f| f.env.as_ref() == Some(&var.name));
+                if let Some(flag) = flag.filter(|f| !f.possible.is_empty())
+                    && !flag.possible.contains(value)
+                {
+                    wrong.push(format!(
+                        "{}={value} is none of {:?}",
+                        var.name, flag.possible
+                    ));
+                }
                 env.insert(var.name.clone(), value.clone());
             }
             (None, Some(from)) => {

@@ -230,6 +230,11 @@ enum LabCommand {
         /// forwarded by the node's stack. Default: the agent's own default.
         #[arg(long, value_name = "true|false", action = clap::ArgAction::Set)]
         direct_redirect: Option<bool>,
+        /// Every agent's `--bgp-on-stop`: what its BGP peers are told when it stops on
+        /// SIGTERM (`cease`: drop its routes at once; `graceful-restart`: no NOTIFICATION, keep
+        /// them while the next agent starts). Default: the agent's own default.
+        #[arg(long, value_parser = ["cease", "graceful-restart"])]
+        bgp_on_stop: Option<String>,
         /// Run a Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager from
         /// the repository's .tools/control-plane-*/bin, built by scripts/build-control-plane.sh)
         /// in netns <lab>-kube on the underlay (198.18.0.250), and run the agents on it
@@ -603,6 +608,7 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
             encap,
             cross_subnet,
             direct_redirect,
+            bgp_on_stop,
             underlay_subnets,
             kubernetes,
         } => {
@@ -622,6 +628,7 @@ fn run_lab(args: LabArgs) -> Result<ExitCode> {
                 encap,
                 cross_subnet,
                 direct_redirect,
+                bgp_on_stop,
                 underlay_subnets,
                 kubernetes,
             };
