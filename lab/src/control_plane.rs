@@ -391,16 +391,23 @@ pub fn is_process_of(pid: u32, name: &str, dir: &Path) -> bool {
 }
 
 /// Kills detached control-plane process `name` (`pid`, started with its
-/// files in `dir`) with SIGKILL, as a crash would, and starts it again in
-/// `netns` with the same command line, appending to the same log. Returns
-/// the new pid; the process is detached like the first.
-pub fn respawn_detached(netns: &str, dir: &Path, name: &str, pid: u32) -> Result<u32> {
+/// files in `dir`) with SIGKILL, as a crash would, and after `down` starts
+/// it again in `netns` with the same command line, appending to the same
+/// log. Returns the new pid; the process is detached like the first.
+pub fn respawn_detached(
+    netns: &str,
+    dir: &Path,
+    name: &str,
+    pid: u32,
+    down: Duration,
+) -> Result<u32> {
     if !is_process_of(pid, name, dir) {
         bail!("{name} (pid {pid}) is not running");
     }
     let argv = crate::process::cmdline(pid).with_context(|| format!("{name}'s command line"))?;
     let (program, args) = argv.split_first().context("an empty command line")?;
     kill_and_wait(pid, name)?;
+    thread::sleep(down);
     let child = spawn_logged(netns, dir, name, Path::new(program), args)?;
     Ok(child.id())
 }

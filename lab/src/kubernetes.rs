@@ -653,11 +653,11 @@ pub fn wait_snapshot(
     })
 }
 
-/// Crashes control-plane component `name` (SIGKILL) and starts it again
-/// with the same command line, recording its new pid; for the API server,
-/// returns once it answers `/readyz` again. What the fault tests do to a
-/// running lab.
-pub fn restart_component(state: &mut LabState, name: &str) -> Result<()> {
+/// Crashes control-plane component `name` (SIGKILL) and, after `down`,
+/// starts it again with the same command line, recording its new pid;
+/// returns once the API server answers `/readyz` again (which needs etcd).
+/// What the fault tests do to a running lab.
+pub fn restart_component(state: &mut LabState, name: &str, down: Duration) -> Result<()> {
     let kube = state
         .kubernetes
         .as_mut()
@@ -666,24 +666,22 @@ pub fn restart_component(state: &mut LabState, name: &str) -> Result<()> {
         .find(|(n, _)| n == name)
         .cloned()
         .with_context(|| format!("no control-plane component {name} recorded"))?;
-    let new = control_plane::respawn_detached(&kube.netns, &kube.dir, name, pid)?;
+    let new = control_plane::respawn_detached(&kube.netns, &kube.dir, name, pid, down)?;
     for (n, p) in &mut kube.processes {
         if n == name {
             *p = new;
         }
     }
     state.save()?;
-    if name == "kube-apiserver" {
-        let kube = state.kubernetes.as_ref().expect("checked above");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match kubectl(kube, &["get", "--raw", "/readyz"], None) {
-                Ok(out) if out.trim() == "ok" => break,
-                _ if Instant::now() >= deadline => {
-                    bail!("the API server is not ready 60 s after its restart")
-                }
-                _ => std::thread::sleep(Duration::from_millis(200)),
+    let kube = state.kubernetes.as_ref().expect("checked above");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match kubectl(kube, &["get", "--raw", "/readyz"], None) {
+            Ok(out) if out.trim() == "ok" => break,
+            _ if Instant::now() >= deadline => {
+                bail!("the API server is not ready 60 s after {name} restarted")
             }
+            _ => std::thread::sleep(Duration::from_millis(200)),
         }
     }
     Ok(())
