@@ -214,14 +214,10 @@ pub fn choose(choice: &NodeIpChoice, facts: &Facts) -> Result<NodeIp, String> {
 /// the kernel's order (interface index, then address).
 pub async fn interface_addresses() -> anyhow::Result<Vec<InterfaceAddress>> {
     let netlink = weft_dataplane::link::Netlink::current()?;
-    let mut out = Vec::new();
-    for (link, address) in netlink.interface_addresses().await? {
-        out.push(InterfaceAddress {
-            interface: link,
-            address,
-        });
-    }
-    Ok(out)
+    let pairs = netlink.interface_addresses().await?;
+    Ok((pairs.into_iter())
+        .map(|(interface, address)| InterfaceAddress { interface, address })
+        .collect())
 }
 
 /// The source address the kernel picks towards `target`: a connected UDP
