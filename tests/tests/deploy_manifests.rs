@@ -284,6 +284,14 @@ fn daemonset_matches_the_agent_the_cni_config_and_the_image() {
             (None, None) => wrong.push(format!("{} has no value", var.name)),
         }
     }
+    // Environment from a ConfigMap (the API server's own address) must be
+    // optional: a missing one would keep the agent from starting.
+    for source in pod.agent.env_from.as_deref().unwrap_or_default() {
+        let optional = (source.config_map_ref.as_ref()).and_then(|c| c.optional);
+        if source.secret_ref.is_some() || optional != Some(true) {
+            wrong.push(format!("envFrom {source:?} is not an optional ConfigMap"));
+        }
+    }
     if !env.contains_key("WEFT_DATASTORE") || env["WEFT_DATASTORE"] != "kubernetes" {
         wrong.push(format!("WEFT_DATASTORE is {:?}", env.get("WEFT_DATASTORE")));
     }
