@@ -13,7 +13,7 @@ use weft_proto::Agent;
 use weft_proto::v1::{self, *};
 
 use crate::ipam::{self, IpamError};
-use crate::node::{Node, ReconcileError};
+use crate::node::{Node, PodMetadataError, ReconcileError};
 use weft_calc::lifecycle::{self, Step};
 use weft_calc::policy::IdentityPeer;
 use weft_model::policy::{Protocol, validate_container_ports};
@@ -245,8 +245,12 @@ impl Agent for AgentService {
             netns: req.netns,
             ports,
         };
-        let ep = (self.node.with_pod_metadata(ep).await)
-            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        // A Pod the watch does not know yet is a transient condition (the
+        // plugin's "try again later"); CNI_ARGS naming no Pod is not.
+        let ep = (self.node.with_pod_metadata(ep).await).map_err(|e| match e {
+            PodMetadataError::Unknown { .. } => Status::unavailable(e.to_string()),
+            PodMetadataError::NotNamed => Status::failed_precondition(e.to_string()),
+        })?;
         self.node.save_endpoint(&ep).await.map_err(internal)?;
         let report = self.node.reconcile(false).await.map_err(internal)?;
         // The pass must have guarded and routed this pod; anything else is

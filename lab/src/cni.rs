@@ -90,6 +90,32 @@ pub fn del(inv: &Invocation) -> Result<()> {
     invoke("DEL", inv).map(|_| ())
 }
 
+/// CNI's "try again later": a transient condition the runtime retries.
+pub const TRY_AGAIN_LATER: u32 = 11;
+
+/// ADD as the kubelet does it: an ADD that fails with "try again later"
+/// (the agent is restarting, or its watch does not know the Pod yet) is
+/// undone with DEL and retried, with backoff, for up to `within`; any
+/// other failure is final at once.
+pub fn add_retrying(inv: &Invocation, within: Duration) -> Result<Attached> {
+    let deadline = Instant::now() + within;
+    let mut pause = Duration::from_millis(250);
+    loop {
+        match add(inv) {
+            Err(e)
+                if Instant::now() + pause < deadline
+                    && e.downcast_ref::<PluginFailed>()
+                        .is_some_and(|f| f.code == TRY_AGAIN_LATER) =>
+            {
+                let _ = del(inv);
+                thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(4));
+            }
+            done => return done,
+        }
+    }
+}
+
 /// The parts of a CNI 1.1.0 Result the lab needs. The host veth is the
 /// interface without a sandbox; the pod address is `ips[0]`.
 pub fn parse_add_result(stdout: &str) -> Result<Attached> {
@@ -144,6 +170,18 @@ struct CniError {
     msg: String,
     #[serde(default)]
     details: String,
+}
+
+/// A plugin call that failed with a CNI error.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} failed ({status}): CNI error {code}: {msg} (details: {details:?}){stderr}")]
+pub struct PluginFailed {
+    what: String,
+    status: std::process::ExitStatus,
+    pub code: u32,
+    msg: String,
+    details: String,
+    stderr: String,
 }
 
 /// Runs the plugin for `command` and returns its stdout on success; on
@@ -209,12 +247,15 @@ fn invoke(command: &str, inv: &Invocation) -> Result<String> {
     }
     let stderr = stderr_tail(&stderr);
     match serde_json::from_str::<CniError>(&stdout) {
-        Ok(e) => bail!(
-            "{what} failed ({status}): CNI error {}: {} (details: {:?}){stderr}",
-            e.code,
-            e.msg,
-            e.details
-        ),
+        Ok(e) => Err(PluginFailed {
+            what,
+            status,
+            code: e.code,
+            msg: e.msg,
+            details: e.details,
+            stderr,
+        }
+        .into()),
         Err(_) => bail!(
             "{what} failed ({status}) without a CNI error JSON; stdout: {:?}{stderr}",
             stdout.trim()

@@ -580,6 +580,11 @@ impl Default for PodSpec {
 /// server on its TCP and UDP ports. If any of it fails the pod is undone
 /// (server stopped, DEL, namespace deleted, record dropped), as a runtime
 /// does.
+/// How long the lab, as the kubelet, retries an ADD that says "try again
+/// later" on a Kubernetes lab: the agents' watches retry a failing API
+/// server as client-go's do, up to 30 s apart plus as much again of jitter.
+const KUBELET_ADD_RETRY: Duration = Duration::from_secs(120);
+
 pub fn add_pod(state: &mut LabState, node: &str, name: &str, spec: &PodSpec) -> Result<Pod> {
     plan::validate_pod_name(name)?;
     let namespace = &spec.namespace;
@@ -623,7 +628,15 @@ pub fn add_pod(state: &mut LabState, node: &str, name: &str, spec: &PodSpec) -> 
         Ok(())
     }
     .and_then(|()| topology::create_netns(&pod.netns))
-    .and_then(|()| cni::add(&invocation(&bin_dir, &node, &pod)))
+    .and_then(|()| {
+        let inv = invocation(&bin_dir, &node, &pod);
+        if on_kubernetes {
+            // As the kubelet does: its watch may lag behind the Pod's creation.
+            cni::add_retrying(&inv, KUBELET_ADD_RETRY)
+        } else {
+            cni::add(&inv)
+        }
+    })
     .and_then(|attached| {
         if on_kubernetes {
             kubernetes::set_pod_running(state, &pod, attached.ip)?;

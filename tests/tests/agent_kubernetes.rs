@@ -10,7 +10,7 @@
 //! - a pod wired through weft-cni takes its labels and ports from its Pod
 //!   object (named by CNI_ARGS), follows `kubectl label`, also for changes
 //!   made while the API server was away; an ADD for a Pod the API does
-//!   not have fails with a CNI error saying so.
+//!   not have fails with CNI's "try again later" (11) saying so.
 //!
 //! Needs root (network namespaces, bpffs, the agent's programs).
 
@@ -198,6 +198,9 @@ fn agent_runs_on_the_api_server() {
         "{}",
         show(&ghost)
     );
+    // The watch may only lag: "try again later", as the kubelet retries.
+    let error: serde_json::Value = serde_json::from_slice(&ghost.stdout).unwrap();
+    assert_eq!(error["code"], 11, "{error}");
 
     cp.kubectl(&["label", "pod", "web", "app=db", "--overwrite"]);
     eventually(
