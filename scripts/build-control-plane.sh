@@ -65,7 +65,7 @@ if [ -f "$OUT/stamp" ] && [ "$(cat "$OUT/stamp")" = "$(stamp)" ]; then
     exit 0
 fi
 mkdir -p "$OUT/bin"
-echo "build-control-plane: building Kubernetes $KUBE_VERSION (${BINARIES[*]}); a cold build takes tens of minutes on 2 cores"
+echo "build-control-plane: building Kubernetes $KUBE_VERSION (${BINARIES[*]}); a cold build takes about 7 minutes on 2 idle cores, more on a busy machine"
 start=$(date +%s)
 # Stamped as upstream's build does, or components report v0.0.0-master.
 LDFLAGS="-s -w"
