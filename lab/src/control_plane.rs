@@ -444,12 +444,8 @@ fn spawn_logged(
 fn kill_and_wait(pid: u32, name: &str) -> Result<()> {
     use nix::sys::signal::{Signal, kill};
     let _ = kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !crate::process::has_ended(pid) {
-        if Instant::now() >= deadline {
-            bail!("{name} (pid {pid}) is still alive 5 s after SIGKILL");
-        }
-        thread::sleep(Duration::from_millis(20));
+    if !crate::process::wait_ended(pid, Duration::from_secs(5)) {
+        bail!("{name} (pid {pid}) is still alive 5 s after SIGKILL");
     }
     Ok(())
 }
@@ -468,14 +464,9 @@ pub fn stop_detached(processes: &[(String, u32)], dir: &Path) -> Result<usize> {
         stopped += 1;
         let target = nix::unistd::Pid::from_raw(*pid as i32);
         let _ = kill(target, Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !crate::process::has_ended(*pid) {
-            if Instant::now() >= deadline {
-                eprintln!("control plane: {name} (pid {pid}) killed after 5 s");
-                kill_and_wait(*pid, name)?;
-                break;
-            }
-            thread::sleep(Duration::from_millis(20));
+        if !crate::process::wait_ended(*pid, Duration::from_secs(5)) {
+            eprintln!("control plane: {name} (pid {pid}) killed after 5 s");
+            kill_and_wait(*pid, name)?;
         }
     }
     Ok(stopped)

@@ -126,20 +126,21 @@ pub fn stop_agent(pid: u32, socket: &Path, grace: Duration) -> Result<Ended> {
     if !grace.is_zero() {
         nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGTERM)
             .with_context(|| format!("sending SIGTERM to weft-agent pid {pid}"))?;
-        if wait_gone(pid, grace) {
+        if wait_ended(pid, grace) {
             return Ok(Ended::Terminated);
         }
     }
     nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL)
         .with_context(|| format!("sending SIGKILL to weft-agent pid {pid}"))?;
-    if !wait_gone(pid, Duration::from_secs(5)) {
+    if !wait_ended(pid, Duration::from_secs(5)) {
         anyhow::bail!("weft-agent pid {pid} is still alive 5 s after SIGKILL");
     }
     Ok(Ended::Killed)
 }
 
-/// Waits until the signalled agent `pid` has ended (see [`has_ended`]).
-fn wait_gone(pid: u32, within: Duration) -> bool {
+/// Waits up to `within` until the signalled process `pid` has ended (see
+/// [`has_ended`]); whether it has.
+pub(crate) fn wait_ended(pid: u32, within: Duration) -> bool {
     let deadline = Instant::now() + within;
     loop {
         if has_ended(pid) {

@@ -210,11 +210,8 @@ pub fn stop(pid: u32, netns: &str) -> Result<bool> {
         nix::sys::signal::Signal::SIGKILL,
     )
     .with_context(|| format!("sending SIGKILL to the port server pid {pid} of {netns}"))?;
-    for _ in 0..250 {
-        if process::has_ended(pid) {
-            return Ok(true);
-        }
-        thread::sleep(Duration::from_millis(20));
+    if process::wait_ended(pid, Duration::from_secs(5)) {
+        return Ok(true);
     }
     bail!("the port server pid {pid} of {netns} is still alive 5 s after SIGKILL")
 }
