@@ -576,15 +576,15 @@ impl Default for PodSpec {
     }
 }
 
-/// Creates pod `name` on `node`: its namespace, then CNI ADD, then the
-/// server on its TCP and UDP ports. If any of it fails the pod is undone
-/// (server stopped, DEL, namespace deleted, record dropped), as a runtime
-/// does.
 /// How long the lab, as the kubelet, retries an ADD that says "try again
 /// later" on a Kubernetes lab: the agents' watches retry a failing API
 /// server as client-go's do, up to 30 s apart plus as much again of jitter.
 const KUBELET_ADD_RETRY: Duration = Duration::from_secs(120);
 
+/// Creates pod `name` on `node`: its namespace, then CNI ADD, then the
+/// server on its TCP and UDP ports. If any of it fails the pod is undone
+/// (server stopped, DEL, namespace deleted, record dropped), as a runtime
+/// does.
 pub fn add_pod(state: &mut LabState, node: &str, name: &str, spec: &PodSpec) -> Result<Pod> {
     plan::validate_pod_name(name)?;
     let namespace = &spec.namespace;

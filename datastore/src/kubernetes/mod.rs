@@ -19,7 +19,7 @@
 //! by the agent, so the publish calls do nothing here; the one thing the
 //! agent writes is its own Node's status: the `NetworkUnavailable`
 //! condition and the underlay address it chose
-//! ([`KubernetesSource::publish_node`]). A node's own pods take
+//! ([`KubernetesSource::publish_node_status`]). A node's own pods take
 //! their labels and ports from their Pod objects
 //! ([`ClusterSource::pod_metadata`]).
 
@@ -183,7 +183,7 @@ impl KubernetesSource {
         self.nodes.get(&ObjectRef::new(name))
     }
 
-    /// Whether Node `name` says what [`KubernetesSource::publish_node`]
+    /// Whether Node `name` says what [`KubernetesSource::publish_node_status`]
     /// writes: `NetworkUnavailable=False` with Weft's reason, and
     /// `address` as its underlay address.
     pub fn node_status_published(&self, name: &str, address: Ipv4Addr) -> bool {
