@@ -138,6 +138,15 @@ fn bgp_peers(lab: &Lab, node: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Waits until every Node's `weft.dev/underlay-address` is `published`
+/// (`name=address` lines, in the API server's order).
+fn wait_published(lab: &Lab, what: &str, published: &str) {
+    eventually(what, Duration::from_secs(30), || {
+        let now = underlay_annotations(lab);
+        if now == published { Ok(()) } else { Err(now) }
+    });
+}
+
 fn underlay_annotations(lab: &Lab) -> String {
     lab.kubectl(&[
         "get",
@@ -160,13 +169,10 @@ fn nodes_are_reached_at_the_address_their_agents_published() {
     let published: String = (status.nodes.iter())
         .map(|n| format!("{}={}\n", n.name, n.underlay_ip))
         .collect();
-    eventually(
+    wait_published(
+        &lab,
         "every Node's underlay address published by its agent",
-        Duration::from_secs(30),
-        || {
-            let now = underlay_annotations(&lab);
-            if now == published { Ok(()) } else { Err(now) }
-        },
+        &published,
     );
     let node2 = status.node("node2").unwrap().underlay_ip.clone();
     let node3 = status.node("node3").unwrap().underlay_ip.clone();
@@ -213,13 +219,10 @@ fn nodes_are_reached_at_the_address_their_agents_published() {
 
     // node3's agent puts its address back; the cluster follows.
     lab.start_agent("node3", None);
-    eventually(
+    wait_published(
+        &lab,
         "node3's agent publishes its address again",
-        Duration::from_secs(30),
-        || {
-            let now = underlay_annotations(&lab);
-            if now == published { Ok(()) } else { Err(now) }
-        },
+        &published,
     );
     lab.wait_bgp_mesh();
     lab.check();

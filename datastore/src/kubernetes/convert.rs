@@ -91,28 +91,24 @@ pub fn underlay_annotation(node: &core::Node) -> Result<Option<Ipv4Addr>, Refuse
     let Some(text) = (node.metadata.annotations.as_ref()).and_then(|a| a.get(annotation)) else {
         return Ok(None);
     };
-    match text.parse::<Ipv4Addr>() {
+    let reason = match text.parse::<Ipv4Addr>() {
         Ok(ip)
             if !ip.is_unspecified()
                 && !ip.is_loopback()
                 && !ip.is_multicast()
                 && !ip.is_broadcast() =>
         {
-            Ok(Some(ip))
+            return Ok(Some(ip));
         }
-        Ok(_) => Err(refused(
-            "Node",
-            node.metadata.name.as_deref().unwrap_or_default(),
-            &format!("metadata.annotations[{annotation}]"),
-            format!("{text} cannot be a node's underlay address"),
-        )),
-        Err(e) => Err(refused(
-            "Node",
-            node.metadata.name.as_deref().unwrap_or_default(),
-            &format!("metadata.annotations[{annotation}]"),
-            format!("{text:?}: {e}"),
-        )),
-    }
+        Ok(_) => format!("{text} cannot be a node's underlay address"),
+        Err(e) => format!("{text:?}: {e}"),
+    };
+    Err(refused(
+        "Node",
+        node.metadata.name.as_deref().unwrap_or_default(),
+        &format!("metadata.annotations[{annotation}]"),
+        reason,
+    ))
 }
 
 /// The Node's first IPv4 `InternalIP`.
